@@ -1,0 +1,205 @@
+//! Condition types and reasons (they are an API: typed once, here) and the rules for updating a
+//! condition list: `lastTransitionTime` moves only when a condition's status flips, so a
+//! reconcile that finds nothing new produces a status equal to the one already stored.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+use crate::resource::{Condition, ConditionStatus};
+
+/// Condition types.
+pub mod types {
+    /// The OpsWorks stack and its provisioning parameters were found.
+    pub const STACK_RESOLVED: &str = "StackResolved";
+    /// The host was found (EC2) and the hostname checked.
+    pub const TARGET_RESOLVED: &str = "TargetResolved";
+    /// The SSH private key Secret exists and holds a usable key.
+    pub const SSH_KEY_READY: &str = "SshKeyReady";
+    /// The IAM user and access key for the agent exist (or the instance profile is used).
+    pub const CREDENTIALS_READY: &str = "CredentialsReady";
+    /// The OpsWorks agent was installed on the host.
+    pub const AGENT_INSTALLED: &str = "AgentInstalled";
+    /// OpsWorks reports the instance registered.
+    pub const REGISTERED: &str = "Registered";
+    /// Sums up the others: true only when the host is registered and healthy.
+    pub const READY: &str = "Ready";
+    /// kstatus: the controller is working towards the desired state.
+    pub const RECONCILING: &str = "Reconciling";
+    /// kstatus: the controller cannot progress until the spec (or an input it names) changes.
+    pub const STALLED: &str = "Stalled";
+}
+
+/// Condition reasons. CamelCase and stable: users alert and automate on them.
+pub mod reasons {
+    // Progress and success.
+    /// The step's condition holds.
+    pub const SUCCEEDED: &str = "Succeeded";
+    /// A step before this one has not finished yet.
+    pub const WAITING: &str = "Waiting";
+    /// Work is under way.
+    pub const PROGRESSING: &str = "Progressing";
+    /// Nothing left to do for this generation.
+    pub const RECONCILED: &str = "Reconciled";
+    /// spec.suspend is true.
+    pub const SUSPENDED: &str = "Suspended";
+    /// This build of the controller does not perform the step yet.
+    pub const NOT_IMPLEMENTED: &str = "NotImplemented";
+
+    // Inputs (the SSH key Secret).
+    /// The Secret named by ssh.privateKeySecretRef does not exist.
+    pub const SECRET_NOT_FOUND: &str = "SecretNotFound";
+    /// The controller may not read the Secret.
+    pub const SECRET_FORBIDDEN: &str = "SecretForbidden";
+    /// The Secret has a type that cannot hold an SSH key.
+    pub const SECRET_TYPE_INVALID: &str = "SecretTypeInvalid";
+    /// The Secret lacks the key named by ssh.privateKeySecretRef.key.
+    pub const SECRET_KEY_MISSING: &str = "SecretKeyMissing";
+    /// The value is not a private key the controller can read.
+    pub const INVALID_PRIVATE_KEY: &str = "InvalidPrivateKey";
+    /// The private key is of a type SSH here does not support.
+    pub const UNSUPPORTED_KEY_TYPE: &str = "UnsupportedKeyType";
+    /// The private key is encrypted and the Secret has no `passphrase`.
+    pub const PASSPHRASE_REQUIRED: &str = "PassphraseRequired";
+    /// The passphrase in the Secret does not decrypt the private key.
+    pub const WRONG_PASSPHRASE: &str = "WrongPassphrase";
+
+    // Transient failures.
+    /// A Kubernetes API call failed in a way that may pass; retried with backoff.
+    pub const KUBERNETES_API_ERROR: &str = "KubernetesApiError";
+}
+
+/// Whether a condition holds, with the reason and message to record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Observation {
+    /// True, False or Unknown.
+    pub status: ConditionStatus,
+    /// CamelCase reason from [`reasons`].
+    pub reason: &'static str,
+    /// A human-readable explanation; never holds secret material.
+    pub message: String,
+}
+
+impl Observation {
+    /// The condition holds.
+    pub fn holds(reason: &'static str, message: impl Into<String>) -> Self {
+        Self { status: ConditionStatus::True, reason, message: message.into() }
+    }
+    /// The condition does not hold.
+    pub fn fails(reason: &'static str, message: impl Into<String>) -> Self {
+        Self { status: ConditionStatus::False, reason, message: message.into() }
+    }
+    /// Not known yet.
+    pub fn unknown(reason: &'static str, message: impl Into<String>) -> Self {
+        Self { status: ConditionStatus::Unknown, reason, message: message.into() }
+    }
+}
+
+/// Sets condition `type_` in `conditions` to `observation`, computed for `generation`.
+///
+/// `lastTransitionTime` is kept when the status does not change, so that setting a condition to
+/// what it already says leaves the list equal to what it was.
+pub fn set(
+    conditions: &mut Vec<Condition>,
+    type_: &str,
+    observation: Observation,
+    generation: i64,
+    now: &Time,
+) {
+    let Observation { status, reason, message } = observation;
+    match conditions.iter_mut().find(|c| c.r#type == type_) {
+        Some(existing) => {
+            if existing.status != status {
+                existing.last_transition_time = now.clone();
+            }
+            existing.status = status;
+            existing.reason = reason.to_owned();
+            existing.message = message;
+            existing.observed_generation = generation;
+        }
+        None => conditions.push(Condition {
+            r#type: type_.to_owned(),
+            status,
+            reason: reason.to_owned(),
+            message,
+            last_transition_time: now.clone(),
+            observed_generation: generation,
+        }),
+    }
+}
+
+/// Removes condition `type_`, if present.
+pub fn remove(conditions: &mut Vec<Condition>, type_: &str) {
+    conditions.retain(|c| c.r#type != type_);
+}
+
+/// Looks up condition `type_`.
+pub fn get<'a>(conditions: &'a [Condition], type_: &str) -> Option<&'a Condition> {
+    conditions.iter().find(|c| c.r#type == type_)
+}
+
+/// Whether condition `type_` is present and True.
+pub fn is_true(conditions: &[Condition], type_: &str) -> bool {
+    get(conditions, type_).is_some_and(|c| c.status == ConditionStatus::True)
+}
+
+/// The conditions of `new` whose status or reason differ from `old` (a message-only change is not
+/// news): these are the ones worth an Event.
+pub fn changed<'a>(old: &[Condition], new: &'a [Condition]) -> Vec<&'a Condition> {
+    new.iter()
+        .filter(|n| {
+            get(old, &n.r#type).is_none_or(|o| o.status != n.status || o.reason != n.reason)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::jiff::Timestamp;
+
+    fn at(seconds: i64) -> Time {
+        Time(Timestamp::from_second(seconds).unwrap())
+    }
+
+    #[test]
+    fn setting_the_same_status_again_keeps_the_transition_time_and_equals_the_old_list() {
+        let mut conditions = Vec::new();
+        set(&mut conditions, types::READY, Observation::fails("A", "first"), 1, &at(100));
+        let before = conditions.clone();
+        set(&mut conditions, types::READY, Observation::fails("A", "first"), 1, &at(200));
+        assert_eq!(conditions, before);
+    }
+
+    #[test]
+    fn a_status_flip_moves_the_transition_time_but_a_reason_change_does_not() {
+        let mut conditions = Vec::new();
+        set(&mut conditions, types::READY, Observation::fails("A", "m"), 1, &at(100));
+        set(&mut conditions, types::READY, Observation::fails("B", "m"), 1, &at(200));
+        assert_eq!(conditions[0].last_transition_time, at(100));
+        assert_eq!(conditions[0].reason, "B");
+        set(&mut conditions, types::READY, Observation::holds("C", "m"), 2, &at(300));
+        assert_eq!(conditions[0].last_transition_time, at(300));
+        assert_eq!(conditions[0].observed_generation, 2);
+    }
+
+    #[test]
+    fn a_new_generation_alone_updates_observed_generation() {
+        let mut conditions = Vec::new();
+        set(&mut conditions, types::READY, Observation::holds("A", "m"), 1, &at(100));
+        set(&mut conditions, types::READY, Observation::holds("A", "m"), 2, &at(200));
+        assert_eq!(conditions[0].observed_generation, 2);
+        assert_eq!(conditions[0].last_transition_time, at(100));
+    }
+
+    #[test]
+    fn changed_reports_new_conditions_and_status_or_reason_changes_but_not_message_changes() {
+        let mut old = Vec::new();
+        set(&mut old, types::READY, Observation::fails("A", "m"), 1, &at(100));
+        set(&mut old, types::STALLED, Observation::fails("A", "m"), 1, &at(100));
+        let mut new = old.clone();
+        set(&mut new, types::READY, Observation::fails("A", "other message"), 1, &at(200));
+        set(&mut new, types::STALLED, Observation::holds("A", "m"), 1, &at(200));
+        set(&mut new, types::RECONCILING, Observation::fails("A", "m"), 1, &at(200));
+        let changed: Vec<_> = changed(&old, &new).iter().map(|c| c.r#type.as_str()).collect();
+        assert_eq!(changed, vec![types::STALLED, types::RECONCILING]);
+    }
+}

@@ -1,0 +1,322 @@
+//! The controller: watches `InstanceRegistration`s, runs the [`steps`](crate::steps) for each
+//! behind kube-runtime's finalizer, writes status with server-side apply only when its meaning
+//! changed, publishes an Event for each condition that changed, and backs off per object.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+use kube::runtime::watcher;
+use kube::{Api, Client, Resource, ResourceExt};
+use serde_json::json;
+use tracing::{Instrument, info, info_span, warn};
+
+use crate::backoff::{Schedule, Tracker};
+use crate::conditions;
+use crate::resource::{
+    ConditionStatus, FINALIZER, InstanceRegistration, InstanceRegistrationStatus,
+};
+use crate::steps::{self, Next, Outcome, PIPELINE};
+use crate::{Error, Result};
+
+/// The field manager of every write the controller makes.
+pub const FIELD_MANAGER: &str = "instance-registrar";
+
+/// How the controller runs; the `run` subcommand fills it from flags and environment.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Watch only this namespace (all namespaces when `None`).
+    pub watch_namespace: Option<String>,
+    /// Reconciles running at once, across objects.
+    pub concurrency: u16,
+    /// How often a finished object is looked at again to notice drift.
+    pub resync: Duration,
+    /// Name of this replica in Events (`reportingInstance`).
+    pub instance: Option<String>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            watch_namespace: None,
+            concurrency: 16,
+            resync: Duration::from_secs(600),
+            instance: None,
+        }
+    }
+}
+
+/// What every reconcile shares.
+pub struct Context {
+    /// Kubernetes client.
+    pub client: Client,
+    /// Publishes Events on the objects.
+    pub recorder: Recorder,
+    /// Failure counts by object, for backoff.
+    pub backoff: Tracker,
+    /// How the controller runs.
+    pub settings: Settings,
+}
+
+impl Context {
+    /// A context for `client` with `settings`.
+    pub fn new(client: Client, settings: Settings) -> Self {
+        let reporter = Reporter {
+            controller: FIELD_MANAGER.to_owned(),
+            instance: settings.instance.clone(),
+        };
+        Self {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            backoff: Tracker::default(),
+            settings,
+        }
+    }
+}
+
+/// The key an object's backoff is kept under: UID, so a re-created object starts afresh.
+fn backoff_key(obj: &InstanceRegistration) -> String {
+    obj.uid().unwrap_or_else(|| format!("{}/{}", obj.namespace().unwrap_or_default(), obj.name_any()))
+}
+
+/// Reconciles one object: the finalizer is the only top-level action; it dispatches to
+/// [`apply`] while the object lives and to [`cleanup`] once it is being deleted.
+pub async fn reconcile(obj: Arc<InstanceRegistration>, ctx: Arc<Context>) -> Result<Action> {
+    let namespace = obj.namespace().ok_or(Error::NotNamespaced)?;
+    let api: Api<InstanceRegistration> = Api::namespaced(ctx.client.clone(), &namespace);
+    let span = info_span!("reconcile", namespace = %namespace, name = %obj.name_any());
+    finalizer(&api, FINALIZER, obj, |event| async {
+        match event {
+            Finalizer::Apply(obj) => apply(&obj, &api, &ctx).await,
+            Finalizer::Cleanup(obj) => cleanup(&obj, &ctx).await,
+        }
+    })
+    .instrument(span)
+    .await
+    .map_err(|e| Error::Finalizer(Box::new(e)))
+}
+
+/// Brings the world to match `obj` as far as the steps can, then records what they found.
+async fn apply(
+    obj: &InstanceRegistration,
+    api: &Api<InstanceRegistration>,
+    ctx: &Context,
+) -> Result<Action> {
+    let generation = obj.metadata.generation.unwrap_or_default();
+    let old = obj.status.clone().unwrap_or_default();
+    let mut new = old.clone();
+    let now = Time(Timestamp::now());
+    let key = backoff_key(obj);
+
+    if obj.spec.suspend {
+        steps::summarize_suspended(&mut new, generation, &now);
+        write_status(obj, api, ctx, &old, &new).await?;
+        ctx.backoff.reset(&key);
+        return Ok(Action::await_change());
+    }
+
+    let mut results = Vec::with_capacity(PIPELINE.len());
+    for step in PIPELINE {
+        let outcome = step.run(obj, ctx, &mut new).await;
+        let done = matches!(outcome, Outcome::Done(_));
+        results.push((*step, outcome));
+        if !done {
+            break;
+        }
+    }
+    let next = steps::summarize(&mut new, PIPELINE, &results, generation, &now);
+    write_status(obj, api, ctx, &old, &new).await?;
+
+    Ok(match next {
+        Next::Resync => {
+            ctx.backoff.reset(&key);
+            Action::requeue(ctx.settings.resync)
+        }
+        Next::After(after) => {
+            ctx.backoff.reset(&key);
+            Action::requeue(after)
+        }
+        Next::BackoffBlocked => Action::requeue(ctx.backoff.next(&key, Schedule::BLOCKED)),
+        Next::BackoffTransient => Action::requeue(ctx.backoff.next(&key, Schedule::TRANSIENT)),
+    })
+}
+
+/// Undoes what the controller did for `obj`. Safe to run more than once, and when [`apply`]
+/// never ran. The steps that create things outside Kubernetes add their undo here.
+async fn cleanup(obj: &InstanceRegistration, ctx: &Context) -> Result<Action> {
+    ctx.backoff.reset(&backoff_key(obj));
+    let note = if obj.spec.suspend {
+        "suspended: finalizer removed, nothing outside Kubernetes was touched"
+    } else {
+        "nothing outside Kubernetes was made for this object; finalizer removed"
+    };
+    publish(ctx, obj, EventType::Normal, "Deleted", "Cleanup", note).await;
+    info!(name = %obj.name_any(), "cleaned up");
+    Ok(Action::await_change())
+}
+
+/// Writes `new` to the status subresource with server-side apply, unless it means the same as
+/// `old` (timestamps move only with a status flip, so equal means nothing changed), and publishes
+/// one Event per condition whose status or reason changed.
+async fn write_status(
+    obj: &InstanceRegistration,
+    api: &Api<InstanceRegistration>,
+    ctx: &Context,
+    old: &InstanceRegistrationStatus,
+    new: &InstanceRegistrationStatus,
+) -> Result<()> {
+    if old == new {
+        return Ok(());
+    }
+    let body = json!({
+        "apiVersion": InstanceRegistration::api_version(&()),
+        "kind": InstanceRegistration::kind(&()),
+        "status": new,
+    });
+    api.patch_status(
+        &obj.name_any(),
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&body),
+    )
+    .await
+    .map_err(|e| Error::kube("patch status", e))?;
+
+    for condition in conditions::changed(&old.conditions, &new.conditions) {
+        if let Some((kind, action)) = event_for(condition, &old.conditions) {
+            let note = format!("{}={:?}: {}", condition.r#type, condition.status, condition.message);
+            publish(ctx, obj, kind, &condition.reason, action, &note).await;
+        }
+    }
+    Ok(())
+}
+
+/// Whether a changed condition is worth an Event, and of which type. Step conditions are (a
+/// failure is a Warning); Ready is when it turns True or stops being True, since while False it
+/// repeats the step that holds it up; the kstatus pair is bookkeeping for tools, not news.
+fn event_for(
+    condition: &crate::resource::Condition,
+    old: &[crate::resource::Condition],
+) -> Option<(EventType, &'static str)> {
+    use conditions::{reasons, types};
+    let failed = condition.status == ConditionStatus::False;
+    match condition.r#type.as_str() {
+        types::RECONCILING | types::STALLED => None,
+        types::READY => {
+            let was_ready = conditions::is_true(old, types::READY);
+            let is_ready = condition.status == ConditionStatus::True;
+            (was_ready != is_ready).then_some((
+                if is_ready { EventType::Normal } else { EventType::Warning },
+                "Ready",
+            ))
+        }
+        _ if condition.reason == reasons::WAITING => None,
+        _ => Some((if failed { EventType::Warning } else { EventType::Normal }, "Step")),
+    }
+}
+
+/// Publishes an Event on `obj`. A failure to publish is logged, never fatal: Events are a
+/// courtesy, status is the record.
+async fn publish(
+    ctx: &Context,
+    obj: &InstanceRegistration,
+    type_: EventType,
+    reason: &str,
+    action: &str,
+    note: &str,
+) {
+    let event = Event {
+        type_,
+        reason: reason.to_owned(),
+        note: Some(truncate(note, 1000)),
+        action: action.to_owned(),
+        secondary: None,
+    };
+    if let Err(error) = ctx.recorder.publish(&event, &obj.object_ref(&())).await {
+        warn!(error = %crate::kube_error_summary(&error), "could not publish event");
+    }
+}
+
+fn truncate(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_owned();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end])
+}
+
+/// What to do after a reconcile failed: retry with this object's exponential backoff.
+pub fn error_policy(obj: Arc<InstanceRegistration>, error: &Error, ctx: Arc<Context>) -> Action {
+    let delay = ctx.backoff.next(&backoff_key(&obj), Schedule::TRANSIENT);
+    warn!(
+        namespace = %obj.namespace().unwrap_or_default(),
+        name = %obj.name_any(),
+        error = %error,
+        reason = error.metric_label(),
+        retry_in_ms = delay.as_millis() as u64,
+        "reconcile failed"
+    );
+    Action::requeue(delay)
+}
+
+/// Runs the controller until `shutdown` completes; reconciles in flight are allowed to finish.
+pub async fn run(
+    client: Client,
+    settings: Settings,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) -> anyhow::Result<()> {
+    let api: Api<InstanceRegistration> = match &settings.watch_namespace {
+        Some(namespace) => Api::namespaced(client.clone(), namespace),
+        None => Api::all(client.clone()),
+    };
+    // Fail at once, and clearly, when the CRD is missing or the controller may not list the kind.
+    api.list(&kube::api::ListParams::default().limit(1)).await.map_err(|e| {
+        anyhow::anyhow!(
+            "cannot list InstanceRegistrations (is the CRD installed? see `instance-registrar crd`): {}",
+            crate::kube_error_summary(&e)
+        )
+    })?;
+    let concurrency = settings.concurrency;
+    info!(
+        namespace = settings.watch_namespace.as_deref().unwrap_or("<all>"),
+        concurrency, "starting controller"
+    );
+    let ctx = Arc::new(Context::new(client, settings));
+    Controller::new(api, watcher::Config::default().any_semantic())
+        .with_config(kube::runtime::controller::Config::default().concurrency(concurrency))
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            match result {
+                Ok((object, _)) => tracing::debug!(object = %object.name, "reconciled"),
+                Err(kube::runtime::controller::Error::ReconcilerFailed(error, object)) => {
+                    tracing::debug!(object = %object.name, error = %error, "reconcile failed")
+                }
+                Err(error) => warn!(error = %error, "controller error"),
+            }
+        })
+        .await;
+    info!("controller stopped");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn truncate_keeps_short_text_and_cuts_long_text_on_a_char_boundary() {
+        assert_eq!(truncate("short", 10), "short");
+        let cut = truncate("ééééé", 3);
+        assert_eq!(cut, "é…");
+    }
+}

@@ -1,0 +1,71 @@
+//! instance-registrar: a Kubernetes controller that registers Linux hosts (EC2 instances or
+//! on-premises machines) with an AWS OpsWorks Stacks stack, one `InstanceRegistration` per host.
+//!
+//! - [`resource`]: the custom resource, its schema and validation rules.
+//! - [`controller`]: the watch, the finalizer, status and events around the [`steps`].
+//! - [`steps`]: the reconcile as a sequence of steps, each reporting one condition.
+//! - [`conditions`]: condition types, reasons and the rules for updating them.
+#![forbid(unsafe_code)]
+#![deny(warnings)]
+
+pub mod backoff;
+pub mod cli;
+pub mod conditions;
+pub mod controller;
+pub mod resource;
+pub mod sshkey;
+pub mod steps;
+pub mod telemetry;
+
+/// Errors that end a reconcile early; they are retried with per-object backoff. Failures the user
+/// must fix are not errors: they are conditions (see [`steps::Outcome`]).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A Kubernetes API call failed.
+    #[error("Kubernetes API call {operation} failed: {summary}")]
+    Kube {
+        /// What was being done.
+        operation: &'static str,
+        /// A one-line summary of the failure.
+        summary: String,
+        /// The error.
+        #[source]
+        source: kube::Error,
+    },
+    /// The finalizer helper failed (adding or removing the finalizer, or a step inside it).
+    #[error("finalizer: {0}")]
+    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
+    /// The object has no namespace (the kind is namespaced, so this is a bug upstream).
+    #[error("object has no namespace")]
+    NotNamespaced,
+}
+
+impl Error {
+    /// Wraps a Kubernetes API error with what was being done.
+    pub fn kube(operation: &'static str, source: kube::Error) -> Self {
+        Error::Kube { operation, summary: kube_error_summary(&source), source }
+    }
+
+    /// A short, stable label for metrics and logs.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Error::Kube { .. } => "kube_api",
+            Error::Finalizer(_) => "finalizer",
+            Error::NotNamespaced => "not_namespaced",
+        }
+    }
+}
+
+/// `Result` with this crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A one-line description of a Kubernetes client error: the API's status code, reason and message
+/// when the server answered, else the error's own text.
+pub fn kube_error_summary(error: &kube::Error) -> String {
+    match error {
+        kube::Error::Api(status) => {
+            format!("{} {}: {}", status.code, status.reason, status.message)
+        }
+        other => other.to_string(),
+    }
+}

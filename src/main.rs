@@ -1,0 +1,6 @@
+#![forbid(unsafe_code)]
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    instance_registrar::cli::Cli::parse_and_run().await
+}

@@ -1,0 +1,324 @@
+//! The `InstanceRegistration` resource (`registrar.dev/v1alpha1`): what a platform team writes and
+//! what `kubectl`, Argo CD and kstatus readers read.
+//!
+//! Every rule that can be checked before anything runs is in the schema (patterns, enums, lengths,
+//! CEL rules), so the API server refuses a bad manifest at `kubectl apply` with a message naming
+//! the field. The doc comments here are the field descriptions `kubectl explain` prints.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::{CustomResource, KubeSchema};
+use serde::{Deserialize, Serialize};
+
+/// The finalizer the controller puts on every object it manages.
+pub const FINALIZER: &str = "registrar.dev/cleanup";
+
+/// A host label: letters, digits and dashes, not starting or ending with a dash, 1-63 characters.
+pub const HOST_LABEL_PATTERN: &str = "^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$";
+/// A DNS name (dot-separated host labels) or an IPv4 address.
+const HOST_ADDRESS_PATTERN: &str = "^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\\.?$";
+const IPV4_PATTERN: &str = "^((25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])\\.){3}(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])$";
+const UUID_PATTERN: &str =
+    "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$";
+
+/// Registers one Linux host (an EC2 instance or an on-premises machine) with an AWS OpsWorks
+/// Stacks stack: the controller creates the IAM entities the agent needs, installs the OpsWorks
+/// agent over SSH, waits until OpsWorks reports the instance registered, and undoes its work when
+/// the object is deleted (unless deletionPolicy is Retain).
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "registrar.dev",
+    version = "v1alpha1",
+    kind = "InstanceRegistration",
+    namespaced,
+    status = "InstanceRegistrationStatus",
+    shortname = "ir",
+    category = "registrar",
+    doc = "Registers one Linux host (EC2 or on-premises) with an AWS OpsWorks Stacks stack.",
+    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status", description = "Whether the host is registered and healthy"),
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase", description = "Where the registration stands"),
+    printcolumn(name = "Reason", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].reason", description = "Why Ready has its status"),
+    printcolumn(name = "Stack", type_ = "string", json_path = ".spec.stackId", description = "OpsWorks stack ID", priority = 1),
+    printcolumn(name = "Target", type_ = "string", json_path = ".spec.target", description = "EC2 instance ID, IP, Name tag or host address"),
+    printcolumn(name = "OpsWorks ID", type_ = "string", json_path = ".status.opsworksInstanceId", description = "OpsWorks instance ID", priority = 1),
+    printcolumn(name = "Address", type_ = "string", json_path = ".status.address", description = "Address the controller connects to", priority = 1),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+)]
+#[x_kube(validation = kube::core::Rule::new("!has(self.privateIp) || self.infrastructureClass == 'on-premises'").message("privateIp is allowed only when infrastructureClass is on-premises").field_path(".privateIp").reason(kube::core::Reason::FieldValueForbidden))]
+#[x_kube(validation = kube::core::Rule::new("!has(self.publicIp) || self.infrastructureClass == 'on-premises'").message("publicIp is allowed only when infrastructureClass is on-premises").field_path(".publicIp").reason(kube::core::Reason::FieldValueForbidden))]
+#[x_kube(validation = kube::core::Rule::new("!has(self.useInstanceProfile) || !self.useInstanceProfile || self.infrastructureClass == 'ec2'").message("useInstanceProfile is allowed only when infrastructureClass is ec2").field_path(".useInstanceProfile").reason(kube::core::Reason::FieldValueForbidden))]
+#[x_kube(validation = kube::core::Rule::new(format!("self.infrastructureClass != 'on-premises' || self.target.matches(r'{HOST_ADDRESS_PATTERN}')")).message("target of an on-premises host must be a DNS name or an IPv4 address").field_path(".target").reason(kube::core::Reason::FieldValueInvalid))]
+#[serde(rename_all = "camelCase")]
+pub struct InstanceRegistrationSpec {
+    /// ID of the OpsWorks stack to register the host with (a lowercase UUID). Immutable.
+    #[schemars(regex(pattern = UUID_PATTERN))]
+    #[x_kube(validation = kube::core::Rule::new("self == oldSelf").message("stackId is immutable: delete and re-create the object to move the host to another stack"))]
+    pub stack_id: String,
+
+    /// Region of the OpsWorks endpoint (for example us-east-1). Defaults to the controller's
+    /// region. The stack's own region, reported by OpsWorks, is the one used for EC2 look-ups.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = "^[a-z]{2}(-[a-z]+)+-[0-9]{1,2}$"), length(max = 32))]
+    pub region: Option<String>,
+
+    /// What kind of host this is: `ec2` (an EC2 instance, found by EC2 DescribeInstances) or
+    /// `on-premises` (any other Linux host reachable over SSH). Immutable.
+    #[x_kube(validation = kube::core::Rule::new("self == oldSelf").message("infrastructureClass is immutable"))]
+    pub infrastructure_class: InfrastructureClass,
+
+    /// The host. For `ec2`: an instance ID (i-...), an IPv4 address (matched against the private
+    /// and public addresses) or the value of the instance's Name tag. For `on-premises`: the host's
+    /// DNS name or IPv4 address. Immutable.
+    #[schemars(length(min = 1, max = 255), regex(pattern = "^[^\\x00-\\x1F\\x7F]+$"))]
+    #[x_kube(validation = kube::core::Rule::new("self == oldSelf").message("target is immutable: delete and re-create the object to register another host"))]
+    pub target: String,
+
+    /// Hostname the instance gets in OpsWorks instead of the one the agent detects: a host label
+    /// (letters, digits and dashes, not starting or ending with a dash, at most 63 characters)
+    /// not already used by an instance of the stack.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63))]
+    #[x_kube(validation = kube::core::Rule::new(format!("self.matches(r'{HOST_LABEL_PATTERN}')")).message("hostname must be a host label: letters, digits and dashes, not starting or ending with a dash, at most 63 characters").reason(kube::core::Reason::FieldValueInvalid))]
+    pub hostname: Option<String>,
+
+    /// Private IPv4 address OpsWorks records for the host instead of the detected one.
+    /// on-premises only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = IPV4_PATTERN), length(max = 15))]
+    pub private_ip: Option<String>,
+
+    /// Public IPv4 address OpsWorks records for the host instead of the detected one.
+    /// on-premises only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = IPV4_PATTERN), length(max = 15))]
+    pub public_ip: Option<String>,
+
+    /// Let the agent register with the EC2 instance's own instance profile instead of an IAM user
+    /// made for it; no IAM user or access key is created. ec2 only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub use_instance_profile: Option<bool>,
+
+    /// How the controller reaches the host over SSH to install the OpsWorks agent.
+    pub ssh: SshSpec,
+
+    /// OpsWorks layer IDs to assign the instance to once it is registered.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32), inner(regex(pattern = UUID_PATTERN)))]
+    #[schemars(extend("x-kubernetes-list-type" = "set"))]
+    pub layer_ids: Vec<String>,
+
+    /// What happens to the registration when this object is deleted: `Deregister` (default)
+    /// deregisters the instance and deletes the IAM entities the controller made for it; `Retain`
+    /// leaves everything in place.
+    #[serde(default)]
+    pub deletion_policy: DeletionPolicy,
+
+    /// SHA-256 (lowercase hex) the agent installer tarball must have; when set, a tarball that
+    /// does not match is refused before anything on the host runs it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = "^[0-9a-f]{64}$"))]
+    pub agent_installer_sha256: Option<String>,
+
+    /// When true the controller takes no action for this object (it still reports status). A
+    /// suspended object that is deleted keeps its registration and IAM entities.
+    #[serde(default)]
+    pub suspend: bool,
+}
+
+/// What kind of host is registered.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, schemars::JsonSchema)]
+pub enum InfrastructureClass {
+    /// An EC2 instance, found with EC2 DescribeInstances in the stack's region.
+    #[serde(rename = "ec2")]
+    Ec2,
+    /// Any other Linux host reachable over SSH.
+    #[serde(rename = "on-premises")]
+    OnPremises,
+}
+
+/// What deleting the object does to the registration.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, schemars::JsonSchema)]
+pub enum DeletionPolicy {
+    /// Deregister the instance and delete the IAM entities made for it.
+    #[default]
+    Deregister,
+    /// Leave the registration and the IAM entities in place.
+    Retain,
+}
+
+/// How host keys are checked before anything is sent to the host.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, schemars::JsonSchema)]
+pub enum HostKeyPolicy {
+    /// Accept only the keys listed in hostKeys.
+    Pinned,
+    /// Accept the first key seen, record its fingerprint in status.hostKeyFingerprint, and refuse
+    /// any other key later (HostKeyMismatch) until the key is pinned or the record is cleared.
+    #[default]
+    TrustOnFirstUse,
+    /// Accept any host key. Only for hosts whose identity is assured some other way.
+    AcceptAny,
+}
+
+/// SSH access to the host.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[x_kube(validation = kube::core::Rule::new("self.hostKeyPolicy != 'Pinned' || (has(self.hostKeys) && size(self.hostKeys) > 0)").message("hostKeyPolicy Pinned requires at least one entry in hostKeys").field_path(".hostKeys").reason(kube::core::Reason::FieldValueRequired))]
+#[serde(rename_all = "camelCase")]
+pub struct SshSpec {
+    /// User to log in as; it must be able to run sudo without a password.
+    #[schemars(length(min = 1, max = 32), regex(pattern = "^[A-Za-z_][A-Za-z0-9._-]*$"))]
+    pub username: String,
+
+    /// The Secret (in this object's namespace, usually of type kubernetes.io/ssh-auth) holding the
+    /// private key, and, for an encrypted key, its passphrase under the key `passphrase`.
+    pub private_key_secret_ref: SecretKeyRef,
+
+    /// SSH port.
+    #[serde(default = "default_port")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: u16,
+
+    /// Connect to this DNS name or IPv4 address instead of the resolved one (a bastion's port
+    /// forward, a private network name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253), regex(pattern = HOST_ADDRESS_PATTERN))]
+    pub address: Option<String>,
+
+    /// Public keys the host may present, one per entry, in known_hosts form
+    /// (`[host-patterns] key-type base64-key [comment]`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(
+        length(max = 16),
+        inner(length(max = 8192), regex(pattern = "^([^\\s]+ )?(ssh-ed25519|ssh-rsa|rsa-sha2-256|rsa-sha2-512|ecdsa-sha2-nistp256|ecdsa-sha2-nistp384|ecdsa-sha2-nistp521) [A-Za-z0-9+/]+=*( [^\\x00-\\x1F\\x7F]*)?$"))
+    )]
+    pub host_keys: Vec<String>,
+
+    /// How the host key is verified: Pinned, TrustOnFirstUse (default) or AcceptAny.
+    #[serde(default)]
+    pub host_key_policy: HostKeyPolicy,
+
+    /// Seconds allowed to open the connection and authenticate.
+    #[serde(default = "default_connect_timeout")]
+    #[schemars(range(min = 1, max = 600))]
+    pub timeout_seconds: u32,
+}
+
+/// A key of a Secret in the object's own namespace.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeyRef {
+    /// Name of the Secret.
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+    )]
+    pub name: String,
+    /// Key within the Secret that holds the private key (OpenSSH, PKCS#8 or PEM form).
+    #[serde(default = "default_private_key_key")]
+    #[schemars(length(min = 1, max = 253), regex(pattern = "^[-._a-zA-Z0-9]+$"))]
+    pub key: String,
+}
+
+fn default_port() -> u16 {
+    22
+}
+fn default_connect_timeout() -> u32 {
+    30
+}
+fn default_private_key_key() -> String {
+    "ssh-privatekey".to_owned()
+}
+
+/// Where the registration stands, as the controller last observed it.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct InstanceRegistrationStatus {
+    /// The metadata.generation this status was computed for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Pending, Installing, Registering, Registered, Failed or Deleting.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<Phase>,
+    /// ID of the instance in OpsWorks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub opsworks_instance_id: Option<String>,
+    /// ID of the EC2 instance (ec2 only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ec2_instance_id: Option<String>,
+    /// Hostname of the instance in OpsWorks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    /// Address the controller connects to over SSH.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+    /// Name of the IAM user made for this host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iam_user_name: Option<String>,
+    /// ID of the access key made for the agent (the secret key never appears in status).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_key_id: Option<String>,
+    /// SHA256 fingerprint of the host key accepted on first use (TrustOnFirstUse); any other key
+    /// is refused with HostKeyMismatch until this is cleared or the key is pinned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_key_fingerprint: Option<String>,
+    /// When OpsWorks first reported the instance registered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registered_at: Option<Time>,
+    /// A human-readable summary of the current state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// Conditions in the Kubernetes convention: StackResolved, TargetResolved, SshKeyReady,
+    /// CredentialsReady, AgentInstalled, Registered, Ready (sums them up), and the kstatus pair
+    /// Reconciling and Stalled.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+}
+
+/// The registration's phase, derived from its conditions.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, schemars::JsonSchema)]
+pub enum Phase {
+    /// Checking inputs, the stack, the target and credentials.
+    Pending,
+    /// Installing the OpsWorks agent on the host.
+    Installing,
+    /// Waiting for OpsWorks to report the instance registered.
+    Registering,
+    /// OpsWorks reports the instance registered.
+    Registered,
+    /// Cannot progress until the spec (or a referenced Secret) changes.
+    Failed,
+    /// The object is being deleted.
+    Deleting,
+}
+
+/// One aspect of the object's state, in the Kubernetes condition convention.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Condition {
+    /// Type of the condition, CamelCase (for example Ready).
+    #[schemars(length(min = 1, max = 316))]
+    pub r#type: String,
+    /// True, False or Unknown.
+    pub status: ConditionStatus,
+    /// A CamelCase reason that is stable across releases (it is an API).
+    #[schemars(length(min = 1, max = 1024))]
+    pub reason: String,
+    /// A human-readable explanation.
+    #[serde(default)]
+    #[schemars(length(max = 32768))]
+    pub message: String,
+    /// When status last changed.
+    pub last_transition_time: Time,
+    /// The metadata.generation this condition was computed for.
+    pub observed_generation: i64,
+}
+
+/// Status of a condition.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, schemars::JsonSchema)]
+pub enum ConditionStatus {
+    /// The condition holds.
+    True,
+    /// The condition does not hold.
+    False,
+    /// It is not known yet whether the condition holds.
+    Unknown,
+}

@@ -1,0 +1,26 @@
+//! Logging through `tracing`, human-readable or JSON, filtered by `RUST_LOG`-style directives.
+
+use tracing_subscriber::{EnvFilter, fmt, prelude::*};
+
+/// Log line format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// One human-readable line per event.
+    Human,
+    /// One JSON object per line, for log pipelines.
+    Json,
+}
+
+/// Installs the global subscriber, writing to stderr. `filter` takes `RUST_LOG` syntax
+/// (for example `info` or `info,instance_registrar=debug`).
+pub fn init(filter: &str, format: LogFormat) -> anyhow::Result<()> {
+    let filter = EnvFilter::try_new(filter)?;
+    let registry = tracing_subscriber::registry().with(filter);
+    match format {
+        LogFormat::Human => registry.with(fmt::layer().with_writer(std::io::stderr)).try_init()?,
+        LogFormat::Json => registry
+            .with(fmt::layer().json().flatten_event(true).with_writer(std::io::stderr))
+            .try_init()?,
+    }
+    Ok(())
+}
