@@ -19,16 +19,22 @@ pub struct Schedule {
 
 impl Schedule {
     /// For transient failures: throttling, network, 5xx.
-    pub const TRANSIENT: Schedule =
-        Schedule { base: Duration::from_secs(1), max: Duration::from_secs(300) };
+    pub const TRANSIENT: Schedule = Schedule {
+        base: Duration::from_secs(1),
+        max: Duration::from_secs(300),
+    };
     /// For failures that need a person to change something (a missing Secret, a wrong key): look
     /// again now and then, since the fix may come without a spec change.
-    pub const BLOCKED: Schedule =
-        Schedule { base: Duration::from_secs(15), max: Duration::from_secs(600) };
+    pub const BLOCKED: Schedule = Schedule {
+        base: Duration::from_secs(15),
+        max: Duration::from_secs(600),
+    };
 
     /// The delay before retry number `attempt` (0 for the first), with `jitter` in `[0, 1)`.
     pub fn delay(&self, attempt: u32, jitter: f64) -> Duration {
-        let exponential = self.base.saturating_mul(2u32.saturating_pow(attempt.min(31)));
+        let exponential = self
+            .base
+            .saturating_mul(2u32.saturating_pow(attempt.min(31)));
         let ceiling = exponential.min(self.max);
         let half = ceiling / 2;
         half + half.mul_f64(jitter.clamp(0.0, 1.0))
@@ -56,12 +62,20 @@ impl Tracker {
 
     /// Forgets the failures of `key` (it made progress, or is gone).
     pub fn reset(&self, key: &str) {
-        self.attempts.lock().unwrap_or_else(|e| e.into_inner()).remove(key);
+        self.attempts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(key);
     }
 
     /// How many failures in a row `key` has had.
     pub fn attempts(&self, key: &str) -> u32 {
-        self.attempts.lock().unwrap_or_else(|e| e.into_inner()).get(key).copied().unwrap_or(0)
+        self.attempts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(key)
+            .copied()
+            .unwrap_or(0)
     }
 }
 
@@ -71,13 +85,20 @@ mod tests {
 
     #[test]
     fn delays_double_until_the_cap_and_stay_within_the_upper_half() {
-        let s = Schedule { base: Duration::from_secs(1), max: Duration::from_secs(60) };
+        let s = Schedule {
+            base: Duration::from_secs(1),
+            max: Duration::from_secs(60),
+        };
         assert_eq!(s.delay(0, 0.0), Duration::from_millis(500));
         assert!(s.delay(0, 0.999_999) < Duration::from_secs(1));
         assert_eq!(s.delay(3, 0.0), Duration::from_secs(4));
         assert_eq!(s.delay(10, 0.0), Duration::from_secs(30));
         assert!(s.delay(10, 0.999) <= Duration::from_secs(60));
-        assert_eq!(s.delay(u32::MAX, 0.0), Duration::from_secs(30), "no overflow");
+        assert_eq!(
+            s.delay(u32::MAX, 0.0),
+            Duration::from_secs(30),
+            "no overflow"
+        );
     }
 
     #[test]

@@ -81,15 +81,27 @@ pub struct Observation {
 impl Observation {
     /// The condition holds.
     pub fn holds(reason: &'static str, message: impl Into<String>) -> Self {
-        Self { status: ConditionStatus::True, reason, message: message.into() }
+        Self {
+            status: ConditionStatus::True,
+            reason,
+            message: message.into(),
+        }
     }
     /// The condition does not hold.
     pub fn fails(reason: &'static str, message: impl Into<String>) -> Self {
-        Self { status: ConditionStatus::False, reason, message: message.into() }
+        Self {
+            status: ConditionStatus::False,
+            reason,
+            message: message.into(),
+        }
     }
     /// Not known yet.
     pub fn unknown(reason: &'static str, message: impl Into<String>) -> Self {
-        Self { status: ConditionStatus::Unknown, reason, message: message.into() }
+        Self {
+            status: ConditionStatus::Unknown,
+            reason,
+            message: message.into(),
+        }
     }
 }
 
@@ -104,7 +116,11 @@ pub fn set(
     generation: i64,
     now: &Time,
 ) {
-    let Observation { status, reason, message } = observation;
+    let Observation {
+        status,
+        reason,
+        message,
+    } = observation;
     match conditions.iter_mut().find(|c| c.r#type == type_) {
         Some(existing) => {
             if existing.status != status {
@@ -163,20 +179,50 @@ mod tests {
     #[test]
     fn setting_the_same_status_again_keeps_the_transition_time_and_equals_the_old_list() {
         let mut conditions = Vec::new();
-        set(&mut conditions, types::READY, Observation::fails("A", "first"), 1, &at(100));
+        set(
+            &mut conditions,
+            types::READY,
+            Observation::fails("A", "first"),
+            1,
+            &at(100),
+        );
         let before = conditions.clone();
-        set(&mut conditions, types::READY, Observation::fails("A", "first"), 1, &at(200));
+        set(
+            &mut conditions,
+            types::READY,
+            Observation::fails("A", "first"),
+            1,
+            &at(200),
+        );
         assert_eq!(conditions, before);
     }
 
     #[test]
     fn a_status_flip_moves_the_transition_time_but_a_reason_change_does_not() {
         let mut conditions = Vec::new();
-        set(&mut conditions, types::READY, Observation::fails("A", "m"), 1, &at(100));
-        set(&mut conditions, types::READY, Observation::fails("B", "m"), 1, &at(200));
+        set(
+            &mut conditions,
+            types::READY,
+            Observation::fails("A", "m"),
+            1,
+            &at(100),
+        );
+        set(
+            &mut conditions,
+            types::READY,
+            Observation::fails("B", "m"),
+            1,
+            &at(200),
+        );
         assert_eq!(conditions[0].last_transition_time, at(100));
         assert_eq!(conditions[0].reason, "B");
-        set(&mut conditions, types::READY, Observation::holds("C", "m"), 2, &at(300));
+        set(
+            &mut conditions,
+            types::READY,
+            Observation::holds("C", "m"),
+            2,
+            &at(300),
+        );
         assert_eq!(conditions[0].last_transition_time, at(300));
         assert_eq!(conditions[0].observed_generation, 2);
     }
@@ -184,8 +230,20 @@ mod tests {
     #[test]
     fn a_new_generation_alone_updates_observed_generation() {
         let mut conditions = Vec::new();
-        set(&mut conditions, types::READY, Observation::holds("A", "m"), 1, &at(100));
-        set(&mut conditions, types::READY, Observation::holds("A", "m"), 2, &at(200));
+        set(
+            &mut conditions,
+            types::READY,
+            Observation::holds("A", "m"),
+            1,
+            &at(100),
+        );
+        set(
+            &mut conditions,
+            types::READY,
+            Observation::holds("A", "m"),
+            2,
+            &at(200),
+        );
         assert_eq!(conditions[0].observed_generation, 2);
         assert_eq!(conditions[0].last_transition_time, at(100));
     }
@@ -193,13 +251,46 @@ mod tests {
     #[test]
     fn changed_reports_new_conditions_and_status_or_reason_changes_but_not_message_changes() {
         let mut old = Vec::new();
-        set(&mut old, types::READY, Observation::fails("A", "m"), 1, &at(100));
-        set(&mut old, types::STALLED, Observation::fails("A", "m"), 1, &at(100));
+        set(
+            &mut old,
+            types::READY,
+            Observation::fails("A", "m"),
+            1,
+            &at(100),
+        );
+        set(
+            &mut old,
+            types::STALLED,
+            Observation::fails("A", "m"),
+            1,
+            &at(100),
+        );
         let mut new = old.clone();
-        set(&mut new, types::READY, Observation::fails("A", "other message"), 1, &at(200));
-        set(&mut new, types::STALLED, Observation::holds("A", "m"), 1, &at(200));
-        set(&mut new, types::RECONCILING, Observation::fails("A", "m"), 1, &at(200));
-        let changed: Vec<_> = changed(&old, &new).iter().map(|c| c.r#type.as_str()).collect();
+        set(
+            &mut new,
+            types::READY,
+            Observation::fails("A", "other message"),
+            1,
+            &at(200),
+        );
+        set(
+            &mut new,
+            types::STALLED,
+            Observation::holds("A", "m"),
+            1,
+            &at(200),
+        );
+        set(
+            &mut new,
+            types::RECONCILING,
+            Observation::fails("A", "m"),
+            1,
+            &at(200),
+        );
+        let changed: Vec<_> = changed(&old, &new)
+            .iter()
+            .map(|c| c.r#type.as_str())
+            .collect();
         assert_eq!(changed, vec![types::STALLED, types::RECONCILING]);
     }
 }

@@ -7,13 +7,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
+use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Patch, PatchParams};
+use kube::api::{PartialObjectMeta, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
-use kube::runtime::watcher;
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
 use tracing::{Instrument, info, info_span, warn};
@@ -83,7 +85,8 @@ impl Context {
 
 /// The key an object's backoff is kept under: UID, so a re-created object starts afresh.
 fn backoff_key(obj: &InstanceRegistration) -> String {
-    obj.uid().unwrap_or_else(|| format!("{}/{}", obj.namespace().unwrap_or_default(), obj.name_any()))
+    obj.uid()
+        .unwrap_or_else(|| format!("{}/{}", obj.namespace().unwrap_or_default(), obj.name_any()))
 }
 
 /// Reconciles one object: the finalizer is the only top-level action; it dispatches to
@@ -190,7 +193,10 @@ async fn write_status(
 
     for condition in conditions::changed(&old.conditions, &new.conditions) {
         if let Some((kind, action)) = event_for(condition, &old.conditions) {
-            let note = format!("{}={:?}: {}", condition.r#type, condition.status, condition.message);
+            let note = format!(
+                "{}={:?}: {}",
+                condition.r#type, condition.status, condition.message
+            );
             publish(ctx, obj, kind, &condition.reason, action, &note).await;
         }
     }
@@ -212,12 +218,23 @@ fn event_for(
             let was_ready = conditions::is_true(old, types::READY);
             let is_ready = condition.status == ConditionStatus::True;
             (was_ready != is_ready).then_some((
-                if is_ready { EventType::Normal } else { EventType::Warning },
+                if is_ready {
+                    EventType::Normal
+                } else {
+                    EventType::Warning
+                },
                 "Ready",
             ))
         }
         _ if condition.reason == reasons::WAITING => None,
-        _ => Some((if failed { EventType::Warning } else { EventType::Normal }, "Step")),
+        _ => Some((
+            if failed {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            "Step",
+        )),
     }
 }
 
@@ -290,8 +307,31 @@ pub async fn run(
         namespace = settings.watch_namespace.as_deref().unwrap_or("<all>"),
         concurrency, "starting controller"
     );
+    let secrets: Api<PartialObjectMeta<Secret>> = match &settings.watch_namespace {
+        Some(namespace) => Api::namespaced(client.clone(), namespace),
+        None => Api::all(client.clone()),
+    };
     let ctx = Arc::new(Context::new(client, settings));
-    Controller::new(api, watcher::Config::default().any_semantic())
+    let controller = Controller::new(api, watcher::Config::default().any_semantic());
+    let store = controller.store();
+    // A Secret that appears or changes re-runs the objects that name it, so fixing a missing or
+    // wrong key takes effect at once rather than at the next backoff. Metadata only: the
+    // controller never holds every Secret's content.
+    let secret_changes =
+        watcher::watcher(secrets, watcher::Config::default().any_semantic()).touched_objects();
+    controller
+        .watches_stream(secret_changes, move |secret| {
+            let namespace = secret.namespace();
+            let name = secret.name_any();
+            store
+                .state()
+                .into_iter()
+                .filter(|obj| {
+                    obj.namespace() == namespace && obj.spec.ssh.private_key_secret_ref.name == name
+                })
+                .map(|obj| ObjectRef::from_obj(&*obj))
+                .collect::<Vec<_>>()
+        })
         .with_config(kube::runtime::controller::Config::default().concurrency(concurrency))
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)

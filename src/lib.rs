@@ -43,7 +43,11 @@ pub enum Error {
 impl Error {
     /// Wraps a Kubernetes API error with what was being done.
     pub fn kube(operation: &'static str, source: kube::Error) -> Self {
-        Error::Kube { operation, summary: kube_error_summary(&source), source }
+        Error::Kube {
+            operation,
+            summary: kube_error_summary(&source),
+            source,
+        }
     }
 
     /// A short, stable label for metrics and logs.

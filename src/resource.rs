@@ -17,8 +17,7 @@ pub const HOST_LABEL_PATTERN: &str = "^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9]
 /// A DNS name (dot-separated host labels) or an IPv4 address.
 const HOST_ADDRESS_PATTERN: &str = "^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\\.?$";
 const IPV4_PATTERN: &str = "^((25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])\\.){3}(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])$";
-const UUID_PATTERN: &str =
-    "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$";
+const UUID_PATTERN: &str = "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$";
 
 /// Registers one Linux host (an EC2 instance or an on-premises machine) with an AWS OpsWorks
 /// Stacks stack: the controller creates the IAM entities the agent needs, installs the OpsWorks
@@ -34,14 +33,56 @@ const UUID_PATTERN: &str =
     shortname = "ir",
     category = "registrar",
     doc = "Registers one Linux host (EC2 or on-premises) with an AWS OpsWorks Stacks stack.",
-    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status", description = "Whether the host is registered and healthy"),
-    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase", description = "Where the registration stands"),
-    printcolumn(name = "Reason", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].reason", description = "Why Ready has its status"),
-    printcolumn(name = "Stack", type_ = "string", json_path = ".spec.stackId", description = "OpsWorks stack ID", priority = 1),
-    printcolumn(name = "Target", type_ = "string", json_path = ".spec.target", description = "EC2 instance ID, IP, Name tag or host address"),
-    printcolumn(name = "OpsWorks ID", type_ = "string", json_path = ".status.opsworksInstanceId", description = "OpsWorks instance ID", priority = 1),
-    printcolumn(name = "Address", type_ = "string", json_path = ".status.address", description = "Address the controller connects to", priority = 1),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status",
+        description = "Whether the host is registered and healthy"
+    ),
+    printcolumn(
+        name = "Phase",
+        type_ = "string",
+        json_path = ".status.phase",
+        description = "Where the registration stands"
+    ),
+    printcolumn(
+        name = "Reason",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].reason",
+        description = "Why Ready has its status"
+    ),
+    printcolumn(
+        name = "Stack",
+        type_ = "string",
+        json_path = ".spec.stackId",
+        description = "OpsWorks stack ID",
+        priority = 1
+    ),
+    printcolumn(
+        name = "Target",
+        type_ = "string",
+        json_path = ".spec.target",
+        description = "EC2 instance ID, IP, Name tag or host address"
+    ),
+    printcolumn(
+        name = "OpsWorks ID",
+        type_ = "string",
+        json_path = ".status.opsworksInstanceId",
+        description = "OpsWorks instance ID",
+        priority = 1
+    ),
+    printcolumn(
+        name = "Address",
+        type_ = "string",
+        json_path = ".status.address",
+        description = "Address the controller connects to",
+        priority = 1
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[x_kube(validation = kube::core::Rule::new("!has(self.privateIp) || self.infrastructureClass == 'on-premises'").message("privateIp is allowed only when infrastructureClass is on-premises").field_path(".privateIp").reason(kube::core::Reason::FieldValueForbidden))]
 #[x_kube(validation = kube::core::Rule::new("!has(self.publicIp) || self.infrastructureClass == 'on-premises'").message("publicIp is allowed only when infrastructureClass is on-premises").field_path(".publicIp").reason(kube::core::Reason::FieldValueForbidden))]
@@ -136,7 +177,9 @@ pub enum InfrastructureClass {
 }
 
 /// What deleting the object does to the registration.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, schemars::JsonSchema)]
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, schemars::JsonSchema,
+)]
 pub enum DeletionPolicy {
     /// Deregister the instance and delete the IAM entities made for it.
     #[default]
@@ -146,7 +189,9 @@ pub enum DeletionPolicy {
 }
 
 /// How host keys are checked before anything is sent to the host.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, schemars::JsonSchema)]
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, schemars::JsonSchema,
+)]
 pub enum HostKeyPolicy {
     /// Accept only the keys listed in hostKeys.
     Pinned,
@@ -164,7 +209,10 @@ pub enum HostKeyPolicy {
 #[serde(rename_all = "camelCase")]
 pub struct SshSpec {
     /// User to log in as; it must be able to run sudo without a password.
-    #[schemars(length(min = 1, max = 32), regex(pattern = "^[A-Za-z_][A-Za-z0-9._-]*$"))]
+    #[schemars(
+        length(min = 1, max = 32),
+        regex(pattern = "^[A-Za-z_][A-Za-z0-9._-]*$")
+    )]
     pub username: String,
 
     /// The Secret (in this object's namespace, usually of type kubernetes.io/ssh-auth) holding the
@@ -187,7 +235,12 @@ pub struct SshSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(
         length(max = 16),
-        inner(length(max = 8192), regex(pattern = "^([^\\s]+ )?(ssh-ed25519|ssh-rsa|rsa-sha2-256|rsa-sha2-512|ecdsa-sha2-nistp256|ecdsa-sha2-nistp384|ecdsa-sha2-nistp521) [A-Za-z0-9+/]+=*( [^\\x00-\\x1F\\x7F]*)?$"))
+        inner(
+            length(max = 8192),
+            regex(
+                pattern = "^([^\\s]+ )?(ssh-ed25519|ssh-rsa|rsa-sha2-256|rsa-sha2-512|ecdsa-sha2-nistp256|ecdsa-sha2-nistp384|ecdsa-sha2-nistp521) [A-Za-z0-9+/]+=*( [^\\x00-\\x1F\\x7F]*)?$"
+            )
+        )
     )]
     pub host_keys: Vec<String>,
 

@@ -113,7 +113,10 @@ mod tests {
     #[test]
     fn an_encrypted_key_needs_its_passphrase() {
         let pem = ed25519_openssh(Some("correct horse"));
-        assert_eq!(parse(pem.as_bytes(), None).unwrap_err(), KeyProblem::PassphraseRequired);
+        assert_eq!(
+            parse(pem.as_bytes(), None).unwrap_err(),
+            KeyProblem::PassphraseRequired
+        );
         assert_eq!(
             parse(pem.as_bytes(), Some(b"wrong")).unwrap_err(),
             KeyProblem::WrongPassphrase
@@ -131,13 +134,17 @@ mod tests {
             b"hello $(touch /tmp/pwned)".to_vec(),
             vec![0xff, 0xfe, 0x00],
             truncated.as_bytes().to_vec(),
-            pem.replace("OPENSSH PRIVATE KEY", "RSA PRIVATE KEY").into_bytes(),
+            pem.replace("OPENSSH PRIVATE KEY", "RSA PRIVATE KEY")
+                .into_bytes(),
             vec![b'A'; MAX_KEY_BYTES + 1],
         ];
         for case in cases {
             let err = parse(&case, None).unwrap_err();
             let text = err.to_string();
-            assert!(matches!(err, KeyProblem::Invalid(_)), "{case:?} gave {err:?}");
+            assert!(
+                matches!(err, KeyProblem::Invalid(_)),
+                "{case:?} gave {err:?}"
+            );
             let body: String = pem.lines().nth(1).unwrap().to_owned();
             assert!(!text.contains(&body), "error echoes key material: {text}");
             assert!(!text.contains("pwned"), "error echoes input: {text}");
@@ -148,6 +155,9 @@ mod tests {
     fn a_public_key_is_not_a_private_key() {
         let key = PrivateKey::random(&mut rand::rng(), keys::Algorithm::Ed25519).unwrap();
         let public = key.public_key().to_openssh().unwrap();
-        assert!(matches!(parse(public.as_bytes(), None), Err(KeyProblem::Invalid(_))));
+        assert!(matches!(
+            parse(public.as_bytes(), None),
+            Err(KeyProblem::Invalid(_))
+        ));
     }
 }

@@ -66,7 +66,10 @@ impl Outcome {
     /// The observation to record on the step's condition.
     pub fn observation(&self) -> &Observation {
         match self {
-            Outcome::Done(o) | Outcome::Progressing(o, _) | Outcome::Blocked(o) | Outcome::Retry(o) => o,
+            Outcome::Done(o)
+            | Outcome::Progressing(o, _)
+            | Outcome::Blocked(o)
+            | Outcome::Retry(o) => o,
         }
     }
 }
@@ -95,7 +98,13 @@ pub fn summarize(
 ) -> Next {
     let conds = &mut status.conditions;
     for (step, outcome) in results {
-        conditions::set(conds, step.condition(), outcome.observation().clone(), generation, now);
+        conditions::set(
+            conds,
+            step.condition(),
+            outcome.observation().clone(),
+            generation,
+            now,
+        );
     }
     // Steps after the one that stopped the pass were not evaluated for this generation.
     let stopped = results.iter().find(|(_, o)| !matches!(o, Outcome::Done(_)));
@@ -183,7 +192,10 @@ pub fn summarize_suspended(status: &mut InstanceRegistrationStatus, generation: 
     conditions::set(
         conds,
         types::RECONCILING,
-        Observation::fails(reasons::SUSPENDED, "spec.suspend is true: the controller takes no action"),
+        Observation::fails(
+            reasons::SUSPENDED,
+            "spec.suspend is true: the controller takes no action",
+        ),
         generation,
         now,
     );
@@ -234,11 +246,17 @@ mod tests {
         let mut s = InstanceRegistrationStatus::default();
         let results = [(
             Step::SshKey,
-            Outcome::Blocked(Observation::fails(reasons::SECRET_NOT_FOUND, "no such Secret")),
+            Outcome::Blocked(Observation::fails(
+                reasons::SECRET_NOT_FOUND,
+                "no such Secret",
+            )),
         )];
         let next = summarize(&mut s, PIPELINE, &results, 3, &now());
         assert_eq!(next, Next::BackoffBlocked);
-        assert_eq!(cond(&s, types::SSH_KEY_READY).status, ConditionStatus::False);
+        assert_eq!(
+            cond(&s, types::SSH_KEY_READY).status,
+            ConditionStatus::False
+        );
         assert_eq!(cond(&s, types::READY).reason, reasons::SECRET_NOT_FOUND);
         assert_eq!(cond(&s, types::STALLED).status, ConditionStatus::True);
         assert_eq!(cond(&s, types::RECONCILING).status, ConditionStatus::False);
@@ -254,7 +272,10 @@ mod tests {
             Step::SshKey,
             Outcome::Retry(Observation::fails(reasons::KUBERNETES_API_ERROR, "timeout")),
         )];
-        assert_eq!(summarize(&mut s, PIPELINE, &results, 1, &now()), Next::BackoffTransient);
+        assert_eq!(
+            summarize(&mut s, PIPELINE, &results, 1, &now()),
+            Next::BackoffTransient
+        );
         assert_eq!(cond(&s, types::RECONCILING).status, ConditionStatus::True);
         assert_eq!(cond(&s, types::STALLED).status, ConditionStatus::False);
         assert_eq!(s.phase, Some(Phase::Pending));
@@ -263,7 +284,10 @@ mod tests {
     #[test]
     fn passing_every_step_of_a_pipeline_without_registration_is_never_ready() {
         let mut s = InstanceRegistrationStatus::default();
-        let results = [(Step::SshKey, Outcome::Done(Observation::holds(reasons::SUCCEEDED, "ok")))];
+        let results = [(
+            Step::SshKey,
+            Outcome::Done(Observation::holds(reasons::SUCCEEDED, "ok")),
+        )];
         summarize(&mut s, PIPELINE, &results, 1, &now());
         assert_eq!(cond(&s, types::READY).status, ConditionStatus::False);
         assert_eq!(cond(&s, types::READY).reason, reasons::NOT_IMPLEMENTED);
@@ -274,7 +298,10 @@ mod tests {
         let mut s = InstanceRegistrationStatus::default();
         let results = [(
             Step::SshKey,
-            Outcome::Blocked(Observation::fails(reasons::SECRET_NOT_FOUND, "no such Secret")),
+            Outcome::Blocked(Observation::fails(
+                reasons::SECRET_NOT_FOUND,
+                "no such Secret",
+            )),
         )];
         summarize(&mut s, PIPELINE, &results, 1, &now());
         let first = s.clone();
@@ -288,7 +315,10 @@ mod tests {
         let mut s = InstanceRegistrationStatus::default();
         let results = [(
             Step::SshKey,
-            Outcome::Blocked(Observation::fails(reasons::SECRET_NOT_FOUND, "no such Secret")),
+            Outcome::Blocked(Observation::fails(
+                reasons::SECRET_NOT_FOUND,
+                "no such Secret",
+            )),
         )];
         summarize(&mut s, PIPELINE, &results, 1, &now());
         summarize_suspended(&mut s, 2, &now());

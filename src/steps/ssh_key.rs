@@ -27,7 +27,9 @@ pub(super) async fn check(obj: &InstanceRegistration, ctx: &Context) -> Outcome 
         Ok(None) => {
             return Outcome::Blocked(Observation::fails(
                 reasons::SECRET_NOT_FOUND,
-                format!("Secret {name:?} (ssh.privateKeySecretRef) not found in namespace {namespace:?}"),
+                format!(
+                    "Secret {name:?} (ssh.privateKeySecretRef) not found in namespace {namespace:?}"
+                ),
             ));
         }
         Err(kube::Error::Api(status)) if status.code == 403 => {
@@ -39,7 +41,10 @@ pub(super) async fn check(obj: &InstanceRegistration, ctx: &Context) -> Outcome 
         Err(error) => {
             return Outcome::Retry(Observation::fails(
                 reasons::KUBERNETES_API_ERROR,
-                format!("reading Secret {name:?}: {}", crate::kube_error_summary(&error)),
+                format!(
+                    "reading Secret {name:?}: {}",
+                    crate::kube_error_summary(&error)
+                ),
             ));
         }
     };
@@ -61,7 +66,11 @@ pub(super) async fn check(obj: &InstanceRegistration, ctx: &Context) -> Outcome 
             format!(
                 "Secret {name:?} has no key {:?} (its keys: {})",
                 reference.key,
-                if present.is_empty() { "none".to_owned() } else { present.join(", ") }
+                if present.is_empty() {
+                    "none".to_owned()
+                } else {
+                    present.join(", ")
+                }
             ),
         ));
     };

@@ -1,0 +1,391 @@
+//! The resource as the API server sees it: bad manifests are refused at `kubectl apply` with a
+//! message naming the field, the examples are accepted, `kubectl explain` explains the fields and
+//! `kubectl get` shows the printer columns. Runs against a real kube-apiserver.
+
+mod support;
+
+use support::{ControlPlane, manifest};
+
+const STACK: &str = "2f1ad2a4-6e7f-4c1b-9a55-0c7b1d3e4f50";
+
+/// Applies `yaml` (server-side, strict field validation) and returns (accepted, stderr).
+fn apply(cp: &ControlPlane, yaml: &str) -> (bool, String) {
+    let out = cp.kubectl_stdin(
+        &["apply", "--server-side", "--validate=strict", "-f", "-"],
+        yaml,
+    );
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn create_namespace(cp: &ControlPlane, prefix: &str) -> String {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let ns = format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+    );
+    cp.kubectl_ok(&["create", "namespace", &ns]).unwrap();
+    ns
+}
+
+/// `manifest` with `from` replaced by `to` (one occurrence must exist).
+fn edit(yaml: &str, from: &str, to: &str) -> String {
+    assert!(yaml.contains(from), "fixture lacks {from:?}");
+    yaml.replacen(from, to, 1)
+}
+
+#[test]
+fn invalid_manifests_are_refused_with_a_message_naming_the_field() {
+    let cp = ControlPlane::shared();
+    let ns = create_namespace(cp, "schema");
+    let base = manifest(&ns, "bad", "key");
+    let on_prem = edit(
+        &edit(
+            &base,
+            "infrastructureClass: ec2",
+            "infrastructureClass: on-premises",
+        ),
+        "target: i-0123456789abcdef0",
+        "target: host-1.example.internal",
+    );
+    let ssh_tail = "      name: key\n";
+    // (what, manifest, text the error must contain)
+    let cases: Vec<(&str, String, &str)> = vec![
+        (
+            "bad stackId",
+            edit(&base, STACK, "not-a-stack"),
+            "spec.stackId",
+        ),
+        (
+            "uppercase stackId",
+            edit(&base, STACK, &STACK.to_uppercase()),
+            "spec.stackId",
+        ),
+        (
+            "unknown class",
+            edit(
+                &base,
+                "infrastructureClass: ec2",
+                "infrastructureClass: gcp",
+            ),
+            "spec.infrastructureClass",
+        ),
+        (
+            "privateIp on ec2",
+            edit(&base, "  ssh:\n", "  privateIp: 10.0.0.5\n  ssh:\n"),
+            "spec.privateIp",
+        ),
+        (
+            "publicIp on ec2",
+            edit(&base, "  ssh:\n", "  publicIp: 198.51.100.7\n  ssh:\n"),
+            "spec.publicIp",
+        ),
+        (
+            "useInstanceProfile on on-premises",
+            edit(&on_prem, "  ssh:\n", "  useInstanceProfile: true\n  ssh:\n"),
+            "spec.useInstanceProfile",
+        ),
+        (
+            "hostname starting with a dash",
+            edit(&base, "  ssh:\n", "  hostname: -web\n  ssh:\n"),
+            "spec.hostname",
+        ),
+        (
+            "hostname with a dot",
+            edit(&base, "  ssh:\n", "  hostname: web.1\n  ssh:\n"),
+            "spec.hostname",
+        ),
+        (
+            "hostname of 64 characters",
+            edit(
+                &base,
+                "  ssh:\n",
+                &format!("  hostname: {}\n  ssh:\n", "a".repeat(64)),
+            ),
+            "spec.hostname",
+        ),
+        (
+            "hostname with shell metacharacters",
+            edit(&base, "  ssh:\n", "  hostname: \"a$(reboot)\"\n  ssh:\n"),
+            "spec.hostname",
+        ),
+        (
+            "on-premises target with a space and a semicolon",
+            edit(
+                &on_prem,
+                "target: host-1.example.internal",
+                "target: \"host-1; rm -rf /\"",
+            ),
+            "spec.target",
+        ),
+        (
+            "target with a newline",
+            edit(
+                &base,
+                "target: i-0123456789abcdef0",
+                "target: \"i-1\\nrm -rf /\"",
+            ),
+            "spec.target",
+        ),
+        (
+            "private IP out of range",
+            edit(&on_prem, "  ssh:\n", "  privateIp: 999.1.1.1\n  ssh:\n"),
+            "spec.privateIp",
+        ),
+        (
+            "missing ssh",
+            base[..base.find("  ssh:\n").unwrap()].to_owned(),
+            "spec.ssh",
+        ),
+        (
+            "missing ssh.username",
+            edit(&base, "    username: ec2-user\n", ""),
+            "spec.ssh.username",
+        ),
+        (
+            "missing privateKeySecretRef",
+            edit(&base, &format!("    privateKeySecretRef:\n{ssh_tail}"), ""),
+            "spec.ssh.privateKeySecretRef",
+        ),
+        (
+            "username with shell metacharacters",
+            edit(&base, "username: ec2-user", "username: \"root;id\""),
+            "spec.ssh.username",
+        ),
+        (
+            "Secret name that is not a DNS name",
+            edit(&base, "      name: key", "      name: Bad_Name"),
+            "spec.ssh.privateKeySecretRef.name",
+        ),
+        (
+            "port 0",
+            edit(&base, ssh_tail, &format!("{ssh_tail}    port: 0\n")),
+            "spec.ssh.port",
+        ),
+        (
+            "ssh address with a space",
+            edit(
+                &base,
+                ssh_tail,
+                &format!("{ssh_tail}    address: \"a b\"\n"),
+            ),
+            "spec.ssh.address",
+        ),
+        (
+            "Pinned without hostKeys",
+            edit(
+                &base,
+                ssh_tail,
+                &format!("{ssh_tail}    hostKeyPolicy: Pinned\n"),
+            ),
+            "spec.ssh.hostKeys",
+        ),
+        (
+            "unknown hostKeyPolicy",
+            edit(
+                &base,
+                ssh_tail,
+                &format!("{ssh_tail}    hostKeyPolicy: Whatever\n"),
+            ),
+            "spec.ssh.hostKeyPolicy",
+        ),
+        (
+            "host key that is not a public key",
+            edit(
+                &base,
+                ssh_tail,
+                &format!("{ssh_tail}    hostKeys: [\"not a key\"]\n"),
+            ),
+            "spec.ssh.hostKeys[0]",
+        ),
+        (
+            "timeout of zero",
+            edit(
+                &base,
+                ssh_tail,
+                &format!("{ssh_tail}    timeoutSeconds: 0\n"),
+            ),
+            "spec.ssh.timeoutSeconds",
+        ),
+        (
+            "layer ID that is not a UUID",
+            edit(&base, "  ssh:\n", "  layerIds: [\"web\"]\n  ssh:\n"),
+            "spec.layerIds[0]",
+        ),
+        (
+            "unknown deletionPolicy",
+            edit(&base, "  ssh:\n", "  deletionPolicy: Keep\n  ssh:\n"),
+            "spec.deletionPolicy",
+        ),
+        (
+            "installer checksum that is not SHA-256",
+            edit(&base, "  ssh:\n", "  agentInstallerSha256: abc\n  ssh:\n"),
+            "spec.agentInstallerSha256",
+        ),
+        (
+            "region that is not a region",
+            edit(&base, "  ssh:\n", "  region: \"us east\"\n  ssh:\n"),
+            "spec.region",
+        ),
+        (
+            "unknown field",
+            edit(&base, "  ssh:\n", "  stackName: EC2Register\n  ssh:\n"),
+            "spec.stackName",
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (what, yaml, field) in &cases {
+        let (accepted, stderr) = apply(cp, yaml);
+        if accepted {
+            failures.push(format!("{what}: accepted"));
+            cp.kubectl(&["delete", "-n", &ns, "ir", "bad", "--wait=false"]);
+        } else if !stderr.contains(field) {
+            failures.push(format!("{what}: refused without naming {field}: {stderr}"));
+        }
+    }
+    println!(
+        "{} invalid manifests tried, {} refused naming the field",
+        cases.len(),
+        cases.len() - failures.len()
+    );
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn immutable_fields_cannot_change_after_create() {
+    let cp = ControlPlane::shared();
+    let ns = create_namespace(cp, "immutable");
+    let base = manifest(&ns, "fixed", "key");
+    assert_eq!(apply(cp, &base), (true, String::new()));
+    let other_stack = "0b0b0b0b-1111-2222-3333-444444444444";
+    let changes = [
+        (
+            "stackId",
+            edit(&base, STACK, other_stack),
+            "stackId is immutable",
+        ),
+        (
+            "target",
+            edit(&base, "i-0123456789abcdef0", "i-0fedcba9876543210"),
+            "target is immutable",
+        ),
+        (
+            "infrastructureClass",
+            edit(
+                &edit(
+                    &base,
+                    "infrastructureClass: ec2",
+                    "infrastructureClass: on-premises",
+                ),
+                "target: i-0123456789abcdef0",
+                "target: i-0123456789abcdef0",
+            ),
+            "infrastructureClass is immutable",
+        ),
+    ];
+    for (field, yaml, message) in changes {
+        let (accepted, stderr) = apply(cp, &yaml);
+        assert!(!accepted, "change of {field} accepted");
+        assert!(
+            stderr.contains(&format!("spec.{field}")) && stderr.contains(message),
+            "{field}: {stderr}"
+        );
+    }
+    // A mutable field still changes.
+    let (accepted, stderr) = apply(cp, &edit(&base, "  ssh:\n", "  hostname: web-2\n  ssh:\n"));
+    assert!(accepted, "{stderr}");
+}
+
+#[test]
+fn the_examples_are_accepted() {
+    let cp = ControlPlane::shared();
+    let ns = create_namespace(cp, "examples");
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+    let mut names: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    names.sort();
+    assert!(names.len() >= 3);
+    for path in names {
+        let out = cp.kubectl(&[
+            "apply",
+            "-n",
+            &ns,
+            "--server-side",
+            "--validate=strict",
+            "-f",
+            &path.to_string_lossy(),
+        ]);
+        assert!(
+            out.status.success(),
+            "{}: {}",
+            path.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+#[test]
+fn kubectl_explain_explains_the_fields_and_get_shows_the_columns() {
+    let cp = ControlPlane::shared();
+    let explained = cp
+        .kubectl_ok(&["explain", "instanceregistration.spec.ssh"])
+        .unwrap();
+    for text in [
+        "hostKeyPolicy",
+        "privateKeySecretRef",
+        "known_hosts form",
+        "sudo without a password",
+    ] {
+        assert!(
+            explained.contains(text),
+            "explain lacks {text:?}:\n{explained}"
+        );
+    }
+    let spec = cp.kubectl_ok(&["explain", "ir.spec"]).unwrap();
+    for field in [
+        "stackId",
+        "infrastructureClass",
+        "target",
+        "hostname",
+        "deletionPolicy",
+        "suspend",
+        "layerIds",
+    ] {
+        assert!(spec.contains(field), "explain ir.spec lacks {field}");
+    }
+
+    let ns = create_namespace(cp, "columns");
+    assert!(apply(cp, &manifest(&ns, "shown", "key")).0);
+    let wide = cp
+        .kubectl_ok(&["get", "ir", "-n", &ns, "-o", "wide"])
+        .unwrap();
+    let header = wide.lines().next().unwrap();
+    for column in [
+        "NAME",
+        "READY",
+        "PHASE",
+        "REASON",
+        "STACK",
+        "TARGET",
+        "OPSWORKS ID",
+        "ADDRESS",
+        "AGE",
+    ] {
+        assert!(
+            header.contains(column),
+            "-o wide header lacks {column}: {header}"
+        );
+    }
+    assert!(wide.contains("i-0123456789abcdef0"));
+    let narrow = cp.kubectl_ok(&["get", "registrar", "-n", &ns]).unwrap();
+    let header = narrow.lines().next().unwrap();
+    assert!(
+        header.contains("READY") && !header.contains("STACK"),
+        "{header}"
+    );
+}

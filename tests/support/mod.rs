@@ -1,0 +1,215 @@
+//! Test support shared by the integration tests: the real control plane, controller processes,
+//! namespaces, Secrets and SSH keys. Not product code.
+#![allow(dead_code)]
+
+pub mod control_plane;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::{Child, Command};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::{Namespace, Secret};
+use kube::api::{Api, ObjectMeta, PostParams};
+
+pub use control_plane::ControlPlane;
+use instance_registrar::resource::InstanceRegistration;
+
+/// Creates a namespace with a unique name starting with `prefix`, for one test.
+pub async fn namespace(client: &kube::Client, prefix: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let name = format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    );
+    let api: Api<Namespace> = Api::all(client.clone());
+    let ns = Namespace {
+        metadata: ObjectMeta {
+            name: Some(name.clone()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    api.create(&PostParams::default(), &ns).await.unwrap();
+    name
+}
+
+/// Creates a Secret of `type_` in `namespace` with `data`.
+pub async fn secret(
+    client: &kube::Client,
+    namespace: &str,
+    name: &str,
+    type_: &str,
+    data: &[(&str, &[u8])],
+) {
+    let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    let data: BTreeMap<String, ByteString> = data
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), ByteString(v.to_vec())))
+        .collect();
+    let secret = Secret {
+        metadata: ObjectMeta {
+            name: Some(name.to_owned()),
+            ..Default::default()
+        },
+        type_: Some(type_.to_owned()),
+        data: Some(data),
+        ..Default::default()
+    };
+    api.create(&PostParams::default(), &secret).await.unwrap();
+}
+
+/// A fresh SSH key pair made by ssh-keygen: (private key in OpenSSH form, public key line).
+pub fn ssh_keypair(kind: &str, passphrase: &str) -> (String, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("key");
+    let status = Command::new("ssh-keygen")
+        .args([
+            "-q",
+            "-t",
+            kind,
+            "-N",
+            passphrase,
+            "-C",
+            "instance-registrar-test",
+            "-f",
+        ])
+        .arg(&path)
+        .status()
+        .expect("ssh-keygen");
+    assert!(status.success());
+    let private = std::fs::read_to_string(&path).unwrap();
+    let public = std::fs::read_to_string(path.with_extension("pub")).unwrap();
+    (private, public.trim().to_owned())
+}
+
+/// The lines of a PEM/OpenSSH private key that carry key material (not the BEGIN/END lines): what
+/// must never appear in logs, events or status.
+pub fn key_material_lines(private_key: &str) -> Vec<String> {
+    private_key
+        .lines()
+        .filter(|l| !l.starts_with("-----") && l.len() >= 16)
+        .map(str::to_owned)
+        .collect()
+}
+
+/// A controller process (`instance-registrar run`) watching one namespace, its logs in a file.
+pub struct ControllerProcess {
+    child: Option<Child>,
+    /// Where its stderr and stdout go.
+    pub log: PathBuf,
+}
+
+impl ControllerProcess {
+    /// Starts the controller for `namespace`, logging at debug level.
+    pub fn start(cp: &ControlPlane, namespace: &str, extra_args: &[&str]) -> Self {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let log = cp.dir.join(format!(
+            "controller-{namespace}-{}.log",
+            N.fetch_add(1, Ordering::SeqCst)
+        ));
+        let child = control_plane::spawn_logged(
+            Command::new(env!("CARGO_BIN_EXE_instance-registrar"))
+                .args(["run", "--watch-namespace", namespace])
+                .args(extra_args)
+                .env("KUBECONFIG", &cp.kubeconfig)
+                .env("LOG_LEVEL", "debug")
+                .env("RUST_BACKTRACE", "1"),
+            &log,
+        )
+        .unwrap();
+        Self {
+            child: Some(child),
+            log,
+        }
+    }
+
+    /// Sends SIGTERM and waits for the process to exit; returns whether it exited successfully.
+    pub fn terminate(&mut self) -> bool {
+        let Some(mut child) = self.child.take() else {
+            return true;
+        };
+        // setpriv execs the controller, so the child's PID is the controller's.
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status.success();
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Everything it logged so far.
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for ControllerProcess {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Polls `check` until it returns `Some`, or panics after `timeout` with `what`.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        if Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The object's condition of `type_`, if any: (status, reason, observedGeneration).
+pub fn condition(obj: &InstanceRegistration, type_: &str) -> Option<(String, String, i64)> {
+    let status = obj.status.as_ref()?;
+    let c = status.conditions.iter().find(|c| c.r#type == type_)?;
+    Some((
+        format!("{:?}", c.status),
+        c.reason.clone(),
+        c.observed_generation,
+    ))
+}
+
+/// A minimal valid manifest (YAML) for namespace `ns`, object `name`, using Secret `secret`.
+pub fn manifest(ns: &str, name: &str, secret: &str) -> String {
+    format!(
+        "apiVersion: registrar.dev/v1alpha1
+kind: InstanceRegistration
+metadata:
+  name: {name}
+  namespace: {ns}
+spec:
+  stackId: 2f1ad2a4-6e7f-4c1b-9a55-0c7b1d3e4f50
+  infrastructureClass: ec2
+  target: i-0123456789abcdef0
+  ssh:
+    username: ec2-user
+    privateKeySecretRef:
+      name: {secret}
+"
+    )
+}
