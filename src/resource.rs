@@ -5,6 +5,9 @@
 //! CEL rules), so the API server refuses a bad manifest at `kubectl apply` with a message naming
 //! the field. The doc comments here are the field descriptions `kubectl explain` prints.
 
+// clippy reads the repeated `type_ = ...` of the printcolumn(...) groups as duplicated attributes.
+#![allow(clippy::duplicated_attributes)]
+
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};

@@ -213,7 +213,9 @@ async fn bad_secrets_get_stable_reasons_and_their_bytes_appear_nowhere() {
     let (rsa, _) = ssh_keypair("rsa", "");
     let canary = "CANARY-not-a-key-7f3a9c $(touch /tmp/pwned) `id`";
     let half_key = &good[..good.len() / 2];
-    let cases: Vec<(&str, &str, Vec<(&str, Vec<u8>)>, &str)> = vec![
+    // (object and Secret name, Secret type, Secret data, expected SshKeyReady reason)
+    type Case<'a> = (&'a str, &'a str, Vec<(&'a str, Vec<u8>)>, &'a str);
+    let cases: Vec<Case> = vec![
         (
             "no-key",
             "Opaque",
