@@ -1,0 +1,185 @@
+//! Fault injection for tests: latency (fixed, plus spikes at a rate), throttling and server
+//! faults at rates, drawn from a seeded random generator so that a run is repeatable.
+//!
+//! Each API call that passed the authentication checks draws four numbers, in arrival order,
+//! from a generator seeded with [`Faults::seed`] (re-seeded whenever the faults are set):
+//! whether a latency spike happens, then throttling, then 500, then 503. The control routes
+//! (`/_endpoint/...`) and the agent installer download are never fault-injected.
+
+use std::time::Duration;
+
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+use serde::{Deserialize, Serialize};
+
+use crate::error::ApiError;
+use crate::record::InjectedFault;
+
+/// Fault settings. All rates are probabilities in `[0, 1]` per call; the default is no faults.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Faults {
+    /// Latency added to every call, in milliseconds.
+    pub latency_ms: u64,
+    /// Rate of latency spikes.
+    pub spike_rate: f64,
+    /// Extra latency of a spike, in milliseconds.
+    pub spike_latency_ms: u64,
+    /// Rate of `ThrottlingException` (HTTP 400) answers.
+    pub throttle_rate: f64,
+    /// Rate of `InternalFailure` (HTTP 500) answers.
+    pub internal_error_rate: f64,
+    /// Rate of `ServiceUnavailable` (HTTP 503) answers.
+    pub unavailable_rate: f64,
+    /// When not empty, faults apply only to these actions (e.g. `["DescribeInstances"]`).
+    pub only_actions: Vec<String>,
+    /// Seed of the random generator.
+    pub seed: u64,
+}
+
+impl Default for Faults {
+    fn default() -> Self {
+        Faults {
+            latency_ms: 0,
+            spike_rate: 0.0,
+            spike_latency_ms: 0,
+            throttle_rate: 0.0,
+            internal_error_rate: 0.0,
+            unavailable_rate: 0.0,
+            only_actions: Vec::new(),
+            seed: 0,
+        }
+    }
+}
+
+impl Faults {
+    /// No faults.
+    pub fn none() -> Self {
+        Self::default()
+    }
+
+    /// Throttles calls at `rate`.
+    pub fn throttling(rate: f64) -> Self {
+        Faults {
+            throttle_rate: rate,
+            ..Self::default()
+        }
+    }
+
+    /// Checks that the rates are probabilities.
+    pub fn validate(&self) -> Result<(), String> {
+        for (name, r) in [
+            ("spike_rate", self.spike_rate),
+            ("throttle_rate", self.throttle_rate),
+            ("internal_error_rate", self.internal_error_rate),
+            ("unavailable_rate", self.unavailable_rate),
+        ] {
+            if !(0.0..=1.0).contains(&r) {
+                return Err(format!("{name} must be between 0 and 1, not {r}"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What the generator decided for one call.
+#[derive(Debug, Default)]
+pub(crate) struct Decision {
+    pub delay: Duration,
+    pub spike: bool,
+    pub fault: Option<InjectedFault>,
+}
+
+impl Decision {
+    pub fn error(&self) -> Option<ApiError> {
+        self.fault.map(|f| match f {
+            InjectedFault::Throttling => ApiError::new(400, "ThrottlingException", "Rate exceeded"),
+            InjectedFault::InternalFailure => ApiError::internal(
+                "The request processing has failed because of an unknown error, exception or \
+                 failure.",
+            ),
+            InjectedFault::ServiceUnavailable => ApiError::new(
+                503,
+                "ServiceUnavailable",
+                "The request has failed due to a temporary failure of the server.",
+            ),
+        })
+    }
+}
+
+/// Faults and their generator.
+pub(crate) struct Injector {
+    pub faults: Faults,
+    rng: StdRng,
+}
+
+impl Injector {
+    pub fn new(faults: Faults) -> Self {
+        let rng = StdRng::seed_from_u64(faults.seed);
+        Injector { faults, rng }
+    }
+
+    pub fn decide(&mut self, action: &str) -> Decision {
+        let f = &self.faults;
+        if !f.only_actions.is_empty() && !f.only_actions.iter().any(|a| a == action) {
+            return Decision::default();
+        }
+        let (spike, throttle, internal, unavailable): (f64, f64, f64, f64) = (
+            self.rng.random(),
+            self.rng.random(),
+            self.rng.random(),
+            self.rng.random(),
+        );
+        let spike = spike < f.spike_rate;
+        let mut delay = Duration::from_millis(f.latency_ms);
+        if spike {
+            delay += Duration::from_millis(f.spike_latency_ms);
+        }
+        let fault = if throttle < f.throttle_rate {
+            Some(InjectedFault::Throttling)
+        } else if internal < f.internal_error_rate {
+            Some(InjectedFault::InternalFailure)
+        } else if unavailable < f.unavailable_rate {
+            Some(InjectedFault::ServiceUnavailable)
+        } else {
+            None
+        };
+        Decision {
+            delay,
+            spike,
+            fault,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deterministic_and_near_the_rate() {
+        let faults = Faults {
+            throttle_rate: 0.3,
+            seed: 7,
+            ..Faults::default()
+        };
+        let run = || {
+            let mut i = Injector::new(faults.clone());
+            (0..1000)
+                .map(|_| i.decide("DescribeStacks").fault.is_some())
+                .collect::<Vec<_>>()
+        };
+        let a = run();
+        assert_eq!(a, run());
+        let n = a.iter().filter(|x| **x).count();
+        assert!((230..370).contains(&n), "{n} throttled of 1000");
+        let mut only = Injector::new(Faults {
+            throttle_rate: 1.0,
+            only_actions: vec!["DescribeInstances".into()],
+            ..Faults::default()
+        });
+        assert!(only.decide("DescribeStacks").fault.is_none());
+        assert!(only.decide("DescribeInstances").fault.is_some());
+        assert!(Faults::throttling(1.5).validate().is_err());
+    }
+}

@@ -1,0 +1,81 @@
+//! An OpsWorks-compatible endpoint for local use and tests, and the code that starts moto's
+//! server (the AWS mock for IAM, EC2 and STS) it checks credentials against.
+//!
+//! AWS closed OpsWorks Stacks to customers in 2024. This crate serves the part of the official
+//! OpsWorks API (version `2013-02-18`, AWS JSON 1.1 protocol, target prefix `OpsWorks_20130218`)
+//! that registering hosts needs, following the official service model: its shapes, its required
+//! members and its error codes, so that the `aws-sdk-opsworks` crate (generated from that model)
+//! and the AWS CLI talk to it as they talked to AWS.
+//!
+//! # What it serves
+//!
+//! - The API, `POST /` with `X-Amz-Target: OpsWorks_20130218.<Action>`, SigV4-signed:
+//!   `CreateStack`, `DescribeStacks`, `DescribeStackProvisioningParameters`, `CreateLayer`,
+//!   `DescribeLayers`, `DescribeInstances`, `RegisterInstance`, `DeregisterInstance`,
+//!   `AssignInstance`, `UnassignInstance` (see [`model::OPERATIONS`]).
+//! - The agent installer tarball the provisioning parameters point at, under
+//!   [`AGENT_INSTALLER_PATH`].
+//! - Test controls under [`CONTROL_PREFIX`] (`/_endpoint/`), unsigned and never
+//!   fault-injected, the same as [`EndpointHandle`]'s methods:
+//!
+//! | route | does |
+//! | --- | --- |
+//! | `GET /_endpoint/health` | `ok` |
+//! | `GET /_endpoint/calls` | the call records, a JSON array of [`CallRecord`] |
+//! | `DELETE /_endpoint/calls` | forgets the call records |
+//! | `GET /_endpoint/faults`, `PUT /_endpoint/faults` | reads / sets [`Faults`] (JSON; absent fields take their defaults) |
+//! | `PUT /_endpoint/registration-delay` | `{"seconds": 1.5}`, as [`EndpointHandle::set_registration_delay`] |
+//! | `PUT /_endpoint/instances/<id>/status` | `{"status": "setup_failed"}`, as [`EndpointHandle::set_instance_status`] |
+//! | `GET /_endpoint/instances` | the registered instances, a JSON array of [`InstanceView`] |
+//! | `GET /_endpoint/state` | stacks, layers and instances as the API shapes them, delay and faults |
+//!
+//! # Credentials
+//!
+//! Every API request must carry a well-formed SigV4 `Authorization` header (else
+//! `MissingAuthenticationTokenException` / `IncompleteSignatureException`). When the access key
+//! is one moto's IAM knows (its secret is read from moto's `/moto-api/data.json`) or one given in
+//! [`Config::known_credentials`], the signature is verified (`InvalidSignatureException` when it
+//! does not match). Keys nobody knows are accepted unverified for every action but
+//! `RegisterInstance` (unless [`Config::reject_unknown_access_keys`]).
+//!
+//! `RegisterInstance` is authorized as AWS did, against moto: the key's IAM user must be allowed
+//! `opsworks:RegisterInstance` on the stack's ARN by an attached managed policy (such as
+//! `arn:aws:iam::aws:policy/AWSOpsWorksInstanceRegistration`) or an inline policy (with its
+//! `DateLessThan aws:CurrentTime` condition, if any, not passed), directly or through a group;
+//! or, for a key IAM does not know, the instance identity document must name an EC2 instance that
+//! moto reports with an IAM instance profile. See [`Authorization`].
+//!
+//! # Use from tests
+//!
+//! ```no_run
+//! use opsworks_endpoint::{Config, Endpoint, moto::MotoServer};
+//!
+//! let moto = MotoServer::shared().unwrap();
+//! let endpoint = Endpoint::start(Config::with_moto(moto.url())).unwrap();
+//! // point an aws-sdk-opsworks client at endpoint.url() ...
+//! for call in endpoint.calls() {
+//!     println!("{} {} {:?}", call.action, call.status, call.error_code);
+//! }
+//! ```
+
+pub mod faults;
+pub mod model;
+pub mod moto;
+pub mod policy;
+pub mod sigv4;
+
+mod aws;
+mod config;
+mod error;
+mod handlers;
+mod record;
+mod server;
+mod state;
+mod time;
+
+pub use config::{AgentInstaller, Config, MOTO_ACCESS_KEY_ID, MOTO_SECRET_ACCESS_KEY};
+pub use error::ApiError;
+pub use faults::Faults;
+pub use record::{Authorization, CallRecord, InjectedFault, SignatureCheck};
+pub use server::{AGENT_INSTALLER_PATH, CONTROL_PREFIX, Endpoint, EndpointHandle};
+pub use state::InstanceView;
