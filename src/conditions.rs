@@ -41,6 +41,8 @@ pub mod reasons {
     pub const RECONCILED: &str = "Reconciled";
     /// spec.suspend is true.
     pub const SUSPENDED: &str = "Suspended";
+    /// The object is being deleted; the message says what is left to undo.
+    pub const DELETING: &str = "Deleting";
     /// This build of the controller does not perform the step yet.
     pub const NOT_IMPLEMENTED: &str = "NotImplemented";
 
@@ -61,6 +63,44 @@ pub mod reasons {
     pub const PASSPHRASE_REQUIRED: &str = "PassphraseRequired";
     /// The passphrase in the Secret does not decrypt the private key.
     pub const WRONG_PASSPHRASE: &str = "WrongPassphrase";
+
+    // The stack and the target.
+    /// DescribeStacks does not know the stack.
+    pub const STACK_NOT_FOUND: &str = "StackNotFound";
+    /// No EC2 instance matches the target.
+    pub const TARGET_NOT_FOUND: &str = "TargetNotFound";
+    /// Several EC2 instances match the target; the message lists them.
+    pub const TARGET_AMBIGUOUS: &str = "TargetAmbiguous";
+    /// The EC2 instance has neither a public nor a private address.
+    pub const TARGET_HAS_NO_ADDRESS: &str = "TargetHasNoAddress";
+    /// Another instance of the stack already uses the hostname.
+    pub const HOSTNAME_TAKEN: &str = "HostnameTaken";
+    /// The host is already registered in the stack; the controller adopts it.
+    pub const ADOPTED: &str = "Adopted";
+    /// Another InstanceRegistration already names this host in this stack.
+    pub const CONFLICT: &str = "Conflict";
+
+    // Credentials.
+    /// No step needs to happen: the host is already registered, or uses its instance profile.
+    pub const NOT_NEEDED: &str = "NotNeeded";
+    /// Every candidate IAM user name is held by a user this object did not make.
+    pub const IAM_NAMES_EXHAUSTED: &str = "IamNamesExhausted";
+
+    // Registration.
+    /// OpsWorks reports a failure state for the instance (the message names it).
+    pub const REGISTRATION_FAILED: &str = "RegistrationFailed";
+    /// OpsWorks is registering the instance.
+    pub const REGISTERING: &str = "Registering";
+
+    // AWS failures.
+    /// AWS throttled a call; retried with backoff.
+    pub const THROTTLED: &str = "Throttled";
+    /// The controller's AWS identity may not make a call; the message names the operation.
+    pub const ACCESS_DENIED: &str = "AccessDenied";
+    /// An AWS endpoint could not be reached or failed (5xx); retried with backoff.
+    pub const AWS_UNAVAILABLE: &str = "AwsUnavailable";
+    /// AWS refused a request as invalid; the message says which and why.
+    pub const AWS_REQUEST_REFUSED: &str = "AwsRequestRefused";
 
     // Transient failures.
     /// A Kubernetes API call failed in a way that may pass; retried with backoff.

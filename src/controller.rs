@@ -20,12 +20,13 @@ use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
 use tracing::{Instrument, info, info_span, warn};
 
+use crate::aws::Aws;
 use crate::backoff::{Schedule, Tracker};
 use crate::conditions;
 use crate::resource::{
-    ConditionStatus, FINALIZER, InstanceRegistration, InstanceRegistrationStatus,
+    ConditionStatus, DeletionPolicy, FINALIZER, InstanceRegistration, InstanceRegistrationStatus,
 };
-use crate::steps::{self, Next, Outcome, PIPELINE};
+use crate::steps::{self, Facts, Next, Outcome, PIPELINE};
 use crate::{Error, Result};
 
 /// The field manager of every write the controller makes.
@@ -59,6 +60,8 @@ impl Default for Settings {
 pub struct Context {
     /// Kubernetes client.
     pub client: Client,
+    /// AWS clients.
+    pub aws: Aws,
     /// Publishes Events on the objects.
     pub recorder: Recorder,
     /// Failure counts by object, for backoff.
@@ -68,8 +71,8 @@ pub struct Context {
 }
 
 impl Context {
-    /// A context for `client` with `settings`.
-    pub fn new(client: Client, settings: Settings) -> Self {
+    /// A context for `client` and `aws` with `settings`.
+    pub fn new(client: Client, aws: Aws, settings: Settings) -> Self {
         let reporter = Reporter {
             controller: FIELD_MANAGER.to_owned(),
             instance: settings.instance.clone(),
@@ -77,6 +80,7 @@ impl Context {
         Self {
             recorder: Recorder::new(client.clone(), reporter),
             client,
+            aws,
             backoff: Tracker::default(),
             settings,
         }
@@ -98,7 +102,7 @@ pub async fn reconcile(obj: Arc<InstanceRegistration>, ctx: Arc<Context>) -> Res
     finalizer(&api, FINALIZER, obj, |event| async {
         match event {
             Finalizer::Apply(obj) => apply(&obj, &api, &ctx).await,
-            Finalizer::Cleanup(obj) => cleanup(&obj, &ctx).await,
+            Finalizer::Cleanup(obj) => cleanup(&obj, &api, &ctx).await,
         }
     })
     .instrument(span)
@@ -125,9 +129,10 @@ async fn apply(
         return Ok(Action::await_change());
     }
 
+    let mut facts = Facts::default();
     let mut results = Vec::with_capacity(PIPELINE.len());
     for step in PIPELINE {
-        let outcome = step.run(obj, ctx, &mut new).await;
+        let outcome = step.run(obj, ctx, &mut facts, &mut new).await;
         let done = matches!(outcome, Outcome::Done(_));
         results.push((*step, outcome));
         if !done {
@@ -151,18 +156,121 @@ async fn apply(
     })
 }
 
-/// Undoes what the controller did for `obj`. Safe to run more than once, and when [`apply`]
-/// never ran. The steps that create things outside Kubernetes add their undo here.
-async fn cleanup(obj: &InstanceRegistration, ctx: &Context) -> Result<Action> {
-    ctx.backoff.reset(&backoff_key(obj));
-    let note = if obj.spec.suspend {
-        "suspended: finalizer removed, nothing outside Kubernetes was touched"
-    } else {
-        "nothing outside Kubernetes was made for this object; finalizer removed"
+/// Undoes what the controller did for `obj`: with `deletionPolicy: Deregister`, deregisters the
+/// instance, then deletes the IAM user(s), keys and policies made for it, the stack's group when
+/// empty, and the credentials Secret; with `Retain` (or while suspended) it only lets go.
+/// Safe to run more than once, and when [`apply`] never ran. A failure is retried with backoff
+/// and said on status; it never blocks for good on an unreachable endpoint, but it does not drop
+/// the finalizer with work left undone either.
+async fn cleanup(
+    obj: &InstanceRegistration,
+    api: &Api<InstanceRegistration>,
+    ctx: &Context,
+) -> Result<Action> {
+    let key = backoff_key(obj);
+    if obj.spec.suspend || obj.spec.deletion_policy == DeletionPolicy::Retain {
+        let note = if obj.spec.suspend {
+            "suspended: the registration and IAM entities are left as they are"
+        } else {
+            "deletionPolicy Retain: the registration and IAM entities are left as they are"
+        };
+        publish(ctx, obj, EventType::Normal, "Retained", "Cleanup", note).await;
+        ctx.backoff.reset(&key);
+        return Ok(Action::await_change());
+    }
+    match undo(obj, ctx).await {
+        Ok(summary) => {
+            info!(name = %obj.name_any(), %summary, "cleaned up");
+            publish(
+                ctx,
+                obj,
+                EventType::Normal,
+                "Deregistered",
+                "Cleanup",
+                &summary,
+            )
+            .await;
+            ctx.backoff.reset(&key);
+            Ok(Action::await_change())
+        }
+        Err(problem) => {
+            // Say why on status, then retry with backoff (the finalizer stays).
+            let old = obj.status.clone().unwrap_or_default();
+            let mut new = old.clone();
+            let now = Time(Timestamp::now());
+            let generation = obj.metadata.generation.unwrap_or_default();
+            steps::summarize_deleting(&mut new, &problem, generation, &now);
+            write_status(obj, api, ctx, &old, &new).await?;
+            Ok(Action::requeue(ctx.backoff.next(&key, Schedule::TRANSIENT)))
+        }
+    }
+}
+
+/// The undo of a registration; returns a summary, or what stopped it.
+async fn undo(obj: &InstanceRegistration, ctx: &Context) -> std::result::Result<String, String> {
+    let mut done = Vec::new();
+    let opsworks = ctx.aws.opsworks(obj.spec.region.as_deref());
+    let stack_name = match opsworks
+        .describe_stacks()
+        .stack_ids(&obj.spec.stack_id)
+        .send()
+        .await
+    {
+        Ok(out) => out
+            .stacks()
+            .first()
+            .and_then(|s| s.name())
+            .map(str::to_owned),
+        Err(e) => {
+            let failure = crate::aws::classify(&e);
+            if failure.kind != crate::aws::Kind::NotFound {
+                return Err(format!("opsworks:DescribeStacks: {failure}"));
+            }
+            None
+        }
     };
-    publish(ctx, obj, EventType::Normal, "Deleted", "Cleanup", note).await;
-    info!(name = %obj.name_any(), "cleaned up");
-    Ok(Action::await_change())
+    let status = obj.status.clone().unwrap_or_default();
+    if let Some(instance) = &status.opsworks_instance_id {
+        match opsworks
+            .deregister_instance()
+            .instance_id(instance)
+            .send()
+            .await
+        {
+            Ok(_) => done.push(format!("deregistered {instance}")),
+            Err(e) => {
+                let failure = crate::aws::classify(&e);
+                if failure.kind != crate::aws::Kind::NotFound {
+                    return Err(format!("opsworks:DeregisterInstance {instance}: {failure}"));
+                }
+            }
+        }
+    }
+    match steps::cleanup_iam(ctx, obj, stack_name.as_deref()).await {
+        Ok(users) if users.is_empty() => {}
+        Ok(users) => done.push(format!("deleted IAM user {}", users.join(", "))),
+        Err(failure) => return Err(format!("IAM cleanup: {failure}")),
+    }
+    let secrets: Api<Secret> =
+        Api::namespaced(ctx.client.clone(), &obj.namespace().unwrap_or_default());
+    match secrets
+        .delete(&steps::credentials_secret_name(obj), &Default::default())
+        .await
+    {
+        Ok(_) => done.push("deleted the access key Secret".into()),
+        Err(kube::Error::Api(s)) if s.code == 404 => {}
+        Err(e) => {
+            return Err(format!(
+                "deleting the access key Secret: {}",
+                crate::kube_error_summary(&e)
+            ));
+        }
+    }
+    Ok(if done.is_empty() {
+        "nothing to undo".into()
+    } else {
+        done.join("; ")
+    })
 }
 
 /// Writes `new` to the status subresource with server-side apply, unless it means the same as
@@ -190,6 +298,7 @@ async fn write_status(
     )
     .await
     .map_err(|e| Error::kube("patch status", e))?;
+    crate::failpoint::after("kube:PatchStatus");
 
     for condition in conditions::changed(&old.conditions, &new.conditions) {
         if let Some((kind, action)) = event_for(condition, &old.conditions) {
@@ -206,10 +315,10 @@ async fn write_status(
 /// Whether a changed condition is worth an Event, and of which type. Step conditions are (a
 /// failure is a Warning); Ready is when it turns True or stops being True, since while False it
 /// repeats the step that holds it up; the kstatus pair is bookkeeping for tools, not news.
-fn event_for(
-    condition: &crate::resource::Condition,
+fn event_for<'a>(
+    condition: &'a crate::resource::Condition,
     old: &[crate::resource::Condition],
-) -> Option<(EventType, &'static str)> {
+) -> Option<(EventType, &'a str)> {
     use conditions::{reasons, types};
     let failed = condition.status == ConditionStatus::False;
     match condition.r#type.as_str() {
@@ -233,7 +342,8 @@ fn event_for(
             } else {
                 EventType::Normal
             },
-            "Step",
+            // The action names the step, so the recorder keeps one event series per step.
+            condition.r#type.as_str(),
         )),
     }
 }
@@ -311,7 +421,8 @@ pub async fn run(
         Some(namespace) => Api::namespaced(client.clone(), namespace),
         None => Api::all(client.clone()),
     };
-    let ctx = Arc::new(Context::new(client, settings));
+    let aws = Aws::from_env().await;
+    let ctx = Arc::new(Context::new(client, aws, settings));
     let controller = Controller::new(api, watcher::Config::default().any_semantic());
     let store = controller.store();
     // A Secret that appears or changes re-runs the objects that name it, so fixing a missing or

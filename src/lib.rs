@@ -8,10 +8,12 @@
 #![forbid(unsafe_code)]
 #![deny(warnings)]
 
+pub mod aws;
 pub mod backoff;
 pub mod cli;
 pub mod conditions;
 pub mod controller;
+pub mod failpoint;
 pub mod resource;
 pub mod sshkey;
 pub mod steps;
@@ -58,6 +60,13 @@ impl Error {
             Error::NotNamespaced => "not_namespaced",
         }
     }
+}
+
+/// Selects the TLS crypto provider for the whole process (the Kubernetes and AWS clients share
+/// rustls, and with more than one provider compiled in, none is chosen by default). Call once,
+/// before any client is made; later calls are no-ops.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
 }
 
 /// `Result` with this crate's [`Error`].

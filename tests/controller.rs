@@ -10,9 +10,15 @@ use instance_registrar::conditions::{reasons, types};
 use instance_registrar::resource::{FINALIZER, InstanceRegistration};
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use support::{
-    ControlPlane, ControllerProcess, condition, eventually, manifest, namespace, secret,
+    AwsEnv, ControlPlane, ControllerProcess, condition, eventually, namespace, on_premises, secret,
     ssh_keypair,
 };
+
+/// An on-premises host `name` (its hostname too) in `stack`, using Secret `secret`. Its address is
+/// loopback: nothing here connects to it, and nothing may leave the machine.
+fn host(ns: &str, stack: &str, name: &str, secret: &str) -> String {
+    on_premises(ns, name, stack, "127.0.0.1", name, secret, "")
+}
 
 const SSH_AUTH: &str = "kubernetes.io/ssh-auth";
 
@@ -44,6 +50,8 @@ async fn a_created_object_gets_the_finalizer_and_conditions_that_follow_its_gene
     let cp = ControlPlane::shared();
     let client = cp.client().await;
     let ns = namespace(&client, "lifecycle").await;
+    let aws = AwsEnv::shared();
+    let stack = aws.create_stack(&ns, None).await;
     let (key, _) = ssh_keypair("ed25519", "");
     secret(
         &client,
@@ -53,8 +61,8 @@ async fn a_created_object_gets_the_finalizer_and_conditions_that_follow_its_gene
         &[("ssh-privatekey", key.as_bytes())],
     )
     .await;
-    let _controller = ControllerProcess::start(cp, &ns, &[]);
-    cp.kubectl_stdin(&["apply", "-f", "-"], &manifest(&ns, "web-1", "key"));
+    let _controller = ControllerProcess::start(cp, aws, &ns, &[]);
+    cp.kubectl_stdin(&["apply", "-f", "-"], &host(&ns, &stack, "web-1", "key"));
     let api: Api<InstanceRegistration> = Api::namespaced(client.clone(), &ns);
 
     let obj = wait_reason(&api, "web-1", types::SSH_KEY_READY, reasons::SUCCEEDED).await;
@@ -78,7 +86,6 @@ async fn a_created_object_gets_the_finalizer_and_conditions_that_follow_its_gene
     }
     // Nothing is reported Ready that has not happened: this build does not register hosts.
     assert_eq!(condition(&obj, types::READY).unwrap().0, "False");
-    assert_eq!(condition(&obj, types::STALLED).unwrap().0, "False");
     let out = cp.kubectl(&[
         "wait",
         "-n",
@@ -154,11 +161,13 @@ async fn deletion_removes_the_finalizer_and_waits_for_a_controller_that_is_down(
     let cp = ControlPlane::shared();
     let client = cp.client().await;
     let ns = namespace(&client, "deletion").await;
+    let aws = AwsEnv::shared();
+    let stack = aws.create_stack(&ns, None).await;
     let api: Api<InstanceRegistration> = Api::namespaced(client.clone(), &ns);
-    let mut controller = ControllerProcess::start(cp, &ns, &[]);
+    let mut controller = ControllerProcess::start(cp, aws, &ns, &[]);
 
     // With the controller up: the object goes.
-    cp.kubectl_stdin(&["apply", "-f", "-"], &manifest(&ns, "gone", "missing"));
+    cp.kubectl_stdin(&["apply", "-f", "-"], &host(&ns, &stack, "gone", "missing"));
     wait_reason(
         &api,
         "gone",
@@ -173,7 +182,10 @@ async fn deletion_removes_the_finalizer_and_waits_for_a_controller_that_is_down(
     .await;
 
     // With the controller down: the object waits, terminating, until the controller is back.
-    cp.kubectl_stdin(&["apply", "-f", "-"], &manifest(&ns, "waits", "missing"));
+    cp.kubectl_stdin(
+        &["apply", "-f", "-"],
+        &host(&ns, &stack, "waits", "missing"),
+    );
     wait_reason(
         &api,
         "waits",
@@ -192,7 +204,7 @@ async fn deletion_removes_the_finalizer_and_waits_for_a_controller_that_is_down(
         .await
         .expect("deleted without the controller");
     assert!(obj.metadata.deletion_timestamp.is_some());
-    let _back = ControllerProcess::start(cp, &ns, &[]);
+    let _back = ControllerProcess::start(cp, aws, &ns, &[]);
     eventually(
         Duration::from_secs(30),
         "object deleted after restart",
@@ -206,6 +218,8 @@ async fn bad_secrets_get_stable_reasons_and_their_bytes_appear_nowhere() {
     let cp = ControlPlane::shared();
     let client = cp.client().await;
     let ns = namespace(&client, "secrets").await;
+    let aws = AwsEnv::shared();
+    let stack = aws.create_stack(&ns, None).await;
     let api: Api<InstanceRegistration> = Api::namespaced(client.clone(), &ns);
 
     let (good, _) = ssh_keypair("ed25519", "");
@@ -290,11 +304,14 @@ async fn bad_secrets_get_stable_reasons_and_their_bytes_appear_nowhere() {
         let data: Vec<(&str, &[u8])> = data.iter().map(|(k, v)| (*k, v.as_slice())).collect();
         secret(&client, &ns, name, type_, &data).await;
     }
-    let controller = ControllerProcess::start(cp, &ns, &[]);
+    let controller = ControllerProcess::start(cp, aws, &ns, &[]);
     for (name, ..) in &cases {
-        cp.kubectl_stdin(&["apply", "-f", "-"], &manifest(&ns, name, name));
+        cp.kubectl_stdin(&["apply", "-f", "-"], &host(&ns, &stack, name, name));
     }
-    cp.kubectl_stdin(&["apply", "-f", "-"], &manifest(&ns, "absent", "absent"));
+    cp.kubectl_stdin(
+        &["apply", "-f", "-"],
+        &host(&ns, &stack, "absent", "absent"),
+    );
     for (name, _, _, reason) in &cases {
         let obj = wait_reason(&api, name, types::SSH_KEY_READY, reason).await;
         if *reason != reasons::SUCCEEDED {
@@ -359,9 +376,12 @@ async fn suspended_objects_are_reported_but_not_acted_on() {
     let cp = ControlPlane::shared();
     let client = cp.client().await;
     let ns = namespace(&client, "suspend").await;
+    let aws = AwsEnv::shared();
+    let stack = aws.create_stack(&ns, None).await;
     let api: Api<InstanceRegistration> = Api::namespaced(client.clone(), &ns);
-    let _controller = ControllerProcess::start(cp, &ns, &[]);
-    let yaml = manifest(&ns, "paused", "missing").replace("  ssh:\n", "  suspend: true\n  ssh:\n");
+    let _controller = ControllerProcess::start(cp, aws, &ns, &[]);
+    let yaml =
+        host(&ns, &stack, "paused", "missing").replace("  ssh:\n", "  suspend: true\n  ssh:\n");
     cp.kubectl_stdin(&["apply", "-f", "-"], &yaml);
     let obj = wait_reason(&api, "paused", types::RECONCILING, reasons::SUSPENDED).await;
     assert!(
@@ -387,6 +407,8 @@ async fn an_idle_controller_with_50_objects_writes_no_status() {
     let cp = ControlPlane::shared();
     let client = cp.client().await;
     let ns = namespace(&client, "idle").await;
+    let aws = AwsEnv::shared();
+    let stack = aws.create_stack(&ns, None).await;
     let api: Api<InstanceRegistration> = Api::namespaced(client.clone(), &ns);
     let (key, _) = ssh_keypair("ed25519", "");
     secret(
@@ -402,10 +424,10 @@ async fn an_idle_controller_with_50_objects_writes_no_status() {
     let mut yaml = String::new();
     for i in 0..50 {
         let secret = if i % 2 == 0 { "key" } else { "missing" };
-        yaml += &manifest(&ns, &format!("host-{i:02}"), secret);
+        yaml += &host(&ns, &stack, &format!("host-{i:02}"), secret);
         yaml += "---\n";
     }
-    let controller = ControllerProcess::start(cp, &ns, &[]);
+    let controller = ControllerProcess::start(cp, aws, &ns, &[]);
     let out = cp.kubectl_stdin(&["apply", "-f", "-"], &yaml);
     assert!(
         out.status.success(),

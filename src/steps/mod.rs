@@ -6,9 +6,16 @@
 //! Adding a step is adding a variant to [`Step`] and a module beside this one: the loop around
 //! them does not change.
 
+mod credentials;
+mod registered;
 mod ssh_key;
+mod stack;
+mod target;
 
+use std::collections::BTreeMap;
 use std::time::Duration;
+
+pub use credentials::{cleanup_iam, credentials_secret_name, inline_policy_expiry};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
@@ -19,33 +26,136 @@ use crate::resource::{InstanceRegistration, InstanceRegistrationStatus, Phase};
 /// The steps, in the order they run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Step {
-    /// The Secret named by `ssh.privateKeySecretRef` holds a usable private key.
+    /// The OpsWorks stack and its provisioning parameters.
+    Stack,
+    /// The host: the EC2 instance (or on-premises address), an existing registration to adopt,
+    /// and the hostname check.
+    Target,
+    /// The Secret named by `ssh.privateKeySecretRef` holds a usable private key (not needed for
+    /// a host that is already registered).
     SshKey,
+    /// The IAM group, user, policy and access key the agent registers with.
+    Credentials,
+    /// OpsWorks reports the instance registered.
+    Registered,
 }
 
-/// The pipeline this build runs. Later steps (stack, target, credentials, install,
-/// registration) are added here as they are built.
-pub const PIPELINE: &[Step] = &[Step::SshKey];
+/// The pipeline this build runs, in order. Reads come first and inputs are checked before
+/// anything is written in AWS.
+pub const PIPELINE: &[Step] = &[
+    Step::Stack,
+    Step::Target,
+    Step::SshKey,
+    Step::Credentials,
+    Step::Registered,
+];
 
 impl Step {
     /// The condition this step reports.
     pub fn condition(self) -> &'static str {
         match self {
+            Step::Stack => types::STACK_RESOLVED,
+            Step::Target => types::TARGET_RESOLVED,
             Step::SshKey => types::SSH_KEY_READY,
+            Step::Credentials => types::CREDENTIALS_READY,
+            Step::Registered => types::REGISTERED,
         }
     }
 
-    /// Runs the step for `obj`, recording what it finds on `status`.
+    /// Runs the step for `obj`, using and adding to what earlier steps found (`facts`) and
+    /// recording on `status` what must survive a restart.
     pub async fn run(
         self,
         obj: &InstanceRegistration,
         ctx: &Context,
-        _status: &mut InstanceRegistrationStatus,
+        facts: &mut Facts,
+        status: &mut InstanceRegistrationStatus,
     ) -> Outcome {
         match self {
-            Step::SshKey => ssh_key::check(obj, ctx).await,
+            Step::Stack => stack::check(obj, ctx, facts).await,
+            Step::Target => target::check(obj, ctx, facts, status).await,
+            Step::SshKey => match &facts.existing {
+                Some(existing) => Outcome::Done(Observation::holds(
+                    reasons::NOT_NEEDED,
+                    format!("the host is already registered as {}", existing.id),
+                )),
+                None => ssh_key::check(obj, ctx).await,
+            },
+            Step::Credentials => credentials::check(obj, ctx, facts, status).await,
+            Step::Registered => registered::check(facts, status),
         }
     }
+}
+
+/// What the steps of one pass found, for the steps after them. Rebuilt on every pass from the
+/// world (and from status, for what cannot be looked up again).
+#[derive(Debug, Default)]
+pub struct Facts {
+    /// The stack, once [`Step::Stack`] found it.
+    pub stack: Option<StackFacts>,
+    /// The address to connect to and, for EC2, the instance, once [`Step::Target`] resolved it.
+    pub target: Option<TargetFacts>,
+    /// The host's instance in the stack, if it is registered already.
+    pub existing: Option<OpsWorksInstance>,
+    /// The access key the agent registers with (None with the instance profile).
+    pub access_key: Option<AccessKey>,
+}
+
+/// An OpsWorks stack.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StackFacts {
+    /// Stack ID.
+    pub id: String,
+    /// Stack name.
+    pub name: String,
+    /// Stack ARN (the resource of the inline RegisterInstance policy).
+    pub arn: String,
+    /// The stack's own region: where its EC2 instances live.
+    pub region: String,
+    /// The stack's VPC, if any: only instances in it count.
+    pub vpc_id: Option<String>,
+    /// Where the agent installer tarball is downloaded from.
+    pub agent_installer_url: String,
+    /// The provisioning parameters the agent needs (among them `assets_download_bucket`).
+    pub parameters: BTreeMap<String, String>,
+}
+
+/// The host to register.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TargetFacts {
+    /// The EC2 instance ID (ec2 only).
+    pub ec2_instance_id: Option<String>,
+    /// The address to connect to over SSH.
+    pub address: String,
+}
+
+/// An instance of the stack, as OpsWorks DescribeInstances reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OpsWorksInstance {
+    /// OpsWorks instance ID.
+    pub id: String,
+    /// OpsWorks status (`registering`, `registered`, `online`, `setup_failed`, ...).
+    pub status: String,
+    /// Hostname in OpsWorks.
+    pub hostname: Option<String>,
+    /// EC2 instance ID, for EC2 instances.
+    pub ec2_instance_id: Option<String>,
+    /// Layers it belongs to.
+    pub layer_ids: Vec<String>,
+    /// Addresses OpsWorks records for it.
+    pub private_ip: Option<String>,
+    /// Public address OpsWorks records for it.
+    pub public_ip: Option<String>,
+}
+
+/// An access key for the agent. The secret half never leaves this struct except into the
+/// credentials Secret and the host's `preconfig`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AccessKey {
+    /// Access key ID (not a secret).
+    pub id: String,
+    /// Secret access key (redacted in Debug).
+    pub secret: crate::aws::Sensitive,
 }
 
 /// What a step found.
@@ -123,8 +233,14 @@ pub fn summarize(
         }
     }
 
+    // Ready only when every step of the pipeline ran in this pass and is done.
+    let all_done = pipeline.iter().all(|step| {
+        results
+            .iter()
+            .any(|(s, o)| s == step && matches!(o, Outcome::Done(_)))
+    });
     let (ready, reconciling, stalled, next) = match stopped {
-        None if pipeline.iter().any(|s| s.condition() == types::REGISTERED) => (
+        None if all_done && pipeline.iter().any(|s| s.condition() == types::REGISTERED) => (
             Observation::holds(reasons::SUCCEEDED, "the host is registered"),
             Observation::fails(reasons::RECONCILED, "nothing left to do"),
             Observation::fails(reasons::RECONCILED, "not stalled"),
@@ -211,6 +327,32 @@ pub fn summarize_suspended(status: &mut InstanceRegistrationStatus, generation: 
     status.phase = Some(phase(&status.conditions));
 }
 
+/// Records that deleting the object is held up by `problem` (it is retried with backoff).
+pub fn summarize_deleting(
+    status: &mut InstanceRegistrationStatus,
+    problem: &str,
+    generation: i64,
+    now: &Time,
+) {
+    let conds = &mut status.conditions;
+    conditions::set(
+        conds,
+        types::READY,
+        Observation::fails(reasons::DELETING, format!("deleting: {problem}")),
+        generation,
+        now,
+    );
+    conditions::set(
+        conds,
+        types::RECONCILING,
+        Observation::holds(reasons::DELETING, format!("retrying: {problem}")),
+        generation,
+        now,
+    );
+    status.message = Some(format!("deleting; retrying after: {problem}"));
+    status.phase = Some(Phase::Deleting);
+}
+
 /// The phase a set of conditions amounts to.
 pub fn phase(conds: &[crate::resource::Condition]) -> Phase {
     let is = |t| conditions::is_true(conds, t);
@@ -288,9 +430,13 @@ mod tests {
             Step::SshKey,
             Outcome::Done(Observation::holds(reasons::SUCCEEDED, "ok")),
         )];
-        summarize(&mut s, PIPELINE, &results, 1, &now());
+        summarize(&mut s, &[Step::SshKey], &results, 1, &now());
         assert_eq!(cond(&s, types::READY).status, ConditionStatus::False);
         assert_eq!(cond(&s, types::READY).reason, reasons::NOT_IMPLEMENTED);
+        // Nor is a pass in which some step did not run.
+        let mut s = InstanceRegistrationStatus::default();
+        summarize(&mut s, PIPELINE, &results, 1, &now());
+        assert_eq!(cond(&s, types::READY).status, ConditionStatus::False);
     }
 
     #[test]

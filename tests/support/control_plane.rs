@@ -270,6 +270,7 @@ impl ControlPlane {
 
     /// A client for the administrator.
     pub async fn client(&self) -> kube::Client {
+        instance_registrar::install_crypto_provider();
         let kubeconfig = kube::config::Kubeconfig::read_from(&self.kubeconfig).unwrap();
         let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
             .await

@@ -2,6 +2,7 @@
 //! namespaces, Secrets and SSH keys. Not product code.
 #![allow(dead_code)]
 
+pub mod aws;
 pub mod control_plane;
 
 use std::collections::BTreeMap;
@@ -14,6 +15,7 @@ use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::api::{Api, ObjectMeta, PostParams};
 
+pub use aws::AwsEnv;
 pub use control_plane::ControlPlane;
 use instance_registrar::resource::InstanceRegistration;
 
@@ -104,26 +106,57 @@ pub struct ControllerProcess {
 }
 
 impl ControllerProcess {
-    /// Starts the controller for `namespace`, logging at debug level.
-    pub fn start(cp: &ControlPlane, namespace: &str, extra_args: &[&str]) -> Self {
+    /// Starts the controller for `namespace`, against `aws`, logging at debug level.
+    pub fn start(cp: &ControlPlane, aws: &AwsEnv, namespace: &str, extra_args: &[&str]) -> Self {
+        Self::start_with_env(cp, aws, namespace, extra_args, &[])
+    }
+
+    /// Starts the controller with extra environment variables (e.g. a crash point).
+    pub fn start_with_env(
+        cp: &ControlPlane,
+        aws: &AwsEnv,
+        namespace: &str,
+        extra_args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
         static N: AtomicU32 = AtomicU32::new(0);
         let log = cp.dir.join(format!(
             "controller-{namespace}-{}.log",
             N.fetch_add(1, Ordering::SeqCst)
         ));
-        let child = control_plane::spawn_logged(
-            Command::new(env!("CARGO_BIN_EXE_instance-registrar"))
-                .args(["run", "--watch-namespace", namespace])
-                .args(extra_args)
-                .env("KUBECONFIG", &cp.kubeconfig)
-                .env("LOG_LEVEL", "debug")
-                .env("RUST_BACKTRACE", "1"),
-            &log,
-        )
-        .unwrap();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_instance-registrar"));
+        command
+            .args(["run", "--watch-namespace", namespace])
+            .args(extra_args)
+            .env("KUBECONFIG", &cp.kubeconfig)
+            .env("LOG_LEVEL", "debug")
+            .env("RUST_BACKTRACE", "1");
+        for (k, v) in aws.controller_env() {
+            command.env(k, v);
+        }
+        for (k, v) in env {
+            command.env(k, v);
+        }
+        let child = control_plane::spawn_logged(&mut command, &log).unwrap();
         Self {
             child: Some(child),
             log,
+        }
+    }
+
+    /// Waits up to `timeout` for the process to exit by itself; returns its exit code.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let child = self.child.as_mut()?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                self.child = None;
+                return Some(status.code().unwrap_or(-1));
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
         }
     }
 
@@ -192,6 +225,56 @@ pub fn condition(obj: &InstanceRegistration, type_: &str) -> Option<(String, Str
         c.reason.clone(),
         c.observed_generation,
     ))
+}
+
+/// A manifest for an on-premises host at `target` in `stack`, with `hostname`, using Secret
+/// `secret`; `extra` is more `spec` lines (indented two spaces).
+pub fn on_premises(
+    ns: &str,
+    name: &str,
+    stack: &str,
+    target: &str,
+    hostname: &str,
+    secret: &str,
+    extra: &str,
+) -> String {
+    format!(
+        "apiVersion: registrar.dev/v1alpha1
+kind: InstanceRegistration
+metadata:
+  name: {name}
+  namespace: {ns}
+spec:
+  stackId: {stack}
+  infrastructureClass: on-premises
+  target: \"{target}\"
+  hostname: {hostname}
+{extra}  ssh:
+    username: admin
+    privateKeySecretRef:
+      name: {secret}
+"
+    )
+}
+
+/// A manifest for an EC2 host named by `target` in `stack`; `extra` as for [`on_premises`].
+pub fn ec2(ns: &str, name: &str, stack: &str, target: &str, secret: &str, extra: &str) -> String {
+    format!(
+        "apiVersion: registrar.dev/v1alpha1
+kind: InstanceRegistration
+metadata:
+  name: {name}
+  namespace: {ns}
+spec:
+  stackId: {stack}
+  infrastructureClass: ec2
+  target: \"{target}\"
+{extra}  ssh:
+    username: ec2-user
+    privateKeySecretRef:
+      name: {secret}
+"
+    )
 }
 
 /// A minimal valid manifest (YAML) for namespace `ns`, object `name`, using Secret `secret`.

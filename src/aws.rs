@@ -1,0 +1,308 @@
+//! AWS clients and what their failures mean for a step.
+//!
+//! Credentials come from the default chain (IRSA / pod identity in a cluster, the environment
+//! locally); endpoints from the standard `AWS_ENDPOINT_URL_<SERVICE>` settings, so the same code
+//! talks to AWS and to AWS-compatible endpoints, with no test-only paths.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use aws_config::retry::RetryConfig;
+use aws_config::{BehaviorVersion, Region, SdkConfig};
+use aws_sdk_iam::config::http::HttpResponse;
+use aws_sdk_iam::error::{ProvideErrorMetadata, SdkError};
+
+use crate::conditions::{Observation, reasons};
+use crate::steps::Outcome;
+
+/// Attempts per AWS call, including the first, before a failure reaches the step (the step then
+/// retries with the object's backoff).
+const MAX_ATTEMPTS: u32 = 4;
+
+/// The AWS clients the controller uses.
+pub struct Aws {
+    config: SdkConfig,
+    /// OpsWorks, at the controller's region (or the object's `spec.region`, see [`Aws::opsworks`]).
+    opsworks: aws_sdk_opsworks::Client,
+    /// IAM is global.
+    pub iam: aws_sdk_iam::Client,
+    ec2: Mutex<HashMap<String, aws_sdk_ec2::Client>>,
+    opsworks_by_region: Mutex<HashMap<String, aws_sdk_opsworks::Client>>,
+}
+
+impl Aws {
+    /// Loads the configuration from the environment (region, credentials, endpoint overrides).
+    pub async fn from_env() -> Self {
+        let config = aws_config::defaults(BehaviorVersion::latest())
+            .retry_config(RetryConfig::standard().with_max_attempts(MAX_ATTEMPTS))
+            .load()
+            .await;
+        Self::new(config)
+    }
+
+    /// Clients for `config`.
+    pub fn new(config: SdkConfig) -> Self {
+        Self {
+            opsworks: aws_sdk_opsworks::Client::new(&config),
+            iam: aws_sdk_iam::Client::new(&config),
+            ec2: Mutex::default(),
+            opsworks_by_region: Mutex::default(),
+            config,
+        }
+    }
+
+    /// The region used when an object names none.
+    pub fn default_region(&self) -> Option<&str> {
+        self.config.region().map(|r| r.as_ref())
+    }
+
+    /// OpsWorks at `region`, or at the controller's region when `None`.
+    pub fn opsworks(&self, region: Option<&str>) -> aws_sdk_opsworks::Client {
+        match region {
+            Some(region) if Some(region) != self.default_region() => {
+                let mut clients = self
+                    .opsworks_by_region
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
+                clients
+                    .entry(region.to_owned())
+                    .or_insert_with(|| {
+                        let config = aws_sdk_opsworks::config::Builder::from(&self.config)
+                            .region(Region::new(region.to_owned()))
+                            .build();
+                        aws_sdk_opsworks::Client::from_conf(config)
+                    })
+                    .clone()
+            }
+            _ => self.opsworks.clone(),
+        }
+    }
+
+    /// EC2 in `region` (the stack's own region).
+    pub fn ec2(&self, region: &str) -> aws_sdk_ec2::Client {
+        let mut clients = self.ec2.lock().unwrap_or_else(|e| e.into_inner());
+        clients
+            .entry(region.to_owned())
+            .or_insert_with(|| {
+                let config = aws_sdk_ec2::config::Builder::from(&self.config)
+                    .region(Region::new(region.to_owned()))
+                    .build();
+                aws_sdk_ec2::Client::from_conf(config)
+            })
+            .clone()
+    }
+}
+
+/// What kind of failure an AWS call had.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// Throttled: retry with backoff.
+    Throttled,
+    /// The controller's identity may not do this: a person must grant it.
+    AccessDenied,
+    /// The thing asked about does not exist.
+    NotFound,
+    /// It already exists (IAM `EntityAlreadyExists`).
+    AlreadyExists,
+    /// The request was refused as invalid.
+    Invalid,
+    /// Network failure, timeout or a 5xx: retry with backoff.
+    Unavailable,
+    /// Anything else.
+    Other,
+}
+
+/// A failed AWS call, summarised: kind, error code and message (AWS error messages carry no
+/// secrets; request bodies, which might, are never included).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Failure {
+    /// What kind of failure.
+    pub kind: Kind,
+    /// The service's error code, when it answered.
+    pub code: Option<String>,
+    /// A one-line description.
+    pub message: String,
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.code {
+            Some(code) => write!(f, "{code}: {}", self.message),
+            None => f.write_str(&self.message),
+        }
+    }
+}
+
+/// Error codes that mean "throttled", across IAM, EC2 and OpsWorks.
+const THROTTLING_CODES: &[&str] = &[
+    "Throttling",
+    "ThrottlingException",
+    "ThrottledException",
+    "RequestLimitExceeded",
+    "TooManyRequestsException",
+    "RequestThrottled",
+    "SlowDown",
+];
+const ACCESS_DENIED_CODES: &[&str] = &[
+    "AccessDenied",
+    "AccessDeniedException",
+    "UnauthorizedOperation",
+    "UnrecognizedClientException",
+    "InvalidClientTokenId",
+    "AuthFailure",
+];
+const NOT_FOUND_CODES: &[&str] = &[
+    "NoSuchEntity",
+    "ResourceNotFoundException",
+    "InvalidInstanceID.NotFound",
+];
+const INVALID_CODES: &[&str] = &[
+    "ValidationException",
+    "ValidationError",
+    "InvalidInput",
+    "MalformedPolicyDocument",
+    "InvalidParameterValue",
+];
+
+/// Classifies an SDK error.
+pub fn classify<E>(error: &SdkError<E, HttpResponse>) -> Failure
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+{
+    match error {
+        SdkError::ServiceError(service) => {
+            let err = service.err();
+            let code = err.code().map(str::to_owned);
+            let message = err.message().unwrap_or("no message").to_owned();
+            let status = Some(service.raw().status().as_u16());
+            let kind = match code.as_deref() {
+                Some(c) if THROTTLING_CODES.contains(&c) => Kind::Throttled,
+                Some(c) if ACCESS_DENIED_CODES.contains(&c) => Kind::AccessDenied,
+                Some(c) if NOT_FOUND_CODES.contains(&c) => Kind::NotFound,
+                Some("EntityAlreadyExists") => Kind::AlreadyExists,
+                Some(c) if INVALID_CODES.contains(&c) => Kind::Invalid,
+                _ if status.is_some_and(|s| s >= 500) => Kind::Unavailable,
+                _ => Kind::Other,
+            };
+            Failure {
+                kind,
+                code,
+                message,
+            }
+        }
+        SdkError::TimeoutError(_) => Failure {
+            kind: Kind::Unavailable,
+            code: None,
+            message: "the request timed out".into(),
+        },
+        SdkError::DispatchFailure(failure) => Failure {
+            kind: Kind::Unavailable,
+            code: None,
+            message: format!(
+                "could not reach the endpoint ({})",
+                if failure.is_timeout() {
+                    "timeout"
+                } else if failure.is_io() {
+                    "connection failed"
+                } else {
+                    "dispatch failure"
+                }
+            ),
+        },
+        SdkError::ResponseError(_) => Failure {
+            kind: Kind::Unavailable,
+            code: None,
+            message: "the endpoint sent a response that could not be read".into(),
+        },
+        other => Failure {
+            kind: Kind::Other,
+            code: None,
+            message: aws_sdk_iam::error::DisplayErrorContext(other).to_string(),
+        },
+    }
+}
+
+impl Failure {
+    /// What a step reports for this failure of `operation` (e.g. `iam:CreateUser`).
+    /// Throttling and unavailability are retried with backoff; a denial needs a person.
+    pub fn outcome(&self, operation: &str) -> Outcome {
+        match self.kind {
+            Kind::Throttled => Outcome::Retry(Observation::fails(
+                reasons::THROTTLED,
+                format!("{operation} was throttled; retrying with backoff ({self})"),
+            )),
+            Kind::Unavailable | Kind::Other => Outcome::Retry(Observation::fails(
+                reasons::AWS_UNAVAILABLE,
+                format!("{operation} failed; retrying with backoff ({self})"),
+            )),
+            Kind::AccessDenied => Outcome::Blocked(Observation::fails(
+                reasons::ACCESS_DENIED,
+                format!("{operation} was denied to the controller's AWS identity ({self})"),
+            )),
+            Kind::NotFound | Kind::AlreadyExists | Kind::Invalid => {
+                Outcome::Blocked(Observation::fails(
+                    reasons::AWS_REQUEST_REFUSED,
+                    format!("{operation} was refused ({self})"),
+                ))
+            }
+        }
+    }
+}
+
+/// A value that must never be printed (a secret access key): `Debug` and `Display` redact it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Sensitive(String);
+
+impl Sensitive {
+    /// Wraps `value`.
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+    /// The value itself, for the one place that needs it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Sensitive {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sensitive_values_are_redacted_in_debug_output() {
+        let s = Sensitive::new("wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY");
+        assert_eq!(format!("{s:?}"), "[redacted]");
+        assert_eq!(format!("{:?}", Some(s.clone())), "Some([redacted])");
+        assert_eq!(s.expose(), "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY");
+    }
+
+    #[test]
+    fn throttling_is_retried_and_denial_blocks() {
+        let throttled = Failure {
+            kind: Kind::Throttled,
+            code: Some("Throttling".into()),
+            message: "slow down".into(),
+        };
+        assert!(
+            matches!(throttled.outcome("iam:CreateUser"), Outcome::Retry(o) if o.reason == reasons::THROTTLED)
+        );
+        let denied = Failure {
+            kind: Kind::AccessDenied,
+            code: Some("AccessDenied".into()),
+            message: "no".into(),
+        };
+        match denied.outcome("iam:CreateUser") {
+            Outcome::Blocked(o) => {
+                assert_eq!(o.reason, reasons::ACCESS_DENIED);
+                assert!(o.message.contains("iam:CreateUser"), "{}", o.message);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}

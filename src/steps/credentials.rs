@@ -1,0 +1,761 @@
+//! Step: the IAM entities the agent registers with, made as `aws opsworks register` makes them
+//! (group `OpsWorks-<stack id>`, user `OpsWorks-<stack name>-<host name>` under `/AWS/OpsWorks/`,
+//! the managed registration policy or, where that cannot be attached, an inline policy allowing
+//! only RegisterInstance on the stack for 15 minutes, and one access key), but safe to repeat:
+//!
+//! - the user is tagged with the object's UID, and only users carrying that tag are ever changed
+//!   or deleted; a name held by anyone else moves on to `+1`, `+2`, ... in a fixed order, so a
+//!   restart finds its own user again;
+//! - the secret access key exists once, at creation: it is kept in a Secret owned by the object
+//!   until the install succeeds; a key found in IAM but not in that Secret (a crash between the
+//!   two writes) is deleted and replaced, so the user never holds more than one key of ours;
+//! - the inline policy is renewed when it has less than 10 minutes left, so a retried install
+//!   does not fail on a policy that expired while the host was unreachable.
+
+use std::collections::BTreeMap;
+
+use aws_sdk_iam::types::Tag;
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use kube::api::{ObjectMeta, Patch, PatchParams};
+use kube::{Api, Resource, ResourceExt};
+
+use super::{AccessKey, Facts, Outcome};
+use crate::aws::{self, Kind, Sensitive};
+use crate::conditions::{Observation, reasons};
+use crate::controller::{Context, FIELD_MANAGER};
+use crate::failpoint;
+use crate::resource::{InstanceRegistration, InstanceRegistrationStatus};
+
+/// The IAM path of everything made for OpsWorks registrations.
+pub const IAM_PATH: &str = "/AWS/OpsWorks/";
+/// The AWS managed policy for instance registration.
+pub const MANAGED_POLICY_ARN: &str = "arn:aws:iam::aws:policy/AWSOpsWorksInstanceRegistration";
+/// The inline policy used where the managed one cannot be attached.
+pub const INLINE_POLICY_NAME: &str = "OpsWorks-Instance";
+/// The tag that marks a user as made for one object (value: the object's UID).
+pub const OWNER_TAG: &str = "registrar.dev/owner-uid";
+/// How long the inline policy allows registration.
+const INLINE_POLICY_LIFETIME: SignedDuration = SignedDuration::from_mins(15);
+/// An inline policy with less than this left is renewed.
+const INLINE_POLICY_RENEW_BEFORE: SignedDuration = SignedDuration::from_mins(10);
+/// How many user names are tried (the base name, then `+1` to `+19`), as the CLI does.
+const NAME_ATTEMPTS: usize = 20;
+/// Keys of the credentials Secret.
+const KEY_ID: &str = "access_key_id";
+const KEY_SECRET: &str = "secret_access_key";
+
+/// Replaces each run of characters IAM does not allow in names with `-`.
+pub fn clean_for_iam(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    let mut in_run = false;
+    for c in name.chars() {
+        if c.is_ascii_alphanumeric() || "+=,.@_-".contains(c) {
+            out.push(c);
+            in_run = false;
+        } else if !in_run {
+            out.push('-');
+            in_run = true;
+        }
+    }
+    out
+}
+
+/// Shortens `name` to `max` characters: the first half, `...`, the last half.
+pub fn shorten_name(name: &str, max: usize) -> String {
+    let chars: Vec<char> = name.chars().collect();
+    if chars.len() <= max {
+        return name.to_owned();
+    }
+    let (q, r) = ((max - 3) / 2, (max - 3) % 2);
+    let head: String = chars[..q + r].iter().collect();
+    let tail: String = chars[chars.len() - q..].iter().collect();
+    format!("{head}...{tail}")
+}
+
+/// The IAM group of a stack's registrations.
+pub fn group_name(stack_id: &str) -> String {
+    format!("OpsWorks-{}", clean_for_iam(stack_id))
+}
+
+/// The user names tried for a host, in order: `OpsWorks-<stack>-<host>`, then `+1` to `+19`.
+pub fn user_name_candidates(stack_name: &str, name_for_iam: &str) -> Vec<String> {
+    let base = format!(
+        "OpsWorks-{}-{}",
+        shorten_name(&clean_for_iam(stack_name), 25),
+        shorten_name(&clean_for_iam(name_for_iam), 25)
+    );
+    (0..NAME_ATTEMPTS)
+        .map(|n| {
+            if n == 0 {
+                base.clone()
+            } else {
+                format!("{base}+{n}")
+            }
+        })
+        .collect()
+}
+
+/// The name the IAM user is derived from: the hostname override, else the target.
+fn name_for_iam(obj: &InstanceRegistration) -> &str {
+    obj.spec.hostname.as_deref().unwrap_or(&obj.spec.target)
+}
+
+/// The inline policy: RegisterInstance on the stack only, until `until`.
+pub fn inline_policy_document(stack_arn: &str, until: Timestamp) -> String {
+    serde_json::json!({
+        "Statement": [{
+            "Action": "opsworks:RegisterInstance",
+            "Effect": "Allow",
+            "Resource": stack_arn,
+            "Condition": {"DateLessThan": {"aws:CurrentTime": until.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()}},
+        }],
+        "Version": "2012-10-17",
+    })
+    .to_string()
+}
+
+/// When an inline policy document (as IAM returns it: JSON, possibly URL-encoded) stops allowing
+/// registration; `None` if it has no such limit or cannot be read.
+pub fn inline_policy_expiry(document: &str) -> Option<Timestamp> {
+    let json: serde_json::Value = serde_json::from_str(document)
+        .or_else(|_| serde_json::from_str(&percent_decode(document)))
+        .ok()?;
+    let statements = match &json["Statement"] {
+        serde_json::Value::Array(a) => a.clone(),
+        single => vec![single.clone()],
+    };
+    statements
+        .iter()
+        .filter_map(|s| s["Condition"]["DateLessThan"]["aws:CurrentTime"].as_str())
+        .filter_map(|t| t.parse::<Timestamp>().ok())
+        .min()
+}
+
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => match u8::from_str_radix(&text[i + 1..i + 3], 16) {
+                Ok(b) => {
+                    out.push(b);
+                    i += 3;
+                }
+                Err(_) => {
+                    out.push(b'%');
+                    i += 1;
+                }
+            },
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The name of the Secret that holds the access key until the install succeeds.
+pub fn credentials_secret_name(obj: &InstanceRegistration) -> String {
+    let name = format!("{}-opsworks-access-key", obj.name_any());
+    if name.len() <= 253 {
+        name
+    } else {
+        format!("ir-{}-opsworks-access-key", obj.uid().unwrap_or_default())
+    }
+}
+
+pub(super) async fn check(
+    obj: &InstanceRegistration,
+    ctx: &Context,
+    facts: &mut Facts,
+    status: &mut InstanceRegistrationStatus,
+) -> Outcome {
+    if obj.spec.use_instance_profile == Some(true) {
+        return Outcome::Done(Observation::holds(
+            reasons::NOT_NEEDED,
+            "the agent registers with the EC2 instance profile; no IAM user is made",
+        ));
+    }
+    if let Some(existing) = &facts.existing {
+        return Outcome::Done(Observation::holds(
+            reasons::NOT_NEEDED,
+            format!("the host is already registered as {}", existing.id),
+        ));
+    }
+    let Some(stack) = facts.stack.clone() else {
+        return Outcome::Blocked(Observation::fails(
+            reasons::WAITING,
+            "the stack is not resolved",
+        ));
+    };
+    let Some(uid) = obj.uid() else {
+        return Outcome::Retry(Observation::fails(
+            reasons::WAITING,
+            "the object has no UID yet",
+        ));
+    };
+    let iam = &ctx.aws.iam;
+
+    // Each entity is looked at first and made only when missing, so a pass over finished work
+    // writes nothing.
+    let group = group_name(&stack.id);
+    match iam.get_group().group_name(&group).max_items(1).send().await {
+        Ok(_) => {}
+        Err(e) => {
+            let failure = aws::classify(&e);
+            if failure.kind != Kind::NotFound {
+                return failure.outcome("iam:GetGroup");
+            }
+            match iam
+                .create_group()
+                .group_name(&group)
+                .path(IAM_PATH)
+                .send()
+                .await
+            {
+                Ok(_) => failpoint::after("iam:CreateGroup"),
+                Err(e) => {
+                    let failure = aws::classify(&e);
+                    if failure.kind != Kind::AlreadyExists {
+                        return failure.outcome("iam:CreateGroup");
+                    }
+                }
+            }
+        }
+    }
+
+    let user = match find_or_create_user(ctx, obj, &uid, &stack.name, status).await {
+        Ok(user) => user,
+        Err(outcome) => return outcome,
+    };
+    status.iam_user_name = Some(user.clone());
+
+    let member = match iam.list_groups_for_user().user_name(&user).send().await {
+        Ok(out) => out.groups().iter().any(|g| g.group_name() == group),
+        Err(e) => return aws::classify(&e).outcome("iam:ListGroupsForUser"),
+    };
+    if !member {
+        if let Err(e) = iam
+            .add_user_to_group()
+            .group_name(&group)
+            .user_name(&user)
+            .send()
+            .await
+        {
+            return aws::classify(&e).outcome("iam:AddUserToGroup");
+        }
+        failpoint::after("iam:AddUserToGroup");
+    }
+    let policy = match ensure_policy(ctx, &user, &stack.arn).await {
+        Ok(policy) => policy,
+        Err(outcome) => return outcome,
+    };
+    let key = match ensure_access_key(ctx, obj, &user).await {
+        Ok(key) => key,
+        Err(outcome) => return outcome,
+    };
+    status.access_key_id = Some(key.id.clone());
+    let message = format!(
+        "IAM user {user} in group {group}, {policy}, access key {}",
+        key.id
+    );
+    facts.access_key = Some(key);
+    Outcome::Done(Observation::holds(reasons::SUCCEEDED, message))
+}
+
+/// Whether IAM user `name` exists and whether it carries `uid` in its owner tag.
+async fn ownership(ctx: &Context, name: &str, uid: &str) -> Result<Option<bool>, aws::Failure> {
+    match ctx.aws.iam.list_user_tags().user_name(name).send().await {
+        Ok(out) => Ok(Some(
+            out.tags()
+                .iter()
+                .any(|t| t.key() == OWNER_TAG && t.value() == uid),
+        )),
+        Err(e) => {
+            let failure = aws::classify(&e);
+            match failure.kind {
+                Kind::NotFound => Ok(None),
+                _ => Err(failure),
+            }
+        }
+    }
+}
+
+/// This object's IAM user: the one on status if it is still ours, else the first candidate
+/// name that is ours or free (created then, with the owner tag).
+async fn find_or_create_user(
+    ctx: &Context,
+    obj: &InstanceRegistration,
+    uid: &str,
+    stack_name: &str,
+    status: &InstanceRegistrationStatus,
+) -> Result<String, Outcome> {
+    if let Some(recorded) = &status.iam_user_name {
+        match ownership(ctx, recorded, uid).await {
+            Ok(Some(true)) => return Ok(recorded.clone()),
+            Ok(_) => {}
+            Err(f) => return Err(f.outcome("iam:ListUserTags")),
+        }
+    }
+    let candidates = user_name_candidates(stack_name, name_for_iam(obj));
+    let object_tag = format!("{}/{}", obj.namespace().unwrap_or_default(), obj.name_any());
+    for name in &candidates {
+        match ownership(ctx, name, uid).await {
+            Ok(Some(true)) => return Ok(name.clone()),
+            Ok(Some(false)) => continue,
+            Ok(None) => {}
+            Err(f) => return Err(f.outcome("iam:ListUserTags")),
+        }
+        let created = ctx
+            .aws
+            .iam
+            .create_user()
+            .user_name(name)
+            .path(IAM_PATH)
+            .tags(
+                Tag::builder()
+                    .key(OWNER_TAG)
+                    .value(uid)
+                    .build()
+                    .expect("key and value set"),
+            )
+            .tags(
+                Tag::builder()
+                    .key("registrar.dev/object")
+                    .value(&object_tag)
+                    .build()
+                    .expect("key and value set"),
+            )
+            .send()
+            .await;
+        match created {
+            Ok(_) => {
+                failpoint::after("iam:CreateUser");
+                return Ok(name.clone());
+            }
+            Err(e) => {
+                let failure = aws::classify(&e);
+                if failure.kind != Kind::AlreadyExists {
+                    return Err(failure.outcome("iam:CreateUser"));
+                }
+                // Someone made it between our look and our create: ours only if tagged so.
+                match ownership(ctx, name, uid).await {
+                    Ok(Some(true)) => return Ok(name.clone()),
+                    Ok(_) => continue,
+                    Err(f) => return Err(f.outcome("iam:ListUserTags")),
+                }
+            }
+        }
+    }
+    Err(Outcome::Blocked(Observation::fails(
+        reasons::IAM_NAMES_EXHAUSTED,
+        format!(
+            "IAM users {} to {} all exist and were not made for this object",
+            candidates[0],
+            candidates[candidates.len() - 1]
+        ),
+    )))
+}
+
+/// Lets `user` register on the stack: the managed policy if attached or attachable, else the
+/// inline policy, renewed when it is about to expire. Returns a description for the message.
+async fn ensure_policy(ctx: &Context, user: &str, stack_arn: &str) -> Result<String, Outcome> {
+    let iam = &ctx.aws.iam;
+    let attached = iam
+        .list_attached_user_policies()
+        .user_name(user)
+        .send()
+        .await
+        .map_err(|e| aws::classify(&e).outcome("iam:ListAttachedUserPolicies"))?;
+    if attached
+        .attached_policies()
+        .iter()
+        .any(|p| p.policy_arn() == Some(MANAGED_POLICY_ARN))
+    {
+        return Ok("managed policy AWSOpsWorksInstanceRegistration".into());
+    }
+    let now = Timestamp::now();
+    let inline = match iam
+        .get_user_policy()
+        .user_name(user)
+        .policy_name(INLINE_POLICY_NAME)
+        .send()
+        .await
+    {
+        Ok(out) => Some(inline_policy_expiry(out.policy_document())),
+        Err(e) => {
+            let failure = aws::classify(&e);
+            if failure.kind != Kind::NotFound {
+                return Err(failure.outcome("iam:GetUserPolicy"));
+            }
+            None
+        }
+    };
+    match inline {
+        Some(Some(expiry)) if expiry > now + INLINE_POLICY_RENEW_BEFORE => {
+            return Ok(format!(
+                "inline policy {INLINE_POLICY_NAME} until {}",
+                expiry.strftime("%H:%M:%SZ")
+            ));
+        }
+        Some(_) => {} // ours, about to expire (or unreadable): renew below
+        None => match iam
+            .attach_user_policy()
+            .user_name(user)
+            .policy_arn(MANAGED_POLICY_ARN)
+            .send()
+            .await
+        {
+            Ok(_) => {
+                failpoint::after("iam:AttachUserPolicy");
+                return Ok("managed policy AWSOpsWorksInstanceRegistration".into());
+            }
+            Err(e) => {
+                let failure = aws::classify(&e);
+                // The CLI falls back on AccessDenied; since the service closed, the managed
+                // policy may not exist at all, so NoSuchEntity falls back too.
+                if !matches!(failure.kind, Kind::AccessDenied | Kind::NotFound) {
+                    return Err(failure.outcome("iam:AttachUserPolicy"));
+                }
+            }
+        },
+    }
+    let until = now + INLINE_POLICY_LIFETIME;
+    iam.put_user_policy()
+        .user_name(user)
+        .policy_name(INLINE_POLICY_NAME)
+        .policy_document(inline_policy_document(stack_arn, until))
+        .send()
+        .await
+        .map_err(|e| aws::classify(&e).outcome("iam:PutUserPolicy"))?;
+    failpoint::after("iam:PutUserPolicy");
+    Ok(format!(
+        "inline policy {INLINE_POLICY_NAME} until {}",
+        until.strftime("%H:%M:%SZ")
+    ))
+}
+
+/// The user's one access key, with its secret half from the credentials Secret; any key the
+/// Secret does not hold is deleted, and a new one made (and stored) when none is usable.
+async fn ensure_access_key(
+    ctx: &Context,
+    obj: &InstanceRegistration,
+    user: &str,
+) -> Result<AccessKey, Outcome> {
+    let iam = &ctx.aws.iam;
+    let namespace = obj.namespace().unwrap_or_default();
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
+    let secret_name = credentials_secret_name(obj);
+    let stored = secrets
+        .get_opt(&secret_name)
+        .await
+        .map_err(|e| kube_retry(&format!("reading Secret {secret_name:?}"), &e))?
+        .and_then(|s| {
+            let data = s.data?;
+            let id = String::from_utf8(data.get(KEY_ID)?.0.clone()).ok()?;
+            let secret = String::from_utf8(data.get(KEY_SECRET)?.0.clone()).ok()?;
+            (!id.is_empty() && !secret.is_empty()).then(|| AccessKey {
+                id,
+                secret: Sensitive::new(secret),
+            })
+        });
+    let listed = iam
+        .list_access_keys()
+        .user_name(user)
+        .send()
+        .await
+        .map_err(|e| aws::classify(&e).outcome("iam:ListAccessKeys"))?;
+    let in_iam: Vec<String> = listed
+        .access_key_metadata()
+        .iter()
+        .filter_map(|k| k.access_key_id().map(str::to_owned))
+        .collect();
+    let keep = stored.filter(|s| in_iam.contains(&s.id));
+    for id in in_iam
+        .iter()
+        .filter(|id| keep.as_ref().is_none_or(|k| &k.id != *id))
+    {
+        // Ours (the user is), and unusable: its secret half is not in the Secret.
+        iam.delete_access_key()
+            .user_name(user)
+            .access_key_id(id)
+            .send()
+            .await
+            .map_err(|e| aws::classify(&e).outcome("iam:DeleteAccessKey"))?;
+        failpoint::after("iam:DeleteAccessKey");
+    }
+    if let Some(key) = keep {
+        return Ok(key);
+    }
+    let created = iam
+        .create_access_key()
+        .user_name(user)
+        .send()
+        .await
+        .map_err(|e| aws::classify(&e).outcome("iam:CreateAccessKey"))?;
+    failpoint::after("iam:CreateAccessKey");
+    let Some(made) = created.access_key() else {
+        return Err(Outcome::Retry(Observation::fails(
+            reasons::AWS_UNAVAILABLE,
+            "iam:CreateAccessKey returned no key",
+        )));
+    };
+    let key = AccessKey {
+        id: made.access_key_id().to_owned(),
+        secret: Sensitive::new(made.secret_access_key()),
+    };
+    let secret = Secret {
+        metadata: ObjectMeta {
+            name: Some(secret_name.clone()),
+            namespace: Some(namespace),
+            labels: Some(BTreeMap::from([
+                (
+                    "app.kubernetes.io/managed-by".to_owned(),
+                    FIELD_MANAGER.to_owned(),
+                ),
+                (
+                    "registrar.dev/instance-registration".to_owned(),
+                    truncate_label(&obj.name_any()),
+                ),
+            ])),
+            owner_references: obj.controller_owner_ref(&()).map(|r| vec![r]),
+            ..Default::default()
+        },
+        type_: Some("Opaque".to_owned()),
+        data: Some(BTreeMap::from([
+            (KEY_ID.to_owned(), ByteString(key.id.clone().into_bytes())),
+            (
+                KEY_SECRET.to_owned(),
+                ByteString(key.secret.expose().as_bytes().to_vec()),
+            ),
+        ])),
+        ..Default::default()
+    };
+    // If this write fails the key is unusable; the next pass deletes it and makes another.
+    secrets
+        .patch(
+            &secret_name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&secret),
+        )
+        .await
+        .map_err(|e| kube_retry(&format!("writing Secret {secret_name:?}"), &e))?;
+    failpoint::after("kube:WriteCredentialsSecret");
+    Ok(key)
+}
+
+fn truncate_label(value: &str) -> String {
+    value
+        .chars()
+        .take(63)
+        .collect::<String>()
+        .trim_end_matches(['-', '_', '.'])
+        .to_owned()
+}
+
+fn kube_retry(what: &str, error: &kube::Error) -> Outcome {
+    Outcome::Retry(Observation::fails(
+        reasons::KUBERNETES_API_ERROR,
+        format!("{what}: {}", crate::kube_error_summary(error)),
+    ))
+}
+
+/// Deletes every IAM user this object made (keys, policies, group memberships, then the user),
+/// the stack's group if that leaves it empty, and the credentials Secret. Touches nothing not
+/// tagged with the object's UID. `stack_name` is `None` when the stack is gone; the user recorded
+/// on status is still found then.
+pub async fn cleanup_iam(
+    ctx: &Context,
+    obj: &InstanceRegistration,
+    stack_name: Option<&str>,
+) -> Result<Vec<String>, aws::Failure> {
+    let iam = &ctx.aws.iam;
+    let uid = obj.uid().unwrap_or_default();
+    let status = obj.status.clone().unwrap_or_default();
+    let mut names: Vec<String> = status.iam_user_name.iter().cloned().collect();
+    if let Some(stack_name) = stack_name {
+        names.extend(user_name_candidates(stack_name, name_for_iam(obj)));
+    }
+    names.dedup();
+    let mut deleted = Vec::new();
+    for name in names {
+        if ownership(ctx, &name, &uid).await? != Some(true) {
+            continue;
+        }
+        let keys = iam
+            .list_access_keys()
+            .user_name(&name)
+            .send()
+            .await
+            .map_err(|e| aws::classify(&e))?;
+        for key in keys.access_key_metadata() {
+            if let Some(id) = key.access_key_id() {
+                ignore_not_found(
+                    iam.delete_access_key()
+                        .user_name(&name)
+                        .access_key_id(id)
+                        .send()
+                        .await,
+                )?;
+            }
+        }
+        let attached = iam
+            .list_attached_user_policies()
+            .user_name(&name)
+            .send()
+            .await
+            .map_err(|e| aws::classify(&e))?;
+        for policy in attached.attached_policies() {
+            if let Some(arn) = policy.policy_arn() {
+                ignore_not_found(
+                    iam.detach_user_policy()
+                        .user_name(&name)
+                        .policy_arn(arn)
+                        .send()
+                        .await,
+                )?;
+            }
+        }
+        let inline = iam
+            .list_user_policies()
+            .user_name(&name)
+            .send()
+            .await
+            .map_err(|e| aws::classify(&e))?;
+        for policy in inline.policy_names() {
+            ignore_not_found(
+                iam.delete_user_policy()
+                    .user_name(&name)
+                    .policy_name(policy)
+                    .send()
+                    .await,
+            )?;
+        }
+        let groups = iam
+            .list_groups_for_user()
+            .user_name(&name)
+            .send()
+            .await
+            .map_err(|e| aws::classify(&e))?;
+        for group in groups.groups() {
+            ignore_not_found(
+                iam.remove_user_from_group()
+                    .user_name(&name)
+                    .group_name(group.group_name())
+                    .send()
+                    .await,
+            )?;
+        }
+        ignore_not_found(iam.delete_user().user_name(&name).send().await)?;
+        deleted.push(name);
+    }
+    // The stack's group goes when no user is left in it.
+    let group = group_name(&obj.spec.stack_id);
+    match iam.get_group().group_name(&group).send().await {
+        Ok(out) if out.users().is_empty() => {
+            if let Err(e) = iam.delete_group().group_name(&group).send().await {
+                let failure = aws::classify(&e);
+                // DeleteConflict: someone joined it meanwhile; it stays.
+                if !matches!(failure.kind, Kind::NotFound)
+                    && failure.code.as_deref() != Some("DeleteConflict")
+                {
+                    return Err(failure);
+                }
+            }
+        }
+        Ok(_) => {}
+        Err(e) => {
+            let failure = aws::classify(&e);
+            if failure.kind != Kind::NotFound {
+                return Err(failure);
+            }
+        }
+    }
+    Ok(deleted)
+}
+
+fn ignore_not_found<T, E>(
+    result: Result<T, aws_sdk_iam::error::SdkError<E, aws_sdk_iam::config::http::HttpResponse>>,
+) -> Result<(), aws::Failure>
+where
+    E: aws_sdk_iam::error::ProvideErrorMetadata + std::error::Error + 'static,
+{
+    match result {
+        Ok(_) => Ok(()),
+        Err(e) => {
+            let failure = aws::classify(&e);
+            if failure.kind == Kind::NotFound {
+                Ok(())
+            } else {
+                Err(failure)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_cleaned_and_shortened_as_the_cli_does() {
+        assert_eq!(clean_for_iam("web server #1 (prod)"), "web-server-1-prod-");
+        assert_eq!(clean_for_iam("a+b=c,d.e@f_g-h"), "a+b=c,d.e@f_g-h");
+        assert_eq!(clean_for_iam("ünïcode"), "-n-code");
+        assert_eq!(shorten_name("short", 25), "short");
+        let long = "abcdefghijklmnopqrstuvwxyz0123456789";
+        assert_eq!(shorten_name(long, 25), "abcdefghijk...z0123456789");
+        assert_eq!(shorten_name(long, 26), "abcdefghijkl...z0123456789");
+    }
+
+    #[test]
+    fn user_names_follow_the_cli_then_count_up() {
+        let names = user_name_candidates("EC2Register", "web-1");
+        assert_eq!(names[0], "OpsWorks-EC2Register-web-1");
+        assert_eq!(names[1], "OpsWorks-EC2Register-web-1+1");
+        assert_eq!(names[19], "OpsWorks-EC2Register-web-1+19");
+        assert_eq!(names.len(), 20);
+        let long = user_name_candidates(&"S".repeat(100), &"h".repeat(100));
+        assert!(
+            long.iter().all(|n| n.len() <= 64),
+            "IAM names are at most 64 characters"
+        );
+        assert_eq!(
+            group_name("2f1ad2a4-6e7f-4c1b-9a55-0c7b1d3e4f50"),
+            "OpsWorks-2f1ad2a4-6e7f-4c1b-9a55-0c7b1d3e4f50"
+        );
+    }
+
+    #[test]
+    fn the_inline_policy_allows_only_register_instance_on_the_stack_until_its_expiry() {
+        let until: Timestamp = "2026-11-26T03:00:00Z".parse().unwrap();
+        let doc = inline_policy_document("arn:aws:opsworks:us-east-1:123456789012:stack/x/", until);
+        let json: serde_json::Value = serde_json::from_str(&doc).unwrap();
+        assert_eq!(json["Statement"][0]["Action"], "opsworks:RegisterInstance");
+        assert_eq!(
+            json["Statement"][0]["Resource"],
+            "arn:aws:opsworks:us-east-1:123456789012:stack/x/"
+        );
+        assert_eq!(
+            json["Statement"][0]["Condition"]["DateLessThan"]["aws:CurrentTime"],
+            "2026-11-26T03:00:00Z"
+        );
+        assert_eq!(inline_policy_expiry(&doc), Some(until));
+        let encoded = doc
+            .replace('{', "%7B")
+            .replace('}', "%7D")
+            .replace('"', "%22")
+            .replace(':', "%3A");
+        assert_eq!(inline_policy_expiry(&encoded), Some(until));
+        assert_eq!(inline_policy_expiry("{\"Statement\": []}"), None);
+        assert_eq!(inline_policy_expiry("not json"), None);
+    }
+}

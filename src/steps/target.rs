@@ -1,0 +1,321 @@
+//! Step: the host. For `ec2`, the one EC2 instance the target names, in the stack's region and
+//! VPC, found as `aws opsworks register` finds it (instance ID, IPv4 address matched against the
+//! private and public address, or the Name tag); for `on-premises`, the target itself.
+//!
+//! One departure from the CLI: for a stack without a VPC (an EC2-Classic stack) the CLI counts
+//! only instances outside any VPC. EC2-Classic was retired in 2023 and its instances moved into
+//! VPCs, so that rule would make such stacks unusable; here any instance of the region counts. Then the
+//! stack is searched for the host's existing registration (adopted rather than redone), and a
+//! hostname override is checked against the stack's other instances.
+
+use aws_sdk_ec2::types::{Filter, InstanceStateName};
+
+use super::{Facts, OpsWorksInstance, Outcome, TargetFacts};
+use crate::aws;
+use crate::conditions::{Observation, reasons};
+use crate::controller::Context;
+use crate::resource::{InfrastructureClass, InstanceRegistration, InstanceRegistrationStatus};
+
+/// How an `ec2` target names its instance.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TargetKind {
+    /// `i-` followed by hex digits.
+    InstanceId,
+    /// Four dot-separated numbers: matched against private and public addresses.
+    IpAddress,
+    /// Anything else: the Name tag.
+    NameTag,
+}
+
+/// Classifies an `ec2` target the way the AWS CLI does.
+pub fn target_kind(target: &str) -> TargetKind {
+    let is_instance_id = target.strip_prefix("i-").is_some_and(|hex| {
+        !hex.is_empty()
+            && hex
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    });
+    let parts: Vec<&str> = target.split('.').collect();
+    let is_ip = parts.len() == 4
+        && parts
+            .iter()
+            .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
+    if is_instance_id {
+        TargetKind::InstanceId
+    } else if is_ip {
+        TargetKind::IpAddress
+    } else {
+        TargetKind::NameTag
+    }
+}
+
+/// OpsWorks statuses of an instance that is no longer (or never was) a working registration.
+const GONE_STATUSES: &[&str] = &["deregistering", "terminated"];
+
+pub(super) async fn check(
+    obj: &InstanceRegistration,
+    ctx: &Context,
+    facts: &mut Facts,
+    status: &mut InstanceRegistrationStatus,
+) -> Outcome {
+    let Some(stack) = facts.stack.clone() else {
+        return Outcome::Blocked(Observation::fails(
+            reasons::WAITING,
+            "the stack is not resolved",
+        ));
+    };
+    let spec = &obj.spec;
+    let resolved = match spec.infrastructure_class {
+        InfrastructureClass::OnPremises => TargetFacts {
+            ec2_instance_id: None,
+            address: spec.target.clone(),
+        },
+        InfrastructureClass::Ec2 => match resolve_ec2(ctx, &stack, &spec.target).await {
+            Ok(t) => t,
+            Err(outcome) => return outcome,
+        },
+    };
+    let connect_to = spec
+        .ssh
+        .address
+        .clone()
+        .unwrap_or_else(|| resolved.address.clone());
+
+    // Is the host registered already? Look for it in the stack.
+    let instances = match ctx
+        .aws
+        .opsworks(spec.region.as_deref())
+        .describe_instances()
+        .stack_id(&stack.id)
+        .send()
+        .await
+    {
+        Ok(out) => out.instances().iter().map(to_instance).collect::<Vec<_>>(),
+        Err(e) => return aws::classify(&e).outcome("opsworks:DescribeInstances"),
+    };
+    let existing = find_existing(obj, status, &resolved, &instances).cloned();
+
+    let mut message = match &resolved.ec2_instance_id {
+        Some(id) => format!("EC2 instance {id} at {}", resolved.address),
+        None => format!("on-premises host {}", resolved.address),
+    };
+    if connect_to != resolved.address {
+        message += &format!(", connecting through {connect_to}");
+    }
+    let reason = match &existing {
+        Some(instance) => {
+            message += &format!(
+                "; registered in the stack as {} ({})",
+                instance.id, instance.status
+            );
+            reasons::ADOPTED
+        }
+        None => {
+            if let Some(wanted) = &spec.hostname
+                && let Some(holder) = instances.iter().find(|i| {
+                    !GONE_STATUSES.contains(&i.status.as_str())
+                        && i.hostname
+                            .as_deref()
+                            .is_some_and(|h| h.eq_ignore_ascii_case(wanted))
+                })
+            {
+                return Outcome::Blocked(Observation::fails(
+                    reasons::HOSTNAME_TAKEN,
+                    format!(
+                        "hostname {wanted:?} is already used by instance {} of stack {}; hostnames must be unique within a stack",
+                        holder.id, stack.id
+                    ),
+                ));
+            }
+            reasons::SUCCEEDED
+        }
+    };
+
+    status.ec2_instance_id = resolved.ec2_instance_id.clone();
+    status.address = Some(connect_to);
+    if let Some(instance) = &existing {
+        status.opsworks_instance_id = Some(instance.id.clone());
+        status.hostname = instance.hostname.clone();
+    } else {
+        status.hostname = spec.hostname.clone();
+    }
+    facts.target = Some(resolved);
+    facts.existing = existing;
+    Outcome::Done(Observation::holds(reason, message))
+}
+
+fn to_instance(i: &aws_sdk_opsworks::types::Instance) -> OpsWorksInstance {
+    OpsWorksInstance {
+        id: i.instance_id().unwrap_or_default().to_owned(),
+        status: i.status().unwrap_or_default().to_owned(),
+        hostname: i.hostname().map(str::to_owned),
+        ec2_instance_id: i.ec2_instance_id().map(str::to_owned),
+        layer_ids: i.layer_ids().to_vec(),
+        private_ip: i.private_ip().map(str::to_owned),
+        public_ip: i.public_ip().map(str::to_owned),
+    }
+}
+
+/// The host's registration among the stack's instances: the one recorded on status, else the
+/// EC2 instance (ec2), else the hostname override or the addresses (on-premises).
+fn find_existing<'a>(
+    obj: &InstanceRegistration,
+    status: &InstanceRegistrationStatus,
+    target: &TargetFacts,
+    instances: &'a [OpsWorksInstance],
+) -> Option<&'a OpsWorksInstance> {
+    let live = || {
+        instances
+            .iter()
+            .filter(|i| !GONE_STATUSES.contains(&i.status.as_str()))
+    };
+    if let Some(recorded) = &status.opsworks_instance_id
+        && let Some(found) = live().find(|i| &i.id == recorded)
+    {
+        return Some(found);
+    }
+    if let Some(ec2_id) = &target.ec2_instance_id {
+        return live().find(|i| i.ec2_instance_id.as_deref() == Some(ec2_id));
+    }
+    // On-premises, by hostname: the same host only if its addresses agree where both sides know
+    // one; a hostname held by a host at another address is taken, not ours.
+    let hostname = obj.spec.hostname.as_ref()?;
+    let ours: Vec<&str> = [
+        obj.spec.private_ip.as_deref(),
+        obj.spec.public_ip.as_deref(),
+    ]
+    .into_iter()
+    .flatten()
+    .chain(
+        (target_kind(&obj.spec.target) == TargetKind::IpAddress)
+            .then_some(obj.spec.target.as_str()),
+    )
+    .collect();
+    live().find(|i| {
+        let theirs: Vec<&str> = [i.private_ip.as_deref(), i.public_ip.as_deref()]
+            .into_iter()
+            .flatten()
+            .collect();
+        i.hostname
+            .as_deref()
+            .is_some_and(|h| h.eq_ignore_ascii_case(hostname))
+            && (ours.is_empty() || theirs.is_empty() || ours.iter().any(|a| theirs.contains(a)))
+    })
+}
+
+/// Finds the one EC2 instance `target` names in the stack's region (and VPC).
+async fn resolve_ec2(
+    ctx: &Context,
+    stack: &super::StackFacts,
+    target: &str,
+) -> Result<TargetFacts, Outcome> {
+    let ec2 = ctx.aws.ec2(&stack.region);
+    let kind = target_kind(target);
+    let mut request = ec2.describe_instances();
+    if let Some(vpc) = &stack.vpc_id {
+        request = request.filters(Filter::builder().name("vpc-id").values(vpc).build());
+    }
+    request = match kind {
+        TargetKind::InstanceId => request.instance_ids(target),
+        TargetKind::NameTag => {
+            request.filters(Filter::builder().name("tag:Name").values(target).build())
+        }
+        TargetKind::IpAddress => request,
+    };
+    let reservations: Vec<_> = match request
+        .into_paginator()
+        .items()
+        .send()
+        .collect::<Result<Vec<_>, _>>()
+        .await
+    {
+        Ok(r) => r,
+        Err(e) => {
+            let failure = aws::classify(&e);
+            return Err(match failure.code.as_deref() {
+                Some("InvalidInstanceID.NotFound") | Some("InvalidInstanceID.Malformed") => {
+                    not_found(stack, target)
+                }
+                _ => failure.outcome("ec2:DescribeInstances"),
+            });
+        }
+    };
+    let matches: Vec<_> = reservations
+        .iter()
+        .flat_map(|r| r.instances())
+        .filter(|i| {
+            // A terminated instance keeps its tags for a while; it is not a host to register.
+            !matches!(
+                i.state().and_then(|s| s.name()),
+                Some(InstanceStateName::Terminated | InstanceStateName::ShuttingDown)
+            )
+        })
+        .filter(|i| {
+            kind != TargetKind::IpAddress
+                || i.private_ip_address() == Some(target)
+                || i.public_ip_address() == Some(target)
+        })
+        .collect();
+    match matches.as_slice() {
+        [] => Err(not_found(stack, target)),
+        [one] => {
+            let id = one.instance_id().unwrap_or_default().to_owned();
+            let address = match kind {
+                TargetKind::IpAddress => Some(target.to_owned()),
+                _ => one
+                    .public_ip_address()
+                    .or(one.private_ip_address())
+                    .map(str::to_owned),
+            };
+            match address {
+                Some(address) => Ok(TargetFacts {
+                    ec2_instance_id: Some(id),
+                    address,
+                }),
+                None => Err(Outcome::Blocked(Observation::fails(
+                    reasons::TARGET_HAS_NO_ADDRESS,
+                    format!("EC2 instance {id} has neither a public nor a private IP address"),
+                ))),
+            }
+        }
+        several => {
+            let mut ids: Vec<&str> = several.iter().filter_map(|i| i.instance_id()).collect();
+            ids.sort_unstable();
+            Err(Outcome::Blocked(Observation::fails(
+                reasons::TARGET_AMBIGUOUS,
+                format!(
+                    "{} EC2 instances match {target:?}: {}",
+                    ids.len(),
+                    ids.join(", ")
+                ),
+            )))
+        }
+    }
+}
+
+fn not_found(stack: &super::StackFacts, target: &str) -> Outcome {
+    let scope = match &stack.vpc_id {
+        Some(vpc) => format!("in {} (VPC {vpc})", stack.region),
+        None => format!("in {}", stack.region),
+    };
+    Outcome::Blocked(Observation::fails(
+        reasons::TARGET_NOT_FOUND,
+        format!("no EC2 instance {scope} matches {target:?} (instance ID, IP address or Name tag)"),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets_are_classified_as_the_cli_does() {
+        assert_eq!(target_kind("i-0123456789abcdef0"), TargetKind::InstanceId);
+        assert_eq!(target_kind("i-"), TargetKind::NameTag);
+        assert_eq!(target_kind("i-XYZ"), TargetKind::NameTag);
+        assert_eq!(target_kind("10.0.0.1"), TargetKind::IpAddress);
+        assert_eq!(target_kind("10.0.0"), TargetKind::NameTag);
+        assert_eq!(target_kind("web server 1"), TargetKind::NameTag);
+        assert_eq!(target_kind("web.example.com"), TargetKind::NameTag);
+    }
+}

@@ -1,0 +1,255 @@
+//! The AWS side of the tests: moto's server (IAM, EC2, STS) and the project's OpsWorks-compatible
+//! endpoint, on loopback, started once per test binary; SDK clients for the tests' own setup and
+//! checks; and the environment that points a controller process at them (the standard
+//! `AWS_ENDPOINT_URL_<SERVICE>` settings, nothing test-only in the controller).
+
+use std::sync::OnceLock;
+
+use aws_config::{BehaviorVersion, Region, SdkConfig};
+use aws_sdk_ec2::types::{Filter, InstanceType, ResourceType, Tag, TagSpecification};
+use opsworks_endpoint::moto::{MotoOptions, MotoServer};
+use opsworks_endpoint::{Config, Endpoint, EndpointHandle};
+
+/// The region the tests use.
+pub const REGION: &str = "us-east-1";
+/// Credentials the controller and the tests' own clients use (moto accepts any).
+pub const ACCESS_KEY_ID: &str = "AKIAIOSFODNN7EXAMPLE";
+const SECRET_ACCESS_KEY: &str = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY";
+
+/// moto and the OpsWorks endpoint.
+pub struct AwsEnv {
+    /// moto's server (IAM, EC2, STS).
+    pub moto: MotoServer,
+    /// The OpsWorks-compatible endpoint.
+    pub opsworks: EndpointHandle,
+}
+
+impl AwsEnv {
+    /// The environment of this test binary, with the AWS managed registration policy present in
+    /// moto (so attaching it works, as it did on AWS).
+    pub fn shared() -> &'static AwsEnv {
+        static SHARED: OnceLock<AwsEnv> = OnceLock::new();
+        SHARED.get_or_init(|| start(true))
+    }
+
+    /// A second environment whose moto lacks the managed policy (as moto's own list does), so
+    /// the controller falls back to the inline policy, as the CLI does when attaching is denied.
+    pub fn without_managed_policy() -> &'static AwsEnv {
+        static SHARED: OnceLock<AwsEnv> = OnceLock::new();
+        SHARED.get_or_init(|| start(false))
+    }
+
+    /// Environment variables for a controller process: region, credentials and every endpoint on
+    /// loopback (the global `AWS_ENDPOINT_URL` too, so no call can leave the machine), and no
+    /// instance metadata look-ups.
+    pub fn controller_env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("AWS_REGION", REGION.into()),
+            ("AWS_ACCESS_KEY_ID", ACCESS_KEY_ID.into()),
+            ("AWS_SECRET_ACCESS_KEY", SECRET_ACCESS_KEY.into()),
+            ("AWS_ENDPOINT_URL", self.moto.url().into()),
+            ("AWS_ENDPOINT_URL_IAM", self.moto.url().into()),
+            ("AWS_ENDPOINT_URL_EC2", self.moto.url().into()),
+            ("AWS_ENDPOINT_URL_STS", self.moto.url().into()),
+            ("AWS_ENDPOINT_URL_OPSWORKS", self.opsworks.url().into()),
+            ("AWS_EC2_METADATA_DISABLED", "true".into()),
+            ("AWS_CONFIG_FILE", "/dev/null".into()),
+            ("AWS_SHARED_CREDENTIALS_FILE", "/dev/null".into()),
+        ]
+    }
+
+    fn sdk_config(&self, endpoint: &str) -> SdkConfig {
+        SdkConfig::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new(REGION))
+            .endpoint_url(endpoint)
+            .credentials_provider(aws_sdk_iam::config::SharedCredentialsProvider::new(
+                aws_sdk_iam::config::Credentials::new(
+                    ACCESS_KEY_ID,
+                    SECRET_ACCESS_KEY,
+                    None,
+                    None,
+                    "tests",
+                ),
+            ))
+            .build()
+    }
+
+    /// An OpsWorks client for the tests' own setup and checks.
+    pub fn opsworks_client(&self) -> aws_sdk_opsworks::Client {
+        aws_sdk_opsworks::Client::new(&self.sdk_config(self.opsworks.url()))
+    }
+    /// An IAM client (moto).
+    pub fn iam(&self) -> aws_sdk_iam::Client {
+        aws_sdk_iam::Client::new(&self.sdk_config(self.moto.url()))
+    }
+    /// An EC2 client (moto).
+    pub fn ec2(&self) -> aws_sdk_ec2::Client {
+        aws_sdk_ec2::Client::new(&self.sdk_config(self.moto.url()))
+    }
+
+    /// Creates a stack named `name` (in `vpc` if given) and returns its ID.
+    pub async fn create_stack(&self, name: &str, vpc: Option<&str>) -> String {
+        let out = self
+            .opsworks_client()
+            .create_stack()
+            .name(name)
+            .region(REGION)
+            .set_vpc_id(vpc.map(str::to_owned))
+            .service_role_arn("arn:aws:iam::123456789012:role/aws-opsworks-service-role")
+            .default_instance_profile_arn(
+                "arn:aws:iam::123456789012:instance-profile/aws-opsworks-ec2-role",
+            )
+            .send()
+            .await
+            .expect("CreateStack");
+        out.stack_id().unwrap().to_owned()
+    }
+
+    /// Creates a VPC and a subnet in it; returns (vpc id, subnet id).
+    pub async fn create_vpc(&self, cidr: &str) -> (String, String) {
+        let ec2 = self.ec2();
+        let vpc = ec2
+            .create_vpc()
+            .cidr_block(cidr)
+            .send()
+            .await
+            .expect("CreateVpc");
+        let vpc_id = vpc.vpc().unwrap().vpc_id().unwrap().to_owned();
+        let subnet = ec2
+            .create_subnet()
+            .vpc_id(&vpc_id)
+            .cidr_block(cidr)
+            .send()
+            .await
+            .expect("CreateSubnet");
+        (
+            vpc_id,
+            subnet.subnet().unwrap().subnet_id().unwrap().to_owned(),
+        )
+    }
+
+    /// Launches an EC2 instance tagged `Name=<name>` (in `subnet` if given); returns
+    /// (instance id, private ip, public ip).
+    pub async fn run_instance(
+        &self,
+        name: &str,
+        subnet: Option<&str>,
+    ) -> (String, String, Option<String>) {
+        let out = self
+            .ec2()
+            .run_instances()
+            .image_id("ami-12c6146b")
+            .instance_type(InstanceType::T3Micro)
+            .min_count(1)
+            .max_count(1)
+            .set_subnet_id(subnet.map(str::to_owned))
+            .tag_specifications(
+                TagSpecification::builder()
+                    .resource_type(ResourceType::Instance)
+                    .tags(Tag::builder().key("Name").value(name).build())
+                    .build(),
+            )
+            .send()
+            .await
+            .expect("RunInstances");
+        let instance = &out.instances()[0];
+        (
+            instance.instance_id().unwrap().to_owned(),
+            instance.private_ip_address().unwrap_or_default().to_owned(),
+            instance.public_ip_address().map(str::to_owned),
+        )
+    }
+
+    /// The IAM users (name, owner-uid tag) under the OpsWorks path whose name contains `needle`.
+    pub async fn iam_users(&self, needle: &str) -> Vec<(String, Option<String>)> {
+        let iam = self.iam();
+        let users = iam
+            .list_users()
+            .path_prefix("/AWS/OpsWorks/")
+            .send()
+            .await
+            .expect("ListUsers");
+        let mut out = Vec::new();
+        for user in users.users() {
+            if !user.user_name().contains(needle) {
+                continue;
+            }
+            let tags = iam
+                .list_user_tags()
+                .user_name(user.user_name())
+                .send()
+                .await
+                .expect("ListUserTags");
+            let owner = tags
+                .tags()
+                .iter()
+                .find(|t| t.key() == "registrar.dev/owner-uid")
+                .map(|t| t.value().to_owned());
+            out.push((user.user_name().to_owned(), owner));
+        }
+        out.sort();
+        out
+    }
+
+    /// The access key IDs of IAM user `name`.
+    pub async fn access_keys(&self, name: &str) -> Vec<String> {
+        let out = self
+            .iam()
+            .list_access_keys()
+            .user_name(name)
+            .send()
+            .await
+            .expect("ListAccessKeys");
+        out.access_key_metadata()
+            .iter()
+            .filter_map(|k| k.access_key_id().map(str::to_owned))
+            .collect()
+    }
+
+    /// The EC2 instances tagged `Name=<name>`.
+    pub async fn instances_named(&self, name: &str) -> Vec<String> {
+        let out = self
+            .ec2()
+            .describe_instances()
+            .filters(Filter::builder().name("tag:Name").values(name).build())
+            .send()
+            .await
+            .expect("DescribeInstances");
+        out.reservations()
+            .iter()
+            .flat_map(|r| r.instances())
+            .filter_map(|i| i.instance_id().map(str::to_owned))
+            .collect()
+    }
+}
+
+/// Starts moto and the endpoint from a thread that lives as long as the test binary, so that
+/// the processes' parent-death signal fires only when the binary exits.
+fn start(managed_policy: bool) -> AwsEnv {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name("aws-endpoints".into())
+        .spawn(move || {
+            let started = (|| {
+                let moto = MotoServer::start_with(MotoOptions {
+                    opsworks_managed_policy: managed_policy,
+                    ..MotoOptions::default()
+                })?;
+                let mut config = Config::with_moto(moto.url());
+                config
+                    .known_credentials
+                    .push((ACCESS_KEY_ID.into(), SECRET_ACCESS_KEY.into()));
+                let opsworks = Endpoint::start(config)?;
+                Ok::<_, String>(AwsEnv { moto, opsworks })
+            })();
+            tx.send(started).unwrap();
+            loop {
+                std::thread::park();
+            }
+        })
+        .unwrap();
+    rx.recv()
+        .unwrap()
+        .unwrap_or_else(|e| panic!("starting moto and the OpsWorks endpoint: {e}"))
+}
