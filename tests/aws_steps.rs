@@ -14,28 +14,10 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, DeleteParams};
 use support::{
     AwsEnv, ControlPlane, ControllerProcess, condition, ec2, eventually, namespace, on_premises,
-    secret, ssh_keypair,
+    secret, ssh_keypair, wait_gone, wait_reason,
 };
 
 const SSH_AUTH: &str = "kubernetes.io/ssh-auth";
-
-async fn wait_reason(
-    api: &Api<InstanceRegistration>,
-    name: &str,
-    type_: &str,
-    reason: &str,
-) -> InstanceRegistration {
-    eventually(
-        Duration::from_secs(60),
-        &format!("{name}: {type_} reason {reason}"),
-        || async {
-            let obj = api.get_opt(name).await.ok()??;
-            let (_, r, generation) = condition(&obj, type_)?;
-            (r == reason && Some(generation) == obj.metadata.generation).then_some(obj)
-        },
-    )
-    .await
-}
 
 fn apply(cp: &ControlPlane, yaml: &str) {
     let out = cp.kubectl_stdin(&["apply", "-f", "-"], yaml);
@@ -368,10 +350,7 @@ async fn a_registered_host_is_adopted_without_iam_or_ssh_work_and_deregistered_o
     );
 
     api.delete("old", &DeleteParams::default()).await.unwrap();
-    eventually(Duration::from_secs(30), "object gone", || async {
-        api.get_opt("old").await.ok()?.is_none().then_some(())
-    })
-    .await;
+    wait_gone(&api, "old").await;
     assert!(
         !aws.opsworks
             .instances()
@@ -479,10 +458,7 @@ async fn credentials_are_named_as_the_cli_names_them_owned_by_the_object_and_rem
     );
 
     api.delete("db", &DeleteParams::default()).await.unwrap();
-    eventually(Duration::from_secs(30), "object gone", || async {
-        api.get_opt("db").await.ok()?.is_none().then_some(())
-    })
-    .await;
+    wait_gone(&api, "db").await;
     assert_eq!(
         aws.iam_users(&base).await,
         vec![(base.clone(), None)],
@@ -565,30 +541,10 @@ async fn where_the_managed_policy_is_missing_an_inline_policy_allows_only_regist
         .arn()
         .unwrap()
         .to_owned();
-    let decoded = if document.starts_with('{') {
-        document.to_owned()
-    } else {
-        percent_decode(document)
-    };
-    let json: serde_json::Value = serde_json::from_str(&decoded).unwrap();
+    let json =
+        instance_registrar::steps::policy_document_json(document).expect("a readable policy");
     assert_eq!(json["Statement"][0]["Action"], "opsworks:RegisterInstance");
     assert_eq!(json["Statement"][0]["Resource"], stack_arn.as_str());
-}
-
-fn percent_decode(s: &str) -> String {
-    let mut out = Vec::new();
-    let b = s.as_bytes();
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' && i + 2 < b.len() {
-            out.push(u8::from_str_radix(&s[i + 1..i + 3], 16).unwrap());
-            i += 3;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).unwrap()
 }
 
 #[tokio::test]

@@ -11,7 +11,7 @@ use instance_registrar::resource::{FINALIZER, InstanceRegistration};
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use support::{
     AwsEnv, ControlPlane, ControllerProcess, condition, eventually, namespace, on_premises, secret,
-    ssh_keypair,
+    ssh_keypair, wait_gone, wait_reason,
 };
 
 /// An on-premises host `name` (its hostname too) in `stack`, using Secret `secret`. Its address is
@@ -27,23 +27,6 @@ async fn get(api: &Api<InstanceRegistration>, name: &str) -> Option<InstanceRegi
 }
 
 /// Waits until `name` has condition `type_` with `reason`, computed for its current generation.
-async fn wait_reason(
-    api: &Api<InstanceRegistration>,
-    name: &str,
-    type_: &str,
-    reason: &str,
-) -> InstanceRegistration {
-    eventually(
-        Duration::from_secs(60),
-        &format!("{name}: {type_} reason {reason}"),
-        || async {
-            let obj = get(api, name).await?;
-            let (_, r, generation) = condition(&obj, type_)?;
-            (r == reason && Some(generation) == obj.metadata.generation).then_some(obj)
-        },
-    )
-    .await
-}
 
 #[tokio::test]
 async fn a_created_object_gets_the_finalizer_and_conditions_that_follow_its_generation() {
@@ -176,10 +159,7 @@ async fn deletion_removes_the_finalizer_and_waits_for_a_controller_that_is_down(
     )
     .await;
     api.delete("gone", &DeleteParams::default()).await.unwrap();
-    eventually(Duration::from_secs(30), "object deleted", || async {
-        get(&api, "gone").await.is_none().then_some(())
-    })
-    .await;
+    wait_gone(&api, "gone").await;
 
     // With the controller down: the object waits, terminating, until the controller is back.
     cp.kubectl_stdin(
@@ -205,12 +185,7 @@ async fn deletion_removes_the_finalizer_and_waits_for_a_controller_that_is_down(
         .expect("deleted without the controller");
     assert!(obj.metadata.deletion_timestamp.is_some());
     let _back = ControllerProcess::start(cp, aws, &ns, &[]);
-    eventually(
-        Duration::from_secs(30),
-        "object deleted after restart",
-        || async { get(&api, "waits").await.is_none().then_some(()) },
-    )
-    .await;
+    wait_gone(&api, "waits").await;
 }
 
 #[tokio::test]

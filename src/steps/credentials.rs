@@ -119,9 +119,7 @@ pub fn inline_policy_document(stack_arn: &str, until: Timestamp) -> String {
 /// When an inline policy document (as IAM returns it: JSON, possibly URL-encoded) stops allowing
 /// registration; `None` if it has no such limit or cannot be read.
 pub fn inline_policy_expiry(document: &str) -> Option<Timestamp> {
-    let json: serde_json::Value = serde_json::from_str(document)
-        .or_else(|_| serde_json::from_str(&percent_decode(document)))
-        .ok()?;
+    let json = policy_document_json(document)?;
     let statements = match &json["Statement"] {
         serde_json::Value::Array(a) => a.clone(),
         single => vec![single.clone()],
@@ -131,6 +129,14 @@ pub fn inline_policy_expiry(document: &str) -> Option<Timestamp> {
         .filter_map(|s| s["Condition"]["DateLessThan"]["aws:CurrentTime"].as_str())
         .filter_map(|t| t.parse::<Timestamp>().ok())
         .min()
+}
+
+/// A policy document as IAM returns it (JSON, URL-encoded by IAM itself, plain from some
+/// compatible endpoints), parsed.
+pub fn policy_document_json(document: &str) -> Option<serde_json::Value> {
+    serde_json::from_str(document)
+        .or_else(|_| serde_json::from_str(&percent_decode(document)))
+        .ok()
 }
 
 fn percent_decode(text: &str) -> String {

@@ -15,7 +15,9 @@ mod target;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-pub use credentials::{cleanup_iam, credentials_secret_name, inline_policy_expiry};
+pub use credentials::{
+    cleanup_iam, credentials_secret_name, inline_policy_expiry, policy_document_json,
+};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 

@@ -216,6 +216,36 @@ where
     }
 }
 
+/// Waits until object `name` has condition `type_` with `reason`, computed for its current
+/// generation, and returns the object.
+pub async fn wait_reason(
+    api: &kube::Api<InstanceRegistration>,
+    name: &str,
+    type_: &str,
+    reason: &str,
+) -> InstanceRegistration {
+    eventually(
+        Duration::from_secs(60),
+        &format!("{name}: {type_} reason {reason}"),
+        || async {
+            let obj = api.get_opt(name).await.ok()??;
+            let (_, r, generation) = condition(&obj, type_)?;
+            (r == reason && Some(generation) == obj.metadata.generation).then_some(obj)
+        },
+    )
+    .await
+}
+
+/// Waits until object `name` is gone.
+pub async fn wait_gone(api: &kube::Api<InstanceRegistration>, name: &str) {
+    eventually(
+        Duration::from_secs(30),
+        &format!("{name} deleted"),
+        || async { api.get_opt(name).await.ok()?.is_none().then_some(()) },
+    )
+    .await
+}
+
 /// The object's condition of `type_`, if any: (status, reason, observedGeneration).
 pub fn condition(obj: &InstanceRegistration, type_: &str) -> Option<(String, String, i64)> {
     let status = obj.status.as_ref()?;
