@@ -201,7 +201,9 @@ async fn cleanup(
             let generation = obj.metadata.generation.unwrap_or_default();
             steps::summarize_deleting(&mut new, &problem, generation, &now);
             write_status(obj, api, ctx, &old, &new).await?;
-            Ok(Action::requeue(ctx.backoff.next(&key, Schedule::TRANSIENT)))
+            // An error, not a requeue: the finalizer helper drops the finalizer on success, and
+            // work is left undone. The error policy retries with this object's backoff.
+            Err(Error::CleanupIncomplete(problem))
         }
     }
 }

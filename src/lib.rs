@@ -40,6 +40,9 @@ pub enum Error {
     /// The object has no namespace (the kind is namespaced, so this is a bug upstream).
     #[error("object has no namespace")]
     NotNamespaced,
+    /// Deleting the object could not undo everything yet (the finalizer stays; retried).
+    #[error("cleanup incomplete: {0}")]
+    CleanupIncomplete(String),
 }
 
 impl Error {
@@ -58,6 +61,7 @@ impl Error {
             Error::Kube { .. } => "kube_api",
             Error::Finalizer(_) => "finalizer",
             Error::NotNamespaced => "not_namespaced",
+            Error::CleanupIncomplete(_) => "cleanup_incomplete",
         }
     }
 }

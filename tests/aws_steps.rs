@@ -636,3 +636,73 @@ async fn a_crash_after_any_aws_write_leaves_one_user_at_most_one_key_and_the_sec
     }
     println!("{}", lines.join("\n"));
 }
+
+#[tokio::test]
+async fn a_deletion_that_cannot_deregister_keeps_the_finalizer_says_why_and_finishes_later() {
+    let cp = ControlPlane::shared();
+    let aws = AwsEnv::isolated();
+    let client = cp.client().await;
+    let ns = namespace(&client, "undo").await;
+    let api: Api<InstanceRegistration> = Api::namespaced(client.clone(), &ns);
+    let stack = aws.create_stack(&ns, None).await;
+    let (instance, _, _) = aws.run_instance(&format!("{ns}-host"), None).await;
+    let opsworks_id = register_directly(aws, &stack, "undo-host", Some(&instance)).await;
+    let _controller = ControllerProcess::start(cp, aws, &ns, &[]);
+    apply(cp, &ec2(&ns, "host", &stack, &instance, "absent", ""));
+    wait_reason(&api, "host", types::READY, reasons::SUCCEEDED).await;
+
+    aws.opsworks
+        .set_faults(opsworks_endpoint::Faults {
+            unavailable_rate: 1.0,
+            only_actions: vec!["DeregisterInstance".into()],
+            ..Default::default()
+        })
+        .unwrap();
+    api.delete("host", &DeleteParams::default()).await.unwrap();
+    let obj = eventually(Duration::from_secs(60), "Deleting phase", || async {
+        let obj = api.get_opt("host").await.ok()??;
+        (obj.status.as_ref()?.phase == Some(instance_registrar::resource::Phase::Deleting))
+            .then_some(obj)
+    })
+    .await;
+    let ready = obj
+        .status
+        .unwrap()
+        .conditions
+        .into_iter()
+        .find(|c| c.r#type == types::READY)
+        .unwrap();
+    assert_eq!(ready.reason, reasons::DELETING);
+    assert!(
+        ready.message.contains("DeregisterInstance"),
+        "{}",
+        ready.message
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        api.get_opt("host").await.unwrap().is_some(),
+        "the finalizer was dropped with the instance still registered"
+    );
+    assert!(
+        aws.opsworks
+            .instances()
+            .iter()
+            .any(|i| i.instance_id == opsworks_id)
+    );
+
+    aws.opsworks
+        .set_faults(opsworks_endpoint::Faults::none())
+        .unwrap();
+    eventually(
+        Duration::from_secs(90),
+        "deleted once the endpoint recovers",
+        || async { api.get_opt("host").await.ok()?.is_none().then_some(()) },
+    )
+    .await;
+    assert!(
+        !aws.opsworks
+            .instances()
+            .iter()
+            .any(|i| i.instance_id == opsworks_id)
+    );
+}

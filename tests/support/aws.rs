@@ -39,6 +39,12 @@ impl AwsEnv {
         SHARED.get_or_init(|| start(false))
     }
 
+    /// An environment of its own, for a test that injects faults and must not slow the others.
+    pub fn isolated() -> &'static AwsEnv {
+        static SHARED: OnceLock<AwsEnv> = OnceLock::new();
+        SHARED.get_or_init(|| start(true))
+    }
+
     /// Environment variables for a controller process: region, credentials and every endpoint on
     /// loopback (the global `AWS_ENDPOINT_URL` too, so no call can leave the machine), and no
     /// instance metadata look-ups.
