@@ -197,6 +197,21 @@ impl ControlPlane {
             "--timeout=60s",
             "crd/instanceregistrations.registrar.dev",
         ])?;
+        // kubectl caches API discovery (taken before the CRD existed, by `apply`), and the API
+        // server publishes the CRD's OpenAPI schema a moment after it is Established: drop the
+        // cache and wait until `kubectl explain` knows the kind, so no test sees either gap.
+        let _ = std::fs::remove_dir_all(cp.dir.join("kube-cache"));
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !cp
+            .kubectl(&["explain", "instanceregistration.spec"])
+            .status
+            .success()
+        {
+            if Instant::now() > deadline {
+                return Err("kubectl explain does not know InstanceRegistration after 60s".into());
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
         eprintln!(
             "control plane up at {} in {:.1}s (binaries {}, files {})",
             cp.server,
@@ -228,6 +243,10 @@ impl ControlPlane {
     /// Runs kubectl against this control plane.
     pub fn kubectl(&self, args: &[&str]) -> std::process::Output {
         Command::new(self.bin_dir.join("kubectl"))
+            .arg(format!(
+                "--cache-dir={}",
+                self.dir.join("kube-cache").display()
+            ))
             .args(args)
             .env("KUBECONFIG", &self.kubeconfig)
             .output()
@@ -238,6 +257,10 @@ impl ControlPlane {
     pub fn kubectl_stdin(&self, args: &[&str], stdin: &str) -> std::process::Output {
         use std::io::Write;
         let mut child = Command::new(self.bin_dir.join("kubectl"))
+            .arg(format!(
+                "--cache-dir={}",
+                self.dir.join("kube-cache").display()
+            ))
             .args(args)
             .env("KUBECONFIG", &self.kubeconfig)
             .stdin(Stdio::piped())
