@@ -6,8 +6,11 @@
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 
-# Debian packages: ssh-keygen (test keys), setpriv (test processes die with the test binary).
-packages=(openssh-client util-linux)
+# Debian packages: ssh-keygen and ssh (test keys, the SSH client), setpriv and unshare (test
+# processes die with the test binary; each test SSH host has its own mount namespace), sshd and
+# sudo (the test SSH hosts), curl (the agent installer stand-in). tar, gzip and coreutils, which
+# the stand-in also uses, are Essential in Debian and always there.
+packages=(openssh-client openssh-server sudo util-linux curl)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -18,8 +21,58 @@ if [ ${#missing[@]} -gt 0 ]; then
     exit 1
   fi
   echo "setup.sh: installing ${missing[*]}" >&2
+  # The tests start sshd servers of their own on loopback addresses: installing openssh-server
+  # must not start the system's ssh service. A policy-rc.d that says no (101) keeps the package
+  # scripts from starting it, in a container or on a systemd host; one already there is kept.
+  policy=/usr/sbin/policy-rc.d
+  made_policy=
+  if [ ! -e "$policy" ]; then
+    trap 'rm -f "$policy"' EXIT
+    printf '#!/bin/sh\n# Put here by instance-registrar tests/setup.sh while installing packages.\nexit 101\n' >"$policy"
+    chmod 0755 "$policy"
+    made_policy=1
+  fi
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  if [ -n "$made_policy" ]; then
+    rm -f "$policy"
+    trap - EXIT
+  fi
+fi
+
+# The login user of the test SSH hosts, with passwordless sudo (the agent installer runs as root
+# through sudo, as on a real host). The hosts' sshd servers are the tests' own; a system ssh
+# service, if one runs, is neither needed nor touched. The user has no password ("*"), but is not
+# locked ("!", useradd's default): without PAM, sshd refuses even key logins to a locked account.
+test_user=opsworks-test
+sudoers=/etc/sudoers.d/$test_user
+sudoers_line="$test_user ALL=(ALL) NOPASSWD: ALL"
+locked() { getent shadow "$test_user" | cut -d: -f2 | grep -q '^!'; }
+user_ready() {
+  id -u "$test_user" >/dev/null 2>&1 || return 1
+  # Only root can read the shadow and sudoers files: others check what they can.
+  if [ "$(id -u)" -ne 0 ]; then
+    [ -e "$sudoers" ]
+    return
+  fi
+  ! locked && [ "$(cat "$sudoers" 2>/dev/null)" = "$sudoers_line" ] && [ "$(stat -c %a "$sudoers")" = 440 ]
+}
+if ! user_ready; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "setup.sh: the test user $test_user or $sudoers is missing (run as root)" >&2
+    exit 1
+  fi
+  if ! id -u "$test_user" >/dev/null 2>&1; then
+    echo "setup.sh: creating the test user $test_user" >&2
+    useradd -m -s /bin/bash -p '*' "$test_user"
+  elif locked; then
+    usermod -p '*' "$test_user"
+  fi
+  echo "setup.sh: writing $sudoers" >&2
+  printf '%s\n' "$sudoers_line" >"$sudoers.partial"
+  chmod 0440 "$sudoers.partial"
+  visudo -cqf "$sudoers.partial" || { rm -f "$sudoers.partial"; echo "setup.sh: $sudoers is not valid" >&2; exit 1; }
+  mv -f "$sudoers.partial" "$sudoers"
 fi
 
 for tool in cargo go; do

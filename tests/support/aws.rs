@@ -2,13 +2,19 @@
 //! endpoint, on loopback, started once per test binary; SDK clients for the tests' own setup and
 //! checks; and the environment that points a controller process at them (the standard
 //! `AWS_ENDPOINT_URL_<SERVICE>` settings, nothing test-only in the controller).
+//!
+//! [`AwsEnv::faulty`] also puts the recording, fault-injecting proxy
+//! ([`opsworks_endpoint::proxy`]) between the controller and moto, so that IAM and EC2 can be
+//! throttled and failed like OpsWorks, and every call of the controller counted.
 
 use std::sync::OnceLock;
 
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_sdk_ec2::types::{Filter, InstanceType, ResourceType, Tag, TagSpecification};
 use opsworks_endpoint::moto::{MotoOptions, MotoServer};
-use opsworks_endpoint::{Config, Endpoint, EndpointHandle};
+use opsworks_endpoint::{
+    CallSummary, Config, Endpoint, EndpointHandle, Faults, Proxy, ProxyConfig, ProxyHandle,
+};
 
 /// The region the tests use.
 pub const REGION: &str = "us-east-1";
@@ -22,6 +28,9 @@ pub struct AwsEnv {
     pub moto: MotoServer,
     /// The OpsWorks-compatible endpoint.
     pub opsworks: EndpointHandle,
+    /// The proxy in front of moto that the controller's IAM, EC2 and STS calls go through (only
+    /// in [`AwsEnv::faulty`]; the tests' own clients always go straight to moto).
+    pub proxy: Option<ProxyHandle>,
 }
 
 impl AwsEnv {
@@ -45,6 +54,56 @@ impl AwsEnv {
         SHARED.get_or_init(|| start(true))
     }
 
+    /// An environment of its own whose controller calls to IAM, EC2 and STS go through the
+    /// recording, fault-injecting proxy; faults are set on the proxy and the OpsWorks endpoint
+    /// together with [`AwsEnv::set_faults`], and their calls read with
+    /// [`AwsEnv::call_summary`].
+    pub fn faulty() -> &'static AwsEnv {
+        static SHARED: OnceLock<AwsEnv> = OnceLock::new();
+        SHARED.get_or_init(|| {
+            let mut env = start(true);
+            let proxy = Proxy::start(ProxyConfig::new(env.moto.url()))
+                .unwrap_or_else(|e| panic!("starting the moto proxy: {e}"));
+            env.proxy = Some(proxy);
+            env
+        })
+    }
+
+    /// Where the controller reaches IAM, EC2 and STS: the proxy if there is one, else moto.
+    pub fn controller_aws_url(&self) -> &str {
+        match &self.proxy {
+            Some(p) => p.url(),
+            None => self.moto.url(),
+        }
+    }
+
+    /// Sets `faults` on the proxy (if any) and the OpsWorks endpoint at once; each re-seeds its
+    /// generator with `faults.seed`.
+    pub fn set_faults(&self, faults: Faults) {
+        if let Some(p) = &self.proxy {
+            p.set_faults(faults.clone()).expect("proxy faults");
+        }
+        self.opsworks.set_faults(faults).expect("endpoint faults");
+    }
+
+    /// Forgets the calls recorded by the proxy and the OpsWorks endpoint.
+    pub fn clear_calls(&self) {
+        if let Some(p) = &self.proxy {
+            p.clear_calls();
+        }
+        self.opsworks.clear_calls();
+    }
+
+    /// The calls through the proxy and to the OpsWorks endpoint (service `opsworks`), counted
+    /// by service and operation, with the faults injected; `Display` prints a table.
+    pub fn call_summary(&self) -> CallSummary {
+        let mut summary = CallSummary::of_endpoint(&self.opsworks.calls());
+        if let Some(p) = &self.proxy {
+            summary.merge(&p.summary());
+        }
+        summary
+    }
+
     /// Environment variables for a controller process: region, credentials and every endpoint on
     /// loopback (the global `AWS_ENDPOINT_URL` too, so no call can leave the machine), and no
     /// instance metadata look-ups.
@@ -53,10 +112,10 @@ impl AwsEnv {
             ("AWS_REGION", REGION.into()),
             ("AWS_ACCESS_KEY_ID", ACCESS_KEY_ID.into()),
             ("AWS_SECRET_ACCESS_KEY", SECRET_ACCESS_KEY.into()),
-            ("AWS_ENDPOINT_URL", self.moto.url().into()),
-            ("AWS_ENDPOINT_URL_IAM", self.moto.url().into()),
-            ("AWS_ENDPOINT_URL_EC2", self.moto.url().into()),
-            ("AWS_ENDPOINT_URL_STS", self.moto.url().into()),
+            ("AWS_ENDPOINT_URL", self.controller_aws_url().into()),
+            ("AWS_ENDPOINT_URL_IAM", self.controller_aws_url().into()),
+            ("AWS_ENDPOINT_URL_EC2", self.controller_aws_url().into()),
+            ("AWS_ENDPOINT_URL_STS", self.controller_aws_url().into()),
             ("AWS_ENDPOINT_URL_OPSWORKS", self.opsworks.url().into()),
             ("AWS_EC2_METADATA_DISABLED", "true".into()),
             ("AWS_CONFIG_FILE", "/dev/null".into()),
@@ -247,7 +306,11 @@ fn start(managed_policy: bool) -> AwsEnv {
                     .known_credentials
                     .push((ACCESS_KEY_ID.into(), SECRET_ACCESS_KEY.into()));
                 let opsworks = Endpoint::start(config)?;
-                Ok::<_, String>(AwsEnv { moto, opsworks })
+                Ok::<_, String>(AwsEnv {
+                    moto,
+                    opsworks,
+                    proxy: None,
+                })
             })();
             tx.send(started).unwrap();
             loop {

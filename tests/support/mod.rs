@@ -4,6 +4,7 @@
 
 pub mod aws;
 pub mod control_plane;
+pub mod ssh_hosts;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -258,7 +259,8 @@ pub fn condition(obj: &InstanceRegistration, type_: &str) -> Option<(String, Str
 }
 
 /// A manifest for an on-premises host at `target` in `stack`, with `hostname`, using Secret
-/// `secret`; `extra` is more `spec` lines (indented two spaces).
+/// `secret`; `extra` is more `spec` lines (indented two spaces). The `ssh` block comes last, so
+/// lines indented four spaces appended to the manifest add to it (see [`ssh_via`]).
 pub fn on_premises(
     ns: &str,
     name: &str,
@@ -280,10 +282,11 @@ spec:
   target: \"{target}\"
   hostname: {hostname}
 {extra}  ssh:
-    username: admin
+    username: {user}
     privateKeySecretRef:
       name: {secret}
-"
+",
+        user = ssh_hosts::USER
     )
 }
 
@@ -300,10 +303,21 @@ spec:
   infrastructureClass: ec2
   target: \"{target}\"
 {extra}  ssh:
-    username: ec2-user
+    username: {user}
     privateKeySecretRef:
       name: {secret}
-"
+",
+        user = ssh_hosts::USER
+    )
+}
+
+/// `ssh` lines (to append to a manifest) that reach `host`, the way a bastion's port forward
+/// would: an address override on loopback, so no test ever connects anywhere else.
+pub fn ssh_via(host: &ssh_hosts::SshHost) -> String {
+    format!(
+        "    address: \"{}\"\n    port: {}\n",
+        host.address(),
+        host.port()
     )
 }
 

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::faults::Faults;
+use crate::standin::StandIn;
 
 /// Access key ID the endpoint calls moto with by default (moto accepts any credentials).
 pub const MOTO_ACCESS_KEY_ID: &str = "AKIAIOSFODNN7EXAMPLE";
@@ -22,6 +23,9 @@ pub enum AgentInstaller {
     Bytes(Vec<u8>),
     /// The content of this file, read at each download (so it may be rebuilt meanwhile).
     File(PathBuf),
+    /// The agent installer stand-in: a tarball, built at each download, whose
+    /// `boot-registration` runs this program against this endpoint (see [`crate::standin`]).
+    StandIn(StandIn),
 }
 
 /// How to run an endpoint. Start from [`Config::default`] (no moto: registration is not

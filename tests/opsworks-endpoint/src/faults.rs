@@ -4,7 +4,8 @@
 //! Each API call that passed the authentication checks draws four numbers, in arrival order,
 //! from a generator seeded with [`Faults::seed`] (re-seeded whenever the faults are set):
 //! whether a latency spike happens, then throttling, then 500, then 503. The control routes
-//! (`/_endpoint/...`) and the agent installer download are never fault-injected.
+//! (`/_endpoint/...`) and the agent installer download are never fault-injected. The moto proxy
+//! ([`crate::proxy`]) draws the same way for each IAM, EC2 or STS call it recognises.
 
 use std::time::Duration;
 
@@ -31,7 +32,8 @@ pub struct Faults {
     pub internal_error_rate: f64,
     /// Rate of `ServiceUnavailable` (HTTP 503) answers.
     pub unavailable_rate: f64,
-    /// When not empty, faults apply only to these actions (e.g. `["DescribeInstances"]`).
+    /// When not empty, faults apply only to these actions (e.g. `["DescribeInstances"]`). The
+    /// moto proxy ([`crate::proxy`]) also takes them qualified by service, e.g. `iam:CreateUser`.
     pub only_actions: Vec<String>,
     /// Seed of the random generator.
     pub seed: u64,
@@ -120,8 +122,15 @@ impl Injector {
     }
 
     pub fn decide(&mut self, action: &str) -> Decision {
+        self.decide_any(&[action])
+    }
+
+    /// As [`Injector::decide`], for a call that [`Faults::only_actions`] may name by any of
+    /// `names` (the proxy passes `CreateUser` and `iam:CreateUser`).
+    pub fn decide_any(&mut self, names: &[&str]) -> Decision {
         let f = &self.faults;
-        if !f.only_actions.is_empty() && !f.only_actions.iter().any(|a| a == action) {
+        if !f.only_actions.is_empty() && !f.only_actions.iter().any(|a| names.contains(&a.as_str()))
+        {
             return Decision::default();
         }
         let (spike, throttle, internal, unavailable): (f64, f64, f64, f64) = (

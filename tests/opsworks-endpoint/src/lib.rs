@@ -14,7 +14,8 @@
 //!   `DescribeLayers`, `DescribeInstances`, `RegisterInstance`, `DeregisterInstance`,
 //!   `AssignInstance`, `UnassignInstance` (see [`model::OPERATIONS`]).
 //! - The agent installer tarball the provisioning parameters point at, under
-//!   [`AGENT_INSTALLER_PATH`].
+//!   [`AGENT_INSTALLER_PATH`]: given bytes or a file, or the agent installer stand-in
+//!   ([`standin`]), whose `boot-registration` registers the host as the real one did.
 //! - Test controls under [`CONTROL_PREFIX`] (`/_endpoint/`), unsigned and never
 //!   fault-injected, the same as [`EndpointHandle`]'s methods:
 //!
@@ -28,6 +29,12 @@
 //! | `PUT /_endpoint/instances/<id>/status` | `{"status": "setup_failed"}`, as [`EndpointHandle::set_instance_status`] |
 //! | `GET /_endpoint/instances` | the registered instances, a JSON array of [`InstanceView`] |
 //! | `GET /_endpoint/state` | stacks, layers and instances as the API shapes them, delay and faults |
+//!
+//! # moto behind a proxy
+//!
+//! [`proxy`] is a recording, fault-injecting HTTP proxy to put in front of moto, so that IAM,
+//! EC2 and STS calls can be throttled or failed (with the same [`Faults`]) and counted as
+//! OpsWorks calls are; its test controls are under `/_proxy/`.
 //!
 //! # Credentials
 //!
@@ -62,7 +69,9 @@ pub mod faults;
 pub mod model;
 pub mod moto;
 pub mod policy;
+pub mod proxy;
 pub mod sigv4;
+pub mod standin;
 
 mod aws;
 mod config;
@@ -76,6 +85,8 @@ mod time;
 pub use config::{AgentInstaller, Config, MOTO_ACCESS_KEY_ID, MOTO_SECRET_ACCESS_KEY};
 pub use error::ApiError;
 pub use faults::Faults;
+pub use proxy::{CallSummary, Proxy, ProxyCall, ProxyConfig, ProxyHandle};
 pub use record::{Authorization, CallRecord, InjectedFault, SignatureCheck};
 pub use server::{AGENT_INSTALLER_PATH, CONTROL_PREFIX, Endpoint, EndpointHandle};
+pub use standin::StandIn;
 pub use state::InstanceView;

@@ -6,8 +6,15 @@
 //!
 //! ```text
 //! opsworks-endpoint --start-moto --registration-delay 2 --agent-installer installer.tgz
+//! opsworks-endpoint --start-moto --agent-standin target/debug/opsworks-agent-standin
 //! opsworks-endpoint --listen 127.0.0.1:4580 --moto-url http://127.0.0.1:5000 --throttle-rate 0.1
+//! opsworks-endpoint --start-moto --moto-proxy-listen 127.0.0.1:4581 --throttle-rate 0.3 --seed 7
 //! ```
+//!
+//! With `--moto-proxy-listen`, it also serves a recording, fault-injecting proxy in front of moto
+//! (printed as `moto proxy: <url>`; point `AWS_ENDPOINT_URL_IAM`, `_EC2` and `_STS` at it). The
+//! fault flags apply to the proxy too; its controls are under `/_proxy/` (see the library's
+//! `proxy` module).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -15,7 +22,8 @@ use std::time::Duration;
 
 use clap::Parser;
 use opsworks_endpoint::moto::{MotoOptions, MotoServer};
-use opsworks_endpoint::{AgentInstaller, Config, Endpoint, Faults};
+use opsworks_endpoint::proxy::{Proxy, ProxyConfig};
+use opsworks_endpoint::{AgentInstaller, Config, Endpoint, Faults, StandIn};
 
 /// An OpsWorks-compatible endpoint (API 2013-02-18) for local use and tests.
 #[derive(Debug, Parser)]
@@ -45,6 +53,13 @@ struct Args {
     /// Agent installer tarball to serve (read at each download).
     #[arg(long)]
     agent_installer: Option<PathBuf>,
+    /// Serve the agent installer stand-in, whose boot-registration runs this
+    /// opsworks-agent-standin program (e.g. target/debug/opsworks-agent-standin).
+    #[arg(long, value_name = "PROGRAM", conflicts_with = "agent_installer")]
+    agent_standin: Option<PathBuf>,
+    /// Seconds the stand-in's boot-registration takes before it registers.
+    #[arg(long, default_value_t = 0.0, requires = "agent_standin")]
+    agent_standin_run_seconds: f64,
     /// Extra provisioning parameter KEY=VALUE (repeatable).
     #[arg(long = "parameter", value_name = "KEY=VALUE")]
     parameters: Vec<String>,
@@ -78,6 +93,11 @@ struct Args {
     /// Write the endpoint URL to this file once serving.
     #[arg(long)]
     url_file: Option<PathBuf>,
+    /// Also serve a recording, fault-injecting proxy in front of moto (for IAM, EC2 and STS
+    /// clients) on this loopback address; the fault flags apply to it too. Needs --moto-url or
+    /// --start-moto.
+    #[arg(long, value_name = "ADDR")]
+    moto_proxy_listen: Option<SocketAddr>,
 }
 
 fn main() {
@@ -128,6 +148,18 @@ fn run() -> Result<(), String> {
     if let Some(p) = args.agent_installer {
         config.agent_installer = AgentInstaller::File(p);
     }
+    if let Some(p) = args.agent_standin {
+        if !(0.0..1e6).contains(&args.agent_standin_run_seconds) {
+            return Err("--agent-standin-run-seconds must be a non-negative number".into());
+        }
+        let p = std::path::absolute(&p).map_err(|e| format!("{}: {e}", p.display()))?;
+        if !p.is_file() {
+            return Err(format!("--agent-standin: no program {}", p.display()));
+        }
+        config.agent_installer = AgentInstaller::StandIn(
+            StandIn::new(p).run_time(Duration::from_secs_f64(args.agent_standin_run_seconds)),
+        );
+    }
     for p in &args.parameters {
         let (k, v) = p
             .split_once('=')
@@ -162,6 +194,21 @@ fn run() -> Result<(), String> {
         );
     }
 
+    let proxy = match args.moto_proxy_listen {
+        Some(listen) => {
+            let upstream = moto_url
+                .as_deref()
+                .ok_or("--moto-proxy-listen needs --moto-url or --start-moto")?;
+            let mut proxy_config = ProxyConfig::new(upstream);
+            proxy_config.listen = listen;
+            proxy_config.faults = config.faults.clone();
+            let proxy = Proxy::start(proxy_config)?;
+            println!("moto proxy: {}", proxy.url());
+            Some(proxy)
+        }
+        None => None,
+    };
+
     let endpoint = Endpoint::start(config)?;
     println!("{}", endpoint.url());
     if let Some(path) = &args.url_file {
@@ -183,6 +230,7 @@ fn run() -> Result<(), String> {
         Ok::<_, String>(())
     })?;
     endpoint.stop();
+    drop(proxy);
     drop(moto);
     Ok(())
 }

@@ -197,6 +197,25 @@ impl EndpointHandle {
         self.shared.lock().installer = installer;
     }
 
+    /// The agent installer tarball as it is served now (the stand-in's is built for this
+    /// endpoint's URL), e.g. for its SHA-256; `None` when none is (no installer, or a file that
+    /// cannot be read).
+    pub fn agent_installer_bytes(&self) -> Option<Vec<u8>> {
+        let installer = self.shared.lock().installer.clone();
+        match installer {
+            AgentInstaller::None => None,
+            AgentInstaller::Bytes(b) => Some(b),
+            AgentInstaller::File(path) => std::fs::read(path).ok(),
+            AgentInstaller::StandIn(standin) => Some(standin.tarball(&self.url)),
+        }
+    }
+
+    /// The URL the agent installer tarball is served at (what the provisioning parameters'
+    /// `AgentInstallerUrl` says).
+    pub fn agent_installer_url(&self) -> String {
+        format!("{}{AGENT_INSTALLER_PATH}", self.url)
+    }
+
     /// The registered instances, in registration order.
     pub fn instances(&self) -> Vec<InstanceView> {
         let st = self.shared.lock();
@@ -327,6 +346,7 @@ async fn installer(shared: &Shared) -> Response<Full<Bytes>> {
         AgentInstaller::None => None,
         AgentInstaller::Bytes(b) => Some(b),
         AgentInstaller::File(path) => tokio::fs::read(&path).await.ok(),
+        AgentInstaller::StandIn(standin) => Some(standin.tarball(&shared.url)),
     };
     match bytes {
         Some(b) => response(200, "application/x-gzip", b),

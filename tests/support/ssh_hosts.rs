@@ -1,0 +1,599 @@
+//! Test SSH hosts: real OpenSSH `sshd` servers on loopback addresses `127.0.0.x`, each with its
+//! own host key, its own authorized keys and its own view of a "host directory" (the host's
+//! stand-in for the EC2 instance metadata service), logged in to as [`USER`], who has
+//! passwordless sudo. `tests/setup.sh` (run as root) installs sshd and sudo and makes the user.
+//!
+//! Each sshd runs in a mount namespace of its own, where its host directory is bind-mounted at
+//! [`HOST_DIR_MOUNT`]: the sessions of that host, and whatever they run through sudo, see that
+//! host's files there, and no other host's (in the tests' own namespace the path is an empty
+//! directory).
+//!
+//! The host directory holds, by name (the agent installer stand-in reads and writes them):
+//! - `hostname`, `local-ipv4`: written at start, the host's label and its 127.0.0.x address;
+//! - `instance-identity-document`: the EC2 identity document, see [`SshHost::set_identity`];
+//! - `installer-failure`: present when the installer must fail, with the message to fail with;
+//! - `preconfig-received.json`: the preconfig the installer was given, written by the stand-in;
+//! - `boot-registration.log`: one line per run of `boot-registration`, appended by the stand-in;
+//! - `canary`: must never exist; a shell injection that worked would create it.
+//!
+//! The host directory belongs to [`USER`] (mode 0755), so that the user's sessions, and root
+//! through sudo, can create files there (such as the canary); the files the harness writes are
+//! root's, mode 0644.
+//!
+//! The sshd processes die with the test binary (`setpriv --pdeathsig KILL`, started from a
+//! thread that lives as long as the binary), and with the [`SshHost`] value: dropping it, or
+//! [`SshHost::stop`], kills every process of the host (its sshd and all its sessions).
+
+use std::net::{Ipv4Addr, SocketAddrV4, TcpListener};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use super::control_plane::spawn_logged;
+
+/// The login user of every test host (made by `tests/setup.sh`, with passwordless sudo).
+pub const USER: &str = "opsworks-test";
+
+/// Where a host's own host directory appears inside that host (its sessions and their children).
+pub const HOST_DIR_MOUNT: &str = "/run/registrar-test-host";
+
+const SSHD: &str = "/usr/sbin/sshd";
+
+/// A running (or stopped) test SSH host.
+pub struct SshHost {
+    name: String,
+    address: Ipv4Addr,
+    port: u16,
+    /// Per-host files: sshd_config, host keys, authorized_keys, logs, and the host directory.
+    files: tempfile::TempDir,
+    dir: PathBuf,
+    host_key: PathBuf,
+    key_generation: u32,
+    /// The logs of every sshd this host has run, oldest first.
+    logs: Vec<PathBuf>,
+    sshd: Option<Running>,
+}
+
+/// A running sshd: the process, and its mount namespace (which all its sessions share).
+struct Running {
+    child: Child,
+    mount_ns: PathBuf,
+}
+
+impl SshHost {
+    /// Starts a host on a fresh 127.0.0.x address and a free port, with a new ed25519 host key,
+    /// no authorized keys, and a host directory holding `hostname` ("test-<name>", sanitised)
+    /// and `local-ipv4`. Returns once sshd accepts connections.
+    pub fn start(name: &str) -> SshHost {
+        check_prerequisites();
+        let address = next_address();
+        let label = host_label(name);
+        let files = tempfile::Builder::new()
+            .prefix(&format!("registrar-{label}-"))
+            .tempdir()
+            .expect("creating the test host's temporary directory");
+        // sshd reads authorized_keys with the login user's identity: the user may pass through
+        // (not list) the per-host directory, and read that one file. The private host keys stay
+        // readable by root only.
+        set_mode(files.path(), 0o711);
+        let authorized_keys = files.path().join("authorized_keys");
+        std::fs::write(&authorized_keys, "").unwrap();
+        set_mode(&authorized_keys, 0o644);
+        // The host directory belongs to the login user, so that a shell injection would create
+        // the canary whether it ran as the user or through sudo; root writes there all the same.
+        let dir = files.path().join("host");
+        std::fs::create_dir(&dir).unwrap();
+        set_mode(&dir, 0o755);
+        let (uid, gid) = user_ids();
+        std::os::unix::fs::chown(&dir, Some(uid), Some(gid))
+            .unwrap_or_else(|e| panic!("chown {}: {e}", dir.display()));
+        let mut host = SshHost {
+            name: name.to_owned(),
+            address,
+            port: 0,
+            files,
+            dir,
+            host_key: PathBuf::new(),
+            key_generation: 0,
+            logs: Vec::new(),
+            sshd: None,
+        };
+        host.new_host_key();
+        host.write_file("hostname", &format!("{label}\n"));
+        host.write_file("local-ipv4", &format!("{address}\n"));
+
+        // Another test binary may take the port between probing and sshd binding it: try again
+        // with another port then.
+        let mut last_error = String::new();
+        for _ in 0..5 {
+            host.port = free_port(address);
+            match host.launch() {
+                Ok(()) => return host,
+                Err(e) => last_error = e,
+            }
+        }
+        panic!("test SSH host {name} on {address} did not start: {last_error}");
+    }
+
+    /// The host's loopback address.
+    pub fn address(&self) -> Ipv4Addr {
+        self.address
+    }
+
+    /// The port sshd listens on.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The name the host was started with.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Adds `public_key_line` ("ssh-ed25519 AAAA... comment") to this host's authorized keys;
+    /// no other host accepts it.
+    pub fn authorize(&self, public_key_line: &str) {
+        use std::io::Write;
+        let mut file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(self.files.path().join("authorized_keys"))
+            .unwrap();
+        writeln!(file, "{}", public_key_line.trim()).unwrap();
+    }
+
+    /// The public host key in known_hosts form without the host pattern: "ssh-ed25519 AAAA...".
+    pub fn host_key_line(&self) -> String {
+        let public = std::fs::read_to_string(self.host_key.with_extension("pub")).unwrap();
+        public
+            .split_whitespace()
+            .take(2)
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    /// The host key's fingerprint as `ssh-keygen -lf` prints it: "SHA256:...".
+    pub fn host_key_fingerprint(&self) -> String {
+        let out = Command::new("ssh-keygen")
+            .arg("-lf")
+            .arg(self.host_key.with_extension("pub"))
+            .output()
+            .expect("running ssh-keygen");
+        assert!(out.status.success(), "ssh-keygen -lf failed: {out:?}");
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .nth(1)
+            .expect("ssh-keygen -lf output")
+            .to_owned()
+    }
+
+    /// Gives the host a new host key; sshd is restarted on the same address and port.
+    pub fn rotate_host_key(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_file(&self.host_key);
+        let _ = std::fs::remove_file(self.host_key.with_extension("pub"));
+        self.new_host_key();
+        self.restart();
+    }
+
+    /// Takes the host down: sshd and every session on it are killed, and connections to its
+    /// address and port are refused until [`SshHost::restart`].
+    pub fn stop(&mut self) {
+        if let Some(running) = self.sshd.take() {
+            running.kill();
+        }
+    }
+
+    /// Brings the host back (after [`SshHost::stop`], or restarts it if running) on the same
+    /// address and port, with the same host key.
+    pub fn restart(&mut self) {
+        self.stop();
+        // The port was ours a moment ago; another process may still briefly hold it.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match self.launch() {
+                Ok(()) => return,
+                Err(e) if Instant::now() > deadline => panic!(
+                    "test SSH host {} did not come back on {}:{}: {e}",
+                    self.name, self.address, self.port
+                ),
+                Err(_) => std::thread::sleep(Duration::from_millis(100)),
+            }
+        }
+    }
+
+    /// The host directory, seen inside the host at [`HOST_DIR_MOUNT`].
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Writes the host's EC2 instance identity document (as the instance metadata service serves
+    /// it), for instance `ec2_instance_id` in `region`.
+    pub fn set_identity(&self, ec2_instance_id: &str, region: &str) {
+        let document = serde_json::json!({
+            "accountId": "123456789012",
+            "architecture": "x86_64",
+            "availabilityZone": format!("{region}a"),
+            "billingProducts": null,
+            "devpayProductCodes": null,
+            "marketplaceProductCodes": null,
+            "imageId": "ami-12c6146b",
+            "instanceId": ec2_instance_id,
+            "instanceType": "t3.micro",
+            "kernelId": null,
+            "pendingTime": "2024-01-01T00:00:00Z",
+            "privateIp": self.address.to_string(),
+            "ramdiskId": null,
+            "region": region,
+            "version": "2017-09-30",
+        });
+        self.write_file(
+            "instance-identity-document",
+            &serde_json::to_string_pretty(&document).unwrap(),
+        );
+    }
+
+    /// Makes the agent installer on this host fail with `message`, or (`None`) succeed again.
+    pub fn set_installer_failure(&self, message: Option<&str>) {
+        match message {
+            Some(message) => self.write_file("installer-failure", message),
+            None => match std::fs::remove_file(self.dir.join("installer-failure")) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => panic!("removing installer-failure: {e}"),
+            },
+        }
+    }
+
+    /// The preconfig the installer on this host received (`preconfig-received.json`), if it
+    /// has received one (and the file is complete JSON).
+    pub fn received_preconfig(&self) -> Option<serde_json::Value> {
+        let text = std::fs::read_to_string(self.dir.join("preconfig-received.json")).ok()?;
+        serde_json::from_str(&text).ok()
+    }
+
+    /// How many times `boot-registration` ran on this host (lines of `boot-registration.log`).
+    pub fn boot_registration_runs(&self) -> usize {
+        std::fs::read_to_string(self.dir.join("boot-registration.log"))
+            .map(|text| text.lines().filter(|l| !l.trim().is_empty()).count())
+            .unwrap_or(0)
+    }
+
+    /// SSH logins this host accepted so far, over all its restarts.
+    pub fn sessions(&self) -> usize {
+        self.log()
+            .lines()
+            .filter(|l| l.contains("Accepted publickey for "))
+            .count()
+    }
+
+    /// The file a successful shell injection would create on this host: tests assert it never
+    /// exists.
+    pub fn canary(&self) -> PathBuf {
+        self.dir.join("canary")
+    }
+
+    /// Everything this host's sshd logged, over all its restarts (for test failure messages).
+    pub fn log(&self) -> String {
+        let mut text = String::new();
+        for (i, log) in self.logs.iter().enumerate() {
+            if i > 0 {
+                text.push_str("--- sshd restarted ---\n");
+            }
+            text.push_str(&std::fs::read_to_string(log).unwrap_or_default());
+        }
+        text
+    }
+
+    fn new_host_key(&mut self) {
+        self.key_generation += 1;
+        self.host_key = self
+            .files
+            .path()
+            .join(format!("host_key_{}", self.key_generation));
+        let status = Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-C", ""])
+            .arg("-f")
+            .arg(&self.host_key)
+            .status()
+            .expect("running ssh-keygen");
+        assert!(status.success(), "ssh-keygen for a host key failed");
+    }
+
+    /// Writes `name` in the host directory, whole (readers never see half a file).
+    fn write_file(&self, name: &str, content: &str) {
+        let path = self.dir.join(name);
+        let partial = self.files.path().join(format!("{name}.partial"));
+        std::fs::write(&partial, content).unwrap();
+        set_mode(&partial, 0o644);
+        std::fs::rename(&partial, &path).unwrap();
+    }
+
+    /// Writes the config and starts sshd on `self.port`; returns once it listens.
+    fn launch(&mut self) -> Result<(), String> {
+        let config = self.files.path().join("sshd_config");
+        std::fs::write(&config, self.sshd_config()).unwrap();
+        let log = self
+            .files
+            .path()
+            .join(format!("sshd-{}.log", self.logs.len()));
+        self.logs.push(log.clone());
+        let mut command = Command::new("unshare");
+        command
+            .args(["--mount", "--propagation", "private", "--", "sh", "-c"])
+            .arg(format!(
+                "mount --bind \"$1\" {HOST_DIR_MOUNT} && exec {SSHD} -D -e -f \"$2\""
+            ))
+            .arg("sh")
+            .arg(&self.dir)
+            .arg(&config);
+        let mut child = spawn_kept(command, &log)?;
+        let listening = format!("Server listening on {} port {}.", self.address, self.port);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return Err(format!(
+                    "sshd exited ({status}): {}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                ));
+            }
+            if std::fs::read_to_string(&log)
+                .unwrap_or_default()
+                .contains(&listening)
+            {
+                break;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!(
+                    "sshd did not listen within 15s: {}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        // sshd has logged, so it runs in its own namespace now: remember which, to find its
+        // sessions when the host goes down.
+        let mount_ns = std::fs::read_link(format!("/proc/{}/ns/mnt", child.id()))
+            .map_err(|e| format!("reading sshd's mount namespace: {e}"))?;
+        let own = std::fs::read_link("/proc/self/ns/mnt").unwrap();
+        if mount_ns == own {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err("sshd runs in the test binary's own mount namespace".into());
+        }
+        self.sshd = Some(Running { child, mount_ns });
+        Ok(())
+    }
+
+    fn sshd_config(&self) -> String {
+        let mut config = format!(
+            "# Test SSH host {name}: listens on {address}:{port} only.\n\
+             ListenAddress {address}:{port}\n\
+             AddressFamily inet\n\
+             HostKey {host_key}\n\
+             AuthorizedKeysFile {authorized_keys}\n\
+             AuthorizedKeysCommand none\n\
+             PubkeyAuthentication yes\n\
+             PasswordAuthentication no\n\
+             KbdInteractiveAuthentication no\n\
+             HostbasedAuthentication no\n\
+             PermitRootLogin no\n\
+             AllowUsers {USER}\n\
+             StrictModes no\n\
+             UsePAM no\n\
+             PidFile none\n\
+             LogLevel VERBOSE\n\
+             MaxStartups 100:30:200\n\
+             MaxSessions 20\n\
+             LoginGraceTime 30\n\
+             UseDNS no\n\
+             PrintMotd no\n\
+             PrintLastLog no\n\
+             AllowTcpForwarding no\n\
+             AllowStreamLocalForwarding no\n\
+             AllowAgentForwarding no\n\
+             X11Forwarding no\n\
+             PermitTunnel no\n\
+             GatewayPorts no\n\
+             Subsystem sftp internal-sftp\n",
+            name = self.name,
+            address = self.address,
+            port = self.port,
+            host_key = self.host_key.display(),
+            authorized_keys = self.files.path().join("authorized_keys").display(),
+        );
+        // OpenSSH 9.8 and later refuse a source address for a while after failed logins; the
+        // tests make many from 127.0.0.1 on purpose.
+        if sshd_version() >= (9, 8) {
+            config.push_str("PerSourcePenalties no\n");
+        }
+        config
+    }
+}
+
+impl Drop for SshHost {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+impl Running {
+    /// Kills sshd, then every process left in its mount namespace (its sessions).
+    fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let own = std::fs::read_link("/proc/self/ns/mnt").ok();
+        if own.as_ref() == Some(&self.mount_ns) {
+            return;
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let mut found = false;
+            for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+                let Some(pid) = entry
+                    .file_name()
+                    .to_str()
+                    .and_then(|s| s.parse::<i32>().ok())
+                else {
+                    continue;
+                };
+                if std::fs::read_link(entry.path().join("ns/mnt"))
+                    .ok()
+                    .as_ref()
+                    == Some(&self.mount_ns)
+                {
+                    found = true;
+                    // SAFETY: kill(2) with a PID read from /proc; no memory is involved.
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                }
+            }
+            if !found || Instant::now() > deadline {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// Panics with what to do when the machine cannot run test hosts.
+fn check_prerequisites() {
+    static CHECKED: OnceLock<()> = OnceLock::new();
+    CHECKED.get_or_init(|| {
+        let fix = "run `bash tests/setup.sh` as root, and the tests as root";
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            panic!("the test SSH hosts need root (mount namespaces, sshd): {fix}");
+        }
+        if !Path::new(SSHD).exists() {
+            panic!("{SSHD} is missing (Debian package openssh-server): {fix}");
+        }
+        if user_ids_from_passwd().is_none() {
+            panic!("the test login user {USER} is missing: {fix}");
+        }
+        // Without PAM, sshd refuses every login to an account whose password is locked ("!").
+        let shadow = std::fs::read_to_string("/etc/shadow").unwrap_or_default();
+        if shadow.lines().any(|l| l.starts_with(&format!("{USER}:!"))) {
+            panic!("the test login user {USER} is locked (sshd would refuse it): {fix}");
+        }
+        if !Path::new(&format!("/etc/sudoers.d/{USER}")).exists() {
+            panic!("/etc/sudoers.d/{USER} is missing: {fix}");
+        }
+        std::fs::create_dir_all(HOST_DIR_MOUNT)
+            .unwrap_or_else(|e| panic!("creating {HOST_DIR_MOUNT}: {e}"));
+        // sshd's privilege separation directory.
+        std::fs::create_dir_all("/run/sshd").unwrap_or_else(|e| panic!("creating /run/sshd: {e}"));
+        set_mode(Path::new("/run/sshd"), 0o755);
+    });
+}
+
+/// A 127.0.0.x address not used before by this process (x in 2..=254; test binaries running at
+/// the same time may share an address, each on its own port).
+fn next_address() -> Ipv4Addr {
+    static NEXT: OnceLock<AtomicU32> = OnceLock::new();
+    let next = NEXT.get_or_init(|| AtomicU32::new(std::process::id() % 253));
+    let n = next.fetch_add(1, Ordering::SeqCst);
+    assert!(
+        n < std::process::id() % 253 + 253,
+        "more than 253 test SSH hosts in one test binary"
+    );
+    Ipv4Addr::new(127, 0, 0, 2 + (n % 253) as u8)
+}
+
+/// A port free on `address` a moment ago.
+fn free_port(address: Ipv4Addr) -> u16 {
+    TcpListener::bind(SocketAddrV4::new(address, 0))
+        .and_then(|l| l.local_addr())
+        .unwrap_or_else(|e| panic!("binding {address}: {e}"))
+        .port()
+}
+
+/// "test-<name>" made a host label: letters, digits and single dashes, at most 63 characters.
+fn host_label(name: &str) -> String {
+    let mut label = String::new();
+    for c in format!("test-{name}").chars() {
+        let c = if c.is_ascii_alphanumeric() {
+            c.to_ascii_lowercase()
+        } else {
+            '-'
+        };
+        if !(c == '-' && label.ends_with('-')) {
+            label.push(c);
+        }
+    }
+    label.truncate(63);
+    label.trim_end_matches('-').to_owned()
+}
+
+/// The login user's (uid, gid).
+fn user_ids() -> (u32, u32) {
+    user_ids_from_passwd().unwrap_or_else(|| panic!("no user {USER} in /etc/passwd"))
+}
+
+fn user_ids_from_passwd() -> Option<(u32, u32)> {
+    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
+    let line = passwd
+        .lines()
+        .find(|l| l.starts_with(&format!("{USER}:")))?;
+    let mut fields = line.split(':').skip(2);
+    Some((fields.next()?.parse().ok()?, fields.next()?.parse().ok()?))
+}
+
+fn set_mode(path: &Path, mode: u32) {
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .unwrap_or_else(|e| panic!("chmod {}: {e}", path.display()));
+}
+
+/// The installed sshd's (major, minor) version.
+fn sshd_version() -> (u32, u32) {
+    static VERSION: OnceLock<(u32, u32)> = OnceLock::new();
+    *VERSION.get_or_init(|| {
+        // `sshd -V` prints "OpenSSH_9.2p1 ..., OpenSSL ..." on stderr.
+        let out = Command::new(SSHD)
+            .arg("-V")
+            .output()
+            .expect("running sshd -V");
+        let text = String::from_utf8_lossy(&out.stderr);
+        let version = text
+            .split("OpenSSH_")
+            .nth(1)
+            .unwrap_or_else(|| panic!("no version in `sshd -V`: {text}"));
+        let mut parts = version.split(|c: char| !c.is_ascii_digit());
+        let major = parts.next().and_then(|s| s.parse().ok()).unwrap_or(0);
+        let minor = parts.next().and_then(|s| s.parse().ok()).unwrap_or(0);
+        (major, minor)
+    })
+}
+
+type SpawnRequest = (Command, PathBuf, mpsc::Sender<Result<Child, String>>);
+
+/// Starts `command` with [`spawn_logged`] from one thread that lives as long as the test binary,
+/// so that the process dies with the binary (its parent-death signal follows the thread that
+/// started it) and not with the test thread that asked for it.
+fn spawn_kept(command: Command, log: &Path) -> Result<Child, String> {
+    static SPAWNER: OnceLock<mpsc::Sender<SpawnRequest>> = OnceLock::new();
+    let spawner = SPAWNER.get_or_init(|| {
+        let (tx, rx) = mpsc::channel::<SpawnRequest>();
+        std::thread::Builder::new()
+            .name("ssh-hosts".into())
+            .spawn(move || {
+                // The sender is in a static, never dropped: this loop ends with the process.
+                for (mut command, log, reply) in rx {
+                    let _ = reply.send(spawn_logged(&mut command, &log));
+                }
+            })
+            .expect("starting the ssh-hosts thread");
+        tx
+    });
+    let (reply, answer) = mpsc::channel();
+    spawner
+        .send((command, log.to_owned(), reply))
+        .map_err(|_| "the ssh-hosts thread ended".to_owned())?;
+    answer
+        .recv()
+        .map_err(|_| "the ssh-hosts thread ended".to_owned())?
+}
