@@ -34,6 +34,13 @@ struct RunArgs {
     /// Objects reconciled at once.
     #[arg(long, env = "RECONCILE_CONCURRENCY", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=1024))]
     concurrency: u16,
+    /// SSH sessions (agent installs) open at once.
+    #[arg(long, env = "SSH_CONCURRENCY", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    ssh_concurrency: u16,
+    /// Seconds OpsWorks may take to list a host after its agent was installed before the install
+    /// is tried again.
+    #[arg(long, env = "REGISTRATION_TIMEOUT_SECONDS", default_value_t = 900, value_parser = clap::value_parser!(u64).range(10..))]
+    registration_timeout_seconds: u64,
     /// Seconds between looks at a finished object, to notice drift.
     #[arg(long, env = "RESYNC_SECONDS", default_value_t = 600, value_parser = clap::value_parser!(u64).range(5..))]
     resync_seconds: u64,
@@ -62,7 +69,9 @@ impl Cli {
                 let settings = Settings {
                     watch_namespace: args.watch_namespace,
                     concurrency: args.concurrency,
+                    ssh_concurrency: args.ssh_concurrency,
                     resync: Duration::from_secs(args.resync_seconds),
+                    registration_timeout: Duration::from_secs(args.registration_timeout_seconds),
                     instance: args.instance,
                 };
                 controller::run(client, settings, shutdown_signal()).await

@@ -86,7 +86,40 @@ pub mod reasons {
     /// Every candidate IAM user name is held by a user this object did not make.
     pub const IAM_NAMES_EXHAUSTED: &str = "IamNamesExhausted";
 
+    // Installing the agent over SSH.
+    /// No TCP connection or SSH session with the host (refused, unreachable, timed out); retried
+    /// with backoff.
+    pub const HOST_UNREACHABLE: &str = "HostUnreachable";
+    /// The host key is not the pinned one or not the one recorded on first use; nothing was run.
+    pub const HOST_KEY_MISMATCH: &str = "HostKeyMismatch";
+    /// The host refused the private key for ssh.username.
+    pub const SSH_AUTH_FAILED: &str = "SshAuthFailed";
+    /// The SSH session failed after connecting (no common algorithm, a broken session).
+    pub const SSH_PROTOCOL_ERROR: &str = "SshProtocolError";
+    /// The login user may not run sudo without a password.
+    pub const SUDO_NOT_PERMITTED: &str = "SudoNotPermitted";
+    /// The host could not download the agent installer; retried with backoff.
+    pub const INSTALLER_DOWNLOAD_FAILED: &str = "InstallerDownloadFailed";
+    /// The installer's SHA-256 is not spec.agentInstallerSha256; nothing was run.
+    pub const INSTALLER_CHECKSUM_MISMATCH: &str = "InstallerChecksumMismatch";
+    /// The stack's installer URL is not http(s), or the tarball is not an agent installer.
+    pub const INSTALLER_INVALID: &str = "InstallerInvalid";
+    /// The host lacks a tool the install script needs (mktemp, tar, sha256sum, curl or wget).
+    pub const HOST_UNSUITABLE: &str = "HostUnsuitable";
+    /// The agent installer exited with a failure; the message has the tail of its output.
+    pub const INSTALLER_FAILED: &str = "InstallerFailed";
+    /// The install did not finish within ssh.commandTimeoutSeconds.
+    pub const INSTALL_TIMEOUT: &str = "InstallTimeout";
+
     // Registration.
+    /// The agent was installed, but OpsWorks did not list the instance within the registration
+    /// timeout; the install is tried again after a backoff.
+    pub const REGISTRATION_TIMEOUT: &str = "RegistrationTimeout";
+    /// The instance was registered, and OpsWorks no longer lists it (deregistered or gone); it
+    /// is registered again.
+    pub const INSTANCE_GONE: &str = "InstanceGone";
+    /// The instance is registered and is being assigned to spec.layerIds.
+    pub const ASSIGNING_LAYERS: &str = "AssigningLayers";
     /// OpsWorks reports a failure state for the instance (the message names it).
     pub const REGISTRATION_FAILED: &str = "RegistrationFailed";
     /// OpsWorks is registering the instance.

@@ -14,8 +14,8 @@ use kube::api::{PartialObjectMeta, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
-use kube::runtime::reflector::ObjectRef;
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::reflector::{self, ObjectRef};
+use kube::runtime::{Predicate, WatchStreamExt, predicates, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
 use tracing::{Instrument, info, info_span, warn};
@@ -39,8 +39,14 @@ pub struct Settings {
     pub watch_namespace: Option<String>,
     /// Reconciles running at once, across objects.
     pub concurrency: u16,
+    /// SSH sessions open at once, across objects (installs run inside reconciles, so at most
+    /// `concurrency` of them anyway).
+    pub ssh_concurrency: u16,
     /// How often a finished object is looked at again to notice drift.
     pub resync: Duration,
+    /// How long after a successful install OpsWorks may take to list the instance before the
+    /// install is tried again.
+    pub registration_timeout: Duration,
     /// Name of this replica in Events (`reportingInstance`).
     pub instance: Option<String>,
 }
@@ -50,7 +56,9 @@ impl Default for Settings {
         Self {
             watch_namespace: None,
             concurrency: 16,
+            ssh_concurrency: 16,
             resync: Duration::from_secs(600),
+            registration_timeout: Duration::from_secs(900),
             instance: None,
         }
     }
@@ -66,6 +74,8 @@ pub struct Context {
     pub recorder: Recorder,
     /// Failure counts by object, for backoff.
     pub backoff: Tracker,
+    /// Permits for SSH sessions ([`Settings::ssh_concurrency`]).
+    pub ssh_slots: tokio::sync::Semaphore,
     /// How the controller runs.
     pub settings: Settings,
 }
@@ -82,6 +92,7 @@ impl Context {
             client,
             aws,
             backoff: Tracker::default(),
+            ssh_slots: tokio::sync::Semaphore::new(settings.ssh_concurrency.max(1).into()),
             settings,
         }
     }
@@ -253,20 +264,8 @@ async fn undo(obj: &InstanceRegistration, ctx: &Context) -> std::result::Result<
         Ok(users) => done.push(format!("deleted IAM user {}", users.join(", "))),
         Err(failure) => return Err(format!("IAM cleanup: {failure}")),
     }
-    let secrets: Api<Secret> =
-        Api::namespaced(ctx.client.clone(), &obj.namespace().unwrap_or_default());
-    match secrets
-        .delete(&steps::credentials_secret_name(obj), &Default::default())
-        .await
-    {
-        Ok(_) => done.push("deleted the access key Secret".into()),
-        Err(kube::Error::Api(s)) if s.code == 404 => {}
-        Err(e) => {
-            return Err(format!(
-                "deleting the access key Secret: {}",
-                crate::kube_error_summary(&e)
-            ));
-        }
+    if steps::forget_secret(ctx, obj).await? {
+        done.push("deleted the access key Secret".into());
     }
     Ok(if done.is_empty() {
         "nothing to undo".into()
@@ -425,8 +424,22 @@ pub async fn run(
     };
     let aws = Aws::from_env().await;
     let ctx = Arc::new(Context::new(client, aws, settings));
-    let controller = Controller::new(api, watcher::Config::default().any_semantic());
-    let store = controller.store();
+    // The controller's own status writes must not start another pass (an install is not run
+    // twice because its failure was written down): only what a person or the API server
+    // changes does — the spec (generation, which deletion bumps too), finalizers and
+    // annotations. Requeues and the resync interval cover the rest.
+    let (store, writer) = reflector::store();
+    let changes = watcher(api, watcher::Config::default().any_semantic())
+        .default_backoff()
+        .reflect(writer)
+        .applied_objects()
+        .predicate_filter(
+            predicates::generation
+                .combine(predicates::finalizers)
+                .combine(predicates::annotations),
+            Default::default(),
+        );
+    let controller = Controller::for_stream(changes, store.clone());
     // A Secret that appears or changes re-runs the objects that name it, so fixing a missing or
     // wrong key takes effect at once rather than at the next backoff. Metadata only: the
     // controller never holds every Secret's content.

@@ -255,6 +255,12 @@ pub struct SshSpec {
     #[serde(default = "default_connect_timeout")]
     #[schemars(range(min = 1, max = 600))]
     pub timeout_seconds: u32,
+
+    /// Seconds the agent installer may run on the host (download, boot-registration) before the
+    /// session is closed and the attempt counts as failed.
+    #[serde(default = "default_command_timeout")]
+    #[schemars(range(min = 10, max = 86400))]
+    pub command_timeout_seconds: u32,
 }
 
 /// A key of a Secret in the object's own namespace.
@@ -278,6 +284,9 @@ fn default_port() -> u16 {
 }
 fn default_connect_timeout() -> u32 {
     30
+}
+fn default_command_timeout() -> u32 {
+    1800
 }
 fn default_private_key_key() -> String {
     "ssh-privatekey".to_owned()
@@ -315,6 +324,10 @@ pub struct InstanceRegistrationStatus {
     /// is refused with HostKeyMismatch until this is cleared or the key is pinned.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host_key_fingerprint: Option<String>,
+    /// When the agent installer last finished successfully on the host (cleared when the instance
+    /// has to be registered again).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_installed_at: Option<Time>,
     /// When OpsWorks first reported the instance registered.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub registered_at: Option<Time>,

@@ -190,6 +190,17 @@ pub(super) async fn check(
             "the agent registers with the EC2 instance profile; no IAM user is made",
         ));
     }
+    if status.agent_installed_at.is_some() {
+        // The agent has the key; the controller's copy is gone on purpose and must not be
+        // "repaired" by replacing the key the agent is registering with.
+        return Outcome::Done(Observation::holds(
+            reasons::SUCCEEDED,
+            format!(
+                "access key {} was handed to the agent",
+                status.access_key_id.as_deref().unwrap_or("?")
+            ),
+        ));
+    }
     if let Some(existing) = &facts.existing {
         return Outcome::Done(Observation::holds(
             reasons::NOT_NEEDED,
@@ -447,6 +458,24 @@ async fn ensure_policy(ctx: &Context, user: &str, stack_arn: &str) -> Result<Str
         "inline policy {INLINE_POLICY_NAME} until {}",
         until.strftime("%H:%M:%SZ")
     ))
+}
+
+/// Deletes the Secret that holds the agent's secret access key (done once the agent has it, and
+/// on deletion). A Secret already gone is fine.
+pub async fn forget_secret(ctx: &Context, obj: &InstanceRegistration) -> Result<bool, String> {
+    let secrets: Api<Secret> =
+        Api::namespaced(ctx.client.clone(), &obj.namespace().unwrap_or_default());
+    match secrets
+        .delete(&credentials_secret_name(obj), &Default::default())
+        .await
+    {
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(false),
+        Err(e) => Err(format!(
+            "deleting the access key Secret: {}",
+            crate::kube_error_summary(&e)
+        )),
+    }
 }
 
 /// The user's one access key, with its secret half from the credentials Secret; any key the

@@ -6,6 +6,7 @@
 //! Adding a step is adding a variant to [`Step`] and a module beside this one: the loop around
 //! them does not change.
 
+mod agent;
 mod credentials;
 mod registered;
 mod ssh_key;
@@ -16,7 +17,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 pub use credentials::{
-    cleanup_iam, credentials_secret_name, inline_policy_expiry, policy_document_json,
+    cleanup_iam, credentials_secret_name, forget_secret, inline_policy_expiry, policy_document_json,
 };
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -38,6 +39,8 @@ pub enum Step {
     SshKey,
     /// The IAM group, user, policy and access key the agent registers with.
     Credentials,
+    /// The agent installer ran on the host over SSH.
+    Agent,
     /// OpsWorks reports the instance registered.
     Registered,
 }
@@ -49,6 +52,7 @@ pub const PIPELINE: &[Step] = &[
     Step::Target,
     Step::SshKey,
     Step::Credentials,
+    Step::Agent,
     Step::Registered,
 ];
 
@@ -60,6 +64,7 @@ impl Step {
             Step::Target => types::TARGET_RESOLVED,
             Step::SshKey => types::SSH_KEY_READY,
             Step::Credentials => types::CREDENTIALS_READY,
+            Step::Agent => types::AGENT_INSTALLED,
             Step::Registered => types::REGISTERED,
         }
     }
@@ -81,10 +86,11 @@ impl Step {
                     reasons::NOT_NEEDED,
                     format!("the host is already registered as {}", existing.id),
                 )),
-                None => ssh_key::check(obj, ctx).await,
+                None => ssh_key::check(obj, ctx, facts).await,
             },
             Step::Credentials => credentials::check(obj, ctx, facts, status).await,
-            Step::Registered => registered::check(facts, status),
+            Step::Agent => agent::check(obj, ctx, facts, status).await,
+            Step::Registered => registered::check(obj, ctx, facts, status).await,
         }
     }
 }
@@ -101,6 +107,8 @@ pub struct Facts {
     pub existing: Option<OpsWorksInstance>,
     /// The access key the agent registers with (None with the instance profile).
     pub access_key: Option<AccessKey>,
+    /// The SSH private key, once [`Step::SshKey`] read it.
+    pub ssh_key: Option<std::sync::Arc<russh::keys::PrivateKey>>,
 }
 
 /// An OpsWorks stack.

@@ -5,9 +5,14 @@
 
 use std::time::Duration;
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+
 use super::{Facts, Outcome};
+use crate::aws::{self, Kind};
 use crate::conditions::{Observation, reasons};
-use crate::resource::InstanceRegistrationStatus;
+use crate::controller::Context;
+use crate::resource::{InstanceRegistration, InstanceRegistrationStatus};
 
 /// The waiter's failure states.
 pub const FAILURE_STATES: &[&str] = &[
@@ -48,27 +53,21 @@ pub fn reason_for_status(status: &str) -> String {
         .collect()
 }
 
-pub(super) fn check(facts: &Facts, status: &mut InstanceRegistrationStatus) -> Outcome {
+/// How often a fresh install is looked at while OpsWorks registers it (the first minute), and
+/// after that.
+const POLL_FAST: Duration = Duration::from_millis(500);
+const FAST_FOR: Duration = Duration::from_secs(60);
+
+pub(super) async fn check(
+    obj: &InstanceRegistration,
+    ctx: &Context,
+    facts: &Facts,
+    status: &mut InstanceRegistrationStatus,
+) -> Outcome {
     let Some(instance) = &facts.existing else {
-        // Installing the agent over SSH is the step that comes before this one; this build
-        // does not have it yet, so a host that is not registered already stays so.
-        return Outcome::Blocked(Observation::fails(
-            reasons::NOT_IMPLEMENTED,
-            "the host is not registered, and this build of the controller cannot install the agent yet",
-        ));
+        return not_listed(ctx, status);
     };
     let state = instance.status.as_str();
-    if HEALTHY_STATES.contains(&state) {
-        if status.registered_at.is_none() {
-            status.registered_at = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
-                k8s_openapi::jiff::Timestamp::now(),
-            ));
-        }
-        return Outcome::Done(Observation::holds(
-            reasons::SUCCEEDED,
-            format!("OpsWorks instance {} is {state}", instance.id),
-        ));
-    }
     if FAILURE_STATES.contains(&state) {
         // The reason is the OpsWorks status itself, so alerts can key on it.
         let reason: &'static str = match state {
@@ -86,13 +85,125 @@ pub(super) fn check(facts: &Facts, status: &mut InstanceRegistrationStatus) -> O
             format!("OpsWorks reports instance {} as {state}", instance.id),
         ));
     }
+    if !HEALTHY_STATES.contains(&state) {
+        return Outcome::Progressing(
+            Observation::unknown(
+                reasons::REGISTERING,
+                format!("OpsWorks instance {} is {state}", instance.id),
+            ),
+            poll(status),
+        );
+    }
+    if status.registered_at.is_none() {
+        // First seen registered: the agent no longer needs the key the controller kept for it.
+        if let Err(problem) = super::credentials::forget_secret(ctx, obj).await {
+            return Outcome::Retry(Observation::fails(
+                reasons::KUBERNETES_API_ERROR,
+                format!("instance {} is registered; {problem}", instance.id),
+            ));
+        }
+        status.registered_at = Some(Time(Timestamp::now()));
+    }
+    let missing: Vec<&String> = obj
+        .spec
+        .layer_ids
+        .iter()
+        .filter(|l| !instance.layer_ids.contains(l))
+        .collect();
+    if !missing.is_empty() {
+        let opsworks = ctx.aws.opsworks(obj.spec.region.as_deref());
+        if let Err(e) = opsworks
+            .assign_instance()
+            .instance_id(&instance.id)
+            .set_layer_ids(Some(missing.iter().map(|l| (*l).clone()).collect()))
+            .send()
+            .await
+        {
+            let failure = aws::classify(&e);
+            return match failure.kind {
+                Kind::NotFound | Kind::Invalid => Outcome::Blocked(Observation::fails(
+                    reasons::AWS_REQUEST_REFUSED,
+                    format!("opsworks:AssignInstance {}: {failure}", instance.id),
+                )),
+                _ => failure.outcome("opsworks:AssignInstance"),
+            };
+        }
+        let list: Vec<&str> = missing.iter().map(|l| l.as_str()).collect();
+        return Outcome::Progressing(
+            Observation::unknown(
+                reasons::ASSIGNING_LAYERS,
+                format!(
+                    "instance {} is {state}; assigning it to layer(s) {}",
+                    instance.id,
+                    list.join(", ")
+                ),
+            ),
+            POLL_FAST,
+        );
+    }
+    Outcome::Done(Observation::holds(
+        reasons::SUCCEEDED,
+        format!("OpsWorks instance {} is {state}", instance.id),
+    ))
+}
+
+/// The stack does not list the host. Either it was registered and is gone (drift: register it
+/// again), or the agent was installed and OpsWorks has not listed it yet (wait, up to the
+/// registration timeout).
+fn not_listed(ctx: &Context, status: &mut InstanceRegistrationStatus) -> Outcome {
+    if status.registered_at.is_some() {
+        let was = status.opsworks_instance_id.take().unwrap_or_default();
+        status.registered_at = None;
+        status.agent_installed_at = None;
+        return Outcome::Progressing(
+            Observation::fails(
+                reasons::INSTANCE_GONE,
+                format!(
+                    "OpsWorks no longer lists instance {was} (deregistered or gone); registering the host again"
+                ),
+            ),
+            POLL_FAST,
+        );
+    }
+    let Some(installed) = &status.agent_installed_at else {
+        return Outcome::Progressing(
+            Observation::unknown(reasons::WAITING, "the agent is not installed yet"),
+            POLL_FAST,
+        );
+    };
+    let waited = Timestamp::now().duration_since(installed.0).unsigned_abs();
+    let timeout = ctx.settings.registration_timeout;
+    if waited > timeout {
+        // Try the install again after the (blocked) backoff.
+        status.agent_installed_at = None;
+        return Outcome::Blocked(Observation::fails(
+            reasons::REGISTRATION_TIMEOUT,
+            format!(
+                "the agent was installed {}s ago and OpsWorks still does not list the instance (timeout {}s); the install will be tried again",
+                waited.as_secs(),
+                timeout.as_secs()
+            ),
+        ));
+    }
     Outcome::Progressing(
         Observation::unknown(
             reasons::REGISTERING,
-            format!("OpsWorks instance {} is {state}", instance.id),
+            format!(
+                "the agent was installed {}s ago; waiting for OpsWorks to list the instance",
+                waited.as_secs()
+            ),
         ),
-        POLL,
+        poll(status),
     )
+}
+
+/// Fast polling right after an install, slower later.
+fn poll(status: &InstanceRegistrationStatus) -> Duration {
+    let recent = status
+        .agent_installed_at
+        .as_ref()
+        .is_some_and(|at| Timestamp::now().duration_since(at.0).unsigned_abs() < FAST_FOR);
+    if recent { POLL_FAST } else { POLL }
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@
 use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, ResourceExt};
 
-use super::Outcome;
+use super::{Facts, Outcome};
 use crate::conditions::{Observation, reasons};
 use crate::controller::Context;
 use crate::resource::InstanceRegistration;
@@ -16,7 +16,7 @@ pub const PASSPHRASE_KEY: &str = "passphrase";
 /// Secret types that may hold an SSH private key.
 const ACCEPTED_TYPES: &[&str] = &["kubernetes.io/ssh-auth", "Opaque"];
 
-pub(super) async fn check(obj: &InstanceRegistration, ctx: &Context) -> Outcome {
+pub(super) async fn check(obj: &InstanceRegistration, ctx: &Context, facts: &mut Facts) -> Outcome {
     let namespace = obj.namespace().unwrap_or_default();
     let reference = &obj.spec.ssh.private_key_secret_ref;
     let name = &reference.name;
@@ -78,6 +78,7 @@ pub(super) async fn check(obj: &InstanceRegistration, ctx: &Context) -> Outcome 
     match sshkey::parse(&key_bytes.0, passphrase) {
         Ok(key) => {
             let summary = sshkey::summary(&key);
+            facts.ssh_key = Some(std::sync::Arc::new(key));
             Outcome::Done(Observation::holds(
                 reasons::SUCCEEDED,
                 format!(

@@ -108,7 +108,12 @@ pub(super) async fn check(
                 "; registered in the stack as {} ({})",
                 instance.id, instance.status
             );
-            reasons::ADOPTED
+            // Adopted: registered by someone else (or before this object recorded anything).
+            if status.agent_installed_at.is_some() || status.registered_at.is_some() {
+                reasons::SUCCEEDED
+            } else {
+                reasons::ADOPTED
+            }
         }
         None => {
             if let Some(wanted) = &spec.hostname
@@ -178,8 +183,8 @@ fn find_existing<'a>(
         return live().find(|i| i.ec2_instance_id.as_deref() == Some(ec2_id));
     }
     // On-premises, by hostname: the same host only if its addresses agree where both sides know
-    // one; a hostname held by a host at another address is taken, not ours.
-    let hostname = obj.spec.hostname.as_ref()?;
+    // one; a hostname held by a host at another address is taken, not ours. Without a hostname
+    // override, by address: an instance that records one of the host's addresses.
     let ours: Vec<&str> = [
         obj.spec.private_ip.as_deref(),
         obj.spec.public_ip.as_deref(),
@@ -191,15 +196,26 @@ fn find_existing<'a>(
             .then_some(obj.spec.target.as_str()),
     )
     .collect();
-    live().find(|i| {
-        let theirs: Vec<&str> = [i.private_ip.as_deref(), i.public_ip.as_deref()]
+    let theirs = |i: &OpsWorksInstance| -> Vec<String> {
+        [i.private_ip.clone(), i.public_ip.clone()]
             .into_iter()
             .flatten()
-            .collect();
+            .collect()
+    };
+    let Some(hostname) = obj.spec.hostname.as_ref() else {
+        return live().find(|i| {
+            let theirs = theirs(i);
+            ours.iter().any(|a| theirs.iter().any(|t| t == a))
+        });
+    };
+    live().find(|i| {
+        let theirs = theirs(i);
         i.hostname
             .as_deref()
             .is_some_and(|h| h.eq_ignore_ascii_case(hostname))
-            && (ours.is_empty() || theirs.is_empty() || ours.iter().any(|a| theirs.contains(a)))
+            && (ours.is_empty()
+                || theirs.is_empty()
+                || ours.iter().any(|a| theirs.iter().any(|t| t == a)))
     })
 }
 

@@ -1,0 +1,690 @@
+//! The whole flow, from `kubectl apply` to `Ready`, against real parts: a kube-apiserver, OpenSSH
+//! `sshd` test hosts on 127.0.0.x (each with its own host key and its own view of the "instance
+//! metadata"), moto for IAM and EC2, the OpsWorks-compatible endpoint, and the agent installer
+//! stand-in it serves, whose `boot-registration` registers with the credentials it was given.
+//!
+//! Every test ends by scanning what the controller wrote (its debug log, the Events and the
+//! objects) for the secret access keys and private keys in play.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex, Once};
+
+use futures::StreamExt;
+use kube::runtime::watcher;
+use std::time::{Duration, Instant};
+
+use aws_sdk_ec2::types::{IamInstanceProfileSpecification, InstanceType};
+use instance_registrar::conditions::{reasons, types};
+use instance_registrar::resource::InstanceRegistration;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, DeleteParams};
+use opsworks_endpoint::AgentInstaller;
+use opsworks_endpoint::standin::{StandIn, hash_secret};
+use support::ssh_hosts::SshHost;
+use support::{
+    AwsEnv, ControlPlane, ControllerProcess, condition, ec2, eventually, key_material_lines,
+    namespace, on_premises, secret, ssh_keypair, ssh_via, wait_gone,
+};
+
+const SSH_AUTH: &str = "kubernetes.io/ssh-auth";
+/// How long the stand-in installer takes, as the real one takes minutes.
+const INSTALLER_RUN_TIME: Duration = Duration::from_secs(3);
+
+/// The shared AWS environment, serving the stand-in installer.
+fn aws() -> &'static AwsEnv {
+    static INIT: Once = Once::new();
+    serving_the_stand_in(AwsEnv::shared(), &INIT)
+}
+
+/// An AWS environment no other test of this binary uses, with the recording proxy in front of
+/// moto (no faults), so that every IAM, EC2 and OpsWorks call it records is the one test's.
+fn own_aws() -> &'static AwsEnv {
+    static INIT: Once = Once::new();
+    serving_the_stand_in(AwsEnv::faulty(), &INIT)
+}
+
+fn serving_the_stand_in(aws: &'static AwsEnv, init: &Once) -> &'static AwsEnv {
+    init.call_once(|| {
+        aws.opsworks.set_agent_installer(AgentInstaller::StandIn(
+            StandIn::built().run_time(INSTALLER_RUN_TIME),
+        ))
+    });
+    aws
+}
+
+/// One test's world: a namespace, an SSH key in a Secret named `key`, a stack, a controller.
+struct World {
+    cp: &'static ControlPlane,
+    aws: &'static AwsEnv,
+    client: kube::Client,
+    ns: String,
+    api: Api<InstanceRegistration>,
+    stack: String,
+    private_key: String,
+    public_key: String,
+    controller: ControllerProcess,
+    seen_secrets: Arc<Mutex<BTreeSet<String>>>,
+}
+
+impl World {
+    async fn new(prefix: &str, controller_args: &[&str]) -> World {
+        Self::with(aws(), prefix, controller_args).await
+    }
+
+    async fn with(aws: &'static AwsEnv, prefix: &str, controller_args: &[&str]) -> World {
+        let cp = ControlPlane::shared();
+        let client = cp.client().await;
+        let ns = namespace(&client, prefix).await;
+        let (private_key, public_key) = ssh_keypair("ed25519", "");
+        secret(
+            &client,
+            &ns,
+            "key",
+            SSH_AUTH,
+            &[("ssh-privatekey", private_key.as_bytes())],
+        )
+        .await;
+        let stack = aws.create_stack(&ns, None).await;
+        let seen_secrets = collect_secret_access_keys(&client, &ns).await;
+        let controller = ControllerProcess::start(cp, aws, &ns, controller_args);
+        World {
+            cp,
+            aws,
+            api: Api::namespaced(client.clone(), &ns),
+            client,
+            ns,
+            stack,
+            private_key,
+            public_key,
+            controller,
+            seen_secrets,
+        }
+    }
+
+    /// A host that accepts this world's key.
+    fn host(&self, name: &str) -> SshHost {
+        let host = SshHost::start(&format!("{}-{name}", self.ns));
+        host.authorize(&self.public_key);
+        host
+    }
+
+    fn apply(&self, yaml: &str) {
+        let out = self.cp.kubectl_stdin(&["apply", "-f", "-"], yaml);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    async fn get(&self, name: &str) -> InstanceRegistration {
+        self.api.get(name).await.unwrap()
+    }
+
+    /// Waits for `name`'s condition `type_` to have `reason` (longer than the default wait: an
+    /// install takes seconds).
+    async fn wait(&self, name: &str, type_: &str, reason: &str) -> InstanceRegistration {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            let obj = self.get(name).await;
+            if let Some((_, r, g)) = condition(&obj, type_)
+                && r == reason
+                && Some(g) == obj.metadata.generation
+            {
+                return obj;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "{name}: no {type_}={reason}; status: {:#?}\ncontroller log tail:\n{}",
+                    obj.status,
+                    tail(&self.controller.logs(), 40)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Every secret access key the controller stored in this namespace so far (seen by a watch
+    /// that started before anything was applied, so none is missed even though the controller
+    /// deletes the Secret once the agent has the key).
+    fn secret_access_keys(&self) -> Vec<String> {
+        let seen = self.seen_secrets.lock().unwrap().clone();
+        seen.into_iter().collect()
+    }
+
+    /// Asserts that nothing the controller wrote holds a secret: its log, the namespace's Events
+    /// and objects (with status), given the secret access keys and private keys in play.
+    fn assert_no_secrets(&self, secret_keys: &[String], private_keys: &[&str]) {
+        let events = self
+            .cp
+            .kubectl_ok(&["get", "events", "-n", &self.ns, "-o", "yaml"])
+            .unwrap();
+        let objects = self
+            .cp
+            .kubectl_ok(&["get", "ir", "-n", &self.ns, "-o", "yaml"])
+            .unwrap();
+        let log = self.controller.logs();
+        let mut needles: Vec<String> = secret_keys.to_vec();
+        for key in private_keys {
+            needles.extend(key_material_lines(key));
+        }
+        assert!(!needles.is_empty());
+        for (what, text) in [("log", &log), ("events", &events), ("objects", &objects)] {
+            for needle in &needles {
+                assert!(
+                    !text.contains(needle.as_str()),
+                    "the controller's {what} hold secret material"
+                );
+            }
+        }
+    }
+}
+
+/// Watches the Secrets of `ns` and collects every `secret_access_key` value stored in one. Returns
+/// once the watch is established.
+async fn collect_secret_access_keys(
+    client: &kube::Client,
+    ns: &str,
+) -> Arc<Mutex<BTreeSet<String>>> {
+    let seen = Arc::new(Mutex::new(BTreeSet::new()));
+    let api: Api<Secret> = Api::namespaced(client.clone(), ns);
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    let sink = seen.clone();
+    tokio::spawn(async move {
+        let mut ready = Some(ready_tx);
+        let mut events = std::pin::pin!(watcher(api, watcher::Config::default()));
+        while let Some(event) = events.next().await {
+            let secrets = match event {
+                Ok(watcher::Event::Apply(s) | watcher::Event::InitApply(s)) => vec![s],
+                Ok(watcher::Event::InitDone) => {
+                    if let Some(tx) = ready.take() {
+                        let _ = tx.send(());
+                    }
+                    vec![]
+                }
+                _ => vec![],
+            };
+            for s in secrets {
+                if let Some(value) = s.data.as_ref().and_then(|d| d.get("secret_access_key")) {
+                    sink.lock()
+                        .unwrap()
+                        .insert(String::from_utf8_lossy(&value.0).into_owned());
+                }
+            }
+        }
+    });
+    ready_rx.await.expect("the Secret watch started");
+    seen
+}
+
+fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// The AWS calls recorded since the last `clear_calls` that change something, as
+/// `service:Operation`.
+fn aws_writes(aws: &AwsEnv) -> Vec<String> {
+    let reads = ["Describe", "Get", "List"];
+    aws.call_summary()
+        .by_operation
+        .keys()
+        .filter(|(_, op)| !reads.iter().any(|r| op.starts_with(r)))
+        .map(|(service, op)| format!("{service}:{op}"))
+        .collect()
+}
+
+/// Launches an EC2 instance record in moto for `host` (its instance ID goes into the host's
+/// identity document), optionally with an instance profile. Returns the instance ID.
+async fn ec2_instance_for(aws: &AwsEnv, host: &SshHost, profile: Option<&str>) -> String {
+    let mut request = aws
+        .ec2()
+        .run_instances()
+        .image_id("ami-12c6146b")
+        .instance_type(InstanceType::T3Micro)
+        .min_count(1)
+        .max_count(1);
+    if let Some(profile) = profile {
+        request = request.iam_instance_profile(
+            IamInstanceProfileSpecification::builder()
+                .name(profile)
+                .build(),
+        );
+    }
+    let out = request.send().await.expect("RunInstances");
+    let id = out.instances()[0].instance_id().unwrap().to_owned();
+    host.set_identity(&id, support::aws::REGION);
+    id
+}
+
+#[tokio::test]
+async fn an_ec2_host_with_an_iam_user_goes_from_apply_to_ready_and_is_left_alone_after() {
+    let w = World::with(own_aws(), "e2e-ec2", &[]).await;
+    let host = w.host("web");
+    let instance = ec2_instance_for(w.aws, &host, None).await;
+    let manifest = ec2(
+        &w.ns,
+        "web",
+        &w.stack,
+        &instance,
+        "key",
+        "  hostname: web-1\n",
+    ) + &ssh_via(&host);
+
+    w.aws.clear_calls();
+    let started = Instant::now();
+    w.apply(&manifest);
+    let out = w.cp.kubectl(&[
+        "wait",
+        "--for=condition=Ready",
+        "-n",
+        &w.ns,
+        "ir/web",
+        "--timeout=90s",
+    ]);
+    let took = started.elapsed();
+    assert!(
+        out.status.success(),
+        "kubectl wait: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        tail(&w.controller.logs(), 40)
+    );
+    println!(
+        "apply to Ready: {:.2}s with a {}s installer (overhead {:.2}s)",
+        took.as_secs_f64(),
+        INSTALLER_RUN_TIME.as_secs(),
+        took.as_secs_f64() - INSTALLER_RUN_TIME.as_secs_f64()
+    );
+
+    let obj = w.get("web").await;
+    let status = obj.status.clone().unwrap();
+    let calls = w.aws.call_summary();
+    println!(
+        "AWS calls of one registration (the controller's IAM and EC2 calls, and every OpsWorks \
+         call, the agent's RegisterInstance included):\n{calls}"
+    );
+    assert_eq!(calls.get("opsworks", "RegisterInstance").calls, 1);
+    assert_eq!(calls.get("iam", "CreateUser").calls, 1);
+    assert_eq!(calls.get("iam", "CreateAccessKey").calls, 1);
+    assert_eq!(
+        condition(&obj, types::AGENT_INSTALLED).unwrap().1,
+        reasons::SUCCEEDED
+    );
+    let instance_id = status
+        .opsworks_instance_id
+        .clone()
+        .expect("opsworksInstanceId");
+    assert!(status.registered_at.is_some() && status.agent_installed_at.is_some());
+    assert_eq!(
+        status.host_key_fingerprint.as_deref(),
+        Some(host.host_key_fingerprint().as_str())
+    );
+    let registered = w
+        .aws
+        .opsworks
+        .instances()
+        .into_iter()
+        .find(|i| i.instance_id == instance_id)
+        .expect("the instance in OpsWorks");
+    assert_eq!(
+        registered.ec2_instance_id.as_deref(),
+        Some(instance.as_str())
+    );
+    assert_eq!(registered.hostname, "web-1");
+    assert_eq!(registered.stack_id, w.stack);
+
+    // The stand-in got what the CLI would have given it.
+    let preconfig = host.received_preconfig().expect("preconfig received");
+    let key_id = status.access_key_id.clone().expect("accessKeyId");
+    assert_eq!(preconfig["stack_id"], w.stack.as_str());
+    assert_eq!(preconfig["access_key_id"], key_id.as_str());
+    assert_eq!(preconfig["hostname"], "web-1");
+    assert_eq!(preconfig["import"], true);
+    assert!(preconfig.get("assets_download_bucket").is_some());
+    assert!(preconfig.get("private_ip").is_none());
+    let secrets = w.secret_access_keys();
+    assert!(
+        secrets
+            .iter()
+            .any(|s| preconfig["secret_access_key"] == hash_secret(s).as_str()),
+        "the stand-in was not given a secret key IAM knows"
+    );
+    assert_eq!(host.boot_registration_runs(), 1);
+    assert!(!host.canary().exists());
+    // The controller's copy of the secret key is gone; the key ID stays on status.
+    let secret_api: Api<Secret> = Api::namespaced(w.client.clone(), &w.ns);
+    assert!(
+        secret_api
+            .get_opt("web-opsworks-access-key")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let users = w.aws.iam_users(&format!("OpsWorks-{}", &w.ns[..8])).await;
+    assert_eq!(users.len(), 1, "{users:?}");
+    assert_eq!(w.aws.access_keys(&users[0].0).await, vec![key_id.clone()]);
+
+    // Re-applying the same manifest, and restarting the controller, touch nothing.
+    let sessions = host.sessions();
+    w.aws.clear_calls();
+    w.apply(&manifest);
+    let mut w = w;
+    assert!(w.controller.terminate());
+    w.controller = ControllerProcess::start(w.cp, w.aws, &w.ns, &[]);
+    eventually(
+        Duration::from_secs(30),
+        "the restarted controller to look at the object",
+        || async { w.controller.logs().contains("reconciled").then_some(()) },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(host.sessions(), sessions, "no SSH session after Ready");
+    let after = w.aws.call_summary();
+    assert!(after.total().calls > 0, "the restarted controller looked");
+    assert_eq!(aws_writes(w.aws), Vec::<String>::new(), "{after}");
+    assert_eq!(w.aws.iam_users(&users[0].0).await, users);
+    assert_eq!(w.aws.access_keys(&users[0].0).await, vec![key_id.clone()]);
+    assert_eq!(host.boot_registration_runs(), 1);
+    let obj = w.get("web").await;
+    assert_eq!(condition(&obj, types::READY).unwrap().0, "True");
+
+    w.assert_no_secrets(&secrets, &[&w.private_key]);
+
+    // Deleting deregisters the host and removes its IAM user and key.
+    w.api.delete("web", &DeleteParams::default()).await.unwrap();
+    wait_gone(&w.api, "web").await;
+    assert!(
+        !w.aws
+            .opsworks
+            .instances()
+            .iter()
+            .any(|i| i.instance_id == instance_id && i.status != "deregistered"),
+        "still registered"
+    );
+    assert_eq!(w.aws.iam_users(&users[0].0).await, vec![]);
+    w.assert_no_secrets(&secrets, &[&w.private_key]);
+}
+
+#[tokio::test]
+async fn an_ec2_host_registers_with_its_instance_profile_and_no_iam_user() {
+    let w = World::new("e2e-profile", &[]).await;
+    let iam = w.aws.iam();
+    let profile = format!("{}-profile", w.ns);
+    iam.create_instance_profile()
+        .instance_profile_name(&profile)
+        .send()
+        .await
+        .unwrap();
+    let host = w.host("app");
+    let instance = ec2_instance_for(w.aws, &host, Some(&profile)).await;
+    w.apply(
+        &(ec2(
+            &w.ns,
+            "app",
+            &w.stack,
+            &instance,
+            "key",
+            "  useInstanceProfile: true\n",
+        ) + &ssh_via(&host)),
+    );
+    let obj = w.wait("app", types::READY, reasons::SUCCEEDED).await;
+    assert_eq!(
+        condition(&obj, types::CREDENTIALS_READY).unwrap().1,
+        reasons::NOT_NEEDED
+    );
+    let status = obj.status.unwrap();
+    assert!(status.iam_user_name.is_none() && status.access_key_id.is_none());
+    let preconfig = host.received_preconfig().unwrap();
+    assert!(preconfig.get("access_key_id").is_none());
+    assert!(preconfig.get("secret_access_key").is_none());
+    assert_eq!(preconfig["import"], true);
+    let registered = w
+        .aws
+        .opsworks
+        .instances()
+        .into_iter()
+        .find(|i| Some(&i.instance_id) == status.opsworks_instance_id.as_ref())
+        .unwrap();
+    assert_eq!(
+        registered.ec2_instance_id.as_deref(),
+        Some(instance.as_str())
+    );
+    assert!(
+        w.aws
+            .iam_users(&format!("OpsWorks-{}", &w.ns[..8]))
+            .await
+            .is_empty(),
+        "no IAM user for the instance profile path"
+    );
+    w.assert_no_secrets(&w.secret_access_keys(), &[&w.private_key]);
+}
+
+#[tokio::test]
+async fn an_on_premises_host_registers_with_its_overrides_and_joins_its_layers() {
+    let w = World::new("e2e-onprem", &[]).await;
+    let layer = w
+        .aws
+        .opsworks_client()
+        .create_layer()
+        .stack_id(&w.stack)
+        .r#type(aws_sdk_opsworks::types::LayerType::Custom)
+        .name("db")
+        .shortname("db")
+        .send()
+        .await
+        .unwrap()
+        .layer_id()
+        .unwrap()
+        .to_owned();
+    let host = w.host("db");
+    let extra =
+        format!("  privateIp: 10.20.30.40\n  publicIp: 192.0.2.40\n  layerIds: [\"{layer}\"]\n");
+    w.apply(
+        &(on_premises(
+            &w.ns,
+            "db",
+            &w.stack,
+            &host.address().to_string(),
+            "db-1",
+            "key",
+            &extra,
+        ) + &ssh_via(&host)),
+    );
+    let obj = w.wait("db", types::READY, reasons::SUCCEEDED).await;
+    let preconfig = host.received_preconfig().unwrap();
+    assert_eq!(preconfig["hostname"], "db-1");
+    assert_eq!(preconfig["private_ip"], "10.20.30.40");
+    assert_eq!(preconfig["public_ip"], "192.0.2.40");
+    assert_eq!(preconfig["import"], false);
+    let id = obj.status.unwrap().opsworks_instance_id.unwrap();
+    let registered = w
+        .aws
+        .opsworks
+        .instances()
+        .into_iter()
+        .find(|i| i.instance_id == id)
+        .unwrap();
+    assert_eq!(registered.hostname, "db-1");
+    assert_eq!(registered.infrastructure_class, "on-premises");
+    assert_eq!(registered.layer_ids, vec![layer]);
+    w.assert_no_secrets(&w.secret_access_keys(), &[&w.private_key]);
+}
+
+#[tokio::test]
+async fn ssh_and_installer_failures_get_stable_reasons_and_nothing_runs_that_should_not() {
+    let w = World::new("e2e-fail", &[]).await;
+    let on_prem = |name: &str, host: &SshHost, extra: &str, ssh: &str| {
+        on_premises(
+            &w.ns,
+            name,
+            &w.stack,
+            &host.address().to_string(),
+            name,
+            "key",
+            extra,
+        ) + &ssh_via(host)
+            + ssh
+    };
+
+    // A key the host does not accept.
+    let stranger = SshHost::start(&format!("{}-stranger", w.ns));
+    w.apply(&on_prem("stranger", &stranger, "", ""));
+    // A host that is down, then comes back (host key pinned).
+    let mut down = w.host("down");
+    down.stop();
+    w.apply(&on_prem(
+        "down",
+        &down,
+        "",
+        &format!(
+            "    hostKeyPolicy: Pinned\n    hostKeys: [\"{}\"]\n",
+            down.host_key_line()
+        ),
+    ));
+    // An installer that fails, on a host whose key then changes.
+    let failing = w.host("failing");
+    failing.set_installer_failure(Some("E: the disk is full (stand-in failure)"));
+    w.apply(&on_prem("failing", &failing, "", ""));
+    // A tarball that is not the one the spec wants.
+    let tampered = w.host("tampered");
+    w.apply(&on_prem(
+        "tampered",
+        &tampered,
+        &format!("  agentInstallerSha256: \"{}\"\n", "0".repeat(64)),
+        "",
+    ));
+
+    let obj = w
+        .wait("stranger", types::AGENT_INSTALLED, reasons::SSH_AUTH_FAILED)
+        .await;
+    assert_eq!(condition(&obj, types::STALLED).unwrap().0, "True");
+    assert_eq!(stranger.boot_registration_runs(), 0);
+
+    let obj = w
+        .wait("down", types::AGENT_INSTALLED, reasons::HOST_UNREACHABLE)
+        .await;
+    assert_eq!(condition(&obj, types::RECONCILING).unwrap().0, "True");
+    assert_eq!(condition(&obj, types::STALLED).unwrap().0, "False");
+
+    let obj = w
+        .wait("failing", types::AGENT_INSTALLED, reasons::INSTALLER_FAILED)
+        .await;
+    let message = obj
+        .status
+        .as_ref()
+        .unwrap()
+        .conditions
+        .iter()
+        .find(|c| c.r#type == types::AGENT_INSTALLED)
+        .unwrap()
+        .message
+        .clone();
+    assert!(
+        message.contains("the disk is full"),
+        "the output tail is in the message: {message}"
+    );
+    let recorded = obj.status.as_ref().unwrap().host_key_fingerprint.clone();
+    assert_eq!(recorded, Some(failing.host_key_fingerprint()));
+
+    let obj = w
+        .wait(
+            "tampered",
+            types::AGENT_INSTALLED,
+            reasons::INSTALLER_CHECKSUM_MISMATCH,
+        )
+        .await;
+    assert_eq!(condition(&obj, types::STALLED).unwrap().0, "True");
+    assert_eq!(tampered.boot_registration_runs(), 0, "nothing ran");
+
+    // The host comes back: the retry with backoff gets through.
+    down.restart();
+    w.wait("down", types::READY, reasons::SUCCEEDED).await;
+
+    // The failing host's key changes (and its installer would now work): under TrustOnFirstUse
+    // the new key is refused and nothing runs.
+    let runs = failing.boot_registration_runs();
+    let sessions = failing.sessions();
+    let mut failing = failing;
+    failing.rotate_host_key();
+    failing.set_installer_failure(None);
+    // A spec change makes it try again at once.
+    w.apply(&on_prem("failing", &failing, "  publicIp: 192.0.2.9\n", ""));
+    w.wait(
+        "failing",
+        types::AGENT_INSTALLED,
+        reasons::HOST_KEY_MISMATCH,
+    )
+    .await;
+    assert_eq!(failing.boot_registration_runs(), runs);
+    assert_eq!(
+        failing.sessions(),
+        sessions,
+        "no login to a host with a changed key"
+    );
+    for host in [&stranger, &down, &failing, &tampered] {
+        assert!(!host.canary().exists());
+    }
+    w.assert_no_secrets(&w.secret_access_keys(), &[&w.private_key]);
+}
+
+#[tokio::test]
+async fn drift_is_noticed_and_repaired_and_setup_failed_fails_the_registration() {
+    let w = World::new("e2e-drift", &["--resync-seconds", "5"]).await;
+    let host = w.host("drift");
+    let manifest = on_premises(
+        &w.ns,
+        "drift",
+        &w.stack,
+        &host.address().to_string(),
+        "drift-1",
+        "key",
+        "",
+    ) + &ssh_via(&host);
+    w.apply(&manifest);
+    let obj = w.wait("drift", types::READY, reasons::SUCCEEDED).await;
+    let first = obj.status.unwrap().opsworks_instance_id.unwrap();
+
+    // Someone deregisters the instance: the next resync registers the host again.
+    w.aws
+        .opsworks_client()
+        .deregister_instance()
+        .instance_id(&first)
+        .send()
+        .await
+        .unwrap();
+    let again = eventually(
+        Duration::from_secs(60),
+        "a new registration after the drift",
+        || async {
+            let obj = w.get("drift").await;
+            let id = obj.status.as_ref()?.opsworks_instance_id.clone()?;
+            (id != first && condition(&obj, types::READY)?.0 == "True").then_some(id)
+        },
+    )
+    .await;
+    assert_eq!(host.boot_registration_runs(), 2);
+    let events =
+        w.cp.kubectl_ok(&["get", "events", "-n", &w.ns, "-o", "yaml"])
+            .unwrap();
+    assert!(events.contains(reasons::INSTANCE_GONE), "an event says so");
+
+    // OpsWorks reports setup_failed: Failed, with that status as the reason.
+    w.aws
+        .opsworks
+        .set_instance_status(&again, "setup_failed")
+        .unwrap();
+    let obj = w.wait("drift", types::REGISTERED, "SetupFailed").await;
+    assert_eq!(
+        format!("{:?}", obj.status.as_ref().unwrap().phase.unwrap()),
+        "Failed"
+    );
+    assert_eq!(condition(&obj, types::READY).unwrap().1, "SetupFailed");
+    assert_eq!(
+        host.boot_registration_runs(),
+        2,
+        "a failed setup is not reinstalled"
+    );
+    w.assert_no_secrets(&w.secret_access_keys(), &[&w.private_key]);
+}
