@@ -62,6 +62,9 @@ pub struct SshHost {
 struct Running {
     child: Child,
     mount_ns: PathBuf,
+    /// Holds the namespace open: while it is, its inode number cannot be given to a new
+    /// namespace (another host's), so "in this namespace" keeps meaning this host.
+    _mount_ns_handle: std::fs::File,
 }
 
 impl SshHost {
@@ -360,13 +363,19 @@ impl SshHost {
         // sessions when the host goes down.
         let mount_ns = std::fs::read_link(format!("/proc/{}/ns/mnt", child.id()))
             .map_err(|e| format!("reading sshd's mount namespace: {e}"))?;
+        let mount_ns_handle = std::fs::File::open(format!("/proc/{}/ns/mnt", child.id()))
+            .map_err(|e| format!("opening sshd's mount namespace: {e}"))?;
         let own = std::fs::read_link("/proc/self/ns/mnt").unwrap();
         if mount_ns == own {
             let _ = child.kill();
             let _ = child.wait();
             return Err("sshd runs in the test binary's own mount namespace".into());
         }
-        self.sshd = Some(Running { child, mount_ns });
+        self.sshd = Some(Running {
+            child,
+            mount_ns,
+            _mount_ns_handle: mount_ns_handle,
+        });
         Ok(())
     }
 
