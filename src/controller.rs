@@ -74,6 +74,8 @@ pub struct Context {
     pub recorder: Recorder,
     /// Failure counts by object, for backoff.
     pub backoff: Tracker,
+    /// Every object the controller watches, as last seen (for rules across objects).
+    pub store: reflector::Store<InstanceRegistration>,
     /// Permits for SSH sessions ([`Settings::ssh_concurrency`]).
     pub ssh_slots: tokio::sync::Semaphore,
     /// How the controller runs.
@@ -81,8 +83,13 @@ pub struct Context {
 }
 
 impl Context {
-    /// A context for `client` and `aws` with `settings`.
-    pub fn new(client: Client, aws: Aws, settings: Settings) -> Self {
+    /// A context for `client` and `aws` with `settings`, seeing the watched objects in `store`.
+    pub fn new(
+        client: Client,
+        aws: Aws,
+        store: reflector::Store<InstanceRegistration>,
+        settings: Settings,
+    ) -> Self {
         let reporter = Reporter {
             controller: FIELD_MANAGER.to_owned(),
             instance: settings.instance.clone(),
@@ -92,6 +99,7 @@ impl Context {
             client,
             aws,
             backoff: Tracker::default(),
+            store,
             ssh_slots: tokio::sync::Semaphore::new(settings.ssh_concurrency.max(1).into()),
             settings,
         }
@@ -423,7 +431,6 @@ pub async fn run(
         None => Api::all(client.clone()),
     };
     let aws = Aws::from_env().await;
-    let ctx = Arc::new(Context::new(client, aws, settings));
     // The controller's own status writes must not start another pass (an install is not run
     // twice because its failure was written down): only what a person or the API server
     // changes does — the spec (generation, which deletion bumps too), finalizers and
@@ -439,6 +446,7 @@ pub async fn run(
                 .combine(predicates::annotations),
             Default::default(),
         );
+    let ctx = Arc::new(Context::new(client, aws, store.clone(), settings));
     let controller = Controller::for_stream(changes, store.clone());
     // A Secret that appears or changes re-runs the objects that name it, so fixing a missing or
     // wrong key takes effect at once rather than at the next backoff. Metadata only: the

@@ -688,3 +688,51 @@ async fn drift_is_noticed_and_repaired_and_setup_failed_fails_the_registration()
     );
     w.assert_no_secrets(&w.secret_access_keys(), &[&w.private_key]);
 }
+
+#[tokio::test]
+async fn two_objects_naming_one_host_register_it_once_and_the_later_reports_conflict() {
+    let w = World::new("e2e-conflict", &[]).await;
+    let host = w.host("twin");
+    let one = |name: &str| {
+        on_premises(
+            &w.ns,
+            name,
+            &w.stack,
+            &host.address().to_string(),
+            name,
+            "key",
+            "",
+        ) + &ssh_via(&host)
+    };
+    // Both in one apply: created within the same second, reconciled concurrently.
+    w.apply(&format!("{}---\n{}", one("first"), one("second")));
+    let first = w.get("first").await;
+    let second = w.get("second").await;
+    let rank = |o: &InstanceRegistration| {
+        (
+            o.metadata.creation_timestamp.clone().map(|t| t.0),
+            o.metadata.name.clone(),
+        )
+    };
+    let (winner, loser) = if rank(&first) < rank(&second) {
+        ("first", "second")
+    } else {
+        ("second", "first")
+    };
+    w.wait(winner, types::READY, reasons::SUCCEEDED).await;
+    let obj = w
+        .wait(loser, types::TARGET_RESOLVED, reasons::CONFLICT)
+        .await;
+    assert_eq!(condition(&obj, types::STALLED).unwrap().0, "True");
+    let status = obj.status.unwrap();
+    assert!(status.iam_user_name.is_none(), "the later one made nothing");
+    assert_eq!(host.boot_registration_runs(), 1);
+    let registered: Vec<_> = w
+        .aws
+        .opsworks
+        .instances()
+        .into_iter()
+        .filter(|i| i.stack_id == w.stack && i.status != "deregistered")
+        .collect();
+    assert_eq!(registered.len(), 1, "{registered:?}");
+}

@@ -75,6 +75,16 @@ pub(super) async fn check(
             Err(outcome) => return outcome,
         },
     };
+    if let Some(holder) = holder_of_the_same_host(obj, &resolved, &ctx.store.state()) {
+        return Outcome::Blocked(Observation::fails(
+            reasons::CONFLICT,
+            format!(
+                "InstanceRegistration {holder} names the same host in stack {} and was created \
+                 first; this one does nothing while that one exists",
+                stack.id
+            ),
+        ));
+    }
     let connect_to = spec
         .ssh
         .address
@@ -147,6 +157,45 @@ pub(super) async fn check(
     facts.target = Some(resolved);
     facts.existing = existing;
     Outcome::Done(Observation::holds(reason, message))
+}
+
+/// Another object that names the same host in the same stack and takes precedence over `obj`
+/// (created earlier; the namespace and name break a tie), as `namespace/name`. The same host:
+/// the same EC2 instance (as resolved, or the same target text) or the same on-premises target.
+fn holder_of_the_same_host(
+    obj: &InstanceRegistration,
+    resolved: &TargetFacts,
+    others: &[std::sync::Arc<InstanceRegistration>],
+) -> Option<String> {
+    let rank = |o: &InstanceRegistration| {
+        (
+            o.metadata.creation_timestamp.clone().map(|t| t.0),
+            o.metadata.namespace.clone(),
+            o.metadata.name.clone(),
+        )
+    };
+    let ours = rank(obj);
+    others
+        .iter()
+        .filter(|o| o.metadata.uid != obj.metadata.uid)
+        .filter(|o| o.spec.stack_id == obj.spec.stack_id)
+        .filter(|o| o.spec.infrastructure_class == obj.spec.infrastructure_class)
+        .filter(|o| {
+            let same_target = o.spec.target.eq_ignore_ascii_case(&obj.spec.target);
+            let same_instance = resolved.ec2_instance_id.is_some()
+                && o.status.as_ref().and_then(|s| s.ec2_instance_id.as_ref())
+                    == resolved.ec2_instance_id.as_ref();
+            same_target || same_instance
+        })
+        .filter(|o| rank(o) < ours)
+        .min_by_key(|o| rank(o))
+        .map(|o| {
+            format!(
+                "{}/{}",
+                o.metadata.namespace.as_deref().unwrap_or_default(),
+                o.metadata.name.as_deref().unwrap_or_default()
+            )
+        })
 }
 
 fn to_instance(i: &aws_sdk_opsworks::types::Instance) -> OpsWorksInstance {
@@ -333,5 +382,63 @@ mod tests {
         assert_eq!(target_kind("10.0.0"), TargetKind::NameTag);
         assert_eq!(target_kind("web server 1"), TargetKind::NameTag);
         assert_eq!(target_kind("web.example.com"), TargetKind::NameTag);
+    }
+
+    fn object(
+        name: &str,
+        created: i64,
+        target: &str,
+        ec2_id: Option<&str>,
+    ) -> InstanceRegistration {
+        let mut o: InstanceRegistration = serde_yaml::from_str(&format!(
+            "apiVersion: registrar.dev/v1alpha1
+kind: InstanceRegistration
+metadata: {{name: {name}, namespace: ns, uid: uid-{name}}}
+spec:
+  stackId: 0b1c2d3e-0000-4000-8000-000000000000
+  infrastructureClass: ec2
+  target: {target}
+  ssh: {{username: u, privateKeySecretRef: {{name: k}}}}
+"
+        ))
+        .unwrap();
+        o.metadata.creation_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            k8s_openapi::jiff::Timestamp::from_second(created).unwrap(),
+        ));
+        o.status = ec2_id.map(|id| crate::resource::InstanceRegistrationStatus {
+            ec2_instance_id: Some(id.into()),
+            ..Default::default()
+        });
+        o
+    }
+
+    #[test]
+    fn the_later_of_two_objects_naming_one_host_is_the_one_in_conflict() {
+        let resolved = TargetFacts {
+            ec2_instance_id: Some("i-0aaa".into()),
+            address: "10.0.0.1".into(),
+        };
+        let first = object("first", 100, "web", Some("i-0aaa"));
+        let by_id = object("by-id", 150, "i-0aaa", Some("i-0aaa"));
+        let later = object("later", 200, "web", None);
+        let elsewhere = object("elsewhere", 50, "db", Some("i-0bbb"));
+        let all: Vec<_> = [&first, &by_id, &later, &elsewhere]
+            .into_iter()
+            .map(|o| std::sync::Arc::new(o.clone()))
+            .collect();
+        // The first never conflicts; the later ones name the earliest holder.
+        assert_eq!(holder_of_the_same_host(&first, &resolved, &all), None);
+        assert_eq!(
+            holder_of_the_same_host(&by_id, &resolved, &all).as_deref(),
+            Some("ns/first")
+        );
+        assert_eq!(
+            holder_of_the_same_host(&later, &resolved, &all).as_deref(),
+            Some("ns/first")
+        );
+        // Another stack is another host.
+        let mut other_stack = later.clone();
+        other_stack.spec.stack_id = "ffffffff-0000-4000-8000-000000000000".into();
+        assert_eq!(holder_of_the_same_host(&other_stack, &resolved, &all), None);
     }
 }
