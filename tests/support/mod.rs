@@ -1,10 +1,12 @@
-//! Test support shared by the integration tests: the real control plane, controller processes,
-//! namespaces, Secrets and SSH keys. Not product code.
+//! Test support shared by the integration tests: controller processes, namespaces, Secrets, SSH
+//! keys and manifests. Not product code.
+//!
+//! The real parts (the control plane, moto and the OpsWorks-compatible endpoint, the SSH test
+//! hosts) live in the `registrar-local-env` crate (`tests/local-env`), which the local demo uses
+//! too; they are re-exported here under their old names.
 #![allow(dead_code)]
 
-pub mod aws;
-pub mod control_plane;
-pub mod ssh_hosts;
+pub use registrar_local_env::{aws, control_plane, ssh_hosts};
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -129,6 +131,10 @@ impl ControllerProcess {
         command
             .args(["run", "--watch-namespace", namespace])
             .args(extra_args)
+            // Many controllers run at once: each serves metrics and probes on a port of its own
+            // (the log says which; see `ControllerProcess::http_address`).
+            .env("METRICS_ADDRESS", "127.0.0.1:0")
+            .env("PROBE_ADDRESS", "127.0.0.1:0")
             .env("KUBECONFIG", &cp.kubeconfig)
             .env("LOG_LEVEL", "debug")
             .env("RUST_BACKTRACE", "1");
@@ -138,6 +144,33 @@ impl ControllerProcess {
         for (k, v) in env {
             command.env(k, v);
         }
+        let child = control_plane::spawn_logged(&mut command, &log).unwrap();
+        Self {
+            child: Some(child),
+            log,
+        }
+    }
+
+    /// Starts `instance-registrar` with `args` and `env` as the user of `kubeconfig` (e.g. a
+    /// ServiceAccount's token), the way a Pod runs it: nothing else is added but a backtrace.
+    pub fn start_as(
+        cp: &ControlPlane,
+        kubeconfig: &std::path::Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let log = cp.dir.join(format!(
+            "controller-as-{}-{}.log",
+            kubeconfig.file_stem().unwrap_or_default().to_string_lossy(),
+            N.fetch_add(1, Ordering::SeqCst)
+        ));
+        let mut command = Command::new(env!("CARGO_BIN_EXE_instance-registrar"));
+        command
+            .args(args)
+            .env("KUBECONFIG", kubeconfig)
+            .env("RUST_BACKTRACE", "1")
+            .envs(env.iter().copied());
         let child = control_plane::spawn_logged(&mut command, &log).unwrap();
         Self {
             child: Some(child),
@@ -158,6 +191,16 @@ impl ControllerProcess {
                 return None;
             }
             std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Kills the process with SIGKILL (no chance to clean up, as a node failure or the OOM
+    /// killer leaves it) and reaps it.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // setpriv execs the controller, so the child is the controller itself.
+            let _ = child.kill();
+            let _ = child.wait();
         }
     }
 
@@ -184,6 +227,26 @@ impl ControllerProcess {
         }
     }
 
+    /// The address it serves `path` (`/metrics` or `/readyz`) on, from its log; waits for it.
+    pub fn http_address(&self, path: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            for line in strip_ansi(&self.logs()).lines() {
+                if line.contains("serving")
+                    && line.contains(path)
+                    && let Some(at) = line.split("address=").nth(1)
+                {
+                    return at.split_whitespace().next().unwrap_or_default().to_owned();
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no address for {path} in the log"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Everything it logged so far.
     pub fn logs(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
@@ -197,6 +260,24 @@ impl Drop for ControllerProcess {
             let _ = child.wait();
         }
     }
+}
+
+/// `text` without terminal colour sequences (`ESC [ ... m`).
+pub fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            for d in chars.by_ref() {
+                if d.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// Polls `check` until it returns `Some`, or panics after `timeout` with `what`.

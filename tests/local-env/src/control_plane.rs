@@ -1,6 +1,7 @@
-//! A real Kubernetes control plane for the tests: etcd and kube-apiserver on loopback ports,
-//! started once per test binary, with TLS, token authentication, RBAC and an audit log (so tests
-//! can count the writes the controller makes).
+//! A real Kubernetes control plane: etcd and kube-apiserver on loopback ports, with TLS, token
+//! authentication, RBAC and an audit log (so tests can count the writes the controller makes),
+//! and the CRD installed. The tests start one per test binary ([`ControlPlane::shared`]); the
+//! demo starts its own ([`ControlPlane::start_in`]).
 //!
 //! The binaries come from `KUBEBUILDER_ASSETS` when it is set, else from
 //! `tests/control-plane/build.sh`, which builds them from their Go modules once and caches them.
@@ -38,41 +39,48 @@ impl ControlPlane {
     /// The control plane of this test binary, started on first use, with the CRD installed.
     pub fn shared() -> &'static ControlPlane {
         SHARED.get_or_init(|| {
-            let (tx, rx) = std::sync::mpsc::channel();
-            // The processes are started from a thread that lives as long as the test binary, so
-            // that their parent-death signal (they die with us) fires only when the binary exits.
-            std::thread::Builder::new()
-                .name("control-plane".into())
-                .spawn(move || {
-                    let started = ControlPlane::start();
-                    let children = match started {
-                        Ok((cp, children)) => {
-                            tx.send(Ok(cp)).unwrap();
-                            children
-                        }
-                        Err(e) => {
-                            tx.send(Err(e)).unwrap();
-                            return;
-                        }
-                    };
-                    let _keep = children;
-                    loop {
-                        std::thread::park();
-                    }
-                })
-                .unwrap();
-            rx.recv()
-                .unwrap()
+            let dir = std::env::temp_dir()
+                .join(format!("instance-registrar-test-{}", std::process::id()));
+            ControlPlane::start_for_process(dir)
                 .unwrap_or_else(|e| panic!("starting the control plane: {e}"))
         })
     }
 
-    fn start() -> Result<(ControlPlane, Vec<Child>), String> {
+    /// [`ControlPlane::start_in`] from a thread that lives as long as the process, so that the
+    /// processes' parent-death signal fires only when the process exits (they die with it).
+    pub fn start_for_process(dir: PathBuf) -> Result<ControlPlane, String> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name("control-plane".into())
+            .spawn(move || {
+                let children = match ControlPlane::start_in(dir) {
+                    Ok((cp, children)) => {
+                        let _ = tx.send(Ok(cp));
+                        children
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(e));
+                        return;
+                    }
+                };
+                let _keep = children;
+                loop {
+                    std::thread::park();
+                }
+            })
+            .map_err(|e| format!("starting a thread: {e}"))?;
+        rx.recv()
+            .map_err(|_| "the control-plane thread ended".to_owned())?
+    }
+
+    /// Starts etcd and kube-apiserver with their files (certificates, data, logs, kubeconfig)
+    /// in `dir`, installs the CRD, and returns once kubectl knows the kind. The processes die
+    /// when the thread that called this ends (`setpriv --pdeathsig`); the caller keeps the
+    /// children.
+    pub fn start_in(dir: PathBuf) -> Result<(ControlPlane, Vec<Child>), String> {
         let t0 = Instant::now();
         let bin_dir = binaries()?;
-        let dir =
-            std::env::temp_dir().join(format!("instance-registrar-test-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
 
         // Certificates: a CA, the serving certificate for 127.0.0.1, the service account key.
         let ca_key = KeyPair::generate().map_err(|e| e.to_string())?;
@@ -189,7 +197,7 @@ impl ControlPlane {
             ca_pem,
         };
         cp.wait_ready(Duration::from_secs(90))?;
-        let crd = Path::new(env!("CARGO_MANIFEST_DIR")).join("crds/instanceregistration.yaml");
+        let crd = repo_root().join("crds/instanceregistration.yaml");
         cp.kubectl_ok(&["apply", "--server-side", "-f", &crd.to_string_lossy()])?;
         cp.kubectl_ok(&[
             "wait",
@@ -293,7 +301,8 @@ impl ControlPlane {
 
     /// A client for the administrator.
     pub async fn client(&self) -> kube::Client {
-        instance_registrar::install_crypto_provider();
+        // The controller's TLS provider (rustls with aws-lc-rs), as its binary installs it.
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
         let kubeconfig = kube::config::Kubeconfig::read_from(&self.kubeconfig).unwrap();
         let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
             .await
@@ -325,9 +334,19 @@ impl ControlPlane {
     }
 }
 
+/// The repository's root directory (this crate is `tests/local-env` in it).
+pub fn repo_root() -> PathBuf {
+    let manifest_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest_dir
+        .parent()
+        .and_then(Path::parent)
+        .expect("tests/local-env is two levels below the repository root")
+        .to_owned()
+}
+
 /// The directory holding kube-apiserver, etcd and kubectl.
 fn binaries() -> Result<PathBuf, String> {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/control-plane/build.sh");
+    let script = repo_root().join("tests/control-plane/build.sh");
     let out = Command::new("bash")
         .arg(&script)
         .stderr(Stdio::inherit())

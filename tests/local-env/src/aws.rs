@@ -1,6 +1,6 @@
-//! The AWS side of the tests: moto's server (IAM, EC2, STS) and the project's OpsWorks-compatible
-//! endpoint, on loopback, started once per test binary; SDK clients for the tests' own setup and
-//! checks; and the environment that points a controller process at them (the standard
+//! The AWS side of the tests and the demo: moto's server (IAM, EC2, STS) and the project's
+//! OpsWorks-compatible endpoint, on loopback, started once per test binary (or by the demo); SDK
+//! clients for setup and checks; and the environment that points a controller process at them (the standard
 //! `AWS_ENDPOINT_URL_<SERVICE>` settings, nothing test-only in the controller).
 //!
 //! [`AwsEnv::faulty`] also puts the recording, fault-injecting proxy
@@ -289,9 +289,10 @@ impl AwsEnv {
     }
 }
 
-/// Starts moto and the endpoint from a thread that lives as long as the test binary, so that
-/// the processes' parent-death signal fires only when the binary exits.
-fn start(managed_policy: bool) -> AwsEnv {
+/// Starts moto (with the AWS managed registration policy present when `managed_policy`) and the
+/// endpoint, from a thread that lives as long as the process, so that the processes'
+/// parent-death signal fires only when the process exits. Panics when they do not start.
+pub fn start(managed_policy: bool) -> AwsEnv {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::Builder::new()
         .name("aws-endpoints".into())

@@ -20,8 +20,9 @@
 //! through sudo, can create files there (such as the canary); the files the harness writes are
 //! root's, mode 0644.
 //!
-//! The sshd processes die with the test binary (`setpriv --pdeathsig KILL`, started from a
-//! thread that lives as long as the binary), and with the [`SshHost`] value: dropping it, or
+//! The sshd processes die with the process that started them, the test binary or the demo
+//! (`setpriv --pdeathsig KILL`, started from a thread that lives as long as the process), and
+//! with the [`SshHost`] value: dropping it, or
 //! [`SshHost::stop`], kills every process of the host (its sshd and all its sessions).
 
 use std::net::{Ipv4Addr, SocketAddrV4, TcpListener};
@@ -33,7 +34,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use super::control_plane::spawn_logged;
+use crate::control_plane::spawn_logged;
 
 /// The login user of every test host (made by `tests/setup.sh`, with passwordless sudo).
 pub const USER: &str = "opsworks-test";
