@@ -13,6 +13,7 @@ use aws_sdk_iam::config::http::HttpResponse;
 use aws_sdk_iam::error::{ProvideErrorMetadata, SdkError};
 
 use crate::conditions::{Observation, reasons};
+use crate::metrics::AwsCallCounter;
 use crate::steps::Outcome;
 
 /// Attempts per AWS call, including the first, before a failure reaches the step (the step then
@@ -28,25 +29,34 @@ pub struct Aws {
     pub iam: aws_sdk_iam::Client,
     ec2: Mutex<HashMap<String, aws_sdk_ec2::Client>>,
     opsworks_by_region: Mutex<HashMap<String, aws_sdk_opsworks::Client>>,
+    counter: Option<AwsCallCounter>,
 }
 
 impl Aws {
-    /// Loads the configuration from the environment (region, credentials, endpoint overrides).
-    pub async fn from_env() -> Self {
+    /// Loads the configuration from the environment (region, credentials, endpoint overrides);
+    /// every call attempt is counted by `counter`.
+    pub async fn from_env(counter: Option<AwsCallCounter>) -> Self {
         let config = aws_config::defaults(BehaviorVersion::latest())
             .retry_config(RetryConfig::standard().with_max_attempts(MAX_ATTEMPTS))
             .load()
             .await;
-        Self::new(config)
+        Self::new(config, counter)
     }
 
-    /// Clients for `config`.
-    pub fn new(config: SdkConfig) -> Self {
+    /// Clients for `config`, counting their calls with `counter`.
+    pub fn new(config: SdkConfig, counter: Option<AwsCallCounter>) -> Self {
+        let mut iam = aws_sdk_iam::config::Builder::from(&config);
+        let mut opsworks = aws_sdk_opsworks::config::Builder::from(&config);
+        if let Some(counter) = &counter {
+            iam = iam.interceptor(counter.clone());
+            opsworks = opsworks.interceptor(counter.clone());
+        }
         Self {
-            opsworks: aws_sdk_opsworks::Client::new(&config),
-            iam: aws_sdk_iam::Client::new(&config),
+            opsworks: aws_sdk_opsworks::Client::from_conf(opsworks.build()),
+            iam: aws_sdk_iam::Client::from_conf(iam.build()),
             ec2: Mutex::default(),
             opsworks_by_region: Mutex::default(),
+            counter,
             config,
         }
     }
@@ -67,10 +77,12 @@ impl Aws {
                 clients
                     .entry(region.to_owned())
                     .or_insert_with(|| {
-                        let config = aws_sdk_opsworks::config::Builder::from(&self.config)
-                            .region(Region::new(region.to_owned()))
-                            .build();
-                        aws_sdk_opsworks::Client::from_conf(config)
+                        let mut config = aws_sdk_opsworks::config::Builder::from(&self.config)
+                            .region(Region::new(region.to_owned()));
+                        if let Some(counter) = &self.counter {
+                            config = config.interceptor(counter.clone());
+                        }
+                        aws_sdk_opsworks::Client::from_conf(config.build())
                     })
                     .clone()
             }
@@ -84,10 +96,12 @@ impl Aws {
         clients
             .entry(region.to_owned())
             .or_insert_with(|| {
-                let config = aws_sdk_ec2::config::Builder::from(&self.config)
-                    .region(Region::new(region.to_owned()))
-                    .build();
-                aws_sdk_ec2::Client::from_conf(config)
+                let mut config = aws_sdk_ec2::config::Builder::from(&self.config)
+                    .region(Region::new(region.to_owned()));
+                if let Some(counter) = &self.counter {
+                    config = config.interceptor(counter.clone());
+                }
+                aws_sdk_ec2::Client::from_conf(config.build())
             })
             .clone()
     }

@@ -1,11 +1,16 @@
 //! The command line: `run` (the controller) and `crd` (prints the CustomResourceDefinition).
 
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use kube::CustomResourceExt;
 
 use crate::controller::{self, Settings};
+use crate::http::{self, Health, Leadership};
+use crate::leader;
+use crate::metrics::Metrics;
 use crate::resource::InstanceRegistration;
 use crate::telemetry::{self, LogFormat};
 
@@ -20,7 +25,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the controller.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Print the CustomResourceDefinition as YAML (what `crds/` holds).
     Crd,
 }
@@ -50,9 +55,33 @@ struct RunArgs {
     /// Log format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Human)]
     log_format: LogFormat,
-    /// Name of this replica in Events (in a Pod, set from metadata.name).
+    /// Name of this replica in Events and in the leader lease (in a Pod, set from
+    /// metadata.name).
     #[arg(long, env = "POD_NAME")]
     instance: Option<String>,
+    /// Address of the Prometheus metrics endpoint (/metrics).
+    #[arg(long, env = "METRICS_ADDRESS", default_value = "0.0.0.0:8080")]
+    metrics_address: SocketAddr,
+    /// Address of the health probes (/healthz, /readyz).
+    #[arg(long, env = "PROBE_ADDRESS", default_value = "0.0.0.0:8081")]
+    probe_address: SocketAddr,
+    /// Run as one of several replicas: only the holder of a coordination.k8s.io Lease acts.
+    #[arg(long, env = "LEADER_ELECTION", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    leader_election: bool,
+    /// Namespace of the leader Lease (default: the Pod's namespace, else the watched one).
+    #[arg(long, env = "LEADER_ELECTION_NAMESPACE")]
+    leader_election_namespace: Option<String>,
+    /// Name of the leader Lease.
+    #[arg(
+        long,
+        env = "LEADER_ELECTION_LEASE_NAME",
+        default_value = "instance-registrar"
+    )]
+    leader_election_lease_name: String,
+    /// Seconds a leader lease holds without renewal (a standby takes over after this long
+    /// when the leader dies without releasing it).
+    #[arg(long, env = "LEADER_ELECTION_LEASE_SECONDS", default_value_t = 15, value_parser = clap::value_parser!(u64).range(2..=300))]
+    leader_election_lease_seconds: u64,
 }
 
 impl Cli {
@@ -63,19 +92,90 @@ impl Cli {
                 print!("{}", crd_yaml()?);
                 Ok(())
             }
-            Command::Run(args) => {
-                telemetry::init(&args.log_level, args.log_format)?;
-                let client = kube::Client::try_default().await?;
-                let settings = Settings {
-                    watch_namespace: args.watch_namespace,
-                    concurrency: args.concurrency,
-                    ssh_concurrency: args.ssh_concurrency,
-                    resync: Duration::from_secs(args.resync_seconds),
-                    registration_timeout: Duration::from_secs(args.registration_timeout_seconds),
-                    instance: args.instance,
-                };
-                controller::run(client, settings, shutdown_signal()).await
-            }
+            Command::Run(args) => run(*args).await,
+        }
+    }
+}
+
+/// `run`: serves metrics and probes, takes part in leader election when asked, and runs the
+/// controller until SIGTERM.
+async fn run(args: RunArgs) -> anyhow::Result<()> {
+    telemetry::init(&args.log_level, args.log_format)?;
+    let client = kube::Client::try_default().await?;
+    let metrics = Arc::new(Metrics::new());
+    let health = Arc::new(Health::default());
+    http::serve_metrics(args.metrics_address, metrics.clone())
+        .await
+        .map_err(|e| anyhow::anyhow!("metrics address {}: {e}", args.metrics_address))?;
+    http::serve_probes(args.probe_address, health.clone())
+        .await
+        .map_err(|e| anyhow::anyhow!("probe address {}: {e}", args.probe_address))?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = stop_tx.send(true);
+    });
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        }
+    };
+    let identity = args.instance.clone().unwrap_or_else(|| {
+        format!(
+            "{}-{}",
+            std::env::var("HOSTNAME").unwrap_or_else(|_| "instance-registrar".into()),
+            std::process::id()
+        )
+    });
+    let election = args.leader_election.then(|| {
+        let namespace = args
+            .leader_election_namespace
+            .clone()
+            .or_else(|| std::env::var("POD_NAMESPACE").ok())
+            .or_else(|| args.watch_namespace.clone());
+        namespace.map(|namespace| leader::Election {
+            namespace,
+            name: args.leader_election_lease_name.clone(),
+            identity: identity.clone(),
+            lease_duration: Duration::from_secs(args.leader_election_lease_seconds),
+        })
+    });
+    let settings = Settings {
+        watch_namespace: args.watch_namespace,
+        concurrency: args.concurrency,
+        ssh_concurrency: args.ssh_concurrency,
+        resync: Duration::from_secs(args.resync_seconds),
+        registration_timeout: Duration::from_secs(args.registration_timeout_seconds),
+        instance: Some(identity),
+    };
+    let Some(election) = election else {
+        return controller::run(client, settings, metrics, health, stopped()).await;
+    };
+    let election = election.ok_or_else(|| {
+        anyhow::anyhow!(
+            "leader election needs a namespace for its Lease: --leader-election-namespace, POD_NAMESPACE or --watch-namespace"
+        )
+    })?;
+    health.set_leadership(Leadership::Standby);
+    let held = tokio::select! {
+        held = leader::acquire(client.clone(), election) => held,
+        _ = stopped() => return Ok(()),
+    };
+    health.set_leadership(Leadership::Leader);
+    let outcome = tokio::select! {
+        result = controller::run(client, settings, metrics, health, stopped()) => Ok(result),
+        why = held.keep() => Err(why),
+    };
+    match outcome {
+        Ok(result) => {
+            held.release().await;
+            result
+        }
+        Err(why) => {
+            // Fail-stop: a replica that may no longer lead must not act, not even to finish.
+            tracing::error!(%why, "lost the leader lease; stopping");
+            std::process::exit(1);
         }
     }
 }

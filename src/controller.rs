@@ -22,12 +22,21 @@ use tracing::{Instrument, info, info_span, warn};
 
 use crate::aws::Aws;
 use crate::backoff::{Schedule, Tracker};
+use crate::cache::TtlCache;
 use crate::conditions;
+use crate::http::Health;
+use crate::metrics::{Metrics, ReasonLabels, ResultLabels};
 use crate::resource::{
     ConditionStatus, DeletionPolicy, FINALIZER, InstanceRegistration, InstanceRegistrationStatus,
 };
 use crate::steps::{self, Facts, Next, Outcome, PIPELINE};
 use crate::{Error, Result};
+
+/// How long a stack's description is shared between the objects of the stack.
+const STACK_TTL: Duration = Duration::from_secs(30);
+/// How long a stack's instance list is shared: long enough that a fleet reconciled at once
+/// makes one DescribeInstances per stack, short enough that a pass sees a fresh registration.
+const INSTANCES_TTL: Duration = Duration::from_millis(1000);
 
 /// The field manager of every write the controller makes.
 pub const FIELD_MANAGER: &str = "instance-registrar";
@@ -76,6 +85,12 @@ pub struct Context {
     pub backoff: Tracker,
     /// Every object the controller watches, as last seen (for rules across objects).
     pub store: reflector::Store<InstanceRegistration>,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// OpsWorks stacks by `region/stack`, shared by the objects of a stack for a while.
+    pub stacks: TtlCache<steps::StackFacts>,
+    /// OpsWorks instances by `region/stack`, shared by the objects of a stack for a moment.
+    pub instances: TtlCache<Arc<Vec<steps::OpsWorksInstance>>>,
     /// Permits for SSH sessions ([`Settings::ssh_concurrency`]).
     pub ssh_slots: tokio::sync::Semaphore,
     /// How the controller runs.
@@ -88,6 +103,7 @@ impl Context {
         client: Client,
         aws: Aws,
         store: reflector::Store<InstanceRegistration>,
+        metrics: Arc<Metrics>,
         settings: Settings,
     ) -> Self {
         let reporter = Reporter {
@@ -100,6 +116,9 @@ impl Context {
             aws,
             backoff: Tracker::default(),
             store,
+            metrics,
+            stacks: TtlCache::new(STACK_TTL),
+            instances: TtlCache::new(INSTANCES_TTL),
             ssh_slots: tokio::sync::Semaphore::new(settings.ssh_concurrency.max(1).into()),
             settings,
         }
@@ -148,10 +167,13 @@ async fn apply(
         return Ok(Action::await_change());
     }
 
+    let started = std::time::Instant::now();
     let mut facts = Facts::default();
     let mut results = Vec::with_capacity(PIPELINE.len());
     for step in PIPELINE {
+        let step_started = std::time::Instant::now();
         let outcome = step.run(obj, ctx, &mut facts, &mut new).await;
+        ctx.metrics.step(step.condition(), step_started.elapsed());
         let done = matches!(outcome, Outcome::Done(_));
         results.push((*step, outcome));
         if !done {
@@ -160,6 +182,7 @@ async fn apply(
     }
     let next = steps::summarize(&mut new, PIPELINE, &results, generation, &now);
     write_status(obj, api, ctx, &old, &new).await?;
+    record_pass(ctx, obj, &old, &new, started.elapsed());
 
     Ok(match next {
         Next::Resync => {
@@ -173,6 +196,44 @@ async fn apply(
         Next::BackoffBlocked => Action::requeue(ctx.backoff.next(&key, Schedule::BLOCKED)),
         Next::BackoffTransient => Action::requeue(ctx.backoff.next(&key, Schedule::TRANSIENT)),
     })
+}
+
+/// Counts a finished pass: its duration, whether it ended Ready (and if not, why), and the time
+/// from creation to the first Ready.
+fn record_pass(
+    ctx: &Context,
+    obj: &InstanceRegistration,
+    old: &InstanceRegistrationStatus,
+    new: &InstanceRegistrationStatus,
+    took: Duration,
+) {
+    use conditions::types;
+    let m = &ctx.metrics;
+    m.reconcile_duration.observe(took.as_secs_f64());
+    m.reconciles
+        .get_or_create(&ResultLabels {
+            result: "ok".into(),
+        })
+        .inc();
+    match conditions::get(&new.conditions, types::READY) {
+        Some(ready) if ready.status == ConditionStatus::True => {
+            if !conditions::is_true(&old.conditions, types::READY)
+                && old.registered_at.is_none()
+                && let Some(created) = &obj.metadata.creation_timestamp
+            {
+                let seconds = Timestamp::now().duration_since(created.0).as_secs_f64();
+                m.time_to_ready.observe(seconds.max(0.0));
+            }
+        }
+        Some(ready) => {
+            m.failures
+                .get_or_create(&ReasonLabels {
+                    reason: ready.reason.clone(),
+                })
+                .inc();
+        }
+        None => {}
+    }
 }
 
 /// Undoes what the controller did for `obj`: with `deletionPolicy: Deregister`, deregisters the
@@ -393,6 +454,18 @@ fn truncate(text: &str, max: usize) -> String {
 /// What to do after a reconcile failed: retry with this object's exponential backoff.
 pub fn error_policy(obj: Arc<InstanceRegistration>, error: &Error, ctx: Arc<Context>) -> Action {
     let delay = ctx.backoff.next(&backoff_key(&obj), Schedule::TRANSIENT);
+    ctx.metrics
+        .reconciles
+        .get_or_create(&ResultLabels {
+            result: "error".into(),
+        })
+        .inc();
+    ctx.metrics
+        .failures
+        .get_or_create(&ReasonLabels {
+            reason: error.metric_label().into(),
+        })
+        .inc();
     warn!(
         namespace = %obj.namespace().unwrap_or_default(),
         name = %obj.name_any(),
@@ -408,6 +481,8 @@ pub fn error_policy(obj: Arc<InstanceRegistration>, error: &Error, ctx: Arc<Cont
 pub async fn run(
     client: Client,
     settings: Settings,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) -> anyhow::Result<()> {
     let api: Api<InstanceRegistration> = match &settings.watch_namespace {
@@ -430,15 +505,18 @@ pub async fn run(
         Some(namespace) => Api::namespaced(client.clone(), namespace),
         None => Api::all(client.clone()),
     };
-    let aws = Aws::from_env().await;
+    let aws = Aws::from_env(Some(metrics.aws_interceptor())).await;
     // The controller's own status writes must not start another pass (an install is not run
     // twice because its failure was written down): only what a person or the API server
     // changes does — the spec (generation, which deletion bumps too), finalizers and
     // annotations. Requeues and the resync interval cover the rest.
     let (store, writer) = reflector::store();
+    let watch_health = health.clone();
     let changes = watcher(api, watcher::Config::default().any_semantic())
         .default_backoff()
         .reflect(writer)
+        // Readiness follows the watch: an error marks it down until events flow again.
+        .inspect(move |event| watch_health.set_watch_alive(event.is_ok()))
         .applied_objects()
         .predicate_filter(
             predicates::generation
@@ -446,7 +524,8 @@ pub async fn run(
                 .combine(predicates::annotations),
             Default::default(),
         );
-    let ctx = Arc::new(Context::new(client, aws, store.clone(), settings));
+    metrics.count_objects_in(store.clone());
+    let ctx = Arc::new(Context::new(client, aws, store.clone(), metrics, settings));
     let controller = Controller::for_stream(changes, store.clone());
     // A Secret that appears or changes re-runs the objects that name it, so fixing a missing or
     // wrong key takes effect at once rather than at the next backoff. Metadata only: the

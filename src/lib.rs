@@ -10,11 +10,15 @@
 
 pub mod aws;
 pub mod backoff;
+pub mod cache;
 pub mod cli;
 pub mod conditions;
 pub mod controller;
 pub mod failpoint;
+pub mod http;
 pub mod install;
+pub mod leader;
+pub mod metrics;
 pub mod resource;
 pub mod ssh;
 pub mod sshkey;

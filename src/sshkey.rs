@@ -64,7 +64,8 @@ pub fn parse(bytes: &[u8], passphrase: Option<&[u8]>) -> Result<PrivateKey, KeyP
             .unwrap_or(Err(keys::Error::CouldNotReadKey))
     };
     match decode(passphrase) {
-        Ok(key) => Ok(key),
+        Ok(key) if signs_with(&key) => Ok(key),
+        Ok(_) => Err(KeyProblem::UnsupportedType),
         Err(keys::Error::KeyIsEncrypted) => Err(KeyProblem::PassphraseRequired),
         Err(keys::Error::UnsupportedKeyType { .. }) | Err(keys::Error::UnknownAlgorithm(_)) => {
             Err(KeyProblem::UnsupportedType)
@@ -76,6 +77,16 @@ pub fn parse(bytes: &[u8], passphrase: Option<&[u8]>) -> Result<PrivateKey, KeyP
         },
         Err(_) => Err(KeyProblem::Invalid("the private key is malformed")),
     }
+}
+
+/// Whether `key` is of a type the controller signs with: ed25519, ECDSA or RSA. Not DSA (which
+/// current OpenSSH servers refuse, so it could only end in an authentication failure) nor the
+/// security-key types (which need the hardware key).
+fn signs_with(key: &PrivateKey) -> bool {
+    matches!(
+        key.algorithm(),
+        keys::Algorithm::Ed25519 | keys::Algorithm::Ecdsa { .. } | keys::Algorithm::Rsa { .. }
+    )
 }
 
 /// The algorithm and public-key fingerprint of `key`.

@@ -95,6 +95,14 @@ async fn ec2_targets_resolve_by_id_address_and_name_tag_within_the_stack_vpc() {
     let (_vpc_b, subnet_b) = aws.create_vpc("10.62.0.0/16").await;
     let vpc_stack = aws.create_stack(&format!("{ns}-vpc"), Some(&vpc_a)).await;
     let classic_stack = aws.create_stack(&format!("{ns}-classic"), None).await;
+    // One object per host and stack (the Conflict rule): the cases that name instance a1 in
+    // three ways get a stack each, in the same VPC.
+    let vpc_stack_ip = aws
+        .create_stack(&format!("{ns}-vpc-ip"), Some(&vpc_a))
+        .await;
+    let vpc_stack_name = aws
+        .create_stack(&format!("{ns}-vpc-name"), Some(&vpc_a))
+        .await;
     let tag = |s: &str| format!("{ns}-{s}");
     let (a1, a1_private, a1_public) = aws.run_instance(&tag("web-a"), Some(&subnet_a)).await;
     let (b1, _, _) = aws.run_instance(&tag("web-b"), Some(&subnet_b)).await;
@@ -107,11 +115,11 @@ async fn ec2_targets_resolve_by_id_address_and_name_tag_within_the_stack_vpc() {
         ("by-id", &vpc_stack, a1.clone(), reasons::SUCCEEDED),
         (
             "by-private-ip",
-            &vpc_stack,
+            &vpc_stack_ip,
             a1_private.clone(),
             reasons::SUCCEEDED,
         ),
-        ("by-name", &vpc_stack, tag("web-a"), reasons::SUCCEEDED),
+        ("by-name", &vpc_stack_name, tag("web-a"), reasons::SUCCEEDED),
         (
             "other-vpc-by-name",
             &vpc_stack,

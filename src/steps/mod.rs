@@ -82,6 +82,17 @@ impl Step {
             Step::Stack => stack::check(obj, ctx, facts).await,
             Step::Target => target::check(obj, ctx, facts, status).await,
             Step::SshKey => match &facts.existing {
+                // Installed by this object: the key did its work and is not needed while the
+                // host stays registered (the reason stays Succeeded: nothing changed).
+                Some(existing) if status.agent_installed_at.is_some() => {
+                    Outcome::Done(Observation::holds(
+                        reasons::SUCCEEDED,
+                        format!(
+                            "the agent was installed; not needed while the host is registered as {}",
+                            existing.id
+                        ),
+                    ))
+                }
                 Some(existing) => Outcome::Done(Observation::holds(
                     reasons::NOT_NEEDED,
                     format!("the host is already registered as {}", existing.id),

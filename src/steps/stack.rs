@@ -10,6 +10,30 @@ use crate::controller::Context;
 use crate::resource::InstanceRegistration;
 
 pub(super) async fn check(obj: &InstanceRegistration, ctx: &Context, facts: &mut Facts) -> Outcome {
+    let key = super::target::stack_key(obj.spec.region.as_deref(), &obj.spec.stack_id);
+    // Shared by the objects of one stack for a short while: a fleet reconciled at once makes
+    // one look-up, not one each.
+    let facts_stack = match ctx.stacks.get_or_fetch(&key, || look_up(obj, ctx)).await {
+        Ok(stack) => stack,
+        Err(outcome) => return outcome,
+    };
+    let message = format!(
+        "stack {:?} ({}) in {}{}",
+        facts_stack.name,
+        facts_stack.id,
+        facts_stack.region,
+        facts_stack
+            .vpc_id
+            .as_deref()
+            .map(|v| format!(", VPC {v}"))
+            .unwrap_or_default()
+    );
+    facts.stack = Some(facts_stack);
+    Outcome::Done(Observation::holds(reasons::SUCCEEDED, message))
+}
+
+/// DescribeStacks and DescribeStackProvisioningParameters for the object's stack.
+async fn look_up(obj: &InstanceRegistration, ctx: &Context) -> Result<StackFacts, Outcome> {
     let stack_id = &obj.spec.stack_id;
     let opsworks = ctx.aws.opsworks(obj.spec.region.as_deref());
     let endpoint_region = obj
@@ -28,10 +52,10 @@ pub(super) async fn check(obj: &InstanceRegistration, ctx: &Context, facts: &mut
         Ok(out) => out,
         Err(e) => {
             let failure = aws::classify(&e);
-            return match failure.kind {
+            return Err(match failure.kind {
                 Kind::NotFound => not_found(),
                 _ => failure.outcome("opsworks:DescribeStacks"),
-            };
+            });
         }
     };
     let Some(stack) = described
@@ -39,7 +63,7 @@ pub(super) async fn check(obj: &InstanceRegistration, ctx: &Context, facts: &mut
         .iter()
         .find(|s| s.stack_id() == Some(stack_id))
     else {
-        return not_found();
+        return Err(not_found());
     };
     let params = match opsworks
         .describe_stack_provisioning_parameters()
@@ -50,27 +74,27 @@ pub(super) async fn check(obj: &InstanceRegistration, ctx: &Context, facts: &mut
         Ok(out) => out,
         Err(e) => {
             let failure = aws::classify(&e);
-            return match failure.kind {
+            return Err(match failure.kind {
                 Kind::NotFound => not_found(),
                 _ => failure.outcome("opsworks:DescribeStackProvisioningParameters"),
-            };
+            });
         }
     };
     let Some(installer_url) = params.agent_installer_url().filter(|u| !u.is_empty()) else {
-        return Outcome::Blocked(Observation::fails(
+        return Err(Outcome::Blocked(Observation::fails(
             reasons::AWS_REQUEST_REFUSED,
             format!("stack {stack_id} has no agent installer URL in its provisioning parameters"),
-        ));
+        )));
     };
     let parameters: BTreeMap<String, String> = params
         .parameters()
         .map(|p| p.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
         .unwrap_or_default();
     if !parameters.contains_key("assets_download_bucket") {
-        return Outcome::Blocked(Observation::fails(
+        return Err(Outcome::Blocked(Observation::fails(
             reasons::AWS_REQUEST_REFUSED,
             format!("stack {stack_id}'s provisioning parameters lack assets_download_bucket"),
-        ));
+        )));
     }
     let facts_stack = StackFacts {
         id: stack_id.clone(),
@@ -81,17 +105,5 @@ pub(super) async fn check(obj: &InstanceRegistration, ctx: &Context, facts: &mut
         agent_installer_url: installer_url.to_owned(),
         parameters,
     };
-    let message = format!(
-        "stack {:?} ({}) in {}{}",
-        facts_stack.name,
-        facts_stack.id,
-        facts_stack.region,
-        facts_stack
-            .vpc_id
-            .as_deref()
-            .map(|v| format!(", VPC {v}"))
-            .unwrap_or_default()
-    );
-    facts.stack = Some(facts_stack);
-    Outcome::Done(Observation::holds(reasons::SUCCEEDED, message))
+    Ok(facts_stack)
 }

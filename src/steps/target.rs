@@ -92,16 +92,9 @@ pub(super) async fn check(
         .unwrap_or_else(|| resolved.address.clone());
 
     // Is the host registered already? Look for it in the stack.
-    let instances = match ctx
-        .aws
-        .opsworks(spec.region.as_deref())
-        .describe_instances()
-        .stack_id(&stack.id)
-        .send()
-        .await
-    {
-        Ok(out) => out.instances().iter().map(to_instance).collect::<Vec<_>>(),
-        Err(e) => return aws::classify(&e).outcome("opsworks:DescribeInstances"),
+    let instances = match stack_instances(ctx, spec.region.as_deref(), &stack.id).await {
+        Ok(instances) => instances,
+        Err(outcome) => return outcome,
     };
     let existing = find_existing(obj, status, &resolved, &instances).cloned();
 
@@ -196,6 +189,37 @@ fn holder_of_the_same_host(
                 o.metadata.name.as_deref().unwrap_or_default()
             )
         })
+}
+
+/// The key of a stack in the controller's caches.
+pub(super) fn stack_key(region: Option<&str>, stack_id: &str) -> String {
+    format!("{}/{stack_id}", region.unwrap_or_default())
+}
+
+/// The stack's instances (OpsWorks DescribeInstances), shared for a moment by the objects of the
+/// stack reconciled at the same time.
+async fn stack_instances(
+    ctx: &Context,
+    region: Option<&str>,
+    stack_id: &str,
+) -> Result<std::sync::Arc<Vec<OpsWorksInstance>>, Outcome> {
+    ctx.instances
+        .get_or_fetch(&stack_key(region, stack_id), || async {
+            match ctx
+                .aws
+                .opsworks(region)
+                .describe_instances()
+                .stack_id(stack_id)
+                .send()
+                .await
+            {
+                Ok(out) => Ok(std::sync::Arc::new(
+                    out.instances().iter().map(to_instance).collect(),
+                )),
+                Err(e) => Err(aws::classify(&e).outcome("opsworks:DescribeInstances")),
+            }
+        })
+        .await
 }
 
 fn to_instance(i: &aws_sdk_opsworks::types::Instance) -> OpsWorksInstance {

@@ -1,0 +1,388 @@
+//! Prometheus metrics (text format at `/metrics`): reconciles and their failures by reason,
+//! reconcile and step durations, the time from creation to Ready, SSH sessions, AWS calls by
+//! service, operation and outcome (throttling counted apart), and objects by phase.
+
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use aws_smithy_runtime_api::box_error::BoxError;
+use aws_smithy_runtime_api::client::interceptors::Intercept;
+use aws_smithy_runtime_api::client::interceptors::context::FinalizerInterceptorContextRef;
+use aws_smithy_runtime_api::client::orchestrator::Metadata;
+use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
+use aws_smithy_types::config_bag::ConfigBag;
+use kube::runtime::reflector::Store;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::resource::{InstanceRegistration, Phase};
+
+/// Labels: the result of a reconcile.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    /// `ok` or `error`.
+    pub result: String,
+}
+
+/// Labels: why a reconcile did not end Ready (the Ready condition's reason, or the error's).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    /// A stable CamelCase reason or error label.
+    pub reason: String,
+}
+
+/// Labels: a step of the pipeline.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StepLabels {
+    /// The step's condition type.
+    pub step: String,
+}
+
+/// Labels: one AWS call attempt.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AwsCallLabels {
+    /// `opsworks`, `iam`, `ec2`, `sts`.
+    pub service: String,
+    /// The API operation, e.g. `DescribeInstances`.
+    pub operation: String,
+    /// `success`, `throttled`, `client_error`, `server_error` or `network_error`.
+    pub outcome: String,
+}
+
+/// The controller's metrics and the registry that serves them.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    /// Reconciles, by result.
+    pub reconciles: Family<ResultLabels, Counter>,
+    /// Reconciles that did not end Ready, by reason.
+    pub failures: Family<ReasonLabels, Counter>,
+    /// Reconcile durations, seconds.
+    pub reconcile_duration: Histogram,
+    /// Step durations, seconds, by step.
+    pub step_duration: Family<StepLabels, Histogram>,
+    /// Seconds from an object's creation to its first Ready.
+    pub time_to_ready: Histogram,
+    /// SSH sessions open now.
+    pub ssh_in_flight: Gauge,
+    /// SSH sessions, by result (`succeeded`, `failed` for a non-zero exit, or the condition
+    /// reason of a connection failure).
+    pub ssh_sessions: Family<ReasonLabels, Counter>,
+    /// AWS call attempts, by service, operation and outcome.
+    pub aws_calls: Family<AwsCallLabels, Counter>,
+    objects: Arc<OnceLock<Store<InstanceRegistration>>>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Fresh metrics, registered under the `registrar` prefix.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("registrar");
+        let reconciles = Family::<ResultLabels, Counter>::default();
+        registry.register("reconciles", "Reconciles, by result", reconciles.clone());
+        let failures = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "reconcile_failures",
+            "Reconciles that did not end Ready, by the Ready condition's (or the error's) reason",
+            failures.clone(),
+        );
+        let reconcile_duration = Histogram::new(exponential_buckets(0.005, 2.0, 16));
+        registry.register(
+            "reconcile_duration_seconds",
+            "Duration of a reconcile",
+            reconcile_duration.clone(),
+        );
+        let step_duration = Family::<StepLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.005, 2.0, 16))
+        });
+        registry.register(
+            "step_duration_seconds",
+            "Duration of a step, by the condition it reports",
+            step_duration.clone(),
+        );
+        let time_to_ready = Histogram::new(exponential_buckets(1.0, 2.0, 14));
+        registry.register(
+            "time_to_ready_seconds",
+            "Seconds from an object's creation to its first Ready",
+            time_to_ready.clone(),
+        );
+        let ssh_in_flight = Gauge::default();
+        registry.register(
+            "ssh_sessions_in_flight",
+            "SSH sessions open now",
+            ssh_in_flight.clone(),
+        );
+        let ssh_sessions = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "ssh_sessions",
+            "SSH sessions, by result",
+            ssh_sessions.clone(),
+        );
+        let aws_calls = Family::<AwsCallLabels, Counter>::default();
+        registry.register(
+            "aws_calls",
+            "AWS call attempts, by service, operation and outcome (throttled apart)",
+            aws_calls.clone(),
+        );
+        let objects = Arc::new(OnceLock::new());
+        registry.register_collector(Box::new(ObjectsByPhase {
+            store: objects.clone(),
+        }));
+        Self {
+            objects,
+            registry,
+            reconciles,
+            failures,
+            reconcile_duration,
+            step_duration,
+            time_to_ready,
+            ssh_in_flight,
+            ssh_sessions,
+            aws_calls,
+        }
+    }
+
+    /// Makes the objects-by-phase gauge read `store` at each scrape (once the controller runs).
+    pub fn count_objects_in(&self, store: Store<InstanceRegistration>) {
+        let _ = self.objects.set(store);
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String does not fail");
+        out
+    }
+
+    /// Records one step's duration.
+    pub fn step(&self, step: &str, took: Duration) {
+        self.step_duration
+            .get_or_create(&StepLabels {
+                step: step.to_owned(),
+            })
+            .observe(took.as_secs_f64());
+    }
+
+    /// An interceptor for AWS SDK clients that counts every attempt in [`Metrics::aws_calls`].
+    pub fn aws_interceptor(&self) -> AwsCallCounter {
+        AwsCallCounter {
+            calls: self.aws_calls.clone(),
+        }
+    }
+}
+
+/// Counts AWS call attempts by service, operation and outcome.
+#[derive(Clone, Debug)]
+pub struct AwsCallCounter {
+    calls: Family<AwsCallLabels, Counter>,
+}
+
+impl Intercept for AwsCallCounter {
+    fn name(&self) -> &'static str {
+        "registrar-aws-call-counter"
+    }
+
+    fn read_after_attempt(
+        &self,
+        context: &FinalizerInterceptorContextRef<'_>,
+        _runtime_components: &RuntimeComponents,
+        cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        let (service, operation) = match cfg.load::<Metadata>() {
+            Some(m) => (m.service().to_ascii_lowercase(), m.name().to_owned()),
+            None => ("unknown".to_owned(), "unknown".to_owned()),
+        };
+        let outcome = match context.response() {
+            None => "network_error",
+            Some(response) => {
+                let status = response.status().as_u16();
+                let code = error_code(
+                    response
+                        .headers()
+                        .get("x-amzn-errortype")
+                        .unwrap_or_default(),
+                    response.body().bytes().unwrap_or_default(),
+                );
+                classify_attempt(status, code.as_deref())
+            }
+        };
+        self.calls
+            .get_or_create(&AwsCallLabels {
+                service,
+                operation,
+                outcome: outcome.to_owned(),
+            })
+            .inc();
+        Ok(())
+    }
+}
+
+/// The error code of an AWS error response: the JSON protocols' `x-amzn-ErrorType` header or
+/// `__type` member, or the query protocols' `<Code>` element.
+fn error_code(header: &str, body: &[u8]) -> Option<String> {
+    let clean = |s: &str| {
+        let s = s.split(':').next().unwrap_or(s);
+        s.rsplit('#').next().unwrap_or(s).trim().to_owned()
+    };
+    if !header.is_empty() {
+        return Some(clean(header));
+    }
+    let text = std::str::from_utf8(body).ok()?;
+    if let Some(start) = text.find("<Code>") {
+        let rest = &text[start + "<Code>".len()..];
+        return rest
+            .find("</Code>")
+            .map(|end| rest[..end].trim().to_owned());
+    }
+    let value: serde_json::Value = serde_json::from_str(text).ok()?;
+    value
+        .get("__type")
+        .or_else(|| value.get("code"))
+        .and_then(|v| v.as_str())
+        .map(clean)
+}
+
+/// The outcome label of an attempt with HTTP `status` and error `code`.
+fn classify_attempt(status: u16, code: Option<&str>) -> &'static str {
+    let throttling = matches!(
+        code,
+        Some(
+            "Throttling"
+                | "ThrottlingException"
+                | "ThrottledException"
+                | "RequestLimitExceeded"
+                | "RequestThrottled"
+                | "RequestThrottledException"
+                | "TooManyRequestsException"
+                | "SlowDown"
+                | "PriorRequestNotComplete"
+        )
+    );
+    match status {
+        200..=299 => "success",
+        _ if throttling || status == 429 => "throttled",
+        500..=599 => "server_error",
+        _ => "client_error",
+    }
+}
+
+/// Objects by phase, counted from the controller's cache at scrape time.
+#[derive(Debug)]
+struct ObjectsByPhase {
+    store: Arc<OnceLock<Store<InstanceRegistration>>>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PhaseLabels {
+    phase: String,
+}
+
+impl Collector for ObjectsByPhase {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let phases = [
+            Phase::Pending,
+            Phase::Installing,
+            Phase::Registering,
+            Phase::Registered,
+            Phase::Failed,
+            Phase::Deleting,
+        ];
+        let Some(store) = self.store.get() else {
+            return Ok(());
+        };
+        let mut counts = vec![0i64; phases.len() + 1];
+        for obj in store.state() {
+            let phase = obj.status.as_ref().and_then(|s| s.phase);
+            let i = phase
+                .and_then(|p| phases.iter().position(|q| *q == p))
+                .unwrap_or(phases.len());
+            counts[i] += 1;
+        }
+        let family = Family::<PhaseLabels, Gauge>::default();
+        for (i, count) in counts.iter().enumerate() {
+            let phase = phases
+                .get(i)
+                .map(|p| format!("{p:?}"))
+                .unwrap_or_else(|| "Unknown".to_owned());
+            family.get_or_create(&PhaseLabels { phase }).set(*count);
+        }
+        let metric = encoder.encode_descriptor(
+            "objects",
+            "InstanceRegistrations the controller sees, by phase",
+            None,
+            family.metric_type(),
+        )?;
+        family.encode(metric)
+    }
+}
+
+/// Shared handle.
+pub type SharedMetrics = Arc<Metrics>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn throttling_is_told_apart_from_other_errors_in_every_protocol() {
+        let iam = b"<ErrorResponse><Error><Type>Sender</Type><Code>Throttling</Code><Message>Rate exceeded</Message></Error></ErrorResponse>";
+        assert_eq!(error_code("", iam).as_deref(), Some("Throttling"));
+        let ec2 = b"<Response><Errors><Error><Code>RequestLimitExceeded</Code></Error></Errors></Response>";
+        assert_eq!(error_code("", ec2).as_deref(), Some("RequestLimitExceeded"));
+        let json = br#"{"__type":"com.amazonaws.opsworks#ThrottlingException","message":"slow"}"#;
+        assert_eq!(error_code("", json).as_deref(), Some("ThrottlingException"));
+        assert_eq!(
+            error_code("ValidationException:http://internal", b"").as_deref(),
+            Some("ValidationException")
+        );
+        assert_eq!(classify_attempt(400, Some("Throttling")), "throttled");
+        assert_eq!(
+            classify_attempt(503, Some("RequestLimitExceeded")),
+            "throttled"
+        );
+        assert_eq!(
+            classify_attempt(400, Some("ThrottlingException")),
+            "throttled"
+        );
+        assert_eq!(
+            classify_attempt(400, Some("ValidationException")),
+            "client_error"
+        );
+        assert_eq!(
+            classify_attempt(503, Some("ServiceUnavailable")),
+            "server_error"
+        );
+        assert_eq!(classify_attempt(200, None), "success");
+    }
+
+    #[test]
+    fn the_exposition_names_every_metric() {
+        let m = Metrics::new();
+        m.reconciles
+            .get_or_create(&ResultLabels {
+                result: "ok".into(),
+            })
+            .inc();
+        m.step("StackResolved", Duration::from_millis(3));
+        let text = m.encode();
+        for name in [
+            "registrar_reconciles_total{result=\"ok\"} 1",
+            "registrar_step_duration_seconds_count{step=\"StackResolved\"} 1",
+            "# TYPE registrar_ssh_sessions_in_flight gauge",
+            "# TYPE registrar_time_to_ready_seconds histogram",
+        ] {
+            assert!(text.contains(name), "{name} missing in:\n{text}");
+        }
+    }
+}

@@ -1,0 +1,235 @@
+//! Running the controller as a platform team does: its metrics and probes, and several replicas
+//! with leader election (only the lease holder acts; a standby takes over when it dies; a leader
+//! that loses its lease stops).
+
+mod support;
+
+use std::sync::Once;
+use std::time::{Duration, Instant};
+
+use instance_registrar::conditions::{reasons, types};
+use instance_registrar::resource::InstanceRegistration;
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::api::Api;
+use opsworks_endpoint::AgentInstaller;
+use opsworks_endpoint::standin::StandIn;
+use support::ssh_hosts::SshHost;
+use support::{
+    AwsEnv, ControlPlane, ControllerProcess, condition, eventually, namespace, on_premises, secret,
+    ssh_keypair, ssh_via, wait_reason,
+};
+
+fn aws() -> &'static AwsEnv {
+    static INIT: Once = Once::new();
+    let aws = AwsEnv::shared();
+    INIT.call_once(|| {
+        aws.opsworks.set_agent_installer(AgentInstaller::StandIn(
+            StandIn::built().run_time(Duration::from_secs(1)),
+        ))
+    });
+    aws
+}
+
+fn get(url: &str) -> (u16, String) {
+    let out = std::process::Command::new("curl")
+        .args(["-s", "-o", "-", "-w", "\n%{http_code}", url])
+        .output()
+        .expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.trim().parse().unwrap_or(0), body.to_owned())
+}
+
+fn apply(cp: &ControlPlane, yaml: &str) {
+    let out = cp.kubectl_stdin(&["apply", "-f", "-"], yaml);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test]
+async fn metrics_and_probes_report_what_the_controller_does() {
+    let cp = ControlPlane::shared();
+    let aws = aws();
+    let client = cp.client().await;
+    let ns = namespace(&client, "metrics").await;
+    let api: Api<InstanceRegistration> = Api::namespaced(client.clone(), &ns);
+    let controller = ControllerProcess::start(cp, aws, &ns, &[]);
+    let probes = controller.http_address("/readyz");
+    let metrics = controller.http_address("/metrics");
+
+    assert_eq!(get(&format!("http://{probes}/healthz")).0, 200);
+    eventually(
+        Duration::from_secs(20),
+        "ready once the watch runs",
+        || async { (get(&format!("http://{probes}/readyz")).0 == 200).then_some(()) },
+    )
+    .await;
+
+    // An object that stops at a missing Secret: counted as a failure with that reason.
+    let stack = aws.create_stack(&ns, None).await;
+    apply(
+        cp,
+        &on_premises(&ns, "m", &stack, "127.0.0.1", "m-1", "absent", ""),
+    );
+    wait_reason(&api, "m", types::SSH_KEY_READY, reasons::SECRET_NOT_FOUND).await;
+    let text = eventually(Duration::from_secs(10), "the metrics", || async {
+        let (code, text) = get(&format!("http://{metrics}/metrics"));
+        (code == 200 && text.contains("SecretNotFound")).then_some(text)
+    })
+    .await;
+    for expected in [
+        "registrar_reconciles_total{result=\"ok\"}",
+        "registrar_reconcile_failures_total{reason=\"SecretNotFound\"}",
+        "registrar_aws_calls_total{service=\"opsworks\",operation=\"DescribeStacks\",outcome=\"success\"}",
+        "registrar_aws_calls_total{service=\"opsworks\",operation=\"DescribeInstances\",outcome=\"success\"}",
+        "registrar_step_duration_seconds_count{step=\"StackResolved\"}",
+        "registrar_objects{phase=\"Failed\"} 1",
+        "registrar_ssh_sessions_in_flight 0",
+        "# TYPE registrar_time_to_ready_seconds histogram",
+    ] {
+        assert!(text.contains(expected), "{expected} missing in:\n{text}");
+    }
+}
+
+/// The Lease's holder, if any.
+async fn holder(client: &kube::Client, ns: &str) -> Option<String> {
+    let leases: Api<Lease> = Api::namespaced(client.clone(), ns);
+    leases
+        .get_opt("instance-registrar")
+        .await
+        .ok()??
+        .spec?
+        .holder_identity
+}
+
+#[tokio::test]
+async fn only_the_leader_acts_and_a_standby_takes_over_when_it_dies() {
+    let cp = ControlPlane::shared();
+    let aws = aws();
+    let client = cp.client().await;
+    let ns = namespace(&client, "leader").await;
+    let api: Api<InstanceRegistration> = Api::namespaced(client.clone(), &ns);
+    let (private, public) = ssh_keypair("ed25519", "");
+    secret(
+        &client,
+        &ns,
+        "key",
+        "kubernetes.io/ssh-auth",
+        &[("ssh-privatekey", private.as_bytes())],
+    )
+    .await;
+    let stack = aws.create_stack(&ns, None).await;
+    let lease_seconds = "4";
+    let args = |name: &'static str| {
+        [
+            "--leader-election",
+            "--leader-election-namespace",
+            ns.as_str(),
+            "--leader-election-lease-seconds",
+            lease_seconds,
+            "--instance",
+            name,
+        ]
+    };
+    let mut one = Some(ControllerProcess::start(cp, aws, &ns, &args("one")));
+    let mut two = Some(ControllerProcess::start(cp, aws, &ns, &args("two")));
+    let leader = eventually(Duration::from_secs(20), "a leader", || async {
+        holder(&client, &ns).await
+    })
+    .await;
+
+    let first = SshHost::start(&format!("{ns}-a"));
+    first.authorize(&public);
+    apply(
+        cp,
+        &(on_premises(
+            &ns,
+            "a",
+            &stack,
+            &first.address().to_string(),
+            "a-1",
+            "key",
+            "",
+        ) + &ssh_via(&first)),
+    );
+    wait_reason(&api, "a", types::READY, reasons::SUCCEEDED).await;
+    let (leading, standby) = if leader == "one" {
+        (&mut one, &mut two)
+    } else {
+        (&mut two, &mut one)
+    };
+    let standby_log = standby.as_ref().unwrap().logs();
+    assert!(
+        standby_log.contains("waiting as a standby") && !standby_log.contains("reconciled"),
+        "the standby acted:\n{standby_log}"
+    );
+    let probes = standby.as_ref().unwrap().http_address("/readyz");
+    assert!(
+        get(&format!("http://{probes}/readyz"))
+            .1
+            .contains("standby")
+    );
+
+    // The leader dies without releasing the lease: the standby takes over once it expires.
+    let killed = Instant::now();
+    drop(leading.take());
+    let new_leader = eventually(Duration::from_secs(30), "a new leader", || async {
+        holder(&client, &ns).await.filter(|h| *h != leader)
+    })
+    .await;
+    let handover = killed.elapsed();
+    println!("handover to {new_leader} after {handover:?} (lease {lease_seconds}s)");
+    assert!(handover < Duration::from_secs(4 + 6), "{handover:?}");
+
+    let second = SshHost::start(&format!("{ns}-b"));
+    second.authorize(&public);
+    apply(
+        cp,
+        &(on_premises(
+            &ns,
+            "b",
+            &stack,
+            &second.address().to_string(),
+            "b-1",
+            "key",
+            "",
+        ) + &ssh_via(&second)),
+    );
+    wait_reason(&api, "b", types::READY, reasons::SUCCEEDED).await;
+    let obj = api.get("a").await.unwrap();
+    assert_eq!(condition(&obj, types::READY).unwrap().0, "True");
+    // Nothing was registered twice.
+    assert_eq!(first.boot_registration_runs(), 1);
+    assert_eq!(second.boot_registration_runs(), 1);
+    let in_stack = aws
+        .opsworks
+        .instances()
+        .into_iter()
+        .filter(|i| i.stack_id == stack)
+        .count();
+    assert_eq!(in_stack, 2);
+
+    // A leader that finds the lease taken by someone else stops at once (fail-stop).
+    let survivor = standby.as_mut().unwrap();
+    let patched = cp.kubectl_ok(&[
+        "patch",
+        "lease",
+        "instance-registrar",
+        "-n",
+        &ns,
+        "--type",
+        "merge",
+        "-p",
+        &format!(
+            "{{\"spec\":{{\"holderIdentity\":\"intruder\",\"leaseDurationSeconds\":3600,\"renewTime\":\"{}\"}}}}",
+            k8s_openapi::jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%S.%6fZ")
+        ),
+    ]);
+    assert!(patched.is_ok(), "{patched:?}");
+    let code = survivor.wait_exit(Duration::from_secs(15));
+    assert_eq!(code, Some(1), "{}", survivor.logs());
+    assert!(survivor.logs().contains("lost the leader lease"));
+}
