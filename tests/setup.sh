@@ -8,9 +8,10 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 
 # Debian packages: ssh-keygen and ssh (test keys, the SSH client), setpriv and unshare (test
 # processes die with the test binary; each test SSH host has its own mount namespace), sshd and
-# sudo (the test SSH hosts), curl (the agent installer stand-in). tar, gzip and coreutils, which
-# the stand-in also uses, are Essential in Debian and always there.
-packages=(openssh-client openssh-server sudo util-linux curl)
+# sudo (the test SSH hosts), curl (the agent installer stand-in), lua5.1 (the Argo CD health
+# check's tests: Argo CD's gopher-lua is a Lua 5.1). tar, gzip and coreutils, which the stand-in
+# also uses, are Essential in Debian and always there.
+packages=(openssh-client openssh-server sudo util-linux curl lua5.1)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -139,3 +140,7 @@ echo "setup.sh: moto_server in $python_dir/bin, OpsWorks model in $model_dir" >&
 # kube-apiserver, etcd and kubectl (minutes the first time, then cached).
 dir=$("$here/control-plane/build.sh")
 echo "setup.sh: control plane binaries in $dir" >&2
+
+# helm, for the chart's tests (a minute the first time, then cached).
+helm=$("$here/helm/build.sh")
+echo "setup.sh: helm in $helm" >&2
