@@ -15,9 +15,14 @@ use support::{
 };
 
 /// An on-premises host `name` (its hostname too) in `stack`, using Secret `secret`. Its address is
-/// loopback: nothing here connects to it, and nothing may leave the machine.
+/// loopback, one per name (two objects naming one host would be a Conflict): nothing listens
+/// there, and nothing may leave the machine.
 fn host(ns: &str, stack: &str, name: &str, secret: &str) -> String {
-    on_premises(ns, name, stack, "127.0.0.1", name, secret, "")
+    let h = name
+        .bytes()
+        .fold(2166136261u32, |h, b| (h ^ u32::from(b)).wrapping_mul(16777619));
+    let address = format!("127.1.{}.{}", (h >> 8) % 250 + 1, h % 250 + 1);
+    on_premises(ns, name, stack, &address, name, secret, "")
 }
 
 const SSH_AUTH: &str = "kubernetes.io/ssh-auth";

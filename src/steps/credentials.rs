@@ -202,6 +202,11 @@ pub(super) async fn check(
         ));
     }
     if let Some(existing) = &facts.existing {
+        if status.registered_at.is_none() && status.access_key_id.is_none() {
+            // Registered before this object recorded anything: possibly with the user and key it
+            // made itself, if it was stopped between the install and writing status. Show them.
+            record_own_user(ctx, obj, facts, status).await;
+        }
         return Outcome::Done(Observation::holds(
             reasons::NOT_NEEDED,
             format!("the host is already registered as {}", existing.id),
@@ -286,6 +291,32 @@ pub(super) async fn check(
     );
     facts.access_key = Some(key);
     Outcome::Done(Observation::holds(reasons::SUCCEEDED, message))
+}
+
+/// Records on status the IAM user this object made (tagged with its UID) and that user's access
+/// key, if there is one. Best effort: a failed look-up leaves status as it was.
+async fn record_own_user(
+    ctx: &Context,
+    obj: &InstanceRegistration,
+    facts: &Facts,
+    status: &mut InstanceRegistrationStatus,
+) {
+    let (Some(stack), Some(uid)) = (facts.stack.as_ref(), obj.uid()) else {
+        return;
+    };
+    for name in user_name_candidates(&stack.name, name_for_iam(obj)) {
+        if let Ok(Some(true)) = ownership(ctx, &name, &uid).await {
+            if let Ok(out) = ctx.aws.iam.list_access_keys().user_name(&name).send().await {
+                status.access_key_id = out
+                    .access_key_metadata()
+                    .first()
+                    .and_then(|k| k.access_key_id())
+                    .map(str::to_owned);
+            }
+            status.iam_user_name = Some(name);
+            return;
+        }
+    }
 }
 
 /// Whether IAM user `name` exists and whether it carries `uid` in its owner tag.

@@ -174,7 +174,7 @@ fn holder_of_the_same_host(
         .filter(|o| o.spec.stack_id == obj.spec.stack_id)
         .filter(|o| o.spec.infrastructure_class == obj.spec.infrastructure_class)
         .filter(|o| {
-            let same_target = o.spec.target.eq_ignore_ascii_case(&obj.spec.target);
+            let same_target = same_name(&o.spec.target, &obj.spec.target);
             let same_instance = resolved.ec2_instance_id.is_some()
                 && o.status.as_ref().and_then(|s| s.ec2_instance_id.as_ref())
                     == resolved.ec2_instance_id.as_ref();
@@ -189,6 +189,13 @@ fn holder_of_the_same_host(
                 o.metadata.name.as_deref().unwrap_or_default()
             )
         })
+}
+
+/// Whether two targets name the same host: DNS names compare without case and without the
+/// trailing dot of a fully qualified name (`web.example.` is `web.example`).
+fn same_name(a: &str, b: &str) -> bool {
+    a.trim_end_matches('.')
+        .eq_ignore_ascii_case(b.trim_end_matches('.'))
 }
 
 /// The key of a stack in the controller's caches.
@@ -434,6 +441,14 @@ spec:
             ..Default::default()
         });
         o
+    }
+
+    #[test]
+    fn a_name_with_or_without_its_trailing_dot_or_in_another_case_is_the_same_host() {
+        assert!(same_name("db-1.example", "db-1.example."));
+        assert!(same_name("DB-1.Example.", "db-1.example"));
+        assert!(!same_name("db-1.example", "db-2.example"));
+        assert!(!same_name("10.0.0.1", "10.0.0.10"));
     }
 
     #[test]
