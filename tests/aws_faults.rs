@@ -18,10 +18,9 @@ use kube::api::{Api, DeleteParams, ListParams};
 use opsworks_endpoint::Faults;
 use support::{
     AwsEnv, ControlPlane, ControllerProcess, condition, ec2, eventually, namespace, on_premises,
-    secret, ssh_keypair,
+    ssh_key_secret,
 };
 
-const SSH_AUTH: &str = "kubernetes.io/ssh-auth";
 const MANAGED_POLICY: &str = "arn:aws:iam::aws:policy/AWSOpsWorksInstanceRegistration";
 /// How long any one object may take to get through the faults.
 const PATIENCE: Duration = Duration::from_secs(240);
@@ -56,15 +55,7 @@ async fn under_throttling_and_server_errors_every_object_gets_one_user_and_key_a
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
     let events: Api<Event> = Api::namespaced(client.clone(), &ns);
     let stack = aws.create_stack(&ns, None).await;
-    let (key, _) = ssh_keypair("ed25519", "");
-    secret(
-        &client,
-        &ns,
-        "key",
-        SSH_AUTH,
-        &[("ssh-privatekey", key.as_bytes())],
-    )
-    .await;
+    ssh_key_secret(&client, &ns, "key").await;
     let web1 = format!("{ns}-web-1");
     let web2 = format!("{ns}-web-2");
     let (web1_id, _, _) = aws.run_instance(&web1, None).await;

@@ -13,20 +13,9 @@ use instance_registrar::resource::InstanceRegistration;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, DeleteParams};
 use support::{
-    AwsEnv, ControlPlane, ControllerProcess, condition, ec2, eventually, namespace, on_premises,
-    secret, ssh_keypair, wait_gone, wait_reason,
+    AwsEnv, ControlPlane, ControllerProcess, apply, condition, ec2, eventually, namespace,
+    on_premises, ssh_key_secret, wait_gone, wait_reason,
 };
-
-const SSH_AUTH: &str = "kubernetes.io/ssh-auth";
-
-fn apply(cp: &ControlPlane, yaml: &str) {
-    let out = cp.kubectl_stdin(&["apply", "-f", "-"], yaml);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 /// Registers a host in `stack` the way the agent does: with an IAM user of its own that may
 /// register, signing with that user's key. Returns the OpsWorks instance ID.
@@ -376,15 +365,7 @@ async fn credentials_are_named_as_the_cli_names_them_owned_by_the_object_and_rem
     let ns = namespace(&client, "creds").await;
     let api: Api<InstanceRegistration> = Api::namespaced(client.clone(), &ns);
     let stack = aws.create_stack(&ns, None).await;
-    let (key, _) = ssh_keypair("ed25519", "");
-    secret(
-        &client,
-        &ns,
-        "key",
-        SSH_AUTH,
-        &[("ssh-privatekey", key.as_bytes())],
-    )
-    .await;
+    ssh_key_secret(&client, &ns, "key").await;
 
     // A user that already holds the name, made by someone else, in the stack's group.
     let iam = aws.iam();
@@ -497,15 +478,7 @@ async fn where_the_managed_policy_is_missing_an_inline_policy_allows_only_regist
     let ns = namespace(&client, "inline").await;
     let api: Api<InstanceRegistration> = Api::namespaced(client.clone(), &ns);
     let stack = aws.create_stack(&ns, None).await;
-    let (key, _) = ssh_keypair("ed25519", "");
-    secret(
-        &client,
-        &ns,
-        "key",
-        SSH_AUTH,
-        &[("ssh-privatekey", key.as_bytes())],
-    )
-    .await;
+    ssh_key_secret(&client, &ns, "key").await;
     let _controller = ControllerProcess::start(cp, aws, &ns, &[]);
     apply(
         cp,
@@ -563,15 +536,7 @@ async fn a_crash_after_any_aws_write_leaves_one_user_at_most_one_key_and_the_sec
     let ns = namespace(&client, "crash").await;
     let api: Api<InstanceRegistration> = Api::namespaced(client.clone(), &ns);
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
-    let (key, _) = ssh_keypair("ed25519", "");
-    secret(
-        &client,
-        &ns,
-        "key",
-        SSH_AUTH,
-        &[("ssh-privatekey", key.as_bytes())],
-    )
-    .await;
+    ssh_key_secret(&client, &ns, "key").await;
     // Each case: the crash points of successive controller runs, then a clean run.
     let cases: &[&[&str]] = &[
         &["iam:CreateGroup"],

@@ -11,16 +11,16 @@ use instance_registrar::resource::{FINALIZER, InstanceRegistration};
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use support::{
     AwsEnv, ControlPlane, ControllerProcess, condition, eventually, namespace, on_premises, secret,
-    ssh_keypair, wait_gone, wait_reason,
+    ssh_key_secret, ssh_keypair, wait_gone, wait_reason,
 };
 
 /// An on-premises host `name` (its hostname too) in `stack`, using Secret `secret`. Its address is
 /// loopback, one per name (two objects naming one host would be a Conflict): nothing listens
 /// there, and nothing may leave the machine.
 fn host(ns: &str, stack: &str, name: &str, secret: &str) -> String {
-    let h = name
-        .bytes()
-        .fold(2166136261u32, |h, b| (h ^ u32::from(b)).wrapping_mul(16777619));
+    let h = name.bytes().fold(2166136261u32, |h, b| {
+        (h ^ u32::from(b)).wrapping_mul(16777619)
+    });
     let address = format!("127.1.{}.{}", (h >> 8) % 250 + 1, h % 250 + 1);
     on_premises(ns, name, stack, &address, name, secret, "")
 }
@@ -40,15 +40,7 @@ async fn a_created_object_gets_the_finalizer_and_conditions_that_follow_its_gene
     let ns = namespace(&client, "lifecycle").await;
     let aws = AwsEnv::shared();
     let stack = aws.create_stack(&ns, None).await;
-    let (key, _) = ssh_keypair("ed25519", "");
-    secret(
-        &client,
-        &ns,
-        "key",
-        SSH_AUTH,
-        &[("ssh-privatekey", key.as_bytes())],
-    )
-    .await;
+    ssh_key_secret(&client, &ns, "key").await;
     let _controller = ControllerProcess::start(cp, aws, &ns, &[]);
     cp.kubectl_stdin(&["apply", "-f", "-"], &host(&ns, &stack, "web-1", "key"));
     let api: Api<InstanceRegistration> = Api::namespaced(client.clone(), &ns);
@@ -390,15 +382,7 @@ async fn an_idle_controller_with_50_objects_writes_no_status() {
     let aws = AwsEnv::shared();
     let stack = aws.create_stack(&ns, None).await;
     let api: Api<InstanceRegistration> = Api::namespaced(client.clone(), &ns);
-    let (key, _) = ssh_keypair("ed25519", "");
-    secret(
-        &client,
-        &ns,
-        "key",
-        SSH_AUTH,
-        &[("ssh-privatekey", key.as_bytes())],
-    )
-    .await;
+    ssh_key_secret(&client, &ns, "key").await;
     // Half with a usable key (finished: slow resync), half blocked on a missing Secret (retried
     // with backoff all through the quiet period, re-evaluated each time, yet nothing changes).
     let mut yaml = String::new();

@@ -25,10 +25,9 @@ use opsworks_endpoint::standin::{StandIn, hash_secret};
 use support::ssh_hosts::SshHost;
 use support::{
     AwsEnv, ControlPlane, ControllerProcess, condition, ec2, eventually, key_material_lines,
-    namespace, on_premises, secret, ssh_keypair, ssh_via, wait_gone,
+    namespace, on_premises, ssh_key_secret, ssh_via, wait_gone,
 };
 
-const SSH_AUTH: &str = "kubernetes.io/ssh-auth";
 /// How long the stand-in installer takes, as the real one takes minutes.
 const INSTALLER_RUN_TIME: Duration = Duration::from_secs(3);
 
@@ -77,15 +76,7 @@ impl World {
         let cp = ControlPlane::shared();
         let client = cp.client().await;
         let ns = namespace(&client, prefix).await;
-        let (private_key, public_key) = ssh_keypair("ed25519", "");
-        secret(
-            &client,
-            &ns,
-            "key",
-            SSH_AUTH,
-            &[("ssh-privatekey", private_key.as_bytes())],
-        )
-        .await;
+        let (private_key, public_key) = ssh_key_secret(&client, &ns, "key").await;
         let stack = aws.create_stack(&ns, None).await;
         let seen_secrets = collect_secret_access_keys(&client, &ns).await;
         let controller = ControllerProcess::start(cp, aws, &ns, controller_args);

@@ -15,8 +15,8 @@ use opsworks_endpoint::AgentInstaller;
 use opsworks_endpoint::standin::StandIn;
 use support::ssh_hosts::SshHost;
 use support::{
-    AwsEnv, ControlPlane, ControllerProcess, condition, eventually, namespace, on_premises, secret,
-    ssh_keypair, ssh_via, wait_reason,
+    AwsEnv, ControlPlane, ControllerProcess, apply, condition, eventually, namespace, on_premises,
+    ssh_key_secret, ssh_via, wait_reason,
 };
 
 fn aws() -> &'static AwsEnv {
@@ -38,15 +38,6 @@ fn get(url: &str) -> (u16, String) {
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
     (code.trim().parse().unwrap_or(0), body.to_owned())
-}
-
-fn apply(cp: &ControlPlane, yaml: &str) {
-    let out = cp.kubectl_stdin(&["apply", "-f", "-"], yaml);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 #[tokio::test]
@@ -112,15 +103,7 @@ async fn only_the_leader_acts_and_a_standby_takes_over_when_it_dies() {
     let client = cp.client().await;
     let ns = namespace(&client, "leader").await;
     let api: Api<InstanceRegistration> = Api::namespaced(client.clone(), &ns);
-    let (private, public) = ssh_keypair("ed25519", "");
-    secret(
-        &client,
-        &ns,
-        "key",
-        "kubernetes.io/ssh-auth",
-        &[("ssh-privatekey", private.as_bytes())],
-    )
-    .await;
+    let (_, public) = ssh_key_secret(&client, &ns, "key").await;
     let stack = aws.create_stack(&ns, None).await;
     let lease_seconds = "4";
     let args = |name: &'static str| {

@@ -67,6 +67,35 @@ pub async fn secret(
     api.create(&PostParams::default(), &secret).await.unwrap();
 }
 
+/// Makes a fresh ed25519 key pair and stores the private key in a Secret `name` of type
+/// `kubernetes.io/ssh-auth` in `namespace`; returns (private key, public key line).
+pub async fn ssh_key_secret(
+    client: &kube::Client,
+    namespace: &str,
+    name: &str,
+) -> (String, String) {
+    let (private, public) = ssh_keypair("ed25519", "");
+    secret(
+        client,
+        namespace,
+        name,
+        "kubernetes.io/ssh-auth",
+        &[("ssh-privatekey", private.as_bytes())],
+    )
+    .await;
+    (private, public)
+}
+
+/// Applies `yaml` with kubectl; panics with kubectl's error if it is refused.
+pub fn apply(cp: &ControlPlane, yaml: &str) {
+    let out = cp.kubectl_stdin(&["apply", "-f", "-"], yaml);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// A fresh SSH key pair made by ssh-keygen: (private key in OpenSSH form, public key line).
 pub fn ssh_keypair(kind: &str, passphrase: &str) -> (String, String) {
     let dir = tempfile::tempdir().unwrap();
