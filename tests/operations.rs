@@ -184,6 +184,17 @@ async fn only_the_leader_acts_and_a_standby_takes_over_when_it_dies() {
     wait_reason(&api, "b", types::READY, reasons::SUCCEEDED).await;
     let obj = api.get("a").await.unwrap();
     assert_eq!(condition(&obj, types::READY).unwrap().0, "True");
+    // The new leader installed b: its metrics say so.
+    let metrics = standby.as_ref().unwrap().http_address("/metrics");
+    let text = get(&format!("http://{metrics}/metrics")).1;
+    for expected in [
+        "registrar_ssh_sessions_total{reason=\"succeeded\"} 1",
+        "registrar_ssh_sessions_in_flight 0",
+        "registrar_time_to_ready_seconds_count 1",
+        "registrar_objects{phase=\"Registered\"} 2",
+    ] {
+        assert!(text.contains(expected), "{expected} missing in:\n{text}");
+    }
     // Nothing was registered twice.
     assert_eq!(first.boot_registration_runs(), 1);
     assert_eq!(second.boot_registration_runs(), 1);

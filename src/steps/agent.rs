@@ -106,8 +106,26 @@ pub(super) async fn check(
         .expect("the SSH semaphore is never closed");
     info!(name = %obj.name_any(), host = %host, port = spec.port, "installing the OpsWorks agent");
     let started = std::time::Instant::now();
+    ctx.metrics.ssh_in_flight.inc();
     let result = ssh::run_script(&connect, rule, key.clone(), &script).await;
+    ctx.metrics.ssh_in_flight.dec();
     drop(_slot);
+    let session_result = match &result {
+        Ok(run) if run.exit_status == Some(0) => "succeeded",
+        Ok(_) => "failed",
+        Err(SshError::Unreachable(_)) => reasons::HOST_UNREACHABLE,
+        Err(SshError::ConnectTimeout(_)) => "ConnectTimeout",
+        Err(SshError::HostKeyMismatch(_)) => reasons::HOST_KEY_MISMATCH,
+        Err(SshError::AuthFailed(_)) => reasons::SSH_AUTH_FAILED,
+        Err(SshError::Protocol(_)) => reasons::SSH_PROTOCOL_ERROR,
+        Err(SshError::CommandTimeout(_)) => reasons::INSTALL_TIMEOUT,
+    };
+    ctx.metrics
+        .ssh_sessions
+        .get_or_create(&crate::metrics::ReasonLabels {
+            reason: session_result.to_owned(),
+        })
+        .inc();
     let secrets: Vec<&str> = access_key.iter().map(|k| k.secret.expose()).collect();
 
     let run = match result {
