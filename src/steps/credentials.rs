@@ -646,8 +646,14 @@ pub async fn cleanup_iam(
     let iam = &ctx.aws.iam;
     let uid = obj.uid().unwrap_or_default();
     let status = obj.status.clone().unwrap_or_default();
+    // The user recorded on status is the one this object made (it owns one at most); the 20
+    // candidate names are searched only when none is recorded (stopped between CreateUser and
+    // writing status). Each look-up is a call, and every pass of a deletion must get through an
+    // IAM that may be throttling: probing 20 names each pass made deletion all but impossible.
     let mut names: Vec<String> = status.iam_user_name.iter().cloned().collect();
-    if let Some(stack_name) = stack_name {
+    if names.is_empty()
+        && let Some(stack_name) = stack_name
+    {
         names.extend(user_name_candidates(stack_name, name_for_iam(obj)));
     }
     names.dedup();
