@@ -90,7 +90,7 @@ const UUID_PATTERN: &str = "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-
 #[x_kube(validation = kube::core::Rule::new("!has(self.privateIp) || self.infrastructureClass == 'on-premises'").message("privateIp is allowed only when infrastructureClass is on-premises").field_path(".privateIp").reason(kube::core::Reason::FieldValueForbidden))]
 #[x_kube(validation = kube::core::Rule::new("!has(self.publicIp) || self.infrastructureClass == 'on-premises'").message("publicIp is allowed only when infrastructureClass is on-premises").field_path(".publicIp").reason(kube::core::Reason::FieldValueForbidden))]
 #[x_kube(validation = kube::core::Rule::new("!has(self.useInstanceProfile) || !self.useInstanceProfile || self.infrastructureClass == 'ec2'").message("useInstanceProfile is allowed only when infrastructureClass is ec2").field_path(".useInstanceProfile").reason(kube::core::Reason::FieldValueForbidden))]
-#[x_kube(validation = kube::core::Rule::new(format!("self.infrastructureClass != 'on-premises' || self.target.matches(r'{HOST_ADDRESS_PATTERN}')")).message("target of an on-premises host must be a DNS name or an IPv4 address").field_path(".target").reason(kube::core::Reason::FieldValueInvalid))]
+#[x_kube(validation = kube::core::Rule::new(format!("self.infrastructureClass != 'on-premises' || (self.target.matches(r'{HOST_ADDRESS_PATTERN}') && (!self.target.matches(r'^[0-9.]+$') || self.target.matches(r'{IPV4_PATTERN}')))")).message("target of an on-premises host must be a DNS name or an IPv4 address (no leading zeros)").field_path(".target").reason(kube::core::Reason::FieldValueInvalid))]
 #[serde(rename_all = "camelCase")]
 pub struct InstanceRegistrationSpec {
     /// ID of the OpsWorks stack to register the host with (a lowercase UUID). Immutable.

@@ -122,6 +122,15 @@ fn invalid_manifests_are_refused_with_a_message_naming_the_field() {
             "spec.target",
         ),
         (
+            "on-premises IPv4 target with leading zeros (another spelling of a host)",
+            edit(
+                &on_prem,
+                "target: host-1.example.internal",
+                "target: \"127.000.000.001\"",
+            ),
+            "spec.target",
+        ),
+        (
             "target with a newline",
             edit(
                 &base,
