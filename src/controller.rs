@@ -64,8 +64,8 @@ impl Default for Settings {
     fn default() -> Self {
         Self {
             watch_namespace: None,
-            concurrency: 16,
-            ssh_concurrency: 16,
+            concurrency: 64,
+            ssh_concurrency: 64,
             resync: Duration::from_secs(600),
             registration_timeout: Duration::from_secs(900),
             instance: None,

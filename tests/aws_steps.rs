@@ -345,6 +345,12 @@ async fn a_registered_host_is_adopted_without_iam_or_ssh_work_and_deregistered_o
         aws.iam_users(&ns).await.is_empty(),
         "adoption made an IAM user"
     );
+    // Another pass finds nothing new: the status stays exactly as it is (a reason that changed
+    // on the second pass would rewrite every adopted object's status once).
+    cp.kubectl_ok(&["annotate", "-n", &ns, "ir/old", "touched=1"])
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(api.get("old").await.unwrap().status, Some(status.clone()));
 
     api.delete("old", &DeleteParams::default()).await.unwrap();
     wait_gone(&api, "old").await;

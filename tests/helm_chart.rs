@@ -355,8 +355,8 @@ fn the_deployment_runs_restricted_with_probes_and_the_controllers_settings() {
     let expected = [
         ("POD_NAME", "fieldRef:metadata.name"),
         ("POD_NAMESPACE", "fieldRef:metadata.namespace"),
-        ("RECONCILE_CONCURRENCY", "16"),
-        ("SSH_CONCURRENCY", "16"),
+        ("RECONCILE_CONCURRENCY", "64"),
+        ("SSH_CONCURRENCY", "64"),
         ("RESYNC_SECONDS", "600"),
         ("REGISTRATION_TIMEOUT_SECONDS", "900"),
         ("LOG_LEVEL", "info"),

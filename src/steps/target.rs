@@ -111,8 +111,10 @@ pub(super) async fn check(
                 "; registered in the stack as {} ({})",
                 instance.id, instance.status
             );
-            // Adopted: registered by someone else (or before this object recorded anything).
-            if status.agent_installed_at.is_some() || status.registered_at.is_some() {
+            // Adopted: registered without this object's install. The reason stays Adopted on
+            // every later pass (a reason that changed on the second pass would rewrite every
+            // adopted object's status once).
+            if status.agent_installed_at.is_some() {
                 reasons::SUCCEEDED
             } else {
                 reasons::ADOPTED
