@@ -35,10 +35,33 @@ pub struct ControlPlane {
 
 static SHARED: OnceLock<ControlPlane> = OnceLock::new();
 
+/// Removes the files (etcd data, audit log, controller logs) of earlier test binaries whose
+/// process is gone: a test run keeps its own for inspection, but they must not pile up run
+/// after run until the disk is full.
+fn remove_dirs_of_finished_runs() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("instance-registrar-test-"))
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
 impl ControlPlane {
     /// The control plane of this test binary, started on first use, with the CRD installed.
     pub fn shared() -> &'static ControlPlane {
         SHARED.get_or_init(|| {
+            remove_dirs_of_finished_runs();
             let dir = std::env::temp_dir()
                 .join(format!("instance-registrar-test-{}", std::process::id()));
             ControlPlane::start_for_process(dir)
