@@ -40,7 +40,7 @@ use support::{
 
 /// Objects (and SSH hosts) registering at once in the crash test (the issue asks for 30; 12 keep
 /// the test within a few minutes on two busy cores).
-const CRASH_OBJECTS: usize = 12;
+const CRASH_OBJECTS: usize = 30;
 /// SIGKILLs of the controller while the objects register.
 const CRASH_KILLS: usize = 10;
 /// The crash test's objects are applied in this many waves, one after each of the first kills.

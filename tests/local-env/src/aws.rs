@@ -240,12 +240,22 @@ impl AwsEnv {
             if !user.user_name().contains(needle) {
                 continue;
             }
-            let tags = iam
+            // Another test may delete the user between the list and this look-up.
+            let tags = match iam
                 .list_user_tags()
                 .user_name(user.user_name())
                 .send()
                 .await
-                .expect("ListUserTags");
+            {
+                Ok(tags) => tags,
+                Err(e)
+                    if e.as_service_error()
+                        .is_some_and(|e| e.is_no_such_entity_exception()) =>
+                {
+                    continue;
+                }
+                Err(e) => panic!("ListUserTags: {e:?}"),
+            };
             let owner = tags
                 .tags()
                 .iter()
