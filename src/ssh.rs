@@ -174,10 +174,6 @@ pub async fn run_script(
 ) -> Result<Run, SshError> {
     let where_ = format!("{}:{}", target.host, target.port);
     let seen = Arc::new(Mutex::new(None));
-    let checker = Checker {
-        rule,
-        seen: seen.clone(),
-    };
     let config = Arc::new(client::Config {
         inactivity_timeout: Some(target.command_timeout + Duration::from_secs(30)),
         keepalive_interval: Some(Duration::from_secs(15)),
@@ -201,8 +197,8 @@ pub async fn run_script(
             };
             let _ = stream.set_nodelay(true);
             let checker = Checker {
-                rule: checker.rule.clone(),
-                seen: checker.seen.clone(),
+                rule: rule.clone(),
+                seen: seen.clone(),
             };
             let mut session = match client::connect_stream(config.clone(), stream, checker).await {
                 Ok(session) => session,

@@ -9,10 +9,8 @@
 mod support;
 
 use std::collections::BTreeSet;
-use std::sync::{Arc, Mutex, Once};
+use std::sync::{Arc, Mutex};
 
-use futures::StreamExt;
-use kube::runtime::watcher;
 use std::time::{Duration, Instant};
 
 use aws_sdk_ec2::types::{IamInstanceProfileSpecification, InstanceType};
@@ -20,12 +18,12 @@ use instance_registrar::conditions::{reasons, types};
 use instance_registrar::resource::InstanceRegistration;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, DeleteParams};
-use opsworks_endpoint::AgentInstaller;
-use opsworks_endpoint::standin::{StandIn, hash_secret};
+use opsworks_endpoint::standin::hash_secret;
 use support::ssh_hosts::SshHost;
 use support::{
-    AwsEnv, ControlPlane, ControllerProcess, condition, ec2, eventually, key_material_lines,
-    namespace, on_premises, ssh_key_secret, ssh_via, wait_gone,
+    AwsEnv, ControlPlane, ControllerProcess, collect_secret_access_keys, condition, ec2,
+    eventually, key_material_lines, namespace, on_premises, serving_stand_in, ssh_key_secret,
+    ssh_via, wait_gone,
 };
 
 /// How long the stand-in installer takes, as the real one takes minutes.
@@ -33,24 +31,13 @@ const INSTALLER_RUN_TIME: Duration = Duration::from_secs(3);
 
 /// The shared AWS environment, serving the stand-in installer.
 fn aws() -> &'static AwsEnv {
-    static INIT: Once = Once::new();
-    serving_the_stand_in(AwsEnv::shared(), &INIT)
+    serving_stand_in(AwsEnv::shared(), INSTALLER_RUN_TIME)
 }
 
 /// An AWS environment no other test of this binary uses, with the recording proxy in front of
 /// moto (no faults), so that every IAM, EC2 and OpsWorks call it records is the one test's.
 fn own_aws() -> &'static AwsEnv {
-    static INIT: Once = Once::new();
-    serving_the_stand_in(AwsEnv::faulty(), &INIT)
-}
-
-fn serving_the_stand_in(aws: &'static AwsEnv, init: &Once) -> &'static AwsEnv {
-    init.call_once(|| {
-        aws.opsworks.set_agent_installer(AgentInstaller::StandIn(
-            StandIn::built().run_time(INSTALLER_RUN_TIME),
-        ))
-    });
-    aws
+    serving_stand_in(AwsEnv::faulty(), INSTALLER_RUN_TIME)
 }
 
 /// One test's world: a namespace, an SSH key in a Secret named `key`, a stack, a controller.
@@ -171,43 +158,6 @@ impl World {
             }
         }
     }
-}
-
-/// Watches the Secrets of `ns` and collects every `secret_access_key` value stored in one. Returns
-/// once the watch is established.
-async fn collect_secret_access_keys(
-    client: &kube::Client,
-    ns: &str,
-) -> Arc<Mutex<BTreeSet<String>>> {
-    let seen = Arc::new(Mutex::new(BTreeSet::new()));
-    let api: Api<Secret> = Api::namespaced(client.clone(), ns);
-    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-    let sink = seen.clone();
-    tokio::spawn(async move {
-        let mut ready = Some(ready_tx);
-        let mut events = std::pin::pin!(watcher(api, watcher::Config::default()));
-        while let Some(event) = events.next().await {
-            let secrets = match event {
-                Ok(watcher::Event::Apply(s) | watcher::Event::InitApply(s)) => vec![s],
-                Ok(watcher::Event::InitDone) => {
-                    if let Some(tx) = ready.take() {
-                        let _ = tx.send(());
-                    }
-                    vec![]
-                }
-                _ => vec![],
-            };
-            for s in secrets {
-                if let Some(value) = s.data.as_ref().and_then(|d| d.get("secret_access_key")) {
-                    sink.lock()
-                        .unwrap()
-                        .insert(String::from_utf8_lossy(&value.0).into_owned());
-                }
-            }
-        }
-    });
-    ready_rx.await.expect("the Secret watch started");
-    seen
 }
 
 fn tail(text: &str, lines: usize) -> String {

@@ -4,30 +4,20 @@
 
 mod support;
 
-use std::sync::Once;
 use std::time::{Duration, Instant};
 
 use instance_registrar::conditions::{reasons, types};
 use instance_registrar::resource::InstanceRegistration;
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::Api;
-use opsworks_endpoint::AgentInstaller;
-use opsworks_endpoint::standin::StandIn;
 use support::ssh_hosts::SshHost;
 use support::{
     AwsEnv, ControlPlane, ControllerProcess, apply, condition, eventually, namespace, on_premises,
-    ssh_key_secret, ssh_via, wait_reason,
+    serving_stand_in, ssh_key_secret, ssh_via, wait_reason,
 };
 
 fn aws() -> &'static AwsEnv {
-    static INIT: Once = Once::new();
-    let aws = AwsEnv::shared();
-    INIT.call_once(|| {
-        aws.opsworks.set_agent_installer(AgentInstaller::StandIn(
-            StandIn::built().run_time(Duration::from_secs(1)),
-        ))
-    });
-    aws
+    serving_stand_in(AwsEnv::shared(), Duration::from_secs(1))
 }
 
 fn get(url: &str) -> (u16, String) {

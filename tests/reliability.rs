@@ -20,22 +20,19 @@
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, Mutex, Once};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
 use instance_registrar::conditions::{reasons, types};
 use instance_registrar::resource::InstanceRegistration;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, DeleteParams, ListParams};
-use kube::runtime::watcher;
-use opsworks_endpoint::standin::StandIn;
-use opsworks_endpoint::{AgentInstaller, Faults};
+use opsworks_endpoint::Faults;
 use serde_json::{Value, json};
 use support::ssh_hosts::{self, SshHost};
 use support::{
-    AwsEnv, ControlPlane, ControllerProcess, condition, key_material_lines, namespace, on_premises,
-    secret, ssh_keypair, ssh_via,
+    AwsEnv, ControlPlane, ControllerProcess, collect_secret_access_keys, condition,
+    key_material_lines, namespace, on_premises, secret, serving_stand_in, ssh_keypair, ssh_via,
 };
 
 /// Objects (and SSH hosts) registering at once in the crash test (the issue asks for 30; 12 keep
@@ -70,31 +67,19 @@ const SSH_AUTH: &str = "kubernetes.io/ssh-auth";
 // ---------------------------------------------------------------------------------------------
 // Environments
 
-fn serving_the_stand_in(aws: &'static AwsEnv, init: &Once) -> &'static AwsEnv {
-    init.call_once(|| {
-        aws.opsworks.set_agent_installer(AgentInstaller::StandIn(
-            StandIn::built().run_time(INSTALLER_RUN_TIME),
-        ))
-    });
-    aws
-}
-
 /// The crash test's own AWS (so its IAM users and instances are only its own).
 fn crash_aws() -> &'static AwsEnv {
-    static INIT: Once = Once::new();
-    serving_the_stand_in(AwsEnv::isolated(), &INIT)
+    serving_stand_in(AwsEnv::isolated(), INSTALLER_RUN_TIME)
 }
 
 /// The faults test's AWS: IAM and EC2 behind the fault-injecting proxy.
 fn faulty_aws() -> &'static AwsEnv {
-    static INIT: Once = Once::new();
-    serving_the_stand_in(AwsEnv::faulty(), &INIT)
+    serving_stand_in(AwsEnv::faulty(), INSTALLER_RUN_TIME)
 }
 
 /// The AWS of the hostile-input and isolation tests.
 fn shared_aws() -> &'static AwsEnv {
-    static INIT: Once = Once::new();
-    serving_the_stand_in(AwsEnv::shared(), &INIT)
+    serving_stand_in(AwsEnv::shared(), INSTALLER_RUN_TIME)
 }
 
 /// A small seeded generator (xorshift64*), so that a failing schedule can be replayed.
@@ -357,42 +342,6 @@ impl Env {
         }
         self.wait_all_gone(names).await;
     }
-}
-
-/// Watches the Secrets of `ns` and collects every `secret_access_key` stored in one (the
-/// controller deletes its Secret once the agent has the key, so only a watch started before
-/// anything is applied sees them all). Returns once the watch is established.
-async fn collect_secret_access_keys(
-    client: &kube::Client,
-    ns: &str,
-) -> Arc<Mutex<BTreeSet<String>>> {
-    let seen = Arc::new(Mutex::new(BTreeSet::new()));
-    let api: Api<Secret> = Api::namespaced(client.clone(), ns);
-    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-    let sink = seen.clone();
-    tokio::spawn(async move {
-        let mut ready = Some(ready_tx);
-        let mut events = std::pin::pin!(watcher(api, watcher::Config::default()));
-        while let Some(event) = events.next().await {
-            match event {
-                Ok(watcher::Event::Apply(s) | watcher::Event::InitApply(s)) => {
-                    if let Some(v) = s.data.as_ref().and_then(|d| d.get("secret_access_key")) {
-                        sink.lock()
-                            .unwrap()
-                            .insert(String::from_utf8_lossy(&v.0).into_owned());
-                    }
-                }
-                Ok(watcher::Event::InitDone) => {
-                    if let Some(tx) = ready.take() {
-                        let _ = tx.send(());
-                    }
-                }
-                _ => {}
-            }
-        }
-    });
-    ready_rx.await.expect("the Secret watch started");
-    seen
 }
 
 /// Whether `obj` has condition `type_` with `reason`, computed for its current generation.

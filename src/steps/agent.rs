@@ -99,7 +99,7 @@ pub(super) async fn check(
 
     // SSH sessions are bounded apart from reconciles: a slow fleet of hosts must not starve the
     // reconciles that only talk to AWS.
-    let _slot = ctx
+    let slot = ctx
         .ssh_slots
         .acquire()
         .await
@@ -109,7 +109,7 @@ pub(super) async fn check(
     ctx.metrics.ssh_in_flight.inc();
     let result = ssh::run_script(&connect, rule, key.clone(), &script).await;
     ctx.metrics.ssh_in_flight.dec();
-    drop(_slot);
+    drop(slot);
     let session_result = match &result {
         Ok(run) if run.exit_status == Some(0) => "succeeded",
         Ok(_) => "failed",

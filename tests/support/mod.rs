@@ -8,15 +8,20 @@
 
 pub use registrar_local_env::{aws, control_plane, ssh_hosts};
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::process::{Child, Command};
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use futures::StreamExt;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::api::{Api, ObjectMeta, PostParams};
+use kube::runtime::watcher;
+use opsworks_endpoint::AgentInstaller;
+use opsworks_endpoint::standin::StandIn;
 
 pub use aws::AwsEnv;
 pub use control_plane::ControlPlane;
@@ -84,6 +89,50 @@ pub async fn ssh_key_secret(
     )
     .await;
     (private, public)
+}
+
+/// `aws`, with its OpsWorks endpoint serving the agent installer stand-in that takes `run_time`
+/// (the real installer takes minutes).
+pub fn serving_stand_in(aws: &'static AwsEnv, run_time: Duration) -> &'static AwsEnv {
+    aws.opsworks
+        .set_agent_installer(AgentInstaller::StandIn(StandIn::built().run_time(run_time)));
+    aws
+}
+
+/// Watches the Secrets of `ns` and collects every `secret_access_key` stored in one (the
+/// controller deletes its Secret once the agent has the key, so only a watch started before
+/// anything is applied sees them all). Returns once the watch is established.
+pub async fn collect_secret_access_keys(
+    client: &kube::Client,
+    ns: &str,
+) -> Arc<Mutex<BTreeSet<String>>> {
+    let seen = Arc::new(Mutex::new(BTreeSet::new()));
+    let api: Api<Secret> = Api::namespaced(client.clone(), ns);
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    let sink = seen.clone();
+    tokio::spawn(async move {
+        let mut ready = Some(ready_tx);
+        let mut events = std::pin::pin!(watcher(api, watcher::Config::default()));
+        while let Some(event) = events.next().await {
+            match event {
+                Ok(watcher::Event::Apply(s) | watcher::Event::InitApply(s)) => {
+                    if let Some(v) = s.data.as_ref().and_then(|d| d.get("secret_access_key")) {
+                        sink.lock()
+                            .unwrap()
+                            .insert(String::from_utf8_lossy(&v.0).into_owned());
+                    }
+                }
+                Ok(watcher::Event::InitDone) => {
+                    if let Some(tx) = ready.take() {
+                        let _ = tx.send(());
+                    }
+                }
+                _ => {}
+            }
+        }
+    });
+    ready_rx.await.expect("the Secret watch started");
+    seen
 }
 
 /// Applies `yaml` with kubectl; panics with kubectl's error if it is refused.
