@@ -32,6 +32,21 @@ impl<V: Clone> TtlCache<V> {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<V, E>>,
     {
+        self.get_or_fetch_within(key, self.ttl, fetch).await
+    }
+
+    /// [`TtlCache::get_or_fetch`] for a caller content with a value up to `max_age` old
+    /// (longer or shorter than the cache's own time to live).
+    pub async fn get_or_fetch_within<E, F, Fut>(
+        &self,
+        key: &str,
+        max_age: Duration,
+        fetch: F,
+    ) -> Result<V, E>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<V, E>>,
+    {
         let slot = self
             .slots
             .lock()
@@ -41,13 +56,18 @@ impl<V: Clone> TtlCache<V> {
             .clone();
         let mut cached = slot.lock().await;
         if let Some((at, value)) = cached.as_ref()
-            && at.elapsed() < self.ttl
+            && at.elapsed() < max_age
         {
             return Ok(value.clone());
         }
         let value = fetch().await?;
         *cached = Some((Instant::now(), value.clone()));
         Ok(value)
+    }
+
+    /// How long a value is fresh for callers of [`TtlCache::get_or_fetch`].
+    pub fn ttl(&self) -> Duration {
+        self.ttl
     }
 
     /// Forgets `key` (after a write that changed it).
@@ -92,5 +112,24 @@ mod tests {
         cache.invalidate("stack");
         let fresh: Result<u32, ()> = cache.get_or_fetch("stack", || async { Ok(8) }).await;
         assert_eq!(fresh, Ok(8));
+    }
+
+    #[tokio::test]
+    async fn a_caller_content_with_older_values_shares_one_a_stricter_caller_would_refetch() {
+        let cache = TtlCache::<u32>::new(Duration::from_millis(50));
+        let first: Result<u32, ()> = cache.get_or_fetch("stack", || async { Ok(1) }).await;
+        assert_eq!(first, Ok(1));
+        tokio::time::sleep(Duration::from_millis(80)).await;
+        // Older than the cache's own time to live, but within what this caller accepts.
+        let lenient: Result<u32, ()> = cache
+            .get_or_fetch_within("stack", Duration::from_secs(60), || async { Ok(2) })
+            .await;
+        assert_eq!(lenient, Ok(1));
+        let strict: Result<u32, ()> = cache.get_or_fetch("stack", || async { Ok(3) }).await;
+        assert_eq!(strict, Ok(3));
+        let strictest: Result<u32, ()> = cache
+            .get_or_fetch_within("stack", Duration::ZERO, || async { Ok(4) })
+            .await;
+        assert_eq!(strictest, Ok(4));
     }
 }

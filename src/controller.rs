@@ -37,6 +37,9 @@ const STACK_TTL: Duration = Duration::from_secs(30);
 /// How long a stack's instance list is shared: long enough that a fleet reconciled at once
 /// makes one DescribeInstances per stack, short enough that a pass sees a fresh registration.
 const INSTANCES_TTL: Duration = Duration::from_millis(1000);
+/// How long a stack's IAM group is taken to exist once seen or made (a group deleted meanwhile
+/// is noticed when adding a user to it fails).
+const IAM_GROUP_TTL: Duration = Duration::from_secs(600);
 
 /// The field manager of every write the controller makes.
 pub const FIELD_MANAGER: &str = "instance-registrar";
@@ -91,6 +94,8 @@ pub struct Context {
     pub stacks: TtlCache<steps::StackFacts>,
     /// OpsWorks instances by `region/stack`, shared by the objects of a stack for a moment.
     pub instances: TtlCache<Arc<Vec<steps::OpsWorksInstance>>>,
+    /// IAM groups known to exist, by name.
+    pub iam_groups: TtlCache<()>,
     /// Permits for SSH sessions ([`Settings::ssh_concurrency`]).
     pub ssh_slots: tokio::sync::Semaphore,
     /// How the controller runs.
@@ -119,6 +124,7 @@ impl Context {
             metrics,
             stacks: TtlCache::new(STACK_TTL),
             instances: TtlCache::new(INSTANCES_TTL),
+            iam_groups: TtlCache::new(IAM_GROUP_TTL),
             ssh_slots: tokio::sync::Semaphore::new(settings.ssh_concurrency.max(1).into()),
             settings,
         }
@@ -514,6 +520,9 @@ pub async fn run(
     let watch_health = health.clone();
     let changes = watcher(api, watcher::Config::default().any_semantic())
         .default_backoff()
+        // The cache holds every object for the process's lifetime; the field managers' records
+        // are most of an object's metadata and nothing here reads them.
+        .modify(|obj| obj.managed_fields_mut().clear())
         .reflect(writer)
         // Readiness follows the watch: an error marks it down until events flow again.
         .inspect(move |event| watch_health.set_watch_alive(event.is_ok()))

@@ -227,43 +227,24 @@ pub(super) async fn check(
     let iam = &ctx.aws.iam;
 
     // Each entity is looked at first and made only when missing, so a pass over finished work
-    // writes nothing.
+    // writes nothing; a user this pass has just made has nothing yet, so its group, policy and
+    // key are made without looking.
     let group = group_name(&stack.id);
-    match iam.get_group().group_name(&group).max_items(1).send().await {
-        Ok(_) => {}
-        Err(e) => {
-            let failure = aws::classify(&e);
-            if failure.kind != Kind::NotFound {
-                return failure.outcome("iam:GetGroup");
-            }
-            match iam
-                .create_group()
-                .group_name(&group)
-                .path(IAM_PATH)
-                .send()
-                .await
-            {
-                Ok(_) => failpoint::after("iam:CreateGroup"),
-                Err(e) => {
-                    let failure = aws::classify(&e);
-                    if failure.kind != Kind::AlreadyExists {
-                        return failure.outcome("iam:CreateGroup");
-                    }
-                }
-            }
-        }
+    if let Err(outcome) = ensure_group(ctx, &group).await {
+        return outcome;
     }
 
-    let user = match find_or_create_user(ctx, obj, &uid, &stack.name, status).await {
-        Ok(user) => user,
+    let (user, made_now) = match find_or_create_user(ctx, obj, &uid, &stack.name, status).await {
+        Ok(found) => found,
         Err(outcome) => return outcome,
     };
     status.iam_user_name = Some(user.clone());
 
-    let member = match iam.list_groups_for_user().user_name(&user).send().await {
-        Ok(out) => out.groups().iter().any(|g| g.group_name() == group),
-        Err(e) => return aws::classify(&e).outcome("iam:ListGroupsForUser"),
-    };
+    let member = !made_now
+        && match iam.list_groups_for_user().user_name(&user).send().await {
+            Ok(out) => out.groups().iter().any(|g| g.group_name() == group),
+            Err(e) => return aws::classify(&e).outcome("iam:ListGroupsForUser"),
+        };
     if !member {
         if let Err(e) = iam
             .add_user_to_group()
@@ -272,15 +253,21 @@ pub(super) async fn check(
             .send()
             .await
         {
-            return aws::classify(&e).outcome("iam:AddUserToGroup");
+            let failure = aws::classify(&e);
+            if failure.kind == Kind::NotFound {
+                // The group went (the stack's last registration was deleted meanwhile): make it
+                // again on the next pass.
+                ctx.iam_groups.invalidate(&group);
+            }
+            return failure.outcome("iam:AddUserToGroup");
         }
         failpoint::after("iam:AddUserToGroup");
     }
-    let policy = match ensure_policy(ctx, &user, &stack.arn).await {
+    let policy = match ensure_policy(ctx, &user, &stack.arn, made_now).await {
         Ok(policy) => policy,
         Err(outcome) => return outcome,
     };
-    let key = match ensure_access_key(ctx, obj, &user).await {
+    let key = match ensure_access_key(ctx, obj, &user, made_now).await {
         Ok(key) => key,
         Err(outcome) => return outcome,
     };
@@ -293,8 +280,50 @@ pub(super) async fn check(
     Outcome::Done(Observation::holds(reasons::SUCCEEDED, message))
 }
 
+/// Makes the stack's IAM group unless it is known to exist: looked up (and made when missing)
+/// once per stack for a while, shared by the objects of the stack reconciled at once.
+async fn ensure_group(ctx: &Context, group: &str) -> Result<(), Outcome> {
+    let iam = &ctx.aws.iam;
+    ctx.iam_groups
+        .get_or_fetch(group, || async {
+            match iam.get_group().group_name(group).max_items(1).send().await {
+                Ok(_) => return Ok(()),
+                Err(e) => {
+                    let failure = aws::classify(&e);
+                    if failure.kind != Kind::NotFound {
+                        return Err(failure.outcome("iam:GetGroup"));
+                    }
+                }
+            }
+            match iam
+                .create_group()
+                .group_name(group)
+                .path(IAM_PATH)
+                .send()
+                .await
+            {
+                Ok(_) => {
+                    failpoint::after("iam:CreateGroup");
+                    Ok(())
+                }
+                Err(e) => {
+                    let failure = aws::classify(&e);
+                    if failure.kind == Kind::AlreadyExists {
+                        Ok(())
+                    } else {
+                        Err(failure.outcome("iam:CreateGroup"))
+                    }
+                }
+            }
+        })
+        .await
+}
+
 /// Records on status the IAM user this object made (tagged with its UID) and that user's access
-/// key, if there is one. Best effort: a failed look-up leaves status as it was.
+/// key, if there is one. Best effort: a failed look-up leaves status as it was. Names are taken
+/// in order, so the search stops at the first free one: this object's user, if any, took the
+/// first name free at the time. A host registered without this object (the usual case) costs
+/// one look-up, not one per candidate name.
 async fn record_own_user(
     ctx: &Context,
     obj: &InstanceRegistration,
@@ -305,16 +334,20 @@ async fn record_own_user(
         return;
     };
     for name in user_name_candidates(&stack.name, name_for_iam(obj)) {
-        if let Ok(Some(true)) = ownership(ctx, &name, &uid).await {
-            if let Ok(out) = ctx.aws.iam.list_access_keys().user_name(&name).send().await {
-                status.access_key_id = out
-                    .access_key_metadata()
-                    .first()
-                    .and_then(|k| k.access_key_id())
-                    .map(str::to_owned);
+        match ownership(ctx, &name, &uid).await {
+            Ok(Some(true)) => {
+                if let Ok(out) = ctx.aws.iam.list_access_keys().user_name(&name).send().await {
+                    status.access_key_id = out
+                        .access_key_metadata()
+                        .first()
+                        .and_then(|k| k.access_key_id())
+                        .map(str::to_owned);
+                }
+                status.iam_user_name = Some(name);
+                return;
             }
-            status.iam_user_name = Some(name);
-            return;
+            Ok(Some(false)) => continue,
+            Ok(None) | Err(_) => return,
         }
     }
 }
@@ -338,17 +371,19 @@ async fn ownership(ctx: &Context, name: &str, uid: &str) -> Result<Option<bool>,
 }
 
 /// This object's IAM user: the one on status if it is still ours, else the first candidate
-/// name that is ours or free (created then, with the owner tag).
+/// name that is free (created then, with the owner tag) or ours. A name is tried by creating
+/// the user and only looked at when it exists, so a fresh registration makes no look-up. Also
+/// says whether the user was made just now (and so has no group, policy or key yet).
 async fn find_or_create_user(
     ctx: &Context,
     obj: &InstanceRegistration,
     uid: &str,
     stack_name: &str,
     status: &InstanceRegistrationStatus,
-) -> Result<String, Outcome> {
+) -> Result<(String, bool), Outcome> {
     if let Some(recorded) = &status.iam_user_name {
         match ownership(ctx, recorded, uid).await {
-            Ok(Some(true)) => return Ok(recorded.clone()),
+            Ok(Some(true)) => return Ok((recorded.clone(), false)),
             Ok(_) => {}
             Err(f) => return Err(f.outcome("iam:ListUserTags")),
         }
@@ -356,12 +391,6 @@ async fn find_or_create_user(
     let candidates = user_name_candidates(stack_name, name_for_iam(obj));
     let object_tag = format!("{}/{}", obj.namespace().unwrap_or_default(), obj.name_any());
     for name in &candidates {
-        match ownership(ctx, name, uid).await {
-            Ok(Some(true)) => return Ok(name.clone()),
-            Ok(Some(false)) => continue,
-            Ok(None) => {}
-            Err(f) => return Err(f.outcome("iam:ListUserTags")),
-        }
         let created = ctx
             .aws
             .iam
@@ -387,16 +416,17 @@ async fn find_or_create_user(
         match created {
             Ok(_) => {
                 failpoint::after("iam:CreateUser");
-                return Ok(name.clone());
+                return Ok((name.clone(), true));
             }
             Err(e) => {
                 let failure = aws::classify(&e);
                 if failure.kind != Kind::AlreadyExists {
                     return Err(failure.outcome("iam:CreateUser"));
                 }
-                // Someone made it between our look and our create: ours only if tagged so.
+                // Made earlier (by this object, stopped before it wrote status, or by someone
+                // else): ours only if tagged so.
                 match ownership(ctx, name, uid).await {
-                    Ok(Some(true)) => return Ok(name.clone()),
+                    Ok(Some(true)) => return Ok((name.clone(), false)),
                     Ok(_) => continue,
                     Err(f) => return Err(f.outcome("iam:ListUserTags")),
                 }
@@ -415,36 +445,48 @@ async fn find_or_create_user(
 
 /// Lets `user` register on the stack: the managed policy if attached or attachable, else the
 /// inline policy, renewed when it is about to expire. Returns a description for the message.
-async fn ensure_policy(ctx: &Context, user: &str, stack_arn: &str) -> Result<String, Outcome> {
+/// A user `made_now` has no policy: nothing is looked up.
+async fn ensure_policy(
+    ctx: &Context,
+    user: &str,
+    stack_arn: &str,
+    made_now: bool,
+) -> Result<String, Outcome> {
     let iam = &ctx.aws.iam;
-    let attached = iam
-        .list_attached_user_policies()
-        .user_name(user)
-        .send()
-        .await
-        .map_err(|e| aws::classify(&e).outcome("iam:ListAttachedUserPolicies"))?;
-    if attached
-        .attached_policies()
-        .iter()
-        .any(|p| p.policy_arn() == Some(MANAGED_POLICY_ARN))
-    {
-        return Ok("managed policy AWSOpsWorksInstanceRegistration".into());
+    if !made_now {
+        let attached = iam
+            .list_attached_user_policies()
+            .user_name(user)
+            .send()
+            .await
+            .map_err(|e| aws::classify(&e).outcome("iam:ListAttachedUserPolicies"))?;
+        if attached
+            .attached_policies()
+            .iter()
+            .any(|p| p.policy_arn() == Some(MANAGED_POLICY_ARN))
+        {
+            return Ok("managed policy AWSOpsWorksInstanceRegistration".into());
+        }
     }
     let now = Timestamp::now();
-    let inline = match iam
-        .get_user_policy()
-        .user_name(user)
-        .policy_name(INLINE_POLICY_NAME)
-        .send()
-        .await
-    {
-        Ok(out) => Some(inline_policy_expiry(out.policy_document())),
-        Err(e) => {
-            let failure = aws::classify(&e);
-            if failure.kind != Kind::NotFound {
-                return Err(failure.outcome("iam:GetUserPolicy"));
+    let inline = if made_now {
+        None
+    } else {
+        match iam
+            .get_user_policy()
+            .user_name(user)
+            .policy_name(INLINE_POLICY_NAME)
+            .send()
+            .await
+        {
+            Ok(out) => Some(inline_policy_expiry(out.policy_document())),
+            Err(e) => {
+                let failure = aws::classify(&e);
+                if failure.kind != Kind::NotFound {
+                    return Err(failure.outcome("iam:GetUserPolicy"));
+                }
+                None
             }
-            None
         }
     };
     match inline {
@@ -510,40 +552,47 @@ pub async fn forget_secret(ctx: &Context, obj: &InstanceRegistration) -> Result<
 }
 
 /// The user's one access key, with its secret half from the credentials Secret; any key the
-/// Secret does not hold is deleted, and a new one made (and stored) when none is usable.
+/// Secret does not hold is deleted, and a new one made (and stored) when none is usable. A user
+/// `made_now` has no key: nothing is looked up.
 async fn ensure_access_key(
     ctx: &Context,
     obj: &InstanceRegistration,
     user: &str,
+    made_now: bool,
 ) -> Result<AccessKey, Outcome> {
     let iam = &ctx.aws.iam;
     let namespace = obj.namespace().unwrap_or_default();
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
     let secret_name = credentials_secret_name(obj);
-    let stored = secrets
-        .get_opt(&secret_name)
-        .await
-        .map_err(|e| kube_retry(&format!("reading Secret {secret_name:?}"), &e))?
-        .and_then(|s| {
-            let data = s.data?;
-            let id = String::from_utf8(data.get(KEY_ID)?.0.clone()).ok()?;
-            let secret = String::from_utf8(data.get(KEY_SECRET)?.0.clone()).ok()?;
-            (!id.is_empty() && !secret.is_empty()).then(|| AccessKey {
-                id,
-                secret: Sensitive::new(secret),
-            })
-        });
-    let listed = iam
-        .list_access_keys()
-        .user_name(user)
-        .send()
-        .await
-        .map_err(|e| aws::classify(&e).outcome("iam:ListAccessKeys"))?;
-    let in_iam: Vec<String> = listed
-        .access_key_metadata()
-        .iter()
-        .filter_map(|k| k.access_key_id().map(str::to_owned))
-        .collect();
+    let (stored, in_iam) = if made_now {
+        (None, Vec::new())
+    } else {
+        let stored = secrets
+            .get_opt(&secret_name)
+            .await
+            .map_err(|e| kube_retry(&format!("reading Secret {secret_name:?}"), &e))?
+            .and_then(|s| {
+                let data = s.data?;
+                let id = String::from_utf8(data.get(KEY_ID)?.0.clone()).ok()?;
+                let secret = String::from_utf8(data.get(KEY_SECRET)?.0.clone()).ok()?;
+                (!id.is_empty() && !secret.is_empty()).then(|| AccessKey {
+                    id,
+                    secret: Sensitive::new(secret),
+                })
+            });
+        let listed = iam
+            .list_access_keys()
+            .user_name(user)
+            .send()
+            .await
+            .map_err(|e| aws::classify(&e).outcome("iam:ListAccessKeys"))?;
+        let in_iam: Vec<String> = listed
+            .access_key_metadata()
+            .iter()
+            .filter_map(|k| k.access_key_id().map(str::to_owned))
+            .collect();
+        (stored, in_iam)
+    };
     let keep = stored.filter(|s| in_iam.contains(&s.id));
     for id in in_iam
         .iter()
@@ -733,6 +782,7 @@ pub async fn cleanup_iam(
     let group = group_name(&obj.spec.stack_id);
     match iam.get_group().group_name(&group).send().await {
         Ok(out) if out.users().is_empty() => {
+            ctx.iam_groups.invalidate(&group);
             if let Err(e) = iam.delete_group().group_name(&group).send().await {
                 let failure = aws::classify(&e);
                 // DeleteConflict: someone joined it meanwhile; it stays.

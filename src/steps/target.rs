@@ -8,13 +8,17 @@
 //! stack is searched for the host's existing registration (adopted rather than redone), and a
 //! hostname override is checked against the stack's other instances.
 
+use std::time::Duration;
+
 use aws_sdk_ec2::types::{Filter, InstanceStateName};
 
 use super::{Facts, OpsWorksInstance, Outcome, TargetFacts};
 use crate::aws;
 use crate::conditions::{Observation, reasons};
 use crate::controller::Context;
-use crate::resource::{InfrastructureClass, InstanceRegistration, InstanceRegistrationStatus};
+use crate::resource::{
+    InfrastructureClass, InstanceRegistration, InstanceRegistrationStatus, Phase,
+};
 
 /// How an `ec2` target names its instance.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -49,6 +53,8 @@ pub fn target_kind(target: &str) -> TargetKind {
     }
 }
 
+/// How old a stack's instance list may be when it verifies a registration that is done.
+const SETTLED_INSTANCES_MAX_AGE: Duration = Duration::from_secs(30);
 /// OpsWorks statuses of an instance that is no longer (or never was) a working registration.
 const GONE_STATUSES: &[&str] = &["deregistering", "terminated"];
 
@@ -70,9 +76,12 @@ pub(super) async fn check(
             ec2_instance_id: None,
             address: spec.target.clone(),
         },
-        InfrastructureClass::Ec2 => match resolve_ec2(ctx, &stack, &spec.target).await {
-            Ok(t) => t,
-            Err(outcome) => return outcome,
+        InfrastructureClass::Ec2 => match resolved_before(obj, status) {
+            Some(t) => t,
+            None => match resolve_ec2(ctx, &stack, &spec.target).await {
+                Ok(t) => t,
+                Err(outcome) => return outcome,
+            },
         },
     };
     if let Some(holder) = holder_of_the_same_host(obj, &resolved, &ctx.store.state()) {
@@ -92,17 +101,27 @@ pub(super) async fn check(
         .unwrap_or_else(|| resolved.address.clone());
 
     // Is the host registered already? Look for it in the stack.
-    let instances = match stack_instances(ctx, spec.region.as_deref(), &stack.id).await {
+    // A registration that is done is verified against a list that may be a little older, so
+    // that a restart's pass over thousands of objects shares one look-up per stack.
+    let max_age = if status.phase == Some(Phase::Registered) {
+        SETTLED_INSTANCES_MAX_AGE
+    } else {
+        ctx.instances.ttl()
+    };
+    let instances = match stack_instances(ctx, spec.region.as_deref(), &stack.id, max_age).await {
         Ok(instances) => instances,
         Err(outcome) => return outcome,
     };
     let existing = find_existing(obj, status, &resolved, &instances).cloned();
 
-    let mut message = match &resolved.ec2_instance_id {
-        Some(id) => format!("EC2 instance {id} at {}", resolved.address),
-        None => format!("on-premises host {}", resolved.address),
+    // The EC2 instance's own address is left out when the SSH address overrides it, so the
+    // message is the same whether the instance was looked up or taken from status.
+    let mut message = match (&resolved.ec2_instance_id, &spec.ssh.address) {
+        (Some(id), Some(_)) => format!("EC2 instance {id}"),
+        (Some(id), None) => format!("EC2 instance {id} at {}", resolved.address),
+        (None, _) => format!("on-premises host {}", resolved.address),
     };
-    if connect_to != resolved.address {
+    if connect_to != resolved.address || spec.ssh.address.is_some() {
         message += &format!(", connecting through {connect_to}");
     }
     let reason = match &existing {
@@ -211,9 +230,10 @@ async fn stack_instances(
     ctx: &Context,
     region: Option<&str>,
     stack_id: &str,
+    max_age: Duration,
 ) -> Result<std::sync::Arc<Vec<OpsWorksInstance>>, Outcome> {
     ctx.instances
-        .get_or_fetch(&stack_key(region, stack_id), || async {
+        .get_or_fetch_within(&stack_key(region, stack_id), max_age, || async {
             match ctx
                 .aws
                 .opsworks(region)
@@ -298,6 +318,24 @@ fn find_existing<'a>(
             && (ours.is_empty()
                 || theirs.is_empty()
                 || ours.iter().any(|a| theirs.iter().any(|t| t == a)))
+    })
+}
+
+/// The EC2 instance and address this object resolved before, when they can be trusted without
+/// asking EC2 again: the agent was installed on that instance for the current spec. Whatever
+/// leads to another install (the instance gone from the stack, a registration timeout, a spec
+/// change) clears that, and the target is looked up again before it.
+fn resolved_before(
+    obj: &InstanceRegistration,
+    status: &InstanceRegistrationStatus,
+) -> Option<TargetFacts> {
+    if status.agent_installed_at.is_none() || status.observed_generation != obj.metadata.generation
+    {
+        return None;
+    }
+    Some(TargetFacts {
+        ec2_instance_id: Some(status.ec2_instance_id.clone()?),
+        address: status.address.clone()?,
     })
 }
 
