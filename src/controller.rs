@@ -538,9 +538,12 @@ pub async fn run(
     let controller = Controller::for_stream(changes, store.clone());
     // A Secret that appears or changes re-runs the objects that name it, so fixing a missing or
     // wrong key takes effect at once rather than at the next backoff. Metadata only: the
-    // controller never holds every Secret's content.
-    let secret_changes =
-        watcher::watcher(secrets, watcher::Config::default().any_semantic()).touched_objects();
+    // controller never holds every Secret's content. With backoff, as the main watch: a watcher
+    // retries a failed request at once, so while the API server is away (restarting, say) it
+    // would spin on connection errors and flood the log with them.
+    let secret_changes = watcher::watcher(secrets, watcher::Config::default().any_semantic())
+        .default_backoff()
+        .touched_objects();
     controller
         .watches_stream(secret_changes, move |secret| {
             let namespace = secret.namespace();
