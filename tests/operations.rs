@@ -12,22 +12,12 @@ use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::Api;
 use support::ssh_hosts::SshHost;
 use support::{
-    AwsEnv, ControlPlane, ControllerProcess, apply, condition, eventually, namespace, on_premises,
-    serving_stand_in, ssh_key_secret, ssh_via, wait_reason,
+    AwsEnv, ControlPlane, ControllerProcess, apply, condition, eventually, http_get as get,
+    namespace, on_premises, serving_stand_in, ssh_key_secret, ssh_via, wait_reason,
 };
 
 fn aws() -> &'static AwsEnv {
     serving_stand_in(AwsEnv::shared(), Duration::from_secs(1))
-}
-
-fn get(url: &str) -> (u16, String) {
-    let out = std::process::Command::new("curl")
-        .args(["-s", "-o", "-", "-w", "\n%{http_code}", url])
-        .output()
-        .expect("curl");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
-    (code.trim().parse().unwrap_or(0), body.to_owned())
 }
 
 #[tokio::test]

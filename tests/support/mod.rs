@@ -19,7 +19,7 @@ use futures::StreamExt;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::api::{Api, ObjectMeta, PostParams};
-use kube::runtime::watcher;
+use kube::runtime::{WatchStreamExt, watcher};
 use opsworks_endpoint::AgentInstaller;
 use opsworks_endpoint::standin::StandIn;
 
@@ -112,7 +112,8 @@ pub async fn collect_secret_access_keys(
     let sink = seen.clone();
     tokio::spawn(async move {
         let mut ready = Some(ready_tx);
-        let mut events = std::pin::pin!(watcher(api, watcher::Config::default()));
+        // With backoff: while the API server is away, it retries at a calm pace, not in a loop.
+        let mut events = std::pin::pin!(watcher(api, watcher::Config::default()).default_backoff());
         while let Some(event) = events.next().await {
             match event {
                 Ok(watcher::Event::Apply(s) | watcher::Event::InitApply(s)) => {
@@ -325,6 +326,18 @@ impl ControllerProcess {
         }
     }
 
+    /// Its process ID, while it has not been reaped.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Whether the process is still running (has not exited, nor been killed).
+    pub fn running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
     /// Everything it logged so far.
     pub fn logs(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
@@ -338,6 +351,17 @@ impl Drop for ControllerProcess {
             let _ = child.wait();
         }
     }
+}
+
+/// GETs `url` with curl; returns (status code, body), or code 0 when nothing answered.
+pub fn http_get(url: &str) -> (u16, String) {
+    let out = Command::new("curl")
+        .args(["-s", "-o", "-", "-w", "\n%{http_code}", url])
+        .output()
+        .expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.trim().parse().unwrap_or(0), body.to_owned())
 }
 
 /// `text` without terminal colour sequences (`ESC [ ... m`).
