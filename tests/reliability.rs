@@ -4,8 +4,9 @@
 //!
 //! 1. crashes: many objects registering at once while the controller is killed with SIGKILL at
 //!    seeded random moments and restarted;
-//! 2. faults: throttling, 5xx and latency spikes on IAM, EC2 and OpsWorks, and SSH hosts that
-//!    refuse connections for a while;
+//! 2. faults: throttling, 5xx and latency spikes on IAM, EC2 and OpsWorks, SSH hosts that refuse
+//!    connections for a while, and kube-apiserver killed and started again mid-run (on a control
+//!    plane of the test's own);
 //! 3. hostile and broken input: a corpus of bad spec fields and Secret contents, each refused by
 //!    the API server naming the field, or reported on status with a stable reason;
 //! 4. secrets: every test scans everything the controller wrote (every log line of every
@@ -20,7 +21,7 @@
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use instance_registrar::conditions::{reasons, types};
@@ -31,8 +32,9 @@ use opsworks_endpoint::Faults;
 use serde_json::{Value, json};
 use support::ssh_hosts::{self, SshHost};
 use support::{
-    AwsEnv, ControlPlane, ControllerProcess, collect_secret_access_keys, condition,
-    key_material_lines, namespace, on_premises, secret, serving_stand_in, ssh_keypair, ssh_via,
+    AwsEnv, ControlPlane, ControllerProcess, collect_secret_access_keys, condition, eventually,
+    http_get, key_material_lines, namespace, on_premises, secret, serving_stand_in, ssh_keypair,
+    ssh_via,
 };
 
 /// Objects (and SSH hosts) registering at once in the crash test (the issue asks for 30; 12 keep
@@ -50,6 +52,10 @@ const CRASH_SEED: u64 = 0x5eed_0001;
 const FAULT_OBJECTS: usize = 8;
 /// Of those, hosts that refuse connections at first and come back later.
 const FAULT_DOWN_HOSTS: usize = 3;
+/// Objects (and hosts) of the faults test applied only after its kube-apiserver is back.
+const FAULT_LATE_OBJECTS: usize = 2;
+/// How long the faults test keeps its kube-apiserver down (after a SIGKILL) mid-run.
+const APISERVER_DOWN: Duration = Duration::from_secs(3);
 /// Seed of the injected faults.
 const FAULT_SEED: u64 = 2026;
 /// Pairs of objects naming one host, created in one apply, in the isolation test.
@@ -75,6 +81,16 @@ fn crash_aws() -> &'static AwsEnv {
 /// The faults test's AWS: IAM and EC2 behind the fault-injecting proxy.
 fn faulty_aws() -> &'static AwsEnv {
     serving_stand_in(AwsEnv::faulty(), INSTALLER_RUN_TIME)
+}
+
+/// The faults test's own control plane: it restarts kube-apiserver, which the tests sharing
+/// [`ControlPlane::shared`] (running meanwhile) must not see.
+fn faults_control_plane() -> &'static ControlPlane {
+    static CP: OnceLock<ControlPlane> = OnceLock::new();
+    CP.get_or_init(|| {
+        ControlPlane::private("faults")
+            .unwrap_or_else(|e| panic!("starting the faults test's control plane: {e}"))
+    })
 }
 
 /// The AWS of the hostile-input and isolation tests.
@@ -119,8 +135,18 @@ struct Env {
 }
 
 impl Env {
+    /// A world on the control plane the tests share.
     async fn new(aws: &'static AwsEnv, prefix: &str, controller_args: &[&str]) -> Env {
-        let cp = ControlPlane::shared();
+        Env::new_on(ControlPlane::shared(), aws, prefix, controller_args).await
+    }
+
+    /// A world on control plane `cp`.
+    async fn new_on(
+        cp: &'static ControlPlane,
+        aws: &'static AwsEnv,
+        prefix: &str,
+        controller_args: &[&str],
+    ) -> Env {
         let client = cp.client().await;
         let ns = namespace(&client, prefix).await;
         let (private_key, public_key) = ssh_keypair("ed25519", "");
@@ -643,11 +669,12 @@ async fn crashes_killed_at_random_moments_many_times_register_each_host_once_and
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn faults_throttling_errors_latency_and_hosts_down_end_as_without_faults() {
     let started = Instant::now();
-    let env = Env::new(faulty_aws(), "rel-faults", &[]).await;
-    let mut hosts: Vec<SshHost> = (0..FAULT_OBJECTS)
+    let mut env = Env::new_on(faults_control_plane(), faulty_aws(), "rel-faults", &[]).await;
+    let mut hosts: Vec<SshHost> = (0..FAULT_OBJECTS + FAULT_LATE_OBJECTS)
         .map(|i| env.host(&format!("f{i}")))
         .collect();
-    let (names, yaml) = batch(&env, "fault", &hosts);
+    let (mut names, yaml) = batch(&env, "fault", &hosts[..FAULT_OBJECTS]);
+    let (late_names, late_yaml) = batch(&env, "late", &hosts[FAULT_OBJECTS..]);
     for host in hosts.iter_mut().take(FAULT_DOWN_HOSTS) {
         host.stop();
     }
@@ -674,12 +701,47 @@ async fn faults_throttling_errors_latency_and_hosts_down_end_as_without_faults()
     for host in hosts.iter_mut().take(FAULT_DOWN_HOSTS) {
         host.restart();
     }
+
+    // kube-apiserver crashes while they register, and comes back (same port, certificates and
+    // etcd). The controller process is not restarted: its watches must recover on their own,
+    // which the objects applied only afterwards prove (nothing else would bring them to it).
+    let controller_pid = env.controllers[0].pid();
+    let ready_at_kill = env.objects().await.iter().filter(|o| ready(o)).count();
+    let killed_at = started.elapsed();
+    let cp = env.cp;
+    let outage = tokio::task::spawn_blocking(move || cp.restart_apiserver(APISERVER_DOWN))
+        .await
+        .unwrap()
+        .unwrap_or_else(|e| panic!("restarting kube-apiserver: {e}"));
+    println!(
+        "faults: kube-apiserver SIGKILLed at {:.1} s ({ready_at_kill} of {FAULT_OBJECTS} Ready), \
+         unreachable for {:.1} s",
+        killed_at.as_secs_f64(),
+        outage.as_secs_f64()
+    );
+    let late_applied = Instant::now();
+    env.apply(&late_yaml);
+    names.extend(late_names.iter().cloned());
     let objects = env
         .wait_all(&names, "Ready", |o| {
             has(o, types::READY, reasons::SUCCEEDED)
         })
         .await;
     let to_ready = started.elapsed();
+    let late_to_ready = late_applied.elapsed();
+    let same_process = env.controllers[0].running() && env.controllers[0].pid() == controller_pid;
+    assert!(
+        same_process,
+        "the controller process did not live through the kube-apiserver restart:\n{}",
+        env.log_tail(60)
+    );
+    let probes = env.controllers[0].http_address("/readyz");
+    eventually(
+        Duration::from_secs(30),
+        "the controller's /readyz to answer 200 after the kube-apiserver restart",
+        || async { (http_get(&format!("http://{probes}/readyz")).0 == 200).then_some(()) },
+    )
+    .await;
     let up = env.aws.call_summary();
     let (users, keys) = assert_registered_once(&env, &objects, &hosts).await;
     let (hits_before_delete, access_keys) = env.secret_hits(&[]);
@@ -694,14 +756,29 @@ async fn faults_throttling_errors_latency_and_hosts_down_end_as_without_faults()
     let leftovers = env.leftovers(&uids, &names).await;
     let (hits_after, _) = env.secret_hits(&[]);
     let total = all.total();
+    let controller_processes = env.controllers.len();
+    let still_running = env.controllers[0].running();
 
-    println!("faults: {FAULT_OBJECTS} objects, {FAULT_DOWN_HOSTS} hosts down at first; {faults:?}");
+    println!(
+        "faults: {FAULT_OBJECTS} objects + {FAULT_LATE_OBJECTS} applied after the kube-apiserver \
+         restart, {FAULT_DOWN_HOSTS} hosts down at first; {faults:?}"
+    );
     println!(
         "  down hosts reported HostUnreachable by {:.1} s, then restarted; all Ready after {:.1} s; \
          deleted in {:.1} s",
         down_for.as_secs_f64(),
         to_ready.as_secs_f64(),
         to_deleted.as_secs_f64()
+    );
+    println!(
+        "  kube-apiserver SIGKILLed at {:.1} s with {ready_at_kill} of {FAULT_OBJECTS} Ready, kept \
+         down {APISERVER_DOWN:?}, unreachable {:.1} s; all Ready {:.1} s after the \
+         {FAULT_LATE_OBJECTS} objects applied afterwards; controller processes: \
+         {controller_processes} (pid {}, running {still_running})",
+        killed_at.as_secs_f64(),
+        outage.as_secs_f64(),
+        late_to_ready.as_secs_f64(),
+        controller_pid.unwrap_or_default()
     );
     println!("  calls until all Ready:\n{up}");
     println!("  calls with deletion:\n{all}");
@@ -715,16 +792,20 @@ async fn faults_throttling_errors_latency_and_hosts_down_end_as_without_faults()
     );
     let summary = Summary {
         test: "2 faults",
-        objects: FAULT_OBJECTS,
+        objects: names.len(),
         faults: format!(
-            "{} of {} AWS calls ({} throttled, {} 500, {} 503), {} latency spikes, {} hosts down",
+            "{} of {} AWS calls ({} throttled, {} 500, {} 503), {} latency spikes, {} hosts down, \
+             kube-apiserver SIGKILLed mid-run (unreachable {:.1} s; same controller process, \
+             {} objects applied after it)",
             total.injected(),
             total.calls,
             total.throttling,
             total.internal_failure,
             total.service_unavailable,
             total.latency_spikes,
-            FAULT_DOWN_HOSTS
+            FAULT_DOWN_HOSTS,
+            outage.as_secs_f64(),
+            FAULT_LATE_OBJECTS
         ),
         secret_hits: hits_before_delete + hits_after,
         panics: env.panics(),
@@ -734,6 +815,15 @@ async fn faults_throttling_errors_latency_and_hosts_down_end_as_without_faults()
     };
     summary.print();
     assert!(total.throttling > 0 && total.internal_failure + total.service_unavailable > 0);
+    assert_eq!(
+        controller_processes, 1,
+        "a second controller process was started"
+    );
+    assert!(
+        still_running,
+        "the controller exited:\n{}",
+        env.log_tail(60)
+    );
     assert_eq!(leftovers, Vec::<String>::new());
     assert_eq!(summary.secret_hits, 0);
     assert_eq!(summary.panics, 0);
