@@ -1,10 +1,11 @@
 //! Leader election on a `coordination.k8s.io/v1` Lease, so that of several replicas only one
 //! acts. A replica takes the lease when it is free or expired (its holder did not renew it within
-//! its duration), renews it well within that duration, and stops the process when it cannot
-//! (fail-stop: a replica that is not sure it leads must not act). Every write is conditional on
+//! its duration), renews it every fifth of that duration, retries a failed renewal until two
+//! thirds of it have passed, and then stops the process (fail-stop: a replica that is not sure
+//! it leads must not act). Every write is conditional on
 //! the resourceVersion read, so two replicas never both believe they took the lease.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
@@ -27,13 +28,17 @@ pub struct Election {
 }
 
 impl Election {
-    /// How often the leader renews: a third of the lease duration.
-    fn renew_every(&self) -> Duration {
-        self.lease_duration / 3
-    }
-    /// How often a standby tries to take the lease.
+    /// How often the leader renews, and a standby tries to take the lease: a fifth of the lease
+    /// duration (3 s of 15 s).
     fn retry_every(&self) -> Duration {
         (self.lease_duration / 5).max(Duration::from_millis(200))
+    }
+    /// How long after its last renewal the leader keeps trying before it gives up: two thirds
+    /// of the lease duration (10 s of 15 s), so it has stopped well before a standby may take
+    /// over, and an API server that is away for a few seconds (a restart, an upgrade) costs no
+    /// leader.
+    fn renew_deadline(&self) -> Duration {
+        self.lease_duration * 2 / 3
     }
 }
 
@@ -68,29 +73,36 @@ pub async fn acquire(client: Client, election: Election) -> Held {
 }
 
 impl Held {
-    /// Renews the lease until it cannot be renewed within its duration; then returns (the
-    /// caller must stop acting at once).
+    /// Renews the lease until it cannot be renewed within the renew deadline; then returns (the
+    /// caller must stop acting at once). A failed renewal is retried until that deadline, and no
+    /// attempt may outlast it: a request that hangs is a failed renewal.
     pub async fn keep(&self) -> String {
-        let mut last_renewed = std::time::Instant::now();
+        let mut last_renewed = Instant::now();
         loop {
-            tokio::time::sleep(self.election.renew_every()).await;
-            match try_take(&self.api, &self.election).await {
-                Ok(true) => {
-                    debug!(lease = %self.election.name, "renewed the leader lease");
-                    last_renewed = std::time::Instant::now();
-                }
-                Ok(false) => return "another replica took the lease".into(),
-                Err(error) => {
-                    warn!(lease = %self.election.name, %error, "could not renew the leader lease");
-                    // Stop before the lease can expire for the others: a renewal that is not
-                    // through by then is a lost lease.
-                    if last_renewed.elapsed() + self.election.renew_every()
-                        >= self.election.lease_duration
-                    {
-                        return format!("could not renew the lease in time: {error}");
+            tokio::time::sleep(self.election.retry_every()).await;
+            let deadline = last_renewed + self.election.renew_deadline();
+            let attempt = Instant::now();
+            let problem =
+                match tokio::time::timeout_at(deadline.into(), try_take(&self.api, &self.election))
+                    .await
+                {
+                    Ok(Ok(true)) => {
+                        debug!(lease = %self.election.name, "renewed the leader lease");
+                        // The lease runs from the renewTime written, taken before the request.
+                        last_renewed = attempt;
+                        continue;
                     }
-                }
+                    Ok(Ok(false)) => return "another replica took the lease".into(),
+                    Ok(Err(error)) => error.to_string(),
+                    Err(_) => "the renewal did not finish in time".to_owned(),
+                };
+            if Instant::now() >= deadline {
+                return format!(
+                    "could not renew the lease within {:?}: {problem}",
+                    self.election.renew_deadline()
+                );
             }
+            warn!(lease = %self.election.name, error = %problem, "could not renew the leader lease; retrying");
         }
     }
 

@@ -1,9 +1,10 @@
 //! Running the controller as a platform team does: its metrics and probes, and several replicas
 //! with leader election (only the lease holder acts; a standby takes over when it dies; a leader
-//! that loses its lease stops).
+//! that loses its lease stops; a leader keeps its lease through a kube-apiserver restart).
 
 mod support;
 
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use instance_registrar::conditions::{reasons, types};
@@ -206,4 +207,110 @@ async fn only_the_leader_acts_and_a_standby_takes_over_when_it_dies() {
     let code = survivor.wait_exit(Duration::from_secs(15));
     assert_eq!(code, Some(1), "{}", survivor.logs());
     assert!(survivor.logs().contains("lost the leader lease"));
+}
+
+/// The Lease's holder, its transitions and when it was last renewed.
+async fn lease_state(
+    client: &kube::Client,
+    ns: &str,
+) -> Option<(String, i32, k8s_openapi::jiff::Timestamp)> {
+    let leases: Api<Lease> = Api::namespaced(client.clone(), ns);
+    let spec = leases.get_opt("instance-registrar").await.ok()??.spec?;
+    Some((
+        spec.holder_identity?,
+        spec.lease_transitions.unwrap_or(0),
+        spec.renew_time?.0,
+    ))
+}
+
+/// The outage test's own control plane: it restarts kube-apiserver, which the tests sharing
+/// [`ControlPlane::shared`] (running meanwhile) must not see.
+fn outage_control_plane() -> &'static ControlPlane {
+    static CP: OnceLock<ControlPlane> = OnceLock::new();
+    CP.get_or_init(|| {
+        ControlPlane::private("leader-outage")
+            .unwrap_or_else(|e| panic!("starting the outage test's control plane: {e}"))
+    })
+}
+
+#[tokio::test]
+async fn a_leader_keeps_its_lease_through_a_kube_apiserver_restart() {
+    let cp = outage_control_plane();
+    let aws = aws();
+    let client = cp.client().await;
+    let ns = namespace(&client, "outage").await;
+    let api: Api<InstanceRegistration> = Api::namespaced(client.clone(), &ns);
+    let (_, public) = ssh_key_secret(&client, &ns, "key").await;
+    let stack = aws.create_stack(&ns, None).await;
+    // The default lease (15 s): renewed every 3 s, given up 10 s after the last renewal.
+    let mut leader = ControllerProcess::start(
+        cp,
+        aws,
+        &ns,
+        &[
+            "--leader-election",
+            "--leader-election-namespace",
+            ns.as_str(),
+            "--instance",
+            "one",
+        ],
+    );
+    let (_, transitions, _) = eventually(Duration::from_secs(20), "the lease", || async {
+        lease_state(&client, &ns)
+            .await
+            .filter(|(holder, _, _)| holder == "one")
+    })
+    .await;
+
+    let outage = tokio::task::spawn_blocking(|| cp.restart_apiserver(Duration::from_secs(3)))
+        .await
+        .unwrap()
+        .unwrap_or_else(|e| panic!("restarting kube-apiserver: {e}"));
+    let back = k8s_openapi::jiff::Timestamp::now();
+    let (holder, transitions_after, _) = eventually(
+        Duration::from_secs(20),
+        "a renewal after the restart",
+        || async {
+            lease_state(&client, &ns)
+                .await
+                .filter(|(_, _, renewed)| *renewed > back)
+        },
+    )
+    .await;
+    println!(
+        "kube-apiserver unreachable for {:.1}s; the leader renewed afterwards",
+        outage.as_secs_f64()
+    );
+    assert!(
+        leader.running(),
+        "the leader exited during a {outage:?} outage:\n{}",
+        leader.logs()
+    );
+    assert_eq!((holder.as_str(), transitions_after), ("one", transitions));
+    // A renewal fell into the outage (one every 3 s) and was retried, not given up on.
+    assert!(
+        leader
+            .logs()
+            .contains("could not renew the leader lease; retrying"),
+        "{}",
+        leader.logs()
+    );
+
+    // And it still acts.
+    let host = SshHost::start(&format!("{ns}-a"));
+    host.authorize(&public);
+    apply(
+        cp,
+        &(on_premises(
+            &ns,
+            "a",
+            &stack,
+            &host.address().to_string(),
+            "a-1",
+            "key",
+            "",
+        ) + &ssh_via(&host)),
+    );
+    wait_reason(&api, "a", types::READY, reasons::SUCCEEDED).await;
+    assert!(leader.running());
 }
