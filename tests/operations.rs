@@ -66,6 +66,34 @@ async fn metrics_and_probes_report_what_the_controller_does() {
     }
 }
 
+/// Starts a host that accepts `public`, applies on-premises object `name` in `api`'s namespace
+/// for it (hostname `<name>-1`, key Secret `key`) and waits until the object is Ready.
+async fn register_host(
+    cp: &ControlPlane,
+    api: &Api<InstanceRegistration>,
+    stack: &str,
+    public: &str,
+    name: &str,
+) -> SshHost {
+    let ns = api.namespace().expect("a namespaced Api");
+    let host = SshHost::start(&format!("{ns}-{name}"));
+    host.authorize(public);
+    apply(
+        cp,
+        &(on_premises(
+            ns,
+            name,
+            stack,
+            &host.address().to_string(),
+            &format!("{name}-1"),
+            "key",
+            "",
+        ) + &ssh_via(&host)),
+    );
+    wait_reason(api, name, types::READY, reasons::SUCCEEDED).await;
+    host
+}
+
 /// The Lease's holder, if any.
 async fn holder(client: &kube::Client, ns: &str) -> Option<String> {
     let leases: Api<Lease> = Api::namespaced(client.clone(), ns);
@@ -105,21 +133,7 @@ async fn only_the_leader_acts_and_a_standby_takes_over_when_it_dies() {
     })
     .await;
 
-    let first = SshHost::start(&format!("{ns}-a"));
-    first.authorize(&public);
-    apply(
-        cp,
-        &(on_premises(
-            &ns,
-            "a",
-            &stack,
-            &first.address().to_string(),
-            "a-1",
-            "key",
-            "",
-        ) + &ssh_via(&first)),
-    );
-    wait_reason(&api, "a", types::READY, reasons::SUCCEEDED).await;
+    let first = register_host(cp, &api, &stack, &public, "a").await;
     let (leading, standby) = if leader == "one" {
         (&mut one, &mut two)
     } else {
@@ -148,21 +162,7 @@ async fn only_the_leader_acts_and_a_standby_takes_over_when_it_dies() {
     println!("handover to {new_leader} after {handover:?} (lease {lease_seconds}s)");
     assert!(handover < Duration::from_secs(4 + 6), "{handover:?}");
 
-    let second = SshHost::start(&format!("{ns}-b"));
-    second.authorize(&public);
-    apply(
-        cp,
-        &(on_premises(
-            &ns,
-            "b",
-            &stack,
-            &second.address().to_string(),
-            "b-1",
-            "key",
-            "",
-        ) + &ssh_via(&second)),
-    );
-    wait_reason(&api, "b", types::READY, reasons::SUCCEEDED).await;
+    let second = register_host(cp, &api, &stack, &public, "b").await;
     let obj = api.get("a").await.unwrap();
     assert_eq!(condition(&obj, types::READY).unwrap().0, "True");
     // The new leader installed b: its metrics say so.
@@ -297,20 +297,6 @@ async fn a_leader_keeps_its_lease_through_a_kube_apiserver_restart() {
     );
 
     // And it still acts.
-    let host = SshHost::start(&format!("{ns}-a"));
-    host.authorize(&public);
-    apply(
-        cp,
-        &(on_premises(
-            &ns,
-            "a",
-            &stack,
-            &host.address().to_string(),
-            "a-1",
-            "key",
-            "",
-        ) + &ssh_via(&host)),
-    );
-    wait_reason(&api, "a", types::READY, reasons::SUCCEEDED).await;
+    register_host(cp, &api, &stack, &public, "a").await;
     assert!(leader.running());
 }
