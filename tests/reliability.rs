@@ -485,14 +485,14 @@ struct Summary {
     wall: Duration,
 }
 
+/// The rows of the tests finished so far in this process.
+static SUMMARY_ROWS: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
 impl Summary {
+    /// Adds this test's row to the summary and prints the table of every test finished so far:
+    /// the last one printed (at the end of `--nocapture` output) is the whole suite's.
     fn print(&self) {
-        println!();
-        println!(
-            "| test | objects | kills | faults injected | bad inputs tried (how refused) | secret hits | panics | leftovers | wall time |"
-        );
-        println!("|---|---|---|---|---|---|---|---|---|");
-        println!(
+        let row = format!(
             "| {} | {} | {} | {} | {} | {} | {} | {} | {:.0} s |",
             self.test,
             self.objects,
@@ -512,7 +512,16 @@ impl Summary {
             self.leftovers,
             self.wall.as_secs_f64()
         );
-        println!();
+        let mut rows = SUMMARY_ROWS.lock().unwrap_or_else(|e| e.into_inner());
+        rows.push(row);
+        rows.sort();
+        println!(
+            "\nreliability summary ({} test(s) finished so far):\n\
+             | test | objects | kills | faults injected | bad inputs tried (how refused) | secret hits | panics | leftovers | wall time |\n\
+             |---|---|---|---|---|---|---|---|---|\n{}\n",
+            rows.len(),
+            rows.join("\n")
+        );
     }
 }
 
