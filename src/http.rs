@@ -3,8 +3,9 @@
 //! this replica waits as a standby under leader election) on the probe address.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use http_body_util::Full;
 use hyper::body::Bytes;
@@ -28,26 +29,56 @@ pub enum Leadership {
     Leader,
 }
 
+/// How long after the last watch error an established watch counts as alive again even though
+/// no event came (a watch resumed on an idle set of objects says nothing). Longer than the
+/// watcher's longest retry cycle (30 s connect timeout, then at most 30 s of backoff), so a watch
+/// that still fails keeps reporting errors within it. (A request that hangs without failing is
+/// not caught here; the watcher's own idle timeout ends it.)
+const WATCH_QUIET_AFTER_ERROR: Duration = Duration::from_secs(90);
+
 /// What the probes report.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct Health {
-    watch_alive: AtomicBool,
+    watch: Mutex<WatchState>,
     leadership: AtomicU8,
 }
 
-impl Default for Health {
-    fn default() -> Self {
-        Self {
-            watch_alive: AtomicBool::new(false),
-            leadership: AtomicU8::new(0),
-        }
+/// What the watch on InstanceRegistrations last said.
+#[derive(Debug, Default)]
+struct WatchState {
+    /// It delivered everything at least once (the cache is filled).
+    synced: bool,
+    /// Its last item was an event, not an error.
+    alive: bool,
+    /// When it last failed.
+    last_error: Option<Instant>,
+}
+
+impl WatchState {
+    fn alive_at(&self, now: Instant) -> bool {
+        self.alive
+            || (self.synced
+                && self
+                    .last_error
+                    .is_some_and(|at| now.saturating_duration_since(at) > WATCH_QUIET_AFTER_ERROR))
     }
 }
 
 impl Health {
-    /// Records whether the watch on InstanceRegistrations is established and answering.
+    /// Records what the watch on InstanceRegistrations delivered: an event (`true`) or an
+    /// error (`false`).
     pub fn set_watch_alive(&self, alive: bool) {
-        self.watch_alive.store(alive, Ordering::Relaxed);
+        self.set_watch_alive_at(alive, Instant::now());
+    }
+
+    fn set_watch_alive_at(&self, alive: bool, now: Instant) {
+        let mut watch = self.watch.lock().unwrap_or_else(|e| e.into_inner());
+        watch.alive = alive;
+        if alive {
+            watch.synced = true;
+        } else {
+            watch.last_error = Some(now);
+        }
     }
 
     /// Records this replica's leadership.
@@ -71,9 +102,18 @@ impl Health {
 
     /// Readiness and what to say about it. A standby is ready (it is healthy, and a rolling
     /// update must be able to proceed while another replica leads); an acting replica is ready
-    /// only while its watch is alive.
+    /// only while its watch is alive: its last item was an event, or, once it has synced, its
+    /// last error is [`WATCH_QUIET_AFTER_ERROR`] old.
     pub fn readiness(&self) -> (bool, String) {
-        let watch = self.watch_alive.load(Ordering::Relaxed);
+        self.readiness_at(Instant::now())
+    }
+
+    fn readiness_at(&self, now: Instant) -> (bool, String) {
+        let watch = self
+            .watch
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .alive_at(now);
         match self.leadership() {
             Leadership::Standby => (
                 true,
@@ -187,5 +227,31 @@ mod tests {
         assert!(!h.readiness().0);
         h.set_watch_alive(true);
         assert!(h.readiness().1.contains("leader"));
+    }
+
+    #[test]
+    fn a_watch_that_stops_failing_counts_as_alive_again_even_without_events() {
+        let h = Health::default();
+        let t0 = Instant::now();
+        // Never synced: failing for a long time is never ready.
+        h.set_watch_alive_at(false, t0);
+        assert!(!h.readiness_at(t0 + WATCH_QUIET_AFTER_ERROR * 2).0);
+        // Synced, then an outage: not ready while errors keep coming.
+        h.set_watch_alive_at(true, t0);
+        let outage = t0 + Duration::from_secs(10);
+        h.set_watch_alive_at(false, outage);
+        assert!(!h.readiness_at(outage + Duration::from_secs(1)).0);
+        let retried = outage + Duration::from_secs(60);
+        h.set_watch_alive_at(false, retried);
+        assert!(!h.readiness_at(retried + Duration::from_secs(80)).0);
+        // The resumed watch says nothing: ready once no error came for the quiet time.
+        assert!(
+            h.readiness_at(retried + WATCH_QUIET_AFTER_ERROR + Duration::from_secs(1))
+                .0
+        );
+        // An event makes it ready at once.
+        h.set_watch_alive_at(false, retried);
+        h.set_watch_alive_at(true, retried + Duration::from_secs(1));
+        assert!(h.readiness_at(retried + Duration::from_secs(2)).0);
     }
 }
