@@ -125,7 +125,7 @@ impl Metrics {
         let ssh_sessions = Family::<ReasonLabels, Counter>::default();
         registry.register(
             "ssh_sessions",
-            "SSH sessions, by result",
+            "SSH sessions, by how they ended: succeeded, failed (non-zero exit) or the reason of the SSH failure",
             ssh_sessions.clone(),
         );
         let aws_calls = Family::<AwsCallLabels, Counter>::default();

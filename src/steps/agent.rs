@@ -110,28 +110,30 @@ pub(super) async fn check(
     let result = ssh::run_script(&connect, rule, key.clone(), &script).await;
     ctx.metrics.ssh_in_flight.dec();
     drop(slot);
-    let session_result = match &result {
-        Ok(run) if run.exit_status == Some(0) => "succeeded",
-        Ok(_) => "failed",
-        Err(SshError::Unreachable(_)) => reasons::HOST_UNREACHABLE,
-        Err(SshError::ConnectTimeout(_)) => "ConnectTimeout",
-        Err(SshError::HostKeyMismatch(_)) => reasons::HOST_KEY_MISMATCH,
-        Err(SshError::AuthFailed(_)) => reasons::SSH_AUTH_FAILED,
-        Err(SshError::Protocol(_)) => reasons::SSH_PROTOCOL_ERROR,
-        Err(SshError::CommandTimeout(_)) => reasons::INSTALL_TIMEOUT,
+    // Sessions are counted by how they ended: succeeded, failed (a non-zero exit), or the
+    // condition reason of the SSH failure.
+    let count_session = |ended: &str| {
+        ctx.metrics
+            .ssh_sessions
+            .get_or_create(&crate::metrics::ReasonLabels {
+                reason: ended.to_owned(),
+            })
+            .inc();
     };
-    ctx.metrics
-        .ssh_sessions
-        .get_or_create(&crate::metrics::ReasonLabels {
-            reason: session_result.to_owned(),
-        })
-        .inc();
-    let secrets: Vec<&str> = access_key.iter().map(|k| k.secret.expose()).collect();
-
     let run = match result {
         Ok(run) => run,
-        Err(error) => return ssh_failure(error, &host, spec.port),
+        Err(error) => {
+            let outcome = ssh_failure(error, &host, spec.port);
+            count_session(outcome.observation().reason);
+            return outcome;
+        }
     };
+    count_session(if run.exit_status == Some(0) {
+        "succeeded"
+    } else {
+        "failed"
+    });
+    let secrets: Vec<&str> = access_key.iter().map(|k| k.secret.expose()).collect();
     if status.host_key_fingerprint.is_none() {
         status.host_key_fingerprint = Some(run.host_key_fingerprint.clone());
     }
