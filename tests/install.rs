@@ -13,7 +13,6 @@ use std::sync::{Arc, Mutex};
 
 use std::time::{Duration, Instant};
 
-use aws_sdk_ec2::types::{IamInstanceProfileSpecification, InstanceType};
 use instance_registrar::conditions::{reasons, types};
 use instance_registrar::resource::InstanceRegistration;
 use k8s_openapi::api::core::v1::Secret;
@@ -21,7 +20,7 @@ use kube::api::{Api, DeleteParams};
 use opsworks_endpoint::standin::hash_secret;
 use support::ssh_hosts::SshHost;
 use support::{
-    AwsEnv, ControlPlane, ControllerProcess, collect_secret_access_keys, condition, ec2,
+    AwsEnv, ControlPlane, ControllerProcess, apply, collect_secret_access_keys, condition, ec2,
     eventually, key_material_lines, namespace, on_premises, serving_stand_in, ssh_key_secret,
     ssh_via, wait_gone,
 };
@@ -89,12 +88,7 @@ impl World {
     }
 
     fn apply(&self, yaml: &str) {
-        let out = self.cp.kubectl_stdin(&["apply", "-f", "-"], yaml);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        apply(self.cp, yaml);
     }
 
     async fn get(&self, name: &str) -> InstanceRegistration {
@@ -180,22 +174,10 @@ fn aws_writes(aws: &AwsEnv) -> Vec<String> {
 /// Launches an EC2 instance record in moto for `host` (its instance ID goes into the host's
 /// identity document), optionally with an instance profile. Returns the instance ID.
 async fn ec2_instance_for(aws: &AwsEnv, host: &SshHost, profile: Option<&str>) -> String {
-    let mut request = aws
-        .ec2()
-        .run_instances()
-        .image_id("ami-12c6146b")
-        .instance_type(InstanceType::T3Micro)
-        .min_count(1)
-        .max_count(1);
-    if let Some(profile) = profile {
-        request = request.iam_instance_profile(
-            IamInstanceProfileSpecification::builder()
-                .name(profile)
-                .build(),
-        );
-    }
-    let out = request.send().await.expect("RunInstances");
-    let id = out.instances()[0].instance_id().unwrap().to_owned();
+    let (id, _, _) = aws
+        .try_run_instance(host.name(), None, profile)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     host.set_identity(&id, support::aws::REGION);
     id
 }

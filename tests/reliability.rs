@@ -32,9 +32,9 @@ use opsworks_endpoint::Faults;
 use serde_json::{Value, json};
 use support::ssh_hosts::{self, SshHost};
 use support::{
-    AwsEnv, ControlPlane, ControllerProcess, collect_secret_access_keys, condition, eventually,
-    http_get, key_material_lines, namespace, on_premises, secret, serving_stand_in, ssh_keypair,
-    ssh_via,
+    AwsEnv, ControlPlane, ControllerProcess, apply, collect_secret_access_keys, condition,
+    eventually, http_get, key_material_lines, namespace, on_premises, secret, serving_stand_in,
+    ssh_keypair, ssh_via,
 };
 
 /// Objects (and SSH hosts) registering at once in the crash test (the issue asks for 30; 12 keep
@@ -198,12 +198,7 @@ impl Env {
     }
 
     fn apply(&self, yaml: &str) {
-        let out = self.cp.kubectl_stdin(&["apply", "-f", "-"], yaml);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        apply(self.cp, yaml);
     }
 
     /// Every log line of every controller process of this world.

@@ -150,24 +150,9 @@ pub fn apply(cp: &ControlPlane, yaml: &str) {
 pub fn ssh_keypair(kind: &str, passphrase: &str) -> (String, String) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("key");
-    let status = Command::new("ssh-keygen")
-        .args([
-            "-q",
-            "-t",
-            kind,
-            "-N",
-            passphrase,
-            "-C",
-            "instance-registrar-test",
-            "-f",
-        ])
-        .arg(&path)
-        .status()
-        .expect("ssh-keygen");
-    assert!(status.success());
-    let private = std::fs::read_to_string(&path).unwrap();
-    let public = std::fs::read_to_string(path.with_extension("pub")).unwrap();
-    (private, public.trim().to_owned())
+    let public = ssh_hosts::generate_key(&path, kind, passphrase, "instance-registrar-test")
+        .unwrap_or_else(|e| panic!("{e}"));
+    (std::fs::read_to_string(&path).unwrap(), public)
 }
 
 /// The lines of a PEM/OpenSSH private key that carry key material (not the BEGIN/END lines): what

@@ -10,7 +10,9 @@
 use std::sync::OnceLock;
 
 use aws_config::{BehaviorVersion, Region, SdkConfig};
-use aws_sdk_ec2::types::{Filter, InstanceType, ResourceType, Tag, TagSpecification};
+use aws_sdk_ec2::types::{
+    Filter, IamInstanceProfileSpecification, InstanceType, ResourceType, Tag, TagSpecification,
+};
 use opsworks_endpoint::moto::{MotoOptions, MotoServer};
 use opsworks_endpoint::{
     CallSummary, Config, Endpoint, EndpointHandle, Faults, Proxy, ProxyConfig, ProxyHandle,
@@ -195,12 +197,25 @@ impl AwsEnv {
     }
 
     /// Launches an EC2 instance tagged `Name=<name>` (in `subnet` if given); returns
-    /// (instance id, private ip, public ip).
+    /// (instance id, private ip, public ip). Panics when moto refuses.
     pub async fn run_instance(
         &self,
         name: &str,
         subnet: Option<&str>,
     ) -> (String, String, Option<String>) {
+        self.try_run_instance(name, subnet, None)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// [`AwsEnv::run_instance`], with the instance profile `profile` if given, and an error
+    /// instead of a panic.
+    pub async fn try_run_instance(
+        &self,
+        name: &str,
+        subnet: Option<&str>,
+        profile: Option<&str>,
+    ) -> Result<(String, String, Option<String>), String> {
         let out = self
             .ec2()
             .run_instances()
@@ -209,6 +224,9 @@ impl AwsEnv {
             .min_count(1)
             .max_count(1)
             .set_subnet_id(subnet.map(str::to_owned))
+            .set_iam_instance_profile(
+                profile.map(|p| IamInstanceProfileSpecification::builder().name(p).build()),
+            )
             .tag_specifications(
                 TagSpecification::builder()
                     .resource_type(ResourceType::Instance)
@@ -217,13 +235,16 @@ impl AwsEnv {
             )
             .send()
             .await
-            .expect("RunInstances");
-        let instance = &out.instances()[0];
-        (
-            instance.instance_id().unwrap().to_owned(),
+            .map_err(|e| format!("RunInstances: {e:?}"))?;
+        let instance = out
+            .instances()
+            .first()
+            .ok_or("RunInstances returned no instance")?;
+        Ok((
+            instance.instance_id().unwrap_or_default().to_owned(),
             instance.private_ip_address().unwrap_or_default().to_owned(),
             instance.public_ip_address().map(str::to_owned),
-        )
+        ))
     }
 
     /// The IAM users (name, owner-uid tag) under the OpsWorks path whose name contains `needle`.

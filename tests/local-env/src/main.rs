@@ -26,9 +26,6 @@ use std::process::{Child, Command, ExitCode};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use aws_sdk_ec2::types::{
-    IamInstanceProfileSpecification, InstanceType, ResourceType, Tag, TagSpecification,
-};
 use opsworks_endpoint::AgentInstaller;
 use opsworks_endpoint::standin::StandIn;
 use registrar_local_env::aws::{self, AwsEnv, REGION};
@@ -333,7 +330,8 @@ impl Demo {
         // The demo's SSH key: its public half is authorized on every host, its private half
         // goes into the Secret the manifests name.
         let key_path = dir.join("ssh-key");
-        let public_key = ssh_keygen(&key_path)?;
+        let public_key =
+            ssh_hosts::generate_key(&key_path, "ed25519", "", "instance-registrar-demo")?;
         for sample in &SAMPLES {
             let host = SshHost::start(sample.name);
             host.authorize(&public_key);
@@ -365,7 +363,7 @@ impl Demo {
                 Kind::Ec2 | Kind::Ec2InstanceProfile => {
                     let profile =
                         (sample.kind == Kind::Ec2InstanceProfile).then_some(INSTANCE_PROFILE);
-                    let id = run_instance(aws, sample.name, profile).await?;
+                    let (id, _, _) = aws.try_run_instance(sample.name, None, profile).await?;
                     // The host's identity document names the record: that is what makes the
                     // sshd on loopback "be" this instance to the agent and to OpsWorks.
                     host.set_identity(&id, REGION);
@@ -710,66 +708,6 @@ fn controller_binary() -> Step<PathBuf> {
             path.display()
         )))
     }
-}
-
-/// Makes an ed25519 key pair at `path` (and `path.pub`); returns the public key line.
-fn ssh_keygen(path: &Path) -> Step<String> {
-    let out = Command::new("ssh-keygen")
-        .args([
-            "-q",
-            "-t",
-            "ed25519",
-            "-N",
-            "",
-            "-C",
-            "instance-registrar-demo",
-            "-f",
-        ])
-        .arg(path)
-        .output()
-        .map_err(|e| format!("running ssh-keygen: {e}"))?;
-    if !out.status.success() {
-        return Err(Halt::Failed(format!(
-            "ssh-keygen: {}",
-            String::from_utf8_lossy(&out.stderr)
-        )));
-    }
-    std::fs::read_to_string(path.with_extension("pub"))
-        .map(|s| s.trim().to_owned())
-        .map_err(|e| Halt::Failed(format!("reading the public key: {e}")))
-}
-
-/// Launches an EC2 instance record in moto tagged `Name=<name>`, with `profile` if given.
-async fn run_instance(aws: &AwsEnv, name: &str, profile: Option<&str>) -> Step<String> {
-    let mut request = aws
-        .ec2()
-        .run_instances()
-        .image_id("ami-12c6146b")
-        .instance_type(InstanceType::T3Micro)
-        .min_count(1)
-        .max_count(1)
-        .tag_specifications(
-            TagSpecification::builder()
-                .resource_type(ResourceType::Instance)
-                .tags(Tag::builder().key("Name").value(name).build())
-                .build(),
-        );
-    if let Some(profile) = profile {
-        request = request.iam_instance_profile(
-            IamInstanceProfileSpecification::builder()
-                .name(profile)
-                .build(),
-        );
-    }
-    let out = request
-        .send()
-        .await
-        .map_err(|e| format!("RunInstances: {e:?}"))?;
-    out.instances()
-        .first()
-        .and_then(|i| i.instance_id())
-        .map(str::to_owned)
-        .ok_or_else(|| Halt::Failed("RunInstances returned no instance".into()))
 }
 
 /// Runs kubectl against the demo's control plane; its stdout, or an error.

@@ -298,13 +298,8 @@ impl SshHost {
             .files
             .path()
             .join(format!("host_key_{}", self.key_generation));
-        let status = Command::new("ssh-keygen")
-            .args(["-q", "-t", "ed25519", "-N", "", "-C", ""])
-            .arg("-f")
-            .arg(&self.host_key)
-            .status()
-            .expect("running ssh-keygen");
-        assert!(status.success(), "ssh-keygen for a host key failed");
+        generate_key(&self.host_key, "ed25519", "", "")
+            .unwrap_or_else(|e| panic!("making a host key: {e}"));
     }
 
     /// Writes `name` in the host directory, whole (readers never see half a file).
@@ -606,4 +601,28 @@ fn spawn_kept(command: Command, log: &Path) -> Result<Child, String> {
     answer
         .recv()
         .map_err(|_| "the ssh-hosts thread ended".to_owned())?
+}
+
+/// Makes an OpenSSH key pair of `kind` (`ed25519`, `rsa`, ...) at `path` and `path.pub`,
+/// protected by `passphrase` (none when empty), with `comment`; returns the public key line.
+pub fn generate_key(
+    path: &Path,
+    kind: &str,
+    passphrase: &str,
+    comment: &str,
+) -> Result<String, String> {
+    let out = Command::new("ssh-keygen")
+        .args(["-q", "-t", kind, "-N", passphrase, "-C", comment, "-f"])
+        .arg(path)
+        .output()
+        .map_err(|e| format!("running ssh-keygen: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "ssh-keygen: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    std::fs::read_to_string(path.with_extension("pub"))
+        .map(|s| s.trim().to_owned())
+        .map_err(|e| format!("reading the public key: {e}"))
 }

@@ -716,32 +716,6 @@ fn check_loopback(a: Ipv4Addr) -> R {
     }
 }
 
-fn ssh_keygen(path: &Path) -> R<String> {
-    let out = Command::new("ssh-keygen")
-        .args([
-            "-q",
-            "-t",
-            "ed25519",
-            "-N",
-            "",
-            "-C",
-            "instance-registrar-bench",
-            "-f",
-        ])
-        .arg(path)
-        .output()
-        .map_err(|e| format!("running ssh-keygen: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "ssh-keygen: {}",
-            String::from_utf8_lossy(&out.stderr)
-        ));
-    }
-    std::fs::read_to_string(path.with_extension("pub"))
-        .map(|s| s.trim().to_owned())
-        .map_err(|e| format!("reading the public key: {e}"))
-}
-
 fn controller_binary() -> R<PathBuf> {
     if let Some(p) = std::env::var_os("INSTANCE_REGISTRAR_BIN").filter(|p| !p.is_empty()) {
         return Ok(PathBuf::from(p));
@@ -790,7 +764,7 @@ async fn run(args: Args) -> R {
     );
 
     let key_path = dir.join("ssh-key");
-    let public_key = ssh_keygen(&key_path)?;
+    let public_key = ssh_hosts::generate_key(&key_path, "ed25519", "", "instance-registrar-bench")?;
     let mut hosts = Vec::new();
     for i in 0..args.hosts {
         let host = SshHost::start(&format!("bench-{i}"));
