@@ -14,6 +14,9 @@ pub mod types {
     pub const TARGET_RESOLVED: &str = "TargetResolved";
     /// The SSH private key Secret exists and holds a usable key.
     pub const SSH_KEY_READY: &str = "SshKeyReady";
+    /// The host answered over SSH (host key accepted, login accepted) and said what it registers
+    /// as; checked before anything is written in IAM.
+    pub const HOST_REACHABLE: &str = "HostReachable";
     /// The IAM user and access key for the agent exist (or the instance profile is used).
     pub const CREDENTIALS_READY: &str = "CredentialsReady";
     /// The OpsWorks agent was installed on the host.
@@ -85,6 +88,10 @@ pub mod reasons {
     pub const NOT_NEEDED: &str = "NotNeeded";
     /// Every candidate IAM user name is held by a user this object did not make.
     pub const IAM_NAMES_EXHAUSTED: &str = "IamNamesExhausted";
+
+    /// The host answered over SSH but did not say what it registers as (no hostname): without
+    /// it the controller could not find the registration it makes, so it installs nothing.
+    pub const HOST_IDENTITY_UNKNOWN: &str = "HostIdentityUnknown";
 
     // Installing the agent over SSH.
     /// No TCP connection or SSH session with the host (refused, unreachable, timed out); retried

@@ -98,6 +98,8 @@ pub struct Context {
     pub iam_groups: TtlCache<()>,
     /// Permits for SSH sessions ([`Settings::ssh_concurrency`]).
     pub ssh_slots: tokio::sync::Semaphore,
+    /// The newest resourceVersion this controller knows of each object.
+    pub versions: Versions,
     /// How the controller runs.
     pub settings: Settings,
 }
@@ -126,7 +128,49 @@ impl Context {
             instances: TtlCache::new(INSTANCES_TTL),
             iam_groups: TtlCache::new(IAM_GROUP_TTL),
             ssh_slots: tokio::sync::Semaphore::new(settings.ssh_concurrency.max(1).into()),
+            versions: Versions::default(),
             settings,
+        }
+    }
+}
+
+/// The newest resourceVersion this controller has seen of each object, by UID: its own status
+/// writes return one before the watch shows it. resourceVersions are opaque, so only equality is
+/// used: a watch copy at another version than the newest known is looked up again.
+#[derive(Default)]
+pub struct Versions(std::sync::Mutex<std::collections::HashMap<String, String>>);
+
+impl Versions {
+    /// Records `obj`'s resourceVersion as the newest known.
+    pub fn saw(&self, obj: &InstanceRegistration) {
+        if let (Some(uid), Some(version)) = (obj.uid(), obj.resource_version()) {
+            self.0
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(uid, version);
+        }
+    }
+
+    /// Whether a newer copy of `obj` than this one may exist: this controller wrote or read the
+    /// object at another resourceVersion.
+    pub fn newer_than(&self, obj: &InstanceRegistration) -> bool {
+        let (Some(uid), Some(version)) = (obj.uid(), obj.resource_version()) else {
+            return false;
+        };
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&uid)
+            .is_some_and(|known| *known != version)
+    }
+
+    /// Forgets a deleted object.
+    pub fn forget(&self, obj: &InstanceRegistration) {
+        if let Some(uid) = obj.uid() {
+            self.0
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&uid);
         }
     }
 }
@@ -160,21 +204,40 @@ async fn apply(
     api: &Api<InstanceRegistration>,
     ctx: &Context,
 ) -> Result<Action> {
+    // The watch's copy can lag behind this controller's own last status write (a requeue that
+    // comes before the watch event): then the pass works from the API server's copy, so that it
+    // neither redoes work nor writes an older status back.
+    let fresh;
+    let obj = match ctx.versions.newer_than(obj) {
+        false => obj,
+        true => {
+            fresh = api
+                .get(&obj.name_any())
+                .await
+                .map_err(|e| Error::kube("get object", e))?;
+            ctx.versions.saw(&fresh);
+            &fresh
+        }
+    };
     let generation = obj.metadata.generation.unwrap_or_default();
     let old = obj.status.clone().unwrap_or_default();
     let mut new = old.clone();
     let now = Time(Timestamp::now());
     let key = backoff_key(obj);
 
+    let mut version = obj.metadata.resource_version.clone();
     if obj.spec.suspend {
         steps::summarize_suspended(&mut new, generation, &now);
-        write_status(obj, api, ctx, &old, &new).await?;
+        write_status(obj, api, ctx, &old, &new, &mut version).await?;
         ctx.backoff.reset(&key);
         return Ok(Action::await_change());
     }
 
     let started = std::time::Instant::now();
-    let mut facts = Facts::default();
+    let mut facts = Facts {
+        resource_version: version,
+        ..Facts::default()
+    };
     let mut results = Vec::with_capacity(PIPELINE.len());
     for step in PIPELINE {
         let step_started = std::time::Instant::now();
@@ -187,7 +250,7 @@ async fn apply(
         }
     }
     let next = steps::summarize(&mut new, PIPELINE, &results, generation, &now);
-    write_status(obj, api, ctx, &old, &new).await?;
+    write_status(obj, api, ctx, &old, &new, &mut facts.resource_version).await?;
     record_pass(ctx, obj, &old, &new, started.elapsed());
 
     Ok(match next {
@@ -277,6 +340,7 @@ async fn cleanup(
             )
             .await;
             ctx.backoff.reset(&key);
+            ctx.versions.forget(obj);
             Ok(Action::await_change())
         }
         Err(problem) => {
@@ -286,7 +350,8 @@ async fn cleanup(
             let now = Time(Timestamp::now());
             let generation = obj.metadata.generation.unwrap_or_default();
             steps::summarize_deleting(&mut new, &problem, generation, &now);
-            write_status(obj, api, ctx, &old, &new).await?;
+            let mut version = obj.metadata.resource_version.clone();
+            write_status(obj, api, ctx, &old, &new, &mut version).await?;
             // An error, not a requeue: the finalizer helper drops the finalizer on success, and
             // work is left undone. The error policy retries with this object's backoff.
             Err(Error::CleanupIncomplete(problem))
@@ -295,6 +360,11 @@ async fn cleanup(
 }
 
 /// The undo of a registration; returns a summary, or what stopped it.
+///
+/// The IAM user goes first: with the agent's key deleted no registration of this object's can
+/// appear after the look-up that follows. Then the registration this object made (or adopted,
+/// with DeregisterAdopted) is looked up in the spec's stack, matched on the host's identity, and
+/// deregistered; one this object did not make is left, whatever status says.
 async fn undo(obj: &InstanceRegistration, ctx: &Context) -> std::result::Result<String, String> {
     let mut done = Vec::new();
     let opsworks = ctx.aws.opsworks(obj.spec.region.as_deref());
@@ -317,27 +387,31 @@ async fn undo(obj: &InstanceRegistration, ctx: &Context) -> std::result::Result<
             None
         }
     };
-    let status = obj.status.clone().unwrap_or_default();
-    if let Some(instance) = &status.opsworks_instance_id {
-        match opsworks
-            .deregister_instance()
-            .instance_id(instance)
-            .send()
-            .await
-        {
-            Ok(_) => done.push(format!("deregistered {instance}")),
-            Err(e) => {
-                let failure = crate::aws::classify(&e);
-                if failure.kind != crate::aws::Kind::NotFound {
-                    return Err(format!("opsworks:DeregisterInstance {instance}: {failure}"));
-                }
-            }
-        }
-    }
     match steps::cleanup_iam(ctx, obj, stack_name.as_deref()).await {
         Ok(users) if users.is_empty() => {}
         Ok(users) => done.push(format!("deleted IAM user {}", users.join(", "))),
         Err(failure) => return Err(format!("IAM cleanup: {failure}")),
+    }
+    let deregister_adopted = obj.spec.deletion_policy == DeletionPolicy::DeregisterAdopted;
+    match steps::registration_to_undo(ctx, obj, deregister_adopted).await? {
+        Ok(instance) => match opsworks
+            .deregister_instance()
+            .instance_id(&instance.id)
+            .send()
+            .await
+        {
+            Ok(_) => done.push(format!("deregistered {}", instance.id)),
+            Err(e) => {
+                let failure = crate::aws::classify(&e);
+                if failure.kind != crate::aws::Kind::NotFound {
+                    return Err(format!(
+                        "opsworks:DeregisterInstance {}: {failure}",
+                        instance.id
+                    ));
+                }
+            }
+        },
+        Err(note) => done.push(note),
     }
     if steps::forget_secret(ctx, obj).await? {
         done.push("deleted the access key Secret".into());
@@ -352,28 +426,22 @@ async fn undo(obj: &InstanceRegistration, ctx: &Context) -> std::result::Result<
 /// Writes `new` to the status subresource with server-side apply, unless it means the same as
 /// `old` (timestamps move only with a status flip, so equal means nothing changed), and publishes
 /// one Event per condition whose status or reason changed.
+///
+/// The write is conditional on `version`, the resourceVersion the pass started from (then the
+/// one this write made): a pass that ran on a copy older than the API server's is refused with a
+/// conflict and runs again, so a field is never moved back.
 async fn write_status(
     obj: &InstanceRegistration,
     api: &Api<InstanceRegistration>,
     ctx: &Context,
     old: &InstanceRegistrationStatus,
     new: &InstanceRegistrationStatus,
+    version: &mut Option<String>,
 ) -> Result<()> {
     if old == new {
         return Ok(());
     }
-    let body = json!({
-        "apiVersion": InstanceRegistration::api_version(&()),
-        "kind": InstanceRegistration::kind(&()),
-        "status": new,
-    });
-    api.patch_status(
-        &obj.name_any(),
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&body),
-    )
-    .await
-    .map_err(|e| Error::kube("patch status", e))?;
+    patch_status(api, ctx, obj, new, version).await?;
     crate::failpoint::after("kube:PatchStatus");
 
     for condition in conditions::changed(&old.conditions, &new.conditions) {
@@ -386,6 +454,64 @@ async fn write_status(
         }
     }
     Ok(())
+}
+
+/// The status write itself: server-side apply, forced, conditional on `version` when known; on
+/// success `version` is the object's new resourceVersion.
+async fn patch_status(
+    api: &Api<InstanceRegistration>,
+    ctx: &Context,
+    obj: &InstanceRegistration,
+    status: &InstanceRegistrationStatus,
+    version: &mut Option<String>,
+) -> Result<()> {
+    let written = apply_status(api, &obj.name_any(), status, version.as_deref())
+        .await
+        .map_err(|e| Error::kube("patch status", e))?;
+    ctx.versions.saw(&written);
+    *version = written.metadata.resource_version;
+    Ok(())
+}
+
+/// Applies `status` to object `name` (server-side apply, this controller's field manager,
+/// forced). With `version`, only if the object is still at that resourceVersion: otherwise the
+/// API server refuses it with 409 Conflict and nothing is written.
+pub async fn apply_status(
+    api: &Api<InstanceRegistration>,
+    name: &str,
+    status: &InstanceRegistrationStatus,
+    version: Option<&str>,
+) -> std::result::Result<InstanceRegistration, kube::Error> {
+    let mut body = json!({
+        "apiVersion": InstanceRegistration::api_version(&()),
+        "kind": InstanceRegistration::kind(&()),
+        "status": status,
+    });
+    if let Some(version) = version {
+        body["metadata"] = json!({ "resourceVersion": version });
+    }
+    api.patch_status(
+        name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&body),
+    )
+    .await
+}
+
+/// Writes `status` now, in the middle of a pass, before an action that must not be repeated
+/// from an older copy (the agent install): conditional on the version the pass works from, so
+/// the action runs only if no newer status exists. Returns why it could not be written.
+pub async fn checkpoint(
+    ctx: &Context,
+    obj: &InstanceRegistration,
+    status: &InstanceRegistrationStatus,
+    version: &mut Option<String>,
+) -> std::result::Result<(), String> {
+    let api: Api<InstanceRegistration> =
+        Api::namespaced(ctx.client.clone(), &obj.namespace().unwrap_or_default());
+    patch_status(&api, ctx, obj, status, version)
+        .await
+        .map_err(|e| e.to_string())
 }
 
 /// Whether a changed condition is worth an Event, and of which type. Step conditions are (a

@@ -151,7 +151,9 @@ pub struct InstanceRegistrationSpec {
     pub layer_ids: Vec<String>,
 
     /// What happens to the registration when this object is deleted: `Deregister` (default)
-    /// deregisters the instance and deletes the IAM entities the controller made for it; `Retain`
+    /// deregisters the instance this object registered and deletes the IAM entities the
+    /// controller made for it, but leaves a registration it adopted (found already registered,
+    /// status.adopted) registered; `DeregisterAdopted` deregisters an adopted one too; `Retain`
     /// leaves everything in place.
     #[serde(default)]
     pub deletion_policy: DeletionPolicy,
@@ -184,9 +186,12 @@ pub enum InfrastructureClass {
     Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, schemars::JsonSchema,
 )]
 pub enum DeletionPolicy {
-    /// Deregister the instance and delete the IAM entities made for it.
+    /// Deregister the instance this object registered and delete the IAM entities made for it;
+    /// a registration this object adopted stays registered.
     #[default]
     Deregister,
+    /// As Deregister, and deregister a registration this object adopted as well.
+    DeregisterAdopted,
     /// Leave the registration and the IAM entities in place.
     Retain,
 }
@@ -324,6 +329,19 @@ pub struct InstanceRegistrationStatus {
     /// is refused with HostKeyMismatch until this is cleared or the key is pinned.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host_key_fingerprint: Option<String>,
+    /// What the host registers as, learned from the host itself over SSH before anything is
+    /// installed: the registration is matched on this, not on the spec's target.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<HostIdentity>,
+    /// True when the host was already registered and this object adopted the registration
+    /// rather than made it: deleting the object then leaves it registered unless
+    /// deletionPolicy is DeregisterAdopted.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub adopted: bool,
+    /// When this object last started the agent installer on the host (recorded before the
+    /// install starts, so that a restart knows a registration of its own may exist).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub install_started_at: Option<Time>,
     /// When the agent installer last finished successfully on the host (cleared when the instance
     /// has to be registered again).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -340,6 +358,26 @@ pub struct InstanceRegistrationStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
+}
+
+/// What a host said of itself over SSH (never trusted to be anything but data).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HostIdentity {
+    /// The host's own hostname (`uname -n`); the agent registers with it when spec.hostname is
+    /// not set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253))]
+    pub hostname: Option<String>,
+    /// The host's own IPv4 addresses: the one the SSH connection reached first, then those of
+    /// its interfaces (loopback left out).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32), inner(length(max = 15)))]
+    pub addresses: Vec<String>,
+    /// The address and port this was learned through (learned again when ssh.address or
+    /// ssh.port changes).
+    #[schemars(length(max = 300))]
+    pub via: String,
 }
 
 /// The registration's phase, derived from its conditions.

@@ -7,71 +7,14 @@ mod support;
 
 use std::time::Duration;
 
-use aws_sdk_opsworks::types::InstanceIdentity;
 use instance_registrar::conditions::{reasons, types};
 use instance_registrar::resource::InstanceRegistration;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, DeleteParams};
 use support::{
     AwsEnv, ControlPlane, ControllerProcess, apply, condition, ec2, eventually, namespace,
-    on_premises, ssh_key_secret, wait_gone, wait_reason,
+    on_premises, register_directly, ssh_key_secret, wait_gone, wait_reason,
 };
-
-/// Registers a host in `stack` the way the agent does: with an IAM user of its own that may
-/// register, signing with that user's key. Returns the OpsWorks instance ID.
-async fn register_directly(
-    aws: &AwsEnv,
-    stack: &str,
-    hostname: &str,
-    ec2_instance: Option<&str>,
-) -> String {
-    let iam = aws.iam();
-    let user = format!("agent-{hostname}-{}", std::process::id());
-    iam.create_user().user_name(&user).send().await.unwrap();
-    iam.attach_user_policy()
-        .user_name(&user)
-        .policy_arn("arn:aws:iam::aws:policy/AWSOpsWorksInstanceRegistration")
-        .send()
-        .await
-        .unwrap();
-    let key = iam
-        .create_access_key()
-        .user_name(&user)
-        .send()
-        .await
-        .unwrap();
-    let key = key.access_key().unwrap();
-    let config = aws_sdk_opsworks::Config::builder()
-        .behavior_version(aws_sdk_opsworks::config::BehaviorVersion::latest())
-        .region(aws_sdk_opsworks::config::Region::new(support::aws::REGION))
-        .endpoint_url(aws.opsworks.url())
-        .credentials_provider(aws_sdk_opsworks::config::Credentials::new(
-            key.access_key_id(),
-            key.secret_access_key(),
-            None,
-            None,
-            "agent",
-        ))
-        .build();
-    let client = aws_sdk_opsworks::Client::from_conf(config);
-    let mut request = client
-        .register_instance()
-        .stack_id(stack)
-        .hostname(hostname)
-        .private_ip("127.0.0.1");
-    if let Some(id) = ec2_instance {
-        let document =
-            serde_json::json!({"instanceId": id, "region": support::aws::REGION}).to_string();
-        request = request.instance_identity(
-            InstanceIdentity::builder()
-                .document(document)
-                .signature("test")
-                .build(),
-        );
-    }
-    let out = request.send().await.expect("RegisterInstance");
-    out.instance_id().unwrap().to_owned()
-}
 
 #[tokio::test]
 async fn ec2_targets_resolve_by_id_address_and_name_tag_within_the_stack_vpc() {
@@ -220,7 +163,10 @@ async fn stack_not_found_and_hostname_taken_are_reported() {
     let ns = namespace(&client, "hostnames").await;
     let api: Api<InstanceRegistration> = Api::namespaced(client.clone(), &ns);
     let stack = aws.create_stack(&ns, None).await;
-    register_directly(aws, &stack, "taken", None).await;
+    // An EC2 instance holds the name: it is never an on-premises host, so the name is taken
+    // before any host is asked anything.
+    let (instance, _, _) = aws.run_instance(&format!("{ns}-taken"), None).await;
+    register_directly(aws, &stack, "taken", "127.0.0.1", Some(&instance)).await;
     let _controller = ControllerProcess::start(cp, aws, &ns, &[]);
     apply(
         cp,
@@ -285,7 +231,7 @@ async fn stack_not_found_and_hostname_taken_are_reported() {
 }
 
 #[tokio::test]
-async fn a_registered_host_is_adopted_without_iam_or_ssh_work_and_deregistered_on_delete() {
+async fn a_registered_host_is_adopted_without_iam_or_ssh_work_and_left_registered_on_delete() {
     let cp = ControlPlane::shared();
     let aws = AwsEnv::shared();
     let client = cp.client().await;
@@ -293,7 +239,8 @@ async fn a_registered_host_is_adopted_without_iam_or_ssh_work_and_deregistered_o
     let api: Api<InstanceRegistration> = Api::namespaced(client.clone(), &ns);
     let stack = aws.create_stack(&ns, None).await;
     let (instance, _, _) = aws.run_instance(&format!("{ns}-old"), None).await;
-    let opsworks_id = register_directly(aws, &stack, "old-host", Some(&instance)).await;
+    let opsworks_id =
+        register_directly(aws, &stack, "old-host", "127.0.0.1", Some(&instance)).await;
     eventually(Duration::from_secs(30), "registered", || async {
         aws.opsworks
             .instances()
@@ -354,12 +301,13 @@ async fn a_registered_host_is_adopted_without_iam_or_ssh_work_and_deregistered_o
 
     api.delete("old", &DeleteParams::default()).await.unwrap();
     wait_gone(&api, "old").await;
+    // Adopted, not made: deleting the object leaves it registered (DeregisterAdopted would not).
     assert!(
-        !aws.opsworks
+        aws.opsworks
             .instances()
             .iter()
             .any(|i| i.instance_id == opsworks_id),
-        "the adopted instance was not deregistered"
+        "the adopted instance was deregistered"
     );
 }
 
@@ -625,9 +573,20 @@ async fn a_deletion_that_cannot_deregister_keeps_the_finalizer_says_why_and_fini
     let api: Api<InstanceRegistration> = Api::namespaced(client.clone(), &ns);
     let stack = aws.create_stack(&ns, None).await;
     let (instance, _, _) = aws.run_instance(&format!("{ns}-host"), None).await;
-    let opsworks_id = register_directly(aws, &stack, "undo-host", Some(&instance)).await;
+    let opsworks_id =
+        register_directly(aws, &stack, "undo-host", "127.0.0.1", Some(&instance)).await;
     let _controller = ControllerProcess::start(cp, aws, &ns, &[]);
-    apply(cp, &ec2(&ns, "host", &stack, &instance, "absent", ""));
+    apply(
+        cp,
+        &ec2(
+            &ns,
+            "host",
+            &stack,
+            &instance,
+            "absent",
+            "  deletionPolicy: DeregisterAdopted\n",
+        ),
+    );
     wait_reason(&api, "host", types::READY, reasons::SUCCEEDED).await;
 
     aws.opsworks

@@ -444,3 +444,51 @@ async fn an_idle_controller_with_50_objects_writes_no_status() {
         "no reconcile ran during the idle period"
     );
 }
+
+#[tokio::test]
+async fn a_status_write_based_on_an_older_copy_is_refused_and_moves_nothing_back() {
+    // What every status write of the controller does (a pass that ran on a lagging watch's copy
+    // must not erase newer fields, such as the host key recorded on first use).
+    use instance_registrar::controller::apply_status;
+    let cp = ControlPlane::shared();
+    let client = cp.client().await;
+    let ns = namespace(&client, "stale").await;
+    let api: Api<InstanceRegistration> = Api::namespaced(client.clone(), &ns);
+    support::apply(
+        cp,
+        &host(&ns, "0b1c2d3e-0000-4000-8000-00000000abcd", "db", "key"),
+    );
+    let old = api.get("db").await.unwrap();
+    let old_version = old.metadata.resource_version.clone().unwrap();
+    let newer = instance_registrar::resource::InstanceRegistrationStatus {
+        host_key_fingerprint: Some("SHA256:recorded-first".into()),
+        ..Default::default()
+    };
+    let written = apply_status(&api, "db", &newer, Some(&old_version))
+        .await
+        .unwrap();
+    // A pass that started from `old` writes what it knew: refused.
+    let stale = instance_registrar::resource::InstanceRegistrationStatus {
+        message: Some("from an older copy".into()),
+        ..Default::default()
+    };
+    match apply_status(&api, "db", &stale, Some(&old_version)).await {
+        Err(kube::Error::Api(status)) => assert_eq!(status.code, 409, "{status:?}"),
+        other => panic!("a write from an older copy was not refused: {other:?}"),
+    }
+    let now = api.get("db").await.unwrap().status.unwrap();
+    assert_eq!(
+        now.host_key_fingerprint.as_deref(),
+        Some("SHA256:recorded-first")
+    );
+    assert_eq!(now.message, None);
+    // From the current version the same write goes through.
+    apply_status(
+        &api,
+        "db",
+        &stale,
+        written.metadata.resource_version.as_deref(),
+    )
+    .await
+    .unwrap();
+}

@@ -21,8 +21,8 @@ use opsworks_endpoint::standin::hash_secret;
 use support::ssh_hosts::SshHost;
 use support::{
     AwsEnv, ControlPlane, ControllerProcess, apply, collect_secret_access_keys, condition, ec2,
-    eventually, key_material_lines, namespace, on_premises, serving_stand_in, ssh_key_secret,
-    ssh_via, wait_gone,
+    eventually, key_material_lines, namespace, on_premises, register_directly, serving_stand_in,
+    ssh_key_secret, ssh_via, wait_gone,
 };
 
 /// How long the stand-in installer takes, as the real one takes minutes.
@@ -676,4 +676,395 @@ async fn two_objects_naming_one_host_register_it_once_and_the_later_reports_conf
         .filter(|i| i.stack_id == w.stack && i.status != "deregistered")
         .collect();
     assert_eq!(registered.len(), 1, "{registered:?}");
+}
+
+// Off the happy path (issue 12): what the host registers as, what deletion undoes, adoption,
+// trust on first use, and IAM only for hosts that answered.
+
+/// The live registrations of `stack` under `hostname`.
+fn registrations(aws: &AwsEnv, stack: &str, hostname: &str) -> Vec<String> {
+    aws.opsworks
+        .instances()
+        .into_iter()
+        .filter(|i| i.stack_id == stack && i.hostname.eq_ignore_ascii_case(hostname))
+        .filter(|i| !["deregistering", "terminated"].contains(&i.status.as_str()))
+        .map(|i| i.instance_id)
+        .collect()
+}
+
+/// An on-premises manifest with no hostname override: the host is named by `target` only.
+fn on_premises_named(ns: &str, name: &str, stack: &str, target: &str, host: &SshHost) -> String {
+    format!(
+        "apiVersion: registrar.dev/v1alpha1
+kind: InstanceRegistration
+metadata:
+  name: {name}
+  namespace: {ns}
+spec:
+  stackId: {stack}
+  infrastructureClass: on-premises
+  target: {target}
+  ssh:
+    username: {user}
+    privateKeySecretRef:
+      name: key
+{via}",
+        user = support::ssh_hosts::USER,
+        via = ssh_via(host)
+    )
+}
+
+#[tokio::test]
+async fn a_host_named_by_a_dns_name_is_recognised_by_what_it_says_and_installed_once() {
+    // The issue's reproduction: on-premises, a DNS name the controller cannot match anything
+    // against, no hostname, privateIp or publicIp, and a 10 s registration timeout.
+    let w = World::new("id-dns", &["--registration-timeout-seconds", "10"]).await;
+    let host = w.host("dns");
+    w.apply(&on_premises_named(
+        &w.ns,
+        "db",
+        &w.stack,
+        "db-1.example.internal",
+        &host,
+    ));
+    let obj = w.wait("db", types::READY, reasons::SUCCEEDED).await;
+    let status = obj.status.unwrap();
+    let learned = status.host.clone().expect("status.host");
+    assert_eq!(learned.hostname.as_deref(), Some(host.hostname().as_str()));
+    assert_eq!(learned.addresses.first(), Some(&host.address().to_string()));
+    // Well past the registration timeout: one install, one key, one registration, still Ready.
+    tokio::time::sleep(Duration::from_secs(25)).await;
+    let obj = w.get("db").await;
+    assert_eq!(condition(&obj, types::READY).unwrap().1, reasons::SUCCEEDED);
+    assert_eq!(host.boot_registration_runs(), 1, "installed more than once");
+    assert_eq!(w.secret_access_keys().len(), 1, "more than one access key");
+    let ours = registrations(w.aws, &w.stack, &host.hostname());
+    assert_eq!(ours.len(), 1, "registrations: {ours:?}");
+    assert_eq!(status.opsworks_instance_id.as_ref(), Some(&ours[0]));
+    assert!(!status.adopted);
+    w.api.delete("db", &DeleteParams::default()).await.unwrap();
+    wait_gone(&w.api, "db").await;
+    assert!(registrations(w.aws, &w.stack, &host.hostname()).is_empty());
+    w.assert_no_secrets(&w.secret_access_keys(), &[&w.private_key]);
+}
+
+#[tokio::test]
+async fn a_host_behind_nat_is_recognised_under_its_override_and_deregistered_on_delete() {
+    // The controller connects to one address; the agent reports the host's own private one.
+    let w = World::new("id-nat", &["--registration-timeout-seconds", "10"]).await;
+    let host = w.host("nat");
+    host.set_local_ipv4("10.1.2.3");
+    w.apply(
+        &(on_premises(
+            &w.ns,
+            "nat",
+            &w.stack,
+            &host.address().to_string(),
+            "nat-host",
+            "key",
+            "",
+        ) + &ssh_via(&host)),
+    );
+    let obj = w.wait("nat", types::READY, reasons::SUCCEEDED).await;
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    assert_eq!(host.boot_registration_runs(), 1, "installed more than once");
+    let ours = registrations(w.aws, &w.stack, "nat-host");
+    assert_eq!(ours.len(), 1, "registrations: {ours:?}");
+    assert_eq!(
+        obj.status.unwrap().opsworks_instance_id.as_ref(),
+        Some(&ours[0])
+    );
+    w.api.delete("nat", &DeleteParams::default()).await.unwrap();
+    wait_gone(&w.api, "nat").await;
+    assert!(
+        registrations(w.aws, &w.stack, "nat-host").is_empty(),
+        "the registration was left behind"
+    );
+}
+
+#[tokio::test]
+async fn an_object_deleted_after_its_install_but_before_its_registration_was_seen_deregisters_it() {
+    let mut w = World::new("id-crash", &[]).await;
+    w.controller.kill();
+    // This controller dies right after the installer finished, before status says so.
+    let mut crashing = ControllerProcess::start_with_env(
+        w.cp,
+        w.aws,
+        &w.ns,
+        &[],
+        &[("REGISTRAR_CRASH_AFTER", "ssh:Install")],
+    );
+    let host = w.host("crash");
+    w.apply(&on_premises_named(
+        &w.ns,
+        "db",
+        &w.stack,
+        "db.example.internal",
+        &host,
+    ));
+    assert!(
+        crashing.wait_exit(Duration::from_secs(90)).is_some(),
+        "the controller did not reach the crash point:\n{}",
+        tail(&crashing.logs(), 30)
+    );
+    let status = w.get("db").await.status.unwrap();
+    assert!(status.install_started_at.is_some(), "{status:#?}");
+    assert!(status.opsworks_instance_id.is_none(), "{status:#?}");
+    assert_eq!(registrations(w.aws, &w.stack, &host.hostname()).len(), 1);
+    w.api.delete("db", &DeleteParams::default()).await.unwrap();
+    w.controller = ControllerProcess::start(w.cp, w.aws, &w.ns, &[]);
+    wait_gone(&w.api, "db").await;
+    assert!(
+        registrations(w.aws, &w.stack, &host.hostname()).is_empty(),
+        "the registration made by the install was left behind"
+    );
+    assert!(w.aws.iam_users(&w.ns).await.is_empty());
+}
+
+#[tokio::test]
+async fn deletion_deregisters_this_hosts_registration_whatever_status_says() {
+    let mut w = World::new("id-forged", &[]).await;
+    let (a, b) = (w.host("a"), w.host("b"));
+    let other_stack = w.aws.create_stack(&format!("{}-other", w.ns), None).await;
+    for (name, host, stack) in [
+        ("a", &a, &w.stack),
+        ("b", &b, &w.stack),
+        ("c", &b, &other_stack),
+    ] {
+        w.apply(
+            &(on_premises(
+                &w.ns,
+                name,
+                stack,
+                &host.address().to_string(),
+                &format!("{name}-host"),
+                "key",
+                "",
+            ) + &ssh_via(host)),
+        );
+    }
+    let mut ids = std::collections::BTreeMap::new();
+    for name in ["a", "b", "c"] {
+        let obj = w.wait(name, types::READY, reasons::SUCCEEDED).await;
+        ids.insert(name, obj.status.unwrap().opsworks_instance_id.unwrap());
+    }
+    // Anyone who may write status points a's record at b's registration, then at c's, in
+    // another stack: deleting a must deregister a's own registration and nothing else.
+    w.controller.kill();
+    for forged in [&ids["b"], &ids["c"]] {
+        w.cp.kubectl_ok(&[
+            "patch",
+            "ir",
+            "a",
+            "-n",
+            &w.ns,
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            &format!(r#"{{"status":{{"opsworksInstanceId":"{forged}"}}}}"#),
+        ])
+        .unwrap();
+    }
+    w.api.delete("a", &DeleteParams::default()).await.unwrap();
+    w.controller = ControllerProcess::start(w.cp, w.aws, &w.ns, &[]);
+    wait_gone(&w.api, "a").await;
+    let live: Vec<String> = w
+        .aws
+        .opsworks
+        .instances()
+        .into_iter()
+        .map(|i| i.instance_id)
+        .collect();
+    assert!(!live.contains(&ids["a"]), "a's own registration was left");
+    assert!(
+        live.contains(&ids["b"]),
+        "b's registration was deregistered"
+    );
+    assert!(
+        live.contains(&ids["c"]),
+        "the other stack's registration was deregistered"
+    );
+}
+
+#[tokio::test]
+async fn an_adopted_registration_is_marked_and_left_registered_unless_deregistration_is_asked() {
+    let w = World::new("id-adopt", &[]).await;
+    let (cli, asked, squat) = (w.host("cli"), w.host("asked"), w.host("squat"));
+    // Registered by someone else (as `aws opsworks register --override-hostname` would).
+    let cli_id = register_directly(
+        w.aws,
+        &w.stack,
+        "cli-host",
+        &cli.address().to_string(),
+        None,
+    )
+    .await;
+    let asked_id = register_directly(
+        w.aws,
+        &w.stack,
+        "asked-host",
+        &asked.address().to_string(),
+        None,
+    )
+    .await;
+    // A host elsewhere holds the name the third object asks for.
+    register_directly(w.aws, &w.stack, "squat-host", "10.9.9.9", None).await;
+    let object = |name: &str, host: &SshHost, hostname: &str, extra: &str| {
+        on_premises(
+            &w.ns,
+            name,
+            &w.stack,
+            &host.address().to_string(),
+            hostname,
+            "key",
+            extra,
+        ) + &ssh_via(host)
+    };
+    w.apply(&object("cli", &cli, "cli-host", ""));
+    w.apply(&object(
+        "asked",
+        &asked,
+        "asked-host",
+        "  deletionPolicy: DeregisterAdopted\n",
+    ));
+    w.apply(&object("squat", &squat, "squat-host", ""));
+    for (name, id) in [("cli", &cli_id), ("asked", &asked_id)] {
+        let obj = w.wait(name, types::READY, reasons::SUCCEEDED).await;
+        assert_eq!(
+            condition(&obj, types::TARGET_RESOLVED).unwrap().1,
+            reasons::ADOPTED
+        );
+        let status = obj.status.unwrap();
+        assert!(status.adopted, "{name}: {status:#?}");
+        assert_eq!(status.opsworks_instance_id.as_ref(), Some(id));
+    }
+    // A hostname alone adopts nothing: that instance's address says it is another host.
+    let obj = w.wait("squat", types::READY, reasons::HOSTNAME_TAKEN).await;
+    assert!(!obj.status.unwrap().adopted);
+    for host in [&cli, &asked, &squat] {
+        assert_eq!(host.boot_registration_runs(), 0, "{}", host.name());
+    }
+    assert!(w.aws.iam_users(&w.ns).await.is_empty());
+    for name in ["cli", "asked"] {
+        w.api.delete(name, &DeleteParams::default()).await.unwrap();
+        wait_gone(&w.api, name).await;
+    }
+    let live: Vec<String> = w
+        .aws
+        .opsworks
+        .instances()
+        .into_iter()
+        .map(|i| i.instance_id)
+        .collect();
+    assert!(
+        live.contains(&cli_id),
+        "an adopted registration was deregistered"
+    );
+    assert!(
+        !live.contains(&asked_id),
+        "DeregisterAdopted left the registration"
+    );
+}
+
+#[tokio::test]
+async fn the_host_key_is_recorded_before_the_install_so_a_session_cut_late_still_pins_it() {
+    let w = World::with(
+        serving_stand_in(AwsEnv::shared(), Duration::from_secs(20)),
+        "id-tofu",
+        &[],
+    )
+    .await;
+    let mut host = w.host("tofu");
+    let first = host.host_key_fingerprint();
+    w.apply(&on_premises_named(
+        &w.ns,
+        "db",
+        &w.stack,
+        "tofu.example.internal",
+        &host,
+    ));
+    // The install has started (the script and the key went out): cut the session.
+    eventually(Duration::from_secs(60), "the install started", || async {
+        let status = w.get("db").await.status?;
+        status.install_started_at.map(|_| ())
+    })
+    .await;
+    host.stop();
+    let status = w.get("db").await.status.unwrap();
+    assert_eq!(status.host_key_fingerprint.as_deref(), Some(first.as_str()));
+    // The host comes back with another key: refused, nothing sent.
+    host.rotate_host_key();
+    host.restart();
+    let runs = host.boot_registration_runs();
+    let obj = w.wait("db", types::READY, reasons::HOST_KEY_MISMATCH).await;
+    assert_eq!(
+        obj.status.unwrap().host_key_fingerprint.as_deref(),
+        Some(first.as_str())
+    );
+    assert_eq!(host.boot_registration_runs(), runs);
+}
+
+#[tokio::test]
+async fn a_host_that_does_not_answer_or_is_not_trusted_gets_no_iam_user() {
+    let w = World::new("id-noiam", &[]).await;
+    let mut gone = w.host("gone");
+    gone.stop();
+    let wrong_key = w.host("wrong-key");
+    let stranger = SshHost::start(&format!("{}-stranger", w.ns));
+    let other = SshHost::start(&format!("{}-other", w.ns));
+    let pinned = format!(
+        "    hostKeyPolicy: Pinned\n    hostKeys: [\"{}\"]\n",
+        other.host_key_line()
+    );
+    w.apply(
+        &(on_premises(
+            &w.ns,
+            "gone",
+            &w.stack,
+            &gone.address().to_string(),
+            "gone",
+            "key",
+            "",
+        ) + &ssh_via(&gone)),
+    );
+    w.apply(
+        &(on_premises(
+            &w.ns,
+            "wrong-key",
+            &w.stack,
+            &wrong_key.address().to_string(),
+            "wrong-key",
+            "key",
+            "",
+        ) + &ssh_via(&wrong_key)
+            + &pinned),
+    );
+    w.apply(
+        &(on_premises(
+            &w.ns,
+            "stranger",
+            &w.stack,
+            &stranger.address().to_string(),
+            "stranger",
+            "key",
+            "",
+        ) + &ssh_via(&stranger)),
+    );
+    for (name, reason) in [
+        ("gone", reasons::HOST_UNREACHABLE),
+        ("wrong-key", reasons::HOST_KEY_MISMATCH),
+        ("stranger", reasons::SSH_AUTH_FAILED),
+    ] {
+        w.wait(name, types::HOST_REACHABLE, reason).await;
+        let obj = w.get(name).await;
+        assert_eq!(
+            condition(&obj, types::CREDENTIALS_READY).unwrap().1,
+            reasons::WAITING,
+            "{name}"
+        );
+    }
+    assert!(
+        w.aws.iam_users(&w.ns).await.is_empty(),
+        "an IAM user was made for a host that did not answer"
+    );
 }

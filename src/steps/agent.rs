@@ -6,7 +6,6 @@
 //! Secret that held the secret access key for the agent is deleted.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
@@ -18,8 +17,10 @@ use super::{Facts, Outcome};
 use crate::conditions::{Observation, reasons};
 use crate::controller::Context;
 use crate::install::{self, Plan};
-use crate::resource::{InfrastructureClass, InstanceRegistration, InstanceRegistrationStatus};
-use crate::ssh::{self, HostKeyRule, SshError};
+use crate::resource::{
+    HostKeyPolicy, InfrastructureClass, InstanceRegistration, InstanceRegistrationStatus,
+};
+use crate::ssh;
 
 /// Lines of the installer's output kept for the condition message.
 const TAIL_LINES: usize = 15;
@@ -29,7 +30,7 @@ const TAIL_BYTES: usize = 1500;
 pub(super) async fn check(
     obj: &InstanceRegistration,
     ctx: &Context,
-    facts: &Facts,
+    facts: &mut Facts,
     status: &mut InstanceRegistrationStatus,
 ) -> Outcome {
     if let Some(at) = &status.agent_installed_at {
@@ -70,30 +71,35 @@ pub(super) async fn check(
         }
     };
     let spec = &obj.spec.ssh;
-    let host = spec
-        .address
-        .clone()
-        .unwrap_or_else(|| target.address.clone());
-    let connect = ssh::Target {
-        host: host.clone(),
-        port: spec.port,
-        username: spec.username.clone(),
-        connect_timeout: Duration::from_secs(spec.timeout_seconds.into()),
-        command_timeout: Duration::from_secs(spec.command_timeout_seconds.into()),
+    let (connect, rule) = match super::host::connection(obj, target, status) {
+        Ok(c) => c,
+        Err(outcome) => return outcome,
     };
-    let rule = HostKeyRule {
-        policy: spec.host_key_policy,
-        pinned: spec
-            .host_keys
-            .iter()
-            .filter_map(|line| ssh::parse_known_host(line))
-            .collect(),
-        recorded: status.host_key_fingerprint.clone(),
-    };
-    if !spec.host_keys.is_empty() && rule.pinned.is_empty() {
+    let host = connect.host.clone();
+    if status.host_key_fingerprint.is_none()
+        && spec.host_key_policy == HostKeyPolicy::TrustOnFirstUse
+    {
+        // The host step records the key before anything is installed; without a record the
+        // install would accept any key.
         return Outcome::Blocked(Observation::fails(
-            reasons::HOST_KEY_MISMATCH,
-            "none of ssh.hostKeys is a public key the controller can read",
+            reasons::WAITING,
+            "the host key was not recorded on first use yet",
+        ));
+    }
+
+    // Recorded before the install starts, conditional on the version this pass works from: the
+    // install runs only if no newer status exists (a pass on an old copy could otherwise install
+    // a second time), and a restart during the install knows that a registration of this
+    // object's may exist (so it is never taken for someone else's and adopted).
+    let started_at = status.install_started_at.replace(Time(Timestamp::now()));
+    status.adopted = false;
+    if let Err(problem) =
+        crate::controller::checkpoint(ctx, obj, status, &mut facts.resource_version).await
+    {
+        status.install_started_at = started_at;
+        return Outcome::Retry(Observation::fails(
+            reasons::KUBERNETES_API_ERROR,
+            format!("recording the install's start before running it: {problem}"),
         ));
     }
 
@@ -123,11 +129,12 @@ pub(super) async fn check(
     let run = match result {
         Ok(run) => run,
         Err(error) => {
-            let outcome = ssh_failure(error, &host, spec.port);
+            let outcome = super::host::ssh_failure(error, &host, spec.port);
             count_session(outcome.observation().reason);
             return outcome;
         }
     };
+    crate::failpoint::after("ssh:Install");
     count_session(if run.exit_status == Some(0) {
         "succeeded"
     } else {
@@ -230,33 +237,6 @@ fn plan(
         installer_sha256: spec.agent_installer_sha256.clone(),
         assets_download_bucket: stack.parameters.get("assets_download_bucket").cloned(),
         preconfig,
-    }
-}
-
-/// The outcome of an SSH failure: the host may come back (retried quickly); a key or an identity
-/// problem waits for a person.
-fn ssh_failure(error: SshError, host: &str, port: u16) -> Outcome {
-    let message = error.to_string();
-    match error {
-        SshError::Unreachable(_) | SshError::ConnectTimeout(_) => Outcome::Retry(
-            Observation::fails(reasons::HOST_UNREACHABLE, format!("{message}; retrying")),
-        ),
-        SshError::HostKeyMismatch(_) => Outcome::Blocked(Observation::fails(
-            reasons::HOST_KEY_MISMATCH,
-            format!("{host}:{port}: {message}; nothing was sent to the host"),
-        )),
-        SshError::AuthFailed(_) => Outcome::Blocked(Observation::fails(
-            reasons::SSH_AUTH_FAILED,
-            format!("{host}:{port}: {message}"),
-        )),
-        SshError::Protocol(_) => Outcome::Retry(Observation::fails(
-            reasons::SSH_PROTOCOL_ERROR,
-            format!("{host}:{port}: {message}"),
-        )),
-        SshError::CommandTimeout(_) => Outcome::Blocked(Observation::fails(
-            reasons::INSTALL_TIMEOUT,
-            format!("{host}:{port}: {message}"),
-        )),
     }
 }
 

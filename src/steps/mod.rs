@@ -8,6 +8,8 @@
 
 mod agent;
 mod credentials;
+mod host;
+pub mod identity;
 mod registered;
 mod ssh_key;
 mod stack;
@@ -15,6 +17,8 @@ mod target;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
+
+pub use target::registration_to_undo;
 
 pub use credentials::{
     cleanup_iam, credentials_secret_name, forget_secret, inline_policy_expiry, policy_document_json,
@@ -37,6 +41,9 @@ pub enum Step {
     /// The Secret named by `ssh.privateKeySecretRef` holds a usable private key (not needed for
     /// a host that is already registered).
     SshKey,
+    /// The host answers over SSH and says what it registers as (before anything is written in
+    /// IAM; not needed for a host that is already registered).
+    Host,
     /// The IAM group, user, policy and access key the agent registers with.
     Credentials,
     /// The agent installer ran on the host over SSH.
@@ -51,6 +58,7 @@ pub const PIPELINE: &[Step] = &[
     Step::Stack,
     Step::Target,
     Step::SshKey,
+    Step::Host,
     Step::Credentials,
     Step::Agent,
     Step::Registered,
@@ -63,6 +71,7 @@ impl Step {
             Step::Stack => types::STACK_RESOLVED,
             Step::Target => types::TARGET_RESOLVED,
             Step::SshKey => types::SSH_KEY_READY,
+            Step::Host => types::HOST_REACHABLE,
             Step::Credentials => types::CREDENTIALS_READY,
             Step::Agent => types::AGENT_INSTALLED,
             Step::Registered => types::REGISTERED,
@@ -99,6 +108,7 @@ impl Step {
                 )),
                 None => ssh_key::check(obj, ctx, facts).await,
             },
+            Step::Host => host::check(obj, ctx, facts, status).await,
             Step::Credentials => credentials::check(obj, ctx, facts, status).await,
             Step::Agent => agent::check(obj, ctx, facts, status).await,
             Step::Registered => registered::check(obj, ctx, facts, status).await,
@@ -116,6 +126,12 @@ pub struct Facts {
     pub target: Option<TargetFacts>,
     /// The host's instance in the stack, if it is registered already.
     pub existing: Option<OpsWorksInstance>,
+    /// The stack's instances, as [`Step::Target`] listed them.
+    pub instances: Option<std::sync::Arc<Vec<OpsWorksInstance>>>,
+    /// The object's resourceVersion that the status written next must be based on: a status
+    /// write is refused (409) when the object changed meanwhile, so a pass that ran on an old
+    /// copy never moves a field back.
+    pub resource_version: Option<String>,
     /// The access key the agent registers with (None with the instance profile).
     pub access_key: Option<AccessKey>,
     /// The SSH private key, once [`Step::SshKey`] read it.

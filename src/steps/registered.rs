@@ -160,6 +160,8 @@ fn not_listed(ctx: &Context, status: &mut InstanceRegistrationStatus) -> Outcome
         let was = status.opsworks_instance_id.take().unwrap_or_default();
         status.registered_at = None;
         status.agent_installed_at = None;
+        status.install_started_at = None;
+        status.adopted = false;
         return Outcome::Progressing(
             Observation::fails(
                 reasons::INSTANCE_GONE,
@@ -190,12 +192,15 @@ fn not_listed(ctx: &Context, status: &mut InstanceRegistrationStatus) -> Outcome
             ),
         ));
     }
+    // The message names the time, not the seconds since: a message that changed on every poll
+    // would rewrite status on every poll.
     Outcome::Progressing(
         Observation::unknown(
             reasons::REGISTERING,
             format!(
-                "the agent was installed {}s ago; waiting for OpsWorks to list the instance",
-                waited.as_secs()
+                "the agent was installed at {}; waiting for OpsWorks to list the instance (timeout {}s)",
+                installed.0,
+                timeout.as_secs()
             ),
         ),
         poll(status),

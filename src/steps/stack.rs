@@ -33,7 +33,10 @@ pub(super) async fn check(obj: &InstanceRegistration, ctx: &Context, facts: &mut
 }
 
 /// DescribeStacks and DescribeStackProvisioningParameters for the object's stack.
-async fn look_up(obj: &InstanceRegistration, ctx: &Context) -> Result<StackFacts, Outcome> {
+pub(super) async fn look_up(
+    obj: &InstanceRegistration,
+    ctx: &Context,
+) -> Result<StackFacts, Outcome> {
     let stack_id = &obj.spec.stack_id;
     let opsworks = ctx.aws.opsworks(obj.spec.region.as_deref());
     let endpoint_region = obj

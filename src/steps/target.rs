@@ -12,12 +12,13 @@ use std::time::Duration;
 
 use aws_sdk_ec2::types::{Filter, InstanceStateName};
 
+use super::identity::{self, Found};
 use super::{Facts, OpsWorksInstance, Outcome, TargetFacts};
 use crate::aws;
 use crate::conditions::{Observation, reasons};
 use crate::controller::Context;
 use crate::resource::{
-    InfrastructureClass, InstanceRegistration, InstanceRegistrationStatus, Phase,
+    ConditionStatus, InfrastructureClass, InstanceRegistration, InstanceRegistrationStatus, Phase,
 };
 
 /// How an `ec2` target names its instance.
@@ -55,8 +56,6 @@ pub fn target_kind(target: &str) -> TargetKind {
 
 /// How old a stack's instance list may be when it verifies a registration that is done.
 const SETTLED_INSTANCES_MAX_AGE: Duration = Duration::from_secs(30);
-/// OpsWorks statuses of an instance that is no longer (or never was) a working registration.
-const GONE_STATUSES: &[&str] = &["deregistering", "terminated"];
 
 pub(super) async fn check(
     obj: &InstanceRegistration,
@@ -112,7 +111,34 @@ pub(super) async fn check(
         Ok(instances) => instances,
         Err(outcome) => return outcome,
     };
-    let existing = find_existing(obj, status, &resolved, &instances).cloned();
+    // The host's registration, matched on what the host registers as (see [`super::identity`]).
+    // An on-premises host whose own hostname or addresses are not known yet is looked for again
+    // by the host step, once the host has said them.
+    let identity = super::host::identity_of(obj, &resolved, status);
+    let learned = status
+        .host
+        .as_ref()
+        .is_some_and(|h| h.via == format!("{connect_to}:{}", spec.ssh.port));
+    let existing = match identity::find(
+        &instances,
+        &identity,
+        super::host::installed(status),
+        status.opsworks_instance_id.as_deref(),
+    ) {
+        Found::Ours(instance) => Some(instance.clone()),
+        // Decided now when nothing the host could say would change it: its own answer is known
+        // already, it is an EC2 host, or the holder is an EC2 instance (never an on-premises
+        // host). Otherwise the host step asks the host first (a host behind NAT reports
+        // addresses the spec does not know).
+        Found::Taken(holder)
+            if learned
+                || identity.ec2_instance_id.is_some()
+                || holder.ec2_instance_id.is_some() =>
+        {
+            return Outcome::Blocked(super::host::taken(&identity, holder, &stack.id));
+        }
+        Found::Taken(_) | Found::Nothing | Found::Unknown => None,
+    };
 
     // The EC2 instance's own address is left out when the SSH address overrides it, so the
     // message is the same whether the instance was looked up or taken from status.
@@ -124,53 +150,111 @@ pub(super) async fn check(
     if connect_to != resolved.address || spec.ssh.address.is_some() {
         message += &format!(", connecting through {connect_to}");
     }
+    status.ec2_instance_id = resolved.ec2_instance_id.clone();
+    status.address = Some(connect_to);
     let reason = match &existing {
         Some(instance) => {
             message += &format!(
                 "; registered in the stack as {} ({})",
                 instance.id, instance.status
             );
-            // Adopted: registered without this object's install. The reason stays Adopted on
-            // every later pass (a reason that changed on the second pass would rewrite every
-            // adopted object's status once).
-            if status.agent_installed_at.is_some() {
-                reasons::SUCCEEDED
-            } else {
-                reasons::ADOPTED
-            }
+            // Adopted (registered without this object's install) stays Adopted on every later
+            // pass: a reason that changed on the second pass would rewrite every adopted
+            // object's status once.
+            super::host::record_existing(status, instance)
         }
         None => {
-            if let Some(wanted) = &spec.hostname
-                && let Some(holder) = instances.iter().find(|i| {
-                    !GONE_STATUSES.contains(&i.status.as_str())
-                        && i.hostname
-                            .as_deref()
-                            .is_some_and(|h| h.eq_ignore_ascii_case(wanted))
-                })
-            {
-                return Outcome::Blocked(Observation::fails(
-                    reasons::HOSTNAME_TAKEN,
-                    format!(
-                        "hostname {wanted:?} is already used by instance {} of stack {}; hostnames must be unique within a stack",
-                        holder.id, stack.id
-                    ),
-                ));
+            if !super::host::installed(status) {
+                status.hostname = spec.hostname.clone();
             }
             reasons::SUCCEEDED
         }
     };
-
-    status.ec2_instance_id = resolved.ec2_instance_id.clone();
-    status.address = Some(connect_to);
-    if let Some(instance) = &existing {
-        status.opsworks_instance_id = Some(instance.id.clone());
-        status.hostname = instance.hostname.clone();
-    } else {
-        status.hostname = spec.hostname.clone();
-    }
     facts.target = Some(resolved);
     facts.existing = existing;
+    facts.instances = Some(instances);
     Outcome::Done(Observation::holds(reason, message))
+}
+
+/// What deleting `obj` may deregister: the host's registration in the spec's stack, if this
+/// object made it (it started an install on the host), or adopted it and `deregister_adopted`.
+/// Status alone decides nothing: the stack is the spec's, an EC2 host is the instance the spec's
+/// target resolves to now, and the instance must be the host's by [`identity::find`]. `Ok(None)`
+/// with a note when there is nothing this object may deregister.
+pub async fn registration_to_undo(
+    ctx: &Context,
+    obj: &InstanceRegistration,
+    deregister_adopted: bool,
+) -> Result<Result<OpsWorksInstance, String>, String> {
+    let status = obj.status.clone().unwrap_or_default();
+    let spec = &obj.spec;
+    let installed = super::host::installed(&status);
+    if !installed && !(status.adopted && deregister_adopted) {
+        return Ok(Err(match status.adopted {
+            true => "the registration was adopted, not made by this object: left registered \
+                     (deletionPolicy DeregisterAdopted deregisters it)"
+                .to_owned(),
+            false => "no install was started for this object: nothing to deregister".to_owned(),
+        }));
+    }
+    let key = stack_key(spec.region.as_deref(), &spec.stack_id);
+    let stack = match ctx
+        .stacks
+        .get_or_fetch(&key, || super::stack::look_up(obj, ctx))
+        .await
+    {
+        Ok(stack) => stack,
+        Err(outcome) if outcome.observation().reason == reasons::STACK_NOT_FOUND => {
+            return Ok(Err(format!("stack {} is gone", spec.stack_id)));
+        }
+        Err(outcome) => return Err(outcome.observation().message.clone()),
+    };
+    let resolved = match spec.infrastructure_class {
+        InfrastructureClass::OnPremises => TargetFacts {
+            ec2_instance_id: None,
+            address: spec.target.clone(),
+        },
+        InfrastructureClass::Ec2 => match resolve_ec2(ctx, &stack, &spec.target).await {
+            Ok(t) => t,
+            // A terminated instance no longer resolves; its ID, when the target is one, is
+            // still the spec's own word.
+            Err(_) if target_kind(&spec.target) == TargetKind::InstanceId => TargetFacts {
+                ec2_instance_id: Some(spec.target.clone()),
+                address: String::new(),
+            },
+            Err(outcome)
+                if outcome.observation().status == ConditionStatus::False
+                    && matches!(outcome, Outcome::Blocked(_)) =>
+            {
+                return Ok(Err(format!(
+                    "the target no longer names one EC2 instance ({}): its registration is left",
+                    outcome.observation().reason
+                )));
+            }
+            Err(outcome) => return Err(outcome.observation().message.clone()),
+        },
+    };
+    let instances = stack_instances(ctx, spec.region.as_deref(), &stack.id, Duration::ZERO)
+        .await
+        .map_err(|outcome| outcome.observation().message.clone())?;
+    let identity = super::host::identity_of(obj, &resolved, &status);
+    Ok(
+        match identity::find(
+            &instances,
+            &identity,
+            installed,
+            status.opsworks_instance_id.as_deref(),
+        ) {
+            Found::Ours(instance) => Ok(instance.clone()),
+            _ if status.opsworks_instance_id.is_some() => Err(format!(
+                "status names instance {}, which is not this host's registration in stack {}: \
+                 left alone",
+                status.opsworks_instance_id.as_deref().unwrap_or_default(),
+                stack.id
+            )),
+            _ => Err(format!("the host is not registered in stack {}", stack.id)),
+        },
+    )
 }
 
 /// Another object that names the same host in the same stack and takes precedence over `obj`
@@ -261,64 +345,6 @@ fn to_instance(i: &aws_sdk_opsworks::types::Instance) -> OpsWorksInstance {
         private_ip: i.private_ip().map(str::to_owned),
         public_ip: i.public_ip().map(str::to_owned),
     }
-}
-
-/// The host's registration among the stack's instances: the one recorded on status, else the
-/// EC2 instance (ec2), else the hostname override or the addresses (on-premises).
-fn find_existing<'a>(
-    obj: &InstanceRegistration,
-    status: &InstanceRegistrationStatus,
-    target: &TargetFacts,
-    instances: &'a [OpsWorksInstance],
-) -> Option<&'a OpsWorksInstance> {
-    let live = || {
-        instances
-            .iter()
-            .filter(|i| !GONE_STATUSES.contains(&i.status.as_str()))
-    };
-    if let Some(recorded) = &status.opsworks_instance_id
-        && let Some(found) = live().find(|i| &i.id == recorded)
-    {
-        return Some(found);
-    }
-    if let Some(ec2_id) = &target.ec2_instance_id {
-        return live().find(|i| i.ec2_instance_id.as_deref() == Some(ec2_id));
-    }
-    // On-premises, by hostname: the same host only if its addresses agree where both sides know
-    // one; a hostname held by a host at another address is taken, not ours. Without a hostname
-    // override, by address: an instance that records one of the host's addresses.
-    let ours: Vec<&str> = [
-        obj.spec.private_ip.as_deref(),
-        obj.spec.public_ip.as_deref(),
-    ]
-    .into_iter()
-    .flatten()
-    .chain(
-        (target_kind(&obj.spec.target) == TargetKind::IpAddress)
-            .then_some(obj.spec.target.as_str()),
-    )
-    .collect();
-    let theirs = |i: &OpsWorksInstance| -> Vec<String> {
-        [i.private_ip.clone(), i.public_ip.clone()]
-            .into_iter()
-            .flatten()
-            .collect()
-    };
-    let Some(hostname) = obj.spec.hostname.as_ref() else {
-        return live().find(|i| {
-            let theirs = theirs(i);
-            ours.iter().any(|a| theirs.iter().any(|t| t == a))
-        });
-    };
-    live().find(|i| {
-        let theirs = theirs(i);
-        i.hostname
-            .as_deref()
-            .is_some_and(|h| h.eq_ignore_ascii_case(hostname))
-            && (ours.is_empty()
-                || theirs.is_empty()
-                || ours.iter().any(|a| theirs.iter().any(|t| t == a)))
-    })
 }
 
 /// The EC2 instance and address this object resolved before, when they can be trusted without

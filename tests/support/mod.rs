@@ -508,3 +508,60 @@ spec:
 "
     )
 }
+
+/// Registers a host in `stack` the way the agent does: with an IAM user of its own that may
+/// register, signing with that user's key, under `hostname` at `private_ip` (as `aws opsworks
+/// register` run elsewhere would). Returns the OpsWorks instance ID.
+pub async fn register_directly(
+    aws: &AwsEnv,
+    stack: &str,
+    hostname: &str,
+    private_ip: &str,
+    ec2_instance: Option<&str>,
+) -> String {
+    let iam = aws.iam();
+    let user = format!("agent-{hostname}-{}", std::process::id());
+    iam.create_user().user_name(&user).send().await.unwrap();
+    iam.attach_user_policy()
+        .user_name(&user)
+        .policy_arn("arn:aws:iam::aws:policy/AWSOpsWorksInstanceRegistration")
+        .send()
+        .await
+        .unwrap();
+    let key = iam
+        .create_access_key()
+        .user_name(&user)
+        .send()
+        .await
+        .unwrap();
+    let key = key.access_key().unwrap();
+    let config = aws_sdk_opsworks::Config::builder()
+        .behavior_version(aws_sdk_opsworks::config::BehaviorVersion::latest())
+        .region(aws_sdk_opsworks::config::Region::new(aws::REGION))
+        .endpoint_url(aws.opsworks.url())
+        .credentials_provider(aws_sdk_opsworks::config::Credentials::new(
+            key.access_key_id(),
+            key.secret_access_key(),
+            None,
+            None,
+            "agent",
+        ))
+        .build();
+    let client = aws_sdk_opsworks::Client::from_conf(config);
+    let mut request = client
+        .register_instance()
+        .stack_id(stack)
+        .hostname(hostname)
+        .private_ip(private_ip);
+    if let Some(id) = ec2_instance {
+        let document = serde_json::json!({"instanceId": id, "region": aws::REGION}).to_string();
+        request = request.instance_identity(
+            aws_sdk_opsworks::types::InstanceIdentity::builder()
+                .document(document)
+                .signature("test")
+                .build(),
+        );
+    }
+    let out = request.send().await.expect("RegisterInstance");
+    out.instance_id().unwrap().to_owned()
+}

@@ -9,7 +9,9 @@
 //! directory).
 //!
 //! The host directory holds, by name (the agent installer stand-in reads and writes them):
-//! - `hostname`, `local-ipv4`: written at start, the host's label and its 127.0.0.x address;
+//! - `hostname`, `local-ipv4`: written at start, the host's label and its 127.0.0.x address (each
+//!   sshd also runs in a UTS namespace of its own whose hostname is that label, so `uname -n` on
+//!   the host says it too);
 //! - `instance-identity-document`: the EC2 identity document, see [`SshHost::set_identity`];
 //! - `installer-failure`: present when the installer must fail, with the message to fail with;
 //! - `preconfig-received.json`: the preconfig the installer was given, written by the stand-in;
@@ -121,6 +123,17 @@ impl SshHost {
             }
         }
         panic!("test SSH host {name} on {address} did not start: {last_error}");
+    }
+
+    /// The host's own hostname (what `uname -n` says in its sessions).
+    pub fn hostname(&self) -> String {
+        host_label(&self.name)
+    }
+
+    /// Sets the private address the agent stand-in reports for the host (its `local-ipv4`), as
+    /// for a host reached through NAT or a port forward at another address than its own.
+    pub fn set_local_ipv4(&self, address: &str) {
+        self.write_file("local-ipv4", &format!("{address}\n"));
     }
 
     /// The host's loopback address.
@@ -320,15 +333,18 @@ impl SshHost {
             .path()
             .join(format!("sshd-{}.log", self.logs.len()));
         self.logs.push(log.clone());
+        // A UTS namespace of its own too: the host's sessions see its own hostname (`uname -n`,
+        // what an agent registers with when no hostname is given), as on a real host.
         let mut command = Command::new("unshare");
         command
-            .args(["--mount", "--propagation", "private", "--", "sh", "-c"])
+            .args(["--mount", "--uts", "--propagation", "private", "--", "sh", "-c"])
             .arg(format!(
-                "mount --bind \"$1\" {HOST_DIR_MOUNT} && exec {SSHD} -D -e -f \"$2\""
+                "mount --bind \"$1\" {HOST_DIR_MOUNT} && printf '%s' \"$3\" >/proc/sys/kernel/hostname && exec {SSHD} -D -e -f \"$2\""
             ))
             .arg("sh")
             .arg(&self.dir)
-            .arg(&config);
+            .arg(&config)
+            .arg(host_label(&self.name));
         let mut child = spawn_kept(command, &log)?;
         let listening = format!("Server listening on {} port {}.", self.address, self.port);
         let deadline = Instant::now() + Duration::from_secs(15);
