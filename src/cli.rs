@@ -13,6 +13,7 @@ use crate::leader;
 use crate::metrics::Metrics;
 use crate::resource::InstanceRegistration;
 use crate::telemetry::{self, LogFormat};
+use crate::tenancy::Unannotated;
 
 /// Registers Linux hosts with AWS OpsWorks Stacks, one InstanceRegistration object per host.
 #[derive(Debug, Parser)]
@@ -50,6 +51,11 @@ struct RunArgs {
     /// Seconds between looks at a finished object, to notice drift.
     #[arg(long, env = "RESYNC_SECONDS", default_value_t = 600, value_parser = clap::value_parser!(u64).range(5..))]
     resync_seconds: u64,
+    /// Which OpsWorks stacks the objects of a namespace without the `registrar.dev/allowed-stacks`
+    /// annotation may use: `any` (as before the annotation existed) or `none` (a shared cluster:
+    /// a namespace uses only the stacks a cluster administrator listed in its annotation).
+    #[arg(long, env = "UNANNOTATED_NAMESPACES", value_enum, default_value_t = Unannotated::Any)]
+    unannotated_namespaces: Unannotated,
     /// Log filter, in RUST_LOG syntax.
     #[arg(long, env = "LOG_LEVEL", default_value = "info")]
     log_level: String,
@@ -151,6 +157,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         resync: Duration::from_secs(args.resync_seconds),
         registration_timeout: Duration::from_secs(args.registration_timeout_seconds),
         instance: Some(identity),
+        unannotated_namespaces: args.unannotated_namespaces,
     };
     let Some(election) = election else {
         return controller::run(client, settings, metrics, health, stopped()).await;

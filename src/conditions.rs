@@ -70,6 +70,12 @@ pub mod reasons {
     // The stack and the target.
     /// DescribeStacks does not know the stack.
     pub const STACK_NOT_FOUND: &str = "StackNotFound";
+    /// The object's namespace may not use the stack (its `registrar.dev/allowed-stacks`
+    /// annotation, or the controller's rule for namespaces without one); nothing was done in AWS.
+    pub const STACK_NOT_ALLOWED: &str = "StackNotAllowed";
+    /// The controller's Namespace watch has not seen the object's namespace yet, so which stacks
+    /// it may use is not known; retried.
+    pub const NAMESPACE_UNKNOWN: &str = "NamespaceUnknown";
     /// No EC2 instance matches the target.
     pub const TARGET_NOT_FOUND: &str = "TargetNotFound";
     /// Several EC2 instances match the target; the message lists them.

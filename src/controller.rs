@@ -6,8 +6,8 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
-use k8s_openapi::api::core::v1::Secret;
+use futures::{FutureExt, StreamExt};
+use k8s_openapi::api::core::v1::{Namespace, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{PartialObjectMeta, Patch, PatchParams};
@@ -30,6 +30,7 @@ use crate::resource::{
     ConditionStatus, DeletionPolicy, FINALIZER, InstanceRegistration, InstanceRegistrationStatus,
 };
 use crate::steps::{self, Facts, Next, Outcome, PIPELINE};
+use crate::tenancy::{self, Tenancy, Unannotated, Verdict};
 use crate::{Error, Result};
 
 /// How long a stack's description is shared between the objects of the stack.
@@ -61,6 +62,9 @@ pub struct Settings {
     pub registration_timeout: Duration,
     /// Name of this replica in Events (`reportingInstance`).
     pub instance: Option<String>,
+    /// Which stacks the objects of a namespace without the `registrar.dev/allowed-stacks`
+    /// annotation may use.
+    pub unannotated_namespaces: Unannotated,
 }
 
 impl Default for Settings {
@@ -72,6 +76,7 @@ impl Default for Settings {
             resync: Duration::from_secs(600),
             registration_timeout: Duration::from_secs(900),
             instance: None,
+            unannotated_namespaces: Unannotated::default(),
         }
     }
 }
@@ -88,6 +93,8 @@ pub struct Context {
     pub backoff: Tracker,
     /// Every object the controller watches, as last seen (for rules across objects).
     pub store: reflector::Store<InstanceRegistration>,
+    /// Which stacks each namespace may use.
+    pub tenancy: Tenancy,
     /// Metrics.
     pub metrics: Arc<Metrics>,
     /// OpsWorks stacks by `region/stack`, shared by the objects of a stack for a while.
@@ -105,11 +112,13 @@ pub struct Context {
 }
 
 impl Context {
-    /// A context for `client` and `aws` with `settings`, seeing the watched objects in `store`.
+    /// A context for `client` and `aws` with `settings`, seeing the watched objects in `store`
+    /// and their namespaces in `namespaces`.
     pub fn new(
         client: Client,
         aws: Aws,
         store: reflector::Store<InstanceRegistration>,
+        namespaces: reflector::Store<PartialObjectMeta<Namespace>>,
         metrics: Arc<Metrics>,
         settings: Settings,
     ) -> Self {
@@ -123,6 +132,7 @@ impl Context {
             aws,
             backoff: Tracker::default(),
             store,
+            tenancy: Tenancy::new(namespaces, settings.unannotated_namespaces),
             metrics,
             stacks: TtlCache::new(STACK_TTL),
             instances: TtlCache::new(INSTANCES_TTL),
@@ -330,15 +340,13 @@ async fn cleanup(
     match undo(obj, ctx).await {
         Ok(summary) => {
             info!(name = %obj.name_any(), %summary, "cleaned up");
-            publish(
-                ctx,
-                obj,
-                EventType::Normal,
-                "Deregistered",
-                "Cleanup",
-                &summary,
-            )
-            .await;
+            let refused = matches!(ctx.tenancy.stack_verdict(obj), Verdict::Refused(_));
+            let (kind, reason) = if refused {
+                (EventType::Warning, conditions::reasons::STACK_NOT_ALLOWED)
+            } else {
+                (EventType::Normal, "Deregistered")
+            };
+            publish(ctx, obj, kind, reason, "Cleanup", &summary).await;
             ctx.backoff.reset(&key);
             ctx.versions.forget(obj);
             Ok(Action::await_change())
@@ -366,6 +374,12 @@ async fn cleanup(
 /// with DeregisterAdopted) is looked up in the spec's stack, matched on the host's identity, and
 /// deregistered; one this object did not make is left, whatever status says.
 async fn undo(obj: &InstanceRegistration, ctx: &Context) -> std::result::Result<String, String> {
+    // Tenancy first: an object whose namespace may not use the stack writes nothing in it.
+    match ctx.tenancy.stack_verdict(obj) {
+        Verdict::Allowed => {}
+        Verdict::Unknown(why) => return Err(why),
+        Verdict::Refused(why) => return undo_outside_the_stack(obj, ctx, &why).await,
+    }
     let mut done = Vec::new();
     let opsworks = ctx.aws.opsworks(obj.spec.region.as_deref());
     let stack_name = match opsworks
@@ -387,7 +401,7 @@ async fn undo(obj: &InstanceRegistration, ctx: &Context) -> std::result::Result<
             None
         }
     };
-    match steps::cleanup_iam(ctx, obj, stack_name.as_deref()).await {
+    match steps::cleanup_iam(ctx, obj, stack_name.as_deref(), true).await {
         Ok(users) if users.is_empty() => {}
         Ok(users) => done.push(format!("deleted IAM user {}", users.join(", "))),
         Err(failure) => return Err(format!("IAM cleanup: {failure}")),
@@ -421,6 +435,31 @@ async fn undo(obj: &InstanceRegistration, ctx: &Context) -> std::result::Result<
     } else {
         done.join("; ")
     })
+}
+
+/// The undo of an object whose namespace may not use its stack (`why` says so): nothing in the
+/// stack is touched, not even read, so its registration, if any, stays. Only what the object
+/// alone can own goes: the IAM user tagged with its UID (made while the namespace was allowed
+/// the stack) and its access key Secret.
+async fn undo_outside_the_stack(
+    obj: &InstanceRegistration,
+    ctx: &Context,
+    why: &str,
+) -> std::result::Result<String, String> {
+    let mut done = vec![format!(
+        "{why}; nothing was done in the stack (a registration there is left as it is)"
+    )];
+    // No stack name: only the user recorded on status is looked at; and the stack's group is
+    // left even if empty.
+    match steps::cleanup_iam(ctx, obj, None, false).await {
+        Ok(users) if users.is_empty() => {}
+        Ok(users) => done.push(format!("deleted IAM user {}", users.join(", "))),
+        Err(failure) => return Err(format!("IAM cleanup: {failure}")),
+    }
+    if steps::forget_secret(ctx, obj).await? {
+        done.push("deleted the access key Secret".into());
+    }
+    Ok(done.join("; "))
 }
 
 /// Writes `new` to the status subresource with server-side apply, unless it means the same as
@@ -628,6 +667,7 @@ pub async fn run(
             crate::kube_error_summary(&e)
         )
     })?;
+    tenancy::check_access(client.clone(), settings.watch_namespace.as_deref()).await?;
     let concurrency = settings.concurrency;
     info!(
         namespace = settings.watch_namespace.as_deref().unwrap_or("<all>"),
@@ -660,7 +700,40 @@ pub async fn run(
             Default::default(),
         );
     metrics.count_objects_in(store.clone());
-    let ctx = Arc::new(Context::new(client, aws, store.clone(), metrics, settings));
+    // The Namespaces' annotations say which stacks their objects may use. Their watch runs on
+    // its own, so that it can fill before the first pass (a pass that found its namespace not
+    // yet known would flip a Ready object's status at every start); a namespace whose
+    // annotations change re-runs its objects at once.
+    let shutdown = shutdown.shared();
+    let (namespaces, namespace_changes) =
+        tenancy::watch(client.clone(), settings.watch_namespace.as_deref());
+    let (changed_tx, changed_rx) = futures::channel::mpsc::unbounded::<String>();
+    let namespace_watch = tokio::spawn(namespace_changes.for_each(move |name| {
+        let _ = changed_tx.unbounded_send(name);
+        std::future::ready(())
+    }));
+    let waited = std::time::Instant::now();
+    loop {
+        tokio::select! {
+            _ = namespaces.wait_until_ready() => break,
+            _ = shutdown.clone() => {
+                namespace_watch.abort();
+                return Ok(());
+            }
+            _ = tokio::time::sleep(Duration::from_secs(10)) => warn!(
+                waited_s = waited.elapsed().as_secs(),
+                "waiting for the Namespace watch to list the namespaces"
+            ),
+        }
+    }
+    let ctx = Arc::new(Context::new(
+        client,
+        aws,
+        store.clone(),
+        namespaces,
+        metrics,
+        settings,
+    ));
     let controller = Controller::for_stream(changes, store.clone());
     // A Secret that appears or changes re-runs the objects that name it, so fixing a missing or
     // wrong key takes effect at once rather than at the next backoff. Metadata only: the
@@ -670,6 +743,16 @@ pub async fn run(
     let secret_changes = watcher::watcher(secrets, watcher::Config::default().any_semantic())
         .default_backoff()
         .touched_objects();
+    let in_namespace = store.clone();
+    let namespace_changes = changed_rx.flat_map(move |namespace| {
+        let objects: Vec<_> = in_namespace
+            .state()
+            .into_iter()
+            .filter(|obj| obj.namespace().as_deref() == Some(namespace.as_str()))
+            .map(|obj| ObjectRef::from_obj(&*obj))
+            .collect();
+        futures::stream::iter(objects)
+    });
     controller
         .watches_stream(secret_changes, move |secret| {
             let namespace = secret.namespace();
@@ -683,6 +766,7 @@ pub async fn run(
                 .map(|obj| ObjectRef::from_obj(&*obj))
                 .collect::<Vec<_>>()
         })
+        .reconcile_on(namespace_changes)
         .with_config(kube::runtime::controller::Config::default().concurrency(concurrency))
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
@@ -696,6 +780,7 @@ pub async fn run(
             }
         })
         .await;
+    namespace_watch.abort();
     info!("controller stopped");
     Ok(())
 }

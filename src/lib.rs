@@ -5,6 +5,7 @@
 //! - [`controller`]: the watch, the finalizer, status and events around the [`steps`].
 //! - [`steps`]: the reconcile as a sequence of steps, each reporting one condition.
 //! - [`conditions`]: condition types, reasons and the rules for updating them.
+//! - [`tenancy`]: which stacks the objects of a namespace may use.
 #![forbid(unsafe_code)]
 #![deny(warnings)]
 
@@ -24,6 +25,7 @@ pub mod ssh;
 pub mod sshkey;
 pub mod steps;
 pub mod telemetry;
+pub mod tenancy;
 
 /// Errors that end a reconcile early; they are retried with per-object backoff. Failures the user
 /// must fix are not errors: they are conditions (see [`steps::Outcome`]).

@@ -216,6 +216,12 @@ fn controller_rules() -> Vec<PolicyRule> {
     ]
 }
 
+/// The rule that reads the Namespaces' annotations (which stacks each may use): `names` are the
+/// namespaces it is confined to (none: every namespace).
+fn namespaces_rule(names: &[&str]) -> PolicyRule {
+    rule(&[""], &["namespaces"], names, &["list", "watch"])
+}
+
 #[test]
 fn helm_lint_passes_cluster_wide_and_namespaced_with_leader_election() {
     let chart = chart();
@@ -355,6 +361,7 @@ fn the_deployment_runs_restricted_with_probes_and_the_controllers_settings() {
     let expected = [
         ("POD_NAME", "fieldRef:metadata.name"),
         ("POD_NAMESPACE", "fieldRef:metadata.namespace"),
+        ("UNANNOTATED_NAMESPACES", "any"),
         ("RECONCILE_CONCURRENCY", "64"),
         ("SSH_CONCURRENCY", "64"),
         ("RESYNC_SECONDS", "600"),
@@ -376,6 +383,7 @@ fn the_deployment_runs_restricted_with_probes_and_the_controllers_settings() {
         "sys",
         &sets(&[
             "watchNamespace=hosts",
+            "tenancy.unannotatedNamespaces=none",
             "concurrency=4",
             "sshConcurrency=2",
             "log.format=human",
@@ -391,6 +399,7 @@ fn the_deployment_runs_restricted_with_probes_and_the_controllers_settings() {
     );
     for (name, value) in [
         ("WATCH_NAMESPACE", "hosts"),
+        ("UNANNOTATED_NAMESPACES", "none"),
         ("RECONCILE_CONCURRENCY", "4"),
         ("SSH_CONCURRENCY", "2"),
         ("LOG_FORMAT", "human"),
@@ -440,9 +449,11 @@ fn every_setting_the_chart_passes_is_an_environment_variable_of_run() {
 #[test]
 fn rbac_is_a_cluster_role_only_without_a_watch_namespace_and_leases_only_with_leader_election() {
     let wide = render("r", "sys", &[]);
+    let mut wide_rules = controller_rules();
+    wide_rules.push(namespaces_rule(&[]));
     assert_eq!(
         wide.rules("ClusterRole", "r-instance-registrar"),
-        controller_rules()
+        wide_rules
     );
     assert!(wide.all::<serde_yaml::Value>("Role").is_empty());
     assert!(wide.all::<serde_yaml::Value>("RoleBinding").is_empty());
@@ -456,14 +467,25 @@ fn rbac_is_a_cluster_role_only_without_a_watch_namespace_and_leases_only_with_le
         "sys",
         &sets(&["watchNamespace=hosts", "leaderElection.enabled=true"]),
     );
-    // Nothing cluster-wide: every object lives in a namespace (the CRD is in crds/, not here).
+    // Nothing cluster-wide (the CRD is in crds/, not here) but reading the one watched
+    // Namespace, which is cluster-scoped: every other object lives in a namespace.
+    let reads_namespace = "r-instance-registrar-sys-namespace";
     for doc in &scoped.docs {
         assert!(
-            doc["metadata"]["namespace"].as_str().is_some(),
+            doc["metadata"]["namespace"].as_str().is_some()
+                || doc["metadata"]["name"] == reads_namespace,
             "cluster-scoped object in the namespaced variant: {:?}",
             scoped.objects()
         );
     }
+    assert_eq!(
+        scoped.rules("ClusterRole", reads_namespace),
+        vec![namespaces_rule(&["hosts"])]
+    );
+    let binding: serde_yaml::Value = scoped.one("ClusterRoleBinding");
+    assert_eq!(binding["roleRef"]["name"], reads_namespace);
+    assert_eq!(binding["subjects"][0]["name"], "r-instance-registrar");
+    assert_eq!(binding["subjects"][0]["namespace"], "sys");
     assert_eq!(
         scoped.rules("Role", "r-instance-registrar"),
         controller_rules()
@@ -1005,7 +1027,9 @@ async fn the_controller_as_the_cluster_wide_service_account_does_its_work_and_no
         (false, format!("create events -n {hosts}")),
         (false, format!("get configmaps -n {hosts}")),
         (false, format!("get leases.coordination.k8s.io -n {sys}")),
-        (false, "list namespaces".to_owned()),
+        (true, "watch namespaces".to_owned()),
+        (false, "get namespaces".to_owned()),
+        (false, format!("patch namespaces/{hosts}")),
     ] {
         release.assert_can(cp, can, &query);
     }
@@ -1086,6 +1110,10 @@ async fn the_controller_as_the_namespaced_service_account_is_confined_to_its_nam
     for (can, query) in [
         (true, format!("watch {ir} -n {hosts}")),
         (true, format!("delete secrets -n {hosts}")),
+        (true, format!("watch namespaces/{hosts}")),
+        (false, "list namespaces".to_owned()),
+        (false, format!("list namespaces/{other}")),
+        (false, format!("patch namespaces/{hosts}")),
         (false, format!("list {ir} -n {other}")),
         (false, format!("create events.events.k8s.io -n {other}")),
         (true, format!("create {lease} -n {sys}")),

@@ -686,11 +686,13 @@ fn kube_retry(what: &str, error: &kube::Error) -> Outcome {
 /// Deletes every IAM user this object made (keys, policies, group memberships, then the user),
 /// the stack's group if that leaves it empty, and the credentials Secret. Touches nothing not
 /// tagged with the object's UID. `stack_name` is `None` when the stack is gone; the user recorded
-/// on status is still found then.
+/// on status is still found then. Without `tidy_group` the stack's group is left even if empty
+/// (the object's namespace may not use the stack).
 pub async fn cleanup_iam(
     ctx: &Context,
     obj: &InstanceRegistration,
     stack_name: Option<&str>,
+    tidy_group: bool,
 ) -> Result<Vec<String>, aws::Failure> {
     let iam = &ctx.aws.iam;
     let uid = obj.uid().unwrap_or_default();
@@ -777,6 +779,9 @@ pub async fn cleanup_iam(
         }
         ignore_not_found(iam.delete_user().user_name(&name).send().await)?;
         deleted.push(name);
+    }
+    if !tidy_group {
+        return Ok(deleted);
     }
     // The stack's group goes when no user is left in it.
     let group = group_name(&obj.spec.stack_id);

@@ -1,5 +1,6 @@
 //! Step: the OpsWorks stack exists; its name, ARN, region, VPC and provisioning parameters (the
-//! agent installer URL and what the agent needs) are what later steps work from.
+//! agent installer URL and what the agent needs) are what later steps work from. First of all,
+//! before any AWS call, the object's namespace must be allowed the stack ([`crate::tenancy`]).
 
 use std::collections::BTreeMap;
 
@@ -8,8 +9,20 @@ use crate::aws::{self, Kind};
 use crate::conditions::{Observation, reasons};
 use crate::controller::Context;
 use crate::resource::InstanceRegistration;
+use crate::tenancy::Verdict;
 
 pub(super) async fn check(obj: &InstanceRegistration, ctx: &Context, facts: &mut Facts) -> Outcome {
+    // Tenancy before anything else: an object may not even look at a stack its namespace may
+    // not use, let alone write in it.
+    match ctx.tenancy.stack_verdict(obj) {
+        Verdict::Allowed => {}
+        Verdict::Refused(message) => {
+            return Outcome::Blocked(Observation::fails(reasons::STACK_NOT_ALLOWED, message));
+        }
+        Verdict::Unknown(message) => {
+            return Outcome::Retry(Observation::unknown(reasons::NAMESPACE_UNKNOWN, message));
+        }
+    }
     let key = super::target::stack_key(obj.spec.region.as_deref(), &obj.spec.stack_id);
     // Shared by the objects of one stack for a short while: a fleet reconciled at once makes
     // one look-up, not one each.

@@ -83,7 +83,8 @@ pub(super) async fn check(
             },
         },
     };
-    if let Some(holder) = holder_of_the_same_host(obj, &resolved, &ctx.store.state()) {
+    let may_hold = |o: &InstanceRegistration| ctx.tenancy.may_hold(o);
+    if let Some(holder) = holder_of_the_same_host(obj, &resolved, &ctx.store.state(), may_hold) {
         return Outcome::Blocked(Observation::fails(
             reasons::CONFLICT,
             format!(
@@ -260,10 +261,12 @@ pub async fn registration_to_undo(
 /// Another object that names the same host in the same stack and takes precedence over `obj`
 /// (created earlier; the namespace and name break a tie), as `namespace/name`. The same host:
 /// the same EC2 instance (as resolved, or the same target text) or the same on-premises target.
+/// Only objects that `may_hold` a host count (one whose namespace may not use the stack does not).
 fn holder_of_the_same_host(
     obj: &InstanceRegistration,
     resolved: &TargetFacts,
     others: &[std::sync::Arc<InstanceRegistration>],
+    may_hold: impl Fn(&InstanceRegistration) -> bool,
 ) -> Option<String> {
     let rank = |o: &InstanceRegistration| {
         (
@@ -277,6 +280,7 @@ fn holder_of_the_same_host(
         .iter()
         .filter(|o| o.metadata.uid != obj.metadata.uid)
         .filter(|o| o.spec.stack_id == obj.spec.stack_id)
+        .filter(|o| may_hold(o))
         .filter(|o| o.spec.infrastructure_class == obj.spec.infrastructure_class)
         .filter(|o| {
             let same_target = same_name(&o.spec.target, &obj.spec.target);
@@ -531,19 +535,34 @@ spec:
             .into_iter()
             .map(|o| std::sync::Arc::new(o.clone()))
             .collect();
+        let any = |_: &InstanceRegistration| true;
         // The first never conflicts; the later ones name the earliest holder.
-        assert_eq!(holder_of_the_same_host(&first, &resolved, &all), None);
+        assert_eq!(holder_of_the_same_host(&first, &resolved, &all, any), None);
         assert_eq!(
-            holder_of_the_same_host(&by_id, &resolved, &all).as_deref(),
+            holder_of_the_same_host(&by_id, &resolved, &all, any).as_deref(),
             Some("ns/first")
         );
         assert_eq!(
-            holder_of_the_same_host(&later, &resolved, &all).as_deref(),
+            holder_of_the_same_host(&later, &resolved, &all, any).as_deref(),
             Some("ns/first")
         );
         // Another stack is another host.
         let mut other_stack = later.clone();
         other_stack.spec.stack_id = "ffffffff-0000-4000-8000-000000000000".into();
-        assert_eq!(holder_of_the_same_host(&other_stack, &resolved, &all), None);
+        assert_eq!(
+            holder_of_the_same_host(&other_stack, &resolved, &all, any),
+            None
+        );
+        // An earlier object that may not hold the host (its namespace may not use the stack)
+        // does not count: the next one in line holds it.
+        let not_first = |o: &InstanceRegistration| o.metadata.name.as_deref() != Some("first");
+        assert_eq!(
+            holder_of_the_same_host(&later, &resolved, &all, not_first).as_deref(),
+            Some("ns/by-id")
+        );
+        assert_eq!(
+            holder_of_the_same_host(&by_id, &resolved, &all, not_first),
+            None
+        );
     }
 }

@@ -1,0 +1,348 @@
+//! Tenancy: which OpsWorks stacks the objects of a namespace may use. A controller serves many
+//! teams, and which stacks a team may register hosts with is the cluster administrator's
+//! decision, not the team's: it is said on the Namespace (which tenants cannot edit), in the
+//! annotation [`ALLOWED_STACKS`], and enforced before any AWS write.
+//!
+//! - [`AllowList`] parses an annotation's value; [`stack_verdict`] decides, from a Namespace's
+//!   annotations, whether an object of it may use a stack. Both are pure.
+//! - [`Tenancy`] answers for an object from a reflector of Namespace metadata, which
+//!   [`watch`] keeps current and which re-runs a namespace's objects when its annotations change.
+//!
+//! Extension point: another thing an administrator allows per namespace (the IAM service roles
+//! of Systems Manager activations, say) is another annotation constant beside [`ALLOWED_STACKS`]
+//! and another verdict function reading it with the same [`AllowList`].
+
+use std::collections::BTreeMap;
+
+use futures::{Stream, StreamExt};
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::{ListParams, PartialObjectMeta};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, predicates, watcher};
+use kube::{Api, Client, ResourceExt};
+
+use crate::resource::InstanceRegistration;
+
+/// The Namespace annotation that lists the OpsWorks stack IDs its objects may use: separated by
+/// commas or whitespace, `*` for any stack; present but empty, no stack.
+pub const ALLOWED_STACKS: &str = "registrar.dev/allowed-stacks";
+
+/// What a namespace without the [`ALLOWED_STACKS`] annotation may use.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Unannotated {
+    /// Any stack, as before the annotation existed: nothing changes for a cluster whose
+    /// namespaces carry none.
+    #[default]
+    Any,
+    /// No stack: a namespace uses only the stacks an administrator listed (shared clusters).
+    None,
+}
+
+/// The stacks (or, later, other things) an annotation allows.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AllowList {
+    /// `*`: anything.
+    Any,
+    /// Only these IDs (none when empty).
+    Only(Vec<String>),
+}
+
+impl AllowList {
+    /// Parses an annotation's value: IDs separated by commas and/or whitespace; `*` among them
+    /// allows anything. IDs are matched whole (no patterns) and without regard to ASCII case.
+    pub fn parse(value: &str) -> Self {
+        let mut ids: Vec<String> = Vec::new();
+        for item in value
+            .split(|c: char| c == ',' || c.is_whitespace())
+            .filter(|s| !s.is_empty())
+        {
+            if item == "*" {
+                return AllowList::Any;
+            }
+            if !ids.iter().any(|id| id.eq_ignore_ascii_case(item)) {
+                ids.push(item.to_owned());
+            }
+        }
+        AllowList::Only(ids)
+    }
+
+    /// Whether `id` is allowed.
+    pub fn allows(&self, id: &str) -> bool {
+        match self {
+            AllowList::Any => true,
+            AllowList::Only(ids) => ids.iter().any(|allowed| allowed.eq_ignore_ascii_case(id)),
+        }
+    }
+
+    /// The allowed IDs for a message: at most a few, then how many more.
+    fn describe(&self) -> String {
+        const SHOWN: usize = 5;
+        match self {
+            AllowList::Any => "*".into(),
+            AllowList::Only(ids) if ids.is_empty() => "no stack".into(),
+            AllowList::Only(ids) => {
+                let mut text = ids
+                    .iter()
+                    .take(SHOWN)
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                if ids.len() > SHOWN {
+                    text += &format!(" and {} more", ids.len() - SHOWN);
+                }
+                text
+            }
+        }
+    }
+}
+
+/// Whether an object may use what it names.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// It may.
+    Allowed,
+    /// It may not; the message names the namespace, what was refused and the annotation.
+    Refused(String),
+    /// The namespace is not known yet (its watch lags its objects): neither allowed nor
+    /// refused, so the caller waits and retries; never taken as allowed.
+    Unknown(String),
+}
+
+/// Whether an object of `namespace`, whose annotations are `annotations` (`None`: the
+/// namespace is not known), may use stack `stack_id`.
+pub fn stack_verdict(
+    namespace: &str,
+    annotations: Option<&BTreeMap<String, String>>,
+    unannotated: Unannotated,
+    stack_id: &str,
+) -> Verdict {
+    let Some(annotations) = annotations else {
+        return Verdict::Unknown(format!(
+            "namespace {namespace:?} is not yet known to the controller's Namespace watch, so \
+             whether it may use stack {stack_id} is not known yet; retrying"
+        ));
+    };
+    match annotations.get(ALLOWED_STACKS) {
+        Some(value) => {
+            let allowed = AllowList::parse(value);
+            if allowed.allows(stack_id) {
+                Verdict::Allowed
+            } else {
+                Verdict::Refused(format!(
+                    "namespace {namespace:?} may not use stack {stack_id}: its annotation \
+                     {ALLOWED_STACKS} allows {} (a cluster administrator sets it)",
+                    allowed.describe()
+                ))
+            }
+        }
+        None => match unannotated {
+            Unannotated::Any => Verdict::Allowed,
+            Unannotated::None => Verdict::Refused(format!(
+                "namespace {namespace:?} may not use stack {stack_id}: it has no {ALLOWED_STACKS} \
+                 annotation, and the controller runs with --unannotated-namespaces=none (a \
+                 cluster administrator lists the stacks a namespace may use in that annotation)"
+            )),
+        },
+    }
+}
+
+/// The Namespaces as last seen, and the rule for those without the annotation.
+#[derive(Clone)]
+pub struct Tenancy {
+    namespaces: Store<PartialObjectMeta<Namespace>>,
+    unannotated: Unannotated,
+}
+
+impl Tenancy {
+    /// Answers from `namespaces` (see [`watch`]), with `unannotated` for namespaces without the
+    /// annotation.
+    pub fn new(namespaces: Store<PartialObjectMeta<Namespace>>, unannotated: Unannotated) -> Self {
+        Self {
+            namespaces,
+            unannotated,
+        }
+    }
+
+    /// Whether `obj`'s namespace may use the stack `obj` names.
+    pub fn stack_verdict(&self, obj: &InstanceRegistration) -> Verdict {
+        let namespace = obj.namespace().unwrap_or_default();
+        let known = self.namespaces.get(&ObjectRef::new(&namespace));
+        stack_verdict(
+            &namespace,
+            known.as_ref().map(|ns| ns.annotations()),
+            self.unannotated,
+            &obj.spec.stack_id,
+        )
+    }
+
+    /// Whether `obj` counts when objects compete for a host: unless its namespace is known to
+    /// be refused its stack (an object that may not act must not hold a host either).
+    pub fn may_hold(&self, obj: &InstanceRegistration) -> bool {
+        !matches!(self.stack_verdict(obj), Verdict::Refused(_))
+    }
+}
+
+/// The Namespaces API the controller reads: every namespace, or with `watch_namespace` only that
+/// one (selected by name, which a ClusterRole confined to it by `resourceNames` allows).
+fn namespaces_api(
+    client: Client,
+    watch_namespace: Option<&str>,
+) -> (Api<PartialObjectMeta<Namespace>>, Option<String>) {
+    (
+        Api::all(client),
+        watch_namespace.map(|ns| format!("metadata.name={ns}")),
+    )
+}
+
+/// Fails, and clearly, when the controller may not list Namespaces (their annotations say which
+/// stacks each may use; without them no object could proceed).
+pub async fn check_access(client: Client, watch_namespace: Option<&str>) -> anyhow::Result<()> {
+    let (api, fields) = namespaces_api(client, watch_namespace);
+    let mut params = ListParams::default().limit(1);
+    if let Some(fields) = &fields {
+        params = params.fields(fields);
+    }
+    api.list(&params).await.map_err(|e| {
+        anyhow::anyhow!(
+            "cannot list Namespaces (their {ALLOWED_STACKS} annotation says which stacks each \
+             may use; the controller needs get, list and watch on namespaces): {}",
+            crate::kube_error_summary(&e)
+        )
+    })?;
+    Ok(())
+}
+
+/// The Namespace metadata watch: a store of the Namespaces (metadata only), and a stream, to be
+/// driven for the store to fill, of the names of Namespaces seen for the first time or whose
+/// annotations changed.
+pub fn watch(
+    client: Client,
+    watch_namespace: Option<&str>,
+) -> (
+    Store<PartialObjectMeta<Namespace>>,
+    impl Stream<Item = String> + Send + 'static,
+) {
+    let (api, fields) = namespaces_api(client, watch_namespace);
+    let mut config = watcher::Config::default().any_semantic();
+    if let Some(fields) = &fields {
+        config = config.fields(fields);
+    }
+    let (store, writer) = reflector::store();
+    let changes = watcher(api, config)
+        .default_backoff()
+        .modify(|ns| ns.managed_fields_mut().clear())
+        .reflect(writer)
+        .applied_objects()
+        .predicate_filter(predicates::annotations, Default::default())
+        .filter_map(|ns| async move {
+            match ns {
+                Ok(ns) => Some(ns.name_any()),
+                Err(error) => {
+                    tracing::warn!(%error, "Namespace watch failed; retrying");
+                    None
+                }
+            }
+        });
+    (store, changes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const A: &str = "0b1c2d3e-0000-4000-8000-00000000000a";
+    const B: &str = "0b1c2d3e-0000-4000-8000-00000000000b";
+
+    fn annotated(value: &str) -> BTreeMap<String, String> {
+        BTreeMap::from([(ALLOWED_STACKS.to_owned(), value.to_owned())])
+    }
+
+    #[test]
+    fn an_allow_list_is_ids_separated_by_commas_or_whitespace_and_star_is_any() {
+        assert_eq!(
+            AllowList::parse(&format!(" {A},{B}\n")),
+            AllowList::Only(vec![A.into(), B.into()])
+        );
+        assert_eq!(
+            AllowList::parse(&format!("{A} ,\t, {B} {A}")),
+            AllowList::Only(vec![A.into(), B.into()])
+        );
+        assert_eq!(AllowList::parse(&format!("{A}, *")), AllowList::Any);
+        assert_eq!(AllowList::parse(""), AllowList::Only(vec![]));
+        assert_eq!(AllowList::parse(" , "), AllowList::Only(vec![]));
+    }
+
+    #[test]
+    fn an_allow_list_matches_whole_ids_in_any_case_and_has_no_patterns() {
+        let list = AllowList::parse(A);
+        assert!(list.allows(A));
+        assert!(list.allows(&A.to_uppercase()));
+        assert!(!list.allows(B));
+        assert!(!list.allows(&A[..10]));
+        assert!(!list.allows(""));
+        let prefix = AllowList::parse("0b1c2d3e*");
+        assert!(!prefix.allows(A), "a pattern is not a wildcard");
+        assert!(!AllowList::parse("").allows(A));
+        assert!(AllowList::Any.allows(B));
+    }
+
+    #[test]
+    fn a_namespace_uses_only_the_stacks_its_annotation_lists() {
+        let a = annotated(A);
+        assert_eq!(
+            stack_verdict("team-a", Some(&a), Unannotated::Any, A),
+            Verdict::Allowed
+        );
+        let Verdict::Refused(message) = stack_verdict("team-a", Some(&a), Unannotated::Any, B)
+        else {
+            panic!("team-a may not use stack B");
+        };
+        assert!(message.contains("\"team-a\""), "{message}");
+        assert!(message.contains(B), "{message}");
+        assert!(message.contains(ALLOWED_STACKS), "{message}");
+        assert_eq!(
+            stack_verdict("t", Some(&annotated("*")), Unannotated::None, B),
+            Verdict::Allowed
+        );
+        // Present but empty: no stack, whatever the default for unannotated namespaces.
+        assert!(matches!(
+            stack_verdict("t", Some(&annotated("")), Unannotated::Any, A),
+            Verdict::Refused(m) if m.contains("allows no stack")
+        ));
+    }
+
+    #[test]
+    fn a_namespace_without_the_annotation_gets_the_controllers_default() {
+        let other = BTreeMap::from([("team".to_owned(), "a".to_owned())]);
+        assert_eq!(
+            stack_verdict("t", Some(&other), Unannotated::Any, A),
+            Verdict::Allowed
+        );
+        assert!(matches!(
+            stack_verdict("t", Some(&other), Unannotated::None, A),
+            Verdict::Refused(m) if m.contains("--unannotated-namespaces=none")
+        ));
+    }
+
+    #[test]
+    fn a_namespace_not_yet_seen_is_never_allowed() {
+        for unannotated in [Unannotated::Any, Unannotated::None] {
+            assert!(matches!(
+                stack_verdict("t", None, unannotated, A),
+                Verdict::Unknown(m) if m.contains("not yet known")
+            ));
+        }
+    }
+
+    #[test]
+    fn a_long_allow_list_is_cut_short_in_messages() {
+        let many: Vec<String> = (0..8).map(|i| format!("stack-{i}")).collect();
+        let Verdict::Refused(message) =
+            stack_verdict("t", Some(&annotated(&many.join(","))), Unannotated::Any, A)
+        else {
+            panic!("refused");
+        };
+        assert!(message.contains("stack-4 and 3 more"), "{message}");
+        assert!(!message.contains("stack-5"), "{message}");
+    }
+}
