@@ -251,13 +251,12 @@ async fn a_namespace_uses_only_the_stacks_its_annotation_allows() {
         ready_after.as_secs_f64()
     );
 
-    let logs = controller.logs();
-    assert!(!logs.contains("panicked"), "{logs}");
-    drop(controller);
     for (api, name) in [(&b, "web"), (&a, "more")] {
         api.delete(name, &Default::default()).await.unwrap();
         wait_gone(api, name).await;
     }
+    let logs = controller.logs();
+    assert!(!logs.contains("panicked"), "{logs}");
 }
 
 /// A controller confined to one namespace reads that Namespace's annotation too, and with
