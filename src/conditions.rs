@@ -111,6 +111,12 @@ pub mod reasons {
     pub const SSH_PROTOCOL_ERROR: &str = "SshProtocolError";
     /// The login user may not run sudo without a password.
     pub const SUDO_NOT_PERMITTED: &str = "SudoNotPermitted";
+    /// sudo on the host runs only from a terminal (`requiretty`) and the install could not get
+    /// one (sshd refused a pseudo-terminal); the message says how to fix the host.
+    pub const SUDO_REQUIRES_TTY: &str = "SudoRequiresTty";
+    /// Another install holds the host's install lock (one `boot-registration` at a time on a
+    /// host); nothing was run, and the install is tried again after a while.
+    pub const INSTALL_IN_PROGRESS: &str = "InstallInProgress";
     /// The host could not download the agent installer; retried with backoff.
     pub const INSTALLER_DOWNLOAD_FAILED: &str = "InstallerDownloadFailed";
     /// The installer's SHA-256 is not spec.agentInstallerSha256; nothing was run.
@@ -119,9 +125,11 @@ pub mod reasons {
     pub const INSTALLER_INVALID: &str = "InstallerInvalid";
     /// The host lacks a tool the install script needs (mktemp, tar, sha256sum, curl or wget).
     pub const HOST_UNSUITABLE: &str = "HostUnsuitable";
-    /// The agent installer exited with a failure; the message has the tail of its output.
+    /// The agent installer exited with a failure; the message has its exit status and the tail
+    /// of its output.
     pub const INSTALLER_FAILED: &str = "InstallerFailed";
-    /// The install did not finish within ssh.commandTimeoutSeconds.
+    /// The install did not finish within ssh.commandTimeoutSeconds (the host stops the installer
+    /// at that limit too, even when the session is gone).
     pub const INSTALL_TIMEOUT: &str = "InstallTimeout";
 
     // Registration.

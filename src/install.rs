@@ -8,8 +8,13 @@
 //! so nothing the host runs can read the rest of it.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use serde_json::Value;
+
+// The script's own exit statuses. `boot-registration`'s status is never passed through (an
+// installer may exit with any number): its failure is [`EXIT_INSTALLER_FAILED`], with its status
+// on a [`INSTALLER_STATUS_MARKER`] line of the output.
 
 /// The script's exit status when the installer could not be downloaded.
 pub const EXIT_DOWNLOAD_FAILED: u32 = 90;
@@ -19,8 +24,32 @@ pub const EXIT_CHECKSUM_MISMATCH: u32 = 91;
 pub const EXIT_SUDO_DENIED: u32 = 92;
 /// The script's exit status when the tarball could not be unpacked or has no `boot-registration`.
 pub const EXIT_UNPACK_FAILED: u32 = 93;
-/// The script's exit status when the host lacks a tool the script needs (mktemp, sha256sum, ...).
+/// The script's exit status when the host lacks a tool the script needs (mktemp, sha256sum,
+/// timeout, ...) or its install lock directory is not root's.
 pub const EXIT_HOST_UNSUITABLE: u32 = 94;
+/// The script's exit status when another install holds the host's install lock; nothing was
+/// downloaded or run.
+pub const EXIT_INSTALL_IN_PROGRESS: u32 = 95;
+/// The script's exit status when `boot-registration` failed (its own status is on the output's
+/// [`INSTALLER_STATUS_MARKER`] line).
+pub const EXIT_INSTALLER_FAILED: u32 = 96;
+/// The script's exit status when the time limit ([`Plan::time_limit`]) passed: the installer
+/// was stopped (TERM, then KILL after [`KILL_AFTER`]) or not started.
+pub const EXIT_TIMED_OUT: u32 = 97;
+/// The script's exit status when `sudo` refuses to run without a terminal (`requiretty`).
+pub const EXIT_SUDO_NEEDS_TTY: u32 = 98;
+
+/// The start of the output line that gives `boot-registration`'s own exit status when it
+/// failed; the status follows.
+pub const INSTALLER_STATUS_MARKER: &str =
+    "instance-registrar: boot-registration exited with status ";
+
+/// How long an installer stopped at its time limit has to end after TERM before it is killed.
+pub const KILL_AFTER: Duration = Duration::from_secs(10);
+
+/// Where the host-wide install lock goes: in `instance-registrar/`, a directory of root's made
+/// (mode 0700) in the first of these that exists.
+pub const LOCK_PARENTS: &[&str] = &["/run/lock", "/var/lock", "/run", "/var/run"];
 
 /// What to run on the host.
 #[derive(Clone, Debug, PartialEq)]
@@ -33,6 +62,10 @@ pub struct Plan {
     pub assets_download_bucket: Option<String>,
     /// The `preconfig` keys and values (written sorted, one `:key: <JSON>` line each).
     pub preconfig: BTreeMap<String, Value>,
+    /// How long the whole install may take on the host, counted there from the script's start
+    /// (`ssh.commandTimeoutSeconds`): the download and `boot-registration` are stopped when it
+    /// passes, whether or not the SSH session is still there. At least one second.
+    pub time_limit: Duration,
 }
 
 /// Why a plan cannot be turned into a script.
@@ -77,8 +110,101 @@ pub fn preconfig_lines(preconfig: &BTreeMap<String, Value>) -> Result<Vec<String
         .collect()
 }
 
+/// The part of the script that runs as root (through `sudo`), written to the private temp dir
+/// and run with `/bin/sh`: `lock.sh probe DIR` takes the host's install lock and lets it go at
+/// once (exit 0, or [`EXIT_INSTALL_IN_PROGRESS`] when another install holds it);
+/// `lock.sh run DIR DEADLINE KILL_AFTER [BUCKET]` takes it and runs `boot-registration` under it,
+/// stopped by `timeout` at DEADLINE (seconds since the epoch, the host's clock), then removes DIR
+/// (with the `preconfig` that holds the secret access key) before it prints anything more, so
+/// that nothing is left behind if the session is gone. The lock is `flock` on a file in a
+/// directory of root's, released by the kernel whenever its holder ends, however it ends; where
+/// `flock` is missing, a symbolic link made atomically by `ln -s` whose target is the holder's
+/// PID, taken over when that process is gone.
+const RUNNER: &str = r#"set -u
+mode=$1 dir=$2
+unsuitable() { echo "instance-registrar: $1"; exit @HOST_UNSUITABLE@; }
+busy() {
+  echo "instance-registrar: another install is running boot-registration on this host ($1); nothing was run"
+  exit @IN_PROGRESS@
+}
+command -v timeout >/dev/null 2>&1 || unsuitable "timeout (coreutils) is not installed"
+base=
+for parent in @LOCK_PARENTS@; do
+  if [ -d "$parent" ]; then base=$parent; break; fi
+done
+[ -n "$base" ] || unsuitable "none of @LOCK_PARENTS@ is a directory, for the install lock"
+locks=$base/instance-registrar
+mkdir -m 0700 "$locks" 2>/dev/null
+if [ -h "$locks" ] || [ ! -d "$locks" ] || [ ! -O "$locks" ]; then
+  unsuitable "$locks is not a directory of root's; remove it"
+fi
+if command -v flock >/dev/null 2>&1; then
+  exec 9>"$locks/agent-install.lock" || unsuitable "cannot open $locks/agent-install.lock"
+  flock -n 9 || busy "it holds $locks/agent-install.lock"
+else
+  link=$locks/agent-install.pid
+  if ! ln -s "$$" "$link" 2>/dev/null; then
+    holder=$(ls -l "$link" 2>/dev/null | sed 's/.* -> //')
+    case $holder in
+      '' | *[!0-9]*) ;;
+      *) if kill -0 "$holder" 2>/dev/null; then busy "process $holder holds $link"; fi ;;
+    esac
+    # The holder is gone: take the lock over. (Two installs that both find the same stale link
+    # at the same moment could both get here; flock has no such gap.)
+    rm -f "$link"
+    ln -s "$$" "$link" 2>/dev/null || busy "another install took $link"
+  fi
+  trap 'rm -f "$link"' EXIT
+  trap 'exit 129' HUP
+  trap 'exit 143' TERM
+fi
+[ "$mode" = probe ] && exit 0
+deadline=$3 kill_after=$4
+if [ $# -ge 5 ]; then
+  OPSWORKS_ASSETS_DOWNLOAD_BUCKET=$5
+  export OPSWORKS_ASSETS_DOWNLOAD_BUCKET
+fi
+left=$((deadline - $(date +%s)))
+if [ "$left" -le 0 ]; then
+  rm -rf -- "$dir"
+  echo "instance-registrar: the time limit passed before boot-registration started"
+  exit @TIMED_OUT@
+fi
+echo "instance-registrar: running boot-registration (time limit ${left}s)"
+# Its output goes through a pipe (never a terminal it could change modes of from the background
+# process group timeout puts it in), and the lock's descriptor is not passed on to it: a daemon it
+# starts must not hold the lock.
+(
+  timeout -k "$kill_after" "$left" "$dir/opsworks-agent-installer/boot-registration" </dev/null 2>&1 9>&-
+  echo $? >"$dir/installer-status"
+) 9>&- | cat 9>&-
+status=$(cat "$dir/installer-status" 2>/dev/null) || status=unknown
+rm -rf -- "$dir"
+case $status in
+  0) exit 0 ;;
+  124 | 137)
+    if [ "$(date +%s)" -ge "$deadline" ]; then
+      echo "instance-registrar: boot-registration was stopped at the time limit"
+      exit @TIMED_OUT@
+    fi
+    ;;
+esac
+echo "@MARKER@$status"
+exit @INSTALLER_FAILED@
+"#;
+
 /// The script for `plan`, for `/bin/sh -s`.
 pub fn render(plan: &Plan) -> Result<String, PlanError> {
+    render_with(plan, LOCK_PARENTS, KILL_AFTER)
+}
+
+/// [`render`] with the lock's parent directories and the TERM-to-KILL grace given (tests use a
+/// directory of their own and a short grace).
+fn render_with(
+    plan: &Plan,
+    lock_parents: &[&str],
+    kill_after: Duration,
+) -> Result<String, PlanError> {
     let url = &plan.installer_url;
     if !(url.starts_with("https://") || url.starts_with("http://")) {
         return Err(PlanError::InstallerUrl);
@@ -102,46 +228,110 @@ pub fn render(plan: &Plan) -> Result<String, PlanError> {
         None => String::new(),
     };
     let bucket = match &plan.assets_download_bucket {
-        Some(bucket) => format!("OPSWORKS_ASSETS_DOWNLOAD_BUCKET={}", shell_quote(bucket)),
+        Some(bucket) => format!(" {}", shell_quote(bucket)),
         None => String::new(),
     };
+    let parents: Vec<String> = lock_parents.iter().map(|p| shell_quote(p)).collect();
+    let runner = RUNNER
+        .replace("@LOCK_PARENTS@", &parents.join(" "))
+        .replace("@HOST_UNSUITABLE@", &EXIT_HOST_UNSUITABLE.to_string())
+        .replace("@IN_PROGRESS@", &EXIT_INSTALL_IN_PROGRESS.to_string())
+        .replace("@TIMED_OUT@", &EXIT_TIMED_OUT.to_string())
+        .replace("@INSTALLER_FAILED@", &EXIT_INSTALLER_FAILED.to_string())
+        .replace("@MARKER@", INSTALLER_STATUS_MARKER);
+    debug_assert!(!runner.contains(RUNNER_END));
+    let limit = plan.time_limit.as_secs().max(1);
+    let kill_after = kill_after.as_secs().max(1);
     Ok(format!(
         r#"set -u
 umask 077
 install_agent() {{
+  limit={limit}
+  deadline=$(($(date +%s) + limit))
+  for tool in mktemp timeout; do
+    command -v "$tool" >/dev/null 2>&1 || {{ echo "instance-registrar: $tool is not installed"; return {EXIT_HOST_UNSUITABLE}; }}
+  done
   dir=$(mktemp -d "${{TMPDIR:-/tmp}}/opsworks-agent-installer.XXXXXXXXXX") || {{ echo "instance-registrar: mktemp failed"; return {EXIT_HOST_UNSUITABLE}; }}
   cleanup() {{ sudo -n rm -rf -- "$dir" 2>/dev/null || rm -rf -- "$dir"; }}
-  if ! sudo -n true; then
-    echo "instance-registrar: the login user may not run sudo without a password"
+  # Time left before the limit, in $left; says so and fails when none is left.
+  in_time() {{
+    left=$((deadline - $(date +%s)))
+    [ "$left" -gt 0 ] && return 0
+    echo "instance-registrar: the time limit of ${{limit}}s passed before $1"
+    cleanup
+    return 1
+  }}
+  if ! said=$(LC_ALL=C sudo -n true 2>&1); then
+    case $said in
+      *"must have a tty"* | *requiretty*)
+        echo "instance-registrar: sudo on this host runs only from a terminal (requiretty): $said"
+        cleanup
+        return {EXIT_SUDO_NEEDS_TTY}
+        ;;
+    esac
+    echo "instance-registrar: the login user may not run sudo without a password: $said"
     cleanup
     return {EXIT_SUDO_DENIED}
   fi
+  cat >"$dir/lock.sh" <<'{RUNNER_END}'
+{runner}{RUNNER_END}
+  # Another install running here is found before anything is downloaded.
+  sudo -n /bin/sh "$dir/lock.sh" probe "$dir"
+  status=$?
+  case $status in
+    0) ;;
+    {EXIT_HOST_UNSUITABLE} | {EXIT_INSTALL_IN_PROGRESS}) cleanup; return $status ;;
+    *) echo "instance-registrar: sudo /bin/sh failed with status $status"; cleanup; return {EXIT_HOST_UNSUITABLE} ;;
+  esac
+  in_time "the download" || return {EXIT_TIMED_OUT}
   echo "instance-registrar: downloading the agent installer"
   if command -v curl >/dev/null 2>&1; then
-    curl --fail --silent --show-error --location --proto =http,https --retry 5 --output "$dir/installer.tgz" -- {url}
+    timeout "$left" curl --fail --silent --show-error --location --proto =http,https --retry 5 --output "$dir/installer.tgz" -- {url}
   elif command -v wget >/dev/null 2>&1; then
-    wget --quiet --tries=5 --output-document="$dir/installer.tgz" -- {url}
+    timeout "$left" wget --quiet --tries=5 --output-document="$dir/installer.tgz" -- {url}
   else
     echo "instance-registrar: neither curl nor wget is installed"
     false
-  fi || {{ echo "instance-registrar: downloading the agent installer failed"; cleanup; return {EXIT_DOWNLOAD_FAILED}; }}
+  fi || {{
+    in_time "the download finished" || return {EXIT_TIMED_OUT}
+    echo "instance-registrar: downloading the agent installer failed"
+    cleanup
+    return {EXIT_DOWNLOAD_FAILED}
+  }}
 {checksum}  tar -x -z -f "$dir/installer.tgz" -C "$dir" && [ -x "$dir/opsworks-agent-installer/boot-registration" ] || {{
     echo "instance-registrar: the installer tarball has no opsworks-agent-installer/boot-registration"
     cleanup
     return {EXIT_UNPACK_FAILED}
   }}
   printf '%s\n' {preconfig} >"$dir/opsworks-agent-installer/preconfig"
-  echo "instance-registrar: running boot-registration"
-  sudo -n env {bucket} "$dir/opsworks-agent-installer/boot-registration"
+  in_time "boot-registration" || return {EXIT_TIMED_OUT}
+  sudo -n /bin/sh "$dir/lock.sh" run "$dir" "$deadline" {kill_after}{bucket}
   status=$?
   cleanup
-  return $status
+  case $status in
+    0 | {EXIT_HOST_UNSUITABLE} | {EXIT_INSTALL_IN_PROGRESS} | {EXIT_INSTALLER_FAILED} | {EXIT_TIMED_OUT}) return $status ;;
+  esac
+  echo "instance-registrar: sudo /bin/sh, to run boot-registration, ended with status $status"
+  return {EXIT_INSTALLER_FAILED}
 }}
 install_agent </dev/null 2>&1
 exit $?
 "#,
         preconfig = preconfig_args.join(" "),
     ))
+}
+
+/// The line that ends the runner's here-document in the script.
+const RUNNER_END: &str = "INSTANCE_REGISTRAR_RUNNER_END";
+
+/// `boot-registration`'s own exit status, from the marker line the script prints when it fails
+/// (the last one, should the installer have printed such a line itself).
+pub fn installer_status(output: &[u8]) -> Option<i64> {
+    let text = String::from_utf8_lossy(output);
+    text.lines()
+        .rev()
+        .find_map(|line| line.trim_end().strip_prefix(INSTALLER_STATUS_MARKER))
+        .and_then(|status| status.parse().ok())
 }
 
 /// The last `max_lines` lines (at most `max_bytes`) of the script's output, with every `secret`
@@ -176,6 +366,7 @@ pub fn output_tail(output: &[u8], secrets: &[&str], max_lines: usize, max_bytes:
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::{Path, PathBuf};
     use std::process::Command;
 
     const HOSTILE: &[&str] = &[
@@ -260,6 +451,7 @@ mod tests {
             installer_sha256: Some(value.to_owned()),
             assets_download_bucket: Some(value.to_owned()),
             preconfig: BTreeMap::from([("hostname".to_owned(), Value::from(value))]),
+            time_limit: Duration::from_secs(60),
         }
     }
 
@@ -284,61 +476,174 @@ mod tests {
         assert_eq!(render(&p), Err(PlanError::InstallerUrl));
     }
 
+    /// A stand-in host for running the real script locally: a fake `curl` that "downloads" a
+    /// tarball whose `boot-registration` is the given shell body (and records each call), a
+    /// `sudo` that runs its command as the test's own user (or the given body instead), and a
+    /// lock directory of the test's own, so that nothing needs network or root.
+    struct FakeHost {
+        dir: tempfile::TempDir,
+        bin: PathBuf,
+        locks: PathBuf,
+        tgz: PathBuf,
+        /// PATH for the script: the fakes first, then the rest (or only `tools` when set).
+        path: String,
+    }
+
+    fn write_exe(path: &Path, body: &str) {
+        std::fs::write(path, body).unwrap();
+        let mut perm = std::fs::metadata(path).unwrap().permissions();
+        std::os::unix::fs::PermissionsExt::set_mode(&mut perm, 0o755);
+        std::fs::set_permissions(path, perm).unwrap();
+    }
+
+    impl FakeHost {
+        fn new(boot_registration: &str) -> FakeHost {
+            let dir = tempfile::tempdir().unwrap();
+            let bin = dir.path().join("bin");
+            std::fs::create_dir(&bin).unwrap();
+            let locks = dir.path().join("lock");
+            std::fs::create_dir(&locks).unwrap();
+            let payload = dir.path().join("payload");
+            std::fs::create_dir_all(payload.join("opsworks-agent-installer")).unwrap();
+            write_exe(
+                &payload.join("opsworks-agent-installer/boot-registration"),
+                &format!("#!/bin/sh\n{boot_registration}\n"),
+            );
+            let tgz = dir.path().join("installer.tgz");
+            assert!(
+                Command::new("tar")
+                    .args(["-c", "-z", "-f"])
+                    .arg(&tgz)
+                    .arg("-C")
+                    .arg(&payload)
+                    .arg("opsworks-agent-installer")
+                    .status()
+                    .unwrap()
+                    .success()
+            );
+            write_exe(
+                &bin.join("curl"),
+                &format!(
+                    "#!/bin/sh\necho called >>{}\nwhile [ \"$1\" != --output ]; do shift; done\ncp {} \"$2\"\n",
+                    dir.path().join("curl.log").display(),
+                    tgz.display()
+                ),
+            );
+            write_exe(
+                &bin.join("sudo"),
+                "#!/bin/sh\n[ \"$1\" = -n ] && shift\nexec \"$@\"\n",
+            );
+            let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+            FakeHost {
+                dir,
+                bin,
+                locks,
+                tgz,
+                path,
+            }
+        }
+
+        /// A file in the host's directory (the installer bodies write there).
+        fn file(&self, name: &str) -> PathBuf {
+            self.dir.path().join(name)
+        }
+
+        /// Whether the fake curl was called.
+        fn downloaded(&self) -> bool {
+            self.file("curl.log").exists()
+        }
+
+        /// Leaves only these tools (and the fakes) on the script's PATH.
+        fn only_tools(&mut self, tools: &[&str]) {
+            for tool in tools {
+                let found = ["/usr/bin", "/bin", "/usr/sbin", "/sbin"]
+                    .iter()
+                    .map(|d| Path::new(d).join(tool))
+                    .find(|p| p.exists())
+                    .unwrap_or_else(|| panic!("{tool} is not installed"));
+                std::os::unix::fs::symlink(found, self.bin.join(tool)).unwrap();
+            }
+            self.path = self.bin.display().to_string();
+        }
+
+        fn script(&self, plan: &Plan) -> String {
+            render_with(
+                plan,
+                &[self.locks.to_str().unwrap()],
+                Duration::from_secs(1),
+            )
+            .unwrap()
+        }
+
+        /// Runs the script for `plan`; returns its output and how long it took.
+        fn run(&self, plan: &Plan) -> (std::process::Output, Duration) {
+            let started = std::time::Instant::now();
+            let out = Command::new("/bin/sh")
+                .arg("-c")
+                .arg(self.script(plan))
+                .env("PATH", &self.path)
+                .env("TMPDIR", self.dir.path())
+                .output()
+                .unwrap();
+            (out, started.elapsed())
+        }
+
+        /// The private temp dirs the script left behind.
+        fn leftovers(&self) -> Vec<std::ffi::OsString> {
+            std::fs::read_dir(self.dir.path())
+                .unwrap()
+                .filter_map(|e| e.ok())
+                .map(|e| e.file_name())
+                .filter(|n| n.to_string_lossy().starts_with("opsworks-agent-installer."))
+                .collect()
+        }
+
+        /// Whether someone holds the flock install lock now.
+        fn lock_held(&self) -> bool {
+            let path = self.locks.join("instance-registrar/agent-install.lock");
+            if !path.exists() {
+                return false;
+            }
+            let out = Command::new("flock")
+                .args(["-n", "-E", "75"])
+                .arg(&path)
+                .arg("true")
+                .output()
+                .unwrap();
+            assert!(matches!(out.status.code(), Some(0 | 75)), "flock: {out:?}");
+            out.status.code() == Some(75)
+        }
+    }
+
+    fn plan_for_tests() -> Plan {
+        let mut p = plan("x");
+        p.installer_sha256 = None;
+        p
+    }
+
+    fn text(out: &std::process::Output) -> String {
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Whether process `pid` exists and has not ended (a zombie has).
+    fn alive(pid: i32) -> bool {
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            return false;
+        };
+        // "pid (comm) state ...": the state follows the last ')'.
+        let state = stat.rsplit(')').next().unwrap_or("").trim_start();
+        !state.starts_with('Z')
+    }
+
     #[test]
     fn a_checksum_mismatch_stops_before_anything_is_unpacked_or_run() {
-        // Run the real script against a local "installer" served by file:// through a fake curl,
-        // with sudo replaced by a pass-through, so the test needs neither network nor root.
-        let dir = tempfile::tempdir().unwrap();
-        let bin = dir.path().join("bin");
-        std::fs::create_dir(&bin).unwrap();
-        let write_exe = |name: &str, body: &str| {
-            let path = bin.join(name);
-            std::fs::write(&path, body).unwrap();
-            let mut perm = std::fs::metadata(&path).unwrap().permissions();
-            std::os::unix::fs::PermissionsExt::set_mode(&mut perm, 0o755);
-            std::fs::set_permissions(&path, perm).unwrap();
-        };
-        // curl: writes a tarball whose boot-registration would create the canary.
-        let canary = dir.path().join("CANARY");
-        let payload = dir.path().join("payload");
-        std::fs::create_dir_all(payload.join("opsworks-agent-installer")).unwrap();
-        let boot = payload.join("opsworks-agent-installer/boot-registration");
-        std::fs::write(&boot, format!("#!/bin/sh\ntouch {}\n", canary.display())).unwrap();
-        let mut perm = std::fs::metadata(&boot).unwrap().permissions();
-        std::os::unix::fs::PermissionsExt::set_mode(&mut perm, 0o755);
-        std::fs::set_permissions(&boot, perm).unwrap();
-        let tgz = dir.path().join("installer.tgz");
-        assert!(
-            Command::new("tar")
-                .args(["-c", "-z", "-f"])
-                .arg(&tgz)
-                .arg("-C")
-                .arg(&payload)
-                .arg("opsworks-agent-installer")
-                .status()
-                .unwrap()
-                .success()
-        );
-        write_exe(
-            "curl",
-            &format!(
-                "#!/bin/sh\nwhile [ \"$1\" != --output ]; do shift; done\ncp {} \"$2\"\n",
-                tgz.display()
-            ),
-        );
-        write_exe("sudo", "#!/bin/sh\n[ \"$1\" = -n ] && shift\nexec \"$@\"\n");
+        // The fake sudo keeps TMPDIR: the installer writes the canary there.
+        let host = FakeHost::new("touch \"$TMPDIR/CANARY\"");
+        let canary = host.file("CANARY");
         let run = |sha: Option<String>| {
             let mut p = plan("x");
             p.installer_sha256 = sha;
-            let script = render(&p).unwrap();
-            let path = std::env::var("PATH").unwrap();
-            Command::new("sh")
-                .arg("-c")
-                .arg(&script)
-                .env("PATH", format!("{}:{path}", bin.display()))
-                .env("TMPDIR", dir.path())
-                .output()
-                .unwrap()
+            host.run(&p).0
         };
         let out = run(Some("0".repeat(64)));
         assert_eq!(
@@ -349,23 +654,193 @@ mod tests {
         assert!(!canary.exists(), "the installer ran despite the mismatch");
         // With the right checksum the same installer runs: the test above could have failed.
         let good = {
-            let out = Command::new("sha256sum").arg(&tgz).output().unwrap();
+            let out = Command::new("sha256sum").arg(&host.tgz).output().unwrap();
             String::from_utf8(out.stdout).unwrap()[..64].to_owned()
         };
         let out = run(Some(good));
         assert_eq!(out.status.code(), Some(0), "{out:?}");
         assert!(canary.exists());
-        // The private temp dir is gone afterwards.
-        let left: Vec<_> = std::fs::read_dir(dir.path())
-            .unwrap()
-            .filter_map(|e| e.ok())
-            .filter(|e| {
-                e.file_name()
-                    .to_string_lossy()
-                    .starts_with("opsworks-agent-installer.")
-            })
-            .collect();
-        assert!(left.is_empty(), "temp dir left behind");
+        // The private temp dir is gone afterwards, and the lock is free.
+        assert!(host.leftovers().is_empty(), "temp dir left behind");
+        assert!(!host.lock_held());
+    }
+
+    #[test]
+    fn an_installer_that_exits_91_is_an_installer_failure_with_its_own_status() {
+        let host = FakeHost::new("echo 'E: something went wrong'\nexit 91");
+        let (out, _) = host.run(&plan_for_tests());
+        assert_eq!(
+            out.status.code(),
+            Some(EXIT_INSTALLER_FAILED as i32),
+            "{out:?}"
+        );
+        let said = text(&out);
+        assert!(said.contains("E: something went wrong"), "{said}");
+        assert_eq!(installer_status(&out.stdout), Some(91), "{said}");
+        assert!(host.leftovers().is_empty(), "temp dir left behind");
+        // Every status of the script's own is taken by the installer the same way.
+        for code in [1, 90, 94, 95, 97, 98, 124, 255] {
+            let host = FakeHost::new(&format!("exit {code}"));
+            let (out, _) = host.run(&plan_for_tests());
+            assert_eq!(out.status.code(), Some(EXIT_INSTALLER_FAILED as i32));
+            assert_eq!(installer_status(&out.stdout), Some(code));
+        }
+    }
+
+    #[test]
+    fn a_second_install_while_one_runs_reports_the_lock_and_downloads_and_runs_nothing() {
+        let host = FakeHost::new(&format!(
+            "echo run >>{runs}\ntouch {started}\nsleep 3",
+            runs = host_file_placeholder("runs"),
+            started = host_file_placeholder("started"),
+        ));
+        let plan = plan_for_tests();
+        let first = std::thread::scope(|scope| {
+            let first = scope.spawn(|| host.run(&plan));
+            let deadline = std::time::Instant::now() + Duration::from_secs(20);
+            while !host.file("started").exists() {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the first install did not start"
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            std::fs::remove_file(host.file("curl.log")).unwrap();
+            assert!(host.lock_held());
+            let (out, took) = host.run(&plan);
+            assert_eq!(
+                out.status.code(),
+                Some(EXIT_INSTALL_IN_PROGRESS as i32),
+                "{out:?}"
+            );
+            assert!(text(&out).contains("another install"), "{}", text(&out));
+            assert!(took < Duration::from_secs(2), "it did not wait: {took:?}");
+            assert!(!host.downloaded(), "the second install downloaded");
+            first.join().unwrap()
+        });
+        assert_eq!(first.0.status.code(), Some(0), "{:?}", first.0);
+        let runs = std::fs::read_to_string(host.file("runs")).unwrap();
+        assert_eq!(runs.lines().count(), 1, "boot-registration ran once");
+        // Once the first is done, the lock is free again: the next install runs.
+        assert!(!host.lock_held());
+        let (out, _) = host.run(&plan);
+        assert_eq!(out.status.code(), Some(0), "{out:?}");
+        assert_eq!(host.leftovers().len(), 0);
+    }
+
+    /// The fake hosts' installers write in the TMPDIR the script runs with (the fake sudo keeps
+    /// the environment).
+    fn host_file_placeholder(name: &str) -> String {
+        format!("\"$TMPDIR/{name}\"")
+    }
+
+    #[test]
+    fn the_time_limit_stops_an_installer_that_sleeps_and_one_that_ignores_term() {
+        for body in [
+            "echo $$ >\"$TMPDIR/pid\"\nexec sleep 60",
+            "trap '' TERM\necho $$ >\"$TMPDIR/pid\"\nwhile :; do sleep 1; done",
+        ] {
+            let host = FakeHost::new(body);
+            let mut plan = plan_for_tests();
+            plan.time_limit = Duration::from_secs(2);
+            let (out, took) = host.run(&plan);
+            assert_eq!(out.status.code(), Some(EXIT_TIMED_OUT as i32), "{out:?}");
+            // The limit (2 s, counted from the script's start), the grace before KILL (1 s
+            // here), and some slack.
+            assert!(took < Duration::from_secs(8), "{body}: took {took:?}");
+            assert!(took >= Duration::from_secs(1), "{body}: took {took:?}");
+            let pid: i32 = std::fs::read_to_string(host.file("pid"))
+                .unwrap()
+                .trim()
+                .parse()
+                .unwrap();
+            assert!(!alive(pid), "{body}: the installer still runs");
+            assert!(!host.lock_held());
+            assert!(host.leftovers().is_empty(), "temp dir left behind");
+        }
+    }
+
+    #[test]
+    fn without_flock_a_live_holder_blocks_and_a_stale_link_is_taken_over() {
+        let mut host = FakeHost::new("touch \"$TMPDIR/ran\"");
+        host.only_tools(&[
+            "cat",
+            "cp",
+            "cut",
+            "date",
+            "gzip",
+            "ln",
+            "ls",
+            "mkdir",
+            "mktemp",
+            "rm",
+            "sed",
+            "sha256sum",
+            "sleep",
+            "tar",
+            "timeout",
+            "touch",
+            "true",
+        ]);
+        let locks = host.locks.join("instance-registrar");
+        std::fs::create_dir(&locks).unwrap();
+        let link = locks.join("agent-install.pid");
+        // A live process (this test) holds it.
+        std::os::unix::fs::symlink(std::process::id().to_string(), &link).unwrap();
+        let (out, _) = host.run(&plan_for_tests());
+        assert_eq!(
+            out.status.code(),
+            Some(EXIT_INSTALL_IN_PROGRESS as i32),
+            "{out:?}"
+        );
+        assert!(!host.file("ran").exists() && !host.downloaded());
+        // Its holder is gone: taken over, and removed after the run.
+        let gone = {
+            let mut child = Command::new("true").spawn().unwrap();
+            let pid = child.id();
+            child.wait().unwrap();
+            pid
+        };
+        std::fs::remove_file(&link).unwrap();
+        std::os::unix::fs::symlink(gone.to_string(), &link).unwrap();
+        let (out, _) = host.run(&plan_for_tests());
+        assert_eq!(out.status.code(), Some(0), "{out:?}");
+        assert!(host.file("ran").exists());
+        assert!(
+            std::fs::symlink_metadata(&link).is_err(),
+            "the link was left"
+        );
+    }
+
+    #[test]
+    fn sudo_that_needs_a_terminal_or_a_password_gets_its_own_status_and_nothing_runs() {
+        for (says, code) in [
+            (
+                "sudo: sorry, you must have a tty to run sudo",
+                EXIT_SUDO_NEEDS_TTY,
+            ),
+            ("sudo: a password is required", EXIT_SUDO_DENIED),
+        ] {
+            let host = FakeHost::new("touch \"$TMPDIR/ran\"");
+            write_exe(
+                &host.bin.join("sudo"),
+                &format!("#!/bin/sh\necho '{says}' >&2\nexit 1\n"),
+            );
+            let (out, _) = host.run(&plan_for_tests());
+            assert_eq!(out.status.code(), Some(code as i32), "{out:?}");
+            assert!(text(&out).contains(says), "{}", text(&out));
+            assert!(!host.file("ran").exists() && !host.downloaded());
+        }
+    }
+
+    #[test]
+    fn the_installer_status_is_read_from_the_last_marker_line() {
+        let output =
+            format!("noise\n{INSTALLER_STATUS_MARKER}7\nmore\n{INSTALLER_STATUS_MARKER}91\n");
+        assert_eq!(installer_status(output.as_bytes()), Some(91));
+        assert_eq!(installer_status(b"no marker"), None);
+        let odd = format!("{INSTALLER_STATUS_MARKER}unknown\n");
+        assert_eq!(installer_status(odd.as_bytes()), None);
     }
 
     #[test]

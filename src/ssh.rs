@@ -2,13 +2,20 @@
 //! per the object's policy before anything is sent, authenticate with the private key, feed the
 //! script to `/bin/sh -s` on standard input, and collect its exit status and the tail of its
 //! output within a second timeout.
+//!
+//! A script that finds it needs a terminal (sudo's `requiretty`) says so with an exit status
+//! ([`Target::tty_retry_status`]), and is then sent once more on the same connection, in a
+//! pseudo-terminal set to raw mode with echo off (so the script, secret included, is never echoed
+//! back, and every byte arrives as sent); `head -c <length>` reads exactly the script from the
+//! terminal and pipes it to `/bin/sh -s`, so the shell reads a pipe as it always does, and the
+//! script is never on a command line.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use russh::keys::{HashAlg, PrivateKey, PrivateKeyWithHashAlg, PublicKey, PublicKeyOrCertificate};
-use russh::{ChannelMsg, client};
+use russh::{ChannelMsg, Pty, client};
 
 use crate::resource::HostKeyPolicy;
 
@@ -28,7 +35,33 @@ pub struct Target {
     pub connect_timeout: Duration,
     /// Time allowed for the script, once it started.
     pub command_timeout: Duration,
+    /// When the script exits with this status, it is run once more in a pseudo-terminal.
+    pub tty_retry_status: Option<u32>,
 }
+
+/// Terminal modes for the pseudo-terminal: no echo, no line editing, no signals from input
+/// characters, no character translation either way.
+const RAW_MODES: &[(Pty, u32)] = &[
+    (Pty::ECHO, 0),
+    (Pty::ECHOE, 0),
+    (Pty::ECHOK, 0),
+    (Pty::ECHONL, 0),
+    (Pty::ECHOCTL, 0),
+    (Pty::ECHOKE, 0),
+    (Pty::ICANON, 0),
+    (Pty::ISIG, 0),
+    (Pty::IEXTEN, 0),
+    (Pty::ICRNL, 0),
+    (Pty::INLCR, 0),
+    (Pty::IGNCR, 0),
+    (Pty::ISTRIP, 0),
+    (Pty::IUCLC, 0),
+    (Pty::IXON, 0),
+    (Pty::IXOFF, 0),
+    (Pty::OPOST, 0),
+    (Pty::ONLCR, 0),
+    (Pty::CS8, 1),
+];
 
 /// Which host keys are trusted.
 #[derive(Clone, Debug)]
@@ -237,36 +270,11 @@ pub async fn run_script(
         .unwrap_or_default();
 
     let exchange = async {
-        let mut channel = session
-            .channel_open_session()
-            .await
-            .map_err(|e| SshError::Protocol(e.to_string()))?;
-        channel
-            .exec(true, "/bin/sh -s")
-            .await
-            .map_err(|e| SshError::Protocol(e.to_string()))?;
-        channel
-            .data(script.as_bytes())
-            .await
-            .map_err(|e| SshError::Protocol(e.to_string()))?;
-        channel
-            .eof()
-            .await
-            .map_err(|e| SshError::Protocol(e.to_string()))?;
-        let mut output = Vec::new();
-        let mut exit_status = None;
-        while let Some(msg) = channel.wait().await {
-            match msg {
-                ChannelMsg::Data { data } | ChannelMsg::ExtendedData { data, .. } => {
-                    output.extend_from_slice(&data);
-                    if output.len() > 2 * OUTPUT_KEEP {
-                        output.drain(..output.len() - OUTPUT_KEEP);
-                    }
-                }
-                ChannelMsg::ExitStatus { exit_status: s } => exit_status = Some(s),
-                ChannelMsg::Close => break,
-                _ => {}
-            }
+        let (mut exit_status, mut output) = run_channel(&session, script, false).await?;
+        if exit_status.is_some() && exit_status == target.tty_retry_status {
+            let (status, more) = run_channel(&session, script, true).await?;
+            exit_status = status;
+            output.extend_from_slice(&more);
         }
         if output.len() > OUTPUT_KEEP {
             output.drain(..output.len() - OUTPUT_KEEP);
@@ -284,6 +292,50 @@ pub async fn run_script(
         exit_status,
         output,
     })
+}
+
+/// Runs `script` on a new channel of `session`, in a pseudo-terminal when `pty`; returns its
+/// exit status and (the end of) its output.
+async fn run_channel(
+    session: &client::Handle<Checker>,
+    script: &str,
+    pty: bool,
+) -> Result<(Option<u32>, Vec<u8>), SshError> {
+    let protocol = |e: russh::Error| SshError::Protocol(e.to_string());
+    let mut channel = session.channel_open_session().await.map_err(protocol)?;
+    if pty {
+        // If sshd refuses the terminal, the script runs without one and says so again.
+        channel
+            .request_pty(false, "dumb", 80, 24, 0, 0, RAW_MODES)
+            .await
+            .map_err(protocol)?;
+        channel
+            .exec(true, format!("head -c {} | /bin/sh -s", script.len()))
+            .await
+            .map_err(protocol)?;
+        // No end-of-file on a terminal: head stops after the script's length.
+        channel.data(script.as_bytes()).await.map_err(protocol)?;
+    } else {
+        channel.exec(true, "/bin/sh -s").await.map_err(protocol)?;
+        channel.data(script.as_bytes()).await.map_err(protocol)?;
+        channel.eof().await.map_err(protocol)?;
+    }
+    let mut output = Vec::new();
+    let mut exit_status = None;
+    while let Some(msg) = channel.wait().await {
+        match msg {
+            ChannelMsg::Data { data } | ChannelMsg::ExtendedData { data, .. } => {
+                output.extend_from_slice(&data);
+                if output.len() > 2 * OUTPUT_KEEP {
+                    output.drain(..output.len() - OUTPUT_KEEP);
+                }
+            }
+            ChannelMsg::ExitStatus { exit_status: s } => exit_status = Some(s),
+            ChannelMsg::Close => break,
+            _ => {}
+        }
+    }
+    Ok((exit_status, output))
 }
 
 /// Classifies a failure while setting up the session, using what the host key check saw.

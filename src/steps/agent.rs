@@ -6,6 +6,7 @@
 //! Secret that held the secret access key for the agent is deleted.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
@@ -26,6 +27,8 @@ use crate::ssh;
 const TAIL_LINES: usize = 15;
 /// Bytes of the installer's output kept for the condition message.
 const TAIL_BYTES: usize = 1500;
+/// How soon an install that found another one running on the host tries again.
+const INSTALL_IN_PROGRESS_RETRY: Duration = Duration::from_secs(30);
 
 pub(super) async fn check(
     obj: &InstanceRegistration,
@@ -71,10 +74,12 @@ pub(super) async fn check(
         }
     };
     let spec = &obj.spec.ssh;
-    let (connect, rule) = match super::host::connection(obj, target, status) {
+    let (mut connect, rule) = match super::host::connection(obj, target, status) {
         Ok(c) => c,
         Err(outcome) => return outcome,
     };
+    // sudo's requiretty: the script is run again in a pseudo-terminal.
+    connect.tty_retry_status = Some(install::EXIT_SUDO_NEEDS_TTY);
     let host = connect.host.clone();
     if status.host_key_fingerprint.is_none()
         && spec.host_key_policy == HostKeyPolicy::TrustOnFirstUse
@@ -180,6 +185,16 @@ pub(super) async fn check(
                 spec.username
             )),
         )),
+        // Only when the run in a pseudo-terminal got none (sshd refused it).
+        Some(install::EXIT_SUDO_NEEDS_TTY) => Outcome::Blocked(Observation::fails(
+            reasons::SUDO_REQUIRES_TTY,
+            said(&format!(
+                "sudo on the host runs only from a terminal (requiretty), and the host's sshd \
+                 gave the session none; add `Defaults:{user} !requiretty` to the host's sudoers, \
+                 or let sshd give {user:?} a terminal (PermitTTY yes)",
+                user = spec.username
+            )),
+        )),
         Some(install::EXIT_UNPACK_FAILED) => Outcome::Blocked(Observation::fails(
             reasons::INSTALLER_INVALID,
             said("the installer tarball is not an OpsWorks agent installer"),
@@ -188,10 +203,36 @@ pub(super) async fn check(
             reasons::HOST_UNSUITABLE,
             said("the host lacks a tool the install needs"),
         )),
+        Some(install::EXIT_INSTALL_IN_PROGRESS) => Outcome::Progressing(
+            Observation::unknown(
+                reasons::INSTALL_IN_PROGRESS,
+                said(&format!(
+                    "another install holds the host's install lock (one boot-registration at a \
+                     time); nothing was run; trying again in {}s",
+                    INSTALL_IN_PROGRESS_RETRY.as_secs()
+                )),
+            ),
+            INSTALL_IN_PROGRESS_RETRY,
+        ),
+        Some(install::EXIT_INSTALLER_FAILED) => Outcome::Blocked(Observation::fails(
+            reasons::INSTALLER_FAILED,
+            said(&match install::installer_status(&run.output) {
+                Some(code) => format!("the agent installer failed with exit status {code}"),
+                None => "the agent installer could not be run".to_owned(),
+            }),
+        )),
+        Some(install::EXIT_TIMED_OUT) => Outcome::Blocked(Observation::fails(
+            reasons::INSTALL_TIMEOUT,
+            said(&format!(
+                "the install did not finish within ssh.commandTimeoutSeconds ({}s); the host \
+                 stopped it",
+                spec.command_timeout_seconds
+            )),
+        )),
         Some(code) => Outcome::Blocked(Observation::fails(
             reasons::INSTALLER_FAILED,
             said(&format!(
-                "the agent installer failed with exit status {code}"
+                "the install script ended with exit status {code}, which is not one of its own"
             )),
         )),
         None => Outcome::Blocked(Observation::fails(
@@ -202,7 +243,8 @@ pub(super) async fn check(
 }
 
 /// The script's inputs, as the CLI builds them: `stack_id`, every provisioning parameter, the
-/// access key when one was made, the overrides, and `import` (true for EC2).
+/// access key when one was made, the overrides, and `import` (true for EC2); and the time the
+/// host gives the install (`ssh.commandTimeoutSeconds`).
 fn plan(
     obj: &InstanceRegistration,
     stack: &super::StackFacts,
@@ -237,6 +279,7 @@ fn plan(
         installer_sha256: spec.agent_installer_sha256.clone(),
         assets_download_bucket: stack.parameters.get("assets_download_bucket").cloned(),
         preconfig,
+        time_limit: Duration::from_secs(spec.ssh.command_timeout_seconds.into()),
     }
 }
 

@@ -221,6 +221,7 @@ pub(super) fn connection(
         username: spec.username.clone(),
         connect_timeout: Duration::from_secs(spec.timeout_seconds.into()),
         command_timeout: Duration::from_secs(spec.command_timeout_seconds.into()),
+        tty_retry_status: None,
     };
     let rule = HostKeyRule {
         policy: spec.host_key_policy,
