@@ -17,8 +17,9 @@ use instance_registrar::conditions::{reasons, types};
 use instance_registrar::resource::InstanceRegistration;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, DeleteParams};
+use opsworks_endpoint::standin::BINARY_NAME as INSTALLER_PROGRAM;
 use opsworks_endpoint::standin::hash_secret;
-use support::ssh_hosts::SshHost;
+use support::ssh_hosts::{self, SshHost};
 use support::{
     AwsEnv, ControlPlane, ControllerProcess, apply, collect_secret_access_keys, condition, ec2,
     eventually, key_material_lines, namespace, on_premises, register_directly, serving_stand_in,
@@ -31,6 +32,16 @@ const INSTALLER_RUN_TIME: Duration = Duration::from_secs(3);
 /// The shared AWS environment, serving the stand-in installer.
 fn aws() -> &'static AwsEnv {
     serving_stand_in(AwsEnv::shared(), INSTALLER_RUN_TIME)
+}
+
+/// How long the stand-in installer takes in the tests of the host's install lock and time limit:
+/// long enough that a second install surely comes while the first runs, and that an installer
+/// the host's time limit (10 s) does not stop runs clearly longer.
+const SLOW_INSTALLER_RUN_TIME: Duration = Duration::from_secs(24);
+
+/// An AWS environment of its own, serving the slow stand-in installer.
+fn slow_aws() -> &'static AwsEnv {
+    serving_stand_in(AwsEnv::isolated(), SLOW_INSTALLER_RUN_TIME)
 }
 
 /// An AWS environment no other test of this binary uses, with the recording proxy in front of
@@ -1067,4 +1078,236 @@ async fn a_host_that_does_not_answer_or_is_not_trusted_gets_no_iam_user() {
         w.aws.iam_users(&w.ns).await.is_empty(),
         "an IAM user was made for a host that did not answer"
     );
+}
+
+#[tokio::test]
+async fn two_installs_on_one_host_take_turns_and_the_one_that_waits_reports_install_in_progress() {
+    let w = World::with(slow_aws(), "e2e-lock", &[]).await;
+    // One host named in two stacks: two registrations, no Conflict, two installs at once.
+    let other_stack = w.aws.create_stack(&format!("{}-b", w.ns), None).await;
+    let host = w.host("shared");
+    let one = |name: &str, stack: &str| {
+        on_premises(
+            &w.ns,
+            name,
+            stack,
+            &host.address().to_string(),
+            name,
+            "key",
+            "",
+        ) + &ssh_via(&host)
+    };
+    w.apply(&format!(
+        "{}---\n{}",
+        one("first", &w.stack),
+        one("second", &other_stack)
+    ));
+
+    // Until both are Ready, watch how many installers run on the host at once.
+    let mut most_at_once = 0;
+    let mut waited: Option<(String, InstanceRegistration)> = None;
+    let deadline = Instant::now() + Duration::from_secs(150);
+    loop {
+        most_at_once = most_at_once.max(host.processes(INSTALLER_PROGRAM).len());
+        let mut ready = 0;
+        for name in ["first", "second"] {
+            let obj = w.get(name).await;
+            if let Some((_, reason, _)) = condition(&obj, types::AGENT_INSTALLED)
+                && reason == reasons::INSTALL_IN_PROGRESS
+                && waited.is_none()
+            {
+                // Seen while the other one's installer runs: nothing registered yet.
+                assert_eq!(host.boot_registration_runs(), 0);
+                waited = Some((name.to_owned(), obj.clone()));
+            }
+            if condition(&obj, types::READY).is_some_and(|(s, _, _)| s == "True") {
+                ready += 1;
+            }
+        }
+        if ready == 2 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not both Ready; controller log tail:\n{}",
+            tail(&w.controller.logs(), 40)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (name, obj) = waited.expect("one install found the other running (InstallInProgress)");
+    println!(
+        "{name} waited for the other install: {:?}",
+        obj.status.as_ref().unwrap().message
+    );
+    // Waiting is progress, not a stall.
+    assert_eq!(condition(&obj, types::RECONCILING).unwrap().0, "True");
+    assert_eq!(condition(&obj, types::STALLED).unwrap().0, "False");
+    assert_eq!(most_at_once, 1, "boot-registration ran twice at once");
+    assert_eq!(host.boot_registration_runs(), 2);
+    assert!(!host.canary().exists());
+    w.assert_no_secrets(&w.secret_access_keys(), &[&w.private_key]);
+}
+
+#[tokio::test]
+async fn an_install_cut_off_by_a_killed_controller_ends_on_the_host_at_its_time_limit() {
+    let mut w = World::with(slow_aws(), "e2e-cut", &[]).await;
+    let host = w.host("cut");
+    let manifest = |limit: u32| {
+        on_premises(
+            &w.ns,
+            "cut",
+            &w.stack,
+            &host.address().to_string(),
+            "cut-1",
+            "key",
+            "",
+        ) + &ssh_via(&host)
+            + &format!("    commandTimeoutSeconds: {limit}\n")
+    };
+    let limit = 10;
+    w.apply(&manifest(limit));
+    let seen = eventually(
+        Duration::from_secs(60),
+        "the installer running on the host",
+        || async { (!host.processes(INSTALLER_PROGRAM).is_empty()).then(Instant::now) },
+    )
+    .await;
+    // The controller dies mid-install (as a node failure or the OOM killer leaves it): its SSH
+    // session is cut, and sshd sends the installer no signal.
+    w.controller.kill();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        !host.processes(INSTALLER_PROGRAM).is_empty(),
+        "the installer ended with the session (the test shows nothing)"
+    );
+    // The host ends it at the limit, counted from the script's start (before `seen`), long
+    // before the installer would have finished (24 s).
+    let ended = eventually(
+        Duration::from_secs(40),
+        "the installer ending on the host",
+        || async {
+            host.processes(INSTALLER_PROGRAM)
+                .is_empty()
+                .then(Instant::now)
+        },
+    )
+    .await;
+    let ran = ended - seen;
+    println!(
+        "the installer ran {:.1}s after it was seen; limit {limit}s",
+        ran.as_secs_f64()
+    );
+    assert!(
+        ran < Duration::from_secs(u64::from(limit) + 5),
+        "the installer ran {ran:?} on the host after it started"
+    );
+    assert_eq!(
+        host.boot_registration_runs(),
+        0,
+        "it was stopped before registering"
+    );
+
+    // The lock went with it: a new controller, given time enough, installs at once.
+    w.apply(&manifest(120));
+    w.controller = ControllerProcess::start(w.cp, w.aws, &w.ns, &[]);
+    let obj = w.wait("cut", types::READY, reasons::SUCCEEDED).await;
+    assert_eq!(host.boot_registration_runs(), 1);
+    assert!(obj.status.unwrap().agent_installed_at.is_some());
+    w.assert_no_secrets(&w.secret_access_keys(), &[&w.private_key]);
+}
+
+#[tokio::test]
+async fn a_host_whose_sudo_runs_only_from_a_terminal_gets_the_agent_installed() {
+    ssh_hosts::check_tty_user();
+    let w = World::new("e2e-tty", &[]).await;
+    let as_tty_user = |name: &str, host: &SshHost| {
+        on_premises(
+            &w.ns,
+            name,
+            &w.stack,
+            &host.address().to_string(),
+            &format!("{name}-1"),
+            "key",
+            "",
+        )
+        .replace(
+            &format!("username: {}", ssh_hosts::USER),
+            &format!("username: {}", ssh_hosts::TTY_USER),
+        ) + &ssh_via(host)
+    };
+    let host = w.host("tty");
+    // The same, on a host whose sshd gives no terminal: then the reason says how to fix it.
+    let mut no_tty = w.host("notty");
+    no_tty.set_permit_tty(false);
+    w.apply(&format!(
+        "{}---\n{}",
+        as_tty_user("tty", &host),
+        as_tty_user("notty", &no_tty)
+    ));
+
+    let obj = w.wait("tty", types::READY, reasons::SUCCEEDED).await;
+    assert_eq!(host.boot_registration_runs(), 1);
+    let received = host
+        .received_preconfig()
+        .expect("the installer got preconfig");
+    assert_eq!(received["hostname"], "tty-1");
+    // The script went through the terminal whole and unchanged: the secret arrived as made.
+    let secrets = w.secret_access_keys();
+    assert!(
+        secrets
+            .iter()
+            .any(|s| received["secret_access_key"] == hash_secret(s).as_str()),
+        "the secret access key arrived changed"
+    );
+    // Nothing of the script came back (the terminal's echo is off): the output tail of the
+    // install, in the Event of its success, ends with what the installer printed, not with the
+    // script's last lines.
+    let events: serde_json::Value = serde_json::from_str(
+        &w.cp
+            .kubectl_ok(&["get", "events", "-n", &w.ns, "-o", "json"])
+            .unwrap(),
+    )
+    .unwrap();
+    let installed = events["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["involvedObject"]["name"] == "tty")
+        .filter_map(|e| e["message"].as_str())
+        .find(|m| m.starts_with("AgentInstalled=True"))
+        .expect("an Event for the install")
+        .to_owned();
+    println!("{installed}");
+    assert!(
+        installed.contains("running boot-registration"),
+        "{installed}"
+    );
+    assert!(!installed.contains("install_agent"), "{installed}");
+    assert!(obj.status.unwrap().agent_installed_at.is_some());
+    let message = |obj: &InstanceRegistration| {
+        obj.status
+            .as_ref()
+            .unwrap()
+            .conditions
+            .iter()
+            .find(|c| c.r#type == types::AGENT_INSTALLED)
+            .unwrap()
+            .message
+            .clone()
+    };
+
+    let obj = w
+        .wait("notty", types::AGENT_INSTALLED, reasons::SUDO_REQUIRES_TTY)
+        .await;
+    assert_eq!(condition(&obj, types::STALLED).unwrap().0, "True");
+    let said = message(&obj);
+    assert!(
+        said.contains(&format!("Defaults:{} !requiretty", ssh_hosts::TTY_USER)),
+        "{said}"
+    );
+    assert_eq!(no_tty.boot_registration_runs(), 0);
+    for h in [&host, &no_tty] {
+        assert!(!h.canary().exists());
+    }
+    w.assert_no_secrets(&w.secret_access_keys(), &[&w.private_key]);
 }

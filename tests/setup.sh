@@ -41,24 +41,27 @@ if [ ${#missing[@]} -gt 0 ]; then
   fi
 fi
 
-# The login user of the test SSH hosts, with passwordless sudo (the agent installer runs as root
+# The login users of the test SSH hosts, with passwordless sudo (the agent installer runs as root
 # through sudo, as on a real host). The hosts' sshd servers are the tests' own; a system ssh
-# service, if one runs, is neither needed nor touched. The user has no password ("*"), but is not
-# locked ("!", useradd's default): without PAM, sshd refuses even key logins to a locked account.
-test_user=opsworks-test
-sudoers=/etc/sudoers.d/$test_user
-sudoers_line="$test_user ALL=(ALL) NOPASSWD: ALL"
-locked() { getent shadow "$test_user" | cut -d: -f2 | grep -q '^!'; }
-user_ready() {
-  id -u "$test_user" >/dev/null 2>&1 || return 1
-  # Only root can read the shadow and sudoers files: others check what they can.
-  if [ "$(id -u)" -ne 0 ]; then
-    [ -e "$sudoers" ]
-    return
-  fi
-  ! locked && [ "$(cat "$sudoers" 2>/dev/null)" = "$sudoers_line" ] && [ "$(stat -c %a "$sudoers")" = 440 ]
-}
-if ! user_ready; then
+# service, if one runs, is neither needed nor touched. The users have no password ("*"), but are
+# not locked ("!", useradd's default): without PAM, sshd refuses even key logins to a locked
+# account. opsworks-test is the one the tests use; opsworks-tty's sudo runs only from a terminal
+# (`requiretty`, as some RHEL and Amazon Linux images had it), for the tests of such hosts. Each
+# user's sudo rules are in a file of its own, so `requiretty` applies to opsworks-tty only.
+ensure_test_user() {
+  local test_user=$1 sudoers_text=$2
+  local sudoers=/etc/sudoers.d/$test_user
+  locked() { getent shadow "$test_user" | cut -d: -f2 | grep -q '^!'; }
+  user_ready() {
+    id -u "$test_user" >/dev/null 2>&1 || return 1
+    # Only root can read the shadow and sudoers files: others check what they can.
+    if [ "$(id -u)" -ne 0 ]; then
+      [ -e "$sudoers" ]
+      return
+    fi
+    ! locked && [ "$(cat "$sudoers" 2>/dev/null)" = "$sudoers_text" ] && [ "$(stat -c %a "$sudoers")" = 440 ]
+  }
+  user_ready && return 0
   if [ "$(id -u)" -ne 0 ]; then
     echo "setup.sh: the test user $test_user or $sudoers is missing (run as root)" >&2
     exit 1
@@ -70,11 +73,14 @@ if ! user_ready; then
     usermod -p '*' "$test_user"
   fi
   echo "setup.sh: writing $sudoers" >&2
-  printf '%s\n' "$sudoers_line" >"$sudoers.partial"
+  printf '%s\n' "$sudoers_text" >"$sudoers.partial"
   chmod 0440 "$sudoers.partial"
   visudo -cqf "$sudoers.partial" || { rm -f "$sudoers.partial"; echo "setup.sh: $sudoers is not valid" >&2; exit 1; }
   mv -f "$sudoers.partial" "$sudoers"
-fi
+}
+ensure_test_user opsworks-test "opsworks-test ALL=(ALL) NOPASSWD: ALL"
+ensure_test_user opsworks-tty "Defaults:opsworks-tty requiretty
+opsworks-tty ALL=(ALL) NOPASSWD: ALL"
 
 for tool in cargo go; do
   command -v "$tool" >/dev/null || { echo "setup.sh: $tool is needed" >&2; exit 1; }

@@ -6,7 +6,11 @@
 //! Each sshd runs in a mount namespace of its own, where its host directory is bind-mounted at
 //! [`HOST_DIR_MOUNT`]: the sessions of that host, and whatever they run through sudo, see that
 //! host's files there, and no other host's (in the tests' own namespace the path is an empty
-//! directory).
+//! directory). A directory of the host's own is bind-mounted at [`LOCK_DIR`] the same way, so
+//! that the install lock the controller's script takes there is one host's, as on real hosts.
+//!
+//! [`TTY_USER`] may log in too: the same keys, but sudo runs for it only from a terminal
+//! (`requiretty`).
 //!
 //! The host directory holds, by name (the agent installer stand-in reads and writes them):
 //! - `hostname`, `local-ipv4`: written at start, the host's label and its 127.0.0.x address (each
@@ -41,8 +45,15 @@ use crate::control_plane::spawn_logged;
 /// The login user of every test host (made by `tests/setup.sh`, with passwordless sudo).
 pub const USER: &str = "opsworks-test";
 
+/// A second login user (made by `tests/setup.sh`), with passwordless sudo that runs only from a
+/// terminal (`Defaults:opsworks-tty requiretty`).
+pub const TTY_USER: &str = "opsworks-tty";
+
 /// Where a host's own host directory appears inside that host (its sessions and their children).
 pub const HOST_DIR_MOUNT: &str = "/run/registrar-test-host";
+
+/// The system's lock directory; each host has its own (the install lock goes there).
+pub const LOCK_DIR: &str = "/run/lock";
 
 const SSHD: &str = "/usr/sbin/sshd";
 
@@ -58,6 +69,8 @@ pub struct SshHost {
     key_generation: u32,
     /// The logs of every sshd this host has run, oldest first.
     logs: Vec<PathBuf>,
+    /// Whether sshd gives sessions a pseudo-terminal when asked (`PermitTTY`).
+    permit_tty: bool,
     sshd: Option<Running>,
 }
 
@@ -97,6 +110,10 @@ impl SshHost {
         let (uid, gid) = user_ids();
         std::os::unix::fs::chown(&dir, Some(uid), Some(gid))
             .unwrap_or_else(|e| panic!("chown {}: {e}", dir.display()));
+        // The host's /run/lock: root's, world-writable with the sticky bit, as Debian has it.
+        let locks = files.path().join("lock");
+        std::fs::create_dir(&locks).unwrap();
+        set_mode(&locks, 0o1777);
         let mut host = SshHost {
             name: name.to_owned(),
             address,
@@ -106,6 +123,7 @@ impl SshHost {
             host_key: PathBuf::new(),
             key_generation: 0,
             logs: Vec::new(),
+            permit_tty: true,
             sshd: None,
         };
         host.new_host_key();
@@ -204,6 +222,13 @@ impl SshHost {
         }
     }
 
+    /// Makes sshd refuse (or give again) pseudo-terminals (`PermitTTY no`); sshd is restarted on
+    /// the same address and port.
+    pub fn set_permit_tty(&mut self, permit: bool) {
+        self.permit_tty = permit;
+        self.restart();
+    }
+
     /// Brings the host back (after [`SshHost::stop`], or restarts it if running) on the same
     /// address and port, with the same host key.
     pub fn restart(&mut self) {
@@ -287,6 +312,36 @@ impl SshHost {
             .count()
     }
 
+    /// The PIDs of the processes running on this host (in its mount namespace) whose command line
+    /// holds `needle`, such as the agent installer stand-in's program name.
+    pub fn processes(&self, needle: &str) -> Vec<i32> {
+        let Some(running) = &self.sshd else {
+            return Vec::new();
+        };
+        let mut found = Vec::new();
+        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|s| s.parse::<i32>().ok())
+            else {
+                continue;
+            };
+            if std::fs::read_link(entry.path().join("ns/mnt"))
+                .ok()
+                .as_ref()
+                != Some(&running.mount_ns)
+            {
+                continue;
+            }
+            let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+            if String::from_utf8_lossy(&cmdline).contains(needle) {
+                found.push(pid);
+            }
+        }
+        found
+    }
+
     /// The file a successful shell injection would create on this host: tests assert it never
     /// exists.
     pub fn canary(&self) -> PathBuf {
@@ -339,11 +394,13 @@ impl SshHost {
         command
             .args(["--mount", "--uts", "--propagation", "private", "--", "sh", "-c"])
             .arg(format!(
-                "mount --bind \"$1\" {HOST_DIR_MOUNT} && printf '%s' \"$3\" >/proc/sys/kernel/hostname && exec {SSHD} -D -e -f \"$2\""
+                "mount --bind \"$1\" {HOST_DIR_MOUNT} && mount --bind \"$3\" {LOCK_DIR} && \
+                 printf '%s' \"$4\" >/proc/sys/kernel/hostname && exec {SSHD} -D -e -f \"$2\""
             ))
             .arg("sh")
             .arg(&self.dir)
             .arg(&config)
+            .arg(self.files.path().join("lock"))
             .arg(host_label(&self.name));
         let mut child = spawn_kept(command, &log)?;
         let listening = format!("Server listening on {} port {}.", self.address, self.port);
@@ -404,7 +461,7 @@ impl SshHost {
              KbdInteractiveAuthentication no\n\
              HostbasedAuthentication no\n\
              PermitRootLogin no\n\
-             AllowUsers {USER}\n\
+             AllowUsers {USER} {TTY_USER}\n\
              StrictModes no\n\
              UsePAM no\n\
              PidFile none\n\
@@ -432,6 +489,9 @@ impl SshHost {
         // tests make many from 127.0.0.1 on purpose.
         if sshd_version() >= (9, 8) {
             config.push_str("PerSourcePenalties no\n");
+        }
+        if !self.permit_tty {
+            config.push_str("PermitTTY no\n");
         }
         config
     }
@@ -506,10 +566,27 @@ fn check_prerequisites() {
         }
         std::fs::create_dir_all(HOST_DIR_MOUNT)
             .unwrap_or_else(|e| panic!("creating {HOST_DIR_MOUNT}: {e}"));
+        if !Path::new(LOCK_DIR).is_dir() {
+            std::fs::create_dir_all(LOCK_DIR)
+                .unwrap_or_else(|e| panic!("creating {LOCK_DIR}: {e}"));
+            set_mode(Path::new(LOCK_DIR), 0o1777);
+        }
         // sshd's privilege separation directory.
         std::fs::create_dir_all("/run/sshd").unwrap_or_else(|e| panic!("creating /run/sshd: {e}"));
         set_mode(Path::new("/run/sshd"), 0o755);
     });
+}
+
+/// Panics with what to do when [`TTY_USER`] is missing or its sudo is not the `requiretty` one.
+pub fn check_tty_user() {
+    let fix = "run `bash tests/setup.sh` as root";
+    if user_ids_of(TTY_USER).is_none() {
+        panic!("the test login user {TTY_USER} is missing: {fix}");
+    }
+    let sudoers = std::fs::read_to_string(format!("/etc/sudoers.d/{TTY_USER}")).unwrap_or_default();
+    if !sudoers.contains(&format!("Defaults:{TTY_USER} requiretty")) {
+        panic!("/etc/sudoers.d/{TTY_USER} is missing or lacks requiretty: {fix}");
+    }
 }
 
 /// A 127.0.0.x address not used before by this process (x in 2..=254; test binaries running at
@@ -556,10 +633,14 @@ fn user_ids() -> (u32, u32) {
 }
 
 fn user_ids_from_passwd() -> Option<(u32, u32)> {
+    user_ids_of(USER)
+}
+
+fn user_ids_of(user: &str) -> Option<(u32, u32)> {
     let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
     let line = passwd
         .lines()
-        .find(|l| l.starts_with(&format!("{USER}:")))?;
+        .find(|l| l.starts_with(&format!("{user}:")))?;
     let mut fields = line.split(':').skip(2);
     Some((fields.next()?.parse().ok()?, fields.next()?.parse().ok()?))
 }
