@@ -66,6 +66,12 @@ pub mod reasons {
     pub const PASSPHRASE_REQUIRED: &str = "PassphraseRequired";
     /// The passphrase in the Secret does not decrypt the private key.
     pub const WRONG_PASSPHRASE: &str = "WrongPassphrase";
+    /// The private key's encryption asks for more key-derivation work (bcrypt rounds, Argon2
+    /// memory, PBKDF2 iterations, scrypt cost) than key-writing tools use; it is not decrypted.
+    pub const PRIVATE_KEY_TOO_COSTLY: &str = "PrivateKeyTooCostly";
+    /// Decoding the private key did not finish within its time limit; it goes on in the
+    /// background and the next look uses its result.
+    pub const PRIVATE_KEY_DECODE_TIMEOUT: &str = "PrivateKeyDecodeTimeout";
 
     // The stack and the target.
     /// DescribeStacks does not know the stack.

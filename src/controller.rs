@@ -107,6 +107,8 @@ pub struct Context {
     pub ssh_slots: tokio::sync::Semaphore,
     /// The newest resourceVersion this controller knows of each object.
     pub versions: Versions,
+    /// SSH private keys decoded from Secrets, once per Secret version, off the async workers.
+    pub ssh_keys: crate::sshkey::KeyCache,
     /// How the controller runs.
     pub settings: Settings,
 }
@@ -139,6 +141,7 @@ impl Context {
             iam_groups: TtlCache::new(IAM_GROUP_TTL),
             ssh_slots: tokio::sync::Semaphore::new(settings.ssh_concurrency.max(1).into()),
             versions: Versions::default(),
+            ssh_keys: Default::default(),
             settings,
         }
     }

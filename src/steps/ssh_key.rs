@@ -9,12 +9,14 @@ use super::{Facts, Outcome};
 use crate::conditions::{Observation, reasons};
 use crate::controller::Context;
 use crate::resource::InstanceRegistration;
-use crate::sshkey::{self, KeyProblem};
+use crate::sshkey::{self, KeyProblem, LoadError};
 
 /// The Secret key that holds the passphrase of an encrypted private key.
 pub const PASSPHRASE_KEY: &str = "passphrase";
 /// Secret types that may hold an SSH private key.
 const ACCEPTED_TYPES: &[&str] = &["kubernetes.io/ssh-auth", "Opaque"];
+/// When to look again at a key whose decoding overran its time limit (it goes on meanwhile).
+const DECODE_RECHECK: std::time::Duration = std::time::Duration::from_secs(30);
 
 pub(super) async fn check(obj: &InstanceRegistration, ctx: &Context, facts: &mut Facts) -> Outcome {
     let namespace = obj.namespace().unwrap_or_default();
@@ -75,10 +77,26 @@ pub(super) async fn check(obj: &InstanceRegistration, ctx: &Context, facts: &mut
         ));
     };
     let passphrase = data.get(PASSPHRASE_KEY).map(|p| p.0.as_slice());
-    match sshkey::parse(&key_bytes.0, passphrase) {
+    // Decoded once per version of the Secret (UID and resourceVersion), however many objects
+    // name it: a crafted key costs its limit once, not once per object and pass.
+    let source = (namespace.clone(), name.clone(), reference.key.clone());
+    let version = format!(
+        "{}/{}",
+        secret.metadata.uid.as_deref().unwrap_or_default(),
+        secret
+            .metadata
+            .resource_version
+            .as_deref()
+            .unwrap_or_default()
+    );
+    match ctx
+        .ssh_keys
+        .load(source, &version, &key_bytes.0, passphrase)
+        .await
+    {
         Ok(key) => {
             let summary = sshkey::summary(&key);
-            facts.ssh_key = Some(std::sync::Arc::new(key));
+            facts.ssh_key = Some(key);
             Outcome::Done(Observation::holds(
                 reasons::SUCCEEDED,
                 format!(
@@ -87,12 +105,24 @@ pub(super) async fn check(obj: &InstanceRegistration, ctx: &Context, facts: &mut
                 ),
             ))
         }
-        Err(problem) => {
+        Err(LoadError::Overran(limit)) => Outcome::Progressing(
+            Observation::fails(
+                reasons::PRIVATE_KEY_DECODE_TIMEOUT,
+                format!(
+                    "Secret {name:?} key {:?}: decoding the private key took more than {} s (it goes on; the result is used when it is there)",
+                    reference.key,
+                    limit.as_secs()
+                ),
+            ),
+            DECODE_RECHECK,
+        ),
+        Err(LoadError::Problem(problem)) => {
             let reason = match problem {
                 KeyProblem::Invalid(_) => reasons::INVALID_PRIVATE_KEY,
                 KeyProblem::UnsupportedType => reasons::UNSUPPORTED_KEY_TYPE,
                 KeyProblem::PassphraseRequired => reasons::PASSPHRASE_REQUIRED,
                 KeyProblem::WrongPassphrase => reasons::WRONG_PASSPHRASE,
+                KeyProblem::TooCostly { .. } => reasons::PRIVATE_KEY_TOO_COSTLY,
             };
             Outcome::Blocked(Observation::fails(
                 reason,
