@@ -25,7 +25,7 @@ const ORDINARY: usize = 10;
 const CRAFTED: usize = 3;
 /// How long the ordinary objects may take to be Ready (with the crafted key decrypted on the
 /// async workers they never are: both workers of a two-core machine are pinned).
-const READY_WITHIN: Duration = Duration::from_secs(150);
+const READY_WITHIN: Duration = Duration::from_secs(90);
 /// How long the controller may take to exit after SIGTERM.
 const STOP_WITHIN: Duration = Duration::from_secs(5);
 
