@@ -1311,3 +1311,45 @@ async fn a_host_whose_sudo_runs_only_from_a_terminal_gets_the_agent_installed() 
     }
     w.assert_no_secrets(&w.secret_access_keys(), &[&w.private_key]);
 }
+
+#[tokio::test]
+async fn an_installer_that_exits_91_is_reported_as_an_installer_failure_with_its_status() {
+    let w = World::new("e2e-status", &[]).await;
+    let host = w.host("ninety-one");
+    // 91 was the script's own status for a checksum mismatch: an installer's 91 must not be
+    // taken for one.
+    host.set_installer_failure(Some("E: the installer's own failure (stand-in)"));
+    host.set_installer_exit_status(Some(91));
+    w.apply(
+        &(on_premises(
+            &w.ns,
+            "ninety-one",
+            &w.stack,
+            &host.address().to_string(),
+            "ninety-one",
+            "key",
+            "",
+        ) + &ssh_via(&host)),
+    );
+    let obj = w
+        .wait(
+            "ninety-one",
+            types::AGENT_INSTALLED,
+            reasons::INSTALLER_FAILED,
+        )
+        .await;
+    let message = obj
+        .status
+        .as_ref()
+        .unwrap()
+        .conditions
+        .iter()
+        .find(|c| c.r#type == types::AGENT_INSTALLED)
+        .unwrap()
+        .message
+        .clone();
+    assert!(message.contains("exit status 91"), "{message}");
+    assert!(message.contains("the installer's own failure"), "{message}");
+    assert_eq!(host.boot_registration_runs(), 1);
+    w.assert_no_secrets(&w.secret_access_keys(), &[&w.private_key]);
+}

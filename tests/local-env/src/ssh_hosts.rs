@@ -18,6 +18,7 @@
 //!   the host says it too);
 //! - `instance-identity-document`: the EC2 identity document, see [`SshHost::set_identity`];
 //! - `installer-failure`: present when the installer must fail, with the message to fail with;
+//! - `installer-exit-status`: the exit status it then fails with (1 when missing);
 //! - `preconfig-received.json`: the preconfig the installer was given, written by the stand-in;
 //! - `boot-registration.log`: one line per run of `boot-registration`, appended by the stand-in;
 //! - `canary`: must never exist; a shell injection that worked would create it.
@@ -287,6 +288,17 @@ impl SshHost {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => panic!("removing installer-failure: {e}"),
             },
+        }
+    }
+
+    /// The exit status the agent installer on this host fails with (see
+    /// [`SshHost::set_installer_failure`]), or (`None`) 1.
+    pub fn set_installer_exit_status(&self, status: Option<u8>) {
+        match status {
+            Some(status) => self.write_file("installer-exit-status", &format!("{status}\n")),
+            None => {
+                let _ = std::fs::remove_file(self.dir.join("installer-exit-status"));
+            }
         }
     }
 

@@ -23,7 +23,8 @@
 //!   (JSON), sent as `InstanceIdentity.Document` (with the fixed signature
 //!   [`IDENTITY_SIGNATURE`]) when `preconfig`'s `import` is true. Missing then: the run fails.
 //! - [`host_files::INSTALLER_FAILURE`] (optional): when present, the run fails after its run
-//!   time with the file's content on standard error, without registering.
+//!   time with the file's content on standard error, without registering;
+//!   [`host_files::INSTALLER_EXIT_STATUS`] (optional) is then its exit status (1 otherwise).
 //!
 //! and writes only:
 //!
@@ -104,6 +105,8 @@ pub mod host_files {
     pub const IDENTITY_DOCUMENT: &str = "instance-identity-document";
     /// When present, the installer fails with this content as its error output.
     pub const INSTALLER_FAILURE: &str = "installer-failure";
+    /// The exit status of a run that fails (a number, 1 to 255; 1 when missing).
+    pub const INSTALLER_EXIT_STATUS: &str = "installer-exit-status";
     /// Written: the parsed `preconfig` with the secret hashed.
     pub const PRECONFIG_RECEIVED: &str = "preconfig-received.json";
     /// Appended: one line per run. The `reason` of a failed run is one of `bad-preconfig`,

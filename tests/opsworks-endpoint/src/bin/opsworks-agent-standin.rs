@@ -106,7 +106,10 @@ fn run(args: &Args) -> i32 {
         }
         Err(f) => {
             eprintln!("{}", f.message.trim_end());
-            1
+            host_file(&args.host_dir, host_files::INSTALLER_EXIT_STATUS)
+                .and_then(|s| s.parse::<u8>().ok())
+                .filter(|&s| s != 0)
+                .map_or(1, i32::from)
         }
     }
 }
