@@ -1,32 +1,71 @@
 //! A small time-bounded cache with one fetch in flight per key: when many objects of one stack
 //! are reconciled at once (a restart, a fleet applied together), they share one OpsWorks look-up
 //! per stack instead of making one each.
+//!
+//! Sharing a fetch must not mean sharing its fate: a caller waits for the fetch ahead of it only
+//! for a short, bounded while ([`WAITER_PATIENCE`]), then fetches on its own. A call that hangs
+//! (until the AWS call's own time limit ends it) so costs the one object that made it, not
+//! every object of the stack; and the value any caller fetched serves the others at once.
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-type Slot<V> = Arc<tokio::sync::Mutex<Option<(Instant, V)>>>;
+/// How long a caller waits for a fetch of the same key that is already in flight before it
+/// fetches on its own. A look-up takes milliseconds; one still going after this long is being
+/// retried or hangs, and waiting for it longer would tie this caller to its outcome.
+pub const WAITER_PATIENCE: Duration = Duration::from_secs(3);
+
+/// One key: its latest value, and the lock that the fetch in flight holds.
+#[derive(Debug)]
+struct Slot<V> {
+    value: Mutex<Option<(Instant, V)>>,
+    flight: tokio::sync::Mutex<()>,
+}
+
+impl<V: Clone> Slot<V> {
+    fn fresh(&self, max_age: Duration) -> Option<V> {
+        let value = self.value.lock().unwrap_or_else(|e| e.into_inner());
+        match value.as_ref() {
+            Some((at, v)) if at.elapsed() < max_age => Some(v.clone()),
+            _ => None,
+        }
+    }
+
+    fn store(&self, v: V) {
+        *self.value.lock().unwrap_or_else(|e| e.into_inner()) = Some((Instant::now(), v));
+    }
+}
 
 /// Values by key, each fresh for `ttl` after it was fetched.
 #[derive(Debug)]
 pub struct TtlCache<V> {
     ttl: Duration,
-    slots: Mutex<HashMap<String, Slot<V>>>,
+    patience: Duration,
+    slots: Mutex<HashMap<String, Arc<Slot<V>>>>,
 }
 
 impl<V: Clone> TtlCache<V> {
-    /// A cache whose values are fresh for `ttl`.
+    /// A cache whose values are fresh for `ttl`; callers wait up to [`WAITER_PATIENCE`] for a
+    /// fetch already in flight.
     pub fn new(ttl: Duration) -> Self {
+        Self::with_patience(ttl, WAITER_PATIENCE)
+    }
+
+    /// A cache whose values are fresh for `ttl`, whose callers wait up to `patience` for a fetch
+    /// of the same key already in flight before they fetch on their own.
+    pub fn with_patience(ttl: Duration, patience: Duration) -> Self {
         Self {
             ttl,
+            patience,
             slots: Mutex::default(),
         }
     }
 
     /// The value for `key`: the cached one while fresh, else what `fetch` returns (cached when
-    /// it is a success). Callers asking for the same key meanwhile wait for that one fetch.
+    /// it is a success). Callers asking for the same key meanwhile wait for that one fetch, for
+    /// a bounded while.
     pub async fn get_or_fetch<E, F, Fut>(&self, key: &str, fetch: F) -> Result<V, E>
     where
         F: FnOnce() -> Fut,
@@ -52,16 +91,29 @@ impl<V: Clone> TtlCache<V> {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .entry(key.to_owned())
-            .or_default()
+            .or_insert_with(|| {
+                Arc::new(Slot {
+                    value: Mutex::new(None),
+                    flight: tokio::sync::Mutex::new(()),
+                })
+            })
             .clone();
-        let mut cached = slot.lock().await;
-        if let Some((at, value)) = cached.as_ref()
-            && at.elapsed() < max_age
-        {
-            return Ok(value.clone());
+        if let Some(value) = slot.fresh(max_age) {
+            return Ok(value);
         }
+        // Held across the fetch, so that callers behind it share its value; a caller that gave
+        // up on it (`Err`: the fetch ahead is slow) fetches on its own, without the lock.
+        let _flight = match tokio::time::timeout(self.patience, slot.flight.lock()).await {
+            Ok(flight) => {
+                if let Some(value) = slot.fresh(max_age) {
+                    return Ok(value);
+                }
+                Some(flight)
+            }
+            Err(_) => None,
+        };
         let value = fetch().await?;
-        *cached = Some((Instant::now(), value.clone()));
+        slot.store(value.clone());
         Ok(value)
     }
 
@@ -131,5 +183,67 @@ mod tests {
             .get_or_fetch_within("stack", Duration::ZERO, || async { Ok(4) })
             .await;
         assert_eq!(strictest, Ok(4));
+    }
+
+    #[tokio::test]
+    async fn a_fetch_that_never_completes_delays_other_callers_of_its_key_by_the_patience_only() {
+        let patience = Duration::from_millis(200);
+        let cache = Arc::new(TtlCache::<u32>::with_patience(
+            Duration::from_secs(60),
+            patience,
+        ));
+        // The first caller's fetch hangs for good (an AWS call that never answers).
+        let hung = {
+            let cache = cache.clone();
+            tokio::spawn(async move {
+                cache
+                    .get_or_fetch("stack", || std::future::pending::<Result<u32, ()>>())
+                    .await
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let bound = patience + Duration::from_millis(500);
+
+        // Another key is not affected at all.
+        let started = Instant::now();
+        let other = tokio::time::timeout(
+            bound,
+            cache.get_or_fetch("other-stack", || async { Ok::<_, ()>(9) }),
+        )
+        .await;
+        assert_eq!(other, Ok(Ok(9)));
+        assert!(started.elapsed() < patience, "{:?}", started.elapsed());
+
+        // Callers of the same key give up on the hung fetch after the patience and fetch on
+        // their own, all of them, concurrently.
+        let started = Instant::now();
+        let mut waiters = Vec::new();
+        for n in 0..5 {
+            let cache = cache.clone();
+            waiters.push(tokio::spawn(async move {
+                tokio::time::timeout(
+                    bound,
+                    cache.get_or_fetch("stack", || async move { Ok::<_, ()>(n) }),
+                )
+                .await
+            }));
+        }
+        for w in waiters {
+            let got = w.await.unwrap();
+            assert!(matches!(got, Ok(Ok(n)) if n < 5), "{got:?}");
+        }
+        let waited = started.elapsed();
+        assert!(
+            waited >= patience && waited < bound,
+            "the waiters took {waited:?}"
+        );
+
+        // What they fetched serves the next caller at once, though the hung fetch goes on.
+        let started = Instant::now();
+        let next: Result<u32, ()> = cache.get_or_fetch("stack", || async { Ok(99) }).await;
+        assert!(matches!(next, Ok(n) if n < 5), "{next:?}");
+        assert!(started.elapsed() < patience, "{:?}", started.elapsed());
+        assert!(!hung.is_finished());
+        hung.abort();
     }
 }
