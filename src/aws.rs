@@ -6,11 +6,13 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
+use std::time::Duration;
 
 use aws_config::retry::RetryConfig;
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_sdk_iam::config::http::HttpResponse;
 use aws_sdk_iam::error::{ProvideErrorMetadata, SdkError};
+use aws_smithy_types::timeout::TimeoutConfig;
 
 use crate::conditions::{Observation, reasons};
 use crate::metrics::AwsCallCounter;
@@ -19,6 +21,48 @@ use crate::steps::Outcome;
 /// Attempts per AWS call, including the first, before a failure reaches the step (the step then
 /// retries with the object's backoff).
 const MAX_ATTEMPTS: u32 = 4;
+
+/// Default time to set up a connection to an AWS endpoint.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default time one attempt of an AWS call may take, from sending the request to the end of
+/// the answer; an attempt that runs out is retried like a network failure.
+pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(20);
+/// Default time an AWS call may take in all, its retries included.
+pub const OPERATION_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Time limits of every AWS call. A call that runs out of time fails as [`Kind::Unavailable`]
+/// (retried with backoff), so that an endpoint that never answers costs the one reconcile that
+/// asked, for a bounded while, never a stuck controller.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Timeouts {
+    /// Setting up a connection.
+    pub connect: Duration,
+    /// One attempt (request and answer).
+    pub attempt: Duration,
+    /// The whole call, retries included.
+    pub operation: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            connect: CONNECT_TIMEOUT,
+            attempt: ATTEMPT_TIMEOUT,
+            operation: OPERATION_TIMEOUT,
+        }
+    }
+}
+
+impl Timeouts {
+    /// The SDK's form of these limits.
+    pub fn config(&self) -> TimeoutConfig {
+        TimeoutConfig::builder()
+            .connect_timeout(self.connect)
+            .operation_attempt_timeout(self.attempt)
+            .operation_timeout(self.operation)
+            .build()
+    }
+}
 
 /// The AWS clients the controller uses.
 pub struct Aws {
@@ -34,12 +78,9 @@ pub struct Aws {
 
 impl Aws {
     /// Loads the configuration from the environment (region, credentials, endpoint overrides);
-    /// every call attempt is counted by `counter`.
-    pub async fn from_env(counter: Option<AwsCallCounter>) -> Self {
-        let config = aws_config::defaults(BehaviorVersion::latest())
-            .retry_config(RetryConfig::standard().with_max_attempts(MAX_ATTEMPTS))
-            .load()
-            .await;
+    /// every call is bounded by `timeouts` and every attempt counted by `counter`.
+    pub async fn from_env(counter: Option<AwsCallCounter>, timeouts: Timeouts) -> Self {
+        let config = load(aws_config::defaults(BehaviorVersion::latest()), timeouts).await;
         Self::new(config, counter)
     }
 
@@ -105,6 +146,15 @@ impl Aws {
             })
             .clone()
     }
+}
+
+/// The configuration `loader` gives, with the controller's retry policy and `timeouts`.
+async fn load(loader: aws_config::ConfigLoader, timeouts: Timeouts) -> SdkConfig {
+    loader
+        .retry_config(RetryConfig::standard().with_max_attempts(MAX_ATTEMPTS))
+        .timeout_config(timeouts.config())
+        .load()
+        .await
 }
 
 /// What kind of failure an AWS call had.
@@ -204,10 +254,12 @@ where
                 message,
             }
         }
+        // The call's time limits ran out (an attempt's, after the last retry, or the whole
+        // operation's): the endpoint may be hung or overloaded; transient.
         SdkError::TimeoutError(_) => Failure {
             kind: Kind::Unavailable,
             code: None,
-            message: "the request timed out".into(),
+            message: "timed out: the endpoint did not answer within the call's time limit".into(),
         },
         SdkError::DispatchFailure(failure) => Failure {
             kind: Kind::Unavailable,
@@ -215,7 +267,7 @@ where
             message: format!(
                 "could not reach the endpoint ({})",
                 if failure.is_timeout() {
-                    "timeout"
+                    "timed out"
                 } else if failure.is_io() {
                     "connection failed"
                 } else {
@@ -318,5 +370,65 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    /// An endpoint that accepts connections and never answers: every call there ends within its
+    /// operation time limit, as a transient failure that says it timed out, after more than one
+    /// attempt.
+    #[tokio::test]
+    async fn a_call_to_an_endpoint_that_never_answers_times_out_as_transient() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let accepted = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let held = {
+            let accepted = accepted.clone();
+            tokio::spawn(async move {
+                let mut connections = Vec::new();
+                while let Ok((stream, _)) = listener.accept().await {
+                    accepted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    connections.push(stream);
+                }
+            })
+        };
+        let timeouts = Timeouts {
+            connect: Duration::from_secs(1),
+            attempt: Duration::from_millis(300),
+            operation: Duration::from_secs(3),
+        };
+        let loader = aws_config::defaults(BehaviorVersion::latest())
+            .region(Region::new("us-east-1"))
+            .endpoint_url(&url)
+            .credentials_provider(aws_sdk_iam::config::Credentials::new(
+                "AKIAIOSFODNN7EXAMPLE",
+                "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+                None,
+                None,
+                "test",
+            ));
+        let aws = Aws::new(load(loader, timeouts).await, None);
+        let started = std::time::Instant::now();
+        let call = aws.iam.get_group().group_name("OpsWorks-x").send();
+        let result = tokio::time::timeout(Duration::from_secs(10), call)
+            .await
+            .expect("the call did not end within 10 s");
+        let took = started.elapsed();
+        let error = result.expect_err("an endpoint that never answers");
+        let failure = classify(&error);
+        assert_eq!(failure.kind, Kind::Unavailable, "{failure}");
+        assert!(failure.message.contains("timed out"), "{failure}");
+        assert!(took < Duration::from_secs(4), "took {took:?}");
+        assert!(
+            accepted.load(std::sync::atomic::Ordering::SeqCst) >= 2,
+            "the timed-out attempt was not retried"
+        );
+        match failure.outcome("iam:GetGroup") {
+            Outcome::Retry(o) => {
+                assert_eq!(o.reason, reasons::AWS_UNAVAILABLE);
+                assert!(o.message.contains("iam:GetGroup"), "{}", o.message);
+                assert!(o.message.contains("timed out"), "{}", o.message);
+            }
+            other => panic!("{other:?}"),
+        }
+        held.abort();
     }
 }

@@ -7,6 +7,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use kube::CustomResourceExt;
 
+use crate::aws;
 use crate::controller::{self, Settings};
 use crate::http::{self, Health, Leadership};
 use crate::leader;
@@ -56,6 +57,17 @@ struct RunArgs {
     /// a namespace uses only the stacks a cluster administrator listed in its annotation).
     #[arg(long, env = "UNANNOTATED_NAMESPACES", value_enum, default_value_t = Unannotated::Any)]
     unannotated_namespaces: Unannotated,
+    /// Seconds an AWS call may take in all, its retries included; a call that runs out fails
+    /// with reason AwsUnavailable and is tried again with backoff.
+    #[arg(long, env = "AWS_OPERATION_TIMEOUT_SECONDS", default_value_t = aws::OPERATION_TIMEOUT.as_secs(), value_parser = clap::value_parser!(u64).range(1..=3600))]
+    aws_operation_timeout_seconds: u64,
+    /// Seconds one attempt of an AWS call may take (an attempt that runs out is retried within
+    /// the call's own time).
+    #[arg(long, env = "AWS_ATTEMPT_TIMEOUT_SECONDS", default_value_t = aws::ATTEMPT_TIMEOUT.as_secs(), value_parser = clap::value_parser!(u64).range(1..=3600))]
+    aws_attempt_timeout_seconds: u64,
+    /// Seconds to connect to an AWS endpoint.
+    #[arg(long, env = "AWS_CONNECT_TIMEOUT_SECONDS", default_value_t = aws::CONNECT_TIMEOUT.as_secs(), value_parser = clap::value_parser!(u64).range(1..=600))]
+    aws_connect_timeout_seconds: u64,
     /// Log filter, in RUST_LOG syntax.
     #[arg(long, env = "LOG_LEVEL", default_value = "info")]
     log_level: String,
@@ -158,6 +170,11 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         registration_timeout: Duration::from_secs(args.registration_timeout_seconds),
         instance: Some(identity),
         unannotated_namespaces: args.unannotated_namespaces,
+        aws_timeouts: aws::Timeouts {
+            connect: Duration::from_secs(args.aws_connect_timeout_seconds),
+            attempt: Duration::from_secs(args.aws_attempt_timeout_seconds),
+            operation: Duration::from_secs(args.aws_operation_timeout_seconds),
+        },
     };
     let Some(election) = election else {
         return controller::run(client, settings, metrics, health, stopped()).await;

@@ -65,6 +65,8 @@ pub struct Settings {
     /// Which stacks the objects of a namespace without the `registrar.dev/allowed-stacks`
     /// annotation may use.
     pub unannotated_namespaces: Unannotated,
+    /// Time limits of every AWS call.
+    pub aws_timeouts: crate::aws::Timeouts,
 }
 
 impl Default for Settings {
@@ -77,6 +79,7 @@ impl Default for Settings {
             registration_timeout: Duration::from_secs(900),
             instance: None,
             unannotated_namespaces: Unannotated::default(),
+            aws_timeouts: crate::aws::Timeouts::default(),
         }
     }
 }
@@ -680,7 +683,7 @@ pub async fn run(
         Some(namespace) => Api::namespaced(client.clone(), namespace),
         None => Api::all(client.clone()),
     };
-    let aws = Aws::from_env(Some(metrics.aws_interceptor())).await;
+    let aws = Aws::from_env(Some(metrics.aws_interceptor()), settings.aws_timeouts).await;
     // The controller's own status writes must not start another pass (an install is not run
     // twice because its failure was written down): only what a person or the API server
     // changes does — the spec (generation, which deletion bumps too), finalizers and
