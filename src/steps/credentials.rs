@@ -139,33 +139,13 @@ pub fn policy_document_json(document: &str) -> Option<serde_json::Value> {
         .ok()
 }
 
+/// Undoes the URL encoding IAM applies to policy documents (RFC 3986, as GetUserPolicy
+/// documents it: `%XX` escapes; a `+` is a plus, not a space, as the AWS CLI reads it). A `%` not
+/// followed by two hex digits stays as it is; bytes that are not UTF-8 become U+FFFD.
 fn percent_decode(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'%' if i + 2 < bytes.len() => match u8::from_str_radix(&text[i + 1..i + 3], 16) {
-                Ok(b) => {
-                    out.push(b);
-                    i += 3;
-                }
-                Err(_) => {
-                    out.push(b'%');
-                    i += 1;
-                }
-            },
-            b'+' => {
-                out.push(b' ');
-                i += 1;
-            }
-            b => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    percent_encoding::percent_decode_str(text)
+        .decode_utf8_lossy()
+        .into_owned()
 }
 
 /// The name of the Secret that holds the access key until the install succeeds.
@@ -884,5 +864,28 @@ mod tests {
         assert_eq!(inline_policy_expiry(&encoded), Some(until));
         assert_eq!(inline_policy_expiry("{\"Statement\": []}"), None);
         assert_eq!(inline_policy_expiry("not json"), None);
+    }
+
+    #[test]
+    fn percent_decoding_keeps_malformed_escapes_and_never_panics() {
+        for (input, decoded) in [
+            ("%", "%"),
+            ("%é", "%é"),
+            ("%4é", "%4é"),
+            ("%€", "%€"),
+            ("x%aé%", "x%aé%"),
+            ("%zz", "%zz"),
+            ("%%", "%%"),
+            ("%%41", "%A"),
+            ("abc%4", "abc%4"),
+            ("%C3%A9", "é"),
+            ("%e9", "\u{FFFD}"),
+            ("a+b%20c%2Bd", "a+b c+d"),
+        ] {
+            assert_eq!(percent_decode(input), decoded, "{input:?}");
+        }
+        // A hostile document read back from IAM is merely unreadable.
+        assert_eq!(inline_policy_expiry("%7B%22Statement%22%3A%4é"), None);
+        assert_eq!(policy_document_json("%4é"), None);
     }
 }
