@@ -91,6 +91,8 @@ const UUID_PATTERN: &str = "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-
 #[x_kube(validation = kube::core::Rule::new("!has(self.publicIp) || self.infrastructureClass == 'on-premises'").message("publicIp is allowed only when infrastructureClass is on-premises").field_path(".publicIp").reason(kube::core::Reason::FieldValueForbidden))]
 #[x_kube(validation = kube::core::Rule::new("!has(self.useInstanceProfile) || !self.useInstanceProfile || self.infrastructureClass == 'ec2'").message("useInstanceProfile is allowed only when infrastructureClass is ec2").field_path(".useInstanceProfile").reason(kube::core::Reason::FieldValueForbidden))]
 #[x_kube(validation = kube::core::Rule::new(format!("self.infrastructureClass != 'on-premises' || (self.target.matches(r'{HOST_ADDRESS_PATTERN}') && (!self.target.matches(r'^[0-9.]+$') || self.target.matches(r'{IPV4_PATTERN}')))")).message("target of an on-premises host must be a DNS name or an IPv4 address (no leading zeros)").field_path(".target").reason(kube::core::Reason::FieldValueInvalid))]
+// Optional, so immutable at the spec level: a field-level rule would not see it added or removed.
+#[x_kube(validation = kube::core::Rule::new("has(self.region) == has(oldSelf.region) && (!has(self.region) || self.region == oldSelf.region)").message("region is immutable: it names the endpoint the host is registered with; delete and re-create the object to use another").field_path(".region"))]
 #[serde(rename_all = "camelCase")]
 pub struct InstanceRegistrationSpec {
     /// ID of the OpsWorks stack to register the host with (a lowercase UUID). Immutable.
@@ -100,6 +102,7 @@ pub struct InstanceRegistrationSpec {
 
     /// Region of the OpsWorks endpoint (for example us-east-1). Defaults to the controller's
     /// region. The stack's own region, reported by OpsWorks, is the one used for EC2 look-ups.
+    /// Immutable (it cannot be added, changed or removed after creation).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = "^[a-z]{2}(-[a-z]+)+-[0-9]{1,2}$"), length(max = 32))]
     pub region: Option<String>,

@@ -308,6 +308,43 @@ fn immutable_fields_cannot_change_after_create() {
     assert!(accepted, "{stderr}");
 }
 
+/// `region` is optional, so its rule must refuse it being added and removed, not only changed:
+/// a deletion after any of these would look for the host at the wrong endpoint.
+#[test]
+fn region_cannot_be_added_changed_or_removed_after_create() {
+    let cp = ControlPlane::shared();
+    let ns = create_namespace(cp, "immutable-region");
+    let without = manifest(&ns, "no-region", "key");
+    assert_eq!(apply(cp, &without), (true, String::new()));
+    let with_region = |yaml: &str, region: &str| {
+        edit(
+            yaml,
+            "  infrastructureClass:",
+            &format!("  region: {region}\n  infrastructureClass:"),
+        )
+    };
+    let regional = with_region(&manifest(&ns, "regional", "key"), "eu-west-1");
+    assert_eq!(apply(cp, &regional), (true, String::new()));
+    let changes = [
+        ("added", with_region(&without, "eu-west-1")),
+        (
+            "changed",
+            edit(&regional, "region: eu-west-1", "region: us-west-2"),
+        ),
+        ("removed", edit(&regional, "  region: eu-west-1\n", "")),
+    ];
+    for (what, yaml) in changes {
+        let (accepted, stderr) = apply(cp, &yaml);
+        assert!(!accepted, "region {what} after create was accepted");
+        assert!(
+            stderr.contains("spec.region") && stderr.contains("region is immutable"),
+            "region {what}: {stderr}"
+        );
+    }
+    // The same region applied again is no change.
+    assert_eq!(apply(cp, &regional), (true, String::new()));
+}
+
 #[test]
 fn the_examples_are_accepted() {
     let cp = ControlPlane::shared();
