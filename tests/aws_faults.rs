@@ -253,3 +253,144 @@ async fn under_throttling_and_server_errors_every_object_gets_one_user_and_key_a
     );
     println!("wall time: {:.1} s", started.elapsed().as_secs_f64());
 }
+
+/// The condition `type_` of `obj`, computed for its current generation: (status, reason,
+/// message).
+fn current(obj: &InstanceRegistration, type_: &str) -> Option<(String, String, String)> {
+    let c = obj
+        .status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.r#type == type_)?;
+    (Some(c.observed_generation) == obj.metadata.generation).then(|| {
+        (
+            format!("{:?}", c.status),
+            c.reason.clone(),
+            c.message.clone(),
+        )
+    })
+}
+
+/// Whether `obj` reports `type_` False with AwsUnavailable, saying the call timed out.
+fn timed_out(obj: &InstanceRegistration, type_: &str) -> bool {
+    matches!(current(obj, type_), Some((status, reason, message))
+        if status == "False" && reason == reasons::AWS_UNAVAILABLE && message.contains("timed out"))
+}
+
+/// An AWS call that never answers: the OpsWorks endpoint, then the proxy in front of moto's IAM,
+/// hold the controller's calls without answering. With one-second attempts and three-second
+/// calls, each object says so (AwsUnavailable, "timed out") within seconds instead of waiting
+/// for an answer that never comes, and goes on as soon as the endpoint answers again.
+#[tokio::test]
+async fn a_call_that_never_answers_ends_within_its_time_limit_and_the_object_recovers() {
+    const LIMITS: &[&str] = &[
+        "--aws-attempt-timeout-seconds",
+        "1",
+        "--aws-operation-timeout-seconds",
+        "3",
+    ];
+    /// The call's 3 s, the bounded wait behind the stack's shared look-up, and a reconcile's
+    /// queueing, with room to spare.
+    const BOUND: Duration = Duration::from_secs(20);
+    let cp = ControlPlane::shared();
+    let aws = AwsEnv::hanging();
+    let client = cp.client().await;
+    let ns = namespace(&client, "hang").await;
+    let api: Api<InstanceRegistration> = Api::namespaced(client.clone(), &ns);
+    let stack = aws.create_stack(&ns, None).await;
+    ssh_key_secret(&client, &ns, "key").await;
+    let names = ["db-0", "db-1"];
+
+    // OpsWorks DescribeStacks, the first call of every object, is held without an answer.
+    aws.set_faults(Faults::hang(&["DescribeStacks"]));
+    aws.clear_calls();
+    let mut controller = ControllerProcess::start(cp, aws, &ns, LIMITS);
+    let applied = Instant::now();
+    for (n, name) in names.iter().enumerate() {
+        let target = format!("127.0.0.{}", 41 + n);
+        let yaml = on_premises(&ns, name, &stack, &target, name, "key", "");
+        let out = cp.kubectl_stdin(&["apply", "-f", "-"], &format!("{yaml}{SSH_NOWHERE}"));
+        assert!(
+            out.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let mut stack_timed_out = Vec::new();
+    for name in names {
+        eventually(
+            Duration::from_secs(90),
+            &format!("{name}: StackResolved AwsUnavailable, timed out"),
+            || async {
+                let obj = api.get_opt(name).await.ok()??;
+                timed_out(&obj, types::STACK_RESOLVED).then_some(())
+            },
+        )
+        .await;
+        stack_timed_out.push(applied.elapsed());
+    }
+
+    // DescribeStacks answers again (setting the faults releases the held calls); now IAM
+    // GetGroup, behind the stack's shared group look-up, is held.
+    aws.set_faults(Faults::hang(&["iam:GetGroup"]));
+    let switched = Instant::now();
+    let mut group_timed_out = Vec::new();
+    for name in names {
+        eventually(
+            Duration::from_secs(90),
+            &format!("{name}: StackResolved True, CredentialsReady AwsUnavailable, timed out"),
+            || async {
+                let obj = api.get_opt(name).await.ok()??;
+                (holds(&obj, types::STACK_RESOLVED) && timed_out(&obj, types::CREDENTIALS_READY))
+                    .then_some(())
+            },
+        )
+        .await;
+        group_timed_out.push(switched.elapsed());
+    }
+
+    // The endpoints answer again: every object gets its credentials.
+    aws.set_faults(Faults::none());
+    let cleared = Instant::now();
+    for name in names {
+        eventually(
+            Duration::from_secs(120),
+            &format!("{name}: CredentialsReady"),
+            || async {
+                let obj = api.get_opt(name).await.ok()??;
+                holds(&obj, types::CREDENTIALS_READY).then_some(())
+            },
+        )
+        .await;
+    }
+    let recovered = cleared.elapsed();
+    // The endpoint records a held call when it is released.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let calls = aws.call_summary();
+    controller.terminate();
+
+    let stacks_hung = calls.get("opsworks", "DescribeStacks").hung;
+    let groups_hung = calls.get("iam", "GetGroup").hung;
+    println!("hang test: calls\n{calls}");
+    println!(
+        "StackResolved timed out after {stack_timed_out:.1?}; CredentialsReady timed out \
+         {group_timed_out:.1?} after the switch; recovered in {:.1} s; held calls: \
+         {stacks_hung} DescribeStacks, {groups_hung} GetGroup",
+        recovered.as_secs_f64()
+    );
+    assert!(stacks_hung >= 2, "DescribeStacks was not held:\n{calls}");
+    assert!(groups_hung >= 1, "GetGroup was not held:\n{calls}");
+    for (name, took) in names.iter().zip(&stack_timed_out) {
+        assert!(
+            *took < BOUND,
+            "{name}: StackResolved took {took:?} to time out"
+        );
+    }
+    for (name, took) in names.iter().zip(&group_timed_out) {
+        assert!(
+            *took < BOUND,
+            "{name}: CredentialsReady took {took:?} to time out"
+        );
+    }
+}

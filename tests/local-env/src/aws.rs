@@ -62,13 +62,14 @@ impl AwsEnv {
     /// [`AwsEnv::call_summary`].
     pub fn faulty() -> &'static AwsEnv {
         static SHARED: OnceLock<AwsEnv> = OnceLock::new();
-        SHARED.get_or_init(|| {
-            let mut env = start(true);
-            let proxy = Proxy::start(ProxyConfig::new(env.moto.url()))
-                .unwrap_or_else(|e| panic!("starting the moto proxy: {e}"));
-            env.proxy = Some(proxy);
-            env
-        })
+        SHARED.get_or_init(start_with_proxy)
+    }
+
+    /// Another environment like [`AwsEnv::faulty`], for a test whose faults (calls held
+    /// without an answer: [`Faults::hang`]) must not reach the tests using that one.
+    pub fn hanging() -> &'static AwsEnv {
+        static SHARED: OnceLock<AwsEnv> = OnceLock::new();
+        SHARED.get_or_init(start_with_proxy)
     }
 
     /// Where the controller reaches IAM, EC2 and STS: the proxy if there is one, else moto.
@@ -318,6 +319,15 @@ impl AwsEnv {
             .filter_map(|i| i.instance_id().map(str::to_owned))
             .collect()
     }
+}
+
+/// [`start`], with the managed policy, and the proxy in front of moto.
+fn start_with_proxy() -> AwsEnv {
+    let mut env = start(true);
+    let proxy = Proxy::start(ProxyConfig::new(env.moto.url()))
+        .unwrap_or_else(|e| panic!("starting the moto proxy: {e}"));
+    env.proxy = Some(proxy);
+    env
 }
 
 /// Starts moto (with the AWS managed registration policy present when `managed_policy`) and the

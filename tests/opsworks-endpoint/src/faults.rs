@@ -1,13 +1,21 @@
-//! Fault injection for tests: latency (fixed, plus spikes at a rate), throttling and server
-//! faults at rates, drawn from a seeded random generator so that a run is repeatable.
+//! Fault injection for tests: latency (fixed, plus spikes at a rate), throttling, server faults
+//! and hangs at rates, drawn from a seeded random generator so that a run is repeatable.
 //!
 //! Each API call that passed the authentication checks draws four numbers, in arrival order,
 //! from a generator seeded with [`Faults::seed`] (re-seeded whenever the faults are set):
-//! whether a latency spike happens, then throttling, then 500, then 503. The control routes
+//! whether a latency spike happens, then throttling, then 500, then 503; and a fifth, whether it
+//! hangs, only when [`Faults::hang_rate`] is not zero (so the draws of a seed without hangs are
+//! what they always were).
+//!
+//! A hung call is held without an answer until the faults are next set (or for [`MAX_HANG`]),
+//! then its connection is closed, still without an answer: an endpoint that stopped answering,
+//! as a client sees it. The request is never carried out. The control routes
 //! (`/_endpoint/...`) and the agent installer download are never fault-injected. The moto proxy
 //! ([`crate::proxy`]) draws the same way for each IAM, EC2 or STS call it recognises.
 
 use std::time::Duration;
+
+use tokio::sync::watch;
 
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
@@ -32,6 +40,9 @@ pub struct Faults {
     pub internal_error_rate: f64,
     /// Rate of `ServiceUnavailable` (HTTP 503) answers.
     pub unavailable_rate: f64,
+    /// Rate of calls held without an answer until the faults are next set (see the module
+    /// documentation).
+    pub hang_rate: f64,
     /// When not empty, faults apply only to these actions (e.g. `["DescribeInstances"]`). The
     /// moto proxy ([`crate::proxy`]) also takes them qualified by service, e.g. `iam:CreateUser`.
     pub only_actions: Vec<String>,
@@ -48,6 +59,7 @@ impl Default for Faults {
             throttle_rate: 0.0,
             internal_error_rate: 0.0,
             unavailable_rate: 0.0,
+            hang_rate: 0.0,
             only_actions: Vec::new(),
             seed: 0,
         }
@@ -68,6 +80,15 @@ impl Faults {
         }
     }
 
+    /// Holds every call (of `actions` only, when not empty) without an answer.
+    pub fn hang(actions: &[&str]) -> Self {
+        Faults {
+            hang_rate: 1.0,
+            only_actions: actions.iter().map(|a| (*a).to_owned()).collect(),
+            ..Self::default()
+        }
+    }
+
     /// Checks that the rates are probabilities.
     pub fn validate(&self) -> Result<(), String> {
         for (name, r) in [
@@ -75,6 +96,7 @@ impl Faults {
             ("throttle_rate", self.throttle_rate),
             ("internal_error_rate", self.internal_error_rate),
             ("unavailable_rate", self.unavailable_rate),
+            ("hang_rate", self.hang_rate),
         ] {
             if !(0.0..=1.0).contains(&r) {
                 return Err(format!("{name} must be between 0 and 1, not {r}"));
@@ -84,12 +106,17 @@ impl Faults {
     }
 }
 
+/// The longest a call is held by an injected hang when the faults are not set again.
+pub const MAX_HANG: Duration = Duration::from_secs(600);
+
 /// What the generator decided for one call.
 #[derive(Debug, Default)]
 pub(crate) struct Decision {
     pub delay: Duration,
     pub spike: bool,
     pub fault: Option<InjectedFault>,
+    /// For a hang ([`InjectedFault::Hang`]): closed when the faults are next set.
+    pub hold: Option<watch::Receiver<()>>,
 }
 
 impl Decision {
@@ -100,7 +127,7 @@ impl Decision {
                 "The request processing has failed because of an unknown error, exception or \
                  failure.",
             ),
-            InjectedFault::ServiceUnavailable => ApiError::new(
+            InjectedFault::ServiceUnavailable | InjectedFault::Hang => ApiError::new(
                 503,
                 "ServiceUnavailable",
                 "The request has failed due to a temporary failure of the server.",
@@ -109,16 +136,33 @@ impl Decision {
     }
 }
 
+impl Decision {
+    /// For a hang: waits until the faults are set again (or [`MAX_HANG`]); at once otherwise.
+    pub async fn held(&mut self) {
+        if let Some(hold) = &mut self.hold {
+            // Nothing is ever sent: `changed` ends when the injector that made this decision is
+            // replaced (dropping its sender).
+            let _ = tokio::time::timeout(MAX_HANG, hold.changed()).await;
+        }
+    }
+}
+
 /// Faults and their generator.
 pub(crate) struct Injector {
     pub faults: Faults,
     rng: StdRng,
+    /// Hung calls wait until this is dropped, with the injector, when the faults are set again.
+    release: watch::Sender<()>,
 }
 
 impl Injector {
     pub fn new(faults: Faults) -> Self {
         let rng = StdRng::seed_from_u64(faults.seed);
-        Injector { faults, rng }
+        Injector {
+            faults,
+            rng,
+            release: watch::Sender::new(()),
+        }
     }
 
     pub fn decide(&mut self, action: &str) -> Decision {
@@ -139,6 +183,11 @@ impl Injector {
             self.rng.random(),
             self.rng.random(),
         );
+        let hang: f64 = if f.hang_rate > 0.0 {
+            self.rng.random()
+        } else {
+            1.0
+        };
         let spike = spike < f.spike_rate;
         let mut delay = Duration::from_millis(f.latency_ms);
         if spike {
@@ -150,13 +199,17 @@ impl Injector {
             Some(InjectedFault::InternalFailure)
         } else if unavailable < f.unavailable_rate {
             Some(InjectedFault::ServiceUnavailable)
+        } else if hang < f.hang_rate {
+            Some(InjectedFault::Hang)
         } else {
             None
         };
+        let hold = (fault == Some(InjectedFault::Hang)).then(|| self.release.subscribe());
         Decision {
             delay,
             spike,
             fault,
+            hold,
         }
     }
 }
@@ -190,5 +243,25 @@ mod tests {
         assert!(only.decide("DescribeStacks").fault.is_none());
         assert!(only.decide("DescribeInstances").fault.is_some());
         assert!(Faults::throttling(1.5).validate().is_err());
+    }
+
+    #[tokio::test]
+    async fn a_hung_call_is_held_until_the_faults_are_set_again() {
+        let mut injector = Injector::new(Faults::hang(&["iam:GetGroup"]));
+        assert!(
+            injector
+                .decide_any(&["CreateUser", "iam:CreateUser"])
+                .hold
+                .is_none()
+        );
+        let mut decision = injector.decide_any(&["GetGroup", "iam:GetGroup"]);
+        assert_eq!(decision.fault, Some(InjectedFault::Hang));
+        let held = tokio::time::timeout(Duration::from_millis(200), decision.held()).await;
+        assert!(held.is_err(), "a hung call was answered");
+        injector = Injector::new(Faults::none());
+        tokio::time::timeout(Duration::from_secs(1), decision.held())
+            .await
+            .expect("setting the faults again releases a hung call");
+        assert!(injector.decide("GetGroup").fault.is_none());
     }
 }

@@ -184,6 +184,7 @@ fn run() -> Result<(), String> {
         throttle_rate: args.throttle_rate,
         internal_error_rate: args.internal_error_rate,
         unavailable_rate: args.unavailable_rate,
+        hang_rate: 0.0,
         only_actions: Vec::new(),
         seed: args.seed,
     };

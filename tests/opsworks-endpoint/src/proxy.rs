@@ -15,7 +15,7 @@
 //! - records every request as a [`ProxyCall`] ([`CallSummary`] counts them by service and
 //!   action);
 //! - injects [`Faults`], drawn exactly as the OpsWorks endpoint draws them (one generator seeded
-//!   with [`Faults::seed`], four numbers per recognised call in arrival order; see
+//!   with [`Faults::seed`], four numbers per recognised call in arrival order, five with hangs; see
 //!   [`crate::faults`]), and answers them in the service's own wire format, so that an AWS SDK
 //!   classifies them as it does AWS's own:
 //!
@@ -24,6 +24,7 @@
 //! | throttling | 400 `Throttling` | 503 `RequestLimitExceeded` | 400 `ThrottlingException` |
 //! | 500 | 500 `InternalFailure` | 500 `InternalError` | 500 `InternalFailure` |
 //! | 503 | 503 `ServiceUnavailable` | 503 `ServiceUnavailable` | 503 `ServiceUnavailable` |
+//! | hang | no answer: held until the faults are set again, then the connection is closed | same | same |
 //!
 //! `awsQuery` errors are `<ErrorResponse><Error><Type>Sender|Receiver</Type><Code>…</Code>
 //! <Message>…</Message></Error><RequestId>…</RequestId></ErrorResponse>`; `ec2Query` errors are
@@ -188,12 +189,14 @@ pub struct CallCounts {
     pub service_unavailable: u64,
     /// Injected latency spikes.
     pub latency_spikes: u64,
+    /// Injected hangs (calls held without an answer).
+    pub hung: u64,
 }
 
 impl CallCounts {
     /// Injected faults of every kind (latency spikes not counted).
     pub fn injected(&self) -> u64 {
-        self.throttling + self.internal_failure + self.service_unavailable
+        self.throttling + self.internal_failure + self.service_unavailable + self.hung
     }
 
     fn add(&mut self, other: &CallCounts) {
@@ -203,6 +206,7 @@ impl CallCounts {
         self.internal_failure += other.internal_failure;
         self.service_unavailable += other.service_unavailable;
         self.latency_spikes += other.latency_spikes;
+        self.hung += other.hung;
     }
 }
 
@@ -238,6 +242,7 @@ impl CallSummary {
             Some(InjectedFault::Throttling) => c.throttling += 1,
             Some(InjectedFault::InternalFailure) => c.internal_failure += 1,
             Some(InjectedFault::ServiceUnavailable) => c.service_unavailable += 1,
+            Some(InjectedFault::Hang) => c.hung += 1,
             None => {}
         }
         if latency_spike {
@@ -323,19 +328,20 @@ impl std::fmt::Display for CallSummary {
         let row = |f: &mut std::fmt::Formatter<'_>, s: &str, a: &str, c: &CallCounts| {
             writeln!(
                 f,
-                "{s:<sw$}  {a:<aw$}  {:>6}  {:>6}  {:>9}  {:>5}  {:>5}  {:>6}",
+                "{s:<sw$}  {a:<aw$}  {:>6}  {:>6}  {:>9}  {:>5}  {:>5}  {:>6}  {:>4}",
                 c.calls,
                 c.errors,
                 c.throttling,
                 c.internal_failure,
                 c.service_unavailable,
-                c.latency_spikes
+                c.latency_spikes,
+                c.hung
             )
         };
         writeln!(
             f,
-            "{:<sw$}  {:<aw$}  {:>6}  {:>6}  {:>9}  {:>5}  {:>5}  {:>6}",
-            "service", "operation", "calls", "errors", "throttled", "500", "503", "spikes"
+            "{:<sw$}  {:<aw$}  {:>6}  {:>6}  {:>9}  {:>5}  {:>5}  {:>6}  {:>4}",
+            "service", "operation", "calls", "errors", "throttled", "500", "503", "spikes", "hung"
         )?;
         for ((s, a), c) in &self.by_operation {
             row(f, s, a, c)?;
@@ -572,7 +578,7 @@ async fn serve(
                 tokio::spawn(async move {
                     let service = hyper::service::service_fn(move |req| {
                         let shared = Arc::clone(&shared);
-                        async move { Ok::<_, std::convert::Infallible>(route(&shared, req).await) }
+                        async move { HangUp::check(route(&shared, req).await) }
                     });
                     let io = hyper_util::rt::TokioIo::new(stream);
                     if let Err(e) = hyper::server::conn::http1::Builder::new()
@@ -583,6 +589,35 @@ async fn serve(
                     }
                 });
             }
+        }
+    }
+}
+
+/// The end of a hung call: the connection is closed without an answer. [`HangUp::response`]
+/// marks the response that [`HangUp::check`] turns into this error, which makes hyper close the
+/// connection.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct HangUp;
+
+impl std::fmt::Display for HangUp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("hung call released: closing the connection without an answer")
+    }
+}
+
+impl std::error::Error for HangUp {}
+
+impl HangUp {
+    pub(crate) fn response<B: Default>() -> Response<B> {
+        let mut r = Response::new(B::default());
+        r.extensions_mut().insert(HangUp);
+        r
+    }
+
+    pub(crate) fn check<B>(r: Response<B>) -> Result<Response<B>, HangUp> {
+        match r.extensions().get::<HangUp>() {
+            Some(_) => Err(HangUp),
+            None => Ok(r),
         }
     }
 }
@@ -778,7 +813,7 @@ fn fault_answer(
                     "The request processing has failed because of an unknown error, exception \
                      or failure.",
                 ),
-                InjectedFault::ServiceUnavailable => (
+                InjectedFault::ServiceUnavailable | InjectedFault::Hang => (
                     503,
                     "Receiver",
                     "ServiceUnavailable",
@@ -800,7 +835,7 @@ fn fault_answer(
                 InjectedFault::InternalFailure => {
                     (500, "InternalError", "An internal error has occurred.")
                 }
-                InjectedFault::ServiceUnavailable => (
+                InjectedFault::ServiceUnavailable | InjectedFault::Hang => (
                     503,
                     "ServiceUnavailable",
                     "The request has failed due to a temporary failure of the server.",
@@ -872,13 +907,23 @@ async fn proxy(shared: &Shared, req: Request<Incoming>) -> Response<ProxyBody> {
     // Injected faults.
     if !call.action.is_empty() {
         let qualified = format!("{}:{}", call.service, call.action);
-        let decision = shared
+        let mut decision = shared
             .lock()
             .injector
             .decide_any(&[call.action.as_str(), qualified.as_str()]);
         call.latency_spike = decision.spike;
         if !decision.delay.is_zero() {
             tokio::time::sleep(decision.delay).await;
+        }
+        if decision.fault == Some(InjectedFault::Hang) {
+            tracing::info!(
+                "{} -> injected hang: held without an answer",
+                call.operation()
+            );
+            call.injected = Some(InjectedFault::Hang);
+            shared.record(call);
+            decision.held().await;
+            return HangUp::response();
         }
         if let Some(fault) = decision.fault {
             let request_id = uuid::Uuid::new_v4().to_string();

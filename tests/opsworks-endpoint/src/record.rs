@@ -106,4 +106,6 @@ pub enum InjectedFault {
     InternalFailure,
     /// `ServiceUnavailable`, HTTP 503.
     ServiceUnavailable,
+    /// No answer: held until the faults were set again, then the connection was closed.
+    Hang,
 }

@@ -21,6 +21,7 @@ use crate::error::ApiError;
 use crate::faults::{Faults, Injector};
 use crate::handlers::{self, Caller};
 use crate::model::{self, INSTANCE_STATUSES};
+use crate::proxy::HangUp;
 use crate::record::{Authorization, CallRecord, InjectedFault, SignatureCheck};
 use crate::sigv4;
 use crate::state::{InstanceView, State};
@@ -297,9 +298,7 @@ async fn serve(
                     let service = hyper::service::service_fn(move |req| {
                         let shared = Arc::clone(&shared);
                         let aws = Arc::clone(&aws);
-                        async move {
-                            Ok::<_, std::convert::Infallible>(route(&shared, &aws, req).await)
-                        }
+                        async move { HangUp::check(route(&shared, &aws, req).await) }
                     });
                     let io = hyper_util::rt::TokioIo::new(stream);
                     if let Err(e) = hyper::server::conn::http1::Builder::new()
@@ -453,6 +452,9 @@ struct Trace {
     injected: Option<InjectedFault>,
     spike: bool,
     authorization: Option<Authorization>,
+    /// A call to hold without an answer ([`InjectedFault::Hang`]): recorded (status 0) before
+    /// it is held, since its client may give up and close the connection, which ends the call.
+    hold: Option<crate::faults::Decision>,
 }
 
 async fn api(shared: &Shared, aws: &Aws, req: Request<Incoming>) -> Response<Full<Bytes>> {
@@ -465,10 +467,12 @@ async fn api(shared: &Shared, aws: &Aws, req: Request<Incoming>) -> Response<Ful
         injected: None,
         spike: false,
         authorization: None,
+        hold: None,
     };
     let result = process(shared, aws, req, &mut trace).await;
     let request_id = uuid::Uuid::new_v4().to_string();
     let (status, body, error) = match result {
+        _ if trace.hold.is_some() => (0, String::new(), None),
         Ok(v) => (200, v.to_string(), None),
         Err(e) => (e.status, e.body(), Some(e)),
     };
@@ -490,6 +494,10 @@ async fn api(shared: &Shared, aws: &Aws, req: Request<Incoming>) -> Response<Ful
             latency_spike: trace.spike,
             authorization: trace.authorization,
         });
+    }
+    if let Some(mut hold) = trace.hold.take() {
+        hold.held().await;
+        return HangUp::response();
     }
     match &error {
         Some(e) => tracing::info!("{} -> {} {}: {}", trace.action, e.status, e.code, e.message),
@@ -671,6 +679,16 @@ async fn process(
     trace.spike = decision.spike;
     if !decision.delay.is_zero() {
         tokio::time::sleep(decision.delay).await;
+    }
+    if decision.fault == Some(InjectedFault::Hang) {
+        tracing::info!("{} -> injected hang: held without an answer", trace.action);
+        trace.injected = decision.fault;
+        trace.hold = Some(decision);
+        return Err(ApiError::new(
+            503,
+            "ServiceUnavailable",
+            "held without an answer",
+        ));
     }
     if let Some(e) = decision.error() {
         trace.injected = decision.fault;
