@@ -197,7 +197,7 @@ mod tests {
             let cache = cache.clone();
             tokio::spawn(async move {
                 cache
-                    .get_or_fetch("stack", || std::future::pending::<Result<u32, ()>>())
+                    .get_or_fetch("stack", std::future::pending::<Result<u32, ()>>)
                     .await
             })
         };
