@@ -17,18 +17,13 @@ use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, DeleteParams, ListParams};
 use opsworks_endpoint::Faults;
 use support::{
-    AwsEnv, ControlPlane, ControllerProcess, condition, ec2, eventually, namespace, on_premises,
-    ssh_key_secret,
+    AwsEnv, ControlPlane, ControllerProcess, condition, ec2, eventually, host_whose_install_fails,
+    namespace, on_premises, ssh_key_secret, ssh_via,
 };
 
 const MANAGED_POLICY: &str = "arn:aws:iam::aws:policy/AWSOpsWorksInstanceRegistration";
 /// How long any one object may take to get through the faults.
 const PATIENCE: Duration = Duration::from_secs(240);
-
-/// `ssh` lines (appended to a manifest) pointing at a loopback port nobody listens on: whatever
-/// the pipeline does after the credentials, it cannot install, so the credentials Secret stays,
-/// and no test ever connects beyond loopback.
-const SSH_NOWHERE: &str = "    address: \"127.0.0.1\"\n    port: 1\n";
 
 /// Whether `obj` has condition `type_` True for its current generation.
 fn holds(obj: &InstanceRegistration, type_: &str) -> bool {
@@ -55,7 +50,11 @@ async fn under_throttling_and_server_errors_every_object_gets_one_user_and_key_a
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
     let events: Api<Event> = Api::namespaced(client.clone(), &ns);
     let stack = aws.create_stack(&ns, None).await;
-    ssh_key_secret(&client, &ns, "key").await;
+    let (_, public) = ssh_key_secret(&client, &ns, "key").await;
+    // Every object reaches this one host (the controller makes credentials only for a host that
+    // answered); its installer fails, so the credentials Secret stays.
+    let host = host_whose_install_fails(&format!("{ns}-host"), &public);
+    let via_host = ssh_via(&host);
     let web1 = format!("{ns}-web-1");
     let web2 = format!("{ns}-web-2");
     let (web1_id, _, _) = aws.run_instance(&web1, None).await;
@@ -84,7 +83,7 @@ async fn under_throttling_and_server_errors_every_object_gets_one_user_and_key_a
     aws.clear_calls();
     let mut controller = ControllerProcess::start(cp, aws, &ns, &[]);
     for (name, yaml) in &objects {
-        let out = cp.kubectl_stdin(&["apply", "-f", "-"], &format!("{yaml}{SSH_NOWHERE}"));
+        let out = cp.kubectl_stdin(&["apply", "-f", "-"], &format!("{yaml}{via_host}"));
         assert!(
             out.status.success(),
             "{name}: {}",
@@ -299,7 +298,10 @@ async fn a_call_that_never_answers_ends_within_its_time_limit_and_the_object_rec
     let ns = namespace(&client, "hang").await;
     let api: Api<InstanceRegistration> = Api::namespaced(client.clone(), &ns);
     let stack = aws.create_stack(&ns, None).await;
-    ssh_key_secret(&client, &ns, "key").await;
+    let (_, public) = ssh_key_secret(&client, &ns, "key").await;
+    // A host that answers, so the pipeline gets as far as the credentials.
+    let host = host_whose_install_fails(&format!("{ns}-host"), &public);
+    let via_host = ssh_via(&host);
     let names = ["db-0", "db-1"];
 
     // OpsWorks DescribeStacks, the first call of every object, is held without an answer.
@@ -310,7 +312,7 @@ async fn a_call_that_never_answers_ends_within_its_time_limit_and_the_object_rec
     for (n, name) in names.iter().enumerate() {
         let target = format!("127.0.0.{}", 41 + n);
         let yaml = on_premises(&ns, name, &stack, &target, name, "key", "");
-        let out = cp.kubectl_stdin(&["apply", "-f", "-"], &format!("{yaml}{SSH_NOWHERE}"));
+        let out = cp.kubectl_stdin(&["apply", "-f", "-"], &format!("{yaml}{via_host}"));
         assert!(
             out.status.success(),
             "{name}: {}",

@@ -12,8 +12,9 @@ use instance_registrar::resource::InstanceRegistration;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, DeleteParams};
 use support::{
-    AwsEnv, ControlPlane, ControllerProcess, apply, condition, ec2, eventually, namespace,
-    on_premises, register_directly, ssh_key_secret, wait_gone, wait_reason,
+    AwsEnv, ControlPlane, ControllerProcess, apply, condition, ec2, eventually,
+    host_whose_install_fails, namespace, on_premises, on_premises_at, register_directly,
+    ssh_key_secret, wait_gone, wait_reason,
 };
 
 #[tokio::test]
@@ -319,7 +320,8 @@ async fn credentials_are_named_as_the_cli_names_them_owned_by_the_object_and_rem
     let ns = namespace(&client, "creds").await;
     let api: Api<InstanceRegistration> = Api::namespaced(client.clone(), &ns);
     let stack = aws.create_stack(&ns, None).await;
-    ssh_key_secret(&client, &ns, "key").await;
+    let (_, public) = ssh_key_secret(&client, &ns, "key").await;
+    let host = host_whose_install_fails(&format!("{ns}-db"), &public);
 
     // A user that already holds the name, made by someone else, in the stack's group.
     let iam = aws.iam();
@@ -345,10 +347,7 @@ async fn credentials_are_named_as_the_cli_names_them_owned_by_the_object_and_rem
         .unwrap();
 
     let _controller = ControllerProcess::start(cp, aws, &ns, &[]);
-    apply(
-        cp,
-        &on_premises(&ns, "db", &stack, "127.0.0.1", "db-1", "key", ""),
-    );
+    apply(cp, &on_premises_at(&ns, "db", &stack, &host, "db-1", "key"));
     let obj = wait_reason(&api, "db", types::CREDENTIALS_READY, reasons::SUCCEEDED).await;
     let uid = obj.metadata.uid.clone().unwrap();
     let status = obj.status.clone().unwrap();
@@ -432,11 +431,12 @@ async fn where_the_managed_policy_is_missing_an_inline_policy_allows_only_regist
     let ns = namespace(&client, "inline").await;
     let api: Api<InstanceRegistration> = Api::namespaced(client.clone(), &ns);
     let stack = aws.create_stack(&ns, None).await;
-    ssh_key_secret(&client, &ns, "key").await;
+    let (_, public) = ssh_key_secret(&client, &ns, "key").await;
+    let host = host_whose_install_fails(&format!("{ns}-app"), &public);
     let _controller = ControllerProcess::start(cp, aws, &ns, &[]);
     apply(
         cp,
-        &on_premises(&ns, "app", &stack, "127.0.0.1", "app-1", "key", ""),
+        &on_premises_at(&ns, "app", &stack, &host, "app-1", "key"),
     );
     let obj = wait_reason(&api, "app", types::CREDENTIALS_READY, reasons::SUCCEEDED).await;
     let user = obj.status.unwrap().iam_user_name.unwrap();
@@ -490,7 +490,10 @@ async fn a_crash_after_any_aws_write_leaves_one_user_at_most_one_key_and_the_sec
     let ns = namespace(&client, "crash").await;
     let api: Api<InstanceRegistration> = Api::namespaced(client.clone(), &ns);
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
-    ssh_key_secret(&client, &ns, "key").await;
+    let (_, public) = ssh_key_secret(&client, &ns, "key").await;
+    // One host for every case (each in a stack of its own): it answers, so credentials are made,
+    // and its installer fails, so they stay.
+    let host = host_whose_install_fails(&format!("{ns}-host"), &public);
     // Each case: the crash points of successive controller runs, then a clean run.
     let cases: &[&[&str]] = &[
         &["iam:CreateGroup"],
@@ -506,10 +509,7 @@ async fn a_crash_after_any_aws_write_leaves_one_user_at_most_one_key_and_the_sec
         // A stack per case, so that the group is made (and the crash point reached) every time.
         let stack = aws.create_stack(&format!("{ns}-{n}"), None).await;
         let name = format!("h{n}");
-        apply(
-            cp,
-            &on_premises(&ns, &name, &stack, "127.0.0.1", &name, "key", ""),
-        );
+        apply(cp, &on_premises_at(&ns, &name, &stack, &host, &name, "key"));
         for point in *crash_points {
             let mut controller = ControllerProcess::start_with_env(
                 cp,

@@ -25,8 +25,8 @@ use kube::api::{Api, ListParams};
 use serde::de::DeserializeOwned;
 use support::control_plane::free_port;
 use support::{
-    AwsEnv, ControlPlane, ControllerProcess, eventually, namespace, on_premises, secret,
-    ssh_keypair, wait_gone, wait_reason,
+    AwsEnv, ControlPlane, ControllerProcess, condition, eventually, host_whose_install_fails,
+    namespace, on_premises, on_premises_at, secret, ssh_keypair, wait_gone, wait_reason,
 };
 
 /// The chart's directory.
@@ -949,9 +949,13 @@ async fn the_controller_as_the_cluster_wide_service_account_does_its_work_and_no
 
     // Its SSH key Secret missing: the controller reads the object, adds its finalizer, reads the
     // Secret, writes status and records an Event.
+    // A host that answers (the controller makes IAM credentials only for such a host) and whose
+    // installer fails, so the credentials stay for the test to look at.
+    let (key, public) = ssh_keypair("ed25519", "");
+    let host = host_whose_install_fails(&format!("{hosts}-web-1"), &public);
     cp.kubectl_stdin(
         &["apply", "-f", "-"],
-        &unreachable_host(&hosts, &stack, "web-1", "key"),
+        &on_premises_at(&hosts, "web-1", &stack, &host, "web-1", "key"),
     );
     wait_reason(
         &api,
@@ -972,7 +976,6 @@ async fn the_controller_as_the_cluster_wide_service_account_does_its_work_and_no
 
     // The Secret appears (the metadata watch notices): the key is read, and the credentials
     // are made and their Secret written (created by server-side apply); the install fails.
-    let (key, _) = ssh_keypair("ed25519", "");
     secret(
         &client,
         &hosts,
@@ -981,12 +984,11 @@ async fn the_controller_as_the_cluster_wide_service_account_does_its_work_and_no
         &[("ssh-privatekey", key.as_bytes())],
     )
     .await;
-    wait_reason(
-        &api,
-        "web-1",
-        types::AGENT_INSTALLED,
-        reasons::HOST_UNREACHABLE,
-    )
+    eventually(Duration::from_secs(90), "the install failed", || async {
+        let obj = api.get("web-1").await.ok()?;
+        let (status, _, _) = condition(&obj, types::AGENT_INSTALLED)?;
+        (status == "False").then_some(())
+    })
     .await;
     let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(client.clone(), &hosts);
     assert!(

@@ -190,7 +190,8 @@ pub async fn registration_to_undo(
     let status = obj.status.clone().unwrap_or_default();
     let spec = &obj.spec;
     let installed = super::host::installed(&status);
-    if !installed && !(status.adopted && deregister_adopted) {
+    let may_deregister = installed || (status.adopted && deregister_adopted);
+    if !may_deregister {
         return Ok(Err(match status.adopted {
             true => "the registration was adopted, not made by this object: left registered \
                      (deletionPolicy DeregisterAdopted deregisters it)"

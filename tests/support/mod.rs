@@ -565,3 +565,36 @@ pub async fn register_directly(
     let out = request.send().await.expect("RegisterInstance");
     out.instance_id().unwrap().to_owned()
 }
+
+/// A test SSH host `name` that accepts `public_key` and whose agent installer always fails: an
+/// object naming it gets past the host step (the controller makes IAM credentials only for a
+/// host that answered) and never registers, so the credentials and their Secret stay in place
+/// for a test to look at.
+pub fn host_whose_install_fails(name: &str, public_key: &str) -> ssh_hosts::SshHost {
+    let host = ssh_hosts::SshHost::start(name);
+    host.authorize(public_key);
+    host.set_installer_failure(Some(
+        "this test host's installer fails on purpose: the test looks at the credentials",
+    ));
+    host
+}
+
+/// An on-premises manifest for `host` (reached through [`ssh_via`]) under `hostname`.
+pub fn on_premises_at(
+    ns: &str,
+    name: &str,
+    stack: &str,
+    host: &ssh_hosts::SshHost,
+    hostname: &str,
+    secret: &str,
+) -> String {
+    on_premises(
+        ns,
+        name,
+        stack,
+        &host.address().to_string(),
+        hostname,
+        secret,
+        "",
+    ) + &ssh_via(host)
+}

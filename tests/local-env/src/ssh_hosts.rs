@@ -404,7 +404,15 @@ impl SshHost {
         // what an agent registers with when no hostname is given), as on a real host.
         let mut command = Command::new("unshare");
         command
-            .args(["--mount", "--uts", "--propagation", "private", "--", "sh", "-c"])
+            .args([
+                "--mount",
+                "--uts",
+                "--propagation",
+                "private",
+                "--",
+                "sh",
+                "-c",
+            ])
             .arg(format!(
                 "mount --bind \"$1\" {HOST_DIR_MOUNT} && mount --bind \"$3\" {LOCK_DIR} && \
                  printf '%s' \"$4\" >/proc/sys/kernel/hostname && exec {SSHD} -D -e -f \"$2\""
