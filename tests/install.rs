@@ -509,13 +509,13 @@ async fn ssh_and_installer_failures_get_stable_reasons_and_nothing_runs_that_sho
     ));
 
     let obj = w
-        .wait("stranger", types::AGENT_INSTALLED, reasons::SSH_AUTH_FAILED)
+        .wait("stranger", types::HOST_REACHABLE, reasons::SSH_AUTH_FAILED)
         .await;
     assert_eq!(condition(&obj, types::STALLED).unwrap().0, "True");
     assert_eq!(stranger.boot_registration_runs(), 0);
 
     let obj = w
-        .wait("down", types::AGENT_INSTALLED, reasons::HOST_UNREACHABLE)
+        .wait("down", types::HOST_REACHABLE, reasons::HOST_UNREACHABLE)
         .await;
     assert_eq!(condition(&obj, types::RECONCILING).unwrap().0, "True");
     assert_eq!(condition(&obj, types::STALLED).unwrap().0, "False");
@@ -744,12 +744,25 @@ async fn a_host_named_by_a_dns_name_is_recognised_by_what_it_says_and_installed_
     assert_eq!(learned.hostname.as_deref(), Some(host.hostname().as_str()));
     assert_eq!(learned.addresses.first(), Some(&host.address().to_string()));
     // Well past the registration timeout: one install, one key, one registration, still Ready.
-    tokio::time::sleep(Duration::from_secs(25)).await;
+    // (REGISTRAR_SOAK_SECONDS=300 runs the issue's five minutes.)
+    let soak = std::env::var("REGISTRAR_SOAK_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(25);
+    tokio::time::sleep(Duration::from_secs(soak)).await;
     let obj = w.get("db").await;
     assert_eq!(condition(&obj, types::READY).unwrap().1, reasons::SUCCEEDED);
+    let ours = registrations(w.aws, &w.stack, &host.hostname());
+    println!(
+        "DNS-named host after {soak} s with a 10 s registration timeout: {} SSH sessions, {} \
+         installs, {} access keys, {} registrations",
+        host.sessions(),
+        host.boot_registration_runs(),
+        w.secret_access_keys().len(),
+        ours.len()
+    );
     assert_eq!(host.boot_registration_runs(), 1, "installed more than once");
     assert_eq!(w.secret_access_keys().len(), 1, "more than one access key");
-    let ours = registrations(w.aws, &w.stack, &host.hostname());
     assert_eq!(ours.len(), 1, "registrations: {ours:?}");
     assert_eq!(status.opsworks_instance_id.as_ref(), Some(&ours[0]));
     assert!(!status.adopted);

@@ -169,7 +169,8 @@ async fn only_the_leader_acts_and_a_standby_takes_over_when_it_dies() {
     let metrics = standby.as_ref().unwrap().http_address("/metrics");
     let text = get(&format!("http://{metrics}/metrics")).1;
     for expected in [
-        "registrar_ssh_sessions_total{reason=\"succeeded\"} 1",
+        // Two sessions for b: the host step's probe, then the install.
+        "registrar_ssh_sessions_total{reason=\"succeeded\"} 2",
         "registrar_ssh_sessions_in_flight 0",
         "registrar_time_to_ready_seconds_count 1",
         "registrar_objects{phase=\"Registered\"} 2",

@@ -698,7 +698,7 @@ async fn faults_throttling_errors_latency_and_hosts_down_end_as_without_faults()
     // The hosts that are down are reported so, and then come back.
     let down: Vec<String> = names[..FAULT_DOWN_HOSTS].to_vec();
     env.wait_all(&down, "HostUnreachable", |o| {
-        has(o, types::AGENT_INSTALLED, reasons::HOST_UNREACHABLE)
+        has(o, types::HOST_REACHABLE, reasons::HOST_UNREACHABLE)
     })
     .await;
     let down_for = started.elapsed();
@@ -1317,13 +1317,13 @@ async fn hostile_and_broken_input_is_refused_naming_the_field_or_reported_and_no
         (
             "username of nobody on the host",
             vec![("/spec/ssh/username", Some(json!("nobody_here")))],
-            types::AGENT_INSTALLED,
+            types::HOST_REACHABLE,
             reasons::SSH_AUTH_FAILED,
         ),
         (
             "port nobody listens on",
             vec![("/spec/ssh/port", Some(json!(1)))],
-            types::AGENT_INSTALLED,
+            types::HOST_REACHABLE,
             reasons::HOST_UNREACHABLE,
         ),
     ];

@@ -21,7 +21,6 @@ use crate::install::{self, Plan};
 use crate::resource::{
     HostKeyPolicy, InfrastructureClass, InstanceRegistration, InstanceRegistrationStatus,
 };
-use crate::ssh;
 
 /// Lines of the installer's output kept for the condition message.
 const TAIL_LINES: usize = 15;
@@ -108,43 +107,13 @@ pub(super) async fn check(
         ));
     }
 
-    // SSH sessions are bounded apart from reconciles: a slow fleet of hosts must not starve the
-    // reconciles that only talk to AWS.
-    let slot = ctx
-        .ssh_slots
-        .acquire()
-        .await
-        .expect("the SSH semaphore is never closed");
     info!(name = %obj.name_any(), host = %host, port = spec.port, "installing the OpsWorks agent");
     let started = std::time::Instant::now();
-    ctx.metrics.ssh_in_flight.inc();
-    let result = ssh::run_script(&connect, rule, key.clone(), &script).await;
-    ctx.metrics.ssh_in_flight.dec();
-    drop(slot);
-    // Sessions are counted by how they ended: succeeded, failed (a non-zero exit), or the
-    // condition reason of the SSH failure.
-    let count_session = |ended: &str| {
-        ctx.metrics
-            .ssh_sessions
-            .get_or_create(&crate::metrics::ReasonLabels {
-                reason: ended.to_owned(),
-            })
-            .inc();
-    };
-    let run = match result {
+    let run = match super::host::session(ctx, &connect, rule, key.clone(), &script).await {
         Ok(run) => run,
-        Err(error) => {
-            let outcome = super::host::ssh_failure(error, &host, spec.port);
-            count_session(outcome.observation().reason);
-            return outcome;
-        }
+        Err(outcome) => return outcome,
     };
     crate::failpoint::after("ssh:Install");
-    count_session(if run.exit_status == Some(0) {
-        "succeeded"
-    } else {
-        "failed"
-    });
     let secrets: Vec<&str> = access_key.iter().map(|k| k.secret.expose()).collect();
     if status.host_key_fingerprint.is_none() {
         status.host_key_fingerprint = Some(run.host_key_fingerprint.clone());

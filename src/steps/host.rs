@@ -261,37 +261,23 @@ async fn probe(
         command_timeout: PROBE_TIMEOUT.min(connect.command_timeout),
         ..connect.clone()
     };
-    let slot = ctx
-        .ssh_slots
-        .acquire()
-        .await
-        .expect("the SSH semaphore is never closed");
     info!(name = %obj.name_any(), host = %connect.host, port = connect.port, "asking the host what it registers as");
-    ctx.metrics.ssh_in_flight.inc();
-    let result = ssh::run_script(&connect, rule, key, identity::PROBE_SCRIPT).await;
-    ctx.metrics.ssh_in_flight.dec();
-    drop(slot);
-    let outcome_of = |ended: &str| {
-        ctx.metrics
-            .ssh_sessions
-            .get_or_create(&crate::metrics::ReasonLabels {
-                reason: ended.to_owned(),
-            })
-            .inc();
-    };
-    let run = match result {
+    let run = match session(ctx, &connect, rule, key, identity::PROBE_SCRIPT).await {
         Ok(run) => run,
-        Err(error) => {
-            let outcome = ssh_failure(error, &connect.host, connect.port);
-            outcome_of(outcome.observation().reason);
-            return Err(outcome);
+        // A probe that does not finish in its time says the host is not answering.
+        Err(outcome) if outcome.observation().reason == reasons::INSTALL_TIMEOUT => {
+            return Err(Outcome::Retry(Observation::fails(
+                reasons::HOST_UNREACHABLE,
+                format!(
+                    "{}:{}: the probe did not finish within {}s; retrying",
+                    connect.host,
+                    connect.port,
+                    connect.command_timeout.as_secs()
+                ),
+            )));
         }
+        Err(outcome) => return Err(outcome),
     };
-    outcome_of(if run.exit_status == Some(0) {
-        "succeeded"
-    } else {
-        "failed"
-    });
     let text = String::from_utf8_lossy(&run.output);
     match identity::parse_probe(&text) {
         Some(learned) if run.exit_status == Some(0) => Ok((learned, run.host_key_fingerprint)),
@@ -309,9 +295,46 @@ async fn probe(
     }
 }
 
+/// Runs `script` on the host in one SSH session, within the SSH concurrency limit (sessions are
+/// bounded apart from reconciles: a slow fleet of hosts must not starve the reconciles that only
+/// talk to AWS), counted by how they ended: succeeded, failed (a non-zero exit), or the condition
+/// reason of the SSH failure, which is the outcome returned.
+pub(super) async fn session(
+    ctx: &Context,
+    connect: &ssh::Target,
+    rule: HostKeyRule,
+    key: std::sync::Arc<russh::keys::PrivateKey>,
+    script: &str,
+) -> Result<ssh::Run, Outcome> {
+    let slot = ctx
+        .ssh_slots
+        .acquire()
+        .await
+        .expect("the SSH semaphore is never closed");
+    ctx.metrics.ssh_in_flight.inc();
+    let result = ssh::run_script(connect, rule, key, script).await;
+    ctx.metrics.ssh_in_flight.dec();
+    drop(slot);
+    let (ended, result) = match result {
+        Ok(run) if run.exit_status == Some(0) => ("succeeded", Ok(run)),
+        Ok(run) => ("failed", Ok(run)),
+        Err(error) => {
+            let outcome = ssh_failure(error, &connect.host, connect.port);
+            (outcome.observation().reason, Err(outcome))
+        }
+    };
+    ctx.metrics
+        .ssh_sessions
+        .get_or_create(&crate::metrics::ReasonLabels {
+            reason: ended.to_owned(),
+        })
+        .inc();
+    result
+}
+
 /// The outcome of an SSH failure: the host may come back (retried quickly); a key or an identity
 /// problem waits for a person.
-pub(super) fn ssh_failure(error: SshError, host: &str, port: u16) -> Outcome {
+fn ssh_failure(error: SshError, host: &str, port: u16) -> Outcome {
     let message = error.to_string();
     match error {
         SshError::Unreachable(_) | SshError::ConnectTimeout(_) => Outcome::Retry(
