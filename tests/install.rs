@@ -705,24 +705,7 @@ fn registrations(aws: &AwsEnv, stack: &str, hostname: &str) -> Vec<String> {
 
 /// An on-premises manifest with no hostname override: the host is named by `target` only.
 fn on_premises_named(ns: &str, name: &str, stack: &str, target: &str, host: &SshHost) -> String {
-    format!(
-        "apiVersion: registrar.dev/v1alpha1
-kind: InstanceRegistration
-metadata:
-  name: {name}
-  namespace: {ns}
-spec:
-  stackId: {stack}
-  infrastructureClass: on-premises
-  target: {target}
-  ssh:
-    username: {user}
-    privateKeySecretRef:
-      name: key
-{via}",
-        user = support::ssh_hosts::USER,
-        via = ssh_via(host)
-    )
+    support::on_premises_named_by(ns, name, stack, target, None, "key", "") + &ssh_via(host)
 }
 
 #[tokio::test]

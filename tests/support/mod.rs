@@ -438,6 +438,23 @@ pub fn on_premises(
     secret: &str,
     extra: &str,
 ) -> String {
+    on_premises_named_by(ns, name, stack, target, Some(hostname), secret, extra)
+}
+
+/// As [`on_premises`], with no hostname override when `hostname` is `None`: the host registers
+/// under its own hostname.
+pub fn on_premises_named_by(
+    ns: &str,
+    name: &str,
+    stack: &str,
+    target: &str,
+    hostname: Option<&str>,
+    secret: &str,
+    extra: &str,
+) -> String {
+    let hostname = hostname
+        .map(|h| format!("  hostname: {h}\n"))
+        .unwrap_or_default();
     format!(
         "apiVersion: registrar.dev/v1alpha1
 kind: InstanceRegistration
@@ -448,8 +465,7 @@ spec:
   stackId: {stack}
   infrastructureClass: on-premises
   target: \"{target}\"
-  hostname: {hostname}
-{extra}  ssh:
+{hostname}{extra}  ssh:
     username: {user}
     privateKeySecretRef:
       name: {secret}

@@ -330,28 +330,13 @@ impl SshHost {
         let Some(running) = &self.sshd else {
             return Vec::new();
         };
-        let mut found = Vec::new();
-        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-            let Some(pid) = entry
-                .file_name()
-                .to_str()
-                .and_then(|s| s.parse::<i32>().ok())
-            else {
-                continue;
-            };
-            if std::fs::read_link(entry.path().join("ns/mnt"))
-                .ok()
-                .as_ref()
-                != Some(&running.mount_ns)
-            {
-                continue;
-            }
-            let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
-            if String::from_utf8_lossy(&cmdline).contains(needle) {
-                found.push(pid);
-            }
-        }
-        found
+        processes_in(&running.mount_ns)
+            .into_iter()
+            .filter(|pid| {
+                let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+                String::from_utf8_lossy(&cmdline).contains(needle)
+            })
+            .collect()
     }
 
     /// The file a successful shell injection would create on this host: tests assert it never
@@ -534,31 +519,32 @@ impl Running {
         }
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
-            let mut found = false;
-            for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-                let Some(pid) = entry
-                    .file_name()
-                    .to_str()
-                    .and_then(|s| s.parse::<i32>().ok())
-                else {
-                    continue;
-                };
-                if std::fs::read_link(entry.path().join("ns/mnt"))
-                    .ok()
-                    .as_ref()
-                    == Some(&self.mount_ns)
-                {
-                    found = true;
-                    // SAFETY: kill(2) with a PID read from /proc; no memory is involved.
-                    unsafe { libc::kill(pid, libc::SIGKILL) };
-                }
+            let left = processes_in(&self.mount_ns);
+            for &pid in &left {
+                // SAFETY: kill(2) with a PID read from /proc; no memory is involved.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
             }
+            let found = !left.is_empty();
             if !found || Instant::now() > deadline {
                 return;
             }
             std::thread::sleep(Duration::from_millis(20));
         }
     }
+}
+
+/// The PIDs of the processes in mount namespace `mount_ns` (as `/proc/<pid>/ns/mnt` reads).
+fn processes_in(mount_ns: &Path) -> Vec<i32> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| {
+            let pid = entry.file_name().to_str()?.parse::<i32>().ok()?;
+            let ns = std::fs::read_link(entry.path().join("ns/mnt")).ok()?;
+            (ns == mount_ns).then_some(pid)
+        })
+        .collect()
 }
 
 /// Panics with what to do when the machine cannot run test hosts.
