@@ -341,6 +341,7 @@ async fn cleanup(
         };
         publish(ctx, obj, EventType::Normal, "Retained", "Cleanup", note).await;
         ctx.backoff.reset(&key);
+        ctx.versions.forget(obj);
         return Ok(Action::await_change());
     }
     match undo(obj, ctx).await {
