@@ -73,6 +73,7 @@ pub struct Aws {
     pub iam: aws_sdk_iam::Client,
     ec2: Mutex<HashMap<String, aws_sdk_ec2::Client>>,
     opsworks_by_region: Mutex<HashMap<String, aws_sdk_opsworks::Client>>,
+    ssm: Mutex<HashMap<String, aws_sdk_ssm::Client>>,
     counter: Option<AwsCallCounter>,
 }
 
@@ -97,6 +98,7 @@ impl Aws {
             iam: aws_sdk_iam::Client::from_conf(iam.build()),
             ec2: Mutex::default(),
             opsworks_by_region: Mutex::default(),
+            ssm: Mutex::default(),
             counter,
             config,
         }
@@ -143,6 +145,27 @@ impl Aws {
                     config = config.interceptor(counter.clone());
                 }
                 aws_sdk_ec2::Client::from_conf(config.build())
+            })
+            .clone()
+    }
+}
+
+impl Aws {
+    /// Systems Manager in `region`, or in the controller's region when `None`.
+    pub fn ssm(&self, region: Option<&str>) -> aws_sdk_ssm::Client {
+        let region = region.or(self.default_region()).unwrap_or_default();
+        let mut clients = self.ssm.lock().unwrap_or_else(|e| e.into_inner());
+        clients
+            .entry(region.to_owned())
+            .or_insert_with(|| {
+                let mut config = aws_sdk_ssm::config::Builder::from(&self.config);
+                if !region.is_empty() {
+                    config = config.region(Region::new(region.to_owned()));
+                }
+                if let Some(counter) = &self.counter {
+                    config = config.interceptor(counter.clone());
+                }
+                aws_sdk_ssm::Client::from_conf(config.build())
             })
             .clone()
     }
@@ -217,6 +240,8 @@ const ACCESS_DENIED_CODES: &[&str] = &[
 ];
 const NOT_FOUND_CODES: &[&str] = &[
     "NoSuchEntity",
+    "InvalidActivationId",
+    "InvalidInstanceId",
     "ResourceNotFoundException",
     "InvalidInstanceID.NotFound",
 ];
@@ -226,6 +251,7 @@ const INVALID_CODES: &[&str] = &[
     "InvalidInput",
     "MalformedPolicyDocument",
     "InvalidParameterValue",
+    "InvalidParameters",
 ];
 
 /// Classifies an SDK error.

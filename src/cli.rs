@@ -68,6 +68,12 @@ struct RunArgs {
     /// Seconds to connect to an AWS endpoint.
     #[arg(long, env = "AWS_CONNECT_TIMEOUT_SECONDS", default_value_t = aws::CONNECT_TIMEOUT.as_secs(), value_parser = clap::value_parser!(u64).range(1..=600))]
     aws_connect_timeout_seconds: u64,
+    /// Where hosts download the Systems Manager agent setup tool (ssm-setup-cli): `{region}`,
+    /// and on the host `{platform}` (`linux`, or `debian` where dpkg is) and `{arch}` (`amd64`,
+    /// `arm64`, `386`), are filled in. The default is AWS's published location; a private mirror
+    /// goes here.
+    #[arg(long, env = "REGISTRAR_SSM_SETUP_URL", default_value = crate::controller::SSM_SETUP_URL)]
+    ssm_setup_url: String,
     /// Log filter, in RUST_LOG syntax.
     #[arg(long, env = "LOG_LEVEL", default_value = "info")]
     log_level: String,
@@ -168,6 +174,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         ssh_concurrency: args.ssh_concurrency,
         resync: Duration::from_secs(args.resync_seconds),
         registration_timeout: Duration::from_secs(args.registration_timeout_seconds),
+        ssm_setup_url: args.ssm_setup_url,
         instance: Some(identity),
         unannotated_namespaces: args.unannotated_namespaces,
         aws_timeouts: aws::Timeouts {

@@ -152,6 +152,23 @@ pub mod reasons {
     /// OpsWorks is registering the instance.
     pub const REGISTERING: &str = "Registering";
 
+    // Systems Manager.
+    /// The IAM service role systemsManager.serviceRole names does not exist.
+    pub const ROLE_NOT_FOUND: &str = "RoleNotFound";
+    /// The EC2 instance has no IAM instance profile, so its agent cannot register with Systems
+    /// Manager; attach one (with AmazonSSMManagedInstanceCore) to the instance.
+    pub const NO_INSTANCE_PROFILE: &str = "NoInstanceProfile";
+    /// The namespace may not make activations for the service role (its
+    /// `registrar.dev/allowed-ssm-service-roles` annotation).
+    pub const SERVICE_ROLE_NOT_ALLOWED: &str = "ServiceRoleNotAllowed";
+    /// The host is already registered with Systems Manager as a node this controller cannot see
+    /// (another account or region, or deregistered); it is not registered again.
+    pub const REGISTERED_ELSEWHERE: &str = "RegisteredElsewhere";
+    /// Systems Manager reports the node's agent as not in touch (PingStatus ConnectionLost).
+    pub const CONNECTION_LOST: &str = "ConnectionLost";
+    /// Systems Manager reports the node as Inactive.
+    pub const INACTIVE: &str = "Inactive";
+
     // AWS failures.
     /// AWS throttled a call; retried with backoff.
     pub const THROTTLED: &str = "Throttled";

@@ -29,7 +29,7 @@ use crate::metrics::{Metrics, ReasonLabels, ResultLabels};
 use crate::resource::{
     ConditionStatus, DeletionPolicy, FINALIZER, InstanceRegistration, InstanceRegistrationStatus,
 };
-use crate::steps::{self, Facts, Next, Outcome, PIPELINE};
+use crate::steps::{self, Facts, Next, Outcome};
 use crate::tenancy::{self, Tenancy, Unannotated, Verdict};
 use crate::{Error, Result};
 
@@ -44,6 +44,11 @@ const IAM_GROUP_TTL: Duration = Duration::from_secs(600);
 
 /// The field manager of every write the controller makes.
 pub const FIELD_MANAGER: &str = "instance-registrar";
+
+/// AWS's published location of the Systems Manager agent setup tool for Linux hosts, per
+/// region, platform and architecture.
+pub const SSM_SETUP_URL: &str =
+    "https://amazon-ssm-{region}.s3.{region}.amazonaws.com/latest/{platform}_{arch}/ssm-setup-cli";
 
 /// How the controller runs; the `run` subcommand fills it from flags and environment.
 #[derive(Clone, Debug)]
@@ -60,6 +65,8 @@ pub struct Settings {
     /// How long after a successful install OpsWorks may take to list the instance before the
     /// install is tried again.
     pub registration_timeout: Duration,
+    /// Where hosts download the Systems Manager agent setup tool (see [`SSM_SETUP_URL`]).
+    pub ssm_setup_url: String,
     /// Name of this replica in Events (`reportingInstance`).
     pub instance: Option<String>,
     /// Which stacks the objects of a namespace without the `registrar.dev/allowed-stacks`
@@ -77,6 +84,7 @@ impl Default for Settings {
             ssh_concurrency: 64,
             resync: Duration::from_secs(600),
             registration_timeout: Duration::from_secs(900),
+            ssm_setup_url: SSM_SETUP_URL.to_owned(),
             instance: None,
             unannotated_namespaces: Unannotated::default(),
             aws_timeouts: crate::aws::Timeouts::default(),
@@ -254,8 +262,10 @@ async fn apply(
         resource_version: version,
         ..Facts::default()
     };
-    let mut results = Vec::with_capacity(PIPELINE.len());
-    for step in PIPELINE {
+    let pipeline = steps::pipeline(obj);
+    new.service = Some(obj.spec.service().name().to_owned());
+    let mut results = Vec::with_capacity(pipeline.len());
+    for step in pipeline {
         let step_started = std::time::Instant::now();
         let outcome = step.run(obj, ctx, &mut facts, &mut new).await;
         ctx.metrics.step(step.condition(), step_started.elapsed());
@@ -265,7 +275,7 @@ async fn apply(
             break;
         }
     }
-    let next = steps::summarize(&mut new, PIPELINE, &results, generation, &now);
+    let next = steps::summarize(&mut new, pipeline, &results, generation, &now);
     write_status(obj, api, ctx, &old, &new, &mut facts.resource_version).await?;
     record_pass(ctx, obj, &old, &new, started.elapsed());
 
@@ -347,7 +357,7 @@ async fn cleanup(
     match undo(obj, ctx).await {
         Ok(summary) => {
             info!(name = %obj.name_any(), %summary, "cleaned up");
-            let refused = matches!(ctx.tenancy.stack_verdict(obj), Verdict::Refused(_));
+            let refused = matches!(ctx.tenancy.verdict(obj), Verdict::Refused(_));
             let (kind, reason) = if refused {
                 (EventType::Warning, conditions::reasons::STACK_NOT_ALLOWED)
             } else {
@@ -381,8 +391,11 @@ async fn cleanup(
 /// with DeregisterAdopted) is looked up in the spec's stack, matched on the host's identity, and
 /// deregistered; one this object did not make is left, whatever status says.
 async fn undo(obj: &InstanceRegistration, ctx: &Context) -> std::result::Result<String, String> {
+    if let crate::resource::Service::SystemsManager(ssm) = obj.spec.service() {
+        return crate::ssm::undo::undo(ctx, obj, ssm).await;
+    }
     // Tenancy first: an object whose namespace may not use the stack writes nothing in it.
-    match ctx.tenancy.stack_verdict(obj) {
+    match ctx.tenancy.verdict(obj) {
         Verdict::Allowed => {}
         Verdict::Unknown(why) => return Err(why),
         Verdict::Refused(why) => return undo_outside_the_stack(obj, ctx, &why).await,
@@ -391,7 +404,7 @@ async fn undo(obj: &InstanceRegistration, ctx: &Context) -> std::result::Result<
     let opsworks = ctx.aws.opsworks(obj.spec.region.as_deref());
     let stack_name = match opsworks
         .describe_stacks()
-        .stack_ids(&obj.spec.stack_id)
+        .stack_ids(obj.spec.stack_id())
         .send()
         .await
     {

@@ -124,7 +124,7 @@ const RUNNER: &str = r#"set -u
 mode=$1 dir=$2
 unsuitable() { echo "instance-registrar: $1"; exit @HOST_UNSUITABLE@; }
 busy() {
-  echo "instance-registrar: another install is running boot-registration on this host ($1); nothing was run"
+  echo "instance-registrar: another install is running @NAME@ on this host ($1); nothing was run"
   exit @IN_PROGRESS@
 }
 command -v timeout >/dev/null 2>&1 || unsuitable "timeout (coreutils) is not installed"
@@ -167,15 +167,15 @@ fi
 left=$((deadline - $(date +%s)))
 if [ "$left" -le 0 ]; then
   rm -rf -- "$dir"
-  echo "instance-registrar: the time limit passed before boot-registration started"
+  echo "instance-registrar: the time limit passed before @NAME@ started"
   exit @TIMED_OUT@
 fi
-echo "instance-registrar: running boot-registration (time limit ${left}s)"
+echo "instance-registrar: running @NAME@ (time limit ${left}s)"
 # Its output goes through a pipe (never a terminal it could change modes of from the background
 # process group timeout puts it in), and the lock's descriptor is not passed on to it: a daemon it
 # starts must not hold the lock.
 (
-  timeout -k "$kill_after" "$left" "$dir/opsworks-agent-installer/boot-registration" </dev/null 2>&1 9>&-
+  timeout -k "$kill_after" "$left" @RUN@ </dev/null 2>&1 9>&-
   echo $? >"$dir/installer-status"
 ) 9>&- | cat 9>&-
 status=$(cat "$dir/installer-status" 2>/dev/null) || status=unknown
@@ -184,7 +184,7 @@ case $status in
   0) exit 0 ;;
   124 | 137)
     if [ "$(date +%s)" -ge "$deadline" ]; then
-      echo "instance-registrar: boot-registration was stopped at the time limit"
+      echo "instance-registrar: @NAME@ was stopped at the time limit"
       exit @TIMED_OUT@
     fi
     ;;
@@ -209,15 +209,84 @@ fn render_with(
     if !(url.starts_with("https://") || url.starts_with("http://")) {
         return Err(PlanError::InstallerUrl);
     }
-    let url = shell_quote(url);
     let lines = preconfig_lines(&plan.preconfig)?;
     let preconfig_args: Vec<String> = lines.iter().map(|l| shell_quote(l)).collect();
-    let checksum = match &plan.installer_sha256 {
+    let bucket = match &plan.assets_download_bucket {
+        Some(bucket) => format!(" {}", shell_quote(bucket)),
+        None => String::new(),
+    };
+    let payload = Payload {
+        name: "boot-registration",
+        what: "the agent installer",
+        locate: format!("  url={}\n", shell_quote(url)),
+        download_to: "installer.tgz",
+        sha256: plan.installer_sha256.as_deref(),
+        unpack: format!(
+            r#"  tar -x -z -f "$dir/installer.tgz" -C "$dir" && [ -x "$dir/opsworks-agent-installer/boot-registration" ] || {{
+    echo "instance-registrar: the installer tarball has no opsworks-agent-installer/boot-registration"
+    cleanup
+    return {EXIT_UNPACK_FAILED}
+  }}
+  printf '%s\n' {preconfig} >"$dir/opsworks-agent-installer/preconfig"
+"#,
+            preconfig = preconfig_args.join(" "),
+        ),
+        run: r#""$dir/opsworks-agent-installer/boot-registration""#.to_owned(),
+        run_args: bucket,
+        entry: None,
+    };
+    Ok(render_payload(
+        &payload,
+        plan.time_limit,
+        lock_parents,
+        kill_after,
+    ))
+}
+
+/// What one service's install downloads and runs, for [`render_payload`].
+struct Payload<'a> {
+    /// What runs under the lock, for messages (`boot-registration`).
+    name: &'a str,
+    /// What is downloaded, for messages.
+    what: &'a str,
+    /// Shell lines that set `$url` (or return [`EXIT_HOST_UNSUITABLE`]).
+    locate: String,
+    /// The file in the private directory the download goes to.
+    download_to: &'a str,
+    /// The SHA-256 the download must have.
+    sha256: Option<&'a str>,
+    /// Shell lines run after the download and its check, before the runner: unpacking, the
+    /// files the program reads (written with `printf`, a builtin, so no value is ever on a
+    /// command line).
+    unpack: String,
+    /// The command the runner runs under the lock and the time limit, as root.
+    run: String,
+    /// Further (quoted) arguments to the runner's `run` mode.
+    run_args: String,
+    /// A script of the service's own, written to `$dir/entry.sh` for `run` to use.
+    entry: Option<String>,
+}
+
+/// The script that downloads and runs `payload` within `time_limit`, for `/bin/sh -s`.
+fn render_payload(
+    payload: &Payload<'_>,
+    time_limit: Duration,
+    lock_parents: &[&str],
+    kill_after: Duration,
+) -> String {
+    let Payload {
+        name,
+        what,
+        locate,
+        download_to,
+        ..
+    } = payload;
+    let checksum = match payload.sha256 {
         Some(sum) => format!(
             r#"  expected={sum}
-  actual=$(sha256sum "$dir/installer.tgz" | cut -d ' ' -f 1) || {{ echo "instance-registrar: sha256sum failed"; cleanup; return {EXIT_HOST_UNSUITABLE}; }}
+  actual=$(sha256sum "$dir/{download_to}" | cut -d ' ' -f 1) || {{ echo "instance-registrar: sha256sum failed"; cleanup; return {EXIT_HOST_UNSUITABLE}; }}
   if [ "$actual" != "$expected" ]; then
-    echo "instance-registrar: the installer's SHA-256 is $actual, not $expected; nothing was run"
+    echo "instance-registrar: the SHA-256 of {what} is $actual, not $expected; nothing was run"
     cleanup
     return {EXIT_CHECKSUM_MISMATCH}
   fi
@@ -227,10 +296,6 @@ fn render_with(
         ),
         None => String::new(),
     };
-    let bucket = match &plan.assets_download_bucket {
-        Some(bucket) => format!(" {}", shell_quote(bucket)),
-        None => String::new(),
-    };
     let parents: Vec<String> = lock_parents.iter().map(|p| shell_quote(p)).collect();
     let runner = RUNNER
         .replace("@LOCK_PARENTS@", &parents.join(" "))
@@ -238,11 +303,22 @@ fn render_with(
         .replace("@IN_PROGRESS@", &EXIT_INSTALL_IN_PROGRESS.to_string())
         .replace("@TIMED_OUT@", &EXIT_TIMED_OUT.to_string())
         .replace("@INSTALLER_FAILED@", &EXIT_INSTALLER_FAILED.to_string())
-        .replace("@MARKER@", INSTALLER_STATUS_MARKER);
+        .replace("@MARKER@", INSTALLER_STATUS_MARKER)
+        .replace("@NAME@", name)
+        .replace("@RUN@", &payload.run);
     debug_assert!(!runner.contains(RUNNER_END));
-    let limit = plan.time_limit.as_secs().max(1);
+    let entry = match &payload.entry {
+        Some(entry) => {
+            debug_assert!(!entry.contains(ENTRY_END));
+            format!("  cat >\"$dir/entry.sh\" <<'{ENTRY_END}'\n{entry}{ENTRY_END}\n")
+        }
+        None => String::new(),
+    };
+    let limit = time_limit.as_secs().max(1);
     let kill_after = kill_after.as_secs().max(1);
-    Ok(format!(
+    let run_args = &payload.run_args;
+    let unpack = &payload.unpack;
+    format!(
         r#"set -u
 umask 077
 install_agent() {{
@@ -251,7 +327,7 @@ install_agent() {{
   for tool in mktemp timeout; do
     command -v "$tool" >/dev/null 2>&1 || {{ echo "instance-registrar: $tool is not installed"; return {EXIT_HOST_UNSUITABLE}; }}
   done
-  dir=$(mktemp -d "${{TMPDIR:-/tmp}}/opsworks-agent-installer.XXXXXXXXXX") || {{ echo "instance-registrar: mktemp failed"; return {EXIT_HOST_UNSUITABLE}; }}
+  dir=$(mktemp -d "${{TMPDIR:-/tmp}}/registrar-agent-install.XXXXXXXXXX") || {{ echo "instance-registrar: mktemp failed"; return {EXIT_HOST_UNSUITABLE}; }}
   cleanup() {{ sudo -n rm -rf -- "$dir" 2>/dev/null || rm -rf -- "$dir"; }}
   # Time left before the limit, in $left; says so and fails when none is left.
   in_time() {{
@@ -275,7 +351,7 @@ install_agent() {{
   fi
   cat >"$dir/lock.sh" <<'{RUNNER_END}'
 {runner}{RUNNER_END}
-  # Another install running here is found before anything is downloaded.
+{entry}  # Another install running here is found before anything is downloaded.
   sudo -n /bin/sh "$dir/lock.sh" probe "$dir"
   status=$?
   case $status in
@@ -283,43 +359,221 @@ install_agent() {{
     {EXIT_HOST_UNSUITABLE} | {EXIT_INSTALL_IN_PROGRESS}) cleanup; return $status ;;
     *) echo "instance-registrar: sudo /bin/sh failed with status $status"; cleanup; return {EXIT_HOST_UNSUITABLE} ;;
   esac
-  in_time "the download" || return {EXIT_TIMED_OUT}
-  echo "instance-registrar: downloading the agent installer"
+{locate}  in_time "the download" || return {EXIT_TIMED_OUT}
+  echo "instance-registrar: downloading {what}"
   if command -v curl >/dev/null 2>&1; then
-    timeout "$left" curl --fail --silent --show-error --location --proto =http,https --retry 5 --output "$dir/installer.tgz" -- {url}
+    timeout "$left" curl --fail --silent --show-error --location --proto =http,https --retry 5 --output "$dir/{download_to}" -- "$url"
   elif command -v wget >/dev/null 2>&1; then
-    timeout "$left" wget --quiet --tries=5 --output-document="$dir/installer.tgz" -- {url}
+    timeout "$left" wget --quiet --tries=5 --output-document="$dir/{download_to}" -- "$url"
   else
     echo "instance-registrar: neither curl nor wget is installed"
     false
   fi || {{
     in_time "the download finished" || return {EXIT_TIMED_OUT}
-    echo "instance-registrar: downloading the agent installer failed"
+    echo "instance-registrar: downloading {what} failed"
     cleanup
     return {EXIT_DOWNLOAD_FAILED}
   }}
-{checksum}  tar -x -z -f "$dir/installer.tgz" -C "$dir" && [ -x "$dir/opsworks-agent-installer/boot-registration" ] || {{
-    echo "instance-registrar: the installer tarball has no opsworks-agent-installer/boot-registration"
-    cleanup
-    return {EXIT_UNPACK_FAILED}
-  }}
-  printf '%s\n' {preconfig} >"$dir/opsworks-agent-installer/preconfig"
-  in_time "boot-registration" || return {EXIT_TIMED_OUT}
-  sudo -n /bin/sh "$dir/lock.sh" run "$dir" "$deadline" {kill_after}{bucket}
+{checksum}{unpack}  in_time "{name}" || return {EXIT_TIMED_OUT}
+  sudo -n /bin/sh "$dir/lock.sh" run "$dir" "$deadline" {kill_after}{run_args}
   status=$?
   cleanup
   case $status in
     0 | {EXIT_HOST_UNSUITABLE} | {EXIT_INSTALL_IN_PROGRESS} | {EXIT_INSTALLER_FAILED} | {EXIT_TIMED_OUT}) return $status ;;
   esac
-  echo "instance-registrar: sudo /bin/sh, to run boot-registration, ended with status $status"
+  echo "instance-registrar: sudo /bin/sh, to run {name}, ended with status $status"
   return {EXIT_INSTALLER_FAILED}
 }}
 install_agent </dev/null 2>&1
 exit $?
+"#
+    )
+}
+
+/// Where Systems Manager keeps a host's registration (`{"ManagedInstanceID": …, "Region": …}`),
+/// as the agent writes it on Linux.
+pub const SSM_REGISTRATION_FILE: &str = "/var/lib/amazon/ssm/registration";
+/// The start of the output line that names the managed node the host is registered as, after
+/// a registration of the script's; the node ID follows.
+pub const SSM_NODE_MARKER: &str = "instance-registrar: managed node ";
+/// The start of the output line that says the host was registered already, as another node than
+/// the one the script may replace, and nothing was run; the node ID follows.
+pub const SSM_REGISTERED_ALREADY_MARKER: &str = "instance-registrar: registered already as ";
+/// The entry script's exit status when the host is registered already (see
+/// [`SSM_REGISTERED_ALREADY_MARKER`]); the script then exits [`EXIT_INSTALLER_FAILED`].
+pub const SSM_EXIT_REGISTERED_ALREADY: i64 = 3;
+
+/// What the Systems Manager install does on the host.
+#[derive(Clone, Debug, PartialEq)]
+pub enum SsmMode {
+    /// Register with a hybrid activation (an on-premises host).
+    Register {
+        /// The activation's ID.
+        activation_id: String,
+        /// The activation's code (a secret: written to a file of the private directory, never
+        /// on a command line of the script's own).
+        activation_code: crate::aws::Sensitive,
+        /// The node the host may be registered as already and that may be replaced (the
+        /// object's own node, deregistered since): `-override` is used then.
+        replace: Option<String>,
+    },
+    /// Install and start the agent unless it runs already (an EC2 instance, which registers with
+    /// its instance profile).
+    Install,
+}
+
+/// The Systems Manager install: the agent setup tool (`ssm-setup-cli`) from `setup_url`, run as
+/// AWS documents for hybrid nodes.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SsmPlan {
+    /// Where the setup tool is downloaded from: `{platform}` (`linux`, or `debian` on hosts with
+    /// dpkg) and `{arch}` (`amd64`, `arm64`, `386`) are filled in on the host.
+    pub setup_url: String,
+    /// SHA-256 the setup tool must have.
+    pub setup_sha256: Option<String>,
+    /// The Systems Manager region.
+    pub region: String,
+    /// Register or install.
+    pub mode: SsmMode,
+    /// As [`Plan::time_limit`].
+    pub time_limit: Duration,
+}
+
+/// The entry script of the Systems Manager install, run as root under the install lock and the
+/// time limit: `entry.sh DIR MODE REGION [ACTIVATION_ID [REPLACE]]`. It reads the activation
+/// code from `DIR/activation-code`. A host registered already as a node other than REPLACE is
+/// reported and left as it is (the setup tool would keep that registration silently).
+const SSM_ENTRY: &str = r#"set -u
+dir=$1 mode=$2 region=$3 activation_id=${4:-} replace=${5:-}
+node_of() {
+  [ -f "@REGISTRATION@" ] || return 0
+  sed -n 's/.*"ManagedInstanceID"[[:space:]]*:[[:space:]]*"\([A-Za-z0-9-]*\)".*/\1/p' "@REGISTRATION@" | head -n 1
+}
+agent_running() {
+  for exe in /proc/[0-9]*/exe; do
+    case $(readlink "$exe" 2>/dev/null) in */amazon-ssm-agent) return 0 ;; esac
+  done
+  return 1
+}
+chmod 0700 "$dir/ssm-setup-cli" || exit 1
+case $mode in
+  install)
+    if agent_running; then
+      echo "instance-registrar: the SSM agent runs already; nothing was installed"
+      exit 0
+    fi
+    "$dir/ssm-setup-cli" -install -region "$region"
+    exit $?
+    ;;
+esac
+node=$(node_of)
+override=
+if [ -n "$node" ]; then
+  if [ "$node" != "$replace" ]; then
+    echo "@ALREADY@$node"
+    exit @EXIT_ALREADY@
+  fi
+  override=-override
+fi
+code=$(cat "$dir/activation-code") || exit 1
+rm -f "$dir/activation-code"
+"$dir/ssm-setup-cli" -register -activation-code "$code" -activation-id "$activation_id" -region "$region" $override
+status=$?
+[ "$status" -eq 0 ] || exit "$status"
+node=$(node_of)
+if [ -z "$node" ] || [ "$node" = "$replace" ]; then
+  echo "instance-registrar: ssm-setup-cli finished, and @REGISTRATION@ names no new node"
+  exit 1
+fi
+echo "@NODE@$node"
+"#;
+
+/// The script for a Systems Manager install, for `/bin/sh -s`.
+pub fn render_ssm(plan: &SsmPlan) -> Result<String, PlanError> {
+    render_ssm_with(plan, LOCK_PARENTS, KILL_AFTER)
+}
+
+fn render_ssm_with(
+    plan: &SsmPlan,
+    lock_parents: &[&str],
+    kill_after: Duration,
+) -> Result<String, PlanError> {
+    let url = &plan.setup_url;
+    if !(url.starts_with("https://") || url.starts_with("http://")) {
+        return Err(PlanError::InstallerUrl);
+    }
+    // The placeholders are filled in on the host with words of a fixed set, so sed sees no
+    // value of anyone's.
+    let locate = format!(
+        r#"  case $(uname -m) in
+    x86_64 | amd64) arch=amd64 ;;
+    aarch64 | arm64) arch=arm64 ;;
+    i386 | i486 | i586 | i686) arch=386 ;;
+    *) echo "instance-registrar: no SSM agent for machine type $(uname -m)"; cleanup; return {EXIT_HOST_UNSUITABLE} ;;
+  esac
+  if command -v dpkg >/dev/null 2>&1; then platform=debian; else platform=linux; fi
+  url=$(printf '%s' {template} | sed "s/{{platform}}/$platform/g; s/{{arch}}/$arch/g")
 "#,
-        preconfig = preconfig_args.join(" "),
+        template = shell_quote(url),
+    );
+    let (unpack, args) = match &plan.mode {
+        SsmMode::Register {
+            activation_id,
+            activation_code,
+            replace,
+        } => (
+            format!(
+                "  printf '%s' {} >\"$dir/activation-code\"\n",
+                shell_quote(activation_code.expose())
+            ),
+            format!(
+                "register {} {} {}",
+                shell_quote(&plan.region),
+                shell_quote(activation_id),
+                shell_quote(replace.as_deref().unwrap_or_default())
+            ),
+        ),
+        SsmMode::Install => (
+            String::new(),
+            format!("install {}", shell_quote(&plan.region)),
+        ),
+    };
+    let entry = SSM_ENTRY
+        .replace("@REGISTRATION@", SSM_REGISTRATION_FILE)
+        .replace("@ALREADY@", SSM_REGISTERED_ALREADY_MARKER)
+        .replace("@EXIT_ALREADY@", &SSM_EXIT_REGISTERED_ALREADY.to_string())
+        .replace("@NODE@", SSM_NODE_MARKER);
+    let payload = Payload {
+        name: "ssm-setup-cli",
+        what: "the SSM agent setup tool",
+        locate,
+        download_to: "ssm-setup-cli",
+        sha256: plan.setup_sha256.as_deref(),
+        unpack,
+        run: format!(r#"/bin/sh "$dir/entry.sh" "$dir" {args}"#),
+        run_args: String::new(),
+        entry: Some(entry),
+    };
+    Ok(render_payload(
+        &payload,
+        plan.time_limit,
+        lock_parents,
+        kill_after,
     ))
 }
+
+/// The value of the last output line that starts with `marker` (a script's own lines come after
+/// anything the programs it ran printed).
+pub fn marked(output: &[u8], marker: &str) -> Option<String> {
+    let text = String::from_utf8_lossy(output);
+    text.lines()
+        .rev()
+        .find_map(|line| line.trim_end().strip_prefix(marker))
+        .map(str::to_owned)
+}
+
+/// The line that ends a service's entry script's here-document in the script.
+const ENTRY_END: &str = "INSTANCE_REGISTRAR_ENTRY_END";
 
 /// The line that ends the runner's here-document in the script.
 const RUNNER_END: &str = "INSTANCE_REGISTRAR_RUNNER_END";
@@ -327,11 +581,7 @@ const RUNNER_END: &str = "INSTANCE_REGISTRAR_RUNNER_END";
 /// `boot-registration`'s own exit status, from the marker line the script prints when it fails
 /// (the last one, should the installer have printed such a line itself).
 pub fn installer_status(output: &[u8]) -> Option<i64> {
-    let text = String::from_utf8_lossy(output);
-    text.lines()
-        .rev()
-        .find_map(|line| line.trim_end().strip_prefix(INSTALLER_STATUS_MARKER))
-        .and_then(|status| status.parse().ok())
+    marked(output, INSTALLER_STATUS_MARKER).and_then(|status| status.parse().ok())
 }
 
 /// The last `max_lines` lines (at most `max_bytes`) of the script's output, with every `secret`
@@ -594,7 +844,7 @@ mod tests {
                 .unwrap()
                 .filter_map(|e| e.ok())
                 .map(|e| e.file_name())
-                .filter(|n| n.to_string_lossy().starts_with("opsworks-agent-installer."))
+                .filter(|n| n.to_string_lossy().starts_with("registrar-agent-install."))
                 .collect()
         }
 

@@ -1,9 +1,12 @@
 //! instance-registrar: a Kubernetes controller that registers Linux hosts (EC2 instances or
-//! on-premises machines) with an AWS OpsWorks Stacks stack, one `InstanceRegistration` per host.
+//! on-premises machines) with AWS OpsWorks Stacks or AWS Systems Manager, one
+//! `InstanceRegistration` per host.
 //!
 //! - [`resource`]: the custom resource, its schema and validation rules.
 //! - [`controller`]: the watch, the finalizer, status and events around the [`steps`].
-//! - [`steps`]: the reconcile as a sequence of steps, each reporting one condition.
+//! - [`steps`]: the reconcile as a sequence of steps, each reporting one condition; the
+//!   OpsWorks service's own steps are among them.
+//! - [`ssm`]: the Systems Manager service's own steps and undo, behind the same steps.
 //! - [`conditions`]: condition types, reasons and the rules for updating them.
 //! - [`tenancy`]: which stacks the objects of a namespace may use.
 #![forbid(unsafe_code)]
@@ -23,6 +26,7 @@ pub mod metrics;
 pub mod resource;
 pub mod ssh;
 pub mod sshkey;
+pub mod ssm;
 pub mod steps;
 pub mod telemetry;
 pub mod tenancy;

@@ -22,10 +22,11 @@ const HOST_ADDRESS_PATTERN: &str = "^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?
 const IPV4_PATTERN: &str = "^((25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])\\.){3}(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])$";
 const UUID_PATTERN: &str = "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$";
 
-/// Registers one Linux host (an EC2 instance or an on-premises machine) with an AWS OpsWorks
-/// Stacks stack: the controller creates the IAM entities the agent needs, installs the OpsWorks
-/// agent over SSH, waits until OpsWorks reports the instance registered, and undoes its work when
-/// the object is deleted (unless deletionPolicy is Retain).
+/// Registers one Linux host (an EC2 instance or an on-premises machine) with AWS fleet management:
+/// an AWS OpsWorks Stacks stack (`stackId`) or AWS Systems Manager (`systemsManager`). The
+/// controller makes the credentials the agent needs (IAM user and access key, or a hybrid
+/// activation), installs the agent over SSH, waits until the service reports the host
+/// registered, and undoes its work when the object is deleted (unless deletionPolicy is Retain).
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "registrar.dev",
@@ -35,7 +36,7 @@ const UUID_PATTERN: &str = "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-
     status = "InstanceRegistrationStatus",
     shortname = "ir",
     category = "registrar",
-    doc = "Registers one Linux host (EC2 or on-premises) with an AWS OpsWorks Stacks stack.",
+    doc = "Registers one Linux host (EC2 or on-premises) with AWS OpsWorks Stacks or AWS Systems Manager.",
     printcolumn(
         name = "Ready",
         type_ = "string",
@@ -53,6 +54,12 @@ const UUID_PATTERN: &str = "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-
         type_ = "string",
         json_path = ".status.conditions[?(@.type==\"Ready\")].reason",
         description = "Why Ready has its status"
+    ),
+    printcolumn(
+        name = "Service",
+        type_ = "string",
+        json_path = ".status.service",
+        description = "OpsWorks or SystemsManager"
     ),
     printcolumn(
         name = "Stack",
@@ -75,6 +82,12 @@ const UUID_PATTERN: &str = "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-
         priority = 1
     ),
     printcolumn(
+        name = "Node ID",
+        type_ = "string",
+        json_path = ".status.managedNodeId",
+        description = "Systems Manager managed node ID"
+    ),
+    printcolumn(
         name = "Address",
         type_ = "string",
         json_path = ".status.address",
@@ -93,12 +106,30 @@ const UUID_PATTERN: &str = "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-
 #[x_kube(validation = kube::core::Rule::new(format!("self.infrastructureClass != 'on-premises' || (self.target.matches(r'{HOST_ADDRESS_PATTERN}') && (!self.target.matches(r'^[0-9.]+$') || self.target.matches(r'{IPV4_PATTERN}')))")).message("target of an on-premises host must be a DNS name or an IPv4 address (no leading zeros)").field_path(".target").reason(kube::core::Reason::FieldValueInvalid))]
 // Optional, so immutable at the spec level: a field-level rule would not see it added or removed.
 #[x_kube(validation = kube::core::Rule::new("has(self.region) == has(oldSelf.region) && (!has(self.region) || self.region == oldSelf.region)").message("region is immutable: it names the endpoint the host is registered with; delete and re-create the object to use another").field_path(".region"))]
+#[x_kube(validation = kube::core::Rule::new("has(self.stackId) != has(self.systemsManager)").message("exactly one of stackId (AWS OpsWorks Stacks) and systemsManager (AWS Systems Manager) must be set").field_path(".stackId").reason(kube::core::Reason::FieldValueRequired))]
+#[x_kube(validation = kube::core::Rule::new("has(self.systemsManager) == has(oldSelf.systemsManager)").message("the service is immutable: stackId and systemsManager cannot be swapped; delete and re-create the object to use the other service").field_path(".systemsManager"))]
+#[x_kube(validation = kube::core::Rule::new("!has(self.systemsManager) || !has(self.layerIds)").message("layerIds is an OpsWorks field, not allowed with systemsManager").field_path(".layerIds").reason(kube::core::Reason::FieldValueForbidden))]
+#[x_kube(validation = kube::core::Rule::new("!has(self.systemsManager) || !has(self.region)").message("region is the OpsWorks endpoint's region, not allowed with systemsManager (set systemsManager.region)").field_path(".region").reason(kube::core::Reason::FieldValueForbidden))]
+#[x_kube(validation = kube::core::Rule::new("!has(self.systemsManager) || !has(self.hostname)").message("hostname is an OpsWorks field, not allowed with systemsManager (set systemsManager.defaultInstanceName)").field_path(".hostname").reason(kube::core::Reason::FieldValueForbidden))]
+#[x_kube(validation = kube::core::Rule::new("!has(self.systemsManager) || (!has(self.privateIp) && !has(self.publicIp))").message("privateIp and publicIp are OpsWorks fields, not allowed with systemsManager").field_path(".privateIp").reason(kube::core::Reason::FieldValueForbidden))]
+#[x_kube(validation = kube::core::Rule::new("!has(self.systemsManager) || !has(self.useInstanceProfile)").message("useInstanceProfile is an OpsWorks field, not allowed with systemsManager (an EC2 instance always registers with its instance profile)").field_path(".useInstanceProfile").reason(kube::core::Reason::FieldValueForbidden))]
+#[x_kube(validation = kube::core::Rule::new("!has(self.systemsManager) || !has(self.agentInstallerSha256)").message("agentInstallerSha256 is an OpsWorks field, not allowed with systemsManager (set systemsManager.agentSetupSha256)").field_path(".agentInstallerSha256").reason(kube::core::Reason::FieldValueForbidden))]
+#[x_kube(validation = kube::core::Rule::new("!has(self.systemsManager) || self.infrastructureClass != 'on-premises' || has(self.systemsManager.serviceRole)").message("systemsManager.serviceRole is required for an on-premises host: the IAM role its managed node uses").field_path(".systemsManager.serviceRole").reason(kube::core::Reason::FieldValueRequired))]
+#[x_kube(validation = kube::core::Rule::new("!has(self.systemsManager) || self.infrastructureClass != 'ec2' || !has(self.systemsManager.serviceRole)").message("systemsManager.serviceRole is not allowed for an ec2 host: the instance registers with its own instance profile").field_path(".systemsManager.serviceRole").reason(kube::core::Reason::FieldValueForbidden))]
 #[serde(rename_all = "camelCase")]
 pub struct InstanceRegistrationSpec {
-    /// ID of the OpsWorks stack to register the host with (a lowercase UUID). Immutable.
+    /// ID of the AWS OpsWorks Stacks stack to register the host with (a lowercase UUID).
+    /// Exactly one of stackId and systemsManager is set. Immutable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = UUID_PATTERN))]
     #[x_kube(validation = kube::core::Rule::new("self == oldSelf").message("stackId is immutable: delete and re-create the object to move the host to another stack"))]
-    pub stack_id: String,
+    pub stack_id: Option<String>,
+
+    /// Register the host with AWS Systems Manager instead of OpsWorks: an on-premises host with a
+    /// hybrid activation made for it, an EC2 instance with its own instance profile. Exactly one
+    /// of stackId and systemsManager is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub systems_manager: Option<SystemsManagerSpec>,
 
     /// Region of the OpsWorks endpoint (for example us-east-1). Defaults to the controller's
     /// region. The stack's own region, reported by OpsWorks, is the one used for EC2 look-ups.
@@ -171,6 +202,103 @@ pub struct InstanceRegistrationSpec {
     /// suspended object that is deleted keeps its registration and IAM entities.
     #[serde(default)]
     pub suspend: bool,
+}
+
+/// Registration with AWS Systems Manager.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[x_kube(validation = kube::core::Rule::new("has(self.region) == has(oldSelf.region) && (!has(self.region) || self.region == oldSelf.region)").message("systemsManager.region is immutable: the node is registered there; delete and re-create the object to use another").field_path(".region"))]
+#[x_kube(validation = kube::core::Rule::new("has(self.serviceRole) == has(oldSelf.serviceRole) && (!has(self.serviceRole) || self.serviceRole == oldSelf.serviceRole)").message("systemsManager.serviceRole is immutable: the node was registered for it").field_path(".serviceRole"))]
+#[serde(rename_all = "camelCase")]
+pub struct SystemsManagerSpec {
+    /// Name of the IAM service role the managed node of an on-premises host uses (trusting
+    /// ssm.amazonaws.com, with AmazonSSMManagedInstanceCore attached). Required for on-premises,
+    /// not allowed for ec2. Immutable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 64), regex(pattern = "^[A-Za-z0-9+=,.@_-]+$"))]
+    pub service_role: Option<String>,
+
+    /// Region of Systems Manager (for example eu-west-1). Defaults to the controller's region.
+    /// Immutable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = "^[a-z]{2}(-[a-z]+)+-[0-9]{1,2}$"), length(max = 32))]
+    pub region: Option<String>,
+
+    /// Name the managed node of an on-premises host gets in Systems Manager (the activation's
+    /// default instance name). Defaults to the object's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 256), regex(pattern = "^[A-Za-z0-9 _.:/=+@-]+$"))]
+    pub default_instance_name: Option<String>,
+
+    /// Tags the managed node of an on-premises host gets (through its activation). Keys starting
+    /// with `aws:` or `registrar.dev/` are not allowed (the latter are the controller's).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 40))]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["key"]))]
+    pub tags: Vec<NodeTag>,
+
+    /// Minutes the activation made for an on-premises host stays usable (it is deleted as soon
+    /// as the node is online, and made again if the install has to run again).
+    #[serde(default = "default_activation_lifetime")]
+    #[schemars(range(min = 10, max = 43200))]
+    pub activation_lifetime_minutes: u32,
+
+    /// SHA-256 (lowercase hex) the downloaded agent setup tool (ssm-setup-cli) must have; when
+    /// set, a tool that does not match is refused before anything on the host runs it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = "^[0-9a-f]{64}$"))]
+    pub agent_setup_sha256: Option<String>,
+}
+
+/// A tag of a managed node.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[x_kube(validation = kube::core::Rule::new("!self.key.startsWith('aws:') && !self.key.startsWith('registrar.dev/')").message("tag keys starting with aws: or registrar.dev/ are reserved").field_path(".key").reason(kube::core::Reason::FieldValueInvalid))]
+pub struct NodeTag {
+    /// The tag's key: 1-128 letters, digits, spaces and `_.:/=+@-`.
+    #[schemars(length(min = 1, max = 128), regex(pattern = "^[A-Za-z0-9 _.:/=+@-]+$"))]
+    pub key: String,
+    /// The tag's value: at most 256 letters, digits, spaces and `_.:/=+@-`.
+    #[serde(default)]
+    #[schemars(length(max = 256), regex(pattern = "^[A-Za-z0-9 _.:/=+@-]*$"))]
+    pub value: String,
+}
+
+fn default_activation_lifetime() -> u32 {
+    60
+}
+
+/// The service an object registers its host with.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Service<'a> {
+    /// AWS OpsWorks Stacks, with the stack's ID.
+    OpsWorks(&'a str),
+    /// AWS Systems Manager.
+    SystemsManager(&'a SystemsManagerSpec),
+}
+
+impl Service<'_> {
+    /// The name `status.service` and metrics use.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Service::OpsWorks(_) => "OpsWorks",
+            Service::SystemsManager(_) => "SystemsManager",
+        }
+    }
+}
+
+impl InstanceRegistrationSpec {
+    /// The service this object registers its host with (the schema allows exactly one; an
+    /// object without either, which the API server refuses, reads as OpsWorks with no stack).
+    pub fn service(&self) -> Service<'_> {
+        match &self.systems_manager {
+            Some(ssm) if self.stack_id.is_none() => Service::SystemsManager(ssm),
+            _ => Service::OpsWorks(self.stack_id()),
+        }
+    }
+
+    /// The OpsWorks stack ID (empty for a Systems Manager object).
+    pub fn stack_id(&self) -> &str {
+        self.stack_id.as_deref().unwrap_or_default()
+    }
 }
 
 /// What kind of host is registered.
@@ -316,6 +444,17 @@ pub struct InstanceRegistrationStatus {
     /// ID of the EC2 instance (ec2 only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ec2_instance_id: Option<String>,
+    /// The service the host is registered with: OpsWorks or SystemsManager.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
+    /// ID of the managed node in Systems Manager (`mi-…` for an on-premises host, the instance
+    /// ID for an EC2 instance).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub managed_node_id: Option<String>,
+    /// ID of the Systems Manager activation made for the host (deleted once the node is online;
+    /// the activation code never appears in status).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub activation_id: Option<String>,
     /// Hostname of the instance in OpsWorks.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hostname: Option<String>,

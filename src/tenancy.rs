@@ -1,16 +1,16 @@
-//! Tenancy: which OpsWorks stacks the objects of a namespace may use. A controller serves many
-//! teams, and which stacks a team may register hosts with is the cluster administrator's
-//! decision, not the team's: it is said on the Namespace (which tenants cannot edit), in the
-//! annotation [`ALLOWED_STACKS`], and enforced before any AWS write.
+//! Tenancy: which OpsWorks stacks and Systems Manager service roles the objects of a namespace may
+//! use. A controller serves many teams, and which stacks a team may register hosts with (and for
+//! which IAM service roles it may make activations) is the cluster administrator's decision, not
+//! the team's: it is said on the Namespace (which tenants cannot edit), in the annotations
+//! [`ALLOWED_STACKS`] and [`ALLOWED_SERVICE_ROLES`], and enforced before any AWS write.
 //!
 //! - [`AllowList`] parses an annotation's value; [`stack_verdict`] decides, from a Namespace's
 //!   annotations, whether an object of it may use a stack. Both are pure.
 //! - [`Tenancy`] answers for an object from a reflector of Namespace metadata, which
 //!   [`watch`] keeps current and which re-runs a namespace's objects when its annotations change.
 //!
-//! Extension point: another thing an administrator allows per namespace (the IAM service roles
-//! of Systems Manager activations, say) is another annotation constant beside [`ALLOWED_STACKS`]
-//! and another verdict function reading it with the same [`AllowList`].
+//! Another thing an administrator allows per namespace is another [`Scope`]: an annotation read
+//! with the same [`AllowList`] and [`verdict`].
 
 use std::collections::BTreeMap;
 
@@ -26,6 +26,48 @@ use crate::resource::InstanceRegistration;
 /// The Namespace annotation that lists the OpsWorks stack IDs its objects may use: separated by
 /// commas or whitespace, `*` for any stack; present but empty, no stack.
 pub const ALLOWED_STACKS: &str = "registrar.dev/allowed-stacks";
+/// The Namespace annotation that lists the IAM service roles (by name) its objects may make
+/// Systems Manager activations for, in the same form as [`ALLOWED_STACKS`].
+pub const ALLOWED_SERVICE_ROLES: &str = "registrar.dev/allowed-ssm-service-roles";
+
+/// What an object uses that its namespace must be allowed: an OpsWorks stack, or the IAM service
+/// role of a Systems Manager activation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Scope<'a> {
+    /// The annotation that lists what is allowed.
+    pub annotation: &'static str,
+    /// What it is, for messages ("stack", "service role").
+    pub noun: &'static str,
+    /// Its ID.
+    pub id: &'a str,
+}
+
+impl<'a> Scope<'a> {
+    /// The OpsWorks stack `id`.
+    pub fn stack(id: &'a str) -> Self {
+        Self {
+            annotation: ALLOWED_STACKS,
+            noun: "stack",
+            id,
+        }
+    }
+
+    /// What `obj` needs allowed: its stack, its activation's service role, or nothing (an EC2
+    /// instance registered with Systems Manager through its own instance profile makes nothing
+    /// in AWS and deregisters nothing).
+    pub fn of(obj: &'a InstanceRegistration) -> Option<Self> {
+        match obj.spec.service() {
+            crate::resource::Service::OpsWorks(stack) => Some(Self::stack(stack)),
+            crate::resource::Service::SystemsManager(ssm) => {
+                ssm.service_role.as_deref().map(|id| Self {
+                    annotation: ALLOWED_SERVICE_ROLES,
+                    noun: "Systems Manager service role",
+                    id,
+                })
+            }
+        }
+    }
+}
 
 /// What a namespace without the [`ALLOWED_STACKS`] annotation may use.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -109,28 +151,33 @@ pub enum Verdict {
 }
 
 /// Whether an object of `namespace`, whose annotations are `annotations` (`None`: the
-/// namespace is not known), may use stack `stack_id`.
-pub fn stack_verdict(
+/// namespace is not known), may use `scope`.
+pub fn verdict(
     namespace: &str,
     annotations: Option<&BTreeMap<String, String>>,
     unannotated: Unannotated,
-    stack_id: &str,
+    scope: Scope<'_>,
 ) -> Verdict {
+    let Scope {
+        annotation,
+        noun,
+        id,
+    } = scope;
     let Some(annotations) = annotations else {
         return Verdict::Unknown(format!(
             "namespace {namespace:?} is not yet known to the controller's Namespace watch, so \
-             whether it may use stack {stack_id} is not known yet; retrying"
+             whether it may use {noun} {id} is not known yet; retrying"
         ));
     };
-    match annotations.get(ALLOWED_STACKS) {
+    match annotations.get(annotation) {
         Some(value) => {
             let allowed = AllowList::parse(value);
-            if allowed.allows(stack_id) {
+            if allowed.allows(id) {
                 Verdict::Allowed
             } else {
                 Verdict::Refused(format!(
-                    "namespace {namespace:?} may not use stack {stack_id}: its annotation \
-                     {ALLOWED_STACKS} allows {} (a cluster administrator sets it)",
+                    "namespace {namespace:?} may not use {noun} {id}: its annotation \
+                     {annotation} allows {} (a cluster administrator sets it)",
                     allowed.describe()
                 ))
             }
@@ -138,12 +185,22 @@ pub fn stack_verdict(
         None => match unannotated {
             Unannotated::Any => Verdict::Allowed,
             Unannotated::None => Verdict::Refused(format!(
-                "namespace {namespace:?} may not use stack {stack_id}: it has no {ALLOWED_STACKS} \
+                "namespace {namespace:?} may not use {noun} {id}: it has no {annotation} \
                  annotation, and the controller runs with --unannotated-namespaces=none (a \
-                 cluster administrator lists the stacks a namespace may use in that annotation)"
+                 cluster administrator lists what a namespace may use in that annotation)"
             )),
         },
     }
+}
+
+/// [`verdict`] for an OpsWorks stack.
+pub fn stack_verdict(
+    namespace: &str,
+    annotations: Option<&BTreeMap<String, String>>,
+    unannotated: Unannotated,
+    stack_id: &str,
+) -> Verdict {
+    verdict(namespace, annotations, unannotated, Scope::stack(stack_id))
 }
 
 /// The Namespaces as last seen, and the rule for those without the annotation.
@@ -163,22 +220,26 @@ impl Tenancy {
         }
     }
 
-    /// Whether `obj`'s namespace may use the stack `obj` names.
-    pub fn stack_verdict(&self, obj: &InstanceRegistration) -> Verdict {
+    /// Whether `obj`'s namespace may use what `obj` names: its stack, or its Systems Manager
+    /// service role (see [`Scope::of`]).
+    pub fn verdict(&self, obj: &InstanceRegistration) -> Verdict {
+        let Some(scope) = Scope::of(obj) else {
+            return Verdict::Allowed;
+        };
         let namespace = obj.namespace().unwrap_or_default();
         let known = self.namespaces.get(&ObjectRef::new(&namespace));
-        stack_verdict(
+        verdict(
             &namespace,
             known.as_ref().map(|ns| ns.annotations()),
             self.unannotated,
-            &obj.spec.stack_id,
+            scope,
         )
     }
 
     /// Whether `obj` counts when objects compete for a host: unless its namespace is known to
     /// be refused its stack (an object that may not act must not hold a host either).
     pub fn may_hold(&self, obj: &InstanceRegistration) -> bool {
-        !matches!(self.stack_verdict(obj), Verdict::Refused(_))
+        !matches!(self.verdict(obj), Verdict::Refused(_))
     }
 }
 

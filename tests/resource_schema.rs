@@ -52,6 +52,24 @@ fn invalid_manifests_are_refused_with_a_message_naming_the_field() {
         "target: host-1.example.internal",
     );
     let ssh_tail = "      name: key\n";
+    let ssm_ec2 = edit(
+        &base,
+        &format!("  stackId: {STACK}\n"),
+        "  systemsManager:\n    region: us-east-1\n",
+    );
+    let ssm_on_prem = edit(
+        &on_prem,
+        &format!("  stackId: {STACK}\n"),
+        "  systemsManager:\n    serviceRole: SSMServiceRole\n",
+    );
+    for good in [&ssm_ec2, &ssm_on_prem] {
+        let (accepted, stderr) = apply(cp, good);
+        assert!(
+            accepted,
+            "a valid Systems Manager manifest was refused: {stderr}\n{good}"
+        );
+        cp.kubectl(&["delete", "-n", &ns, "ir", "bad", "--wait=false"]);
+    }
     // (what, manifest, text the error must contain)
     let cases: Vec<(&str, String, &str)> = vec![
         (
@@ -243,6 +261,94 @@ fn invalid_manifests_are_refused_with_a_message_naming_the_field() {
             "unknown field",
             edit(&base, "  ssh:\n", "  stackName: EC2Register\n  ssh:\n"),
             "spec.stackName",
+        ),
+        (
+            "neither stackId nor systemsManager",
+            edit(&base, &format!("  stackId: {STACK}\n"), ""),
+            "spec.stackId",
+        ),
+        (
+            "both stackId and systemsManager",
+            edit(&base, "  ssh:\n", "  systemsManager: {}\n  ssh:\n"),
+            "spec.stackId",
+        ),
+        (
+            "layerIds with systemsManager",
+            edit(
+                &ssm_ec2,
+                "  ssh:\n",
+                &format!("  layerIds: [{STACK}]\n  ssh:\n"),
+            ),
+            "spec.layerIds",
+        ),
+        (
+            "hostname with systemsManager",
+            edit(&ssm_ec2, "  ssh:\n", "  hostname: web-1\n  ssh:\n"),
+            "spec.hostname",
+        ),
+        (
+            "OpsWorks region with systemsManager",
+            edit(&ssm_ec2, "  ssh:\n", "  region: us-east-1\n  ssh:\n"),
+            "spec.region",
+        ),
+        (
+            "useInstanceProfile with systemsManager",
+            edit(&ssm_ec2, "  ssh:\n", "  useInstanceProfile: true\n  ssh:\n"),
+            "spec.useInstanceProfile",
+        ),
+        (
+            "on-premises host without a service role",
+            edit(
+                &ssm_on_prem,
+                "  systemsManager:\n    serviceRole: SSMServiceRole\n",
+                "  systemsManager: {}\n",
+            ),
+            "spec.systemsManager.serviceRole",
+        ),
+        (
+            "service role for an EC2 instance",
+            edit(
+                &ssm_ec2,
+                "    region: us-east-1\n",
+                "    serviceRole: SSMServiceRole\n",
+            ),
+            "spec.systemsManager.serviceRole",
+        ),
+        (
+            "service role that is not a role name",
+            edit(
+                &ssm_on_prem,
+                "serviceRole: SSMServiceRole",
+                "serviceRole: \"a role\"",
+            ),
+            "spec.systemsManager.serviceRole",
+        ),
+        (
+            "activation lifetime too short",
+            edit(
+                &ssm_on_prem,
+                "    serviceRole: SSMServiceRole\n",
+                "    serviceRole: SSMServiceRole\n    activationLifetimeMinutes: 1\n",
+            ),
+            "spec.systemsManager.activationLifetimeMinutes",
+        ),
+        (
+            "a tag key of the controller's",
+            edit(
+                &ssm_on_prem,
+                "    serviceRole: SSMServiceRole\n",
+                "    serviceRole: SSMServiceRole\n    tags: [{key: registrar.dev/owner, value: x}]\n",
+            ),
+            "spec.systemsManager.tags",
+        ),
+        (
+            "setup tool checksum that is not SHA-256",
+            edit(
+                &ssm_on_prem,
+                "    serviceRole: SSMServiceRole\n",
+                "    serviceRole: SSMServiceRole\n    agentSetupSha256: abc\n",
+            ),
+            "spec.systemsManager.agentSetupSha256",
         ),
     ];
     let mut failures = Vec::new();

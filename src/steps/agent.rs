@@ -47,14 +47,14 @@ pub(super) async fn check(
             format!("the host is already registered as {}", existing.id),
         ));
     }
-    let (Some(stack), Some(target), Some(key)) = (&facts.stack, &facts.target, &facts.ssh_key)
-    else {
+    let Some(stack) = &facts.stack else {
         return Outcome::Blocked(Observation::fails(
             reasons::WAITING,
-            "the stack, the host or the SSH key is not resolved",
+            "the stack is not resolved",
         ));
     };
-    let access_key = facts.access_key.as_ref();
+    let access_key = facts.access_key.clone();
+    let access_key = access_key.as_ref();
     if access_key.is_none() && obj.spec.use_instance_profile != Some(true) {
         return Outcome::Blocked(Observation::fails(
             reasons::WAITING,
@@ -72,62 +72,13 @@ pub(super) async fn check(
             ));
         }
     };
-    let spec = &obj.spec.ssh;
-    let (mut connect, rule) = match super::host::connection(obj, target, status) {
-        Ok(c) => c,
-        Err(outcome) => return outcome,
-    };
-    // sudo's requiretty: the script is run again in a pseudo-terminal.
-    connect.tty_retry_status = Some(install::EXIT_SUDO_NEEDS_TTY);
-    let host = connect.host.clone();
-    if status.host_key_fingerprint.is_none()
-        && spec.host_key_policy == HostKeyPolicy::TrustOnFirstUse
-    {
-        // The host step records the key before anything is installed; without a record the
-        // install would accept any key.
-        return Outcome::Blocked(Observation::fails(
-            reasons::WAITING,
-            "the host key was not recorded on first use yet",
-        ));
-    }
-
-    // Recorded before the install starts, conditional on the version this pass works from: the
-    // install runs only if no newer status exists (a pass on an old copy could otherwise install
-    // a second time), and a restart during the install knows that a registration of this
-    // object's may exist (so it is never taken for someone else's and adopted).
-    let started_at = status.install_started_at.replace(Time(Timestamp::now()));
-    status.adopted = false;
-    if let Err(problem) =
-        crate::controller::checkpoint(ctx, obj, status, &mut facts.resource_version).await
-    {
-        status.install_started_at = started_at;
-        return Outcome::Retry(Observation::fails(
-            reasons::KUBERNETES_API_ERROR,
-            format!("recording the install's start before running it: {problem}"),
-        ));
-    }
-
-    info!(name = %obj.name_any(), host = %host, port = spec.port, "installing the OpsWorks agent");
-    let started = std::time::Instant::now();
-    let run = match super::host::session(ctx, &connect, rule, key.clone(), &script).await {
+    let secrets: Vec<&str> = access_key.iter().map(|k| k.secret.expose()).collect();
+    let run = match run_install(obj, ctx, facts, status, &script, "the OpsWorks agent").await {
         Ok(run) => run,
         Err(outcome) => return outcome,
     };
-    crate::failpoint::after("ssh:Install");
-    let secrets: Vec<&str> = access_key.iter().map(|k| k.secret.expose()).collect();
-    if status.host_key_fingerprint.is_none() {
-        status.host_key_fingerprint = Some(run.host_key_fingerprint.clone());
-    }
-    let tail = install::output_tail(&run.output, &secrets, TAIL_LINES, TAIL_BYTES);
-    let took = started.elapsed().as_secs_f64();
-    let said = |what: &str| {
-        if tail.is_empty() {
-            format!("{what} (after {took:.1}s; no output)")
-        } else {
-            format!("{what} (after {took:.1}s); output tail:\n{tail}")
-        }
-    };
-    match run.exit_status {
+    let said = |what: &str| run.said(what, &secrets);
+    match run.exit_status() {
         Some(0) => {
             status.agent_installed_at = Some(Time(Timestamp::now()));
             // The agent has the key now; the controller's copy goes (status keeps the key ID).
@@ -143,72 +94,187 @@ pub(super) async fn check(
             reasons::INSTALLER_CHECKSUM_MISMATCH,
             said("the installer tarball does not match spec.agentInstallerSha256; nothing was run"),
         )),
-        Some(install::EXIT_DOWNLOAD_FAILED) => Outcome::Retry(Observation::fails(
-            reasons::INSTALLER_DOWNLOAD_FAILED,
-            said("the host could not download the agent installer"),
-        )),
-        Some(install::EXIT_SUDO_DENIED) => Outcome::Blocked(Observation::fails(
-            reasons::SUDO_NOT_PERMITTED,
-            said(&format!(
-                "user {:?} may not run sudo without a password",
-                spec.username
-            )),
-        )),
-        // Only when the run in a pseudo-terminal got none (sshd refused it).
-        Some(install::EXIT_SUDO_NEEDS_TTY) => Outcome::Blocked(Observation::fails(
-            reasons::SUDO_REQUIRES_TTY,
-            said(&format!(
-                "sudo on the host runs only from a terminal (requiretty), and the host's sshd \
-                 gave the session none; add `Defaults:{user} !requiretty` to the host's sudoers, \
-                 or let sshd give {user:?} a terminal (PermitTTY yes)",
-                user = spec.username
-            )),
-        )),
         Some(install::EXIT_UNPACK_FAILED) => Outcome::Blocked(Observation::fails(
             reasons::INSTALLER_INVALID,
             said("the installer tarball is not an OpsWorks agent installer"),
         )),
-        Some(install::EXIT_HOST_UNSUITABLE) => Outcome::Blocked(Observation::fails(
-            reasons::HOST_UNSUITABLE,
-            said("the host lacks a tool the install needs"),
-        )),
-        Some(install::EXIT_INSTALL_IN_PROGRESS) => Outcome::Progressing(
-            Observation::unknown(
-                reasons::INSTALL_IN_PROGRESS,
-                said(&format!(
-                    "another install holds the host's install lock (one boot-registration at a \
-                     time); nothing was run; trying again in {}s",
-                    INSTALL_IN_PROGRESS_RETRY.as_secs()
-                )),
-            ),
-            INSTALL_IN_PROGRESS_RETRY,
-        ),
-        Some(install::EXIT_INSTALLER_FAILED) => Outcome::Blocked(Observation::fails(
-            reasons::INSTALLER_FAILED,
-            said(&match install::installer_status(&run.output) {
-                Some(code) => format!("the agent installer failed with exit status {code}"),
-                None => "the agent installer could not be run".to_owned(),
-            }),
-        )),
-        Some(install::EXIT_TIMED_OUT) => Outcome::Blocked(Observation::fails(
-            reasons::INSTALL_TIMEOUT,
-            said(&format!(
-                "the install did not finish within ssh.commandTimeoutSeconds ({}s); the host \
-                 stopped it",
-                spec.command_timeout_seconds
-            )),
-        )),
-        Some(code) => Outcome::Blocked(Observation::fails(
-            reasons::INSTALLER_FAILED,
-            said(&format!(
-                "the install script ended with exit status {code}, which is not one of its own"
-            )),
-        )),
-        None => Outcome::Blocked(Observation::fails(
-            reasons::INSTALLER_FAILED,
-            said("the install session ended without an exit status"),
-        )),
+        _ => run.failed(obj, &secrets, "the agent installer"),
     }
+}
+
+/// An install's run on the host: what it printed and how it ended.
+pub struct InstallRun {
+    run: crate::ssh::Run,
+    took: f64,
+}
+
+impl InstallRun {
+    /// The script's exit status.
+    pub fn exit_status(&self) -> Option<u32> {
+        self.run.exit_status
+    }
+
+    /// What the script printed.
+    pub fn output(&self) -> &[u8] {
+        &self.run.output
+    }
+
+    /// `what`, with how long the run took and the tail of its output (with `secrets` redacted),
+    /// for a condition message.
+    pub fn said(&self, what: &str, secrets: &[&str]) -> String {
+        let tail = install::output_tail(&self.run.output, secrets, TAIL_LINES, TAIL_BYTES);
+        let took = self.took;
+        if tail.is_empty() {
+            format!("{what} (after {took:.1}s; no output)")
+        } else {
+            format!("{what} (after {took:.1}s); output tail:\n{tail}")
+        }
+    }
+
+    /// The outcome of an exit status the install scripts of every service share (the script's
+    /// own failures); `program` names what the script ran, for messages.
+    pub fn failed(&self, obj: &InstanceRegistration, secrets: &[&str], program: &str) -> Outcome {
+        let spec = &obj.spec.ssh;
+        let said = |what: &str| self.said(what, secrets);
+        match self.run.exit_status {
+            Some(0) => Outcome::Done(Observation::holds(reasons::SUCCEEDED, said("finished"))),
+            Some(install::EXIT_CHECKSUM_MISMATCH) => Outcome::Blocked(Observation::fails(
+                reasons::INSTALLER_CHECKSUM_MISMATCH,
+                said("the download does not have the SHA-256 the spec requires; nothing was run"),
+            )),
+            Some(install::EXIT_DOWNLOAD_FAILED) => Outcome::Retry(Observation::fails(
+                reasons::INSTALLER_DOWNLOAD_FAILED,
+                said(&format!("the host could not download {program}")),
+            )),
+            Some(install::EXIT_SUDO_DENIED) => Outcome::Blocked(Observation::fails(
+                reasons::SUDO_NOT_PERMITTED,
+                said(&format!(
+                    "user {:?} may not run sudo without a password",
+                    spec.username
+                )),
+            )),
+            // Only when the run in a pseudo-terminal got none (sshd refused it).
+            Some(install::EXIT_SUDO_NEEDS_TTY) => Outcome::Blocked(Observation::fails(
+                reasons::SUDO_REQUIRES_TTY,
+                said(&format!(
+                    "sudo on the host runs only from a terminal (requiretty), and the host's sshd \
+                     gave the session none; add `Defaults:{user} !requiretty` to the host's sudoers, \
+                     or let sshd give {user:?} a terminal (PermitTTY yes)",
+                    user = spec.username
+                )),
+            )),
+            Some(install::EXIT_UNPACK_FAILED) => Outcome::Blocked(Observation::fails(
+                reasons::INSTALLER_INVALID,
+                said(&format!("{program} could not be unpacked")),
+            )),
+            Some(install::EXIT_HOST_UNSUITABLE) => Outcome::Blocked(Observation::fails(
+                reasons::HOST_UNSUITABLE,
+                said("the host lacks a tool the install needs"),
+            )),
+            Some(install::EXIT_INSTALL_IN_PROGRESS) => Outcome::Progressing(
+                Observation::unknown(
+                    reasons::INSTALL_IN_PROGRESS,
+                    said(&format!(
+                        "another install holds the host's install lock (one at a time); nothing \
+                         was run; trying again in {}s",
+                        INSTALL_IN_PROGRESS_RETRY.as_secs()
+                    )),
+                ),
+                INSTALL_IN_PROGRESS_RETRY,
+            ),
+            Some(install::EXIT_INSTALLER_FAILED) => Outcome::Blocked(Observation::fails(
+                reasons::INSTALLER_FAILED,
+                said(&match install::installer_status(&self.run.output) {
+                    Some(code) => format!("{program} failed with exit status {code}"),
+                    None => format!("{program} could not be run"),
+                }),
+            )),
+            Some(install::EXIT_TIMED_OUT) => Outcome::Blocked(Observation::fails(
+                reasons::INSTALL_TIMEOUT,
+                said(&format!(
+                    "the install did not finish within ssh.commandTimeoutSeconds ({}s); the host \
+                     stopped it",
+                    spec.command_timeout_seconds
+                )),
+            )),
+            Some(code) => Outcome::Blocked(Observation::fails(
+                reasons::INSTALLER_FAILED,
+                said(&format!(
+                    "the install script ended with exit status {code}, which is not one of its own"
+                )),
+            )),
+            None => Outcome::Blocked(Observation::fails(
+                reasons::INSTALLER_FAILED,
+                said("the install session ended without an exit status"),
+            )),
+        }
+    }
+}
+
+/// Runs an install `script` on the host the earlier steps resolved, over one SSH session with
+/// its host key checked, after recording on status that an install started (so that a restart
+/// knows a registration of this object's may exist, and a pass working from an old copy cannot
+/// install a second time). `agent` names what is installed, for the log.
+pub async fn run_install(
+    obj: &InstanceRegistration,
+    ctx: &Context,
+    facts: &mut Facts,
+    status: &mut InstanceRegistrationStatus,
+    script: &str,
+    agent: &str,
+) -> Result<InstallRun, Outcome> {
+    let (Some(target), Some(key)) = (&facts.target, &facts.ssh_key) else {
+        return Err(Outcome::Blocked(Observation::fails(
+            reasons::WAITING,
+            "the host or the SSH key is not resolved",
+        )));
+    };
+    let spec = &obj.spec.ssh;
+    let (mut connect, rule) = super::host::connection(obj, target, status)?;
+    // sudo's requiretty: the script is run again in a pseudo-terminal.
+    connect.tty_retry_status = Some(install::EXIT_SUDO_NEEDS_TTY);
+    let host = connect.host.clone();
+    if status.host_key_fingerprint.is_none()
+        && spec.host_key_policy == HostKeyPolicy::TrustOnFirstUse
+    {
+        // The host step records the key before anything is installed; without a record the
+        // install would accept any key.
+        return Err(Outcome::Blocked(Observation::fails(
+            reasons::WAITING,
+            "the host key was not recorded on first use yet",
+        )));
+    }
+    let key = key.clone();
+
+    // Recorded before the install starts, conditional on the version this pass works from: the
+    // install runs only if no newer status exists (a pass on an old copy could otherwise install
+    // a second time), and a restart during the install knows that a registration of this
+    // object's may exist (so it is never taken for someone else's and adopted).
+    let started_at = status.install_started_at.replace(Time(Timestamp::now()));
+    let adopted = std::mem::take(&mut status.adopted);
+    if let Err(problem) =
+        crate::controller::checkpoint(ctx, obj, status, &mut facts.resource_version).await
+    {
+        status.install_started_at = started_at;
+        status.adopted = adopted;
+        return Err(Outcome::Retry(Observation::fails(
+            reasons::KUBERNETES_API_ERROR,
+            format!("recording the install's start before running it: {problem}"),
+        )));
+    }
+
+    info!(name = %obj.name_any(), host = %host, port = spec.port, "installing {agent}");
+    let started = std::time::Instant::now();
+    let run = super::host::session(ctx, &connect, rule, key, script).await?;
+    crate::failpoint::after("ssh:Install");
+    facts.installed_now = true;
+    if status.host_key_fingerprint.is_none() {
+        status.host_key_fingerprint = Some(run.host_key_fingerprint.clone());
+    }
+    Ok(InstallRun {
+        run,
+        took: started.elapsed().as_secs_f64(),
+    })
 }
 
 /// The script's inputs, as the CLI builds them: `stack_id`, every provisioning parameter, the

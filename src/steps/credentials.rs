@@ -12,19 +12,14 @@
 //! - the inline policy is renewed when it has less than 10 minutes left, so a retried install
 //!   does not fail on a policy that expired while the host was unreachable.
 
-use std::collections::BTreeMap;
-
 use aws_sdk_iam::types::Tag;
-use k8s_openapi::ByteString;
-use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
-use kube::api::{ObjectMeta, Patch, PatchParams};
-use kube::{Api, Resource, ResourceExt};
+use kube::ResourceExt;
 
 use super::{AccessKey, Facts, Outcome};
 use crate::aws::{self, Kind, Sensitive};
 use crate::conditions::{Observation, reasons};
-use crate::controller::{Context, FIELD_MANAGER};
+use crate::controller::Context;
 use crate::failpoint;
 use crate::resource::{InstanceRegistration, InstanceRegistrationStatus};
 
@@ -150,12 +145,7 @@ fn percent_decode(text: &str) -> String {
 
 /// The name of the Secret that holds the access key until the install succeeds.
 pub fn credentials_secret_name(obj: &InstanceRegistration) -> String {
-    let name = format!("{}-opsworks-access-key", obj.name_any());
-    if name.len() <= 253 {
-        name
-    } else {
-        format!("ir-{}-opsworks-access-key", obj.uid().unwrap_or_default())
-    }
+    super::handoff::secret_name(obj, "opsworks-access-key")
 }
 
 pub(super) async fn check(
@@ -516,19 +506,7 @@ async fn ensure_policy(
 /// Deletes the Secret that holds the agent's secret access key (done once the agent has it, and
 /// on deletion). A Secret already gone is fine.
 pub async fn forget_secret(ctx: &Context, obj: &InstanceRegistration) -> Result<bool, String> {
-    let secrets: Api<Secret> =
-        Api::namespaced(ctx.client.clone(), &obj.namespace().unwrap_or_default());
-    match secrets
-        .delete(&credentials_secret_name(obj), &Default::default())
-        .await
-    {
-        Ok(_) => Ok(true),
-        Err(kube::Error::Api(s)) if s.code == 404 => Ok(false),
-        Err(e) => Err(format!(
-            "deleting the access key Secret: {}",
-            crate::kube_error_summary(&e)
-        )),
-    }
+    super::handoff::forget(ctx, obj, &credentials_secret_name(obj)).await
 }
 
 /// The user's one access key, with its secret half from the credentials Secret; any key the
@@ -541,20 +519,15 @@ async fn ensure_access_key(
     made_now: bool,
 ) -> Result<AccessKey, Outcome> {
     let iam = &ctx.aws.iam;
-    let namespace = obj.namespace().unwrap_or_default();
-    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
     let secret_name = credentials_secret_name(obj);
     let (stored, in_iam) = if made_now {
         (None, Vec::new())
     } else {
-        let stored = secrets
-            .get_opt(&secret_name)
-            .await
-            .map_err(|e| kube_retry(&format!("reading Secret {secret_name:?}"), &e))?
-            .and_then(|s| {
-                let data = s.data?;
-                let id = String::from_utf8(data.get(KEY_ID)?.0.clone()).ok()?;
-                let secret = String::from_utf8(data.get(KEY_SECRET)?.0.clone()).ok()?;
+        let stored = super::handoff::read(ctx, obj, &secret_name)
+            .await?
+            .and_then(|data| {
+                let id = data.get(KEY_ID)?.clone();
+                let secret = data.get(KEY_SECRET)?.clone();
                 (!id.is_empty() && !secret.is_empty()).then(|| AccessKey {
                     id,
                     secret: Sensitive::new(secret),
@@ -607,60 +580,16 @@ async fn ensure_access_key(
         id: made.access_key_id().to_owned(),
         secret: Sensitive::new(made.secret_access_key()),
     };
-    let secret = Secret {
-        metadata: ObjectMeta {
-            name: Some(secret_name.clone()),
-            namespace: Some(namespace),
-            labels: Some(BTreeMap::from([
-                (
-                    "app.kubernetes.io/managed-by".to_owned(),
-                    FIELD_MANAGER.to_owned(),
-                ),
-                (
-                    "registrar.dev/instance-registration".to_owned(),
-                    truncate_label(&obj.name_any()),
-                ),
-            ])),
-            owner_references: obj.controller_owner_ref(&()).map(|r| vec![r]),
-            ..Default::default()
-        },
-        type_: Some("Opaque".to_owned()),
-        data: Some(BTreeMap::from([
-            (KEY_ID.to_owned(), ByteString(key.id.clone().into_bytes())),
-            (
-                KEY_SECRET.to_owned(),
-                ByteString(key.secret.expose().as_bytes().to_vec()),
-            ),
-        ])),
-        ..Default::default()
-    };
     // If this write fails the key is unusable; the next pass deletes it and makes another.
-    secrets
-        .patch(
-            &secret_name,
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&secret),
-        )
-        .await
-        .map_err(|e| kube_retry(&format!("writing Secret {secret_name:?}"), &e))?;
+    super::handoff::write(
+        ctx,
+        obj,
+        &secret_name,
+        &[(KEY_ID, &key.id), (KEY_SECRET, key.secret.expose())],
+    )
+    .await?;
     failpoint::after("kube:WriteCredentialsSecret");
     Ok(key)
-}
-
-fn truncate_label(value: &str) -> String {
-    value
-        .chars()
-        .take(63)
-        .collect::<String>()
-        .trim_end_matches(['-', '_', '.'])
-        .to_owned()
-}
-
-fn kube_retry(what: &str, error: &kube::Error) -> Outcome {
-    Outcome::Retry(Observation::fails(
-        reasons::KUBERNETES_API_ERROR,
-        format!("{what}: {}", crate::kube_error_summary(error)),
-    ))
 }
 
 /// Deletes every IAM user this object made (keys, policies, group memberships, then the user),
@@ -764,7 +693,7 @@ pub async fn cleanup_iam(
         return Ok(deleted);
     }
     // The stack's group goes when no user is left in it.
-    let group = group_name(&obj.spec.stack_id);
+    let group = group_name(obj.spec.stack_id());
     match iam.get_group().group_name(&group).send().await {
         Ok(out) if out.users().is_empty() => {
             ctx.iam_groups.invalidate(&group);

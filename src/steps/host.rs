@@ -29,10 +29,10 @@ pub(super) async fn check(
     facts: &mut Facts,
     status: &mut InstanceRegistrationStatus,
 ) -> Outcome {
-    if let Some(existing) = &facts.existing {
+    if let Some(id) = facts.registered_as() {
         return Outcome::Done(Observation::holds(
             reasons::NOT_NEEDED,
-            format!("the host is registered as {}", existing.id),
+            format!("the host is registered as {id}"),
         ));
     }
     let (Some(target), Some(key)) = (facts.target.clone(), facts.ssh_key.clone()) else {
@@ -77,7 +77,9 @@ pub(super) async fn check(
         }
     );
     let identity = identity_of(obj, &target, status);
-    if identity.ec2_instance_id.is_none() && identity.hostname.is_none() {
+    // OpsWorks recognises its registration by hostname; Systems Manager by the node's ID.
+    let opsworks = matches!(obj.spec.service(), crate::resource::Service::OpsWorks(_));
+    if opsworks && identity.ec2_instance_id.is_none() && identity.hostname.is_none() {
         return Outcome::Blocked(Observation::fails(
             reasons::HOST_IDENTITY_UNKNOWN,
             format!(
@@ -108,7 +110,7 @@ pub(super) async fn check(
                 ));
             }
             Found::Taken(holder) => {
-                return Outcome::Blocked(taken(&identity, holder, &obj.spec.stack_id));
+                return Outcome::Blocked(taken(&identity, holder, obj.spec.stack_id()));
             }
             Found::Nothing | Found::Unknown => {}
         }
@@ -125,7 +127,7 @@ pub(super) async fn check(
 
 /// Whether this object started an install on the host (so a registration of the host may be one
 /// it made).
-pub(super) fn installed(status: &InstanceRegistrationStatus) -> bool {
+pub fn installed(status: &InstanceRegistrationStatus) -> bool {
     status.install_started_at.is_some() || status.agent_installed_at.is_some()
 }
 

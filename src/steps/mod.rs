@@ -8,6 +8,7 @@
 
 mod agent;
 mod credentials;
+pub mod handoff;
 mod host;
 pub mod identity;
 mod registered;
@@ -18,17 +19,20 @@ mod target;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-pub use target::registration_to_undo;
+pub use agent::{InstallRun, run_install};
+pub use host::installed;
+pub use target::{find_ec2, holder_of_the_same_host, registration_to_undo};
 
 pub use credentials::{
-    cleanup_iam, credentials_secret_name, forget_secret, inline_policy_expiry, policy_document_json,
+    OWNER_TAG, cleanup_iam, credentials_secret_name, forget_secret, inline_policy_expiry,
+    policy_document_json,
 };
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use crate::conditions::{self, Observation, reasons, types};
 use crate::controller::Context;
-use crate::resource::{InstanceRegistration, InstanceRegistrationStatus, Phase};
+use crate::resource::{InstanceRegistration, InstanceRegistrationStatus, Phase, Service};
 
 /// The steps, in the order they run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -44,15 +48,17 @@ pub enum Step {
     /// The host answers over SSH and says what it registers as (before anything is written in
     /// IAM; not needed for a host that is already registered).
     Host,
-    /// The IAM group, user, policy and access key the agent registers with.
+    /// What the agent registers with: the IAM group, user, policy and access key (OpsWorks), or
+    /// the hybrid activation (Systems Manager).
     Credentials,
     /// The agent installer ran on the host over SSH.
     Agent,
-    /// OpsWorks reports the instance registered.
+    /// The service reports the host registered (OpsWorks) or its node online (Systems
+    /// Manager).
     Registered,
 }
 
-/// The pipeline this build runs, in order. Reads come first and inputs are checked before
+/// The pipeline of an OpsWorks object, in order. Reads come first and inputs are checked before
 /// anything is written in AWS.
 pub const PIPELINE: &[Step] = &[
     Step::Stack,
@@ -63,6 +69,25 @@ pub const PIPELINE: &[Step] = &[
     Step::Agent,
     Step::Registered,
 ];
+
+/// The pipeline of a Systems Manager object: there is no stack; the rest is OpsWorks' with the
+/// service's own target, credentials (the activation), install and registration.
+pub const SSM_PIPELINE: &[Step] = &[
+    Step::Target,
+    Step::SshKey,
+    Step::Host,
+    Step::Credentials,
+    Step::Agent,
+    Step::Registered,
+];
+
+/// The pipeline `obj`'s service runs.
+pub fn pipeline(obj: &InstanceRegistration) -> &'static [Step] {
+    match obj.spec.service() {
+        Service::OpsWorks(_) => PIPELINE,
+        Service::SystemsManager(_) => SSM_PIPELINE,
+    }
+}
 
 impl Step {
     /// The condition this step reports.
@@ -87,31 +112,47 @@ impl Step {
         facts: &mut Facts,
         status: &mut InstanceRegistrationStatus,
     ) -> Outcome {
-        match self {
-            Step::Stack => stack::check(obj, ctx, facts).await,
-            Step::Target => target::check(obj, ctx, facts, status).await,
-            Step::SshKey => match &facts.existing {
+        let service = obj.spec.service();
+        match (self, service) {
+            (Step::Stack, _) => stack::check(obj, ctx, facts).await,
+            (Step::Target, Service::OpsWorks(_)) => target::check(obj, ctx, facts, status).await,
+            (Step::Target, Service::SystemsManager(ssm)) => {
+                crate::ssm::target::check(obj, ssm, ctx, facts, status).await
+            }
+            (Step::SshKey, _) => match facts.registered_as() {
                 // Installed by this object: the key did its work and is not needed while the
                 // host stays registered (the reason stays Succeeded: nothing changed).
-                Some(existing) if status.agent_installed_at.is_some() => {
+                Some(id) if status.agent_installed_at.is_some() => {
                     Outcome::Done(Observation::holds(
                         reasons::SUCCEEDED,
                         format!(
-                            "the agent was installed; not needed while the host is registered as {}",
-                            existing.id
+                            "the agent was installed; not needed while the host is registered as {id}"
                         ),
                     ))
                 }
-                Some(existing) => Outcome::Done(Observation::holds(
+                Some(id) => Outcome::Done(Observation::holds(
                     reasons::NOT_NEEDED,
-                    format!("the host is already registered as {}", existing.id),
+                    format!("the host is already registered as {id}"),
                 )),
                 None => ssh_key::check(obj, ctx, facts).await,
             },
-            Step::Host => host::check(obj, ctx, facts, status).await,
-            Step::Credentials => credentials::check(obj, ctx, facts, status).await,
-            Step::Agent => agent::check(obj, ctx, facts, status).await,
-            Step::Registered => registered::check(obj, ctx, facts, status).await,
+            (Step::Host, _) => host::check(obj, ctx, facts, status).await,
+            (Step::Credentials, Service::OpsWorks(_)) => {
+                credentials::check(obj, ctx, facts, status).await
+            }
+            (Step::Credentials, Service::SystemsManager(ssm)) => {
+                crate::ssm::activation::check(obj, ssm, ctx, facts, status).await
+            }
+            (Step::Agent, Service::OpsWorks(_)) => agent::check(obj, ctx, facts, status).await,
+            (Step::Agent, Service::SystemsManager(ssm)) => {
+                crate::ssm::agent::check(obj, ssm, ctx, facts, status).await
+            }
+            (Step::Registered, Service::OpsWorks(_)) => {
+                registered::check(obj, ctx, facts, status).await
+            }
+            (Step::Registered, Service::SystemsManager(ssm)) => {
+                crate::ssm::registered::check(obj, ssm, ctx, facts, status).await
+            }
         }
     }
 }
@@ -136,6 +177,22 @@ pub struct Facts {
     pub access_key: Option<AccessKey>,
     /// The SSH private key, once [`Step::SshKey`] read it.
     pub ssh_key: Option<std::sync::Arc<russh::keys::PrivateKey>>,
+    /// The host's managed node in Systems Manager, if it is listed (Systems Manager objects).
+    pub node: Option<crate::ssm::Node>,
+    /// The activation the agent registers with (Systems Manager, on-premises).
+    pub activation: Option<crate::ssm::Activation>,
+    /// Whether an install ran on the host in this pass.
+    pub installed_now: bool,
+}
+
+impl Facts {
+    /// What the host is registered as, if it is: its OpsWorks instance or its managed node.
+    pub fn registered_as(&self) -> Option<&str> {
+        self.existing
+            .as_ref()
+            .map(|i| i.id.as_str())
+            .or(self.node.as_ref().map(|n| n.id.as_str()))
+    }
 }
 
 /// An OpsWorks stack.
@@ -164,6 +221,19 @@ pub struct TargetFacts {
     pub ec2_instance_id: Option<String>,
     /// The address to connect to over SSH.
     pub address: String,
+    /// The EC2 instance's IAM instance profile (ARN), when the instance was looked up.
+    pub instance_profile: Option<String>,
+}
+
+impl TargetFacts {
+    /// An on-premises host at `address`.
+    pub fn on_premises(address: &str) -> Self {
+        Self {
+            ec2_instance_id: None,
+            address: address.to_owned(),
+            instance_profile: None,
+        }
+    }
 }
 
 /// An instance of the stack, as OpsWorks DescribeInstances reports it.

@@ -131,7 +131,7 @@ pub(super) async fn check(
         // The cached instance list no longer shows the layers.
         ctx.instances.invalidate(&super::target::stack_key(
             obj.spec.region.as_deref(),
-            &obj.spec.stack_id,
+            obj.spec.stack_id(),
         ));
         let list: Vec<&str> = missing.iter().map(|l| l.as_str()).collect();
         return Outcome::Progressing(

@@ -14,7 +14,7 @@ use crate::tenancy::Verdict;
 pub(super) async fn check(obj: &InstanceRegistration, ctx: &Context, facts: &mut Facts) -> Outcome {
     // Tenancy before anything else: an object may not even look at a stack its namespace may
     // not use, let alone write in it.
-    match ctx.tenancy.stack_verdict(obj) {
+    match ctx.tenancy.verdict(obj) {
         Verdict::Allowed => {}
         Verdict::Refused(message) => {
             return Outcome::Blocked(Observation::fails(reasons::STACK_NOT_ALLOWED, message));
@@ -23,7 +23,7 @@ pub(super) async fn check(obj: &InstanceRegistration, ctx: &Context, facts: &mut
             return Outcome::Retry(Observation::unknown(reasons::NAMESPACE_UNKNOWN, message));
         }
     }
-    let key = super::target::stack_key(obj.spec.region.as_deref(), &obj.spec.stack_id);
+    let key = super::target::stack_key(obj.spec.region.as_deref(), obj.spec.stack_id());
     // Shared by the objects of one stack for a short while: a fleet reconciled at once makes
     // one look-up, not one each.
     let facts_stack = match ctx.stacks.get_or_fetch(&key, || look_up(obj, ctx)).await {
@@ -50,7 +50,7 @@ pub(super) async fn look_up(
     obj: &InstanceRegistration,
     ctx: &Context,
 ) -> Result<StackFacts, Outcome> {
-    let stack_id = &obj.spec.stack_id;
+    let stack_id = obj.spec.stack_id();
     let opsworks = ctx.aws.opsworks(obj.spec.region.as_deref());
     let endpoint_region = obj
         .spec
@@ -113,7 +113,7 @@ pub(super) async fn look_up(
         )));
     }
     let facts_stack = StackFacts {
-        id: stack_id.clone(),
+        id: stack_id.to_owned(),
         name: stack.name().unwrap_or_default().to_owned(),
         arn: stack.arn().unwrap_or_default().to_owned(),
         region: stack.region().unwrap_or(endpoint_region).to_owned(),

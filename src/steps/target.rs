@@ -71,10 +71,7 @@ pub(super) async fn check(
     };
     let spec = &obj.spec;
     let resolved = match spec.infrastructure_class {
-        InfrastructureClass::OnPremises => TargetFacts {
-            ec2_instance_id: None,
-            address: spec.target.clone(),
-        },
+        InfrastructureClass::OnPremises => TargetFacts::on_premises(&spec.target),
         InfrastructureClass::Ec2 => match resolved_before(obj, status) {
             Some(t) => t,
             None => match resolve_ec2(ctx, &stack, &spec.target).await {
@@ -199,7 +196,7 @@ pub async fn registration_to_undo(
             false => "no install was started for this object: nothing to deregister".to_owned(),
         }));
     }
-    let key = stack_key(spec.region.as_deref(), &spec.stack_id);
+    let key = stack_key(spec.region.as_deref(), spec.stack_id());
     let stack = match ctx
         .stacks
         .get_or_fetch(&key, || super::stack::look_up(obj, ctx))
@@ -207,15 +204,12 @@ pub async fn registration_to_undo(
     {
         Ok(stack) => stack,
         Err(outcome) if outcome.observation().reason == reasons::STACK_NOT_FOUND => {
-            return Ok(Err(format!("stack {} is gone", spec.stack_id)));
+            return Ok(Err(format!("stack {} is gone", spec.stack_id())));
         }
         Err(outcome) => return Err(outcome.observation().message.clone()),
     };
     let resolved = match spec.infrastructure_class {
-        InfrastructureClass::OnPremises => TargetFacts {
-            ec2_instance_id: None,
-            address: spec.target.clone(),
-        },
+        InfrastructureClass::OnPremises => TargetFacts::on_premises(&spec.target),
         InfrastructureClass::Ec2 => match resolve_ec2(ctx, &stack, &spec.target).await {
             Ok(t) => t,
             // A terminated instance no longer resolves; its ID, when the target is one, is
@@ -223,6 +217,7 @@ pub async fn registration_to_undo(
             Err(_) if target_kind(&spec.target) == TargetKind::InstanceId => TargetFacts {
                 ec2_instance_id: Some(spec.target.clone()),
                 address: String::new(),
+                instance_profile: None,
             },
             Err(outcome)
                 if outcome.observation().status == ConditionStatus::False
@@ -263,7 +258,7 @@ pub async fn registration_to_undo(
 /// (created earlier; the namespace and name break a tie), as `namespace/name`. The same host:
 /// the same EC2 instance (as resolved, or the same target text) or the same on-premises target.
 /// Only objects that `may_hold` a host count (one whose namespace may not use the stack does not).
-fn holder_of_the_same_host(
+pub fn holder_of_the_same_host(
     obj: &InstanceRegistration,
     resolved: &TargetFacts,
     others: &[std::sync::Arc<InstanceRegistration>],
@@ -280,7 +275,7 @@ fn holder_of_the_same_host(
     others
         .iter()
         .filter(|o| o.metadata.uid != obj.metadata.uid)
-        .filter(|o| o.spec.stack_id == obj.spec.stack_id)
+        .filter(|o| same_registry(o, obj))
         .filter(|o| may_hold(o))
         .filter(|o| o.spec.infrastructure_class == obj.spec.infrastructure_class)
         .filter(|o| {
@@ -299,6 +294,17 @@ fn holder_of_the_same_host(
                 o.metadata.name.as_deref().unwrap_or_default()
             )
         })
+}
+
+/// Whether two objects register with the same place: the same OpsWorks stack, or Systems
+/// Manager in the same region.
+fn same_registry(a: &InstanceRegistration, b: &InstanceRegistration) -> bool {
+    use crate::resource::Service;
+    match (a.spec.service(), b.spec.service()) {
+        (Service::OpsWorks(x), Service::OpsWorks(y)) => x == y,
+        (Service::SystemsManager(x), Service::SystemsManager(y)) => x.region == y.region,
+        _ => false,
+    }
 }
 
 /// Whether two targets name the same host: DNS names compare without case and without the
@@ -367,6 +373,7 @@ fn resolved_before(
     Some(TargetFacts {
         ec2_instance_id: Some(status.ec2_instance_id.clone()?),
         address: status.address.clone()?,
+        instance_profile: None,
     })
 }
 
@@ -376,10 +383,20 @@ async fn resolve_ec2(
     stack: &super::StackFacts,
     target: &str,
 ) -> Result<TargetFacts, Outcome> {
-    let ec2 = ctx.aws.ec2(&stack.region);
+    find_ec2(ctx, &stack.region, stack.vpc_id.as_deref(), target).await
+}
+
+/// Finds the one EC2 instance `target` names in `region` (and `vpc`, when given).
+pub async fn find_ec2(
+    ctx: &Context,
+    region: &str,
+    vpc: Option<&str>,
+    target: &str,
+) -> Result<TargetFacts, Outcome> {
+    let ec2 = ctx.aws.ec2(region);
     let kind = target_kind(target);
     let mut request = ec2.describe_instances();
-    if let Some(vpc) = &stack.vpc_id {
+    if let Some(vpc) = vpc {
         request = request.filters(Filter::builder().name("vpc-id").values(vpc).build());
     }
     request = match kind {
@@ -401,7 +418,7 @@ async fn resolve_ec2(
             let failure = aws::classify(&e);
             return Err(match failure.code.as_deref() {
                 Some("InvalidInstanceID.NotFound") | Some("InvalidInstanceID.Malformed") => {
-                    not_found(stack, target)
+                    not_found(region, vpc, target)
                 }
                 _ => failure.outcome("ec2:DescribeInstances"),
             });
@@ -424,7 +441,7 @@ async fn resolve_ec2(
         })
         .collect();
     match matches.as_slice() {
-        [] => Err(not_found(stack, target)),
+        [] => Err(not_found(region, vpc, target)),
         [one] => {
             let id = one.instance_id().unwrap_or_default().to_owned();
             let address = match kind {
@@ -438,6 +455,10 @@ async fn resolve_ec2(
                 Some(address) => Ok(TargetFacts {
                     ec2_instance_id: Some(id),
                     address,
+                    instance_profile: one
+                        .iam_instance_profile()
+                        .and_then(|p| p.arn())
+                        .map(str::to_owned),
                 }),
                 None => Err(Outcome::Blocked(Observation::fails(
                     reasons::TARGET_HAS_NO_ADDRESS,
@@ -460,10 +481,10 @@ async fn resolve_ec2(
     }
 }
 
-fn not_found(stack: &super::StackFacts, target: &str) -> Outcome {
-    let scope = match &stack.vpc_id {
-        Some(vpc) => format!("in {} (VPC {vpc})", stack.region),
-        None => format!("in {}", stack.region),
+fn not_found(region: &str, vpc: Option<&str>, target: &str) -> Outcome {
+    let scope = match vpc {
+        Some(vpc) => format!("in {region} (VPC {vpc})"),
+        None => format!("in {region}"),
     };
     Outcome::Blocked(Observation::fails(
         reasons::TARGET_NOT_FOUND,
@@ -527,6 +548,7 @@ spec:
         let resolved = TargetFacts {
             ec2_instance_id: Some("i-0aaa".into()),
             address: "10.0.0.1".into(),
+            instance_profile: None,
         };
         let first = object("first", 100, "web", Some("i-0aaa"));
         let by_id = object("by-id", 150, "i-0aaa", Some("i-0aaa"));
@@ -549,7 +571,7 @@ spec:
         );
         // Another stack is another host.
         let mut other_stack = later.clone();
-        other_stack.spec.stack_id = "ffffffff-0000-4000-8000-000000000000".into();
+        other_stack.spec.stack_id = Some("ffffffff-0000-4000-8000-000000000000".into());
         assert_eq!(
             holder_of_the_same_host(&other_stack, &resolved, &all, any),
             None

@@ -1,0 +1,283 @@
+//! The credentials step of a Systems Manager object: the hybrid activation an on-premises host
+//! registers with. The service role must exist (`RoleNotFound` otherwise). One activation per
+//! object, registration limit 1, expiring after `systemsManager.activationLifetimeMinutes`,
+//! tagged with the object's UID. Its code is shown once, at creation: it is kept in a Secret
+//! owned by the object until the install (never in status, events or logs). An activation of
+//! this object's whose code that Secret does not hold (a restart between `CreateActivation` and
+//! the Secret's write), that expired or that was used is deleted before another is made, so at
+//! most one activation of an object exists at any time. EC2 instances need none.
+
+use aws_sdk_ssm::types::{DescribeActivationsFilter, DescribeActivationsFilterKeys, Tag};
+use aws_smithy_types::DateTime;
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use kube::ResourceExt;
+
+use super::Activation;
+use crate::aws::{self, Kind, Sensitive};
+use crate::conditions::{Observation, reasons};
+use crate::controller::Context;
+use crate::failpoint;
+use crate::resource::{
+    InfrastructureClass, InstanceRegistration, InstanceRegistrationStatus, SystemsManagerSpec,
+};
+use crate::steps::{Facts, Outcome, handoff};
+
+/// Keys of the activation Secret.
+const KEY_ID: &str = "activation_id";
+const KEY_CODE: &str = "activation_code";
+/// An activation with less time than this left is replaced rather than handed to an install.
+const MIN_LIFETIME_LEFT: SignedDuration = SignedDuration::from_mins(5);
+
+pub async fn check(
+    obj: &InstanceRegistration,
+    ssm: &SystemsManagerSpec,
+    ctx: &Context,
+    facts: &mut Facts,
+    status: &mut InstanceRegistrationStatus,
+) -> Outcome {
+    if obj.spec.infrastructure_class == InfrastructureClass::Ec2 {
+        return Outcome::Done(Observation::holds(
+            reasons::NOT_NEEDED,
+            "an EC2 instance's agent registers with the instance profile: no activation is made",
+        ));
+    }
+    if let Some(node) = &facts.node {
+        return Outcome::Done(Observation::holds(
+            reasons::NOT_NEEDED,
+            format!("the host is registered as {}", node.id),
+        ));
+    }
+    if status.agent_installed_at.is_some() {
+        return Outcome::Done(Observation::holds(
+            reasons::SUCCEEDED,
+            format!(
+                "activation {} was handed to the agent",
+                status.activation_id.as_deref().unwrap_or("?")
+            ),
+        ));
+    }
+    let Some(role) = ssm.service_role.as_deref() else {
+        return Outcome::Blocked(Observation::fails(
+            reasons::ROLE_NOT_FOUND,
+            "systemsManager.serviceRole is not set",
+        ));
+    };
+    let Some(uid) = obj.uid() else {
+        return Outcome::Retry(Observation::fails(
+            reasons::WAITING,
+            "the object has no UID yet",
+        ));
+    };
+    if let Err(e) = ctx.aws.iam.get_role().role_name(role).send().await {
+        let failure = aws::classify(&e);
+        return match failure.kind {
+            Kind::NotFound => Outcome::Blocked(Observation::fails(
+                reasons::ROLE_NOT_FOUND,
+                format!(
+                    "IAM role {role:?} (systemsManager.serviceRole) does not exist; create it \
+                     with a trust policy for ssm.amazonaws.com and the \
+                     AmazonSSMManagedInstanceCore policy"
+                ),
+            )),
+            _ => failure.outcome("iam:GetRole"),
+        };
+    }
+    let region = super::region(ctx, ssm).to_owned();
+    let client = ctx.aws.ssm(Some(&region));
+    let secret_name = super::activation_secret_name(obj);
+
+    // The one kept in the Secret, if it can still register the host.
+    let stored = match handoff::read(ctx, obj, &secret_name).await {
+        Ok(data) => data.and_then(|d| {
+            Some(Activation {
+                id: d.get(KEY_ID)?.clone(),
+                code: Sensitive::new(d.get(KEY_CODE)?.clone()),
+            })
+        }),
+        Err(outcome) => return outcome,
+    };
+    if let Some(stored) = stored {
+        let found = match ours(
+            ctx,
+            &region,
+            DescribeActivationsFilterKeys::ActivationIds,
+            &stored.id,
+            &uid,
+        )
+        .await
+        {
+            Ok(found) => found,
+            Err(outcome) => return outcome,
+        };
+        if let Some(listed) = found.iter().find(|a| usable(a)) {
+            let message = describe(listed, role);
+            status.activation_id = Some(stored.id.clone());
+            facts.activation = Some(stored);
+            return Outcome::Done(Observation::holds(reasons::SUCCEEDED, message));
+        }
+    }
+
+    // None usable: every activation of this object's goes, then a new one is made.
+    let found = match ours(
+        ctx,
+        &region,
+        DescribeActivationsFilterKeys::IamRole,
+        role,
+        &uid,
+    )
+    .await
+    {
+        Ok(found) => found,
+        Err(outcome) => return outcome,
+    };
+    for old in &found {
+        let id = old.activation_id().unwrap_or_default();
+        if let Err(e) = client.delete_activation().activation_id(id).send().await {
+            let failure = aws::classify(&e);
+            if failure.kind != Kind::NotFound {
+                return failure.outcome("ssm:DeleteActivation");
+            }
+        }
+    }
+    let lifetime = SignedDuration::from_mins(ssm.activation_lifetime_minutes.into());
+    let expires = Timestamp::now() + lifetime;
+    let name = ssm
+        .default_instance_name
+        .clone()
+        .unwrap_or_else(|| obj.name_any());
+    let owner = format!("{}/{}", obj.namespace().unwrap_or_default(), obj.name_any());
+    let mut tags = vec![tag(OWNER_UID, &uid), tag(super::OWNER_TAG, &owner)];
+    tags.extend(ssm.tags.iter().map(|t| tag(&t.key, &t.value)));
+    let created = client
+        .create_activation()
+        .iam_role(role)
+        .registration_limit(1)
+        .expiration_date(DateTime::from_secs(expires.as_second()))
+        .default_instance_name(name)
+        .description(format!("instance-registrar: {owner}"))
+        .set_tags(Some(tags))
+        .send()
+        .await;
+    let created = match created {
+        Ok(out) => out,
+        Err(e) => {
+            let failure = aws::classify(&e);
+            return match failure.kind {
+                Kind::Invalid => Outcome::Blocked(Observation::fails(
+                    reasons::AWS_REQUEST_REFUSED,
+                    format!("ssm:CreateActivation: {failure}"),
+                )),
+                _ => failure.outcome("ssm:CreateActivation"),
+            };
+        }
+    };
+    failpoint::after("ssm:CreateActivation");
+    let (Some(id), Some(code)) = (created.activation_id(), created.activation_code()) else {
+        return Outcome::Retry(Observation::fails(
+            reasons::AWS_UNAVAILABLE,
+            "ssm:CreateActivation returned no activation ID or code",
+        ));
+    };
+    let activation = Activation {
+        id: id.to_owned(),
+        code: Sensitive::new(code),
+    };
+    // If this write fails the activation is unusable; the next pass deletes it and makes another.
+    if let Err(outcome) = handoff::write(
+        ctx,
+        obj,
+        &secret_name,
+        &[
+            (KEY_ID, &activation.id),
+            (KEY_CODE, activation.code.expose()),
+        ],
+    )
+    .await
+    {
+        return outcome;
+    }
+    status.activation_id = Some(activation.id.clone());
+    let message = format!(
+        "activation {} for role {role}, for one registration until {}",
+        activation.id,
+        expires.strftime("%Y-%m-%dT%H:%M:%SZ")
+    );
+    facts.activation = Some(activation);
+    Outcome::Done(Observation::holds(reasons::SUCCEEDED, message))
+}
+
+/// The tag that names the object's UID.
+const OWNER_UID: &str = super::OWNER_UID_TAG;
+
+fn tag(key: &str, value: &str) -> Tag {
+    Tag::builder()
+        .key(key)
+        .value(value)
+        .build()
+        .expect("key and value are set")
+}
+
+/// The activations `key` = `value` selects in `region` that carry this object's UID tag.
+async fn ours(
+    ctx: &Context,
+    region: &str,
+    key: DescribeActivationsFilterKeys,
+    value: &str,
+    uid: &str,
+) -> Result<Vec<aws_sdk_ssm::types::Activation>, Outcome> {
+    let filter = DescribeActivationsFilter::builder()
+        .filter_key(key)
+        .filter_values(value)
+        .build();
+    let listed: Result<Vec<_>, _> = ctx
+        .aws
+        .ssm(Some(region))
+        .describe_activations()
+        .filters(filter)
+        .into_paginator()
+        .items()
+        .send()
+        .collect()
+        .await;
+    match listed {
+        Ok(list) => Ok(list
+            .into_iter()
+            .filter(|a| {
+                a.tags()
+                    .iter()
+                    .any(|t| t.key() == OWNER_UID && t.value() == uid)
+            })
+            .collect()),
+        Err(e) => {
+            let failure = aws::classify(&e);
+            if failure.kind == Kind::NotFound {
+                return Ok(Vec::new());
+            }
+            Err(failure.outcome("ssm:DescribeActivations"))
+        }
+    }
+}
+
+/// Whether an activation can still register the host: not expired, not used, and with time
+/// left for an install.
+fn usable(a: &aws_sdk_ssm::types::Activation) -> bool {
+    let left = a
+        .expiration_date()
+        .and_then(|t| Timestamp::from_second(t.secs()).ok())
+        .map(|t| t.duration_since(Timestamp::now()));
+    !a.expired()
+        && a.registrations_count().unwrap_or(0) < a.registration_limit().unwrap_or(1)
+        && left.is_some_and(|left| left > MIN_LIFETIME_LEFT)
+}
+
+fn describe(a: &aws_sdk_ssm::types::Activation, role: &str) -> String {
+    let until = a
+        .expiration_date()
+        .and_then(|t| Timestamp::from_second(t.secs()).ok())
+        .map(|t| t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string())
+        .unwrap_or_else(|| "?".to_owned());
+    format!(
+        "activation {} for role {role}, for one registration until {until}",
+        a.activation_id().unwrap_or_default()
+    )
+}

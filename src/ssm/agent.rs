@@ -1,0 +1,201 @@
+//! The install step of a Systems Manager object: over SSH, the agent setup tool
+//! (`ssm-setup-cli`, from `--ssm-setup-url`, checked against `systemsManager.agentSetupSha256`)
+//! registers an on-premises host with the object's activation, or installs and starts the agent
+//! on an EC2 instance where it does not run. The script and its exit statuses are
+//! [`crate::install`]'s; the SSH session, the install lock and the status checkpoint before the
+//! run are shared with OpsWorks ([`crate::steps::run_install`]).
+//!
+//! A host found registered already is never registered again: its node, when Systems Manager
+//! lists it in the region, is adopted (or recognised as this object's own, registered with its
+//! activation before a restart); otherwise it is `RegisteredElsewhere`.
+
+use std::time::Duration;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::ResourceExt;
+use tracing::warn;
+
+use crate::conditions::{Observation, reasons};
+use crate::controller::Context;
+use crate::install::{self, SsmMode, SsmPlan};
+use crate::resource::{
+    InfrastructureClass, InstanceRegistration, InstanceRegistrationStatus, SystemsManagerSpec,
+};
+use crate::steps::{Facts, Outcome, handoff};
+
+pub async fn check(
+    obj: &InstanceRegistration,
+    ssm: &SystemsManagerSpec,
+    ctx: &Context,
+    facts: &mut Facts,
+    status: &mut InstanceRegistrationStatus,
+) -> Outcome {
+    if let Some(at) = &status.agent_installed_at {
+        return Outcome::Done(Observation::holds(
+            reasons::SUCCEEDED,
+            format!("the agent setup finished at {}", at.0),
+        ));
+    }
+    if let Some(node) = &facts.node {
+        return Outcome::Done(Observation::holds(
+            reasons::NOT_NEEDED,
+            format!("the host is registered as {}", node.id),
+        ));
+    }
+    let region = super::region(ctx, ssm).to_owned();
+    let mode = match obj.spec.infrastructure_class {
+        InfrastructureClass::Ec2 => SsmMode::Install,
+        InfrastructureClass::OnPremises => {
+            let Some(activation) = &facts.activation else {
+                return Outcome::Blocked(Observation::fails(
+                    reasons::WAITING,
+                    "no activation for the agent",
+                ));
+            };
+            SsmMode::Register {
+                activation_id: activation.id.clone(),
+                activation_code: activation.code.clone(),
+                // The node recorded on status is not listed any more (the target step looked):
+                // the host may still say it is that node, and is registered again over it.
+                replace: status.managed_node_id.clone(),
+            }
+        }
+    };
+    let plan = SsmPlan {
+        setup_url: ctx.settings.ssm_setup_url.replace("{region}", &region),
+        setup_sha256: ssm.agent_setup_sha256.clone(),
+        region: region.clone(),
+        mode,
+        time_limit: Duration::from_secs(obj.spec.ssh.command_timeout_seconds.into()),
+    };
+    let script = match install::render_ssm(&plan) {
+        Ok(script) => script,
+        Err(e) => {
+            return Outcome::Blocked(Observation::fails(
+                reasons::INSTALLER_INVALID,
+                format!("--ssm-setup-url: {e}"),
+            ));
+        }
+    };
+    let code = facts.activation.as_ref().map(|a| a.code.clone());
+    let secrets: Vec<&str> = code.iter().map(|c| c.expose()).collect();
+    let run =
+        match crate::steps::run_install(obj, ctx, facts, status, &script, "the SSM agent").await {
+            Ok(run) => run,
+            Err(outcome) => return outcome,
+        };
+    let said = |what: &str| run.said(what, &secrets);
+    let already = install::marked(run.output(), install::SSM_REGISTERED_ALREADY_MARKER);
+    match run.exit_status() {
+        Some(0) => {
+            if obj.spec.infrastructure_class == InfrastructureClass::OnPremises {
+                match install::marked(run.output(), install::SSM_NODE_MARKER) {
+                    Some(node) if super::is_managed_node_id(&node) => {
+                        status.managed_node_id = Some(node);
+                    }
+                    other => {
+                        return Outcome::Blocked(Observation::fails(
+                            reasons::INSTALLER_FAILED,
+                            said(&format!(
+                                "the setup tool finished, and the host's registration file names \
+                                 {}",
+                                match other {
+                                    Some(_) => "something that is not a managed node ID",
+                                    None => "no managed node",
+                                }
+                            )),
+                        ));
+                    }
+                }
+            }
+            status.agent_installed_at = Some(Time(Timestamp::now()));
+            // The activation was used: its code is of no more use to anyone.
+            if let Err(problem) =
+                handoff::forget(ctx, obj, &super::activation_secret_name(obj)).await
+            {
+                warn!(name = %obj.name_any(), %problem, "could not delete the activation Secret yet");
+            }
+            Outcome::Done(Observation::holds(
+                reasons::SUCCEEDED,
+                said(&match &status.managed_node_id {
+                    Some(node)
+                        if obj.spec.infrastructure_class == InfrastructureClass::OnPremises =>
+                    {
+                        format!("the agent setup registered the host as {node}")
+                    }
+                    _ => "the agent setup finished".to_owned(),
+                }),
+            ))
+        }
+        Some(install::EXIT_INSTALLER_FAILED)
+            if install::installer_status(run.output())
+                == Some(install::SSM_EXIT_REGISTERED_ALREADY) =>
+        {
+            let node = already.unwrap_or_default();
+            registered_already(ctx, &region, &node, status, facts, &said).await
+        }
+        _ => run.failed(obj, &secrets, "ssm-setup-cli"),
+    }
+}
+
+/// The host said it is registered as `node` already (nothing was run): adopted if Systems
+/// Manager lists that node in `region` (this object's own if it registered with the object's
+/// activation), else reported.
+async fn registered_already(
+    ctx: &Context,
+    region: &str,
+    node: &str,
+    status: &mut InstanceRegistrationStatus,
+    facts: &mut Facts,
+    said: &(dyn Fn(&str) -> String + Sync),
+) -> Outcome {
+    if !super::is_managed_node_id(node) {
+        return Outcome::Blocked(Observation::fails(
+            reasons::REGISTERED_ELSEWHERE,
+            said(
+                "the host's registration file names something that is not a managed node ID; nothing was run",
+            ),
+        ));
+    }
+    let listed = match super::find_node(ctx, region, "InstanceIds", node).await {
+        Ok(listed) => listed,
+        Err(outcome) => return outcome,
+    };
+    let Some(listed) = listed else {
+        return Outcome::Blocked(Observation::fails(
+            reasons::REGISTERED_ELSEWHERE,
+            said(&format!(
+                "the host is registered with Systems Manager as {node}, which {region} does not \
+                 list (another account or region, or deregistered); it is not registered again: \
+                 deregister it there, or remove {} on the host",
+                install::SSM_REGISTRATION_FILE
+            )),
+        ));
+    };
+    let ours = listed.activation_id.is_some() && listed.activation_id == status.activation_id;
+    status.managed_node_id = Some(listed.id.clone());
+    status.adopted = !ours;
+    if ours {
+        status.agent_installed_at = Some(Time(Timestamp::now()));
+    }
+    let message = format!(
+        "the host is registered as {} ({}){}",
+        listed.id,
+        listed.ping_status,
+        if ours {
+            ", with this object's activation"
+        } else {
+            "; adopted"
+        }
+    );
+    facts.node = Some(listed);
+    Outcome::Done(Observation::holds(
+        if ours {
+            reasons::SUCCEEDED
+        } else {
+            reasons::ADOPTED
+        },
+        message,
+    ))
+}

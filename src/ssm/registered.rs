@@ -1,0 +1,158 @@
+//! The registration step of a Systems Manager object: Systems Manager reports the node `Online`.
+//! Once it does, the activation (used, or never needed by an adopted node) is deleted with its
+//! Secret: registered nodes keep working without it. A node whose agent stops answering is
+//! `ConnectionLost` (or `Inactive`): reported, with Ready False. A node that was online and is no
+//! longer listed (deregistered behind the controller's back) is registered again, as OpsWorks'
+//! `InstanceGone`.
+
+use std::time::Duration;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+
+use crate::aws::{self, Kind};
+use crate::conditions::{Observation, reasons};
+use crate::controller::Context;
+use crate::resource::{InstanceRegistration, InstanceRegistrationStatus, SystemsManagerSpec};
+use crate::steps::{Facts, Outcome, handoff};
+
+/// How often a fresh install is looked at while the node comes online.
+const POLL: Duration = Duration::from_secs(1);
+
+pub async fn check(
+    obj: &InstanceRegistration,
+    ssm: &SystemsManagerSpec,
+    ctx: &Context,
+    facts: &mut Facts,
+    status: &mut InstanceRegistrationStatus,
+) -> Outcome {
+    let region = super::region(ctx, ssm).to_owned();
+    if facts.node.is_none() && facts.installed_now {
+        // Installed in this pass, after the target step looked: look again.
+        let id = status
+            .ec2_instance_id
+            .clone()
+            .or(status.managed_node_id.clone());
+        if let Some(id) = id {
+            match super::find_node(ctx, &region, "InstanceIds", &id).await {
+                Ok(node) => facts.node = node,
+                Err(outcome) => return outcome,
+            }
+        }
+    }
+    let Some(node) = facts.node.clone() else {
+        return not_listed(ctx, status);
+    };
+    match node.ping_status.as_str() {
+        "Online" => {}
+        "ConnectionLost" => {
+            return Outcome::Blocked(Observation::fails(
+                reasons::CONNECTION_LOST,
+                format!(
+                    "Systems Manager has not heard from the agent of node {} since {} \
+                     (PingStatus ConnectionLost): the host is down, the agent stopped, or it \
+                     cannot reach Systems Manager",
+                    node.id,
+                    node.last_ping.as_deref().unwrap_or("its registration")
+                ),
+            ));
+        }
+        "Inactive" => {
+            return Outcome::Blocked(Observation::fails(
+                reasons::INACTIVE,
+                format!("Systems Manager reports node {} as Inactive", node.id),
+            ));
+        }
+        other => {
+            return Outcome::Progressing(
+                Observation::unknown(
+                    reasons::REGISTERING,
+                    format!("node {} is {other:?}", node.id),
+                ),
+                POLL,
+            );
+        }
+    }
+    if status.registered_at.is_none() {
+        // First seen online: the activation has done its work (or was never needed).
+        if let Some(activation) = &status.activation_id
+            && let Err(e) = ctx
+                .aws
+                .ssm(Some(&region))
+                .delete_activation()
+                .activation_id(activation)
+                .send()
+                .await
+        {
+            let failure = aws::classify(&e);
+            if failure.kind != Kind::NotFound {
+                return failure.outcome("ssm:DeleteActivation");
+            }
+        }
+        if let Err(problem) = handoff::forget(ctx, obj, &super::activation_secret_name(obj)).await {
+            return Outcome::Retry(Observation::fails(
+                reasons::KUBERNETES_API_ERROR,
+                format!("node {} is online; {problem}", node.id),
+            ));
+        }
+        status.registered_at = Some(Time(Timestamp::now()));
+    }
+    Outcome::Done(Observation::holds(
+        reasons::SUCCEEDED,
+        format!("node {} is Online in {region}", node.id),
+    ))
+}
+
+/// Systems Manager does not list the host's node: gone after being online (registered again),
+/// or not yet online after the install (waited for, up to the registration timeout).
+fn not_listed(ctx: &Context, status: &mut InstanceRegistrationStatus) -> Outcome {
+    if status.registered_at.is_some() {
+        status.registered_at = None;
+        status.agent_installed_at = None;
+        status.install_started_at = None;
+        status.adopted = false;
+        // The node ID stays: the host still names it, and may be registered again over it.
+        return Outcome::Progressing(
+            Observation::fails(
+                reasons::INSTANCE_GONE,
+                format!(
+                    "Systems Manager no longer lists node {} (deregistered); registering the host again",
+                    status.managed_node_id.as_deref().unwrap_or("?")
+                ),
+            ),
+            POLL,
+        );
+    }
+    let Some(installed) = &status.agent_installed_at else {
+        return Outcome::Progressing(
+            Observation::unknown(reasons::WAITING, "the agent is not installed yet"),
+            POLL,
+        );
+    };
+    let waited = Timestamp::now().duration_since(installed.0).unsigned_abs();
+    let timeout = ctx.settings.registration_timeout;
+    if waited > timeout {
+        status.agent_installed_at = None;
+        return Outcome::Blocked(Observation::fails(
+            reasons::REGISTRATION_TIMEOUT,
+            format!(
+                "the agent was set up {}s ago and Systems Manager still does not list the node \
+                 (timeout {}s); the install will be tried again",
+                waited.as_secs(),
+                timeout.as_secs()
+            ),
+        ));
+    }
+    Outcome::Progressing(
+        Observation::unknown(
+            reasons::REGISTERING,
+            format!(
+                "the agent was set up at {}; waiting for Systems Manager to list the node online \
+                 (timeout {}s)",
+                installed.0,
+                timeout.as_secs()
+            ),
+        ),
+        POLL,
+    )
+}

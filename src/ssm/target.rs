@@ -1,0 +1,113 @@
+//! The target step of a Systems Manager object: the namespace may use the service role, the
+//! host is found (an EC2 instance in the Systems Manager region, which must have an instance
+//! profile), no earlier object names the same host, and the host's managed node, if Systems
+//! Manager lists it already, is looked up: by the node ID recorded on status, by the EC2
+//! instance ID, or (after a restart between the install and recording the node) by the
+//! activation this object made.
+
+use crate::conditions::{Observation, reasons};
+use crate::controller::Context;
+use crate::resource::{
+    InfrastructureClass, InstanceRegistration, InstanceRegistrationStatus, SystemsManagerSpec,
+};
+use crate::steps::{Facts, Outcome, TargetFacts};
+use crate::tenancy::Verdict;
+
+pub async fn check(
+    obj: &InstanceRegistration,
+    ssm: &SystemsManagerSpec,
+    ctx: &Context,
+    facts: &mut Facts,
+    status: &mut InstanceRegistrationStatus,
+) -> Outcome {
+    match ctx.tenancy.verdict(obj) {
+        Verdict::Allowed => {}
+        Verdict::Refused(message) => {
+            return Outcome::Blocked(Observation::fails(
+                reasons::SERVICE_ROLE_NOT_ALLOWED,
+                message,
+            ));
+        }
+        Verdict::Unknown(message) => {
+            return Outcome::Retry(Observation::unknown(reasons::NAMESPACE_UNKNOWN, message));
+        }
+    }
+    let region = super::region(ctx, ssm).to_owned();
+    let spec = &obj.spec;
+    let resolved = match spec.infrastructure_class {
+        InfrastructureClass::OnPremises => TargetFacts::on_premises(&spec.target),
+        InfrastructureClass::Ec2 => {
+            match crate::steps::find_ec2(ctx, &region, None, &spec.target).await {
+                Ok(t) => t,
+                Err(outcome) => return outcome,
+            }
+        }
+    };
+    let may_hold = |o: &InstanceRegistration| ctx.tenancy.may_hold(o);
+    if let Some(holder) =
+        crate::steps::holder_of_the_same_host(obj, &resolved, &ctx.store.state(), may_hold)
+    {
+        return Outcome::Blocked(Observation::fails(
+            reasons::CONFLICT,
+            format!(
+                "InstanceRegistration {holder} names the same host for Systems Manager in \
+                 {region} and was created first; this one does nothing while that one exists"
+            ),
+        ));
+    }
+    if let Some(id) = &resolved.ec2_instance_id
+        && resolved.instance_profile.is_none()
+    {
+        return Outcome::Blocked(Observation::fails(
+            reasons::NO_INSTANCE_PROFILE,
+            format!(
+                "EC2 instance {id} has no IAM instance profile, so its SSM agent cannot register \
+                 with Systems Manager; attach one whose role has the AmazonSSMManagedInstanceCore \
+                 policy"
+            ),
+        ));
+    }
+
+    let node = match (&resolved.ec2_instance_id, &status.managed_node_id) {
+        (Some(instance), _) => super::find_node(ctx, &region, "InstanceIds", instance).await,
+        (None, Some(node)) => super::find_node(ctx, &region, "InstanceIds", node).await,
+        // Installed with an activation of this object's, and the node not recorded: the
+        // restart came between the install and its status write.
+        (None, None) => match &status.activation_id {
+            Some(activation) if crate::steps::installed(status) => {
+                super::find_node(ctx, &region, "ActivationIds", activation).await
+            }
+            _ => Ok(None),
+        },
+    };
+    let node = match node {
+        Ok(node) => node,
+        Err(outcome) => return outcome,
+    };
+    let connect_to = spec
+        .ssh
+        .address
+        .clone()
+        .unwrap_or_else(|| resolved.address.clone());
+    let mut message = match &resolved.ec2_instance_id {
+        Some(id) => format!("EC2 instance {id} in {region}"),
+        None => format!("on-premises host {}", resolved.address),
+    };
+    if connect_to != resolved.address || spec.ssh.address.is_some() {
+        message += &format!(", connecting through {connect_to}");
+    }
+    if let Some(node) = &node {
+        message += &format!("; managed node {} ({})", node.id, node.ping_status);
+        status.managed_node_id = Some(node.id.clone());
+    }
+    status.ec2_instance_id = resolved.ec2_instance_id.clone();
+    status.address = Some(connect_to);
+    facts.target = Some(resolved);
+    facts.node = node;
+    let reason = if status.adopted {
+        reasons::ADOPTED
+    } else {
+        reasons::SUCCEEDED
+    };
+    Outcome::Done(Observation::holds(reason, message))
+}
