@@ -446,12 +446,17 @@ pub struct SsmPlan {
 const SSM_ENTRY: &str = r#"set -u
 dir=$1 mode=$2 region=$3 activation_id=${4:-} replace=${5:-}
 node_of() {
-  [ -f "@REGISTRATION@" ] || return 0
-  sed -n 's/.*"ManagedInstanceID"[[:space:]]*:[[:space:]]*"\([A-Za-z0-9-]*\)".*/\1/p' "@REGISTRATION@" | head -n 1
+  [ -f @REGISTRATION@ ] || return 0
+  sed -n 's/.*"ManagedInstanceID"[[:space:]]*:[[:space:]]*"\([A-Za-z0-9-]*\)".*/\1/p' @REGISTRATION@ | head -n 1
 }
+# An agent of this host's own: a process in this mount namespace (an agent in a container is
+# the container's) whose program is amazon-ssm-agent.
 agent_running() {
-  for exe in /proc/[0-9]*/exe; do
-    case $(readlink "$exe" 2>/dev/null) in */amazon-ssm-agent) return 0 ;; esac
+  own=$(readlink /proc/$$/ns/mnt 2>/dev/null)
+  for p in /proc/[0-9]*; do
+    case $(readlink "$p/exe" 2>/dev/null) in
+      */amazon-ssm-agent) [ "$(readlink "$p/ns/mnt" 2>/dev/null)" = "$own" ] && return 0 ;;
+    esac
   done
   return 1
 }
@@ -482,7 +487,7 @@ status=$?
 [ "$status" -eq 0 ] || exit "$status"
 node=$(node_of)
 if [ -z "$node" ] || [ "$node" = "$replace" ]; then
-  echo "instance-registrar: ssm-setup-cli finished, and @REGISTRATION@ names no new node"
+  echo "instance-registrar: ssm-setup-cli finished, and" @REGISTRATION@ "names no new node"
   exit 1
 fi
 echo "@NODE@$node"
@@ -490,13 +495,16 @@ echo "@NODE@$node"
 
 /// The script for a Systems Manager install, for `/bin/sh -s`.
 pub fn render_ssm(plan: &SsmPlan) -> Result<String, PlanError> {
-    render_ssm_with(plan, LOCK_PARENTS, KILL_AFTER)
+    render_ssm_with(plan, LOCK_PARENTS, KILL_AFTER, SSM_REGISTRATION_FILE)
 }
 
+/// [`render_ssm`] with the lock's parents, the grace and the registration file given (tests use
+/// their own).
 fn render_ssm_with(
     plan: &SsmPlan,
     lock_parents: &[&str],
     kill_after: Duration,
+    registration_file: &str,
 ) -> Result<String, PlanError> {
     let url = &plan.setup_url;
     if !(url.starts_with("https://") || url.starts_with("http://")) {
@@ -539,7 +547,7 @@ fn render_ssm_with(
         ),
     };
     let entry = SSM_ENTRY
-        .replace("@REGISTRATION@", SSM_REGISTRATION_FILE)
+        .replace("@REGISTRATION@", &shell_quote(registration_file))
         .replace("@ALREADY@", SSM_REGISTERED_ALREADY_MARKER)
         .replace("@EXIT_ALREADY@", &SSM_EXIT_REGISTERED_ALREADY.to_string())
         .replace("@NODE@", SSM_NODE_MARKER);
@@ -1081,6 +1089,222 @@ mod tests {
             assert!(text(&out).contains(says), "{}", text(&out));
             assert!(!host.file("ran").exists() && !host.downloaded());
         }
+    }
+
+    /// A host for the Systems Manager script: the download is `tool` (a shell script standing
+    /// in for ssm-setup-cli, run with the registration file's path in `$REG` and the host's
+    /// directory in `$HOST`), the registration file lives in the host's directory.
+    fn ssm_host(tool: &str) -> FakeHost {
+        let host = FakeHost::new("exit 0");
+        let reg = host.file("registration");
+        std::fs::write(
+            &host.tgz,
+            format!(
+                "#!/bin/sh\nREG={}\nHOST={}\n{tool}\n",
+                reg.display(),
+                host.dir.path().display()
+            ),
+        )
+        .unwrap();
+        write_exe(
+            &host.bin.join("curl"),
+            &format!(
+                "#!/bin/sh\nfor a; do last=$a; done\necho \"$last\" >>{}\nwhile [ \"$1\" != --output ]; do shift; done\ncp {} \"$2\"\n",
+                host.file("curl.log").display(),
+                host.tgz.display()
+            ),
+        );
+        host
+    }
+
+    /// The stand-in tool: records its arguments (the code apart, which goes to a file of its
+    /// own) and, when registering, writes the registration file.
+    const TOOL: &str = r#"for a; do
+  case $prev in -activation-code) printf '%s' "$a" >"$HOST/code-received"; prev=; continue ;; esac
+  printf '%s\n' "$a" >>"$HOST/tool-args"
+  prev=$a
+done
+case " $* " in
+  *" -register "*) printf '{"ManagedInstanceID":"mi-0123456789abcdef0","Region":"r"}' >"$REG" ;;
+esac"#;
+
+    const CODE: &str = "c0de'$(touch CANARY)`x`";
+
+    fn ssm_plan(mode: SsmMode) -> SsmPlan {
+        SsmPlan {
+            setup_url: "http://127.0.0.1:1/ssm/{platform}_{arch}/ssm-setup-cli".into(),
+            setup_sha256: None,
+            region: "eu-west-1".into(),
+            mode,
+            time_limit: Duration::from_secs(60),
+        }
+    }
+
+    fn register(replace: Option<&str>) -> SsmMode {
+        SsmMode::Register {
+            activation_id: "0b1c2d3e-aaaa-4bbb-8ccc-000000000001".into(),
+            activation_code: crate::aws::Sensitive::new(CODE),
+            replace: replace.map(str::to_owned),
+        }
+    }
+
+    fn run_ssm(host: &FakeHost, plan: &SsmPlan) -> std::process::Output {
+        let script = render_ssm_with(
+            plan,
+            &[host.locks.to_str().unwrap()],
+            Duration::from_secs(1),
+            host.file("registration").to_str().unwrap(),
+        )
+        .unwrap();
+        assert!(!script.contains(&format!("-activation-code {}", shell_quote(CODE))));
+        Command::new("/bin/sh")
+            .arg("-c")
+            .arg(script)
+            .env("PATH", &host.path)
+            .env("TMPDIR", host.dir.path())
+            .current_dir(host.dir.path())
+            .output()
+            .unwrap()
+    }
+
+    #[test]
+    fn an_ssm_registration_passes_the_code_intact_and_reports_the_node() {
+        let host = ssm_host(TOOL);
+        let out = run_ssm(&host, &ssm_plan(register(None)));
+        let said = text(&out);
+        assert_eq!(out.status.code(), Some(0), "{said}");
+        assert_eq!(
+            std::fs::read_to_string(host.file("code-received")).unwrap(),
+            CODE
+        );
+        let args = std::fs::read_to_string(host.file("tool-args")).unwrap();
+        assert_eq!(
+            args.lines().collect::<Vec<_>>(),
+            [
+                "-register",
+                "-activation-code",
+                "-activation-id",
+                "0b1c2d3e-aaaa-4bbb-8ccc-000000000001",
+                "-region",
+                "eu-west-1"
+            ]
+        );
+        assert_eq!(
+            marked(&out.stdout, SSM_NODE_MARKER).as_deref(),
+            Some("mi-0123456789abcdef0")
+        );
+        assert!(!said.contains("c0de"), "{said}");
+        assert!(!host.file("CANARY").exists());
+        assert!(host.leftovers().is_empty(), "{:?}", host.leftovers());
+        // The URL's placeholders were filled in on the host, from a fixed set.
+        let url = std::fs::read_to_string(host.file("curl.log")).unwrap();
+        let platform = if Command::new("sh")
+            .args(["-c", "command -v dpkg"])
+            .output()
+            .unwrap()
+            .status
+            .success()
+        {
+            "debian"
+        } else {
+            "linux"
+        };
+        assert!(
+            url.trim()
+                .starts_with(&format!("http://127.0.0.1:1/ssm/{platform}_")),
+            "{url}"
+        );
+        assert!(!url.contains('{'), "{url}");
+    }
+
+    #[test]
+    fn a_host_registered_already_is_reported_and_the_tool_never_runs() {
+        let host = ssm_host(TOOL);
+        std::fs::write(
+            host.file("registration"),
+            r#"{"ManagedInstanceID":"mi-00000000000000001","Region":"us-west-2"}"#,
+        )
+        .unwrap();
+        let out = run_ssm(&host, &ssm_plan(register(Some("mi-0123456789abcdef0"))));
+        assert_eq!(
+            out.status.code(),
+            Some(EXIT_INSTALLER_FAILED as i32),
+            "{}",
+            text(&out)
+        );
+        assert_eq!(
+            installer_status(&out.stdout),
+            Some(SSM_EXIT_REGISTERED_ALREADY)
+        );
+        assert_eq!(
+            marked(&out.stdout, SSM_REGISTERED_ALREADY_MARKER).as_deref(),
+            Some("mi-00000000000000001")
+        );
+        assert!(!host.file("tool-args").exists(), "the setup tool ran");
+    }
+
+    #[test]
+    fn the_objects_own_gone_node_is_registered_again_over_it() {
+        let host = ssm_host(&format!(
+            "{TOOL}\nprintf '{{\"ManagedInstanceID\":\"mi-0000000000000000f\"}}' >\"$REG\""
+        ));
+        std::fs::write(
+            host.file("registration"),
+            r#"{"ManagedInstanceID":"mi-00000000000000001","Region":"eu-west-1"}"#,
+        )
+        .unwrap();
+        let out = run_ssm(&host, &ssm_plan(register(Some("mi-00000000000000001"))));
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+        let args = std::fs::read_to_string(host.file("tool-args")).unwrap();
+        assert!(args.lines().any(|a| a == "-override"), "{args}");
+        assert_eq!(
+            marked(&out.stdout, SSM_NODE_MARKER).as_deref(),
+            Some("mi-0000000000000000f")
+        );
+    }
+
+    #[test]
+    fn an_ssm_install_runs_the_tool_to_install_only() {
+        let host = ssm_host(TOOL);
+        let out = run_ssm(&host, &ssm_plan(SsmMode::Install));
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+        let args = std::fs::read_to_string(host.file("tool-args")).unwrap();
+        assert_eq!(
+            args.lines().collect::<Vec<_>>(),
+            ["-install", "-region", "eu-west-1"]
+        );
+        assert!(!host.file("registration").exists());
+    }
+
+    #[test]
+    fn the_ssm_script_parses_and_quotes_every_hostile_value() {
+        for value in HOSTILE {
+            let plan = SsmPlan {
+                setup_url: format!("https://x.invalid/{{platform}}/{value}"),
+                setup_sha256: Some(value.to_string()),
+                region: value.to_string(),
+                mode: SsmMode::Register {
+                    activation_id: value.to_string(),
+                    activation_code: crate::aws::Sensitive::new(*value),
+                    replace: Some(value.to_string()),
+                },
+                time_limit: Duration::from_secs(60),
+            };
+            let script = render_ssm(&plan).unwrap();
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("script.sh");
+            std::fs::write(&path, &script).unwrap();
+            let out = Command::new("sh").arg("-n").arg(&path).output().unwrap();
+            assert!(out.status.success(), "{value:?}: {out:?}");
+            assert!(script.contains(&shell_quote(value)), "{value:?}");
+        }
+        assert_eq!(
+            render_ssm(&SsmPlan {
+                setup_url: "file:///etc/passwd".into(),
+                ..ssm_plan(SsmMode::Install)
+            }),
+            Err(PlanError::InstallerUrl)
+        );
     }
 
     #[test]
