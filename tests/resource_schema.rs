@@ -463,7 +463,7 @@ fn the_examples_are_accepted() {
         .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
         .collect();
     names.sort();
-    assert!(names.len() >= 3);
+    assert!(names.len() >= 5);
     for path in names {
         let out = cp.kubectl(&[
             "apply",
@@ -542,4 +542,77 @@ fn kubectl_explain_explains_the_fields_and_get_shows_the_columns() {
         header.contains("READY") && !header.contains("STACK"),
         "{header}"
     );
+}
+
+/// The service cannot be swapped, and a Systems Manager object's region and service role cannot
+/// be added, changed or removed: the node was registered there, for that role, and deleting the
+/// object must find it.
+#[test]
+fn the_service_and_the_systems_manager_region_and_role_are_fixed_after_create() {
+    let cp = ControlPlane::shared();
+    let ns = create_namespace(cp, "immutable-ssm");
+    let opsworks = manifest(&ns, "svc", "key");
+    assert_eq!(apply(cp, &opsworks), (true, String::new()));
+    let to_ssm = edit(
+        &opsworks,
+        &format!("  stackId: {STACK}\n"),
+        "  systemsManager:\n    region: us-east-1\n",
+    );
+    let (accepted, stderr) = apply(cp, &to_ssm);
+    assert!(!accepted, "OpsWorks to Systems Manager accepted");
+    assert!(stderr.contains("the service is immutable"), "{stderr}");
+
+    let ssm = edit(
+        &edit(
+            &edit(
+                &manifest(&ns, "node", "key"),
+                &format!("  stackId: {STACK}\n"),
+                "  systemsManager:\n    serviceRole: RoleA\n    region: eu-west-1\n",
+            ),
+            "infrastructureClass: ec2",
+            "infrastructureClass: on-premises",
+        ),
+        "target: i-0123456789abcdef0",
+        "target: host-9.example.internal",
+    );
+    assert_eq!(apply(cp, &ssm), (true, String::new()));
+    let changes = [
+        (
+            "region changed",
+            edit(&ssm, "region: eu-west-1", "region: us-west-2"),
+            "systemsManager.region is immutable",
+        ),
+        (
+            "region removed",
+            edit(&ssm, "    region: eu-west-1\n", ""),
+            "systemsManager.region is immutable",
+        ),
+        (
+            "role changed",
+            edit(&ssm, "serviceRole: RoleA", "serviceRole: RoleB"),
+            "systemsManager.serviceRole is immutable",
+        ),
+        (
+            "back to OpsWorks",
+            edit(
+                &ssm,
+                "  systemsManager:\n    serviceRole: RoleA\n    region: eu-west-1\n",
+                &format!("  stackId: {STACK}\n"),
+            ),
+            "the service is immutable",
+        ),
+    ];
+    for (what, yaml, message) in changes {
+        let (accepted, stderr) = apply(cp, &yaml);
+        assert!(!accepted, "{what} accepted");
+        assert!(stderr.contains(message), "{what}: {stderr}");
+    }
+    // Its tags may change.
+    let tagged = edit(
+        &ssm,
+        "    region: eu-west-1\n",
+        "    region: eu-west-1\n    tags: [{key: team, value: a}]\n",
+    );
+    let (accepted, stderr) = apply(cp, &tagged);
+    assert!(accepted, "{stderr}");
 }
