@@ -394,6 +394,8 @@ fn the_deployment_runs_restricted_with_probes_and_the_controllers_settings() {
             "aws.endpoints.iam=http://127.0.0.1:2",
             "aws.endpoints.ec2=http://127.0.0.1:3",
             "aws.endpoints.sts=http://127.0.0.1:4",
+            "aws.endpoints.ssm=http://127.0.0.1:5",
+            "aws.ssmSetupUrl=http://127.0.0.1:6/{platform}_{arch}/ssm-setup-cli",
             "image.tag=dev",
         ]),
     );
@@ -413,6 +415,11 @@ fn the_deployment_runs_restricted_with_probes_and_the_controllers_settings() {
         ("AWS_ENDPOINT_URL_IAM", "http://127.0.0.1:2"),
         ("AWS_ENDPOINT_URL_EC2", "http://127.0.0.1:3"),
         ("AWS_ENDPOINT_URL_STS", "http://127.0.0.1:4"),
+        ("AWS_ENDPOINT_URL_SSM", "http://127.0.0.1:5"),
+        (
+            "REGISTRAR_SSM_SETUP_URL",
+            "http://127.0.0.1:6/{platform}_{arch}/ssm-setup-cli",
+        ),
     ] {
         assert_eq!(set.env_value(name).as_deref(), Some(value), "{name}");
     }
