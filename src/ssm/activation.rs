@@ -196,6 +196,7 @@ pub async fn check(
     {
         return outcome;
     }
+    failpoint::after("kube:WriteActivationSecret");
     status.activation_id = Some(activation.id.clone());
     let message = format!(
         "activation {} for role {role}, for one registration until {}",
