@@ -165,12 +165,15 @@ impl Injector {
         }
     }
 
+    /// Decides the faults of a call to `action`.
+    #[cfg(test)]
     pub fn decide(&mut self, action: &str) -> Decision {
         self.decide_any(&[action])
     }
 
-    /// As [`Injector::decide`], for a call that [`Faults::only_actions`] may name by any of
-    /// `names` (the proxy passes `CreateUser` and `iam:CreateUser`).
+    /// Decides the faults of a call that [`Faults::only_actions`] may name by any of `names`
+    /// (the proxy passes `CreateUser` and `iam:CreateUser`; the endpoint `DescribeInstances` and
+    /// `opsworks:DescribeInstances`).
     pub fn decide_any(&mut self, names: &[&str]) -> Decision {
         let f = &self.faults;
         if !f.only_actions.is_empty() && !f.only_actions.iter().any(|a| names.contains(&a.as_str()))
