@@ -7,5 +7,7 @@ mod common;
 mod conformance;
 mod faults;
 mod sdk;
+mod ssm_agent;
 mod ssm_conformance;
+mod ssm_sdk;
 mod standin;

@@ -97,7 +97,11 @@ fn required_members_are_enforced() {
             }
             let (status, v) = ssm_call(ep.url(), op.name, &Value::Object(body).to_string(), true);
             assert_eq!(status, 400, "{} without {left_out}: {v}", op.name);
-            assert_eq!(v["__type"], "ValidationException", "{} without {left_out}", op.name);
+            assert_eq!(
+                v["__type"], "ValidationException",
+                "{} without {left_out}",
+                op.name
+            );
             let camel = format!("{}{}", left_out[..1].to_lowercase(), &left_out[1..]);
             assert!(
                 v["message"]
@@ -252,8 +256,16 @@ async fn outputs_and_error_codes_follow_the_model() {
             json!({"Filters": [{"FilterValues": ["x"]}]}),
             "InvalidFilter",
         ),
-        ("DescribeActivations", json!({"NextToken": "nope"}), "InvalidNextToken"),
-        ("DeleteActivation", json!({"ActivationId": missing}), "InvalidActivationId"),
+        (
+            "DescribeActivations",
+            json!({"NextToken": "nope"}),
+            "InvalidNextToken",
+        ),
+        (
+            "DeleteActivation",
+            json!({"ActivationId": missing}),
+            "InvalidActivationId",
+        ),
         (
             "DescribeInstanceInformation",
             json!({"Filters": [{"Key": "Colour", "Values": ["x"]}]}),
