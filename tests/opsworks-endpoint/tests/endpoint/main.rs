@@ -10,4 +10,5 @@ mod sdk;
 mod ssm_agent;
 mod ssm_conformance;
 mod ssm_sdk;
+mod ssm_standin;
 mod standin;

@@ -209,11 +209,11 @@ async fn ping_status_follows_heartbeats() {
             .map(|i| i["InstanceId"].as_str().unwrap().to_owned())
             .collect::<Vec<_>>()
     };
-    assert_eq!(online("Online"), [id.clone()]);
+    assert_eq!(online("Online"), std::slice::from_ref(&id));
     // Heartbeats stop.
     std::thread::sleep(Duration::from_millis(1000));
     assert_eq!(status(&ep), "ConnectionLost");
-    assert_eq!(online("ConnectionLost"), [id.clone()]);
+    assert_eq!(online("ConnectionLost"), std::slice::from_ref(&id));
     assert!(online("Online").is_empty());
     // And come back.
     std::thread::sleep(Duration::from_millis(20));
