@@ -43,8 +43,10 @@ pub struct Faults {
     /// Rate of calls held without an answer until the faults are next set (see the module
     /// documentation).
     pub hang_rate: f64,
-    /// When not empty, faults apply only to these actions (e.g. `["DescribeInstances"]`). The
-    /// moto proxy ([`crate::proxy`]) also takes them qualified by service, e.g. `iam:CreateUser`.
+    /// When not empty, faults apply only to these actions (e.g. `["DescribeInstances"]`). They
+    /// may also be qualified by service: `opsworks:DescribeInstances` and
+    /// `ssm:DescribeActivations` for the endpoint, `iam:CreateUser` for the moto proxy
+    /// ([`crate::proxy`]).
     pub only_actions: Vec<String>,
     /// Seed of the random generator.
     pub seed: u64,

@@ -465,13 +465,23 @@ async fn create_activation(shared: &Shared, aws: &Aws, input: &Value) -> Result<
         }
     };
     if aws.iam_configured() {
+        // The role's name, with its path if it has one (`service-role/Name`, as the console's
+        // default role is given).
         let arn = format!("arn:aws:iam::{}:role/{iam_role}", shared.account_id);
-        let role = aws
-            .role(&iam_role)
-            .await
-            .map_err(|e| ApiError::new(500, "InternalServerError", e))?;
+        let name = iam_role.rsplit('/').next().unwrap_or_default();
+        let role = if name.is_empty() {
+            None
+        } else {
+            aws.role(name)
+                .await
+                .map_err(|e| ApiError::new(500, "InternalServerError", e))?
+        };
         // AWS's message when the role is missing or SSM may not assume it.
-        let trusted = role.is_some_and(|(_, trust)| trusts_ssm(&trust));
+        let trusted = role.is_some_and(|(role_arn, trust)| {
+            let path_matches =
+                !iam_role.contains('/') || role_arn.ends_with(&format!(":role/{iam_role}"));
+            path_matches && trusts_ssm(&trust)
+        });
         if !trusted {
             return Err(invalid_parameters(format!(
                 "Nonexistent role or missing ssm service principal in trust policy: {arn}"

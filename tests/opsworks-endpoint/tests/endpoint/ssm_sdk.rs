@@ -135,6 +135,27 @@ async fn activations_through_the_sdk() {
         .into_service_error();
     assert!(e.is_invalid_parameters(), "{e:?}");
 
+    // A role with a path, named with it or without.
+    let with_path = unique("SSMRoleWithPath");
+    iam()
+        .create_role()
+        .role_name(&with_path)
+        .path("/service-role/")
+        .assume_role_policy_document(
+            r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"Service":"ssm.amazonaws.com"},"Action":"sts:AssumeRole"}]}"#,
+        )
+        .send()
+        .await
+        .unwrap();
+    for (name, ok) in [
+        (format!("service-role/{with_path}"), true),
+        (with_path.clone(), true),
+        (format!("other-path/{with_path}"), false),
+    ] {
+        let r = client.create_activation().iam_role(&name).send().await;
+        assert_eq!(r.is_ok(), ok, "{name}: {r:?}");
+    }
+
     // Paging, with a filter.
     let role2 = ssm_role().await;
     let mut ids = Vec::new();
