@@ -9,6 +9,7 @@ mod faults;
 mod sdk;
 mod ssm_agent;
 mod ssm_conformance;
+mod ssm_local_env;
 mod ssm_sdk;
 mod ssm_standin;
 mod standin;
