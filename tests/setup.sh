@@ -89,8 +89,9 @@ done
 cache_root=${INSTANCE_REGISTRAR_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/instance-registrar}
 
 # moto's server (the AWS mock for IAM, EC2 and STS the OpsWorks-compatible endpoint checks
-# credentials against), pinned, in a venv of its own; and the OpsWorks service model from the
-# botocore 1.34.0 wheel (the last botocore line with OpsWorks), for the model-conformance tests.
+# credentials against), pinned, in a venv of its own; and the OpsWorks and Systems Manager (SSM)
+# service models from the botocore 1.34.0 wheel (the last botocore line with OpsWorks), for the
+# model-conformance tests.
 moto_version=5.2.5
 botocore_version=1.34.0
 python_dir="$cache_root/python"
@@ -114,34 +115,37 @@ if ! "$python_dir/bin/python" -c "import importlib.metadata as m, sys; sys.exit(
   "$python_dir/bin/python" -m pip install -q --disable-pip-version-check "moto[server]==$moto_version"
 fi
 model_dir="$cache_root/botocore-$botocore_version/opsworks/2013-02-18"
-if [ ! -s "$model_dir/service-2.json" ] || [ ! -s "$model_dir/waiters-2.json" ]; then
-  echo "setup.sh: extracting the OpsWorks service model from botocore $botocore_version" >&2
+ssm_model_dir="$cache_root/botocore-$botocore_version/ssm/2014-11-06"
+if [ ! -s "$model_dir/service-2.json" ] || [ ! -s "$model_dir/waiters-2.json" ] \
+   || [ ! -s "$ssm_model_dir/service-2.json" ]; then
+  echo "setup.sh: extracting the OpsWorks and SSM service models from botocore $botocore_version" >&2
   wheels="$cache_root/botocore-$botocore_version/wheel"
-  mkdir -p "$wheels" "$model_dir"
+  mkdir -p "$wheels" "$model_dir" "$ssm_model_dir"
   ls "$wheels"/botocore-"$botocore_version"-*.whl >/dev/null 2>&1 \
     || "$python_dir/bin/python" -m pip download -q --disable-pip-version-check --no-deps \
          --only-binary=:all: -d "$wheels" "botocore==$botocore_version"
-  "$python_dir/bin/python" - "$wheels" "$model_dir" <<'PY'
+  "$python_dir/bin/python" - "$wheels" "$model_dir" "$ssm_model_dir" <<'PY'
 import glob, gzip, os, sys, zipfile
-wheels, out = sys.argv[1], sys.argv[2]
+wheels, opsworks_out, ssm_out = sys.argv[1], sys.argv[2], sys.argv[3]
 (wheel,) = glob.glob(os.path.join(wheels, "botocore-*.whl"))
-prefix = "botocore/data/opsworks/2013-02-18/"
 with zipfile.ZipFile(wheel) as z:
     names = set(z.namelist())
-    for name in ("service-2.json", "waiters-2.json", "paginators-1.json"):
-        if prefix + name in names:
-            data = z.read(prefix + name)
-        elif prefix + name + ".gz" in names:
-            data = gzip.decompress(z.read(prefix + name + ".gz"))
-        else:
-            continue
-        tmp = os.path.join(out, name + ".partial")
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, os.path.join(out, name))
+    for prefix, out in (("botocore/data/opsworks/2013-02-18/", opsworks_out),
+                        ("botocore/data/ssm/2014-11-06/", ssm_out)):
+        for name in ("service-2.json", "waiters-2.json", "paginators-1.json"):
+            if prefix + name in names:
+                data = z.read(prefix + name)
+            elif prefix + name + ".gz" in names:
+                data = gzip.decompress(z.read(prefix + name + ".gz"))
+            else:
+                continue
+            tmp = os.path.join(out, name + ".partial")
+            with open(tmp, "wb") as f:
+                f.write(data)
+            os.replace(tmp, os.path.join(out, name))
 PY
 fi
-echo "setup.sh: moto_server in $python_dir/bin, OpsWorks model in $model_dir" >&2
+echo "setup.sh: moto_server in $python_dir/bin, OpsWorks model in $model_dir, SSM model in $ssm_model_dir" >&2
 
 # kube-apiserver, etcd and kubectl (minutes the first time, then cached).
 dir=$("$here/control-plane/build.sh")

@@ -1,5 +1,6 @@
 //! The AWS side of the tests and the demo: moto's server (IAM, EC2, STS) and the project's
-//! OpsWorks-compatible endpoint, on loopback, started once per test binary (or by the demo); SDK
+//! OpsWorks- and Systems Manager-compatible endpoint (which serves the SSM setup tool stand-in),
+//! on loopback, started once per test binary (or by the demo); SDK
 //! clients for setup and checks; and the environment that points a controller process at them (the standard
 //! `AWS_ENDPOINT_URL_<SERVICE>` settings, nothing test-only in the controller).
 //!
@@ -14,6 +15,7 @@ use aws_sdk_ec2::types::{
     Filter, IamInstanceProfileSpecification, InstanceType, ResourceType, Tag, TagSpecification,
 };
 use opsworks_endpoint::moto::{MotoOptions, MotoServer};
+use opsworks_endpoint::ssm_standin::SsmStandIn;
 use opsworks_endpoint::{
     CallSummary, Config, Endpoint, EndpointHandle, Faults, Proxy, ProxyConfig, ProxyHandle,
 };
@@ -24,11 +26,18 @@ pub const REGION: &str = "us-east-1";
 pub const ACCESS_KEY_ID: &str = "AKIAIOSFODNN7EXAMPLE";
 const SECRET_ACCESS_KEY: &str = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY";
 
+/// The environment variable that gives the controller the SSM setup tool's URL template
+/// (`{platform}` and `{arch}` placeholders).
+pub const SSM_SETUP_URL_ENV: &str = "REGISTRAR_SSM_SETUP_URL";
+
+/// The AWS managed policy the SSM service role of hybrid activations has attached.
+pub const SSM_MANAGED_INSTANCE_CORE: &str = "arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore";
+
 /// moto and the OpsWorks endpoint.
 pub struct AwsEnv {
     /// moto's server (IAM, EC2, STS).
     pub moto: MotoServer,
-    /// The OpsWorks-compatible endpoint.
+    /// The OpsWorks- and Systems Manager-compatible endpoint (one server, one URL).
     pub opsworks: EndpointHandle,
     /// The proxy in front of moto that the controller's IAM, EC2 and STS calls go through (only
     /// in [`AwsEnv::faulty`]; the tests' own clients always go straight to moto).
@@ -120,6 +129,8 @@ impl AwsEnv {
             ("AWS_ENDPOINT_URL_EC2", self.controller_aws_url().into()),
             ("AWS_ENDPOINT_URL_STS", self.controller_aws_url().into()),
             ("AWS_ENDPOINT_URL_OPSWORKS", self.opsworks.url().into()),
+            ("AWS_ENDPOINT_URL_SSM", self.opsworks.url().into()),
+            (SSM_SETUP_URL_ENV, self.opsworks.ssm_setup_url_template()),
             ("AWS_EC2_METADATA_DISABLED", "true".into()),
             ("AWS_CONFIG_FILE", "/dev/null".into()),
             ("AWS_SHARED_CREDENTIALS_FILE", "/dev/null".into()),
@@ -146,6 +157,10 @@ impl AwsEnv {
     /// An OpsWorks client for the tests' own setup and checks.
     pub fn opsworks_client(&self) -> aws_sdk_opsworks::Client {
         aws_sdk_opsworks::Client::new(&self.sdk_config(self.opsworks.url()))
+    }
+    /// A Systems Manager client (the endpoint) for the tests' own setup and checks.
+    pub fn ssm(&self) -> aws_sdk_ssm::Client {
+        aws_sdk_ssm::Client::new(&self.sdk_config(self.opsworks.url()))
     }
     /// An IAM client (moto).
     pub fn iam(&self) -> aws_sdk_iam::Client {
@@ -248,6 +263,67 @@ impl AwsEnv {
         ))
     }
 
+    /// Creates IAM role `name` (in moto) that Systems Manager may assume (the trust policy of
+    /// hybrid activations' service roles, for `ssm.amazonaws.com`), with
+    /// `AmazonSSMManagedInstanceCore` attached when moto has that policy; returns its ARN.
+    pub async fn create_ssm_service_role(&self, name: &str) -> String {
+        let iam = self.iam();
+        let trust = serde_json::json!({
+            "Version": "2012-10-17",
+            "Statement": [{
+                "Effect": "Allow",
+                "Principal": {"Service": "ssm.amazonaws.com"},
+                "Action": "sts:AssumeRole",
+            }],
+        });
+        let role = iam
+            .create_role()
+            .role_name(name)
+            .assume_role_policy_document(trust.to_string())
+            .send()
+            .await
+            .expect("CreateRole");
+        let arn = role.role().map(|r| r.arn().to_owned()).unwrap_or_default();
+        match iam
+            .attach_role_policy()
+            .role_name(name)
+            .policy_arn(SSM_MANAGED_INSTANCE_CORE)
+            .send()
+            .await
+        {
+            Ok(_) => {}
+            // moto loads no AWS managed policies unless asked to.
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|e| e.is_no_such_entity_exception()) => {}
+            Err(e) => panic!("AttachRolePolicy: {e:?}"),
+        }
+        arn
+    }
+
+    /// Creates IAM instance profile `name` (in moto) holding role `role` if given; returns its
+    /// ARN. For [`AwsEnv::try_run_instance`]'s EC2 instances with an instance profile.
+    pub async fn create_instance_profile(&self, name: &str, role: Option<&str>) -> String {
+        let iam = self.iam();
+        let out = iam
+            .create_instance_profile()
+            .instance_profile_name(name)
+            .send()
+            .await
+            .expect("CreateInstanceProfile");
+        if let Some(role) = role {
+            iam.add_role_to_instance_profile()
+                .instance_profile_name(name)
+                .role_name(role)
+                .send()
+                .await
+                .expect("AddRoleToInstanceProfile");
+        }
+        out.instance_profile()
+            .map(|p| p.arn().to_owned())
+            .unwrap_or_default()
+    }
+
     /// The IAM users (name, owner-uid tag) under the OpsWorks path whose name contains `needle`.
     pub async fn iam_users(&self, needle: &str) -> Vec<(String, Option<String>)> {
         let iam = self.iam();
@@ -347,6 +423,8 @@ pub fn start(managed_policy: bool) -> AwsEnv {
                 config
                     .known_credentials
                     .push((ACCESS_KEY_ID.into(), SECRET_ACCESS_KEY.into()));
+                // The SSM setup tool that REGISTRAR_SSM_SETUP_URL points at.
+                config.ssm_standin = Some(SsmStandIn::built());
                 let opsworks = Endpoint::start(config)?;
                 Ok::<_, String>(AwsEnv {
                     moto,

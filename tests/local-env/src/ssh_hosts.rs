@@ -7,7 +7,10 @@
 //! [`HOST_DIR_MOUNT`]: the sessions of that host, and whatever they run through sudo, see that
 //! host's files there, and no other host's (in the tests' own namespace the path is an empty
 //! directory). A directory of the host's own is bind-mounted at [`LOCK_DIR`] the same way, so
-//! that the install lock the controller's script takes there is one host's, as on real hosts.
+//! that the install lock the controller's script takes there is one host's, as on real hosts;
+//! and another at [`AMAZON_DIR`], where the SSM agent keeps its registration
+//! (`/var/lib/amazon/ssm/registration`), so that each host has its own, where the real agent
+//! keeps it.
 //!
 //! [`TTY_USER`] may log in too: the same keys, but sudo runs for it only from a terminal
 //! (`requiretty`).
@@ -21,6 +24,9 @@
 //! - `installer-exit-status`: the exit status it then fails with (1 when missing);
 //! - `preconfig-received.json`: the preconfig the installer was given, written by the stand-in;
 //! - `boot-registration.log`: one line per run of `boot-registration`, appended by the stand-in;
+//! - `ssm-setup.log`, `ssm-agent.log`, `ssm-agent.lock`, `ssm-agent-installed`: the SSM setup
+//!   tool's runs, the SSM agent daemon's output, its lock and PID, its installation (see
+//!   [`opsworks_endpoint::ssm_standin`]);
 //! - `canary`: must never exist; a shell injection that worked would create it.
 //!
 //! The host directory belongs to [`USER`] (mode 0755), so that the user's sessions, and root
@@ -30,7 +36,8 @@
 //! The sshd processes die with the process that started them, the test binary or the demo
 //! (`setpriv --pdeathsig KILL`, started from a thread that lives as long as the process), and
 //! with the [`SshHost`] value: dropping it, or
-//! [`SshHost::stop`], kills every process of the host (its sshd and all its sessions).
+//! [`SshHost::stop`], kills every process of the host (its sshd, all its sessions, and what they
+//! left running, such as the SSM agent daemon).
 
 use std::net::{Ipv4Addr, SocketAddrV4, TcpListener};
 use std::os::unix::fs::PermissionsExt;
@@ -40,6 +47,8 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
+
+use opsworks_endpoint::ssm_standin;
 
 use crate::control_plane::spawn_logged;
 
@@ -55,6 +64,9 @@ pub const HOST_DIR_MOUNT: &str = "/run/registrar-test-host";
 
 /// The system's lock directory; each host has its own (the install lock goes there).
 pub const LOCK_DIR: &str = "/run/lock";
+
+/// Where the SSM agent keeps its state; each host has its own.
+pub const AMAZON_DIR: &str = ssm_standin::AMAZON_DIR;
 
 const SSHD: &str = "/usr/sbin/sshd";
 
@@ -115,6 +127,10 @@ impl SshHost {
         let locks = files.path().join("lock");
         std::fs::create_dir(&locks).unwrap();
         set_mode(&locks, 0o1777);
+        // The host's /var/lib/amazon: root's, as the agent's package makes it.
+        let amazon = files.path().join("amazon");
+        std::fs::create_dir(&amazon).unwrap();
+        set_mode(&amazon, 0o755);
         let mut host = SshHost {
             name: name.to_owned(),
             address,
@@ -309,6 +325,74 @@ impl SshHost {
         serde_json::from_str(&text).ok()
     }
 
+    /// The SSM node ID in this host's registration file (`/var/lib/amazon/ssm/registration`
+    /// inside the host), if it has one.
+    pub fn ssm_registration(&self) -> Option<String> {
+        let text =
+            std::fs::read_to_string(self.files.path().join("amazon/ssm/registration")).ok()?;
+        ssm_standin::parse_registration(&text).map(|(id, _)| id)
+    }
+
+    /// The host's `/var/lib/amazon`, as seen from outside the host.
+    pub fn amazon_dir(&self) -> PathBuf {
+        self.files.path().join("amazon")
+    }
+
+    /// The processes of this host whose executable is called `amazon-ssm-agent` (the SSM agent
+    /// daemons; the setup tool runs under another name). Empty when the host is down.
+    pub fn ssm_agent_pids(&self) -> Vec<i32> {
+        let Some(running) = &self.sshd else {
+            return Vec::new();
+        };
+        processes_in(&running.mount_ns)
+            .into_iter()
+            .filter(|pid| {
+                std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|exe| {
+                    exe.file_name().and_then(|n| n.to_str()) == Some(ssm_standin::AGENT_BINARY_NAME)
+                })
+            })
+            .collect()
+    }
+
+    /// Kills this host's SSM agent daemons (as a crash would: no heartbeats from then on) and
+    /// waits until they are gone. Returns how many there were.
+    pub fn kill_ssm_agent(&self) -> usize {
+        let pids = self.ssm_agent_pids();
+        for &pid in &pids {
+            // SAFETY: kill(2) with a PID read from /proc; no memory is involved.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !self.ssm_agent_pids().is_empty() {
+            assert!(
+                Instant::now() < deadline,
+                "the SSM agent of {} did not die",
+                self.name
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        pids.len()
+    }
+
+    /// The SSM setup tool's runs on this host, one line each (`setup uid=0 result=registered
+    /// node=mi-…`, see [`ssm_standin::host_files::SETUP_LOG`]).
+    pub fn ssm_setup_runs(&self) -> Vec<String> {
+        std::fs::read_to_string(self.dir.join(ssm_standin::host_files::SETUP_LOG))
+            .map(|text| {
+                text.lines()
+                    .filter(|l| !l.trim().is_empty())
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// What the SSM agent daemons of this host printed (for test failure messages).
+    pub fn ssm_agent_log(&self) -> String {
+        std::fs::read_to_string(self.dir.join(ssm_standin::host_files::AGENT_LOG))
+            .unwrap_or_default()
+    }
+
     /// How many times `boot-registration` ran on this host (lines of `boot-registration.log`).
     pub fn boot_registration_runs(&self) -> usize {
         std::fs::read_to_string(self.dir.join("boot-registration.log"))
@@ -400,13 +484,15 @@ impl SshHost {
             ])
             .arg(format!(
                 "mount --bind \"$1\" {HOST_DIR_MOUNT} && mount --bind \"$3\" {LOCK_DIR} && \
+                 mount --bind \"$5\" {AMAZON_DIR} && \
                  printf '%s' \"$4\" >/proc/sys/kernel/hostname && exec {SSHD} -D -e -f \"$2\""
             ))
             .arg("sh")
             .arg(&self.dir)
             .arg(&config)
             .arg(self.files.path().join("lock"))
-            .arg(host_label(&self.name));
+            .arg(host_label(&self.name))
+            .arg(self.files.path().join("amazon"));
         let mut child = spawn_kept(command, &log)?;
         let listening = format!("Server listening on {} port {}.", self.address, self.port);
         let deadline = Instant::now() + Duration::from_secs(15);
@@ -572,6 +658,9 @@ fn check_prerequisites() {
         }
         std::fs::create_dir_all(HOST_DIR_MOUNT)
             .unwrap_or_else(|e| panic!("creating {HOST_DIR_MOUNT}: {e}"));
+        // The mount point of each host's own /var/lib/amazon.
+        std::fs::create_dir_all(AMAZON_DIR)
+            .unwrap_or_else(|e| panic!("creating {AMAZON_DIR}: {e}"));
         if !Path::new(LOCK_DIR).is_dir() {
             std::fs::create_dir_all(LOCK_DIR)
                 .unwrap_or_else(|e| panic!("creating {LOCK_DIR}: {e}"));

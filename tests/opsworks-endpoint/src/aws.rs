@@ -331,6 +331,44 @@ impl Aws {
         })
     }
 
+    /// The ARN and trust policy (decoded JSON text) of IAM role `name`; `Ok(None)` when IAM
+    /// has no such role. Errors are failures to ask IAM.
+    pub async fn role(&self, name: &str) -> Result<Option<(String, String)>, String> {
+        let Some(iam) = &self.iam else {
+            return Err("no IAM endpoint configured".into());
+        };
+        match iam.get_role().role_name(name).send().await {
+            Ok(out) => Ok(out.role().map(|r| {
+                let trust = r.assume_role_policy_document().unwrap_or("");
+                // IAM's query protocol gives the document URL-encoded.
+                let decoded = percent_encoding::percent_decode_str(trust)
+                    .decode_utf8_lossy()
+                    .into_owned();
+                (r.arn().to_owned(), decoded)
+            })),
+            Err(e) if e.as_service_error().and_then(|s| s.code()) == Some("NoSuchEntity") => {
+                Ok(None)
+            }
+            Err(e) => Err(sdk_error("IAM GetRole", &e)),
+        }
+    }
+
+    /// The name of the (first) role of the instance profile with ARN `arn`, if IAM tells.
+    pub async fn instance_profile_role(&self, arn: &str) -> Option<String> {
+        let iam = self.iam.as_ref()?;
+        let name = arn.rsplit('/').next()?;
+        let out = iam
+            .get_instance_profile()
+            .instance_profile_name(name)
+            .send()
+            .await
+            .ok()?;
+        out.instance_profile()?
+            .roles()
+            .first()
+            .map(|r| r.role_name().to_owned())
+    }
+
     /// What EC2 in `region` reports of instance `id`; `Ok(None)` when it has no such instance.
     pub async fn ec2_instance(
         &self,

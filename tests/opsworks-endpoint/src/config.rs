@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::faults::Faults;
+use crate::ssm_standin::SsmStandIn;
 use crate::standin::StandIn;
 
 /// Access key ID the endpoint calls moto with by default (moto accepts any credentials).
@@ -64,6 +65,12 @@ pub struct Config {
     pub faults: Faults,
     /// Largest request body accepted, in bytes. Default 1 MiB.
     pub max_body_bytes: usize,
+    /// How long after its agent's last heartbeat an SSM node turns from `Online` to
+    /// `ConnectionLost`. Default 5 s.
+    pub ssm_connection_lost_after: Duration,
+    /// The SSM setup tool and agent stand-in served under [`crate::ssm_standin::SETUP_PATH_PREFIX`];
+    /// `None` (the default): those URLs answer 404.
+    pub ssm_standin: Option<SsmStandIn>,
 }
 
 impl Default for Config {
@@ -84,6 +91,8 @@ impl Default for Config {
             extra_provisioning_parameters: BTreeMap::new(),
             faults: Faults::default(),
             max_body_bytes: 1 << 20,
+            ssm_connection_lost_after: Duration::from_secs(5),
+            ssm_standin: None,
         }
     }
 }

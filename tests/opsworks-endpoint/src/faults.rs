@@ -43,8 +43,10 @@ pub struct Faults {
     /// Rate of calls held without an answer until the faults are next set (see the module
     /// documentation).
     pub hang_rate: f64,
-    /// When not empty, faults apply only to these actions (e.g. `["DescribeInstances"]`). The
-    /// moto proxy ([`crate::proxy`]) also takes them qualified by service, e.g. `iam:CreateUser`.
+    /// When not empty, faults apply only to these actions (e.g. `["DescribeInstances"]`). They
+    /// may also be qualified by service: `opsworks:DescribeInstances` and
+    /// `ssm:DescribeActivations` for the endpoint, `iam:CreateUser` for the moto proxy
+    /// ([`crate::proxy`]).
     pub only_actions: Vec<String>,
     /// Seed of the random generator.
     pub seed: u64,
@@ -165,12 +167,15 @@ impl Injector {
         }
     }
 
+    /// Decides the faults of a call to `action`.
+    #[cfg(test)]
     pub fn decide(&mut self, action: &str) -> Decision {
         self.decide_any(&[action])
     }
 
-    /// As [`Injector::decide`], for a call that [`Faults::only_actions`] may name by any of
-    /// `names` (the proxy passes `CreateUser` and `iam:CreateUser`).
+    /// Decides the faults of a call that [`Faults::only_actions`] may name by any of `names`
+    /// (the proxy passes `CreateUser` and `iam:CreateUser`; the endpoint `DescribeInstances` and
+    /// `opsworks:DescribeInstances`).
     pub fn decide_any(&mut self, names: &[&str]) -> Decision {
         let f = &self.faults;
         if !f.only_actions.is_empty() && !f.only_actions.iter().any(|a| names.contains(&a.as_str()))

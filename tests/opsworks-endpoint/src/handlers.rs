@@ -19,6 +19,8 @@ use crate::time::iso8601;
 pub(crate) struct Caller {
     pub access_key_id: String,
     pub owner: KeyOwner,
+    /// The region of the signature's scope.
+    pub region: String,
 }
 
 /// An action's answer.

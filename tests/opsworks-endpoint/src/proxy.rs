@@ -264,11 +264,11 @@ impl CallSummary {
         s
     }
 
-    /// The OpsWorks endpoint's calls, under service `opsworks`.
+    /// The endpoint's calls, under their service: `opsworks` or `ssm`.
     pub fn of_endpoint(calls: &[CallRecord]) -> Self {
         let mut s = Self::default();
         for c in calls {
-            s.add("opsworks", &c.action, c.status, c.injected, c.latency_spike);
+            s.add(&c.service, &c.action, c.status, c.injected, c.latency_spike);
         }
         s
     }

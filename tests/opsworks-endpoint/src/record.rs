@@ -9,6 +9,9 @@ use serde::{Serialize, Serializer};
 pub struct CallRecord {
     /// Sequence number, from 0, in arrival order.
     pub seq: u64,
+    /// The service called: `opsworks` or `ssm` ([`crate::Service::label`]); `opsworks` for a
+    /// request that names neither.
+    pub service: String,
     /// The action (`X-Amz-Target` suffix); empty when the request named none.
     pub action: String,
     /// Access key ID from the `Authorization` header, when it could be read.

@@ -65,7 +65,7 @@
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
 use serde_json::Value;
@@ -358,10 +358,20 @@ fn tar_entry(out: &mut Vec<u8>, name: &str, mode: u32, kind: u8, data: &[u8]) {
 /// sources, it is built first with `$CARGO build -p opsworks-endpoint --bin
 /// opsworks-agent-standin` (once per process). Panics with the reason when that fails.
 pub fn binary_path() -> PathBuf {
-    static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    match BUILT.get_or_init(find_or_build) {
+    built_binary(BINARY_NAME)
+}
+
+/// The path of this crate's program `name` (a binary target), built as [`binary_path`] says.
+/// Panics with the reason when it cannot be built.
+pub(crate) fn built_binary(name: &'static str) -> PathBuf {
+    static BUILT: Mutex<BTreeMap<&'static str, Result<PathBuf, String>>> =
+        Mutex::new(BTreeMap::new());
+    // Held while building: two programs are not built at once (cargo would wait anyway).
+    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    let result = built.entry(name).or_insert_with(|| find_or_build(name));
+    match result {
         Ok(p) => p.clone(),
-        Err(e) => panic!("the agent installer stand-in ({BINARY_NAME}) is not available: {e}"),
+        Err(e) => panic!("the stand-in program {name} is not available: {e}"),
     }
 }
 
@@ -406,9 +416,9 @@ fn sources_mtime() -> Option<SystemTime> {
     newest
 }
 
-fn find_or_build() -> Result<PathBuf, String> {
+fn find_or_build(name: &str) -> Result<PathBuf, String> {
     let profile = profile_dir()?;
-    let path = profile.join(BINARY_NAME);
+    let path = profile.join(name);
     let built_at = std::fs::metadata(&path).and_then(|m| m.modified()).ok();
     let fresh = match (built_at, sources_mtime()) {
         (Some(b), Some(s)) => b >= s,
@@ -420,7 +430,7 @@ fn find_or_build() -> Result<PathBuf, String> {
     }
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = std::process::Command::new(&cargo);
-    cmd.args(["build", "-p", "opsworks-endpoint", "--bin", BINARY_NAME]);
+    cmd.args(["build", "-p", "opsworks-endpoint", "--bin", name]);
     match profile.file_name().and_then(|n| n.to_str()) {
         Some("debug") | None => {}
         Some("release") => {
@@ -449,7 +459,7 @@ fn find_or_build() -> Result<PathBuf, String> {
         }
     }
     eprintln!(
-        "building the agent installer stand-in: {} {}",
+        "building the stand-in program {name}: {} {}",
         Path::new(&cargo).display(),
         cmd.get_args()
             .map(|a| a.to_string_lossy().into_owned())
@@ -461,7 +471,7 @@ fn find_or_build() -> Result<PathBuf, String> {
         .map_err(|e| format!("cannot run {}: {e}", Path::new(&cargo).display()))?;
     if !status.success() {
         return Err(format!(
-            "`cargo build -p opsworks-endpoint --bin {BINARY_NAME}` failed ({status})"
+            "`cargo build -p opsworks-endpoint --bin {name}` failed ({status})"
         ));
     }
     if !path.is_file() {

@@ -118,6 +118,8 @@ pub(crate) struct State {
     pub injector: Injector,
     pub registration_delay: Duration,
     pub installer: AgentInstaller,
+    /// Systems Manager: activations, nodes, the setup tool stand-in.
+    pub ssm: crate::ssm::SsmState,
 }
 
 impl State {

@@ -2,9 +2,11 @@
 //! operations it serves with their input shapes and modelled errors, the errors common to every
 //! AWS JSON operation, instance statuses, and checking a request body against an input shape
 //! (type errors are `SerializationException`, missing required members and values outside an
-//! enum are `ValidationException`, with the messages AWS's JSON services give).
+//! enum are `ValidationException`, with the messages AWS's JSON services give). The Systems
+//! Manager service, served beside OpsWorks, is in [`ssm`]; [`Service`] tells them apart.
 
 pub mod shapes;
+pub mod ssm;
 
 use serde_json::Value;
 
@@ -34,6 +36,8 @@ pub enum Ty {
     Long,
     /// `double`.
     Double,
+    /// `timestamp`: in AWS JSON 1.1, a number of seconds since the epoch (fractions allowed).
+    Timestamp,
     /// `list` of the given member type.
     List(&'static Ty),
     /// `map` from string keys to the given value type.
@@ -129,9 +133,56 @@ pub const OPERATIONS: &[Operation] = &[
     },
 ];
 
-/// The operation named `name`, if the endpoint serves it.
+/// The OpsWorks operation named `name`, if the endpoint serves it.
 pub fn operation(name: &str) -> Option<&'static Operation> {
     OPERATIONS.iter().find(|o| o.name == name)
+}
+
+/// A service the endpoint serves on `POST /`, told apart by the `X-Amz-Target` prefix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Service {
+    /// OpsWorks Stacks, `OpsWorks_20130218.<Action>`.
+    OpsWorks,
+    /// Systems Manager, `AmazonSSM.<Action>`.
+    Ssm,
+}
+
+impl Service {
+    /// The service a request's `X-Amz-Target` names, and the action: `None` for a target of
+    /// neither service.
+    pub fn of_target(target: &str) -> Option<(Service, &str)> {
+        let (prefix, action) = target.split_once('.')?;
+        match prefix {
+            TARGET_PREFIX => Some((Service::OpsWorks, action)),
+            ssm::TARGET_PREFIX => Some((Service::Ssm, action)),
+            _ => None,
+        }
+    }
+
+    /// The label of its calls in the call records and [`crate::CallSummary`]: `opsworks` or
+    /// `ssm`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Service::OpsWorks => "opsworks",
+            Service::Ssm => "ssm",
+        }
+    }
+
+    /// Its SigV4 signing name.
+    pub fn signing_name(self) -> &'static str {
+        match self {
+            Service::OpsWorks => SIGNING_NAME,
+            Service::Ssm => ssm::SIGNING_NAME,
+        }
+    }
+
+    /// Its operation `name`, if served.
+    pub fn operation(self, name: &str) -> Option<&'static Operation> {
+        match self {
+            Service::OpsWorks => operation(name),
+            Service::Ssm => ssm::operation(name),
+        }
+    }
 }
 
 /// Errors any AWS JSON operation may answer besides the ones its model lists (AWS's "common
@@ -225,7 +276,7 @@ fn check_value(path: &str, ty: &Ty, v: &Value, problems: &mut Vec<String>) -> Re
         }
         (Ty::Boolean, Value::Bool(_)) => Ok(()),
         (Ty::Integer | Ty::Long, Value::Number(n)) if n.is_i64() || n.is_u64() => Ok(()),
-        (Ty::Double, Value::Number(_)) => Ok(()),
+        (Ty::Double | Ty::Timestamp, Value::Number(_)) => Ok(()),
         (Ty::List(member), Value::Array(items)) => {
             for (i, item) in items.iter().enumerate() {
                 check_value(&format!("{path}.{}.member", i + 1), member, item, problems)?;
@@ -243,6 +294,7 @@ fn check_value(path: &str, ty: &Ty, v: &Value, problems: &mut Vec<String>) -> Re
         (Ty::Boolean, _) => Err(mismatch(path, "a boolean", v)),
         (Ty::Integer | Ty::Long, _) => Err(mismatch(path, "an integer", v)),
         (Ty::Double, _) => Err(mismatch(path, "a number", v)),
+        (Ty::Timestamp, _) => Err(mismatch(path, "a timestamp (seconds since the epoch)", v)),
         (Ty::List(_), _) => Err(mismatch(path, "a list", v)),
         (Ty::Map(_), _) => Err(mismatch(path, "a map", v)),
         (Ty::Structure(_), _) => Err(mismatch(path, "a structure", v)),

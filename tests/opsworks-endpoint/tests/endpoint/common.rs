@@ -263,3 +263,139 @@ pub fn raw_call(url: &str, action: &str, body: &str) -> (u16, serde_json::Value)
     let v = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
     (status, v)
 }
+
+/// A Systems Manager client for `url` with the admin credentials and no retries.
+pub fn ssm(url: &str) -> aws_sdk_ssm::Client {
+    let conf = aws_sdk_ssm::Config::builder()
+        .behavior_version(aws_sdk_ssm::config::BehaviorVersion::latest())
+        .region(aws_sdk_ssm::config::Region::new("us-east-1"))
+        .credentials_provider(aws_sdk_ssm::config::Credentials::new(
+            ADMIN_KEY,
+            ADMIN_SECRET,
+            None,
+            None,
+            "test",
+        ))
+        .endpoint_url(url)
+        .retry_config(aws_sdk_ssm::config::retry::RetryConfig::disabled())
+        .build();
+    aws_sdk_ssm::Client::from_conf(conf)
+}
+
+/// A raw SSM call: signed with an unknown key (not verified) when `signed`, else without any
+/// `Authorization` header, as the agent registers. Returns (status, JSON body).
+pub fn ssm_call(url: &str, action: &str, body: &str, signed: bool) -> (u16, serde_json::Value) {
+    let (auth, date) = unknown_key_auth("AKIAUNKNOWNRAWCALLER");
+    let auth = auth.replace("/opsworks/", "/ssm/");
+    let target = format!("AmazonSSM.{action}");
+    let mut headers = vec![
+        ("Content-Type", "application/x-amz-json-1.1"),
+        ("X-Amz-Target", target.as_str()),
+        ("X-Amz-Date", date.as_str()),
+    ];
+    if signed {
+        headers.push(("Authorization", auth.as_str()));
+    }
+    let (status, body) = http(url, "POST", "/", &headers, body.as_bytes());
+    let v = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
+    (status, v)
+}
+
+/// Creates an IAM role in moto that Systems Manager may assume; returns its name.
+pub async fn ssm_role() -> String {
+    let name = unique("SSMServiceRole");
+    iam()
+        .create_role()
+        .role_name(&name)
+        .assume_role_policy_document(
+            serde_json::json!({
+                "Version": "2012-10-17",
+                "Statement": [{"Effect": "Allow", "Principal": {"Service": "ssm.amazonaws.com"},
+                               "Action": "sts:AssumeRole"}],
+            })
+            .to_string(),
+        )
+        .send()
+        .await
+        .expect("CreateRole");
+    name
+}
+
+/// Creates an activation for `role` with `limit` registrations; returns (ID, code).
+pub async fn create_activation(
+    client: &aws_sdk_ssm::Client,
+    role: &str,
+    limit: i32,
+) -> (String, String) {
+    let out = client
+        .create_activation()
+        .iam_role(role)
+        .registration_limit(limit)
+        .default_instance_name("test-node")
+        .send()
+        .await
+        .expect("CreateActivation");
+    (
+        out.activation_id().expect("ActivationId").to_owned(),
+        out.activation_code().expect("ActivationCode").to_owned(),
+    )
+}
+
+/// A public key as the agent sends it (only its form is checked).
+pub fn public_key() -> String {
+    "A".repeat(392)
+}
+
+/// Registers a node as the agent does (unsigned `RegisterManagedInstance`); returns its ID.
+pub fn register_node(url: &str, activation_id: &str, code: &str) -> String {
+    let body = serde_json::json!({
+        "ActivationId": activation_id, "ActivationCode": code, "PublicKey": public_key(),
+        "PublicKeyType": "Rsa", "Fingerprint": unique("fingerprint"),
+    });
+    let (status, v) = ssm_call(url, "RegisterManagedInstance", &body.to_string(), false);
+    assert_eq!(status, 200, "{v}");
+    v["InstanceId"].as_str().expect("InstanceId").to_owned()
+}
+
+/// A heartbeat of node `id` as the agent sends it (signed with a key the endpoint does not
+/// know), with the agent's key or the instance profile's.
+pub fn heartbeat(
+    url: &str,
+    id: &str,
+) -> Result<serde_json::Value, opsworks_endpoint::ssm_standin::CallError> {
+    use opsworks_endpoint::ssm_standin;
+    let body = serde_json::json!({
+        "InstanceId": id, "AgentName": "amazon-ssm-agent", "AgentVersion": "3.3.0.0",
+        "PlatformType": "Linux", "PlatformName": "Debian GNU/Linux", "PlatformVersion": "12",
+        "IPAddress": "10.1.2.3", "ComputerName": "node-1",
+    });
+    let (key, secret) = if id.starts_with("i-") {
+        (
+            opsworks_endpoint::standin::INSTANCE_PROFILE_ACCESS_KEY_ID,
+            opsworks_endpoint::standin::INSTANCE_PROFILE_SECRET_ACCESS_KEY,
+        )
+    } else {
+        (
+            ssm_standin::AGENT_ACCESS_KEY_ID,
+            ssm_standin::AGENT_SECRET_ACCESS_KEY,
+        )
+    };
+    ssm_standin::call(
+        url,
+        "UpdateInstanceInformation",
+        &body,
+        Some((key, secret, "us-east-1")),
+    )
+}
+
+/// Waits (up to `within`) until `check` holds; panics with `what` otherwise.
+pub fn wait_for(within: Duration, what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + within;
+    while !check() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -47,7 +47,7 @@ fn service() -> Value {
 }
 
 /// Compares one of the endpoint's types with the model's shape `name`.
-fn same_type(model: &Value, name: &str, ty: &Ty, path: &str) {
+pub(crate) fn same_type(model: &Value, name: &str, ty: &Ty, path: &str) {
     let shape = &model["shapes"][name];
     let kind = shape["type"].as_str().unwrap_or("?");
     match ty {
@@ -69,6 +69,7 @@ fn same_type(model: &Value, name: &str, ty: &Ty, path: &str) {
         Ty::Integer => assert_eq!(kind, "integer", "{path}"),
         Ty::Long => assert_eq!(kind, "long", "{path}"),
         Ty::Double => assert_eq!(kind, "double", "{path}"),
+        Ty::Timestamp => assert_eq!(kind, "timestamp", "{path}"),
         Ty::List(member) => {
             assert_eq!(kind, "list", "{path}");
             let m = shape["member"]["shape"].as_str().unwrap();
@@ -86,7 +87,7 @@ fn same_type(model: &Value, name: &str, ty: &Ty, path: &str) {
     }
 }
 
-fn same_shape(model: &Value, name: &str, shape: &Shape) {
+pub(crate) fn same_shape(model: &Value, name: &str, shape: &Shape) {
     assert_eq!(shape.name, name);
     let m = &model["shapes"][name];
     let members = m["members"].as_object().unwrap();
@@ -147,13 +148,14 @@ fn input_shapes_and_errors_are_the_model_s() {
 }
 
 /// A value of the right type for `ty`, to fill required members.
-fn sample(ty: &Ty) -> Value {
+pub(crate) fn sample(ty: &Ty) -> Value {
     match ty {
         Ty::String => json!("00000000-0000-0000-0000-000000000000"),
         Ty::Enum(values) => json!(values[0]),
         Ty::Boolean => json!(true),
         Ty::Integer | Ty::Long => json!(1),
         Ty::Double => json!(1.5),
+        Ty::Timestamp => json!(1_900_000_000),
         Ty::List(m) => json!([sample(m)]),
         Ty::Map(v) => json!({ "k": sample(v) }),
         Ty::Structure(s) => {
@@ -280,7 +282,7 @@ fn malformed_requests_get_the_protocol_s_errors() {
 }
 
 /// Checks a JSON value against the model's shape `name`: every key a member, every type right.
-fn conforms(model: &Value, name: &str, v: &Value, path: &str) {
+pub(crate) fn conforms(model: &Value, name: &str, v: &Value, path: &str) {
     let shape = &model["shapes"][name];
     match (shape["type"].as_str().unwrap(), v) {
         ("structure", Value::Object(o)) => {
@@ -327,7 +329,7 @@ fn conforms(model: &Value, name: &str, v: &Value, path: &str) {
         }
         ("boolean", Value::Bool(_)) => {}
         ("integer" | "long", Value::Number(n)) => assert!(n.is_i64(), "{path}"),
-        ("double", Value::Number(_)) => {}
+        ("double" | "timestamp", Value::Number(_)) => {}
         (t, v) => panic!("{path}: {v} is not a {t} ({name})"),
     }
 }
