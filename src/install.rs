@@ -416,6 +416,10 @@ pub enum SsmMode {
         /// The node the host may be registered as already and that may be replaced (the
         /// object's own node, deregistered since): `-override` is used then.
         replace: Option<String>,
+        /// The node the host may be registered as already by this object's own install, which
+        /// was cut short (the agent never came online): the setup tool runs without
+        /// `-override`, which keeps the registration and starts the agent.
+        resume: Option<String>,
     },
     /// Install and start the agent unless it runs already (an EC2 instance, which registers with
     /// its instance profile).
@@ -440,11 +444,12 @@ pub struct SsmPlan {
 }
 
 /// The entry script of the Systems Manager install, run as root under the install lock and the
-/// time limit: `entry.sh DIR MODE REGION [ACTIVATION_ID [REPLACE]]`. It reads the activation
-/// code from `DIR/activation-code`. A host registered already as a node other than REPLACE is
-/// reported and left as it is (the setup tool would keep that registration silently).
+/// time limit: `entry.sh DIR MODE REGION [ACTIVATION_ID [REPLACE [RESUME]]]`. It reads the
+/// activation code from `DIR/activation-code`. A host registered already as a node other than
+/// REPLACE or RESUME is reported and left as it is (the setup tool would keep that registration
+/// silently).
 const SSM_ENTRY: &str = r#"set -u
-dir=$1 mode=$2 region=$3 activation_id=${4:-} replace=${5:-}
+dir=$1 mode=$2 region=$3 activation_id=${4:-} replace=${5:-} resume=${6:-}
 node_of() {
   [ -f @REGISTRATION@ ] || return 0
   sed -n 's/.*"ManagedInstanceID"[[:space:]]*:[[:space:]]*"\([A-Za-z0-9-]*\)".*/\1/p' @REGISTRATION@ | head -n 1
@@ -474,11 +479,14 @@ esac
 node=$(node_of)
 override=
 if [ -n "$node" ]; then
-  if [ "$node" != "$replace" ]; then
+  if [ "$node" = "$resume" ]; then
+    override=
+  elif [ "$node" = "$replace" ]; then
+    override=-override
+  else
     echo "@ALREADY@$node"
     exit @EXIT_ALREADY@
   fi
-  override=-override
 fi
 code=$(cat "$dir/activation-code") || exit 1
 rm -f "$dir/activation-code"
@@ -529,16 +537,18 @@ fn render_ssm_with(
             activation_id,
             activation_code,
             replace,
+            resume,
         } => (
             format!(
                 "  printf '%s' {} >\"$dir/activation-code\"\n",
                 shell_quote(activation_code.expose())
             ),
             format!(
-                "register {} {} {}",
+                "register {} {} {} {}",
                 shell_quote(&plan.region),
                 shell_quote(activation_id),
-                shell_quote(replace.as_deref().unwrap_or_default())
+                shell_quote(replace.as_deref().unwrap_or_default()),
+                shell_quote(resume.as_deref().unwrap_or_default())
             ),
         ),
         SsmMode::Install => (
@@ -1145,6 +1155,7 @@ esac"#;
             activation_id: "0b1c2d3e-aaaa-4bbb-8ccc-000000000001".into(),
             activation_code: crate::aws::Sensitive::new(CODE),
             replace: replace.map(str::to_owned),
+            resume: None,
         }
     }
 
@@ -1264,6 +1275,29 @@ esac"#;
     }
 
     #[test]
+    fn an_install_of_the_objects_own_cut_short_resumes_without_override() {
+        let host = ssm_host(TOOL);
+        std::fs::write(
+            host.file("registration"),
+            r#"{"ManagedInstanceID":"mi-00000000000000002","Region":"eu-west-1"}"#,
+        )
+        .unwrap();
+        let mode = SsmMode::Register {
+            activation_id: "0b1c2d3e-aaaa-4bbb-8ccc-000000000001".into(),
+            activation_code: crate::aws::Sensitive::new(CODE),
+            replace: None,
+            resume: Some("mi-00000000000000002".into()),
+        };
+        // The stand-in tool registers anew whatever it is told; told nothing else, the real one
+        // keeps the registration and starts the agent. Either way no -override is asked for.
+        let out = run_ssm(&host, &ssm_plan(mode));
+        let args = std::fs::read_to_string(host.file("tool-args")).unwrap();
+        assert!(args.lines().any(|a| a == "-register"), "{args}");
+        assert!(!args.lines().any(|a| a == "-override"), "{args}");
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    }
+
+    #[test]
     fn an_ssm_install_runs_the_tool_to_install_only() {
         let host = ssm_host(TOOL);
         let out = run_ssm(&host, &ssm_plan(SsmMode::Install));
@@ -1287,6 +1321,7 @@ esac"#;
                     activation_id: value.to_string(),
                     activation_code: crate::aws::Sensitive::new(*value),
                     replace: Some(value.to_string()),
+                    resume: Some(value.to_string()),
                 },
                 time_limit: Duration::from_secs(60),
             };

@@ -1257,6 +1257,79 @@ async fn hostile_and_broken_input_is_refused_naming_the_field_or_reported_and_no
         outcomes.push((label.to_string(), format!("API server: {field}")));
     }
 
+    // The same for Systems Manager objects: the service block and its fields.
+    let touch = format!("$(touch {CANARY})");
+    let semi = format!("x; touch {CANARY}");
+    let to_ssm = |doc: &mut Value, block: Value| {
+        for change in [
+            ("/spec/stackId", None),
+            ("/spec/hostname", None),
+            ("/spec/systemsManager", Some(block)),
+        ] {
+            edit(doc, &change);
+        }
+    };
+    let ssm_refused: Vec<(&str, Value, &str)> = vec![
+        (
+            "SSM serviceRole shell",
+            json!({"serviceRole": touch}),
+            "spec.systemsManager.serviceRole",
+        ),
+        (
+            "SSM serviceRole newline",
+            json!({"serviceRole": "Role\nx"}),
+            "spec.systemsManager.serviceRole",
+        ),
+        (
+            "SSM serviceRole missing for on-premises",
+            json!({"region": "us-east-1"}),
+            "spec.systemsManager.serviceRole",
+        ),
+        (
+            "SSM region shell",
+            json!({"serviceRole": "R", "region": touch}),
+            "spec.systemsManager.region",
+        ),
+        (
+            "SSM defaultInstanceName shell",
+            json!({"serviceRole": "R", "defaultInstanceName": semi}),
+            "spec.systemsManager.defaultInstanceName",
+        ),
+        (
+            "SSM tag value shell",
+            json!({"serviceRole": "R", "tags": [{"key": "k", "value": touch}]}),
+            "spec.systemsManager.tags[0].value",
+        ),
+        (
+            "SSM tag key reserved",
+            json!({"serviceRole": "R", "tags": [{"key": "registrar.dev/owner-uid", "value": "x"}]}),
+            "spec.systemsManager.tags[0].key",
+        ),
+        (
+            "SSM setup checksum shell",
+            json!({"serviceRole": "R", "agentSetupSha256": touch}),
+            "spec.systemsManager.agentSetupSha256",
+        ),
+        (
+            "SSM activation lifetime huge",
+            json!({"serviceRole": "R", "activationLifetimeMinutes": 10_000_000}),
+            "spec.systemsManager.activationLifetimeMinutes",
+        ),
+    ];
+    for (i, (label, block, field)) in ssm_refused.iter().enumerate() {
+        let name = format!("bad-ssm-{i}");
+        let mut doc = base(&name, 60 + i);
+        to_ssm(&mut doc, block.clone());
+        let out = apply_strict(&doc);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{label}: accepted");
+        assert!(
+            stderr.contains(field),
+            "{label}: the refusal does not name {field}: {stderr}"
+        );
+        outcomes.push((label.to_string(), format!("API server: {field}")));
+    }
+
     // Reported by the controller with a stable reason. (object name, reason's condition type,
     // reason, label)
     let mut reported: Vec<(String, &str, &str, String)> = Vec::new();
@@ -1327,6 +1400,37 @@ async fn hostile_and_broken_input_is_refused_naming_the_field_or_reported_and_no
             reasons::HOST_UNREACHABLE,
         ),
     ];
+    // Systems Manager objects whose inputs are well formed and wrong.
+    for (label, block, class, target, type_, reason) in [
+        (
+            "SSM service role of no role",
+            json!({"serviceRole": "no-such-role"}),
+            "on-premises",
+            None,
+            types::CREDENTIALS_READY,
+            reasons::ROLE_NOT_FOUND,
+        ),
+        (
+            "SSM ec2 target $() (a Name tag)",
+            json!({}),
+            "ec2",
+            Some(touch.clone()),
+            types::TARGET_RESOLVED,
+            reasons::TARGET_NOT_FOUND,
+        ),
+    ] {
+        n += 1;
+        let name = format!("ssm-{n}");
+        let mut doc = base(&name, n);
+        to_ssm(&mut doc, block);
+        edit(&mut doc, &("/spec/infrastructureClass", Some(json!(class))));
+        if let Some(target) = target {
+            edit(&mut doc, &("/spec/target", Some(json!(target))));
+        }
+        let out = apply_strict(&doc);
+        assert!(out.status.success(), "{label}: {out:?}");
+        reported.push((name, type_, reason, label.to_owned()));
+    }
     for (label, changes, type_, reason) in spec_reported {
         n += 1;
         let name = format!("spec-{n}");

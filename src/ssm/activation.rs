@@ -96,6 +96,23 @@ pub async fn check(
         }),
         Err(outcome) => return outcome,
     };
+    if let Some(resume) = &facts.resume {
+        // The activation registered the node already: its code is passed again only because
+        // the setup tool asks for one.
+        match &stored {
+            Some(stored) if status.activation_id.as_deref() == Some(stored.id.as_str()) => {
+                let message = format!(
+                    "activation {} registered node {resume}, whose setup did not finish",
+                    stored.id
+                );
+                facts.activation = Some(stored.clone());
+                return Outcome::Done(Observation::holds(reasons::SUCCEEDED, message));
+            }
+            // Without the code the setup cannot be run again as it was: registered anew, over
+            // the node.
+            _ => facts.resume = None,
+        }
+    }
     if let Some(stored) = stored {
         let found = match ours(
             ctx,

@@ -58,7 +58,11 @@ pub async fn check(
                 activation_code: activation.code.clone(),
                 // The node recorded on status is not listed any more (the target step looked):
                 // the host may still say it is that node, and is registered again over it.
-                replace: status.managed_node_id.clone(),
+                replace: match &facts.resume {
+                    Some(_) => None,
+                    None => status.managed_node_id.clone(),
+                },
+                resume: facts.resume.clone(),
             }
         }
     };

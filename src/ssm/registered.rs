@@ -18,6 +18,8 @@ use crate::steps::{Facts, Outcome, handoff};
 
 /// How often a fresh install is looked at while the node comes online.
 const POLL: Duration = Duration::from_secs(1);
+/// How long after an install a node that is not online yet is waited for rather than reported.
+const FIRST_PING_GRACE: Duration = Duration::from_secs(120);
 
 pub async fn check(
     obj: &InstanceRegistration,
@@ -43,8 +45,27 @@ pub async fn check(
     let Some(node) = facts.node.clone() else {
         return not_listed(ctx, status);
     };
+    status.managed_node_id = Some(node.id.clone());
+    // A node is listed as soon as it registered, before its agent's first heartbeat: right
+    // after an install it is waited for, not reported.
+    let fresh = status
+        .agent_installed_at
+        .as_ref()
+        .is_some_and(|at| Timestamp::now().duration_since(at.0).unsigned_abs() < FIRST_PING_GRACE);
     match node.ping_status.as_str() {
         "Online" => {}
+        _ if fresh && status.registered_at.is_none() => {
+            return Outcome::Progressing(
+                Observation::unknown(
+                    reasons::REGISTERING,
+                    format!(
+                        "node {} is registered; waiting for its agent's first heartbeat",
+                        node.id
+                    ),
+                ),
+                POLL,
+            );
+        }
         "ConnectionLost" => {
             return Outcome::Blocked(Observation::fails(
                 reasons::CONNECTION_LOST,

@@ -100,6 +100,22 @@ pub async fn check(
         message += &format!("; managed node {} ({})", node.id, node.ping_status);
         status.managed_node_id = Some(node.id.clone());
     }
+    // Registered by this object's install, which was cut short before it said so: the agent
+    // may never have started. The setup is run again, keeping the registration.
+    let node = match node {
+        Some(n)
+            if resolved.ec2_instance_id.is_none()
+                && n.ping_status != "Online"
+                && status.agent_installed_at.is_none()
+                && crate::steps::installed(status)
+                && n.activation_id.is_some()
+                && n.activation_id == status.activation_id =>
+        {
+            facts.resume = Some(n.id);
+            None
+        }
+        other => other,
+    };
     status.ec2_instance_id = resolved.ec2_instance_id.clone();
     status.address = Some(connect_to);
     facts.target = Some(resolved);

@@ -183,6 +183,9 @@ pub struct Facts {
     pub activation: Option<crate::ssm::Activation>,
     /// Whether an install ran on the host in this pass.
     pub installed_now: bool,
+    /// A node this object's own install registered and whose agent never came online (the
+    /// install was cut short): its setup is run again, keeping the registration.
+    pub resume: Option<String>,
 }
 
 impl Facts {

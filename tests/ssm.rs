@@ -1,0 +1,630 @@
+//! Systems Manager end to end, against real parts: a kube-apiserver, OpenSSH `sshd` test hosts,
+//! moto for IAM and EC2, and the project's endpoint serving the Systems Manager API (and the
+//! agent's own calls) with the stand-in setup tool and agent: `ssm-setup-cli` registers the
+//! host with the activation's code and ID, writes `/var/lib/amazon/ssm/registration` on the host,
+//! and leaves an `amazon-ssm-agent` daemon sending heartbeats.
+//!
+//! Every test ends by scanning what the controller wrote (its debug log, the Events and the
+//! objects) for the activation codes in play.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use instance_registrar::conditions::{reasons, types};
+use instance_registrar::resource::InstanceRegistration;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, DeleteParams};
+use support::ssh_hosts::SshHost;
+use support::{
+    AwsEnv, ControlPlane, ControllerProcess, apply, condition, namespace, ssh_key_secret, wait_gone,
+};
+
+/// How long the stand-in setup tool takes (the real one downloads and installs the agent).
+const SETUP_RUN_TIME: Duration = Duration::from_secs(3);
+
+/// `aws`, its setup tool taking [`SETUP_RUN_TIME`].
+fn serving(aws: &'static AwsEnv) -> &'static AwsEnv {
+    assert!(aws.opsworks.set_ssm_setup_run_time(SETUP_RUN_TIME));
+    aws
+}
+
+/// The environment most tests share.
+fn aws() -> &'static AwsEnv {
+    serving(AwsEnv::shared())
+}
+
+/// An environment of its own for a test that counts the endpoint's calls (its records are not
+/// per caller).
+fn counted_aws() -> &'static AwsEnv {
+    serving(AwsEnv::isolated())
+}
+
+/// Another, for the crash test's counts.
+fn crash_aws() -> &'static AwsEnv {
+    serving(AwsEnv::faulty())
+}
+
+/// One test's world: a namespace, an SSH key in a Secret named `key`, a service role, a
+/// controller.
+struct World {
+    cp: &'static ControlPlane,
+    aws: &'static AwsEnv,
+    client: kube::Client,
+    ns: String,
+    api: Api<InstanceRegistration>,
+    role: String,
+    public_key: String,
+    controller: ControllerProcess,
+    /// Every activation code made for this world's role, as the endpoint held them (polled: the
+    /// controller deletes an activation once its node is online).
+    codes: Arc<Mutex<BTreeSet<String>>>,
+}
+
+impl World {
+    async fn new(prefix: &str, controller_args: &[&str], env: &[(&str, &str)]) -> World {
+        Self::with(aws(), prefix, controller_args, env).await
+    }
+
+    async fn with(
+        aws: &'static AwsEnv,
+        prefix: &str,
+        controller_args: &[&str],
+        env: &[(&str, &str)],
+    ) -> World {
+        let cp = ControlPlane::shared();
+        let client = cp.client().await;
+        let ns = namespace(&client, prefix).await;
+        let (_, public_key) = ssh_key_secret(&client, &ns, "key").await;
+        let role = format!("{ns}-ssm");
+        aws.create_ssm_service_role(&role).await;
+        let codes = Arc::new(Mutex::new(BTreeSet::new()));
+        let (sink, watched) = (codes.clone(), role.clone());
+        tokio::spawn(async move {
+            loop {
+                for a in aws.opsworks.ssm_activations() {
+                    if a.iam_role.ends_with(&watched) {
+                        sink.lock().unwrap().insert(a.activation_code);
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+        });
+        let controller = ControllerProcess::start_with_env(cp, aws, &ns, controller_args, env);
+        World {
+            cp,
+            aws,
+            api: Api::namespaced(client.clone(), &ns),
+            client,
+            ns,
+            role,
+            public_key,
+            controller,
+            codes,
+        }
+    }
+
+    fn host(&self, name: &str) -> SshHost {
+        let host = SshHost::start(&format!("{}-{name}", self.ns));
+        host.authorize(&self.public_key);
+        host
+    }
+
+    /// An on-premises host's manifest for Systems Manager.
+    fn on_premises(&self, name: &str, host: &SshHost, extra: &str) -> String {
+        format!(
+            "apiVersion: registrar.dev/v1alpha1
+kind: InstanceRegistration
+metadata:
+  name: {name}
+  namespace: {ns}
+spec:
+  systemsManager:
+    serviceRole: {role}
+    defaultInstanceName: {name}-node
+    tags:
+      - key: team
+        value: platform
+  infrastructureClass: on-premises
+  target: {address}
+{extra}  ssh:
+    username: {user}
+    privateKeySecretRef:
+      name: key
+    port: {port}
+",
+            ns = self.ns,
+            role = self.role,
+            address = host.address(),
+            user = support::ssh_hosts::USER,
+            port = host.port(),
+        )
+    }
+
+    /// An EC2 instance's manifest for Systems Manager, connecting to `host`.
+    fn ec2(&self, name: &str, instance: &str, host: &SshHost) -> String {
+        format!(
+            "apiVersion: registrar.dev/v1alpha1
+kind: InstanceRegistration
+metadata:
+  name: {name}
+  namespace: {ns}
+spec:
+  systemsManager: {{}}
+  infrastructureClass: ec2
+  target: {instance}
+  ssh:
+    username: {user}
+    privateKeySecretRef:
+      name: key
+    address: {address}
+    port: {port}
+",
+            ns = self.ns,
+            address = host.address(),
+            user = support::ssh_hosts::USER,
+            port = host.port(),
+        )
+    }
+
+    async fn get(&self, name: &str) -> InstanceRegistration {
+        self.api.get(name).await.unwrap()
+    }
+
+    /// Waits up to `patience` for `name`'s condition `type_` to have `reason` (for the current
+    /// generation).
+    async fn wait_for(
+        &self,
+        name: &str,
+        type_: &str,
+        reason: &str,
+        patience: Duration,
+    ) -> InstanceRegistration {
+        let deadline = Instant::now() + patience;
+        loop {
+            let obj = self.get(name).await;
+            if let Some((_, r, g)) = condition(&obj, type_)
+                && r == reason
+                && Some(g) == obj.metadata.generation
+            {
+                return obj;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "{name}: no {type_}={reason}; status: {:#?}\ncontroller log tail:\n{}",
+                    obj.status,
+                    tail(&self.controller.logs(), 40)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn wait(&self, name: &str, type_: &str, reason: &str) -> InstanceRegistration {
+        self.wait_for(name, type_, reason, Duration::from_secs(90))
+            .await
+    }
+
+    /// The activations made for this world's service role, as the endpoint holds them.
+    fn activations(&self) -> Vec<opsworks_endpoint::SsmActivationView> {
+        self.aws
+            .opsworks
+            .ssm_activations()
+            .into_iter()
+            .filter(|a| a.iam_role.ends_with(&self.role))
+            .collect()
+    }
+
+    /// How many times SSM `operation` was called on this world's endpoint (count before and
+    /// after, in a test that has the endpoint to itself).
+    fn calls(&self, operation: &str) -> usize {
+        self.aws
+            .opsworks
+            .calls()
+            .iter()
+            .filter(|c| c.service == "ssm" && c.action == operation)
+            .count()
+    }
+
+    /// Asserts that nothing the controller wrote holds an activation code of this world's:
+    /// its log, the namespace's Events and objects (with status).
+    fn assert_no_codes(&self) {
+        let codes: Vec<String> = self.codes.lock().unwrap().iter().cloned().collect();
+        assert!(!codes.is_empty(), "no activation was made");
+        let events = self
+            .cp
+            .kubectl_ok(&["get", "events", "-n", &self.ns, "-o", "yaml"])
+            .unwrap();
+        let objects = self
+            .cp
+            .kubectl_ok(&["get", "ir", "-n", &self.ns, "-o", "yaml"])
+            .unwrap();
+        let log = self.controller.logs();
+        for (what, text) in [("log", &log), ("events", &events), ("objects", &objects)] {
+            for code in &codes {
+                assert!(
+                    !text.contains(code.as_str()),
+                    "the controller's {what} hold an activation code"
+                );
+            }
+        }
+    }
+}
+
+fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// The message of `obj`'s condition `type_`.
+fn message(obj: &InstanceRegistration, type_: &str) -> String {
+    obj.status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|c| c.r#type == type_))
+        .map(|c| c.message.clone())
+        .unwrap_or_default()
+}
+
+fn status(obj: &InstanceRegistration) -> instance_registrar::resource::InstanceRegistrationStatus {
+    obj.status.clone().unwrap_or_default()
+}
+
+#[tokio::test]
+async fn an_on_premises_host_is_registered_through_systems_manager_and_deregistered_on_delete() {
+    let w = World::with(counted_aws(), "ssm-onprem", &[], &[]).await;
+    let host = w.host("build");
+    let calls_before: Vec<(String, usize)> = [
+        "CreateActivation",
+        "DescribeActivations",
+        "DeleteActivation",
+        "DescribeInstanceInformation",
+        "DeregisterManagedInstance",
+        "RegisterManagedInstance",
+    ]
+    .iter()
+    .map(|op| (op.to_string(), w.calls(op)))
+    .collect();
+    let started = Instant::now();
+    apply(w.cp, &w.on_premises("build", &host, ""));
+    let obj = w.wait("build", types::READY, reasons::SUCCEEDED).await;
+    let took = started.elapsed();
+    let s = status(&obj);
+    let node = s.managed_node_id.clone().expect("status names the node");
+    assert!(node.starts_with("mi-"), "{node}");
+    assert_eq!(s.service.as_deref(), Some("SystemsManager"));
+    assert_eq!(host.ssm_registration().as_deref(), Some(node.as_str()));
+    let listed = w
+        .aws
+        .opsworks
+        .ssm_node(&node)
+        .expect("the endpoint lists the node");
+    assert_eq!(listed.ping_status, "Online");
+    assert_eq!(listed.activation_id, s.activation_id);
+    // One activation, used once, and deleted once the node was online, with its Secret.
+    let activations = w.activations();
+    assert_eq!(
+        activations.len(),
+        0,
+        "the activation is not deleted: {activations:?}"
+    );
+    let secrets: Api<Secret> = Api::namespaced(w.client.clone(), &w.ns);
+    assert!(
+        secrets
+            .get_opt("build-ssm-activation")
+            .await
+            .unwrap()
+            .is_none(),
+        "the activation Secret is left"
+    );
+    assert_eq!(
+        host.ssm_setup_runs().len(),
+        1,
+        "{:?}",
+        host.ssm_setup_runs()
+    );
+    let used: Vec<(String, usize)> = calls_before
+        .iter()
+        .map(|(op, before)| (op.clone(), w.calls(op) - before))
+        .collect();
+    println!(
+        "apply to Ready through Systems Manager with a {}s setup tool: {:.2}s; calls to the SSM endpoint: {used:?}",
+        SETUP_RUN_TIME.as_secs(),
+        took.as_secs_f64()
+    );
+    assert_eq!(used[0].1, 1, "CreateActivation: {used:?}");
+    assert_eq!(used[5].1, 1, "RegisterManagedInstance: {used:?}");
+    // `kubectl get ir` shows the service and the node.
+    let table =
+        w.cp.kubectl_ok(&["get", "ir", "-n", &w.ns, "build"])
+            .unwrap();
+    assert!(
+        table.contains("SystemsManager") && table.contains(&node),
+        "{table}"
+    );
+
+    // A pass over the finished object changes nothing on the host.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(host.ssm_setup_runs().len(), 1);
+
+    // Deleting the object deregisters the node this object registered.
+    w.api
+        .delete("build", &DeleteParams::default())
+        .await
+        .unwrap();
+    wait_gone(&w.api, "build").await;
+    assert!(
+        w.aws.opsworks.ssm_node(&node).is_none(),
+        "node {node} is still registered"
+    );
+    w.assert_no_codes();
+}
+
+#[tokio::test]
+async fn an_ec2_instance_registers_with_its_instance_profile_and_one_without_is_reported() {
+    let w = World::new("ssm-ec2", &[], &[]).await;
+    let profile = format!("{}-profile", w.ns);
+    w.aws.create_instance_profile(&profile, Some(&w.role)).await;
+    let host = w.host("api");
+    let (instance, _, _) = w
+        .aws
+        .try_run_instance(host.name(), None, Some(&profile))
+        .await
+        .unwrap();
+    host.set_identity(&instance, support::aws::REGION);
+    let bare = w.host("bare");
+    let (no_profile, _, _) = w
+        .aws
+        .try_run_instance(bare.name(), None, None)
+        .await
+        .unwrap();
+    bare.set_identity(&no_profile, support::aws::REGION);
+
+    apply(w.cp, &w.ec2("api", &instance, &host));
+    apply(w.cp, &w.ec2("bare", &no_profile, &bare));
+    let obj = w.wait("api", types::READY, reasons::SUCCEEDED).await;
+    assert_eq!(
+        status(&obj).managed_node_id.as_deref(),
+        Some(instance.as_str())
+    );
+    let node = w.aws.opsworks.ssm_node(&instance).expect("listed");
+    assert_eq!(node.ping_status, "Online");
+    assert_eq!(node.resource_type, "EC2Instance");
+    assert_eq!(
+        w.activations().len(),
+        0,
+        "an EC2 instance needs no activation"
+    );
+    let setup_runs = host.ssm_setup_runs().len();
+    assert_eq!(setup_runs, 1, "{:?}", host.ssm_setup_runs());
+    let said = message(&obj, types::CREDENTIALS_READY);
+    assert!(said.contains("instance profile"), "{said}");
+
+    let bare_obj = w
+        .wait("bare", types::TARGET_RESOLVED, reasons::NO_INSTANCE_PROFILE)
+        .await;
+    assert_eq!(
+        condition(&bare_obj, types::READY).unwrap().1,
+        reasons::NO_INSTANCE_PROFILE
+    );
+    assert!(bare.ssm_setup_runs().is_empty(), "nothing runs on the host");
+
+    // The instance's node is its own: deleting the object leaves it.
+    w.api.delete("api", &DeleteParams::default()).await.unwrap();
+    wait_gone(&w.api, "api").await;
+    assert!(w.aws.opsworks.ssm_node(&instance).is_some());
+    // A new object for the same instance finds it online and runs nothing over SSH.
+    apply(w.cp, &w.ec2("api-again", &instance, &host));
+    let again = w.wait("api-again", types::READY, reasons::SUCCEEDED).await;
+    assert_eq!(
+        condition(&again, types::AGENT_INSTALLED).unwrap().1,
+        reasons::NOT_NEEDED
+    );
+    assert_eq!(host.ssm_setup_runs().len(), setup_runs);
+}
+
+#[tokio::test]
+async fn a_node_whose_heartbeat_stops_is_reported_and_a_deregistered_one_is_registered_again() {
+    // Looked at again every few seconds, to notice what changed behind its back.
+    let w = World::new("ssm-drift", &["--resync-seconds", "5"], &[]).await;
+    let host = w.host("drift");
+    apply(w.cp, &w.on_premises("drift", &host, ""));
+    let obj = w.wait("drift", types::READY, reasons::SUCCEEDED).await;
+    let first = status(&obj).managed_node_id.unwrap();
+
+    // The agent dies: no more heartbeats; Systems Manager says ConnectionLost, and so does Ready.
+    assert!(host.kill_ssm_agent() >= 1);
+    let lost = w
+        .wait_for(
+            "drift",
+            types::READY,
+            reasons::CONNECTION_LOST,
+            Duration::from_secs(60),
+        )
+        .await;
+    let said = message(&lost, types::REGISTERED);
+    assert!(said.contains(&first), "{said}");
+
+    // Deregistered behind the controller's back: registered again, over the old registration.
+    w.aws
+        .ssm()
+        .deregister_managed_instance()
+        .instance_id(&first)
+        .send()
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let second = loop {
+        let obj = w.get("drift").await;
+        let s = status(&obj);
+        if condition(&obj, types::READY)
+            .is_some_and(|(st, r, _)| st == "True" && r == reasons::SUCCEEDED)
+            && let Some(node) = s.managed_node_id.filter(|n| *n != first)
+        {
+            break node;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not registered again: {:#?}\n{}",
+            obj.status,
+            tail(&w.controller.logs(), 30)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(host.ssm_registration().as_deref(), Some(second.as_str()));
+    assert_eq!(
+        w.aws.opsworks.ssm_node(&second).unwrap().ping_status,
+        "Online"
+    );
+    assert_eq!(
+        host.ssm_setup_runs().len(),
+        2,
+        "{:?}",
+        host.ssm_setup_runs()
+    );
+    w.assert_no_codes();
+}
+
+#[tokio::test]
+async fn a_host_registered_already_is_adopted_or_reported_and_never_registered_again() {
+    let w = World::new("ssm-already", &[], &[]).await;
+    // A host whose registration file names a node nobody lists here (another account).
+    let elsewhere = w.host("elsewhere");
+    let dir = elsewhere.amazon_dir().join("ssm");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("registration"),
+        r#"{"ManagedInstanceID":"mi-0aaaaaaaaaaaaaaa1","Region":"ap-south-1"}"#,
+    )
+    .unwrap();
+    apply(w.cp, &w.on_premises("elsewhere", &elsewhere, ""));
+    let obj = w
+        .wait(
+            "elsewhere",
+            types::AGENT_INSTALLED,
+            reasons::REGISTERED_ELSEWHERE,
+        )
+        .await;
+    let said = message(&obj, types::AGENT_INSTALLED);
+    assert!(said.contains("mi-0aaaaaaaaaaaaaaa1"), "{said}");
+    assert!(elsewhere.ssm_setup_runs().is_empty(), "the setup tool ran");
+
+    // A host registered by another object (deleted with Retain): adopted by a new one, and left
+    // registered when that one is deleted.
+    let kept = w.host("kept");
+    apply(
+        w.cp,
+        &w.on_premises("first", &kept, "  deletionPolicy: Retain\n"),
+    );
+    let first = w.wait("first", types::READY, reasons::SUCCEEDED).await;
+    let node = status(&first).managed_node_id.unwrap();
+    w.api
+        .delete("first", &DeleteParams::default())
+        .await
+        .unwrap();
+    wait_gone(&w.api, "first").await;
+    apply(w.cp, &w.on_premises("second", &kept, ""));
+    let second = w.wait("second", types::READY, reasons::SUCCEEDED).await;
+    assert_eq!(
+        status(&second).managed_node_id.as_deref(),
+        Some(node.as_str())
+    );
+    assert!(status(&second).adopted);
+    assert_eq!(
+        kept.ssm_setup_runs().len(),
+        1,
+        "{:?}",
+        kept.ssm_setup_runs()
+    );
+    w.api
+        .delete("second", &DeleteParams::default())
+        .await
+        .unwrap();
+    wait_gone(&w.api, "second").await;
+    assert!(
+        w.aws.opsworks.ssm_node(&node).is_some(),
+        "an adopted node was deregistered"
+    );
+    // The object that found its host registered elsewhere held an activation; deleting it
+    // deletes that too.
+    assert_eq!(w.activations().len(), 1, "{:?}", w.activations());
+    w.api
+        .delete("elsewhere", &DeleteParams::default())
+        .await
+        .unwrap();
+    wait_gone(&w.api, "elsewhere").await;
+    assert!(w.activations().is_empty(), "{:?}", w.activations());
+    w.assert_no_codes();
+}
+
+/// A controller killed right after `CreateActivation` (before the code is stored), after the
+/// code is stored, or while the setup tool runs on the host: one node, at most one activation
+/// at any time, none left at the end.
+#[tokio::test]
+async fn sigkill_around_the_activation_and_during_the_install_gives_one_activation_and_one_node() {
+    for (point, label) in [
+        ("ssm:CreateActivation", "after CreateActivation"),
+        ("kube:WriteActivationSecret", "after the code is stored"),
+        ("", "during the install"),
+    ] {
+        let env: Vec<(&str, &str)> = if point.is_empty() {
+            Vec::new()
+        } else {
+            vec![("REGISTRAR_CRASH_AFTER", point)]
+        };
+        let mut w = World::with(crash_aws(), "ssm-crash", &[], &env).await;
+        let host = w.host("crash");
+        let created_before = w.calls("CreateActivation");
+        apply(w.cp, &w.on_premises("crash", &host, ""));
+        if point.is_empty() {
+            // Killed while the setup tool runs (it takes SETUP_RUN_TIME).
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while host.processes("ssm-setup-cli").is_empty() {
+                assert!(Instant::now() < deadline, "the setup tool never ran");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            w.controller.kill();
+        } else {
+            assert!(
+                w.controller.wait_exit(Duration::from_secs(60)).is_some(),
+                "{label}: the controller did not stop at {point}"
+            );
+        }
+        let live = w.activations().len();
+        assert!(live <= 1, "{label}: {live} activations after the crash");
+        w.controller = ControllerProcess::start(w.cp, w.aws, &w.ns, &[]);
+        let obj = w
+            .wait_for(
+                "crash",
+                types::READY,
+                reasons::SUCCEEDED,
+                Duration::from_secs(120),
+            )
+            .await;
+        let node = status(&obj).managed_node_id.unwrap();
+        let created = w.calls("CreateActivation") - created_before;
+        let nodes: Vec<_> = w
+            .aws
+            .opsworks
+            .ssm_nodes()
+            .into_iter()
+            .filter(|n| n.iam_role.as_deref() == Some(w.role.as_str()))
+            .collect();
+        println!(
+            "crash {label}: {created} CreateActivation, {} node(s), {} setup run(s)",
+            nodes.len(),
+            host.ssm_setup_runs().len()
+        );
+        assert_eq!(nodes.len(), 1, "{label}: {nodes:?}");
+        assert_eq!(nodes[0].instance_id, node, "{label}");
+        assert_eq!(host.ssm_registration().as_deref(), Some(node.as_str()));
+        assert!(w.activations().is_empty(), "{label}: {:?}", w.activations());
+        match point {
+            // The code was lost with the process: that activation was deleted, another made.
+            "ssm:CreateActivation" => assert_eq!(created, 2, "{label}"),
+            _ => assert_eq!(created, 1, "{label}"),
+        }
+        w.assert_no_codes();
+    }
+}
