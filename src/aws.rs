@@ -14,9 +14,8 @@ use aws_sdk_iam::config::http::HttpResponse;
 use aws_sdk_iam::error::{ProvideErrorMetadata, SdkError};
 use aws_smithy_types::timeout::TimeoutConfig;
 
-use crate::conditions::{Observation, reasons};
+use crate::conditions::{Observation, Outcome, reasons};
 use crate::metrics::AwsCallCounter;
-use crate::steps::Outcome;
 
 /// Attempts per AWS call, including the first, before a failure reaches the step (the step then
 /// retries with the object's backoff).

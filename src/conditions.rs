@@ -2,6 +2,8 @@
 //! condition list: `lastTransitionTime` moves only when a condition's status flips, so a
 //! reconcile that finds nothing new produces a status equal to the one already stored.
 
+use std::time::Duration;
+
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use crate::resource::{Condition, ConditionStatus};
@@ -182,6 +184,32 @@ pub mod reasons {
     // Transient failures.
     /// A Kubernetes API call failed in a way that may pass; retried with backoff.
     pub const KUBERNETES_API_ERROR: &str = "KubernetesApiError";
+}
+
+/// What a step found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// The step's condition holds: go on to the next step.
+    Done(Observation),
+    /// Under way and moving by itself (an install running, a registration pending): look again
+    /// after the given time.
+    Progressing(Observation, Duration),
+    /// Cannot go on until a person changes something (the spec, a Secret): kstatus Stalled.
+    Blocked(Observation),
+    /// A failure that may pass (throttling, network, 5xx): retried with backoff.
+    Retry(Observation),
+}
+
+impl Outcome {
+    /// The observation to record on the step's condition.
+    pub fn observation(&self) -> &Observation {
+        match self {
+            Outcome::Done(o)
+            | Outcome::Progressing(o, _)
+            | Outcome::Blocked(o)
+            | Outcome::Retry(o) => o,
+        }
+    }
 }
 
 /// Whether a condition holds, with the reason and message to record.

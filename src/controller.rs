@@ -7,197 +7,33 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{FutureExt, StreamExt};
-use k8s_openapi::api::core::v1::{Namespace, Secret};
+use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{PartialObjectMeta, Patch, PatchParams};
+use kube::api::PartialObjectMeta;
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::events::{Event, EventType};
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::{Predicate, WatchStreamExt, predicates, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
-use serde_json::json;
 use tracing::{Instrument, info, info_span, warn};
 
 use crate::aws::Aws;
-use crate::backoff::{Schedule, Tracker};
-use crate::cache::TtlCache;
+use crate::backoff::Schedule;
 use crate::conditions;
+use crate::context::patch_status;
+pub use crate::context::{
+    Context, FIELD_MANAGER, SSM_SETUP_URL, Settings, Versions, apply_status, checkpoint,
+};
 use crate::http::Health;
 use crate::metrics::{Metrics, ReasonLabels, ResultLabels};
 use crate::resource::{
     ConditionStatus, DeletionPolicy, FINALIZER, InstanceRegistration, InstanceRegistrationStatus,
 };
 use crate::steps::{self, Facts, Next, Outcome};
-use crate::tenancy::{self, Tenancy, Unannotated, Verdict};
+use crate::tenancy::{self, Verdict};
 use crate::{Error, Result};
-
-/// How long a stack's description is shared between the objects of the stack.
-const STACK_TTL: Duration = Duration::from_secs(30);
-/// How long a stack's instance list is shared: long enough that a fleet reconciled at once
-/// makes one DescribeInstances per stack, short enough that a pass sees a fresh registration.
-const INSTANCES_TTL: Duration = Duration::from_millis(1000);
-/// How long a stack's IAM group is taken to exist once seen or made (a group deleted meanwhile
-/// is noticed when adding a user to it fails).
-const IAM_GROUP_TTL: Duration = Duration::from_secs(600);
-
-/// The field manager of every write the controller makes.
-pub const FIELD_MANAGER: &str = "instance-registrar";
-
-/// AWS's published location of the Systems Manager agent setup tool for Linux hosts, per
-/// region, platform and architecture.
-pub const SSM_SETUP_URL: &str =
-    "https://amazon-ssm-{region}.s3.{region}.amazonaws.com/latest/{platform}_{arch}/ssm-setup-cli";
-
-/// How the controller runs; the `run` subcommand fills it from flags and environment.
-#[derive(Clone, Debug)]
-pub struct Settings {
-    /// Watch only this namespace (all namespaces when `None`).
-    pub watch_namespace: Option<String>,
-    /// Reconciles running at once, across objects.
-    pub concurrency: u16,
-    /// SSH sessions open at once, across objects (installs run inside reconciles, so at most
-    /// `concurrency` of them anyway).
-    pub ssh_concurrency: u16,
-    /// How often a finished object is looked at again to notice drift.
-    pub resync: Duration,
-    /// How long after a successful install OpsWorks may take to list the instance before the
-    /// install is tried again.
-    pub registration_timeout: Duration,
-    /// Where hosts download the Systems Manager agent setup tool (see [`SSM_SETUP_URL`]).
-    pub ssm_setup_url: String,
-    /// Name of this replica in Events (`reportingInstance`).
-    pub instance: Option<String>,
-    /// Which stacks the objects of a namespace without the `registrar.dev/allowed-stacks`
-    /// annotation may use.
-    pub unannotated_namespaces: Unannotated,
-    /// Time limits of every AWS call.
-    pub aws_timeouts: crate::aws::Timeouts,
-}
-
-impl Default for Settings {
-    fn default() -> Self {
-        Self {
-            watch_namespace: None,
-            concurrency: 64,
-            ssh_concurrency: 64,
-            resync: Duration::from_secs(600),
-            registration_timeout: Duration::from_secs(900),
-            ssm_setup_url: SSM_SETUP_URL.to_owned(),
-            instance: None,
-            unannotated_namespaces: Unannotated::default(),
-            aws_timeouts: crate::aws::Timeouts::default(),
-        }
-    }
-}
-
-/// What every reconcile shares.
-pub struct Context {
-    /// Kubernetes client.
-    pub client: Client,
-    /// AWS clients.
-    pub aws: Aws,
-    /// Publishes Events on the objects.
-    pub recorder: Recorder,
-    /// Failure counts by object, for backoff.
-    pub backoff: Tracker,
-    /// Every object the controller watches, as last seen (for rules across objects).
-    pub store: reflector::Store<InstanceRegistration>,
-    /// Which stacks each namespace may use.
-    pub tenancy: Tenancy,
-    /// Metrics.
-    pub metrics: Arc<Metrics>,
-    /// OpsWorks stacks by `region/stack`, shared by the objects of a stack for a while.
-    pub stacks: TtlCache<steps::StackFacts>,
-    /// OpsWorks instances by `region/stack`, shared by the objects of a stack for a moment.
-    pub instances: TtlCache<Arc<Vec<steps::OpsWorksInstance>>>,
-    /// IAM groups known to exist, by name.
-    pub iam_groups: TtlCache<()>,
-    /// Permits for SSH sessions ([`Settings::ssh_concurrency`]).
-    pub ssh_slots: tokio::sync::Semaphore,
-    /// The newest resourceVersion this controller knows of each object.
-    pub versions: Versions,
-    /// SSH private keys decoded from Secrets, once per Secret version, off the async workers.
-    pub ssh_keys: crate::sshkey::KeyCache,
-    /// How the controller runs.
-    pub settings: Settings,
-}
-
-impl Context {
-    /// A context for `client` and `aws` with `settings`, seeing the watched objects in `store`
-    /// and their namespaces in `namespaces`.
-    pub fn new(
-        client: Client,
-        aws: Aws,
-        store: reflector::Store<InstanceRegistration>,
-        namespaces: reflector::Store<PartialObjectMeta<Namespace>>,
-        metrics: Arc<Metrics>,
-        settings: Settings,
-    ) -> Self {
-        let reporter = Reporter {
-            controller: FIELD_MANAGER.to_owned(),
-            instance: settings.instance.clone(),
-        };
-        Self {
-            recorder: Recorder::new(client.clone(), reporter),
-            client,
-            aws,
-            backoff: Tracker::default(),
-            store,
-            tenancy: Tenancy::new(namespaces, settings.unannotated_namespaces),
-            metrics,
-            stacks: TtlCache::new(STACK_TTL),
-            instances: TtlCache::new(INSTANCES_TTL),
-            iam_groups: TtlCache::new(IAM_GROUP_TTL),
-            ssh_slots: tokio::sync::Semaphore::new(settings.ssh_concurrency.max(1).into()),
-            versions: Versions::default(),
-            ssh_keys: Default::default(),
-            settings,
-        }
-    }
-}
-
-/// The newest resourceVersion this controller has seen of each object, by UID: its own status
-/// writes return one before the watch shows it. resourceVersions are opaque, so only equality is
-/// used: a watch copy at another version than the newest known is looked up again.
-#[derive(Default)]
-pub struct Versions(std::sync::Mutex<std::collections::HashMap<String, String>>);
-
-impl Versions {
-    /// Records `obj`'s resourceVersion as the newest known.
-    pub fn saw(&self, obj: &InstanceRegistration) {
-        if let (Some(uid), Some(version)) = (obj.uid(), obj.resource_version()) {
-            self.0
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(uid, version);
-        }
-    }
-
-    /// Whether a newer copy of `obj` than this one may exist: this controller wrote or read the
-    /// object at another resourceVersion.
-    pub fn newer_than(&self, obj: &InstanceRegistration) -> bool {
-        let (Some(uid), Some(version)) = (obj.uid(), obj.resource_version()) else {
-            return false;
-        };
-        self.0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&uid)
-            .is_some_and(|known| *known != version)
-    }
-
-    /// Forgets a deleted object.
-    pub fn forget(&self, obj: &InstanceRegistration) {
-        if let Some(uid) = obj.uid() {
-            self.0
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(&uid);
-        }
-    }
-}
 
 /// The key an object's backoff is kept under: UID, so a re-created object starts afresh.
 fn backoff_key(obj: &InstanceRegistration) -> String {
@@ -384,102 +220,14 @@ async fn cleanup(
     }
 }
 
-/// The undo of a registration; returns a summary, or what stopped it.
-///
-/// The IAM user goes first: with the agent's key deleted no registration of this object's can
-/// appear after the look-up that follows. Then the registration this object made (or adopted,
-/// with DeregisterAdopted) is looked up in the spec's stack, matched on the host's identity, and
-/// deregistered; one this object did not make is left, whatever status says.
+/// The undo of a registration, by the object's service; returns a summary, or what stopped it.
 async fn undo(obj: &InstanceRegistration, ctx: &Context) -> std::result::Result<String, String> {
-    if let crate::resource::Service::SystemsManager(ssm) = obj.spec.service() {
-        return crate::ssm::undo::undo(ctx, obj, ssm).await;
-    }
-    // Tenancy first: an object whose namespace may not use the stack writes nothing in it.
-    match ctx.tenancy.verdict(obj) {
-        Verdict::Allowed => {}
-        Verdict::Unknown(why) => return Err(why),
-        Verdict::Refused(why) => return undo_outside_the_stack(obj, ctx, &why).await,
-    }
-    let mut done = Vec::new();
-    let opsworks = ctx.aws.opsworks(obj.spec.region.as_deref());
-    let stack_name = match opsworks
-        .describe_stacks()
-        .stack_ids(obj.spec.stack_id())
-        .send()
-        .await
-    {
-        Ok(out) => out
-            .stacks()
-            .first()
-            .and_then(|s| s.name())
-            .map(str::to_owned),
-        Err(e) => {
-            let failure = crate::aws::classify(&e);
-            if failure.kind != crate::aws::Kind::NotFound {
-                return Err(format!("opsworks:DescribeStacks: {failure}"));
-            }
-            None
+    match obj.spec.service() {
+        crate::resource::Service::OpsWorks(_) => crate::opsworks::undo::undo(obj, ctx).await,
+        crate::resource::Service::SystemsManager(ssm) => {
+            crate::ssm::undo::undo(ctx, obj, ssm).await
         }
-    };
-    match steps::cleanup_iam(ctx, obj, stack_name.as_deref(), true).await {
-        Ok(users) if users.is_empty() => {}
-        Ok(users) => done.push(format!("deleted IAM user {}", users.join(", "))),
-        Err(failure) => return Err(format!("IAM cleanup: {failure}")),
     }
-    let deregister_adopted = obj.spec.deletion_policy == DeletionPolicy::DeregisterAdopted;
-    match steps::registration_to_undo(ctx, obj, deregister_adopted).await? {
-        Ok(instance) => match opsworks
-            .deregister_instance()
-            .instance_id(&instance.id)
-            .send()
-            .await
-        {
-            Ok(_) => done.push(format!("deregistered {}", instance.id)),
-            Err(e) => {
-                let failure = crate::aws::classify(&e);
-                if failure.kind != crate::aws::Kind::NotFound {
-                    return Err(format!(
-                        "opsworks:DeregisterInstance {}: {failure}",
-                        instance.id
-                    ));
-                }
-            }
-        },
-        Err(note) => done.push(note),
-    }
-    if steps::forget_secret(ctx, obj).await? {
-        done.push("deleted the access key Secret".into());
-    }
-    Ok(if done.is_empty() {
-        "nothing to undo".into()
-    } else {
-        done.join("; ")
-    })
-}
-
-/// The undo of an object whose namespace may not use its stack (`why` says so): nothing in the
-/// stack is touched, not even read, so its registration, if any, stays. Only what the object
-/// alone can own goes: the IAM user tagged with its UID (made while the namespace was allowed
-/// the stack) and its access key Secret.
-async fn undo_outside_the_stack(
-    obj: &InstanceRegistration,
-    ctx: &Context,
-    why: &str,
-) -> std::result::Result<String, String> {
-    let mut done = vec![format!(
-        "{why}; nothing was done in the stack (a registration there is left as it is)"
-    )];
-    // No stack name: only the user recorded on status is looked at; and the stack's group is
-    // left even if empty.
-    match steps::cleanup_iam(ctx, obj, None, false).await {
-        Ok(users) if users.is_empty() => {}
-        Ok(users) => done.push(format!("deleted IAM user {}", users.join(", "))),
-        Err(failure) => return Err(format!("IAM cleanup: {failure}")),
-    }
-    if steps::forget_secret(ctx, obj).await? {
-        done.push("deleted the access key Secret".into());
-    }
-    Ok(done.join("; "))
 }
 
 /// Writes `new` to the status subresource with server-side apply, unless it means the same as
@@ -513,64 +261,6 @@ async fn write_status(
         }
     }
     Ok(())
-}
-
-/// The status write itself: server-side apply, forced, conditional on `version` when known; on
-/// success `version` is the object's new resourceVersion.
-async fn patch_status(
-    api: &Api<InstanceRegistration>,
-    ctx: &Context,
-    obj: &InstanceRegistration,
-    status: &InstanceRegistrationStatus,
-    version: &mut Option<String>,
-) -> Result<()> {
-    let written = apply_status(api, &obj.name_any(), status, version.as_deref())
-        .await
-        .map_err(|e| Error::kube("patch status", e))?;
-    ctx.versions.saw(&written);
-    *version = written.metadata.resource_version;
-    Ok(())
-}
-
-/// Applies `status` to object `name` (server-side apply, this controller's field manager,
-/// forced). With `version`, only if the object is still at that resourceVersion: otherwise the
-/// API server refuses it with 409 Conflict and nothing is written.
-pub async fn apply_status(
-    api: &Api<InstanceRegistration>,
-    name: &str,
-    status: &InstanceRegistrationStatus,
-    version: Option<&str>,
-) -> std::result::Result<InstanceRegistration, kube::Error> {
-    let mut body = json!({
-        "apiVersion": InstanceRegistration::api_version(&()),
-        "kind": InstanceRegistration::kind(&()),
-        "status": status,
-    });
-    if let Some(version) = version {
-        body["metadata"] = json!({ "resourceVersion": version });
-    }
-    api.patch_status(
-        name,
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&body),
-    )
-    .await
-}
-
-/// Writes `status` now, in the middle of a pass, before an action that must not be repeated
-/// from an older copy (the agent install): conditional on the version the pass works from, so
-/// the action runs only if no newer status exists. Returns why it could not be written.
-pub async fn checkpoint(
-    ctx: &Context,
-    obj: &InstanceRegistration,
-    status: &InstanceRegistrationStatus,
-    version: &mut Option<String>,
-) -> std::result::Result<(), String> {
-    let api: Api<InstanceRegistration> =
-        Api::namespaced(ctx.client.clone(), &obj.namespace().unwrap_or_default());
-    patch_status(&api, ctx, obj, status, version)
-        .await
-        .map_err(|e| e.to_string())
 }
 
 /// Whether a changed condition is worth an Event, and of which type. Step conditions are (a

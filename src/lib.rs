@@ -4,9 +4,10 @@
 //!
 //! - [`resource`]: the custom resource, its schema and validation rules.
 //! - [`controller`]: the watch, the finalizer, status and events around the [`steps`].
-//! - [`steps`]: the reconcile as a sequence of steps, each reporting one condition; the
-//!   OpsWorks service's own steps are among them.
-//! - [`ssm`]: the Systems Manager service's own steps and undo, behind the same steps.
+//! - [`context`]: what every reconcile shares, and the conditional status write.
+//! - [`steps`]: the reconcile as a sequence of steps, each reporting one condition, and the parts
+//!   both services share (SSH key, host probe, install runner, hand-off Secret).
+//! - [`opsworks`] and [`ssm`]: each service's own steps and undo, side by side.
 //! - [`conditions`]: condition types, reasons and the rules for updating them.
 //! - [`tenancy`]: which stacks the objects of a namespace may use.
 #![forbid(unsafe_code)]
@@ -17,12 +18,14 @@ pub mod backoff;
 pub mod cache;
 pub mod cli;
 pub mod conditions;
+pub mod context;
 pub mod controller;
 pub mod failpoint;
 pub mod http;
 pub mod install;
 pub mod leader;
 pub mod metrics;
+pub mod opsworks;
 pub mod resource;
 pub mod ssh;
 pub mod sshkey;

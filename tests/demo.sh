@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The local demo: starts a Kubernetes API server, moto, the OpsWorks-compatible endpoint and three
-# SSH hosts on loopback addresses, starts the controller, applies examples/local/*.yaml and shows
-# the three sample hosts going to Registered; then says how to look around, and runs until
+# The local demo: starts a Kubernetes API server, moto, the OpsWorks- and Systems Manager-compatible
+# endpoint and four SSH hosts on loopback addresses, starts the controller, applies
+# examples/local/*.yaml and shows the four sample hosts going to Registered (three with OpsWorks, one
+# with Systems Manager); then says how to look around, and runs until
 # stopped. Only loopback addresses are used.
 #
 #   bash tests/demo.sh          set up the machine (tests/setup.sh), build, and run the demo

@@ -40,6 +40,8 @@ use support::{
 /// Objects (and SSH hosts) registering at once in the crash test (the issue asks for 30; 12 keep
 /// the test within a few minutes on two busy cores).
 const CRASH_OBJECTS: usize = 30;
+/// Of those, on-premises hosts registered with Systems Manager (the others with OpsWorks).
+const CRASH_SSM_OBJECTS: usize = 6;
 /// SIGKILLs of the controller while the objects register.
 const CRASH_KILLS: usize = 10;
 /// The crash test's objects are applied in this many waves, one after each of the first kills.
@@ -75,7 +77,9 @@ const SSH_AUTH: &str = "kubernetes.io/ssh-auth";
 
 /// The crash test's own AWS (so its IAM users and instances are only its own).
 fn crash_aws() -> &'static AwsEnv {
-    serving_stand_in(AwsEnv::isolated(), INSTALLER_RUN_TIME)
+    let aws = serving_stand_in(AwsEnv::isolated(), INSTALLER_RUN_TIME);
+    aws.opsworks.set_ssm_setup_run_time(INSTALLER_RUN_TIME);
+    aws
 }
 
 /// The faults test's AWS: IAM and EC2 behind the fault-injecting proxy.
@@ -132,6 +136,8 @@ struct Env {
     controller_args: Vec<String>,
     controllers: Vec<ControllerProcess>,
     seen_secrets: Arc<Mutex<BTreeSet<String>>>,
+    /// The IAM service role of this world's Systems Manager activations.
+    ssm_role: String,
 }
 
 impl Env {
@@ -160,6 +166,8 @@ impl Env {
         .await;
         let stack = aws.create_stack(&ns, None).await;
         let seen_secrets = collect_secret_access_keys(&client, &ns).await;
+        let ssm_role = format!("{ns}-ssm");
+        aws.create_ssm_service_role(&ssm_role).await;
         let mut env = Env {
             cp,
             aws,
@@ -172,6 +180,7 @@ impl Env {
             controller_args: controller_args.iter().map(|a| (*a).to_owned()).collect(),
             controllers: Vec::new(),
             seen_secrets,
+            ssm_role,
         };
         env.start_controller();
         env
@@ -343,14 +352,46 @@ impl Env {
                 ));
             }
         }
+        for n in self.ssm_nodes() {
+            left.push(format!("Systems Manager node {}", n.instance_id));
+        }
+        for a in self.ssm_activations() {
+            left.push(format!("activation {}", a.activation_id));
+        }
         let secrets: Api<Secret> = Api::namespaced(self.client.clone(), &self.ns);
         for name in names {
-            let credentials = format!("{name}-opsworks-access-key");
-            if secrets.get_opt(&credentials).await.unwrap().is_some() {
-                left.push(format!("Secret {credentials}"));
+            for suffix in ["opsworks-access-key", "ssm-activation"] {
+                let held = format!("{name}-{suffix}");
+                if secrets.get_opt(&held).await.unwrap().is_some() {
+                    left.push(format!("Secret {held}"));
+                }
             }
         }
         left
+    }
+
+    /// The Systems Manager nodes registered for this world's service role.
+    fn ssm_nodes(&self) -> Vec<opsworks_endpoint::SsmNodeView> {
+        self.aws
+            .opsworks
+            .ssm_nodes()
+            .into_iter()
+            .filter(|n| {
+                n.iam_role
+                    .as_deref()
+                    .is_some_and(|r| r.ends_with(&self.ssm_role))
+            })
+            .collect()
+    }
+
+    /// The activations for this world's service role that exist.
+    fn ssm_activations(&self) -> Vec<opsworks_endpoint::SsmActivationView> {
+        self.aws
+            .opsworks
+            .ssm_activations()
+            .into_iter()
+            .filter(|a| a.iam_role.ends_with(&self.ssm_role))
+            .collect()
     }
 
     /// Deletes `names` (all at once) and waits for them to be gone.
@@ -541,6 +582,80 @@ fn batch(env: &Env, prefix: &str, hosts: &[SshHost]) -> (Vec<String>, String) {
     (names, yaml)
 }
 
+/// The objects' manifests for `hosts` registered with Systems Manager (on-premises, with the
+/// world's service role), object `<prefix>-<i>`.
+fn ssm_batch(env: &Env, prefix: &str, hosts: &[SshHost]) -> (Vec<String>, String) {
+    let mut names = Vec::new();
+    let mut yaml = String::new();
+    for (i, host) in hosts.iter().enumerate() {
+        let name = format!("{prefix}-{i}");
+        yaml += &format!(
+            "---
+apiVersion: registrar.dev/v1alpha1
+kind: InstanceRegistration
+metadata:
+  name: {name}
+  namespace: {ns}
+spec:
+  systemsManager:
+    serviceRole: {role}
+  infrastructureClass: on-premises
+  target: {address}
+  ssh:
+    username: {user}
+    privateKeySecretRef:
+      name: key
+    port: {port}
+",
+            ns = env.ns,
+            role = env.ssm_role,
+            address = host.address(),
+            user = ssh_hosts::USER,
+            port = host.port(),
+        );
+        names.push(name);
+    }
+    (names, yaml)
+}
+
+/// Checks the end state of a batch of Ready Systems Manager objects: one node per host (the one
+/// on its status and in the host's registration file, online), no activation left, no
+/// activation Secret.
+async fn assert_ssm_registered_once(
+    env: &Env,
+    objects: &[InstanceRegistration],
+    hosts: &[SshHost],
+) {
+    let nodes = env.ssm_nodes();
+    assert_eq!(nodes.len(), objects.len(), "one node per host: {nodes:?}");
+    let secrets: Api<Secret> = Api::namespaced(env.client.clone(), &env.ns);
+    for (obj, host) in objects.iter().zip(hosts) {
+        let name = obj.metadata.name.clone().unwrap();
+        let node = obj.status.clone().unwrap().managed_node_id;
+        assert!(node.is_some(), "{name}: no node on its status");
+        assert_eq!(
+            host.ssm_registration(),
+            node,
+            "{name}: the host's registration"
+        );
+        let listed = nodes.iter().find(|n| Some(&n.instance_id) == node.as_ref());
+        assert_eq!(
+            listed.map(|n| n.ping_status.as_str()),
+            Some("Online"),
+            "{name}: {nodes:?}"
+        );
+        assert!(
+            secrets
+                .get_opt(&format!("{name}-ssm-activation"))
+                .await
+                .unwrap()
+                .is_none(),
+            "{name}: the activation Secret outlived the install"
+        );
+    }
+    assert_eq!(env.ssm_activations(), Vec::new(), "activations left");
+}
+
 // ---------------------------------------------------------------------------------------------
 // 1. Crashes
 
@@ -548,10 +663,15 @@ fn batch(env: &Env, prefix: &str, hosts: &[SshHost]) -> (Vec<String>, String) {
 async fn crashes_killed_at_random_moments_many_times_register_each_host_once_and_leave_nothing() {
     let started = Instant::now();
     let mut env = Env::new(crash_aws(), "rel-crash", &[]).await;
-    let hosts: Vec<SshHost> = (0..CRASH_OBJECTS)
+    let hosts: Vec<SshHost> = (0..CRASH_OBJECTS - CRASH_SSM_OBJECTS)
         .map(|i| env.host(&format!("c{i}")))
         .collect();
-    let (names, _) = batch(&env, "crash", &hosts);
+    let ssm_hosts: Vec<SshHost> = (0..CRASH_SSM_OBJECTS)
+        .map(|i| env.host(&format!("s{i}")))
+        .collect();
+    let (opsworks_names, _) = batch(&env, "crash", &hosts);
+    let (ssm_names, ssm_yaml) = ssm_batch(&env, "crash-ssm", &ssm_hosts);
+    let names: Vec<String> = opsworks_names.iter().chain(&ssm_names).cloned().collect();
     // The objects arrive in waves while the kills go on, so that the kills find objects in every
     // phase (stack and IAM calls, credentials written, installs running, waiting for OpsWorks).
     let waves: Vec<&[SshHost]> = hosts.chunks(CRASH_OBJECTS.div_ceil(CRASH_WAVES)).collect();
@@ -567,6 +687,11 @@ async fn crashes_killed_at_random_moments_many_times_register_each_host_once_and
             let (_, yaml) = batch(&env, "crash", &hosts[..applied + wave.len()]);
             env.apply(&yaml);
             applied += wave.len();
+        }
+        if k == 1 {
+            // The Systems Manager objects come in with the second wave.
+            env.apply(&ssm_yaml);
+            applied += CRASH_SSM_OBJECTS;
         }
         tokio::time::sleep(rng.millis(1000, 3500)).await;
         let ready_then = env.objects().await.iter().filter(|o| ready(o)).count();
@@ -596,7 +721,22 @@ async fn crashes_killed_at_random_moments_many_times_register_each_host_once_and
         })
         .await;
     let to_ready = started.elapsed();
-    let (users, keys) = assert_registered_once(&env, &objects, &hosts).await;
+    let (opsworks_objects, ssm_objects): (Vec<_>, Vec<_>) = objects
+        .iter()
+        .cloned()
+        .partition(|o| o.spec.systems_manager.is_none());
+    let mut opsworks_objects = opsworks_objects;
+    opsworks_objects.sort_by_key(|o| {
+        let name = o.metadata.name.clone().unwrap();
+        name.rsplit('-').next().unwrap().parse::<usize>().unwrap()
+    });
+    let mut ssm_objects = ssm_objects;
+    ssm_objects.sort_by_key(|o| {
+        let name = o.metadata.name.clone().unwrap();
+        name.rsplit('-').next().unwrap().parse::<usize>().unwrap()
+    });
+    let (users, keys) = assert_registered_once(&env, &opsworks_objects, &hosts).await;
+    assert_ssm_registered_once(&env, &ssm_objects, &ssm_hosts).await;
     let runs: Vec<usize> = hosts.iter().map(SshHost::boot_registration_runs).collect();
     assert!(runs.iter().all(|r| *r >= 1), "{runs:?}");
     let (hits_before_delete, access_keys) = env.secret_hits(&[]);
@@ -612,7 +752,7 @@ async fn crashes_killed_at_random_moments_many_times_register_each_host_once_and
     for _ in 0..CRASH_KILLS_DURING_DELETE {
         tokio::time::sleep(rng.millis(300, 1500)).await;
         env.kill_controller();
-        kills.push((started.elapsed(), CRASH_OBJECTS, 0, 0, 0));
+        kills.push((started.elapsed(), names.len(), 0, 0, 0));
         env.start_controller();
     }
     env.wait_all_gone(&names).await;
@@ -620,7 +760,8 @@ async fn crashes_killed_at_random_moments_many_times_register_each_host_once_and
     let (hits_after, _) = env.secret_hits(&[]);
 
     println!(
-        "crashes: {CRASH_OBJECTS} objects against {CRASH_OBJECTS} sshd hosts, seed {CRASH_SEED:#x}"
+        "crashes: {CRASH_OBJECTS} objects ({CRASH_SSM_OBJECTS} of them Systems Manager) against \
+         {CRASH_OBJECTS} sshd hosts, seed {CRASH_SEED:#x}"
     );
     for (i, (at, applied, ready_then, runs_then, keys_held)) in kills.iter().enumerate() {
         if i < CRASH_KILLS {
@@ -639,9 +780,15 @@ async fn crashes_killed_at_random_moments_many_times_register_each_host_once_and
         }
     }
     println!(
-        "  all Ready after {:.1} s; OpsWorks instances {}, IAM users {users}, access keys {keys}",
+        "  all Ready after {:.1} s; OpsWorks instances {}, IAM users {users}, access keys {keys}; \
+         Systems Manager nodes {}, activations left 0, setup runs per host {:?}",
         to_ready.as_secs_f64(),
-        objects.len()
+        opsworks_objects.len(),
+        ssm_objects.len(),
+        ssm_hosts
+            .iter()
+            .map(|h| h.ssm_setup_runs().len())
+            .collect::<Vec<_>>()
     );
     println!(
         "  installer runs per host {runs:?} (a kill during an install may legitimately run it \

@@ -15,7 +15,7 @@ use kube::ResourceExt;
 use super::Activation;
 use crate::aws::{self, Kind, Sensitive};
 use crate::conditions::{Observation, reasons};
-use crate::controller::Context;
+use crate::context::Context;
 use crate::failpoint;
 use crate::resource::{
     InfrastructureClass, InstanceRegistration, InstanceRegistrationStatus, SystemsManagerSpec,

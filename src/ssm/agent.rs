@@ -17,7 +17,7 @@ use kube::ResourceExt;
 use tracing::warn;
 
 use crate::conditions::{Observation, reasons};
-use crate::controller::Context;
+use crate::context::Context;
 use crate::install::{self, SsmMode, SsmPlan};
 use crate::resource::{
     InfrastructureClass, InstanceRegistration, InstanceRegistrationStatus, SystemsManagerSpec,

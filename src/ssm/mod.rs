@@ -25,7 +25,7 @@ use aws_sdk_ssm::types::InstanceInformationStringFilter;
 use k8s_openapi::jiff::Timestamp;
 
 use crate::aws;
-use crate::controller::Context;
+use crate::context::Context;
 use crate::resource::{InstanceRegistration, SystemsManagerSpec};
 use crate::steps::Outcome;
 

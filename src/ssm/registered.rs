@@ -12,7 +12,7 @@ use k8s_openapi::jiff::Timestamp;
 
 use crate::aws::{self, Kind};
 use crate::conditions::{Observation, reasons};
-use crate::controller::Context;
+use crate::context::Context;
 use crate::resource::{InstanceRegistration, InstanceRegistrationStatus, SystemsManagerSpec};
 use crate::steps::{Facts, Outcome, handoff};
 

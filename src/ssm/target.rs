@@ -6,7 +6,7 @@
 //! activation this object made.
 
 use crate::conditions::{Observation, reasons};
-use crate::controller::Context;
+use crate::context::Context;
 use crate::resource::{
     InfrastructureClass, InstanceRegistration, InstanceRegistrationStatus, SystemsManagerSpec,
 };

@@ -8,7 +8,7 @@ use aws_sdk_ssm::types::{DescribeActivationsFilter, DescribeActivationsFilterKey
 use kube::ResourceExt;
 
 use crate::aws::{self, Kind};
-use crate::controller::Context;
+use crate::context::Context;
 use crate::resource::{
     DeletionPolicy, InfrastructureClass, InstanceRegistration, SystemsManagerSpec,
 };

@@ -13,7 +13,7 @@ use kube::{Api, Resource, ResourceExt};
 
 use super::Outcome;
 use crate::conditions::{Observation, reasons};
-use crate::controller::{Context, FIELD_MANAGER};
+use crate::context::{Context, FIELD_MANAGER};
 use crate::resource::InstanceRegistration;
 
 /// The Secret's name for `obj` and `suffix` (`opsworks-access-key`, `ssm-activation`): the

@@ -3,35 +3,35 @@
 //! The first step that is not done ends the pass; [`summarize`] turns what the steps reported
 //! into the conditions, phase and kstatus pair, and says when to look again.
 //!
-//! Adding a step is adding a variant to [`Step`] and a module beside this one: the loop around
-//! them does not change.
+//! The steps every service shares are here ([`ssh_key`], [`host`], the install runner, the
+//! hand-off Secret of [`handoff`]); each service's own are in its module, side by side:
+//! [`crate::opsworks`] and [`crate::ssm`]. [`Step::run`] is the one place that picks a service's
+//! step: adding a service is a module with a target, credentials, install, registration and undo
+//! of its own, and a pipeline.
 
-mod agent;
-mod credentials;
 pub mod handoff;
-mod host;
-pub mod identity;
-mod registered;
+pub mod host;
+pub mod probe;
+mod runner;
 mod ssh_key;
-mod stack;
-mod target;
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
-pub use agent::{InstallRun, run_install};
+pub use crate::conditions::Outcome;
 pub use host::installed;
-pub use target::{find_ec2, holder_of_the_same_host, registration_to_undo};
+pub use runner::{InstallRun, run_install};
 
-pub use credentials::{
-    OWNER_TAG, cleanup_iam, credentials_secret_name, forget_secret, inline_policy_expiry,
-    policy_document_json,
+pub use crate::opsworks::{
+    AccessKey, OWNER_TAG, OpsWorksInstance, StackFacts, cleanup_iam, credentials_secret_name,
+    find_ec2, forget_secret, holder_of_the_same_host, identity, inline_policy_expiry,
+    policy_document_json, registration_to_undo,
 };
+use crate::opsworks::{agent, credentials, registered, stack, target};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use crate::conditions::{self, Observation, reasons, types};
-use crate::controller::Context;
+use crate::context::Context;
 use crate::resource::{InstanceRegistration, InstanceRegistrationStatus, Phase, Service};
 
 /// The steps, in the order they run.
@@ -198,25 +198,6 @@ impl Facts {
     }
 }
 
-/// An OpsWorks stack.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct StackFacts {
-    /// Stack ID.
-    pub id: String,
-    /// Stack name.
-    pub name: String,
-    /// Stack ARN (the resource of the inline RegisterInstance policy).
-    pub arn: String,
-    /// The stack's own region: where its EC2 instances live.
-    pub region: String,
-    /// The stack's VPC, if any: only instances in it count.
-    pub vpc_id: Option<String>,
-    /// Where the agent installer tarball is downloaded from.
-    pub agent_installer_url: String,
-    /// The provisioning parameters the agent needs (among them `assets_download_bucket`).
-    pub parameters: BTreeMap<String, String>,
-}
-
 /// The host to register.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TargetFacts {
@@ -235,61 +216,6 @@ impl TargetFacts {
             ec2_instance_id: None,
             address: address.to_owned(),
             instance_profile: None,
-        }
-    }
-}
-
-/// An instance of the stack, as OpsWorks DescribeInstances reports it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct OpsWorksInstance {
-    /// OpsWorks instance ID.
-    pub id: String,
-    /// OpsWorks status (`registering`, `registered`, `online`, `setup_failed`, ...).
-    pub status: String,
-    /// Hostname in OpsWorks.
-    pub hostname: Option<String>,
-    /// EC2 instance ID, for EC2 instances.
-    pub ec2_instance_id: Option<String>,
-    /// Layers it belongs to.
-    pub layer_ids: Vec<String>,
-    /// Addresses OpsWorks records for it.
-    pub private_ip: Option<String>,
-    /// Public address OpsWorks records for it.
-    pub public_ip: Option<String>,
-}
-
-/// An access key for the agent. The secret half never leaves this struct except into the
-/// credentials Secret and the host's `preconfig`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct AccessKey {
-    /// Access key ID (not a secret).
-    pub id: String,
-    /// Secret access key (redacted in Debug).
-    pub secret: crate::aws::Sensitive,
-}
-
-/// What a step found.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Outcome {
-    /// The step's condition holds: go on to the next step.
-    Done(Observation),
-    /// Under way and moving by itself (an install running, a registration pending): look again
-    /// after the given time.
-    Progressing(Observation, Duration),
-    /// Cannot go on until a person changes something (the spec, a Secret): kstatus Stalled.
-    Blocked(Observation),
-    /// A failure that may pass (throttling, network, 5xx): retried with backoff.
-    Retry(Observation),
-}
-
-impl Outcome {
-    /// The observation to record on the step's condition.
-    pub fn observation(&self) -> &Observation {
-        match self {
-            Outcome::Done(o)
-            | Outcome::Progressing(o, _)
-            | Outcome::Blocked(o)
-            | Outcome::Retry(o) => o,
         }
     }
 }

@@ -7,7 +7,7 @@ use kube::{Api, ResourceExt};
 
 use super::{Facts, Outcome};
 use crate::conditions::{Observation, reasons};
-use crate::controller::Context;
+use crate::context::Context;
 use crate::resource::InstanceRegistration;
 use crate::sshkey::{self, KeyProblem, LoadError};
 

@@ -99,9 +99,10 @@ pub fn serving_stand_in(aws: &'static AwsEnv, run_time: Duration) -> &'static Aw
     aws
 }
 
-/// Watches the Secrets of `ns` and collects every `secret_access_key` stored in one (the
-/// controller deletes its Secret once the agent has the key, so only a watch started before
-/// anything is applied sees them all). Returns once the watch is established.
+/// Watches the Secrets of `ns` and collects every `secret_access_key` (OpsWorks) and
+/// `activation_code` (Systems Manager) stored in one (the controller deletes its Secret once the
+/// agent has what it holds, so only a watch started before anything is applied sees them all).
+/// Returns once the watch is established.
 pub async fn collect_secret_access_keys(
     client: &kube::Client,
     ns: &str,
@@ -117,10 +118,12 @@ pub async fn collect_secret_access_keys(
         while let Some(event) = events.next().await {
             match event {
                 Ok(watcher::Event::Apply(s) | watcher::Event::InitApply(s)) => {
-                    if let Some(v) = s.data.as_ref().and_then(|d| d.get("secret_access_key")) {
-                        sink.lock()
-                            .unwrap()
-                            .insert(String::from_utf8_lossy(&v.0).into_owned());
+                    for key in ["secret_access_key", "activation_code"] {
+                        if let Some(v) = s.data.as_ref().and_then(|d| d.get(key)) {
+                            sink.lock()
+                                .unwrap()
+                                .insert(String::from_utf8_lossy(&v.0).into_owned());
+                        }
                     }
                 }
                 Ok(watcher::Event::InitDone) => {

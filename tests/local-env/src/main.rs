@@ -1,10 +1,11 @@
 //! `local-env`: the local demo (`bash tests/demo.sh`, which runs `tests/setup.sh` and builds
 //! first).
 //!
-//! It starts the local environment — the control plane, moto, the OpsWorks-compatible endpoint
-//! (serving the agent installer stand-in) and three SSH hosts on `127.0.0.x` — makes an OpsWorks
-//! stack `EC2Register` and two EC2 instance records in moto for the hosts (one with an instance
-//! profile), starts the controller, applies `examples/local/*.yaml` with their placeholders
+//! It starts the local environment — the control plane, moto, the OpsWorks- and Systems
+//! Manager-compatible endpoint (serving the agent installer and setup tool stand-ins) and four SSH
+//! hosts on `127.0.0.x` — makes an OpsWorks stack `EC2Register`, two EC2 instance records in moto
+//! for the hosts (one with an instance profile) and the Systems Manager service role, starts the
+//! controller, applies `examples/local/*.yaml` with their placeholders
 //! filled in, and shows `kubectl get ir -o wide` until every object is Ready. Then it says how to
 //! look around and keeps everything running until it gets SIGINT (Ctrl-C) or SIGTERM
 //! (`bash tests/demo.sh stop`); everything it started dies with it.
@@ -41,6 +42,8 @@ const SECRET: &str = "demo-ssh-key";
 const STACK_NAME: &str = "EC2Register";
 /// The IAM instance profile of the EC2 instance registered with it.
 const INSTANCE_PROFILE: &str = "aws-opsworks-ec2-role";
+/// The IAM service role of the Systems Manager activations.
+const SSM_SERVICE_ROLE: &str = "SSMServiceRole";
 /// How long the agent installer stand-in takes on a host (the real one took minutes).
 const INSTALLER_RUN_TIME: Duration = Duration::from_secs(3);
 /// The port the controller's metrics are served on, on 127.0.0.1, when it is free.
@@ -66,9 +69,11 @@ enum Kind {
     Ec2InstanceProfile,
     /// An on-premises host.
     OnPremises,
+    /// An on-premises host registered with Systems Manager.
+    SsmOnPremises,
 }
 
-const SAMPLES: [Sample; 3] = [
+const SAMPLES: [Sample; 4] = [
     Sample {
         name: "web-1",
         kind: Kind::Ec2,
@@ -80,6 +85,10 @@ const SAMPLES: [Sample; 3] = [
     Sample {
         name: "db-1",
         kind: Kind::OnPremises,
+    },
+    Sample {
+        name: "build-1",
+        kind: Kind::SsmOnPremises,
     },
 ];
 
@@ -302,7 +311,8 @@ impl Demo {
         self.started = Some(Instant::now());
         println!(
             "instance-registrar demo: a Kubernetes API server, moto (IAM, EC2, STS), an \
-             OpsWorks-compatible endpoint and three SSH hosts, all on loopback; files in {}",
+             OpsWorks- and Systems Manager-compatible endpoint and four SSH hosts, all on loopback; \
+             files in {}",
             dir.display()
         );
         let controller_bin = controller_binary()?;
@@ -316,9 +326,10 @@ impl Demo {
         let aws = aws::start(true);
         aws.opsworks
             .set_agent_installer(AgentInstaller::StandIn(standin));
+        aws.opsworks.set_ssm_setup_run_time(INSTALLER_RUN_TIME);
         self.say(&format!(
-            "moto (IAM, EC2, STS) at {}; OpsWorks-compatible endpoint at {}, serving the agent \
-             installer stand-in ({}s per install)",
+            "moto (IAM, EC2, STS) at {}; OpsWorks- and Systems Manager-compatible endpoint at {}, \
+             serving the agent installer and setup tool stand-ins ({}s per install)",
             aws.moto.url(),
             aws.opsworks.url(),
             INSTALLER_RUN_TIME.as_secs()
@@ -356,10 +367,14 @@ impl Demo {
             .send()
             .await
             .map_err(|e| format!("creating the instance profile: {e:?}"))?;
+        aws.create_ssm_service_role(SSM_SERVICE_ROLE).await;
+        self.say(&format!(
+            "IAM role {SSM_SERVICE_ROLE} for Systems Manager activations (trusting ssm.amazonaws.com)"
+        ));
         let mut facts = Vec::new();
         for (sample, host) in SAMPLES.iter().zip(&self.hosts) {
             let instance_id = match sample.kind {
-                Kind::OnPremises => None,
+                Kind::OnPremises | Kind::SsmOnPremises => None,
                 Kind::Ec2 | Kind::Ec2InstanceProfile => {
                     let profile =
                         (sample.kind == Kind::Ec2InstanceProfile).then_some(INSTANCE_PROFILE);
@@ -588,6 +603,20 @@ impl Demo {
                     .unwrap_or_default()
             );
         }
+        let nodes = aws.opsworks.ssm_nodes();
+        let _ = writeln!(
+            text,
+            "Systems Manager lists: {}",
+            if nodes.is_empty() {
+                "no node".to_owned()
+            } else {
+                nodes
+                    .iter()
+                    .map(|n| format!("{} {} ({})", n.instance_id, n.ping_status, n.resource_type))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            }
+        );
         let users = aws.iam_users("OpsWorks-").await;
         let _ = write!(
             text,
@@ -636,6 +665,10 @@ impl Demo {
         let _ = writeln!(
             t,
             "  kubectl delete ir web-1                # deregisters it and deletes its IAM user"
+        );
+        let _ = writeln!(
+            t,
+            "  kubectl get ir build-1 -o jsonpath='{{.status.managedNodeId}}'   # its Systems Manager node"
         );
         let _ = writeln!(t, "  less {}", log.display());
         let _ = writeln!(t, "  curl -s {}", endpoints.metrics);
@@ -722,6 +755,7 @@ fn fill_manifests(dir: &Path, stack_id: &str, facts: &[HostFacts]) -> Step<Vec<P
         ("STACK_ID".to_owned(), stack_id.to_owned()),
         ("SSH_USER".to_owned(), ssh_hosts::USER.to_owned()),
         ("SSH_KEY_SECRET".to_owned(), SECRET.to_owned()),
+        ("SSM_SERVICE_ROLE".to_owned(), SSM_SERVICE_ROLE.to_owned()),
     ]);
     for f in facts {
         let key = f.name.to_ascii_uppercase().replace('-', "_");
@@ -831,7 +865,8 @@ mod tests {
                 address: Ipv4Addr::new(127, 0, 0, 10 + i as u8),
                 port: 2200 + i as u16,
                 host_key: "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIExample".into(),
-                instance_id: (s.kind != Kind::OnPremises).then(|| format!("i-{i:017}")),
+                instance_id: matches!(s.kind, Kind::Ec2 | Kind::Ec2InstanceProfile)
+                    .then(|| format!("i-{i:017}")),
             })
             .collect()
     }
@@ -848,7 +883,11 @@ mod tests {
         for path in written {
             let text = std::fs::read_to_string(&path).unwrap();
             assert!(!text.contains("${"), "{}", path.display());
-            assert!(text.contains("stackId: stack-id"), "{}", path.display());
+            assert!(
+                text.contains("stackId: stack-id") || text.contains("systemsManager:"),
+                "{}",
+                path.display()
+            );
         }
     }
 

@@ -19,7 +19,7 @@ use kube::ResourceExt;
 use super::{AccessKey, Facts, Outcome};
 use crate::aws::{self, Kind, Sensitive};
 use crate::conditions::{Observation, reasons};
-use crate::controller::Context;
+use crate::context::Context;
 use crate::failpoint;
 use crate::resource::{InstanceRegistration, InstanceRegistrationStatus};
 
@@ -148,7 +148,7 @@ pub fn credentials_secret_name(obj: &InstanceRegistration) -> String {
     super::handoff::secret_name(obj, "opsworks-access-key")
 }
 
-pub(super) async fn check(
+pub(crate) async fn check(
     obj: &InstanceRegistration,
     ctx: &Context,
     facts: &mut Facts,

@@ -13,15 +13,12 @@
 //! - *May this object adopt it?* before any install: only if nothing says it is another host
 //!   (an EC2 instance for an on-premises host, or addresses that are none of the host's own).
 
-use std::net::Ipv4Addr;
-
-use super::OpsWorksInstance;
+use super::{Facts, OpsWorksInstance, Outcome, TargetFacts};
+use crate::conditions::{Observation, reasons};
+use crate::resource::{InfrastructureClass, InstanceRegistration, InstanceRegistrationStatus};
 
 /// OpsWorks statuses of an instance that is no longer (or never was) a working registration.
 pub const GONE_STATUSES: &[&str] = &["deregistering", "terminated"];
-
-/// At most this many addresses are kept of what a host reports.
-const MAX_ADDRESSES: usize = 32;
 
 /// What a host registers as.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -157,90 +154,135 @@ pub fn find<'a>(
         .map_or(Found::Nothing, Found::Taken)
 }
 
-/// What a host said of itself in answer to [`PROBE_SCRIPT`].
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Learned {
-    /// `uname -n`, when it is a valid DNS name.
-    pub hostname: Option<String>,
-    /// The host's IPv4 addresses: the one the SSH connection reached (from `SSH_CONNECTION`)
-    /// first, then its interfaces' addresses, without loopback, deduplicated, at most 32.
-    pub addresses: Vec<String>,
-}
-
-/// The script that asks a host what it registers as. Read-only, no sudo, no input: it prints
-/// `key=value` lines that [`parse_probe`] reads.
-pub const PROBE_SCRIPT: &str = r#"set -u
-echo "instance-registrar-probe=1"
-echo "hostname=$(uname -n 2>/dev/null)"
-set -- ${SSH_CONNECTION:-}
-echo "connection=${3:-}"
-addresses=$(hostname -I 2>/dev/null) || addresses=
-if [ -z "$addresses" ] && command -v ip >/dev/null 2>&1; then
-  addresses=$(ip -4 -o addr show 2>/dev/null | awk '{ sub("/.*", "", $4); print $4 }' | tr '\n' ' ')
-fi
-echo "addresses=$addresses"
-exit 0
-"#;
-
-/// Reads what [`PROBE_SCRIPT`] printed. The host is not trusted: anything that is not a valid
-/// hostname or IPv4 address is dropped, and sizes are bounded. `None` when the output is not the
-/// probe's (no marker line).
-pub fn parse_probe(output: &str) -> Option<Learned> {
-    let mut marker = false;
-    let mut hostname = None;
-    let mut connection = None;
-    let mut interfaces = Vec::new();
-    for line in output.lines() {
-        let Some((key, value)) = line.split_once('=') else {
-            continue;
-        };
-        let value = value.trim();
-        match key {
-            "instance-registrar-probe" => marker = true,
-            "hostname" if is_dns_name(value) => hostname = Some(value.to_owned()),
-            "connection" => connection = value.parse::<Ipv4Addr>().ok(),
-            "addresses" => interfaces.extend(
-                value
-                    .split_whitespace()
-                    .take(256)
-                    .filter_map(|a| a.parse::<Ipv4Addr>().ok()),
+/// After the host step's probe of an OpsWorks host: without a hostname to register under, the
+/// registration could not be recognised (`HostIdentityUnknown`); an on-premises host is looked for
+/// again in the stack now that it said what it registers as (adopted, or `HostnameTaken`). `None`:
+/// nothing more to say, the step is done.
+pub(crate) fn after_probe(
+    obj: &InstanceRegistration,
+    facts: &mut Facts,
+    status: &mut InstanceRegistrationStatus,
+    target: &TargetFacts,
+    said: &str,
+) -> Option<Outcome> {
+    let identity = identity_of(obj, target, status);
+    if identity.ec2_instance_id.is_none() && identity.hostname.is_none() {
+        return Some(Outcome::Blocked(Observation::fails(
+            reasons::HOST_IDENTITY_UNKNOWN,
+            format!(
+                "{said}: without the host's hostname (uname -n) or spec.hostname the registration \
+                 could not be recognised, so nothing is installed"
             ),
-            _ => {}
-        }
+        )));
     }
-    if !marker {
-        return None;
-    }
-    let mut addresses: Vec<String> = Vec::new();
-    for a in connection
-        .into_iter()
-        .chain(interfaces.into_iter().filter(|a| !a.is_loopback()))
+    // An on-premises host is looked for again now that it said what it registers as.
+    if obj.spec.infrastructure_class == InfrastructureClass::OnPremises
+        && let Some(instances) = facts.instances.clone()
     {
-        let a = a.to_string();
-        if !addresses.contains(&a) && addresses.len() < MAX_ADDRESSES {
-            addresses.push(a);
+        match find(
+            &instances,
+            &identity,
+            crate::steps::installed(status),
+            status.opsworks_instance_id.as_deref(),
+        ) {
+            Found::Ours(instance) => {
+                let reason = record_existing(status, instance);
+                facts.existing = Some(instance.clone());
+                return Some(Outcome::Done(Observation::holds(
+                    reason,
+                    format!(
+                        "{said}; registered in the stack as {} ({})",
+                        instance.id, instance.status
+                    ),
+                )));
+            }
+            Found::Taken(holder) => {
+                return Some(Outcome::Blocked(taken(
+                    &identity,
+                    holder,
+                    obj.spec.stack_id(),
+                )));
+            }
+            Found::Nothing | Found::Unknown => {}
         }
     }
-    Some(Learned {
-        hostname,
-        addresses,
-    })
+    None
 }
 
-/// Whether `name` is a DNS name of host labels (at most 253 characters).
-fn is_dns_name(name: &str) -> bool {
-    let name = name.strip_suffix('.').unwrap_or(name);
-    !name.is_empty()
-        && name.len() <= 253
-        && name.split('.').all(|label| {
-            !label.is_empty()
-                && label.len() <= 63
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
-                && !label.starts_with('-')
-                && !label.ends_with('-')
-        })
+/// Records `instance` as the host's registration on status, and whether it was adopted (found
+/// registered before this object installed anything) or made by this object; returns the
+/// reason to report.
+pub(crate) fn record_existing(
+    status: &mut InstanceRegistrationStatus,
+    instance: &OpsWorksInstance,
+) -> &'static str {
+    if status.opsworks_instance_id.as_deref() != Some(instance.id.as_str()) {
+        // A newly found registration: adopted only if this object never installed the agent.
+        status.adopted = !crate::steps::installed(status);
+    }
+    status.opsworks_instance_id = Some(instance.id.clone());
+    status.hostname = instance.hostname.clone();
+    if status.adopted {
+        reasons::ADOPTED
+    } else {
+        reasons::SUCCEEDED
+    }
+}
+
+/// The HostnameTaken observation for a hostname held by `holder`.
+pub(crate) fn taken(identity: &Identity, holder: &OpsWorksInstance, stack: &str) -> Observation {
+    let name = identity.hostname.as_deref().unwrap_or_default();
+    let why = match (&holder.ec2_instance_id, &identity.ec2_instance_id) {
+        (Some(ec2), None) => format!("which is EC2 instance {ec2}"),
+        _ => match holder.private_ip.as_deref().or(holder.public_ip.as_deref()) {
+            Some(ip) => format!("at {ip}, which is not one of this host's addresses"),
+            None => "another host".to_owned(),
+        },
+    };
+    Observation::fails(
+        reasons::HOSTNAME_TAKEN,
+        format!(
+            "hostname {name:?} is already used by instance {} of stack {stack}, {why}; \
+             hostnames must be unique within a stack (set spec.hostname to register this host \
+             under another name)",
+            holder.id
+        ),
+    )
+}
+
+/// What the host registers as: the EC2 instance, the hostname override or the hostname the host
+/// reported, and the host's own addresses with those the spec names.
+pub(crate) fn identity_of(
+    obj: &InstanceRegistration,
+    target: &TargetFacts,
+    status: &InstanceRegistrationStatus,
+) -> Identity {
+    let spec = &obj.spec;
+    let learned = status.host.as_ref();
+    let mut addresses: Vec<String> = learned.map(|h| h.addresses.clone()).unwrap_or_default();
+    for a in [spec.private_ip.as_ref(), spec.public_ip.as_ref()]
+        .into_iter()
+        .flatten()
+    {
+        if !addresses.contains(a) {
+            addresses.push(a.clone());
+        }
+    }
+    // A target that is an address is the host's, unless the host said otherwise (NAT).
+    if learned.is_none()
+        && super::target::target_kind(&spec.target) == super::target::TargetKind::IpAddress
+        && !addresses.contains(&spec.target)
+    {
+        addresses.push(spec.target.clone());
+    }
+    Identity {
+        ec2_instance_id: target.ec2_instance_id.clone(),
+        hostname: spec
+            .hostname
+            .clone()
+            .or_else(|| learned.and_then(|h| h.hostname.clone())),
+        addresses,
+    }
 }
 
 #[cfg(test)]
@@ -375,46 +417,6 @@ mod tests {
         assert_eq!(
             find(&instances[1..], &identity, false, None),
             Found::Taken(&other)
-        );
-    }
-
-    #[test]
-    fn the_probe_output_is_read_strictly() {
-        let out = "noise\ninstance-registrar-probe=1\nhostname=db-1.example.internal\n\
-                   connection=127.0.0.9\naddresses=10.0.0.5 127.0.0.1 fe80::1 10.0.0.5 172.17.0.1 \n";
-        let learned = parse_probe(out).unwrap();
-        assert_eq!(learned.hostname.as_deref(), Some("db-1.example.internal"));
-        assert_eq!(learned.addresses, ["127.0.0.9", "10.0.0.5", "172.17.0.1"]);
-        // Hostile output: no code, no oversized or invalid names, bounded address lists.
-        let hostile = format!(
-            "instance-registrar-probe=1\nhostname=$(reboot)\nconnection=x\naddresses={}\n",
-            (0..1000)
-                .map(|i| format!("10.0.{}.{}", i / 250, i % 250))
-                .collect::<Vec<_>>()
-                .join(" ")
-        );
-        let learned = parse_probe(&hostile).unwrap();
-        assert_eq!(learned.hostname, None);
-        assert_eq!(learned.addresses.len(), MAX_ADDRESSES);
-        assert_eq!(parse_probe("hostname=x\n"), None);
-        let long = format!("instance-registrar-probe=1\nhostname={}\n", "a".repeat(64));
-        assert_eq!(parse_probe(&long).unwrap().hostname, None);
-    }
-
-    #[test]
-    fn the_probe_script_runs_under_sh_and_reads_back() {
-        let out = std::process::Command::new("sh")
-            .arg("-c")
-            .arg(PROBE_SCRIPT)
-            .env("SSH_CONNECTION", "127.0.0.1 50000 127.0.0.77 22")
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{out:?}");
-        let learned = parse_probe(&String::from_utf8_lossy(&out.stdout)).unwrap();
-        assert!(learned.hostname.is_some(), "{out:?}");
-        assert_eq!(
-            learned.addresses.first().map(String::as_str),
-            Some("127.0.0.77")
         );
     }
 }

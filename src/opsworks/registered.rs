@@ -11,7 +11,7 @@ use k8s_openapi::jiff::Timestamp;
 use super::{Facts, Outcome};
 use crate::aws::{self, Kind};
 use crate::conditions::{Observation, reasons};
-use crate::controller::Context;
+use crate::context::Context;
 use crate::resource::{InstanceRegistration, InstanceRegistrationStatus};
 
 /// The waiter's failure states.
@@ -58,7 +58,7 @@ pub fn reason_for_status(status: &str) -> String {
 const POLL_FAST: Duration = Duration::from_millis(500);
 const FAST_FOR: Duration = Duration::from_secs(60);
 
-pub(super) async fn check(
+pub(crate) async fn check(
     obj: &InstanceRegistration,
     ctx: &Context,
     facts: &Facts,

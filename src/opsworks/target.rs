@@ -16,7 +16,7 @@ use super::identity::{self, Found};
 use super::{Facts, OpsWorksInstance, Outcome, TargetFacts};
 use crate::aws;
 use crate::conditions::{Observation, reasons};
-use crate::controller::Context;
+use crate::context::Context;
 use crate::resource::{
     ConditionStatus, InfrastructureClass, InstanceRegistration, InstanceRegistrationStatus, Phase,
 };
@@ -57,7 +57,7 @@ pub fn target_kind(target: &str) -> TargetKind {
 /// How old a stack's instance list may be when it verifies a registration that is done.
 const SETTLED_INSTANCES_MAX_AGE: Duration = Duration::from_secs(30);
 
-pub(super) async fn check(
+pub(crate) async fn check(
     obj: &InstanceRegistration,
     ctx: &Context,
     facts: &mut Facts,
@@ -112,7 +112,7 @@ pub(super) async fn check(
     // The host's registration, matched on what the host registers as (see [`super::identity`]).
     // An on-premises host whose own hostname or addresses are not known yet is looked for again
     // by the host step, once the host has said them.
-    let identity = super::host::identity_of(obj, &resolved, status);
+    let identity = super::identity::identity_of(obj, &resolved, status);
     let learned = status
         .host
         .as_ref()
@@ -120,7 +120,7 @@ pub(super) async fn check(
     let existing = match identity::find(
         &instances,
         &identity,
-        super::host::installed(status),
+        crate::steps::installed(status),
         status.opsworks_instance_id.as_deref(),
     ) {
         Found::Ours(instance) => Some(instance.clone()),
@@ -133,7 +133,7 @@ pub(super) async fn check(
                 || identity.ec2_instance_id.is_some()
                 || holder.ec2_instance_id.is_some() =>
         {
-            return Outcome::Blocked(super::host::taken(&identity, holder, &stack.id));
+            return Outcome::Blocked(super::identity::taken(&identity, holder, &stack.id));
         }
         Found::Taken(_) | Found::Nothing | Found::Unknown => None,
     };
@@ -159,10 +159,10 @@ pub(super) async fn check(
             // Adopted (registered without this object's install) stays Adopted on every later
             // pass: a reason that changed on the second pass would rewrite every adopted
             // object's status once.
-            super::host::record_existing(status, instance)
+            super::identity::record_existing(status, instance)
         }
         None => {
-            if !super::host::installed(status) {
+            if !crate::steps::installed(status) {
                 status.hostname = spec.hostname.clone();
             }
             reasons::SUCCEEDED
@@ -186,7 +186,7 @@ pub async fn registration_to_undo(
 ) -> Result<Result<OpsWorksInstance, String>, String> {
     let status = obj.status.clone().unwrap_or_default();
     let spec = &obj.spec;
-    let installed = super::host::installed(&status);
+    let installed = crate::steps::installed(&status);
     let may_deregister = installed || (status.adopted && deregister_adopted);
     if !may_deregister {
         return Ok(Err(match status.adopted {
@@ -234,7 +234,7 @@ pub async fn registration_to_undo(
     let instances = stack_instances(ctx, spec.region.as_deref(), &stack.id, Duration::ZERO)
         .await
         .map_err(|outcome| outcome.observation().message.clone())?;
-    let identity = super::host::identity_of(obj, &resolved, &status);
+    let identity = super::identity::identity_of(obj, &resolved, &status);
     Ok(
         match identity::find(
             &instances,

@@ -7,11 +7,11 @@ use std::collections::BTreeMap;
 use super::{Facts, Outcome, StackFacts};
 use crate::aws::{self, Kind};
 use crate::conditions::{Observation, reasons};
-use crate::controller::Context;
+use crate::context::Context;
 use crate::resource::InstanceRegistration;
 use crate::tenancy::Verdict;
 
-pub(super) async fn check(obj: &InstanceRegistration, ctx: &Context, facts: &mut Facts) -> Outcome {
+pub(crate) async fn check(obj: &InstanceRegistration, ctx: &Context, facts: &mut Facts) -> Outcome {
     // Tenancy before anything else: an object may not even look at a stack its namespace may
     // not use, let alone write in it.
     match ctx.tenancy.verdict(obj) {

@@ -1,0 +1,246 @@
+//! What every reconcile shares ([`Context`]: the clients, caches, limits and settings) and the
+//! status write every part of a pass uses: server-side apply by this controller's field manager,
+//! conditional on the resourceVersion the pass works from. The steps of both services and the
+//! controller loop depend on this module; it depends on neither.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::{PartialObjectMeta, Patch, PatchParams};
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector;
+use kube::{Api, Client, Resource, ResourceExt};
+use serde_json::json;
+
+use crate::aws::Aws;
+use crate::backoff::Tracker;
+use crate::cache::TtlCache;
+use crate::metrics::Metrics;
+use crate::resource::{InstanceRegistration, InstanceRegistrationStatus};
+use crate::tenancy::{Tenancy, Unannotated};
+use crate::{Error, Result};
+
+/// How long a stack's description is shared between the objects of the stack.
+const STACK_TTL: Duration = Duration::from_secs(30);
+/// How long a stack's instance list is shared: long enough that a fleet reconciled at once
+/// makes one DescribeInstances per stack, short enough that a pass sees a fresh registration.
+const INSTANCES_TTL: Duration = Duration::from_millis(1000);
+/// How long a stack's IAM group is taken to exist once seen or made (a group deleted meanwhile
+/// is noticed when adding a user to it fails).
+const IAM_GROUP_TTL: Duration = Duration::from_secs(600);
+
+/// The field manager of every write the controller makes.
+pub const FIELD_MANAGER: &str = "instance-registrar";
+
+/// AWS's published location of the Systems Manager agent setup tool for Linux hosts, per
+/// region, platform and architecture.
+pub const SSM_SETUP_URL: &str =
+    "https://amazon-ssm-{region}.s3.{region}.amazonaws.com/latest/{platform}_{arch}/ssm-setup-cli";
+
+/// How the controller runs; the `run` subcommand fills it from flags and environment.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Watch only this namespace (all namespaces when `None`).
+    pub watch_namespace: Option<String>,
+    /// Reconciles running at once, across objects.
+    pub concurrency: u16,
+    /// SSH sessions open at once, across objects (installs run inside reconciles, so at most
+    /// `concurrency` of them anyway).
+    pub ssh_concurrency: u16,
+    /// How often a finished object is looked at again to notice drift.
+    pub resync: Duration,
+    /// How long after a successful install OpsWorks may take to list the instance before the
+    /// install is tried again.
+    pub registration_timeout: Duration,
+    /// Where hosts download the Systems Manager agent setup tool (see [`SSM_SETUP_URL`]).
+    pub ssm_setup_url: String,
+    /// Name of this replica in Events (`reportingInstance`).
+    pub instance: Option<String>,
+    /// Which stacks the objects of a namespace without the `registrar.dev/allowed-stacks`
+    /// annotation may use.
+    pub unannotated_namespaces: Unannotated,
+    /// Time limits of every AWS call.
+    pub aws_timeouts: crate::aws::Timeouts,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            watch_namespace: None,
+            concurrency: 64,
+            ssh_concurrency: 64,
+            resync: Duration::from_secs(600),
+            registration_timeout: Duration::from_secs(900),
+            ssm_setup_url: SSM_SETUP_URL.to_owned(),
+            instance: None,
+            unannotated_namespaces: Unannotated::default(),
+            aws_timeouts: crate::aws::Timeouts::default(),
+        }
+    }
+}
+
+/// What every reconcile shares.
+pub struct Context {
+    /// Kubernetes client.
+    pub client: Client,
+    /// AWS clients.
+    pub aws: Aws,
+    /// Publishes Events on the objects.
+    pub recorder: Recorder,
+    /// Failure counts by object, for backoff.
+    pub backoff: Tracker,
+    /// Every object the controller watches, as last seen (for rules across objects).
+    pub store: reflector::Store<InstanceRegistration>,
+    /// Which stacks each namespace may use.
+    pub tenancy: Tenancy,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// OpsWorks stacks by `region/stack`, shared by the objects of a stack for a while.
+    pub stacks: TtlCache<crate::opsworks::StackFacts>,
+    /// OpsWorks instances by `region/stack`, shared by the objects of a stack for a moment.
+    pub instances: TtlCache<Arc<Vec<crate::opsworks::OpsWorksInstance>>>,
+    /// IAM groups known to exist, by name.
+    pub iam_groups: TtlCache<()>,
+    /// Permits for SSH sessions ([`Settings::ssh_concurrency`]).
+    pub ssh_slots: tokio::sync::Semaphore,
+    /// The newest resourceVersion this controller knows of each object.
+    pub versions: Versions,
+    /// SSH private keys decoded from Secrets, once per Secret version, off the async workers.
+    pub ssh_keys: crate::sshkey::KeyCache,
+    /// How the controller runs.
+    pub settings: Settings,
+}
+
+impl Context {
+    /// A context for `client` and `aws` with `settings`, seeing the watched objects in `store`
+    /// and their namespaces in `namespaces`.
+    pub fn new(
+        client: Client,
+        aws: Aws,
+        store: reflector::Store<InstanceRegistration>,
+        namespaces: reflector::Store<PartialObjectMeta<Namespace>>,
+        metrics: Arc<Metrics>,
+        settings: Settings,
+    ) -> Self {
+        let reporter = Reporter {
+            controller: FIELD_MANAGER.to_owned(),
+            instance: settings.instance.clone(),
+        };
+        Self {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            aws,
+            backoff: Tracker::default(),
+            store,
+            tenancy: Tenancy::new(namespaces, settings.unannotated_namespaces),
+            metrics,
+            stacks: TtlCache::new(STACK_TTL),
+            instances: TtlCache::new(INSTANCES_TTL),
+            iam_groups: TtlCache::new(IAM_GROUP_TTL),
+            ssh_slots: tokio::sync::Semaphore::new(settings.ssh_concurrency.max(1).into()),
+            versions: Versions::default(),
+            ssh_keys: Default::default(),
+            settings,
+        }
+    }
+}
+
+/// The newest resourceVersion this controller has seen of each object, by UID: its own status
+/// writes return one before the watch shows it. resourceVersions are opaque, so only equality is
+/// used: a watch copy at another version than the newest known is looked up again.
+#[derive(Default)]
+pub struct Versions(std::sync::Mutex<std::collections::HashMap<String, String>>);
+
+impl Versions {
+    /// Records `obj`'s resourceVersion as the newest known.
+    pub fn saw(&self, obj: &InstanceRegistration) {
+        if let (Some(uid), Some(version)) = (obj.uid(), obj.resource_version()) {
+            self.0
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(uid, version);
+        }
+    }
+
+    /// Whether a newer copy of `obj` than this one may exist: this controller wrote or read the
+    /// object at another resourceVersion.
+    pub fn newer_than(&self, obj: &InstanceRegistration) -> bool {
+        let (Some(uid), Some(version)) = (obj.uid(), obj.resource_version()) else {
+            return false;
+        };
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&uid)
+            .is_some_and(|known| *known != version)
+    }
+
+    /// Forgets a deleted object.
+    pub fn forget(&self, obj: &InstanceRegistration) {
+        if let Some(uid) = obj.uid() {
+            self.0
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&uid);
+        }
+    }
+}
+
+/// The status write itself: server-side apply, forced, conditional on `version` when known; on
+/// success `version` is the object's new resourceVersion.
+pub async fn patch_status(
+    api: &Api<InstanceRegistration>,
+    ctx: &Context,
+    obj: &InstanceRegistration,
+    status: &InstanceRegistrationStatus,
+    version: &mut Option<String>,
+) -> Result<()> {
+    let written = apply_status(api, &obj.name_any(), status, version.as_deref())
+        .await
+        .map_err(|e| Error::kube("patch status", e))?;
+    ctx.versions.saw(&written);
+    *version = written.metadata.resource_version;
+    Ok(())
+}
+
+/// Applies `status` to object `name` (server-side apply, this controller's field manager,
+/// forced). With `version`, only if the object is still at that resourceVersion: otherwise the
+/// API server refuses it with 409 Conflict and nothing is written.
+pub async fn apply_status(
+    api: &Api<InstanceRegistration>,
+    name: &str,
+    status: &InstanceRegistrationStatus,
+    version: Option<&str>,
+) -> std::result::Result<InstanceRegistration, kube::Error> {
+    let mut body = json!({
+        "apiVersion": InstanceRegistration::api_version(&()),
+        "kind": InstanceRegistration::kind(&()),
+        "status": status,
+    });
+    if let Some(version) = version {
+        body["metadata"] = json!({ "resourceVersion": version });
+    }
+    api.patch_status(
+        name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&body),
+    )
+    .await
+}
+
+/// Writes `status` now, in the middle of a pass, before an action that must not be repeated
+/// from an older copy (the agent install): conditional on the version the pass works from, so
+/// the action runs only if no newer status exists. Returns why it could not be written.
+pub async fn checkpoint(
+    ctx: &Context,
+    obj: &InstanceRegistration,
+    status: &InstanceRegistrationStatus,
+    version: &mut Option<String>,
+) -> std::result::Result<(), String> {
+    let api: Api<InstanceRegistration> =
+        Api::namespaced(ctx.client.clone(), &obj.namespace().unwrap_or_default());
+    patch_status(&api, ctx, obj, status, version)
+        .await
+        .map_err(|e| e.to_string())
+}

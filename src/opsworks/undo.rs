@@ -1,0 +1,102 @@
+//! Deleting an OpsWorks object: the IAM entities made for it first (tagged with its UID), then
+//! the registration it made (or adopted, with `DeregisterAdopted`), found in the spec's stack by
+//! the host's identity; nothing in a stack the namespace may no longer use.
+
+use crate::context::Context;
+use crate::resource::{DeletionPolicy, InstanceRegistration};
+use crate::tenancy::Verdict;
+
+/// The undo of a registration; returns a summary, or what stopped it.
+///
+/// The IAM user goes first: with the agent's key deleted no registration of this object's can
+/// appear after the look-up that follows. Then the registration this object made (or adopted,
+/// with DeregisterAdopted) is looked up in the spec's stack, matched on the host's identity, and
+/// deregistered; one this object did not make is left, whatever status says.
+pub async fn undo(obj: &InstanceRegistration, ctx: &Context) -> Result<String, String> {
+    // Tenancy first: an object whose namespace may not use the stack writes nothing in it.
+    match ctx.tenancy.verdict(obj) {
+        Verdict::Allowed => {}
+        Verdict::Unknown(why) => return Err(why),
+        Verdict::Refused(why) => return undo_outside_the_stack(obj, ctx, &why).await,
+    }
+    let mut done = Vec::new();
+    let opsworks = ctx.aws.opsworks(obj.spec.region.as_deref());
+    let stack_name = match opsworks
+        .describe_stacks()
+        .stack_ids(obj.spec.stack_id())
+        .send()
+        .await
+    {
+        Ok(out) => out
+            .stacks()
+            .first()
+            .and_then(|s| s.name())
+            .map(str::to_owned),
+        Err(e) => {
+            let failure = crate::aws::classify(&e);
+            if failure.kind != crate::aws::Kind::NotFound {
+                return Err(format!("opsworks:DescribeStacks: {failure}"));
+            }
+            None
+        }
+    };
+    match crate::steps::cleanup_iam(ctx, obj, stack_name.as_deref(), true).await {
+        Ok(users) if users.is_empty() => {}
+        Ok(users) => done.push(format!("deleted IAM user {}", users.join(", "))),
+        Err(failure) => return Err(format!("IAM cleanup: {failure}")),
+    }
+    let deregister_adopted = obj.spec.deletion_policy == DeletionPolicy::DeregisterAdopted;
+    match crate::steps::registration_to_undo(ctx, obj, deregister_adopted).await? {
+        Ok(instance) => match opsworks
+            .deregister_instance()
+            .instance_id(&instance.id)
+            .send()
+            .await
+        {
+            Ok(_) => done.push(format!("deregistered {}", instance.id)),
+            Err(e) => {
+                let failure = crate::aws::classify(&e);
+                if failure.kind != crate::aws::Kind::NotFound {
+                    return Err(format!(
+                        "opsworks:DeregisterInstance {}: {failure}",
+                        instance.id
+                    ));
+                }
+            }
+        },
+        Err(note) => done.push(note),
+    }
+    if crate::steps::forget_secret(ctx, obj).await? {
+        done.push("deleted the access key Secret".into());
+    }
+    Ok(if done.is_empty() {
+        "nothing to undo".into()
+    } else {
+        done.join("; ")
+    })
+}
+
+/// The undo of an object whose namespace may not use its stack (`why` says so): nothing in the
+/// stack is touched, not even read, so its registration, if any, stays. Only what the object
+/// alone can own goes: the IAM user tagged with its UID (made while the namespace was allowed
+/// the stack) and its access key Secret.
+async fn undo_outside_the_stack(
+    obj: &InstanceRegistration,
+    ctx: &Context,
+    why: &str,
+) -> Result<String, String> {
+    let mut done = vec![format!(
+        "{why}; nothing was done in the stack (a registration there is left as it is)"
+    )];
+    // No stack name: only the user recorded on status is looked at; and the stack's group is
+    // left even if empty.
+    match crate::steps::cleanup_iam(ctx, obj, None, false).await {
+        Ok(users) if users.is_empty() => {}
+        Ok(users) => done.push(format!("deleted IAM user {}", users.join(", "))),
+        Err(failure) => return Err(format!("IAM cleanup: {failure}")),
+    }
+    if crate::steps::forget_secret(ctx, obj).await? {
+        done.push("deleted the access key Secret".into());
+    }
+    Ok(done.join("; "))
+}
