@@ -263,11 +263,16 @@ impl Env {
                     .filter(|o| !done(o))
                     .map(|o| format!("{}: {}", o.metadata.name.as_ref().unwrap(), describe(o)))
                     .collect();
+                // The whole log, for the post-mortem (the control plane's files go with it).
+                let kept = std::env::temp_dir().join(format!("{}-controller.log", self.ns));
+                let _ = std::fs::write(&kept, support::strip_ansi(&self.logs()));
                 panic!(
-                    "{}: not all {what} after {patience:?}:\n{}\ncontroller log tail:\n{}",
+                    "{}: not all {what} after {patience:?}:\n{}\ncontroller log tail:\n{}\n\
+                     (every controller log line of this test: {})",
                     self.ns,
                     states.join("\n"),
-                    self.log_tail(60)
+                    self.log_tail(60),
+                    kept.display()
                 );
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
@@ -428,6 +433,16 @@ fn describe(obj: &InstanceRegistration) -> String {
         .collect();
     if let Some(c) = status.conditions.iter().find(|c| c.r#type == types::READY) {
         parts.push(format!("({})", c.message));
+    }
+    if obj.spec.systems_manager.is_some() {
+        parts.push(format!(
+            "[node {:?}, activation {:?}, adopted {}, install started {}, installed {}]",
+            status.managed_node_id,
+            status.activation_id,
+            status.adopted,
+            status.install_started_at.is_some(),
+            status.agent_installed_at.is_some()
+        ));
     }
     parts.join(" ")
 }
@@ -681,11 +696,12 @@ async fn crashes_killed_at_random_moments_many_times_register_each_host_once_and
     // (after a random pause: sometimes at once, sometimes after a while).
     let mut rng = Rng::new(CRASH_SEED);
     let mut kills = Vec::new();
-    let mut applied = 0;
+    let (mut applied, mut opsworks_applied) = (0, 0);
     for k in 0..CRASH_KILLS {
         if let Some(wave) = waves.get(k) {
-            let (_, yaml) = batch(&env, "crash", &hosts[..applied + wave.len()]);
+            let (_, yaml) = batch(&env, "crash", &hosts[..opsworks_applied + wave.len()]);
             env.apply(&yaml);
+            opsworks_applied += wave.len();
             applied += wave.len();
         }
         if k == 1 {
@@ -715,8 +731,34 @@ async fn crashes_killed_at_random_moments_many_times_register_each_host_once_and
         tokio::time::sleep(rng.millis(0, 1000)).await;
         env.start_controller();
     }
+    // On the way to Ready, what the Systems Manager hosts say of themselves, should they not
+    // get there (the panic of wait_all says what the objects say).
+    let deadline = Instant::now() + PATIENCE - Duration::from_secs(5);
+    while Instant::now() < deadline
+        && !env
+            .objects()
+            .await
+            .iter()
+            .filter(|o| names.contains(o.metadata.name.as_ref().unwrap()))
+            .all(|o| has(o, types::READY, reasons::SUCCEEDED))
+    {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    if Instant::now() >= deadline {
+        for host in &ssm_hosts {
+            eprintln!(
+                "{}: registration {:?}, agents {:?}, setup runs {:?}\nagent log:\n{}",
+                host.name(),
+                host.ssm_registration(),
+                host.ssm_agent_pids(),
+                host.ssm_setup_runs(),
+                host.ssm_agent_log()
+            );
+        }
+        eprintln!("nodes: {:#?}", env.ssm_nodes());
+    }
     let objects = env
-        .wait_all(&names, "Ready", |o| {
+        .wait_all_within(Duration::from_secs(10), &names, "Ready", |o| {
             has(o, types::READY, reasons::SUCCEEDED)
         })
         .await;

@@ -328,10 +328,25 @@ async fn an_on_premises_host_is_registered_through_systems_manager_and_deregiste
         .iter()
         .map(|(op, before)| (op.clone(), w.calls(op) - before))
         .collect();
+    // Every AWS call the controller made, by service and operation (its own count).
+    let metrics = w.controller.http_address("/metrics");
+    let (_, text) = support::http_get(&format!("http://{metrics}/metrics"));
+    let calls: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("registrar_aws_calls_total{"))
+        .collect();
     println!(
-        "apply to Ready through Systems Manager with a {}s setup tool: {:.2}s; calls to the SSM endpoint: {used:?}",
+        "apply to Ready through Systems Manager with a {}s setup tool: {:.2}s; calls to the SSM \
+         endpoint: {used:?}; the controller's AWS calls:\n  {}",
         SETUP_RUN_TIME.as_secs(),
-        took.as_secs_f64()
+        took.as_secs_f64(),
+        calls.join("\n  ")
+    );
+    assert!(
+        calls
+            .iter()
+            .any(|l| l.contains("operation=\"CreateActivation\"")),
+        "{text}"
     );
     assert_eq!(used[0].1, 1, "CreateActivation: {used:?}");
     assert_eq!(used[5].1, 1, "RegisterManagedInstance: {used:?}");

@@ -172,39 +172,8 @@ fn not_listed(ctx: &Context, status: &mut InstanceRegistrationStatus) -> Outcome
             POLL_FAST,
         );
     }
-    let Some(installed) = &status.agent_installed_at else {
-        return Outcome::Progressing(
-            Observation::unknown(reasons::WAITING, "the agent is not installed yet"),
-            POLL_FAST,
-        );
-    };
-    let waited = Timestamp::now().duration_since(installed.0).unsigned_abs();
-    let timeout = ctx.settings.registration_timeout;
-    if waited > timeout {
-        // Try the install again after the (blocked) backoff.
-        status.agent_installed_at = None;
-        return Outcome::Blocked(Observation::fails(
-            reasons::REGISTRATION_TIMEOUT,
-            format!(
-                "the agent was installed {}s ago and OpsWorks still does not list the instance (timeout {}s); the install will be tried again",
-                waited.as_secs(),
-                timeout.as_secs()
-            ),
-        ));
-    }
-    // The message names the time, not the seconds since: a message that changed on every poll
-    // would rewrite status on every poll.
-    Outcome::Progressing(
-        Observation::unknown(
-            reasons::REGISTERING,
-            format!(
-                "the agent was installed at {}; waiting for OpsWorks to list the instance (timeout {}s)",
-                installed.0,
-                timeout.as_secs()
-            ),
-        ),
-        poll(status),
-    )
+    let poll = poll(status);
+    crate::steps::wait_for_registration(ctx, status, "OpsWorks listing of the instance", poll)
 }
 
 /// Fast polling right after an install, slower later.

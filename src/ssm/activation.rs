@@ -96,24 +96,10 @@ pub async fn check(
         }),
         Err(outcome) => return outcome,
     };
-    if let Some(resume) = &facts.resume {
-        // The activation registered the node already: its code is passed again only because
-        // the setup tool asks for one.
-        match &stored {
-            Some(stored) if status.activation_id.as_deref() == Some(stored.id.as_str()) => {
-                let message = format!(
-                    "activation {} registered node {resume}, whose setup did not finish",
-                    stored.id
-                );
-                facts.activation = Some(stored.clone());
-                return Outcome::Done(Observation::holds(reasons::SUCCEEDED, message));
-            }
-            // Without the code the setup cannot be run again as it was: registered anew, over
-            // the node.
-            _ => facts.resume = None,
-        }
+    if let Some(resume) = facts.resume.clone() {
+        return resumed(status, facts, stored, &resume);
     }
-    if let Some(stored) = stored {
+    if let Some(stored) = stored.clone() {
         let found = match ours(
             ctx,
             &region,
@@ -147,6 +133,31 @@ pub async fn check(
         Ok(found) => found,
         Err(outcome) => return outcome,
     };
+    // A used activation of this object's registered a node: the object's own, from an install
+    // cut short before it said so (another activation must not be made for the host, nor that
+    // node taken for someone else's).
+    for used in found
+        .iter()
+        .filter(|a| a.registrations_count().unwrap_or(0) > 0)
+    {
+        let id = used.activation_id().unwrap_or_default();
+        let node = match super::find_node(ctx, &region, "ActivationIds", id).await {
+            Ok(node) => node,
+            Err(outcome) => return outcome,
+        };
+        if let Some(node) = node {
+            status.activation_id = Some(id.to_owned());
+            status.managed_node_id = Some(node.id.clone());
+            if node.ping_status == "Online" {
+                let message = format!("activation {id} registered node {}", node.id);
+                facts.node = Some(node);
+                return Outcome::Done(Observation::holds(reasons::SUCCEEDED, message));
+            }
+            facts.resume = Some(node.id.clone());
+            let resume = node.id;
+            return resumed(status, facts, stored, &resume);
+        }
+    }
     for old in &found {
         let id = old.activation_id().unwrap_or_default();
         if let Err(e) = client.delete_activation().activation_id(id).send().await {
@@ -224,6 +235,36 @@ pub async fn check(
     Outcome::Done(Observation::holds(reasons::SUCCEEDED, message))
 }
 
+/// The node `resume` registered with the object's activation (`status.activationId`) and its
+/// setup cut short: the setup tool is run again without `-override`, which keeps the
+/// registration and starts the agent. It asks for a code, which it does not use then: the one
+/// kept, or a stand-in when the Secret went with the install that was cut short.
+fn resumed(
+    status: &InstanceRegistrationStatus,
+    facts: &mut Facts,
+    stored: Option<Activation>,
+    resume: &str,
+) -> Outcome {
+    let Some(id) = status.activation_id.clone() else {
+        facts.resume = None;
+        return Outcome::Retry(Observation::fails(
+            reasons::WAITING,
+            format!("node {resume} is this object's, and its activation is not recorded"),
+        ));
+    };
+    let code = match stored {
+        Some(stored) if stored.id == id => stored.code,
+        _ => Sensitive::new(RESUME_CODE),
+    };
+    let message = format!("activation {id} registered node {resume}, whose setup did not finish");
+    facts.activation = Some(Activation { id, code });
+    Outcome::Done(Observation::holds(reasons::SUCCEEDED, message))
+}
+
+/// What the setup tool is given for a code when it resumes a registration whose code is gone
+/// (it keeps the registration and does not use the code then).
+const RESUME_CODE: &str = "registered-already";
+
 /// The tag that names the object's UID.
 const OWNER_UID: &str = super::OWNER_UID_TAG;
 
@@ -236,7 +277,7 @@ fn tag(key: &str, value: &str) -> Tag {
 }
 
 /// The activations `key` = `value` selects in `region` that carry this object's UID tag.
-async fn ours(
+pub(crate) async fn ours(
     ctx: &Context,
     region: &str,
     key: DescribeActivationsFilterKeys,

@@ -144,36 +144,5 @@ fn not_listed(ctx: &Context, status: &mut InstanceRegistrationStatus) -> Outcome
             POLL,
         );
     }
-    let Some(installed) = &status.agent_installed_at else {
-        return Outcome::Progressing(
-            Observation::unknown(reasons::WAITING, "the agent is not installed yet"),
-            POLL,
-        );
-    };
-    let waited = Timestamp::now().duration_since(installed.0).unsigned_abs();
-    let timeout = ctx.settings.registration_timeout;
-    if waited > timeout {
-        status.agent_installed_at = None;
-        return Outcome::Blocked(Observation::fails(
-            reasons::REGISTRATION_TIMEOUT,
-            format!(
-                "the agent was set up {}s ago and Systems Manager still does not list the node \
-                 (timeout {}s); the install will be tried again",
-                waited.as_secs(),
-                timeout.as_secs()
-            ),
-        ));
-    }
-    Outcome::Progressing(
-        Observation::unknown(
-            reasons::REGISTERING,
-            format!(
-                "the agent was set up at {}; waiting for Systems Manager to list the node online \
-                 (timeout {}s)",
-                installed.0,
-                timeout.as_secs()
-            ),
-        ),
-        POLL,
-    )
+    crate::steps::wait_for_registration(ctx, status, "online node in Systems Manager", POLL)
 }

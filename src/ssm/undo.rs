@@ -4,7 +4,7 @@
 //! is the object's, recorded on status) or adopted it and deletionPolicy is DeregisterAdopted.
 //! An EC2 instance's node is the instance's own (it cannot be deregistered): it is left.
 
-use aws_sdk_ssm::types::{DescribeActivationsFilter, DescribeActivationsFilterKeys};
+use aws_sdk_ssm::types::DescribeActivationsFilterKeys;
 use kube::ResourceExt;
 
 use crate::aws::{self, Kind};
@@ -30,35 +30,20 @@ pub async fn undo(
     // status.
     let mut activations: Vec<String> = status.activation_id.iter().cloned().collect();
     if let (Some(role), Some(uid)) = (&ssm.service_role, obj.uid()) {
-        let filter = DescribeActivationsFilter::builder()
-            .filter_key(DescribeActivationsFilterKeys::IamRole)
-            .filter_values(role)
-            .build();
-        let listed: Result<Vec<_>, _> = client
-            .describe_activations()
-            .filters(filter)
-            .into_paginator()
-            .items()
-            .send()
-            .collect()
-            .await;
-        match listed {
-            Ok(list) => activations.extend(
-                list.iter()
-                    .filter(|a| {
-                        a.tags()
-                            .iter()
-                            .any(|t| t.key() == super::OWNER_UID_TAG && t.value() == uid)
-                    })
-                    .filter_map(|a| a.activation_id().map(str::to_owned)),
-            ),
-            Err(e) => {
-                let failure = aws::classify(&e);
-                if failure.kind != Kind::NotFound {
-                    return Err(format!("ssm:DescribeActivations: {failure}"));
-                }
-            }
-        }
+        let listed = super::activation::ours(
+            ctx,
+            &region,
+            DescribeActivationsFilterKeys::IamRole,
+            role,
+            &uid,
+        )
+        .await
+        .map_err(|outcome| outcome.observation().message.clone())?;
+        activations.extend(
+            listed
+                .iter()
+                .filter_map(|a| a.activation_id().map(str::to_owned)),
+        );
     }
     activations.sort();
     activations.dedup();

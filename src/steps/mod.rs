@@ -220,6 +220,55 @@ impl TargetFacts {
     }
 }
 
+/// The wait for the service to list a host after its install, shared by both services: until
+/// `settings.registrationTimeout` has passed since `status.agentInstalledAt` it is Registering
+/// (looked at again after `poll`); after that the install is tried again (`RegistrationTimeout`,
+/// blocked backoff). `listed` says what the service is waited for, e.g. "OpsWorks to list the
+/// instance".
+pub fn wait_for_registration(
+    ctx: &Context,
+    status: &mut InstanceRegistrationStatus,
+    listed: &str,
+    poll: Duration,
+) -> Outcome {
+    let Some(installed) = &status.agent_installed_at else {
+        return Outcome::Progressing(
+            Observation::unknown(reasons::WAITING, "the agent is not installed yet"),
+            poll,
+        );
+    };
+    let waited = k8s_openapi::jiff::Timestamp::now()
+        .duration_since(installed.0)
+        .unsigned_abs();
+    let timeout = ctx.settings.registration_timeout;
+    if waited > timeout {
+        // Try the install again after the (blocked) backoff.
+        status.agent_installed_at = None;
+        return Outcome::Blocked(Observation::fails(
+            reasons::REGISTRATION_TIMEOUT,
+            format!(
+                "the agent was installed {}s ago and still no {listed} (timeout {}s); the \
+                 install will be tried again",
+                waited.as_secs(),
+                timeout.as_secs()
+            ),
+        ));
+    }
+    // The message names the time, not the seconds since: a message that changed on every poll
+    // would rewrite status on every poll.
+    Outcome::Progressing(
+        Observation::unknown(
+            reasons::REGISTERING,
+            format!(
+                "the agent was installed at {}; waiting for {listed} (timeout {}s)",
+                installed.0,
+                timeout.as_secs()
+            ),
+        ),
+        poll,
+    )
+}
+
 /// When to reconcile the object again.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Next {
