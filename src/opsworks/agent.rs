@@ -28,18 +28,6 @@ pub(crate) async fn check(
     facts: &mut Facts,
     status: &mut InstanceRegistrationStatus,
 ) -> Outcome {
-    if let Some(at) = &status.agent_installed_at {
-        return Outcome::Done(Observation::holds(
-            reasons::SUCCEEDED,
-            format!("the agent installer finished at {}", at.0),
-        ));
-    }
-    if let Some(existing) = &facts.existing {
-        return Outcome::Done(Observation::holds(
-            reasons::NOT_NEEDED,
-            format!("the host is already registered as {}", existing.id),
-        ));
-    }
     let Some(stack) = &facts.stack else {
         return Outcome::Blocked(Observation::fails(
             reasons::WAITING,

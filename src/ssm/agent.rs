@@ -31,18 +31,6 @@ pub async fn check(
     facts: &mut Facts,
     status: &mut InstanceRegistrationStatus,
 ) -> Outcome {
-    if let Some(at) = &status.agent_installed_at {
-        return Outcome::Done(Observation::holds(
-            reasons::SUCCEEDED,
-            format!("the agent setup finished at {}", at.0),
-        ));
-    }
-    if let Some(node) = &facts.node {
-        return Outcome::Done(Observation::holds(
-            reasons::NOT_NEEDED,
-            format!("the host is registered as {}", node.id),
-        ));
-    }
     let region = super::region(ctx, ssm).to_owned();
     let mode = match obj.spec.infrastructure_class {
         InfrastructureClass::Ec2 => SsmMode::Install,

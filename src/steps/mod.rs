@@ -143,6 +143,30 @@ impl Step {
             (Step::Credentials, Service::SystemsManager(ssm)) => {
                 crate::ssm::activation::check(obj, ssm, ctx, facts, status).await
             }
+            // Installed by this object, or registered already: nothing to install (the host is
+            // not touched again unless the registration has to be made anew).
+            (Step::Agent, _) if status.agent_installed_at.is_some() => {
+                Outcome::Done(Observation::holds(
+                    reasons::SUCCEEDED,
+                    format!(
+                        "the agent install finished at {}",
+                        status
+                            .agent_installed_at
+                            .as_ref()
+                            .map(|t| t.0)
+                            .unwrap_or_default()
+                    ),
+                ))
+            }
+            (Step::Agent, _) if facts.registered_as().is_some() => {
+                Outcome::Done(Observation::holds(
+                    reasons::NOT_NEEDED,
+                    format!(
+                        "the host is already registered as {}",
+                        facts.registered_as().unwrap_or_default()
+                    ),
+                ))
+            }
             (Step::Agent, Service::OpsWorks(_)) => agent::check(obj, ctx, facts, status).await,
             (Step::Agent, Service::SystemsManager(ssm)) => {
                 crate::ssm::agent::check(obj, ssm, ctx, facts, status).await
