@@ -402,6 +402,10 @@ pub const SSM_REGISTERED_ALREADY_MARKER: &str = "instance-registrar: registered 
 /// The entry script's exit status when the host is registered already (see
 /// [`SSM_REGISTERED_ALREADY_MARKER`]); the script then exits [`EXIT_INSTALLER_FAILED`].
 pub const SSM_EXIT_REGISTERED_ALREADY: i64 = 3;
+/// The entry script's exit status when the node to resume is not the host's (its registration
+/// file names none: the install that registered it was cut short before writing it); nothing was
+/// run. The script then exits [`EXIT_INSTALLER_FAILED`].
+pub const SSM_EXIT_REGISTRATION_LOST: i64 = 4;
 
 /// What the Systems Manager install does on the host.
 #[derive(Clone, Debug, PartialEq)]
@@ -478,6 +482,10 @@ case $mode in
 esac
 node=$(node_of)
 override=
+if [ -n "$resume" ] && [ -z "$node" ]; then
+  echo "instance-registrar: the host has no registration of node $resume; nothing was run"
+  exit @EXIT_LOST@
+fi
 if [ -n "$node" ]; then
   if [ "$node" = "$resume" ]; then
     override=
@@ -560,6 +568,7 @@ fn render_ssm_with(
         .replace("@REGISTRATION@", &shell_quote(registration_file))
         .replace("@ALREADY@", SSM_REGISTERED_ALREADY_MARKER)
         .replace("@EXIT_ALREADY@", &SSM_EXIT_REGISTERED_ALREADY.to_string())
+        .replace("@EXIT_LOST@", &SSM_EXIT_REGISTRATION_LOST.to_string())
         .replace("@NODE@", SSM_NODE_MARKER);
     let payload = Payload {
         name: "ssm-setup-cli",
@@ -1295,6 +1304,29 @@ esac"#;
         assert!(args.lines().any(|a| a == "-register"), "{args}");
         assert!(!args.lines().any(|a| a == "-override"), "{args}");
         assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    }
+
+    #[test]
+    fn a_node_to_resume_that_the_host_does_not_name_is_reported_and_nothing_runs() {
+        let host = ssm_host(TOOL);
+        let mode = SsmMode::Register {
+            activation_id: "0b1c2d3e-aaaa-4bbb-8ccc-000000000001".into(),
+            activation_code: crate::aws::Sensitive::new(CODE),
+            replace: None,
+            resume: Some("mi-00000000000000002".into()),
+        };
+        let out = run_ssm(&host, &ssm_plan(mode));
+        assert_eq!(
+            out.status.code(),
+            Some(EXIT_INSTALLER_FAILED as i32),
+            "{}",
+            text(&out)
+        );
+        assert_eq!(
+            installer_status(&out.stdout),
+            Some(SSM_EXIT_REGISTRATION_LOST)
+        );
+        assert!(!host.file("tool-args").exists(), "the setup tool ran");
     }
 
     #[test]

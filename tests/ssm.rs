@@ -643,3 +643,63 @@ async fn sigkill_around_the_activation_and_during_the_install_gives_one_activati
         w.assert_no_codes();
     }
 }
+
+/// A node registered with the object's activation whose host never got the registration (the
+/// install was cut short between the agent's RegisterManagedInstance and its writing the
+/// registration file, whose keys are lost with it): it can never come online, so the object
+/// deregisters it and registers the host afresh.
+#[tokio::test]
+async fn a_node_registered_for_the_host_whose_registration_the_host_never_wrote_is_replaced() {
+    let mut w = World::with(
+        crash_aws(),
+        "ssm-lost",
+        &[],
+        &[("REGISTRAR_CRASH_AFTER", "kube:WriteActivationSecret")],
+    )
+    .await;
+    let host = w.host("lost");
+    apply(w.cp, &w.on_premises("lost", &host, ""));
+    assert!(
+        w.controller.wait_exit(Duration::from_secs(60)).is_some(),
+        "the controller did not stop after storing the activation"
+    );
+    // The agent's registration, as the cut-short install made it; the host knows nothing of it.
+    let activation = w.activations().pop().expect("an activation");
+    let lost = opsworks_endpoint::ssm_standin::call(
+        w.aws.opsworks.url(),
+        "RegisterManagedInstance",
+        &serde_json::json!({
+            "ActivationCode": activation.activation_code,
+            "ActivationId": activation.activation_id,
+            // The form (base64 of a 2048-bit key's size) is all the endpoint checks.
+            "PublicKey": "A".repeat(392),
+            "PublicKeyType": "Rsa",
+            "Fingerprint": "lost-fingerprint",
+        }),
+        None,
+    )
+    .unwrap_or_else(|e| panic!("RegisterManagedInstance: {e:?}"))["InstanceId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(host.ssm_registration().is_none());
+
+    w.controller = ControllerProcess::start(w.cp, w.aws, &w.ns, &[]);
+    let obj = w
+        .wait_for(
+            "lost",
+            types::READY,
+            reasons::SUCCEEDED,
+            Duration::from_secs(120),
+        )
+        .await;
+    let node = status(&obj).managed_node_id.unwrap();
+    assert_ne!(node, lost);
+    assert_eq!(host.ssm_registration().as_deref(), Some(node.as_str()));
+    assert!(
+        w.aws.opsworks.ssm_node(&lost).is_none(),
+        "the lost node {lost} is still registered"
+    );
+    assert!(w.activations().is_empty(), "{:?}", w.activations());
+    w.assert_no_codes();
+}

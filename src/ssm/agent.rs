@@ -127,8 +127,58 @@ pub async fn check(
             let node = already.unwrap_or_default();
             registered_already(ctx, &region, &node, status, facts, &said).await
         }
+        Some(install::EXIT_INSTALLER_FAILED)
+            if install::installer_status(run.output())
+                == Some(install::SSM_EXIT_REGISTRATION_LOST) =>
+        {
+            registration_lost(ctx, &region, status, facts, &said).await
+        }
         _ => run.failed(obj, &secrets, "ssm-setup-cli"),
     }
+}
+
+/// The node this object's cut-short install registered is not the host's: the install was cut
+/// short before the host wrote its registration, whose keys are lost with it. The node can never
+/// come online; it is the object's (its activation is), so it is deregistered, and the next pass
+/// registers the host afresh with a new activation.
+async fn registration_lost(
+    ctx: &Context,
+    region: &str,
+    status: &mut InstanceRegistrationStatus,
+    facts: &mut Facts,
+    said: &(dyn Fn(&str) -> String + Sync),
+) -> Outcome {
+    let Some(node) = facts.resume.take() else {
+        return Outcome::Blocked(Observation::fails(
+            reasons::INSTALLER_FAILED,
+            said("the host has no registration, and no node was to be resumed"),
+        ));
+    };
+    if let Err(e) = ctx
+        .aws
+        .ssm(Some(region))
+        .deregister_managed_instance()
+        .instance_id(&node)
+        .send()
+        .await
+    {
+        let failure = crate::aws::classify(&e);
+        if failure.kind != crate::aws::Kind::NotFound {
+            return failure.outcome("ssm:DeregisterManagedInstance");
+        }
+    }
+    status.managed_node_id = None;
+    Outcome::Progressing(
+        Observation::unknown(
+            reasons::REGISTERING,
+            said(&format!(
+                "node {node}, registered by an install of this object's that was cut short, is \
+                 not the host's (its registration was never written there): deregistered; the \
+                 host is registered again"
+            )),
+        ),
+        Duration::from_secs(1),
+    )
 }
 
 /// The host said it is registered as `node` already (nothing was run): adopted if Systems
