@@ -47,6 +47,10 @@ async fn metrics_and_probes_report_what_the_controller_does() {
         &on_premises(&ns, "m", &stack, "127.0.0.1", "m-1", "absent", ""),
     );
     wait_reason(&api, "m", types::SSH_KEY_READY, reasons::SECRET_NOT_FOUND).await;
+    // Its output is a file, not a terminal: plain text, no colour codes in the human lines.
+    let log = controller.logs();
+    assert!(log.contains("INFO"), "{log}");
+    assert!(!log.contains('\x1b'), "colour codes in a log file");
     let text = eventually(Duration::from_secs(10), "the metrics", || async {
         let (code, text) = get(&format!("http://{metrics}/metrics"));
         (code == 200 && text.contains("SecretNotFound")).then_some(text)
