@@ -296,13 +296,14 @@ pub fn holder_of_the_same_host(
         })
 }
 
-/// Whether two objects register with the same place: the same OpsWorks stack, or Systems
-/// Manager in the same region.
+/// Whether two objects compete for one registration of a host: the same OpsWorks stack, or
+/// Systems Manager in any region (a host holds one Systems Manager registration, whatever the
+/// region, and an object that omits the region means the controller's).
 fn same_registry(a: &InstanceRegistration, b: &InstanceRegistration) -> bool {
     use crate::resource::Service;
     match (a.spec.service(), b.spec.service()) {
         (Service::OpsWorks(x), Service::OpsWorks(y)) => x == y,
-        (Service::SystemsManager(x), Service::SystemsManager(y)) => x.region == y.region,
+        (Service::SystemsManager(_), Service::SystemsManager(_)) => true,
         _ => false,
     }
 }
@@ -533,6 +534,23 @@ spec:
             ..Default::default()
         });
         o
+    }
+
+    #[test]
+    fn systems_manager_objects_compete_for_a_host_whatever_region_they_name() {
+        let mut a = object("a", 1, "db-1.example", None);
+        let mut b = object("b", 2, "db-1.example", None);
+        for (o, region) in [(&mut a, None), (&mut b, Some("us-east-1"))] {
+            o.spec.stack_id = None;
+            o.spec.systems_manager = Some(crate::resource::SystemsManagerSpec {
+                region: region.map(str::to_owned),
+                ..Default::default()
+            });
+        }
+        assert!(same_registry(&a, &b));
+        // Not with an OpsWorks object: the two agents live side by side.
+        let c = object("c", 3, "db-1.example", None);
+        assert!(!same_registry(&a, &c));
     }
 
     #[test]
