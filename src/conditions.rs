@@ -113,8 +113,11 @@ pub mod reasons {
     pub const HOST_UNREACHABLE: &str = "HostUnreachable";
     /// The host key is not the pinned one or not the one recorded on first use; nothing was run.
     pub const HOST_KEY_MISMATCH: &str = "HostKeyMismatch";
-    /// The host refused the private key for ssh.username.
+    /// The host (or a jump host, which the message names) refused the private key for its user.
     pub const SSH_AUTH_FAILED: &str = "SshAuthFailed";
+    /// A jump host (the message names it) refused to forward a connection to the next hop: its
+    /// sshd needs `AllowTcpForwarding yes` (and `PermitOpen` to allow the next hop, if set).
+    pub const FORWARDING_REFUSED: &str = "ForwardingRefused";
     /// The SSH session failed after connecting (no common algorithm, a broken session).
     pub const SSH_PROTOCOL_ERROR: &str = "SshProtocolError";
     /// The login user may not run sudo without a password.

@@ -471,7 +471,7 @@ pub async fn run(
                 .state()
                 .into_iter()
                 .filter(|obj| {
-                    obj.namespace() == namespace && obj.spec.ssh.private_key_secret_ref.name == name
+                    obj.namespace() == namespace && obj.spec.ssh.key_refs().any(|r| r.name == name)
                 })
                 .map(|obj| ObjectRef::from_obj(&*obj))
                 .collect::<Vec<_>>()

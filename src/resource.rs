@@ -20,6 +20,10 @@ pub const HOST_LABEL_PATTERN: &str = "^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9]
 /// A DNS name (dot-separated host labels) or an IPv4 address.
 const HOST_ADDRESS_PATTERN: &str = "^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\\.?$";
 const IPV4_PATTERN: &str = "^((25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])\\.){3}(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])$";
+/// One known_hosts entry: `[host-patterns] key-type base64-key [comment]`.
+const KNOWN_HOST_PATTERN: &str = "^([^\\s]+ )?(ssh-ed25519|ssh-rsa|rsa-sha2-256|rsa-sha2-512|ecdsa-sha2-nistp256|ecdsa-sha2-nistp384|ecdsa-sha2-nistp521) [A-Za-z0-9+/]+=*( [^\\x00-\\x1F\\x7F]*)?$";
+/// The most jump hosts one connection goes through.
+pub const MAX_JUMP_HOSTS: usize = 4;
 const UUID_PATTERN: &str = "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$";
 
 /// Registers one Linux host (an EC2 instance or an on-premises machine) with AWS fleet management:
@@ -377,7 +381,7 @@ pub struct SshSpec {
         inner(
             length(max = 8192),
             regex(
-                pattern = "^([^\\s]+ )?(ssh-ed25519|ssh-rsa|rsa-sha2-256|rsa-sha2-512|ecdsa-sha2-nistp256|ecdsa-sha2-nistp384|ecdsa-sha2-nistp521) [A-Za-z0-9+/]+=*( [^\\x00-\\x1F\\x7F]*)?$"
+                pattern = KNOWN_HOST_PATTERN
             )
         )
     )]
@@ -386,6 +390,16 @@ pub struct SshSpec {
     /// How the host key is verified: Pinned, TrustOnFirstUse (default) or AcceptAny.
     #[serde(default)]
     pub host_key_policy: HostKeyPolicy,
+
+    /// Jump hosts (bastions) to reach the host through, in order, as OpenSSH's ProxyJump: the
+    /// controller logs in to the first, opens a forwarded TCP channel (direct-tcpip) through it to
+    /// the next, and so on to the host, checking each one's host key before authenticating to
+    /// it. Each jump host's sshd must allow it (`AllowTcpForwarding yes`, and `PermitOpen` if
+    /// set must list the next hop). The whole chain is one session: timeoutSeconds covers
+    /// connecting through all of it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = MAX_JUMP_HOSTS))]
+    pub jump_hosts: Vec<JumpHost>,
 
     /// Seconds allowed to open the connection and authenticate.
     #[serde(default = "default_connect_timeout")]
@@ -397,6 +411,63 @@ pub struct SshSpec {
     #[serde(default = "default_command_timeout")]
     #[schemars(range(min = 10, max = 86400))]
     pub command_timeout_seconds: u32,
+}
+
+/// One SSH jump host on the way to the host.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[x_kube(validation = kube::core::Rule::new("self.hostKeyPolicy != 'Pinned' || (has(self.hostKeys) && size(self.hostKeys) > 0)").message("hostKeyPolicy Pinned requires at least one entry in hostKeys").field_path(".hostKeys").reason(kube::core::Reason::FieldValueRequired))]
+#[serde(rename_all = "camelCase")]
+pub struct JumpHost {
+    /// DNS name or IPv4 address of the jump host, as the controller (first jump host) or the
+    /// jump host before it (later ones) resolves it.
+    #[schemars(length(min = 1, max = 253), regex(pattern = HOST_ADDRESS_PATTERN))]
+    pub address: String,
+
+    /// SSH port of the jump host.
+    #[serde(default = "default_port")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: u16,
+
+    /// User to log in to the jump host as; it needs no shell and no sudo, only forwarding.
+    #[schemars(
+        length(min = 1, max = 32),
+        regex(pattern = "^[A-Za-z_][A-Za-z0-9._-]*$")
+    )]
+    pub username: String,
+
+    /// The Secret (in this object's namespace) holding the private key for the jump host;
+    /// ssh.privateKeySecretRef when not set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub private_key_secret_ref: Option<SecretKeyRef>,
+
+    /// Public keys the jump host may present, one per entry, in known_hosts form
+    /// (`[host-patterns] key-type base64-key [comment]`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(
+        length(max = 16),
+        inner(length(max = 8192), regex(pattern = KNOWN_HOST_PATTERN))
+    )]
+    pub host_keys: Vec<String>,
+
+    /// How the jump host's key is verified: Pinned, TrustOnFirstUse (default; the fingerprint is
+    /// recorded in status.jumpHostKeyFingerprints) or AcceptAny.
+    #[serde(default)]
+    pub host_key_policy: HostKeyPolicy,
+}
+
+impl SshSpec {
+    /// The private key Secret of each hop of the connection, in order: the jump hosts (their own,
+    /// or the host's), then the host itself.
+    pub fn key_refs(&self) -> impl Iterator<Item = &SecretKeyRef> {
+        self.jump_hosts
+            .iter()
+            .map(|hop| {
+                hop.private_key_secret_ref
+                    .as_ref()
+                    .unwrap_or(&self.private_key_secret_ref)
+            })
+            .chain(std::iter::once(&self.private_key_secret_ref))
+    }
 }
 
 /// A key of a Secret in the object's own namespace.
@@ -471,6 +542,13 @@ pub struct InstanceRegistrationStatus {
     /// is refused with HostKeyMismatch until this is cleared or the key is pinned.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host_key_fingerprint: Option<String>,
+    /// SHA256 fingerprints of the jump hosts' keys accepted on first use (TrustOnFirstUse), by
+    /// `address:port`; any other key from that jump host is refused with HostKeyMismatch until
+    /// its entry is removed or the key is pinned.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = MAX_JUMP_HOSTS))]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["via"]))]
+    pub jump_host_key_fingerprints: Vec<RecordedHostKey>,
     /// What the host registers as, learned from the host itself over SSH before anything is
     /// installed: the registration is matched on this, not on the spec's target.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -516,10 +594,22 @@ pub struct HostIdentity {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 32), inner(length(max = 15)))]
     pub addresses: Vec<String>,
-    /// The address and port this was learned through (learned again when ssh.address or
-    /// ssh.port changes).
-    #[schemars(length(max = 300))]
+    /// The address and port this was learned through, and the jump hosts on the way if any
+    /// (learned again when ssh.address, ssh.port or ssh.jumpHosts change).
+    #[schemars(length(max = 1400))]
     pub via: String,
+}
+
+/// A host key fingerprint recorded on first use.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RecordedHostKey {
+    /// The jump host's `address:port`.
+    #[schemars(length(max = 260))]
+    pub via: String,
+    /// Its key's SHA256 fingerprint (`SHA256:...`).
+    #[schemars(length(max = 100))]
+    pub fingerprint: String,
 }
 
 /// The registration's phase, derived from its conditions.
@@ -570,4 +660,38 @@ pub enum ConditionStatus {
     False,
     /// It is not known yet whether the condition holds.
     Unknown,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_hop_has_a_key_secret_the_hosts_unless_its_own() {
+        let ssh: SshSpec = serde_yaml::from_str(
+            "username: admin
+privateKeySecretRef: {name: host-key}
+jumpHosts:
+- {address: a, username: j}
+- {address: b, username: j, privateKeySecretRef: {name: b-key, key: id}}",
+        )
+        .unwrap();
+        let refs: Vec<(&str, &str)> = ssh
+            .key_refs()
+            .map(|r| (r.name.as_str(), r.key.as_str()))
+            .collect();
+        assert_eq!(
+            refs,
+            [
+                ("host-key", "ssh-privatekey"),
+                ("b-key", "id"),
+                ("host-key", "ssh-privatekey")
+            ]
+        );
+        assert_eq!(ssh.jump_hosts[1].port, 22);
+        assert_eq!(
+            ssh.jump_hosts[0].host_key_policy,
+            HostKeyPolicy::TrustOnFirstUse
+        );
+    }
 }

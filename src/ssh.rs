@@ -3,6 +3,12 @@
 //! script to `/bin/sh -s` on standard input, and collect its exit status and the tail of its
 //! output within a second timeout.
 //!
+//! A host behind jump hosts (OpenSSH's ProxyJump) is reached through them: the controller logs in
+//! to the first, opens a `direct-tcpip` channel through it to the next and runs the SSH protocol
+//! over that channel, and so on to the host; no `ssh` binary, no shell on either side. Each hop's
+//! host key is judged by its own rule before the controller authenticates to it or opens anything
+//! through it, and every failure names the hop it happened at ([`Failure`]).
+//!
 //! A script that finds it needs a terminal (sudo's `requiretty`) says so with an exit status
 //! ([`Target::tty_retry_status`]), and is then sent once more on the same connection, in a
 //! pseudo-terminal set to raw mode with echo off (so the script, secret included, is never echoed
@@ -15,7 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use russh::keys::{HashAlg, PrivateKey, PrivateKeyWithHashAlg, PublicKey, PublicKeyOrCertificate};
-use russh::{ChannelMsg, Pty, client};
+use russh::{ChannelMsg, ChannelOpenFailure, Pty, client};
 
 use crate::resource::HostKeyPolicy;
 
@@ -25,18 +31,69 @@ const OUTPUT_KEEP: usize = 64 * 1024;
 /// Where and how to connect.
 #[derive(Clone, Debug)]
 pub struct Target {
+    /// DNS name or IP address (as the last jump host resolves it, when there are jump hosts).
+    pub host: String,
+    /// TCP port.
+    pub port: u16,
+    /// User to log in as.
+    pub username: String,
+    /// Jump hosts to go through, in order (ProxyJump); empty to connect directly.
+    pub jump_hosts: Vec<Hop>,
+    /// Time allowed to connect, agree on keys and authenticate, through every jump host.
+    pub connect_timeout: Duration,
+    /// Time allowed for the script, once it started.
+    pub command_timeout: Duration,
+    /// When the script exits with this status, it is run once more in a pseudo-terminal.
+    pub tty_retry_status: Option<u32>,
+}
+
+/// A jump host: where it is, how to log in, and which of its host keys to trust.
+#[derive(Clone)]
+pub struct Hop {
     /// DNS name or IP address.
     pub host: String,
     /// TCP port.
     pub port: u16,
     /// User to log in as.
     pub username: String,
-    /// Time allowed to connect, agree on keys and authenticate.
-    pub connect_timeout: Duration,
-    /// Time allowed for the script, once it started.
-    pub command_timeout: Duration,
-    /// When the script exits with this status, it is run once more in a pseudo-terminal.
-    pub tty_retry_status: Option<u32>,
+    /// The private key to log in with.
+    pub key: Arc<PrivateKey>,
+    /// Which host keys are trusted.
+    pub rule: HostKeyRule,
+}
+
+impl std::fmt::Debug for Hop {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The private key stays out of debug output.
+        f.debug_struct("Hop")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("username", &self.username)
+            .field("rule", &self.rule)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Target {
+    /// How failures name hop `index` of the connection (the jump hosts, then the host).
+    pub fn hop_name(&self, index: usize) -> String {
+        let count = self.jump_hosts.len();
+        match self.jump_hosts.get(index) {
+            Some(hop) => format!(
+                "jump host {} of {count} ({}:{})",
+                index + 1,
+                hop.host,
+                hop.port
+            ),
+            None if count == 0 => format!("{}:{}", self.host, self.port),
+            None => format!(
+                "{}:{} (through {count} jump host{})",
+                self.host,
+                self.port,
+                if count == 1 { "" } else { "s" }
+            ),
+        }
+    }
 }
 
 /// Terminal modes for the pseudo-terminal: no echo, no line editing, no signals from input
@@ -68,10 +125,12 @@ const RAW_MODES: &[(Pty, u32)] = &[
 pub struct HostKeyRule {
     /// The object's policy.
     pub policy: HostKeyPolicy,
-    /// Keys listed in `ssh.hostKeys` (parsed).
+    /// Keys listed in `hostKeys` (parsed).
     pub pinned: Vec<PublicKey>,
     /// The fingerprint recorded on first use (TrustOnFirstUse), if any.
     pub recorded: Option<String>,
+    /// Where the record is kept, for the message that refuses another key.
+    pub recorded_in: &'static str,
 }
 
 /// What was decided about a presented host key.
@@ -92,7 +151,7 @@ impl HostKeyRule {
             HostKeyPolicy::AcceptAny => Verdict::Accept,
             HostKeyPolicy::Pinned if pinned => Verdict::Accept,
             HostKeyPolicy::Pinned => Verdict::Refuse(format!(
-                "the host presented {} key {fingerprint}, which is not among ssh.hostKeys",
+                "the host presented {} key {fingerprint}, which is not among its hostKeys",
                 key.algorithm()
             )),
             // A pinned key is trusted under TrustOnFirstUse too: pinning is how a person accepts
@@ -103,9 +162,10 @@ impl HostKeyRule {
                 Some(recorded) if *recorded == fingerprint => Verdict::Accept,
                 Some(recorded) => Verdict::Refuse(format!(
                     "the host presented {} key {fingerprint}, but {recorded} was recorded on first \
-                     use (status.hostKeyFingerprint); pin the new key in ssh.hostKeys or clear the \
-                     record if the change is expected",
-                    key.algorithm()
+                     use ({}); pin the new key in hostKeys or clear the record if the change is \
+                     expected",
+                    key.algorithm(),
+                    self.recorded_in
                 )),
             },
         }
@@ -131,18 +191,25 @@ pub fn parse_known_host(line: &str) -> Option<PublicKey> {
 /// Why a session did not produce an exit status.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum SshError {
-    /// No TCP connection (refused, unreachable, name not resolved) or it dropped early.
-    #[error("cannot reach {0}")]
+    /// No TCP connection (refused, unreachable, name not resolved) or it dropped early; through
+    /// a jump host, the jump host could not connect.
+    #[error("cannot reach it: {0}")]
     Unreachable(String),
     /// Connecting, key exchange or authentication took longer than allowed.
-    #[error("no SSH session with {0} within the connect timeout")]
-    ConnectTimeout(String),
+    #[error("no SSH session within the connect timeout")]
+    ConnectTimeout,
     /// The host key is not trusted; nothing was sent to the host.
     #[error("{0}")]
     HostKeyMismatch(String),
     /// The host refused the private key for the user.
     #[error("the host refused public key authentication for user {0:?}")]
     AuthFailed(String),
+    /// A jump host refused to open a forwarded connection to the next hop (its sshd's
+    /// AllowTcpForwarding or PermitOpen); the message names the next hop.
+    #[error(
+        "the jump host refused to forward a connection to {0} (its sshd needs AllowTcpForwarding yes, and PermitOpen to allow it)"
+    )]
+    ForwardingRefused(String),
     /// The SSH protocol failed after connecting (no common algorithm, a broken session).
     #[error("SSH session failed: {0}")]
     Protocol(String),
@@ -151,21 +218,36 @@ pub enum SshError {
     CommandTimeout(Duration),
 }
 
+/// An [`SshError`] and the hop it happened at (see [`Target::hop_name`]).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{at}: {error}")]
+pub struct Failure {
+    /// The hop, as [`Target::hop_name`] names it.
+    pub at: String,
+    /// What went wrong there.
+    pub error: SshError,
+}
+
 /// What the script did.
 #[derive(Clone, Debug)]
 pub struct Run {
     /// The host key's fingerprint (trusted).
     pub host_key_fingerprint: String,
+    /// The jump hosts' key fingerprints (trusted), in order.
+    pub jump_host_key_fingerprints: Vec<String>,
     /// Exit status; `None` when the session closed without one (killed by a signal).
     pub exit_status: Option<u32>,
     /// The end of standard output and standard error, in arrival order.
     pub output: Vec<u8>,
 }
 
+/// What one hop's host key check saw: the fingerprint and the verdict.
+type Seen = Arc<Mutex<Option<(String, Verdict)>>>;
+
 /// Host key check and what was seen, shared with the connection's handler.
 struct Checker {
     rule: HostKeyRule,
-    seen: Arc<Mutex<Option<(String, Verdict)>>>,
+    seen: Seen,
 }
 
 impl client::Handler for Checker {
@@ -197,16 +279,18 @@ impl client::Handler for Checker {
     }
 }
 
-/// Connects to `target`, checks its host key against `rule`, logs in with `key`, and runs
-/// `script` with `/bin/sh -s`.
+/// The originator a forwarded channel names (as OpenSSH's `ssh -W` does).
+const ORIGINATOR: (&str, u32) = ("127.0.0.1", 65535);
+
+/// Connects to `target` (through its jump hosts, each one's host key checked before anything
+/// is sent to it, and the next opened over a `direct-tcpip` channel of the one before), checks
+/// the host's key against `rule`, logs in with `key`, and runs `script` with `/bin/sh -s`.
 pub async fn run_script(
     target: &Target,
     rule: HostKeyRule,
     key: Arc<PrivateKey>,
     script: &str,
-) -> Result<Run, SshError> {
-    let where_ = format!("{}:{}", target.host, target.port);
-    let seen = Arc::new(Mutex::new(None));
+) -> Result<Run, Failure> {
     let config = Arc::new(client::Config {
         inactivity_timeout: Some(target.command_timeout + Duration::from_secs(30)),
         keepalive_interval: Some(Duration::from_secs(15)),
@@ -214,65 +298,77 @@ pub async fn run_script(
         nodelay: true,
         ..Default::default()
     });
+    let mut hops = target.jump_hosts.clone();
+    hops.push(Hop {
+        host: target.host.clone(),
+        port: target.port,
+        username: target.username.clone(),
+        key,
+        rule,
+    });
+    let seen: Vec<Seen> = hops.iter().map(|_| Arc::default()).collect();
+    let fail = |index: usize, error: SshError| Failure {
+        at: target.hop_name(index),
+        error,
+    };
+    // The hop being connected to, for the timeout's message.
+    let reached = std::sync::atomic::AtomicUsize::new(0);
     let connect = async {
-        let addrs: Vec<SocketAddr> = tokio::net::lookup_host((target.host.as_str(), target.port))
-            .await
-            .map_err(|e| SshError::Unreachable(format!("{where_}: {e}")))?
-            .collect();
-        let mut last = SshError::Unreachable(format!("{where_}: no address"));
-        for addr in addrs {
-            let stream = match tokio::net::TcpStream::connect(addr).await {
-                Ok(stream) => stream,
-                Err(e) => {
-                    last = SshError::Unreachable(format!("{where_}: {e}"));
-                    continue;
+        let mut sessions: Vec<client::Handle<Checker>> = Vec::with_capacity(hops.len());
+        for (index, hop) in hops.iter().enumerate() {
+            reached.store(index, std::sync::atomic::Ordering::Relaxed);
+            let checker = || Checker {
+                rule: hop.rule.clone(),
+                seen: seen[index].clone(),
+            };
+            let session = match sessions.last() {
+                None => connect_tcp(&config, hop, checker)
+                    .await
+                    .map_err(|e| fail(index, e))?,
+                Some(previous) => {
+                    let channel = previous
+                        .channel_open_direct_tcpip(
+                            hop.host.clone(),
+                            hop.port.into(),
+                            ORIGINATOR.0,
+                            ORIGINATOR.1,
+                        )
+                        .await
+                        .map_err(|e| forward_error(e, target, index))?;
+                    handshake(&config, channel.into_stream(), hop, checker())
+                        .await
+                        .map_err(|e| fail(index, e))?
                 }
             };
-            let _ = stream.set_nodelay(true);
-            let checker = Checker {
-                rule: rule.clone(),
-                seen: seen.clone(),
-            };
-            let mut session = match client::connect_stream(config.clone(), stream, checker).await {
-                Ok(session) => session,
-                Err(e) => return Err(session_error(e, &seen, &where_)),
-            };
-            let hash = match key.algorithm().is_rsa() {
-                true => session
-                    .best_supported_rsa_hash()
-                    .await
-                    .map_err(|e| session_error(e, &seen, &where_))?
-                    .flatten(),
-                false => None,
-            };
-            let auth = session
-                .authenticate_publickey(
-                    target.username.clone(),
-                    PrivateKeyWithHashAlg::new(key.clone(), hash),
-                )
-                .await
-                .map_err(|e| session_error(e, &seen, &where_))?;
-            if !auth.success() {
-                return Err(SshError::AuthFailed(target.username.clone()));
-            }
-            return Ok(session);
+            sessions.push(session);
         }
-        Err(last)
+        Ok::<_, Failure>(sessions)
     };
-    let session = tokio::time::timeout(target.connect_timeout, connect)
+    let sessions = tokio::time::timeout(target.connect_timeout, connect)
         .await
-        .map_err(|_| SshError::ConnectTimeout(where_.clone()))??;
-    let host_key_fingerprint = seen
-        .lock()
-        .expect("host key record")
-        .as_ref()
-        .map(|(fp, _)| fp.clone())
-        .unwrap_or_default();
+        .map_err(|_| {
+            fail(
+                reached.load(std::sync::atomic::Ordering::Relaxed),
+                SshError::ConnectTimeout,
+            )
+        })??;
+    let fingerprint_of = |seen: &Seen| {
+        seen.lock()
+            .expect("host key record")
+            .as_ref()
+            .map(|(fp, _)| fp.clone())
+            .unwrap_or_default()
+    };
+    let mut fingerprints: Vec<String> = seen.iter().map(fingerprint_of).collect();
+    let host_key_fingerprint = fingerprints.pop().unwrap_or_default();
+    let session = sessions
+        .last()
+        .expect("one session per hop, at least one hop");
 
     let exchange = async {
-        let (mut exit_status, mut output) = run_channel(&session, script, false).await?;
+        let (mut exit_status, mut output) = run_channel(session, script, false).await?;
         if exit_status.is_some() && exit_status == target.tty_retry_status {
-            let (status, more) = run_channel(&session, script, true).await?;
+            let (status, more) = run_channel(session, script, true).await?;
             exit_status = status;
             output.extend_from_slice(&more);
         }
@@ -282,16 +378,120 @@ pub async fn run_script(
         Ok::<_, SshError>((exit_status, output))
     };
     let result = tokio::time::timeout(target.command_timeout, exchange).await;
-    let _ = session
-        .disconnect(russh::Disconnect::ByApplication, "", "en")
-        .await;
-    let (exit_status, output) =
-        result.map_err(|_| SshError::CommandTimeout(target.command_timeout))??;
+    // The host first, then each jump host back to the first.
+    for session in sessions.iter().rev() {
+        let _ = session
+            .disconnect(russh::Disconnect::ByApplication, "", "en")
+            .await;
+    }
+    let last = hops.len() - 1;
+    let (exit_status, output) = result
+        .map_err(|_| fail(last, SshError::CommandTimeout(target.command_timeout)))?
+        .map_err(|e| fail(last, e))?;
     Ok(Run {
         host_key_fingerprint,
+        jump_host_key_fingerprints: fingerprints,
         exit_status,
         output,
     })
+}
+
+/// Opens a TCP connection to `hop` (trying each address its name resolves to) and the SSH
+/// session over it.
+async fn connect_tcp(
+    config: &Arc<client::Config>,
+    hop: &Hop,
+    checker: impl Fn() -> Checker,
+) -> Result<client::Handle<Checker>, SshError> {
+    let addrs: Vec<SocketAddr> = tokio::net::lookup_host((hop.host.as_str(), hop.port))
+        .await
+        .map_err(|e| SshError::Unreachable(e.to_string()))?
+        .collect();
+    let mut last = SshError::Unreachable("the name has no address".into());
+    for addr in addrs {
+        match tokio::net::TcpStream::connect(addr).await {
+            Ok(stream) => {
+                let _ = stream.set_nodelay(true);
+                return handshake(config, stream, hop, checker()).await;
+            }
+            Err(e) => last = SshError::Unreachable(format!("{addr}: {e}")),
+        }
+    }
+    Err(last)
+}
+
+/// Runs the SSH handshake over `stream` (the host key judged by `checker` before anything else
+/// is sent) and logs in to `hop`.
+async fn handshake<S>(
+    config: &Arc<client::Config>,
+    stream: S,
+    hop: &Hop,
+    checker: Checker,
+) -> Result<client::Handle<Checker>, SshError>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let seen = checker.seen.clone();
+    let mut session = client::connect_stream(config.clone(), stream, checker)
+        .await
+        .map_err(|e| session_error(e, &seen))?;
+    let hash = match hop.key.algorithm().is_rsa() {
+        true => session
+            .best_supported_rsa_hash()
+            .await
+            .map_err(|e| session_error(e, &seen))?
+            .flatten(),
+        false => None,
+    };
+    let auth = session
+        .authenticate_publickey(
+            hop.username.clone(),
+            PrivateKeyWithHashAlg::new(hop.key.clone(), hash),
+        )
+        .await
+        .map_err(|e| session_error(e, &seen))?;
+    if !auth.success() {
+        return Err(SshError::AuthFailed(hop.username.clone()));
+    }
+    Ok(session)
+}
+
+/// Classifies a failure to open a forwarded channel from jump host `index - 1` to hop `index`.
+fn forward_error(error: russh::Error, target: &Target, index: usize) -> Failure {
+    let jump = target.hop_name(index - 1);
+    let (next_host, next_port) = match target.jump_hosts.get(index) {
+        Some(hop) => (hop.host.as_str(), hop.port),
+        None => (target.host.as_str(), target.port),
+    };
+    let next = format!("{next_host}:{next_port}");
+    let (at, error) = match error {
+        russh::Error::ChannelOpenFailure(
+            ChannelOpenFailure::AdministrativelyProhibited | ChannelOpenFailure::UnknownChannelType,
+        ) => (jump, SshError::ForwardingRefused(next)),
+        russh::Error::ChannelOpenFailure(ChannelOpenFailure::ConnectFailed) => (
+            target.hop_name(index),
+            SshError::Unreachable(format!("{jump} could not connect to it")),
+        ),
+        russh::Error::ChannelOpenFailure(ChannelOpenFailure::ResourceShortage) => (
+            jump,
+            SshError::Unreachable(format!(
+                "it is short of resources to forward a connection to {next}"
+            )),
+        ),
+        russh::Error::ChannelOpenFailure(ChannelOpenFailure::Other { code, reason }) => (
+            jump,
+            SshError::Protocol(format!(
+                "forwarding a connection to {next} failed (code {code}: {reason:?})"
+            )),
+        ),
+        russh::Error::IO(e) => (jump, SshError::Unreachable(e.to_string())),
+        russh::Error::Disconnect | russh::Error::HUP | russh::Error::SendError => (
+            jump,
+            SshError::Unreachable("the connection was closed".into()),
+        ),
+        other => (jump, SshError::Protocol(other.to_string())),
+    };
+    Failure { at, error }
 }
 
 /// Runs `script` on a new channel of `session`, in a pseudo-terminal when `pty`; returns its
@@ -339,11 +539,7 @@ async fn run_channel(
 }
 
 /// Classifies a failure while setting up the session, using what the host key check saw.
-fn session_error(
-    error: russh::Error,
-    seen: &Mutex<Option<(String, Verdict)>>,
-    where_: &str,
-) -> SshError {
+fn session_error(error: russh::Error, seen: &Mutex<Option<(String, Verdict)>>) -> SshError {
     if let Some((_, Verdict::Refuse(why))) = seen.lock().expect("host key record").as_ref() {
         return SshError::HostKeyMismatch(why.clone());
     }
@@ -351,11 +547,11 @@ fn session_error(
         russh::Error::UnknownKey => {
             SshError::HostKeyMismatch("the host key was not accepted".into())
         }
-        russh::Error::IO(e) => SshError::Unreachable(format!("{where_}: {e}")),
+        russh::Error::IO(e) => SshError::Unreachable(e.to_string()),
         russh::Error::Disconnect | russh::Error::HUP => {
-            SshError::Unreachable(format!("{where_}: the connection was closed"))
+            SshError::Unreachable("the connection was closed".into())
         }
-        russh::Error::ConnectionTimeout => SshError::ConnectTimeout(where_.to_owned()),
+        russh::Error::ConnectionTimeout => SshError::ConnectTimeout,
         other => SshError::Protocol(other.to_string()),
     }
 }
@@ -396,6 +592,7 @@ mod tests {
             policy: HostKeyPolicy::Pinned,
             pinned: vec![good.clone()],
             recorded: None,
+            recorded_in: "status.hostKeyFingerprint",
         };
         assert_eq!(rule.judge(&good), Verdict::Accept);
         assert!(matches!(rule.judge(&bad), Verdict::Refuse(m) if m.contains(&fingerprint(&bad))));
@@ -408,6 +605,7 @@ mod tests {
             policy: HostKeyPolicy::TrustOnFirstUse,
             pinned: vec![],
             recorded: None,
+            recorded_in: "status.hostKeyFingerprint",
         };
         assert_eq!(rule.judge(&first), Verdict::Accept);
         rule.recorded = Some(fingerprint(&first));
@@ -424,7 +622,75 @@ mod tests {
             policy: HostKeyPolicy::AcceptAny,
             pinned: vec![],
             recorded: Some("SHA256:other".into()),
+            recorded_in: "status.hostKeyFingerprint",
         };
         assert_eq!(rule.judge(&key()), Verdict::Accept);
+    }
+
+    fn target(jumps: usize) -> Target {
+        let hop = |n: usize| Hop {
+            host: format!("jump{n}"),
+            port: 22,
+            username: "j".into(),
+            key: Arc::new(PrivateKey::random(&mut rand::rng(), Algorithm::Ed25519).unwrap()),
+            rule: HostKeyRule {
+                policy: HostKeyPolicy::AcceptAny,
+                pinned: vec![],
+                recorded: None,
+                recorded_in: "status.jumpHostKeyFingerprints",
+            },
+        };
+        Target {
+            host: "10.0.0.5".into(),
+            port: 2222,
+            username: "admin".into(),
+            jump_hosts: (1..=jumps).map(hop).collect(),
+            connect_timeout: Duration::from_secs(1),
+            command_timeout: Duration::from_secs(1),
+            tty_retry_status: None,
+        }
+    }
+
+    #[test]
+    fn a_refused_forward_is_the_jump_hosts_and_a_failed_connect_is_the_next_hops() {
+        let t = target(2);
+        let refused = forward_error(
+            russh::Error::ChannelOpenFailure(ChannelOpenFailure::AdministrativelyProhibited),
+            &t,
+            1,
+        );
+        assert_eq!(refused.at, "jump host 1 of 2 (jump1:22)");
+        assert_eq!(
+            refused.error,
+            SshError::ForwardingRefused("jump2:22".into())
+        );
+        let to_host = forward_error(
+            russh::Error::ChannelOpenFailure(ChannelOpenFailure::ConnectFailed),
+            &t,
+            2,
+        );
+        assert_eq!(to_host.at, "10.0.0.5:2222 (through 2 jump hosts)");
+        assert_eq!(
+            to_host.error,
+            SshError::Unreachable("jump host 2 of 2 (jump2:22) could not connect to it".into())
+        );
+        // A jump host whose connection dropped is the unreachable one.
+        let dropped = forward_error(russh::Error::Disconnect, &t, 2);
+        assert_eq!(dropped.at, "jump host 2 of 2 (jump2:22)");
+        assert!(matches!(dropped.error, SshError::Unreachable(_)));
+    }
+
+    #[test]
+    fn the_private_key_of_a_hop_stays_out_of_debug_output() {
+        let t = target(1);
+        let key = t.jump_hosts[0]
+            .key
+            .to_openssh(russh::keys::ssh_key::LineEnding::LF)
+            .unwrap();
+        let shown = format!("{t:?}");
+        assert!(shown.contains("jump1"), "{shown}");
+        for line in key.lines().filter(|l| !l.starts_with("-----")) {
+            assert!(!shown.contains(line), "{shown}");
+        }
     }
 }

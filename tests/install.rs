@@ -22,8 +22,8 @@ use opsworks_endpoint::standin::hash_secret;
 use support::ssh_hosts::{self, SshHost};
 use support::{
     AwsEnv, ControlPlane, ControllerProcess, apply, collect_secret_access_keys, condition, ec2,
-    eventually, key_material_lines, namespace, on_premises, register_directly, serving_stand_in,
-    ssh_key_secret, ssh_via, wait_gone,
+    eventually, key_material_lines, namespace, on_premises, on_premises_at, register_directly,
+    serving_stand_in, ssh_key_secret, ssh_via, wait_gone,
 };
 
 /// How long the stand-in installer takes, as the real one takes minutes.
@@ -1348,4 +1348,318 @@ async fn an_installer_that_exits_91_is_reported_as_an_installer_failure_with_its
     assert!(message.contains("the installer's own failure"), "{message}");
     assert_eq!(host.boot_registration_runs(), 1);
     w.assert_no_secrets(&w.secret_access_keys(), &[&w.private_key]);
+}
+
+// Jump hosts (ssh.jumpHosts): the host reached through one or more bastions, each a real sshd
+// that forwards TCP connections and logs each one it is asked for.
+
+/// The message of `obj`'s condition `type_`.
+fn message(obj: &InstanceRegistration, type_: &str) -> String {
+    obj.status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|c| c.r#type == type_))
+        .map(|c| c.message.clone())
+        .unwrap_or_default()
+}
+
+/// `host`'s `address:port`, as a jump host forwarding to it logs it.
+fn address_of(host: &SshHost) -> String {
+    format!("{}:{}", host.address(), host.port())
+}
+
+/// Applies `manifest` and waits for Ready; returns the seconds it took.
+fn apply_and_wait_ready(w: &World, manifest: &str, name: &str) -> f64 {
+    let started = Instant::now();
+    w.apply(manifest);
+    let out = w.cp.kubectl(&[
+        "wait",
+        "--for=condition=Ready",
+        "-n",
+        &w.ns,
+        &format!("ir/{name}"),
+        "--timeout=90s",
+    ]);
+    assert!(
+        out.status.success(),
+        "kubectl wait ir/{name}: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        tail(&w.controller.logs(), 40)
+    );
+    started.elapsed().as_secs_f64()
+}
+
+#[tokio::test]
+async fn a_host_behind_a_jump_host_registers_through_it_in_the_time_a_direct_one_takes() {
+    let w = World::new("jump-one", &[]).await;
+    let direct = w.host("direct");
+    let behind = w.host("behind");
+    let bastion = SshHost::start_jump_host(&format!("{}-bastion", w.ns));
+    bastion.authorize(&w.public_key);
+
+    // The same installer, once directly and once through the bastion.
+    let direct_took = apply_and_wait_ready(
+        &w,
+        &on_premises_at(&w.ns, "direct", &w.stack, &direct, "direct", "key"),
+        "direct",
+    );
+    let manifest = on_premises_at(&w.ns, "behind", &w.stack, &behind, "behind", "key")
+        + &support::jump_hosts_via(&[(&bastion, "")]);
+    let behind_took = apply_and_wait_ready(&w, &manifest, "behind");
+    println!(
+        "apply to Ready with a {}s installer: {direct_took:.2}s directly, {behind_took:.2}s \
+         through one jump host",
+        INSTALLER_RUN_TIME.as_secs()
+    );
+
+    let status = w.get("behind").await.status.unwrap();
+    assert_eq!(
+        status.host_key_fingerprint.as_deref(),
+        Some(behind.host_key_fingerprint().as_str())
+    );
+    assert_eq!(status.jump_host_key_fingerprints.len(), 1, "{status:#?}");
+    assert_eq!(
+        status.jump_host_key_fingerprints[0].via,
+        address_of(&bastion)
+    );
+    assert_eq!(
+        status.jump_host_key_fingerprints[0].fingerprint,
+        bastion.host_key_fingerprint()
+    );
+    assert!(
+        status.host.as_ref().unwrap().via.ends_with(&format!(
+            "{} via {}",
+            address_of(&behind),
+            address_of(&bastion)
+        )),
+        "{status:#?}"
+    );
+    // Every login the host took came through the bastion: it forwarded one connection to the
+    // host per session, and to nothing else.
+    let forwarded = bastion.forwarded_to();
+    assert!(!forwarded.is_empty(), "{}", bastion.log());
+    assert!(
+        forwarded.iter().all(|to| *to == address_of(&behind)),
+        "{forwarded:?}"
+    );
+    assert_eq!(forwarded.len(), behind.sessions(), "{}", behind.log());
+    assert_eq!(behind.boot_registration_runs(), 1);
+    assert_eq!(direct.boot_registration_runs(), 1);
+    assert!(bastion.forwarded_to().len() <= 2, "{forwarded:?}");
+
+    // Undone on delete, as for any host.
+    w.api
+        .delete("behind", &DeleteParams::default())
+        .await
+        .unwrap();
+    wait_gone(&w.api, "behind").await;
+    assert!(registrations(w.aws, &w.stack, "behind").is_empty());
+    w.assert_no_secrets(&w.secret_access_keys(), &[&w.private_key]);
+}
+
+#[tokio::test]
+async fn a_host_two_jump_hosts_away_registers_with_each_hop_checked_and_its_own_key() {
+    let w = World::new("jump-two", &[]).await;
+    let host = w.host("far");
+    let outer = SshHost::start_jump_host(&format!("{}-outer", w.ns));
+    outer.authorize(&w.public_key);
+    // The inner jump host takes only a key of its own, from another Secret.
+    let inner = SshHost::start_jump_host(&format!("{}-inner", w.ns));
+    let (inner_private, inner_public) =
+        support::ssh_key_secret(&w.client, &w.ns, "inner-key").await;
+    inner.authorize(&inner_public);
+
+    let manifest = on_premises_at(&w.ns, "far", &w.stack, &host, "far", "key")
+        + &support::jump_hosts_via(&[
+            (
+                &outer,
+                &format!(
+                    "      hostKeyPolicy: Pinned\n      hostKeys: [\"{}\"]\n",
+                    outer.host_key_line()
+                ),
+            ),
+            (
+                &inner,
+                "      privateKeySecretRef:\n        name: inner-key\n",
+            ),
+        ]);
+    apply_and_wait_ready(&w, &manifest, "far");
+
+    let obj = w.get("far").await;
+    let status = obj.status.unwrap();
+    let recorded: Vec<(String, String)> = status
+        .jump_host_key_fingerprints
+        .iter()
+        .map(|r| (r.via.clone(), r.fingerprint.clone()))
+        .collect();
+    assert_eq!(
+        recorded,
+        vec![
+            (address_of(&outer), outer.host_key_fingerprint()),
+            (address_of(&inner), inner.host_key_fingerprint()),
+        ]
+    );
+    // The outer jump host forwarded only to the inner one, the inner one only to the host, once
+    // per session the host took.
+    let (to_inner, to_host) = (outer.forwarded_to(), inner.forwarded_to());
+    assert!(
+        to_inner.iter().all(|to| *to == address_of(&inner)),
+        "{to_inner:?}"
+    );
+    assert!(
+        to_host.iter().all(|to| *to == address_of(&host)),
+        "{to_host:?}"
+    );
+    assert_eq!(to_inner.len(), host.sessions());
+    assert_eq!(to_host.len(), host.sessions());
+    assert_eq!(inner.sessions(), host.sessions());
+    assert_eq!(host.boot_registration_runs(), 1);
+    w.assert_no_secrets(&w.secret_access_keys(), &[&w.private_key, &inner_private]);
+}
+
+#[tokio::test]
+async fn a_jump_host_or_host_that_is_not_trusted_or_refuses_is_named_and_nothing_goes_past_it() {
+    let w = World::new("jump-bad", &[]).await;
+    let bastion = SshHost::start_jump_host(&format!("{}-bastion", w.ns));
+    bastion.authorize(&w.public_key);
+    // A host whose key the manifests pin where another host's is expected.
+    let other = SshHost::start(&format!("{}-other", w.ns));
+    let pinned_other = format!(
+        "      hostKeyPolicy: Pinned\n      hostKeys: [\"{}\"]\n",
+        other.host_key_line()
+    );
+    let stranger = SshHost::start_jump_host(&format!("{}-stranger", w.ns));
+    let mut no_forwarding = SshHost::start(&format!("{}-nofwd", w.ns));
+    no_forwarding.authorize(&w.public_key);
+
+    let targets: Vec<SshHost> = ["t1", "t2", "t3", "t4", "t5"]
+        .iter()
+        .map(|n| w.host(n))
+        .collect();
+    let cases: Vec<(&str, String, &str, &str)> = vec![
+        (
+            "bastion-key",
+            support::jump_hosts_via(&[(&bastion, &pinned_other)]),
+            types::HOST_REACHABLE,
+            reasons::HOST_KEY_MISMATCH,
+        ),
+        (
+            "host-key",
+            format!(
+                "    hostKeyPolicy: Pinned\n    hostKeys: [\"{}\"]\n",
+                other.host_key_line()
+            ) + &support::jump_hosts_via(&[(&bastion, "")]),
+            types::HOST_REACHABLE,
+            reasons::HOST_KEY_MISMATCH,
+        ),
+        (
+            "bastion-login",
+            support::jump_hosts_via(&[(&stranger, "")]),
+            types::HOST_REACHABLE,
+            reasons::SSH_AUTH_FAILED,
+        ),
+        (
+            "no-forwarding",
+            support::jump_hosts_via(&[(&no_forwarding, "")]),
+            types::HOST_REACHABLE,
+            reasons::FORWARDING_REFUSED,
+        ),
+        (
+            "bastion-secret",
+            support::jump_hosts_via(&[(
+                &bastion,
+                "      privateKeySecretRef:\n        name: missing\n",
+            )]),
+            types::SSH_KEY_READY,
+            reasons::SECRET_NOT_FOUND,
+        ),
+    ];
+    for ((name, ssh, _, _), target) in cases.iter().zip(&targets) {
+        w.apply(&(on_premises_at(&w.ns, name, &w.stack, target, name, "key") + ssh));
+    }
+    let bastion_hop = format!("jump host 1 of 1 ({})", address_of(&bastion));
+    let expected_words = [
+        bastion_hop.clone(),
+        format!("{} (through 1 jump host)", address_of(&targets[1])),
+        format!("jump host 1 of 1 ({})", address_of(&stranger)),
+        format!("jump host 1 of 1 ({})", address_of(&no_forwarding)),
+        "ssh.jumpHosts[0].privateKeySecretRef".to_owned(),
+    ];
+    for ((name, _, type_, reason), words) in cases.iter().zip(&expected_words) {
+        let obj = w.wait(name, type_, reason).await;
+        let said = message(&obj, type_);
+        assert!(said.contains(words.as_str()), "{name}: {said}");
+        assert_eq!(
+            condition(&obj, types::READY).unwrap().1,
+            *reason,
+            "{name}: {said}"
+        );
+    }
+    // Nothing went past the hop that failed: no host was logged in to (the one whose key was
+    // wrong was not even sent the login), no install ran, no IAM user was made, and the bastion
+    // whose key was wrong forwarded nothing for that object.
+    for target in &targets {
+        assert_eq!(target.sessions(), 0, "{}: {}", target.name(), target.log());
+        assert_eq!(target.boot_registration_runs(), 0, "{}", target.name());
+    }
+    assert!(
+        !bastion.forwarded_to().contains(&address_of(&targets[0])),
+        "{:?}",
+        bastion.forwarded_to()
+    );
+    assert!(w.aws.iam_users(&w.ns).await.is_empty());
+    let status = w.get("bastion-key").await.status.unwrap();
+    assert!(status.jump_host_key_fingerprints.is_empty(), "{status:#?}");
+
+    // The jump host's sshd is fixed (nothing changes in Kubernetes): the next slow retry of
+    // the blocked object goes through.
+    no_forwarding.set_tcp_forwarding(true);
+    w.wait("no-forwarding", types::READY, reasons::SUCCEEDED)
+        .await;
+    assert_eq!(targets[3].boot_registration_runs(), 1);
+    w.assert_no_secrets(&w.secret_access_keys(), &[&w.private_key]);
+}
+
+#[tokio::test]
+async fn a_jump_host_down_then_up_and_a_host_it_cannot_reach_are_retried_by_backoff() {
+    let w = World::new("jump-down", &[]).await;
+    let mut host = w.host("host");
+    let mut bastion = SshHost::start_jump_host(&format!("{}-bastion", w.ns));
+    bastion.authorize(&w.public_key);
+    bastion.stop();
+    w.apply(
+        &(on_premises_at(&w.ns, "db", &w.stack, &host, "db", "key")
+            + &support::jump_hosts_via(&[(&bastion, "")])),
+    );
+    let obj = w
+        .wait("db", types::HOST_REACHABLE, reasons::HOST_UNREACHABLE)
+        .await;
+    let said = message(&obj, types::HOST_REACHABLE);
+    assert!(
+        said.contains(&format!("jump host 1 of 1 ({})", address_of(&bastion))),
+        "{said}"
+    );
+    // The bastion is back, the host behind it is not: the bastion cannot connect to it.
+    host.stop();
+    bastion.restart();
+    eventually(
+        Duration::from_secs(60),
+        "the host named unreachable through the bastion",
+        || async {
+            let said = message(&w.get("db").await, types::HOST_REACHABLE);
+            said.contains(&format!(
+                "{} (through 1 jump host): cannot reach it: jump host 1 of 1",
+                address_of(&host)
+            ))
+            .then_some(())
+        },
+    )
+    .await;
+    host.restart();
+    w.wait("db", types::READY, reasons::SUCCEEDED).await;
+    assert_eq!(host.boot_registration_runs(), 1);
+    assert!(
+        bastion.forwarded_to().len() >= 2,
+        "{:?}",
+        bastion.forwarded_to()
+    );
 }

@@ -1257,7 +1257,92 @@ fn refused_cases(stack: &str) -> Vec<(&'static str, Edit, &'static str)> {
             "spec.ssh.timeoutSeconds",
         ),
         ("ssh missing", ("/spec/ssh", None), "spec.ssh"),
+        (
+            "jump host address shell",
+            ("/spec/ssh/jumpHosts", jump(json!({"address": touch}))),
+            "spec.ssh.jumpHosts[0].address",
+        ),
+        (
+            "jump host address option-like",
+            (
+                "/spec/ssh/jumpHosts",
+                jump(json!({"address": format!("-oProxyCommand=touch {CANARY}")})),
+            ),
+            "spec.ssh.jumpHosts[0].address",
+        ),
+        (
+            "jump host address newline",
+            (
+                "/spec/ssh/jumpHosts",
+                jump(json!({"address": "bastion\n127.0.0.1"})),
+            ),
+            "spec.ssh.jumpHosts[0].address",
+        ),
+        (
+            "jump host address huge",
+            ("/spec/ssh/jumpHosts", jump(json!({"address": huge}))),
+            "spec.ssh.jumpHosts[0].address",
+        ),
+        (
+            "jump host username shell",
+            ("/spec/ssh/jumpHosts", jump(json!({"username": semi}))),
+            "spec.ssh.jumpHosts[0].username",
+        ),
+        (
+            "jump host port out of range",
+            ("/spec/ssh/jumpHosts", jump(json!({"port": 70000}))),
+            "spec.ssh.jumpHosts[0].port",
+        ),
+        (
+            "jump host key Secret name traversal",
+            (
+                "/spec/ssh/jumpHosts",
+                jump(json!({"privateKeySecretRef": {"name": "../kube-system/key"}})),
+            ),
+            "spec.ssh.jumpHosts[0].privateKeySecretRef.name",
+        ),
+        (
+            "jump host hostKeys newline",
+            (
+                "/spec/ssh/jumpHosts",
+                jump(json!({"hostKeys": ["ssh-ed25519 AAAA\nssh-ed25519 BBBB"]})),
+            ),
+            "spec.ssh.jumpHosts[0].hostKeys[0]",
+        ),
+        (
+            "jump host Pinned without hostKeys",
+            (
+                "/spec/ssh/jumpHosts",
+                jump(json!({"hostKeyPolicy": "Pinned"})),
+            ),
+            "spec.ssh.jumpHosts[0].hostKeys",
+        ),
+        (
+            "jump host unknown field",
+            ("/spec/ssh/jumpHosts", jump(json!({"proxyCommand": touch}))),
+            "spec.ssh.jumpHosts[0].proxyCommand",
+        ),
+        (
+            "five jump hosts",
+            (
+                "/spec/ssh/jumpHosts",
+                Some(json!(vec![
+                    json!({"address": "bastion", "username": "j"});
+                    5
+                ])),
+            ),
+            "spec.ssh.jumpHosts",
+        ),
     ]
+}
+
+/// A `jumpHosts` list of one well-formed jump host with `fields` set over its own.
+fn jump(fields: Value) -> Option<Value> {
+    let mut hop = json!({"address": "bastion.example", "username": "jump"});
+    for (key, value) in fields.as_object().expect("an object") {
+        hop[key] = value.clone();
+    }
+    Some(json!([hop]))
 }
 
 /// `id` with its first a, c, e or 0 replaced by the Cyrillic letter that looks the same.
@@ -1587,6 +1672,38 @@ async fn hostile_and_broken_input_is_refused_naming_the_field_or_reported_and_no
             vec![("/spec/ssh/port", Some(json!(1)))],
             types::HOST_REACHABLE,
             reasons::HOST_UNREACHABLE,
+        ),
+        (
+            "jump host key Secret missing",
+            vec![(
+                "/spec/ssh/jumpHosts",
+                jump(json!({"privateKeySecretRef": {"name": "no-such-secret"}})),
+            )],
+            types::SSH_KEY_READY,
+            reasons::SECRET_NOT_FOUND,
+        ),
+        (
+            "jump host nobody listens on",
+            vec![(
+                "/spec/ssh/jumpHosts",
+                jump(json!({"address": "127.0.0.1", "port": 1})),
+            )],
+            types::HOST_REACHABLE,
+            reasons::HOST_UNREACHABLE,
+        ),
+        (
+            // The victim itself as the jump host: its sshd forwards nothing.
+            "jump host that refuses forwarding",
+            vec![(
+                "/spec/ssh/jumpHosts",
+                jump(json!({
+                    "address": victim.address().to_string(),
+                    "port": victim.port(),
+                    "username": ssh_hosts::USER,
+                })),
+            )],
+            types::HOST_REACHABLE,
+            reasons::FORWARDING_REFUSED,
         ),
     ];
     // Systems Manager objects whose inputs are well formed and wrong.

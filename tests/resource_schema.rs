@@ -229,6 +229,82 @@ fn invalid_manifests_are_refused_with_a_message_naming_the_field() {
             "spec.ssh.hostKeys[0]",
         ),
         (
+            "five jump hosts",
+            edit(
+                &base,
+                ssh_tail,
+                &format!(
+                    "{ssh_tail}    jumpHosts:\n{}",
+                    "    - {address: bastion, username: jump}\n".repeat(5)
+                ),
+            ),
+            "spec.ssh.jumpHosts",
+        ),
+        (
+            "jump host address with a shell word",
+            edit(
+                &base,
+                ssh_tail,
+                &format!(
+                    "{ssh_tail}    jumpHosts:\n    - {{address: \"-oProxyCommand=x\", username: jump}}\n"
+                ),
+            ),
+            "spec.ssh.jumpHosts[0].address",
+        ),
+        (
+            "jump host without a username",
+            edit(
+                &base,
+                ssh_tail,
+                &format!("{ssh_tail}    jumpHosts:\n    - {{address: bastion}}\n"),
+            ),
+            "spec.ssh.jumpHosts[0].username",
+        ),
+        (
+            "jump host port of zero",
+            edit(
+                &base,
+                ssh_tail,
+                &format!(
+                    "{ssh_tail}    jumpHosts:\n    - {{address: bastion, username: j, port: 0}}\n"
+                ),
+            ),
+            "spec.ssh.jumpHosts[0].port",
+        ),
+        (
+            "jump host Pinned without hostKeys",
+            edit(
+                &base,
+                ssh_tail,
+                &format!(
+                    "{ssh_tail}    jumpHosts:\n    - {{address: b, username: j}}\n    - {{address: bastion, username: jump, hostKeyPolicy: Pinned}}\n"
+                ),
+            ),
+            "spec.ssh.jumpHosts[1].hostKeys",
+        ),
+        (
+            "jump host key that is not a public key",
+            edit(
+                &base,
+                ssh_tail,
+                &format!(
+                    "{ssh_tail}    jumpHosts:\n    - {{address: bastion, username: jump, hostKeys: [\"not a key\"]}}\n"
+                ),
+            ),
+            "spec.ssh.jumpHosts[0].hostKeys[0]",
+        ),
+        (
+            "jump host key Secret with an invalid name",
+            edit(
+                &base,
+                ssh_tail,
+                &format!(
+                    "{ssh_tail}    jumpHosts:\n    - {{address: bastion, username: jump, privateKeySecretRef: {{name: \"../x\"}}}}\n"
+                ),
+            ),
+            "spec.ssh.jumpHosts[0].privateKeySecretRef.name",
+        ),
+        (
             "timeout of zero",
             edit(
                 &base,
@@ -491,6 +567,7 @@ fn kubectl_explain_explains_the_fields_and_get_shows_the_columns() {
         .unwrap();
     for text in [
         "hostKeyPolicy",
+        "jumpHosts",
         "privateKeySecretRef",
         "known_hosts form",
         "sudo without a password",
@@ -498,6 +575,20 @@ fn kubectl_explain_explains_the_fields_and_get_shows_the_columns() {
         assert!(
             explained.contains(text),
             "explain lacks {text:?}:\n{explained}"
+        );
+    }
+    let jump = cp
+        .kubectl_ok(&["explain", "instanceregistration.spec.ssh.jumpHosts"])
+        .unwrap();
+    for text in [
+        "ProxyJump",
+        "AllowTcpForwarding",
+        "privateKeySecretRef",
+        "hostKeyPolicy",
+    ] {
+        assert!(
+            jump.contains(text),
+            "explain jumpHosts lacks {text:?}:\n{jump}"
         );
     }
     let spec = cp.kubectl_ok(&["explain", "ir.spec"]).unwrap();

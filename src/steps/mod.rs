@@ -201,6 +201,8 @@ pub struct Facts {
     pub access_key: Option<AccessKey>,
     /// The SSH private key, once [`Step::SshKey`] read it.
     pub ssh_key: Option<std::sync::Arc<russh::keys::PrivateKey>>,
+    /// The private key of each jump host, in order (the host's when one has none of its own).
+    pub jump_keys: Vec<std::sync::Arc<russh::keys::PrivateKey>>,
     /// The host's managed node in Systems Manager, if it is listed (Systems Manager objects).
     pub node: Option<crate::ssm::Node>,
     /// The activation the agent registers with (Systems Manager, on-premises).

@@ -15,7 +15,7 @@ use super::{Facts, Outcome};
 use crate::conditions::{Observation, reasons};
 use crate::context::Context;
 use crate::install;
-use crate::resource::{HostKeyPolicy, InstanceRegistration, InstanceRegistrationStatus};
+use crate::resource::{InstanceRegistration, InstanceRegistrationStatus};
 
 /// Lines of the installer's output kept for the condition message.
 const TAIL_LINES: usize = 15;
@@ -152,18 +152,22 @@ pub async fn run_install(
         )));
     };
     let spec = &obj.spec.ssh;
-    let (mut connect, rule) = super::host::connection(obj, target, status)?;
+    let (mut connect, rule) = super::host::connection(obj, target, &facts.jump_keys, status)?;
     // sudo's requiretty: the script is run again in a pseudo-terminal.
     connect.tty_retry_status = Some(install::EXIT_SUDO_NEEDS_TTY);
     let host = connect.host.clone();
-    if status.host_key_fingerprint.is_none()
-        && spec.host_key_policy == HostKeyPolicy::TrustOnFirstUse
-    {
-        // The host step records the key before anything is installed; without a record the
+    if let Some(hop) = super::host::unrecorded_hop(obj, status) {
+        // The host step records the keys before anything is installed; without a record the
         // install would accept any key.
         return Err(Outcome::Blocked(Observation::fails(
             reasons::WAITING,
-            "the host key was not recorded on first use yet",
+            match hop {
+                Some(index) => format!(
+                    "the key of jump host {} was not recorded on first use yet",
+                    index + 1
+                ),
+                None => "the host key was not recorded on first use yet".to_owned(),
+            },
         )));
     }
     let key = key.clone();
@@ -190,9 +194,7 @@ pub async fn run_install(
     let run = super::host::session(ctx, &connect, rule, key, script).await?;
     crate::failpoint::after("ssh:Install");
     facts.installed_now = true;
-    if status.host_key_fingerprint.is_none() {
-        status.host_key_fingerprint = Some(run.host_key_fingerprint.clone());
-    }
+    super::host::record_host_keys(obj, status, &run);
     Ok(InstallRun {
         run,
         took: started.elapsed().as_secs_f64(),

@@ -1,6 +1,7 @@
 //! Step: the Secret named by `ssh.privateKeySecretRef` exists in the object's namespace, may be
 //! read, and holds a private key the SSH client can use (decrypted with the Secret's `passphrase`
-//! when it is encrypted). Nothing of the Secret's content is ever put in a message.
+//! when it is encrypted); so does each jump host's own `privateKeySecretRef`, if it has one.
+//! Nothing of a Secret's content is ever put in a message.
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, ResourceExt};
@@ -8,7 +9,11 @@ use kube::{Api, ResourceExt};
 use super::{Facts, Outcome};
 use crate::conditions::{Observation, reasons};
 use crate::context::Context;
-use crate::resource::InstanceRegistration;
+use std::sync::Arc;
+
+use russh::keys::PrivateKey;
+
+use crate::resource::{InstanceRegistration, SecretKeyRef};
 use crate::sshkey::{self, KeyProblem, LoadError};
 
 /// The Secret key that holds the passphrase of an encrypted private key.
@@ -19,51 +24,100 @@ const ACCEPTED_TYPES: &[&str] = &["kubernetes.io/ssh-auth", "Opaque"];
 const DECODE_RECHECK: std::time::Duration = std::time::Duration::from_secs(30);
 
 pub(super) async fn check(obj: &InstanceRegistration, ctx: &Context, facts: &mut Facts) -> Outcome {
+    let spec = &obj.spec.ssh;
+    let (key, summary) = match load(obj, ctx, &spec.private_key_secret_ref, None).await {
+        Ok(loaded) => loaded,
+        Err(outcome) => return outcome,
+    };
+    // Each jump host's own key, read once however many hops name the same one.
+    let mut jump_keys: Vec<Arc<PrivateKey>> = Vec::with_capacity(spec.jump_hosts.len());
+    let mut own = 0;
+    for (index, hop) in spec.jump_hosts.iter().enumerate() {
+        let jump_key = match &hop.private_key_secret_ref {
+            None => key.clone(),
+            Some(reference) if *reference == spec.private_key_secret_ref => key.clone(),
+            Some(reference) => {
+                let earlier = spec.jump_hosts[..index]
+                    .iter()
+                    .position(|h| h.private_key_secret_ref.as_ref() == Some(reference));
+                match earlier {
+                    Some(earlier) => jump_keys[earlier].clone(),
+                    None => match load(obj, ctx, reference, Some(index)).await {
+                        Ok((jump_key, _)) => {
+                            own += 1;
+                            jump_key
+                        }
+                        Err(outcome) => return outcome,
+                    },
+                }
+            }
+        };
+        jump_keys.push(jump_key);
+    }
+    facts.ssh_key = Some(key);
+    facts.jump_keys = jump_keys;
+    let message = match own {
+        0 => summary,
+        1 => format!("{summary}; and a usable key for the jump host with a key of its own"),
+        n => format!("{summary}; and usable keys for the {n} jump hosts with keys of their own"),
+    };
+    Outcome::Done(Observation::holds(reasons::SUCCEEDED, message))
+}
+
+/// Reads and decodes the private key `reference` names (jump host `hop`'s own, or the host's);
+/// returns it and a summary that says which Secret and key hold it.
+async fn load(
+    obj: &InstanceRegistration,
+    ctx: &Context,
+    reference: &SecretKeyRef,
+    hop: Option<usize>,
+) -> Result<(Arc<PrivateKey>, String), Outcome> {
+    let field = match hop {
+        None => "ssh.privateKeySecretRef".to_owned(),
+        Some(index) => format!("ssh.jumpHosts[{index}].privateKeySecretRef"),
+    };
     let namespace = obj.namespace().unwrap_or_default();
-    let reference = &obj.spec.ssh.private_key_secret_ref;
     let name = &reference.name;
     // Always the object's own namespace: an object cannot make the controller read elsewhere.
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
     let secret = match secrets.get_opt(name).await {
         Ok(Some(secret)) => secret,
         Ok(None) => {
-            return Outcome::Blocked(Observation::fails(
+            return Err(Outcome::Blocked(Observation::fails(
                 reasons::SECRET_NOT_FOUND,
-                format!(
-                    "Secret {name:?} (ssh.privateKeySecretRef) not found in namespace {namespace:?}"
-                ),
-            ));
+                format!("Secret {name:?} ({field}) not found in namespace {namespace:?}"),
+            )));
         }
         Err(kube::Error::Api(status)) if status.code == 403 => {
-            return Outcome::Blocked(Observation::fails(
+            return Err(Outcome::Blocked(Observation::fails(
                 reasons::SECRET_FORBIDDEN,
                 format!("the controller may not read Secret {name:?} in namespace {namespace:?}"),
-            ));
+            )));
         }
         Err(error) => {
-            return Outcome::Retry(Observation::fails(
+            return Err(Outcome::Retry(Observation::fails(
                 reasons::KUBERNETES_API_ERROR,
                 format!(
                     "reading Secret {name:?}: {}",
                     crate::kube_error_summary(&error)
                 ),
-            ));
+            )));
         }
     };
     let secret_type = secret.type_.as_deref().unwrap_or("Opaque");
     if !ACCEPTED_TYPES.contains(&secret_type) {
-        return Outcome::Blocked(Observation::fails(
+        return Err(Outcome::Blocked(Observation::fails(
             reasons::SECRET_TYPE_INVALID,
             format!(
                 "Secret {name:?} has type {secret_type:?}; an SSH key belongs in a Secret of type kubernetes.io/ssh-auth (or Opaque)"
             ),
-        ));
+        )));
     }
     let data = secret.data.unwrap_or_default();
     let Some(key_bytes) = data.get(&reference.key) else {
         let mut present: Vec<&str> = data.keys().map(String::as_str).collect();
         present.sort_unstable();
-        return Outcome::Blocked(Observation::fails(
+        return Err(Outcome::Blocked(Observation::fails(
             reasons::SECRET_KEY_MISSING,
             format!(
                 "Secret {name:?} has no key {:?} (its keys: {})",
@@ -74,7 +128,7 @@ pub(super) async fn check(obj: &InstanceRegistration, ctx: &Context, facts: &mut
                     present.join(", ")
                 }
             ),
-        ));
+        )));
     };
     let passphrase = data.get(PASSPHRASE_KEY).map(|p| p.0.as_slice());
     // Decoded once per version of the Secret (UID and resourceVersion), however many objects
@@ -89,21 +143,18 @@ pub(super) async fn check(obj: &InstanceRegistration, ctx: &Context, facts: &mut
             .as_deref()
             .unwrap_or_default()
     );
-    match ctx
+    let outcome = match ctx
         .ssh_keys
         .load(source, &version, &key_bytes.0, passphrase)
         .await
     {
         Ok(key) => {
             let summary = sshkey::summary(&key);
-            facts.ssh_key = Some(key);
-            Outcome::Done(Observation::holds(
-                reasons::SUCCEEDED,
-                format!(
-                    "Secret {name:?} key {:?} holds a usable {} key, public key {}",
-                    reference.key, summary.algorithm, summary.fingerprint
-                ),
-            ))
+            let said = format!(
+                "Secret {name:?} key {:?} holds a usable {} key, public key {}",
+                reference.key, summary.algorithm, summary.fingerprint
+            );
+            return Ok((key, said));
         }
         Err(LoadError::Overran(limit)) => Outcome::Progressing(
             Observation::fails(
@@ -129,5 +180,18 @@ pub(super) async fn check(obj: &InstanceRegistration, ctx: &Context, facts: &mut
                 format!("Secret {name:?} key {:?}: {problem}", reference.key),
             ))
         }
-    }
+    };
+    // A jump host's own key: the message says which.
+    Err(match (hop, outcome) {
+        (None, outcome) => outcome,
+        (Some(_), Outcome::Blocked(mut o)) => {
+            o.message = format!("{field}: {}", o.message);
+            Outcome::Blocked(o)
+        }
+        (Some(_), Outcome::Progressing(mut o, after)) => {
+            o.message = format!("{field}: {}", o.message);
+            Outcome::Progressing(o, after)
+        }
+        (Some(_), outcome) => outcome,
+    })
 }

@@ -508,6 +508,22 @@ pub fn ssh_via(host: &ssh_hosts::SshHost) -> String {
     )
 }
 
+/// `ssh` lines (to append to a manifest after [`ssh_via`]) that reach the host through
+/// `jump_hosts`, in order, each logged in to as the test user, with `extra` lines of its own
+/// (indented six spaces: `hostKeyPolicy`, `privateKeySecretRef`...).
+pub fn jump_hosts_via(jump_hosts: &[(&ssh_hosts::SshHost, &str)]) -> String {
+    let mut lines = "    jumpHosts:\n".to_owned();
+    for (host, extra) in jump_hosts {
+        lines.push_str(&format!(
+            "    - address: \"{}\"\n      port: {}\n      username: {}\n{extra}",
+            host.address(),
+            host.port(),
+            ssh_hosts::USER
+        ));
+    }
+    lines
+}
+
 /// A minimal valid manifest (YAML) for namespace `ns`, object `name`, using Secret `secret`.
 pub fn manifest(ns: &str, name: &str, secret: &str) -> String {
     format!(

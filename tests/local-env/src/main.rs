@@ -286,8 +286,13 @@ struct Demo {
     started: Option<Instant>,
     controller: Option<Child>,
     hosts: Vec<SshHost>,
+    /// The jump host in front of build-1 (see examples/local/ssm-on-premises.yaml).
+    bastion: Option<SshHost>,
     aws: Option<AwsEnv>,
 }
+
+/// The host the demo reaches only through its jump host.
+const BEHIND_BASTION: &str = "build-1";
 
 /// What the hosts and their records are called, for the manifests and the summary.
 struct HostFacts {
@@ -311,8 +316,8 @@ impl Demo {
         self.started = Some(Instant::now());
         println!(
             "instance-registrar demo: a Kubernetes API server, moto (IAM, EC2, STS), an \
-             OpsWorks- and Systems Manager-compatible endpoint and four SSH hosts, all on loopback; \
-             files in {}",
+             OpsWorks- and Systems Manager-compatible endpoint and four SSH hosts (one behind an SSH \
+             jump host), all on loopback; files in {}",
             dir.display()
         );
         let controller_bin = controller_binary()?;
@@ -348,14 +353,23 @@ impl Demo {
             host.authorize(&public_key);
             self.hosts.push(host);
         }
+        // A bastion: an sshd that forwards TCP connections (AllowTcpForwarding yes); the
+        // controller reaches build-1 only through it.
+        let bastion = SshHost::start_jump_host("bastion");
+        bastion.authorize(&public_key);
+        let bastion_facts = (bastion.address(), bastion.port(), bastion.host_key_line());
+        self.bastion = Some(bastion);
         self.say(&format!(
-            "SSH hosts (OpenSSH sshd, user {}): {}",
+            "SSH hosts (OpenSSH sshd, user {}): {}; jump host bastion at {}:{} in front of \
+             {BEHIND_BASTION}",
             ssh_hosts::USER,
             self.hosts
                 .iter()
                 .map(|h| format!("{} at {}:{}", h.name(), h.address(), h.port()))
                 .collect::<Vec<_>>()
-                .join(", ")
+                .join(", "),
+            bastion_facts.0,
+            bastion_facts.1,
         ));
         check_stop()?;
 
@@ -459,7 +473,7 @@ impl Demo {
         ));
         check_stop()?;
 
-        let manifests = fill_manifests(dir, &stack_id, &facts)?;
+        let manifests = fill_manifests(dir, &stack_id, &facts, &bastion_facts)?;
         let manifest_dir = dir.join("manifests");
         let out = kubectl(&cp, &["apply", "-f", &manifest_dir.to_string_lossy()])?;
         let applied = Instant::now();
@@ -617,6 +631,17 @@ impl Demo {
                     .join(", ")
             }
         );
+        if let Some(bastion) = &self.bastion {
+            let forwarded = bastion.forwarded_to();
+            let _ = writeln!(
+                text,
+                "Jump host bastion forwarded {} connection{} (to {}), the controller's sessions \
+                 with {BEHIND_BASTION}",
+                forwarded.len(),
+                if forwarded.len() == 1 { "" } else { "s" },
+                forwarded.first().map(String::as_str).unwrap_or("nothing")
+            );
+        }
         let users = aws.iam_users("OpsWorks-").await;
         let _ = write!(
             text,
@@ -706,6 +731,7 @@ impl Demo {
             let _ = child.wait();
         }
         self.hosts.clear();
+        self.bastion = None;
         self.aws = None;
     }
 }
@@ -750,12 +776,22 @@ fn kubectl(cp: &ControlPlane, args: &[&str]) -> Step<String> {
 
 /// Fills in `examples/local/*.yaml` and writes them to `dir/manifests/`; returns their paths.
 /// Refuses a manifest with a placeholder left, or whose `ssh.address` is not loopback.
-fn fill_manifests(dir: &Path, stack_id: &str, facts: &[HostFacts]) -> Step<Vec<PathBuf>> {
+/// Fills in examples/local/ into `dir`/manifests: the stack, the hosts' `facts`, and the jump
+/// host's address, port and host key.
+fn fill_manifests(
+    dir: &Path,
+    stack_id: &str,
+    facts: &[HostFacts],
+    bastion: &(Ipv4Addr, u16, String),
+) -> Step<Vec<PathBuf>> {
     let mut values = BTreeMap::from([
         ("STACK_ID".to_owned(), stack_id.to_owned()),
         ("SSH_USER".to_owned(), ssh_hosts::USER.to_owned()),
         ("SSH_KEY_SECRET".to_owned(), SECRET.to_owned()),
         ("SSM_SERVICE_ROLE".to_owned(), SSM_SERVICE_ROLE.to_owned()),
+        ("BASTION_ADDRESS".to_owned(), bastion.0.to_string()),
+        ("BASTION_PORT".to_owned(), bastion.1.to_string()),
+        ("BASTION_HOST_KEY".to_owned(), bastion.2.clone()),
     ]);
     for f in facts {
         let key = f.name.to_ascii_uppercase().replace('-', "_");
@@ -815,12 +851,14 @@ fn fill(text: &str, values: &BTreeMap<String, String>) -> Result<String, String>
     Ok(out)
 }
 
-/// Checks that every `address:` in a manifest is a loopback IPv4 address, and that there is one:
-/// the demo never connects anywhere else.
+/// Checks that every `address:` in a manifest (the host's, and each jump host's) is a loopback
+/// IPv4 address, and that there is one: the demo never connects anywhere else.
 fn check_loopback(manifest: &str) -> Result<(), String> {
     let mut seen = false;
     for line in manifest.lines() {
-        let Some(value) = line.trim_start().strip_prefix("address:") else {
+        let line = line.trim_start();
+        let line = line.strip_prefix("- ").unwrap_or(line).trim_start();
+        let Some(value) = line.strip_prefix("address:") else {
             continue;
         };
         let value = value
@@ -874,11 +912,20 @@ mod tests {
     #[test]
     fn every_example_fills_in_and_connects_to_loopback_only() {
         let dir = tempfile::tempdir().unwrap();
-        let written =
-            fill_manifests(dir.path(), "stack-id", &facts()).unwrap_or_else(|e| match e {
-                Halt::Failed(e) => panic!("{e}"),
-                Halt::Stopped => unreachable!(),
-            });
+        let written = fill_manifests(
+            dir.path(),
+            "stack-id",
+            &facts(),
+            &(
+                Ipv4Addr::new(127, 0, 0, 9),
+                2299,
+                "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBastion".into(),
+            ),
+        )
+        .unwrap_or_else(|e| match e {
+            Halt::Failed(e) => panic!("{e}"),
+            Halt::Stopped => unreachable!(),
+        });
         assert_eq!(written.len(), SAMPLES.len());
         for path in written {
             let text = std::fs::read_to_string(&path).unwrap();
@@ -905,5 +952,10 @@ mod tests {
         assert!(check_loopback("  ssh:\n    address: 10.0.0.1\n").is_err());
         assert!(check_loopback("  ssh:\n    address: bastion.example.com\n").is_err());
         assert!(check_loopback("  ssh:\n    port: 22\n").is_err());
+        // A jump host's address counts as much as the host's.
+        let jump = "    address: \"127.0.0.5\"\n    jumpHosts:\n    - address: ";
+        assert!(check_loopback(&format!("{jump}\"127.0.0.6\"\n")).is_ok());
+        assert!(check_loopback(&format!("{jump}bastion.example.com\n")).is_err());
+        assert!(check_loopback(&format!("{jump}10.0.0.1\n")).is_err());
     }
 }

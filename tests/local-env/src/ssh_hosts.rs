@@ -84,6 +84,8 @@ pub struct SshHost {
     logs: Vec<PathBuf>,
     /// Whether sshd gives sessions a pseudo-terminal when asked (`PermitTTY`).
     permit_tty: bool,
+    /// Whether sshd forwards TCP connections for its users (`AllowTcpForwarding`): a jump host.
+    tcp_forwarding: bool,
     sshd: Option<Running>,
 }
 
@@ -101,6 +103,17 @@ impl SshHost {
     /// no authorized keys, and a host directory holding `hostname` ("test-<name>", sanitised)
     /// and `local-ipv4`. Returns once sshd accepts connections.
     pub fn start(name: &str) -> SshHost {
+        SshHost::start_with(name, false)
+    }
+
+    /// Starts a jump host (a bastion): a host as [`SshHost::start`] makes, whose sshd also
+    /// forwards TCP connections for its users (`AllowTcpForwarding yes`, as OpenSSH's
+    /// ProxyJump needs) and logs each one it is asked for (see [`SshHost::forwarded_to`]).
+    pub fn start_jump_host(name: &str) -> SshHost {
+        SshHost::start_with(name, true)
+    }
+
+    fn start_with(name: &str, tcp_forwarding: bool) -> SshHost {
         check_prerequisites();
         let address = next_address();
         let label = host_label(name);
@@ -141,6 +154,7 @@ impl SshHost {
             key_generation: 0,
             logs: Vec::new(),
             permit_tty: true,
+            tcp_forwarding,
             sshd: None,
         };
         host.new_host_key();
@@ -244,6 +258,30 @@ impl SshHost {
     pub fn set_permit_tty(&mut self, permit: bool) {
         self.permit_tty = permit;
         self.restart();
+    }
+
+    /// Makes sshd forward TCP connections (a jump host) or refuse to (`AllowTcpForwarding`); sshd
+    /// is restarted on the same address and port.
+    pub fn set_tcp_forwarding(&mut self, allow: bool) {
+        self.tcp_forwarding = allow;
+        self.restart();
+    }
+
+    /// The `address:port` of each TCP connection this host was asked to forward (a
+    /// `direct-tcpip` channel, as ProxyJump opens), over all its restarts, in order; whether it
+    /// forwarded it or refused. Only a jump host logs them.
+    pub fn forwarded_to(&self) -> Vec<String> {
+        // sshd at LogLevel DEBUG1: "server_request_direct_tcpip: originator 127.0.0.1 port
+        // 65535, target 127.0.0.9 port 40001".
+        self.log()
+            .lines()
+            .filter_map(|line| line.split("server_request_direct_tcpip: ").nth(1))
+            .filter_map(|rest| {
+                let target = rest.split(", target ").nth(1)?;
+                let (host, port) = target.trim().split_once(" port ")?;
+                Some(format!("{host}:{port}"))
+            })
+            .collect()
     }
 
     /// Brings the host back (after [`SshHost::stop`], or restarts it if running) on the same
@@ -556,14 +594,14 @@ impl SshHost {
              StrictModes no\n\
              UsePAM no\n\
              PidFile none\n\
-             LogLevel VERBOSE\n\
+             LogLevel {log_level}\n\
              MaxStartups 100:30:200\n\
              MaxSessions 20\n\
              LoginGraceTime 30\n\
              UseDNS no\n\
              PrintMotd no\n\
              PrintLastLog no\n\
-             AllowTcpForwarding no\n\
+             AllowTcpForwarding {forwarding}\n\
              AllowStreamLocalForwarding no\n\
              AllowAgentForwarding no\n\
              X11Forwarding no\n\
@@ -575,6 +613,13 @@ impl SshHost {
             port = self.port,
             host_key = self.host_key.display(),
             authorized_keys = self.files.path().join("authorized_keys").display(),
+            // A jump host logs the connections it is asked to forward (at DEBUG1 only).
+            log_level = if self.tcp_forwarding {
+                "DEBUG1"
+            } else {
+                "VERBOSE"
+            },
+            forwarding = if self.tcp_forwarding { "yes" } else { "no" },
         );
         // OpenSSH 9.8 and later refuse a source address for a while after failed logins; the
         // tests make many from 127.0.0.1 on purpose.

@@ -11,7 +11,8 @@
 //! 2. AWS calls per fresh registration by operation, controller against the CLI;
 //! 3. steady state: `--steady` objects already registered, the controller restarted: time until
 //!    every object is re-verified, AWS calls, SSH sessions, peak RSS and CPU seconds;
-//! 4. latency: one object, apply to Ready, minus the installer's run time.
+//! 4. latency: one object, apply to Ready, minus the installer's run time; directly and through
+//!    one jump host (`ssh.jumpHosts`), runs alternating.
 //!
 //! Only loopback addresses are used: every endpoint is on 127.0.0.1, every `ssh.address` and
 //! every `--override-ssh` target is a 127.x address (checked before anything runs).
@@ -155,6 +156,8 @@ struct Env {
     client: kube::Client,
     aws: AwsEnv,
     hosts: Vec<SshHost>,
+    /// A jump host in front of the hosts, for the latency runs through one.
+    bastion: SshHost,
     key_path: PathBuf,
     controller_bin: PathBuf,
     run_time: Duration,
@@ -377,7 +380,18 @@ impl Env {
         (stack, ids)
     }
 
-    fn ec2_manifest(&self, stack: &str, ids: &[String], prefix: &str) -> R<PathBuf> {
+    /// The manifests of `ids` on the hosts, reached through the bastion when `jump`.
+    fn ec2_manifest(&self, stack: &str, ids: &[String], prefix: &str, jump: bool) -> R<PathBuf> {
+        check_loopback(self.bastion.address())?;
+        let jump_host = match jump {
+            true => format!(
+                "    jumpHosts:\n    - address: \"{}\"\n      port: {}\n      username: {}\n",
+                self.bastion.address(),
+                self.bastion.port(),
+                ssh_hosts::USER
+            ),
+            false => String::new(),
+        };
         let mut text = String::new();
         for (i, (id, host)) in ids.iter().zip(&self.hosts).enumerate() {
             check_loopback(host.address())?;
@@ -386,7 +400,7 @@ impl Env {
                  metadata:\n  name: {prefix}-{i}\nspec:\n  stackId: {stack}\n  \
                  infrastructureClass: ec2\n  target: {id}\n  hostname: {prefix}-{i}\n  ssh:\n    \
                  username: {}\n    privateKeySecretRef:\n      name: {SECRET}\n    \
-                 address: \"{}\"\n    port: {}\n",
+                 address: \"{}\"\n    port: {}\n{jump_host}",
                 ssh_hosts::USER,
                 host.address(),
                 host.port()
@@ -397,13 +411,14 @@ impl Env {
         Ok(path)
     }
 
-    /// One controller throughput run over `n` hosts: (seconds, calls).
-    async fn controller_run(&self, n: usize) -> R<(f64, CallSummary)> {
+    /// One controller throughput run over `n` hosts (through the bastion when `jump`): (seconds,
+    /// calls).
+    async fn controller_run(&self, n: usize, jump: bool) -> R<(f64, CallSummary)> {
         let k = self.next();
         let name = format!("ctl{k}");
         let (stack, ids) = self.fresh_stack(&name, n).await;
         self.namespace(&name)?;
-        let manifest = self.ec2_manifest(&stack, &ids, &name)?;
+        let manifest = self.ec2_manifest(&stack, &ids, &name, jump)?;
         let controller = self.start_controller(&name, &name)?;
         self.aws.clear_calls();
         let t0 = Instant::now();
@@ -688,9 +703,10 @@ impl Env {
             + self.cp.audited(ns, "instanceregistrations", None, &verbs)
     }
 
-    /// One latency run: one object; apply to Ready minus the installer's run time.
-    async fn latency_run(&self) -> R<f64> {
-        let (secs, _) = self.controller_run(1).await?;
+    /// One latency run: one object (through the bastion when `jump`); apply to Ready minus the
+    /// installer's run time.
+    async fn latency_run(&self, jump: bool) -> R<f64> {
+        let (secs, _) = self.controller_run(1, jump).await?;
         Ok(secs - self.run_time.as_secs_f64())
     }
 }
@@ -772,7 +788,12 @@ async fn run(args: Args) -> R {
         check_loopback(host.address())?;
         hosts.push(host);
     }
-    say(start, &format!("{} SSH hosts are up", hosts.len()));
+    let bastion = SshHost::start_jump_host("bench-bastion");
+    bastion.authorize(&public_key);
+    say(
+        start,
+        &format!("{} SSH hosts and a jump host are up", hosts.len()),
+    );
     let cp = cp_thread
         .join()
         .map_err(|_| "starting the control plane panicked".to_owned())??;
@@ -786,6 +807,7 @@ async fn run(args: Args) -> R {
         client,
         aws,
         hosts,
+        bastion,
         key_path,
         controller_bin,
         run_time: args.run_time,
@@ -812,19 +834,33 @@ async fn run(args: Args) -> R {
     // steady-state runs, one object took 2.2 s over T; measured first, 1.1 s.
     let mut latency = String::new();
     if !skip("latency") {
-        let mut v = Vec::new();
+        // Directly and through the jump host, alternating, so that both see the environment
+        // grow alike.
+        let (mut direct, mut jump) = (Vec::new(), Vec::new());
         for r in 0..args.runs {
-            let l = env.latency_run().await?;
+            let l = env.latency_run(false).await?;
             say(start, &format!("latency run {r}: {l:.2}s over T"));
-            v.push(l);
+            direct.push(l);
+            let l = env.latency_run(true).await?;
+            say(
+                start,
+                &format!("latency run {r} through a jump host: {l:.2}s over T"),
+            );
+            jump.push(l);
         }
-        latency = format!(
-            "\n4. Latency, one object: apply to Ready minus T = {:.2}s (runs: {})\n",
-            median(v.clone()),
+        let runs = |v: &[f64]| {
             v.iter()
                 .map(|x| format!("{x:.2}"))
                 .collect::<Vec<_>>()
                 .join(", ")
+        };
+        latency = format!(
+            "\n4. Latency, one object: apply to Ready minus T = {:.2}s (runs: {}); through one \
+             jump host {:.2}s (runs: {})\n",
+            median(direct.clone()),
+            runs(&direct),
+            median(jump.clone()),
+            runs(&jump)
         );
     }
 
@@ -833,7 +869,7 @@ async fn run(args: Args) -> R {
     let mut ctl_calls = Vec::new();
     if !skip("throughput") {
         for r in 0..args.runs {
-            let (s, c) = env.controller_run(n).await?;
+            let (s, c) = env.controller_run(n, false).await?;
             say(
                 start,
                 &format!("controller run {r}: {n} hosts Ready in {s:.1}s"),
