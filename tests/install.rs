@@ -19,6 +19,7 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, DeleteParams};
 use opsworks_endpoint::standin::BINARY_NAME as INSTALLER_PROGRAM;
 use opsworks_endpoint::standin::hash_secret;
+use support::condition_message as message;
 use support::ssh_hosts::{self, SshHost};
 use support::{
     AwsEnv, ControlPlane, ControllerProcess, apply, collect_secret_access_keys, condition, ec2,
@@ -1352,15 +1353,6 @@ async fn an_installer_that_exits_91_is_reported_as_an_installer_failure_with_its
 
 // Jump hosts (ssh.jumpHosts): the host reached through one or more bastions, each a real sshd
 // that forwards TCP connections and logs each one it is asked for.
-
-/// The message of `obj`'s condition `type_`.
-fn message(obj: &InstanceRegistration, type_: &str) -> String {
-    obj.status
-        .as_ref()
-        .and_then(|s| s.conditions.iter().find(|c| c.r#type == type_))
-        .map(|c| c.message.clone())
-        .unwrap_or_default()
-}
 
 /// `host`'s `address:port`, as a jump host forwarding to it logs it.
 fn address_of(host: &SshHost) -> String {

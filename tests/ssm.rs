@@ -17,6 +17,7 @@ use instance_registrar::conditions::{reasons, types};
 use instance_registrar::resource::InstanceRegistration;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, DeleteParams};
+use support::condition_message as message;
 use support::ssh_hosts::SshHost;
 use support::{
     AwsEnv, ControlPlane, ControllerProcess, apply, condition, namespace, ssh_key_secret, wait_gone,
@@ -256,15 +257,6 @@ spec:
 fn tail(text: &str, lines: usize) -> String {
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
-}
-
-/// The message of `obj`'s condition `type_`.
-fn message(obj: &InstanceRegistration, type_: &str) -> String {
-    obj.status
-        .as_ref()
-        .and_then(|s| s.conditions.iter().find(|c| c.r#type == type_))
-        .map(|c| c.message.clone())
-        .unwrap_or_default()
 }
 
 fn status(obj: &InstanceRegistration) -> instance_registrar::resource::InstanceRegistrationStatus {

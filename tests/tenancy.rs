@@ -16,6 +16,7 @@ use instance_registrar::tenancy::ALLOWED_STACKS;
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Api, Patch, PatchParams};
 use kube::{Client, ResourceExt};
+use support::condition_message as message;
 use support::ssh_hosts::SshHost;
 use support::{
     AwsEnv, ControlPlane, ControllerProcess, apply, condition, eventually, namespace, on_premises,
@@ -90,15 +91,6 @@ async fn instances(aws: &AwsEnv, stack: &str) -> Vec<(String, String)> {
             )
         })
         .collect()
-}
-
-/// The message of condition `type_` of `obj`.
-fn message(obj: &InstanceRegistration, type_: &str) -> String {
-    obj.status
-        .as_ref()
-        .and_then(|s| s.conditions.iter().find(|c| c.r#type == type_))
-        .map(|c| c.message.clone())
-        .unwrap_or_default()
 }
 
 #[tokio::test]

@@ -418,6 +418,15 @@ pub async fn wait_gone(api: &kube::Api<InstanceRegistration>, name: &str) {
     .await
 }
 
+/// The message of `obj`'s condition `type_` (empty when it has none).
+pub fn condition_message(obj: &InstanceRegistration, type_: &str) -> String {
+    obj.status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|c| c.r#type == type_))
+        .map(|c| c.message.clone())
+        .unwrap_or_default()
+}
+
 /// The object's condition of `type_`, if any: (status, reason, observedGeneration).
 pub fn condition(obj: &InstanceRegistration, type_: &str) -> Option<(String, String, i64)> {
     let status = obj.status.as_ref()?;
