@@ -128,6 +128,9 @@ pub mod reasons {
     /// Another install holds the host's install lock (one `boot-registration` at a time on a
     /// host); nothing was run, and the install is tried again after a while.
     pub const INSTALL_IN_PROGRESS: &str = "InstallInProgress";
+    /// The install runs on the host now (recorded before it starts; the pass's end records how
+    /// it ended).
+    pub const INSTALLING: &str = "Installing";
     /// The host could not download the agent installer; retried with backoff.
     pub const INSTALLER_DOWNLOAD_FAILED: &str = "InstallerDownloadFailed";
     /// The installer's SHA-256 is not spec.agentInstallerSha256; nothing was run.

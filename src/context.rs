@@ -45,8 +45,9 @@ pub struct Settings {
     pub watch_namespace: Option<String>,
     /// Reconciles running at once, across objects.
     pub concurrency: u16,
-    /// SSH sessions open at once, across objects (installs run inside reconciles, so at most
-    /// `concurrency` of them anyway).
+    /// SSH sessions open at once, across objects. A pass that opens one goes on off the reconcile
+    /// workers ([`Detached`]), so installs in flight are bounded by this alone, not by
+    /// `concurrency`.
     pub ssh_concurrency: u16,
     /// How often a finished object is looked at again to notice drift.
     pub resync: Duration,
@@ -108,8 +109,81 @@ pub struct Context {
     pub versions: Versions,
     /// SSH private keys decoded from Secrets, once per Secret version, off the async workers.
     pub ssh_keys: crate::sshkey::KeyCache,
+    /// Passes that went on off the reconcile workers (an SSH session: an install takes minutes).
+    pub detached: Detached,
     /// How the controller runs.
     pub settings: Settings,
+}
+
+/// The passes that left their reconcile worker to run an SSH session (see
+/// [`crate::steps::Facts::detach`]), by object UID, and the way to reconcile an object again
+/// when one ends.
+///
+/// While an object's detached pass runs, no other pass of it starts: a reconcile of the object
+/// (a spec change, a deletion, a Secret that changed) only notes that it came, and the object is
+/// reconciled again as soon as the pass ends. So an object still has one pass at a time, as
+/// kube-runtime gives it, however long its install takes, while the reconcile workers serve the
+/// other objects.
+pub struct Detached {
+    passes: std::sync::Mutex<std::collections::HashMap<String, Pass>>,
+    wake: futures::channel::mpsc::UnboundedSender<reflector::ObjectRef<InstanceRegistration>>,
+}
+
+/// A detached pass in flight.
+#[derive(Default)]
+struct Pass {
+    /// A reconcile of the object came while the pass ran.
+    missed: bool,
+}
+
+impl Detached {
+    /// A registry that wakes objects through `wake` (the controller reconciles what it sends).
+    pub fn new(
+        wake: futures::channel::mpsc::UnboundedSender<reflector::ObjectRef<InstanceRegistration>>,
+    ) -> Self {
+        Self {
+            passes: Default::default(),
+            wake,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, Pass>> {
+        self.passes.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether a detached pass of `uid` is in flight; if so, notes that a reconcile came (it is
+    /// made up for when the pass ends).
+    pub fn busy(&self, uid: &str) -> bool {
+        match self.lock().get_mut(uid) {
+            Some(pass) => {
+                pass.missed = true;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Records that a pass of `uid` went on detached.
+    pub fn started(&self, uid: &str) {
+        self.lock().insert(uid.to_owned(), Pass::default());
+    }
+
+    /// Records that the detached pass of `uid` ended; returns whether a reconcile came meanwhile.
+    pub fn ended(&self, uid: &str) -> bool {
+        self.lock().remove(uid).is_some_and(|pass| pass.missed)
+    }
+
+    /// How many detached passes are in flight.
+    pub fn in_flight(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Reconciles `obj` again (now).
+    pub fn wake(&self, obj: &InstanceRegistration) {
+        let _ = self
+            .wake
+            .unbounded_send(reflector::ObjectRef::from_obj(obj));
+    }
 }
 
 impl Context {
@@ -122,6 +196,7 @@ impl Context {
         namespaces: reflector::Store<PartialObjectMeta<Namespace>>,
         metrics: Arc<Metrics>,
         settings: Settings,
+        detached: Detached,
     ) -> Self {
         let reporter = Reporter {
             controller: FIELD_MANAGER.to_owned(),
@@ -141,6 +216,7 @@ impl Context {
             ssh_slots: tokio::sync::Semaphore::new(settings.ssh_concurrency.max(1).into()),
             versions: Versions::default(),
             ssh_keys: Default::default(),
+            detached,
             settings,
         }
     }

@@ -42,14 +42,21 @@ fn backoff_key(obj: &InstanceRegistration) -> String {
 }
 
 /// Reconciles one object: the finalizer is the only top-level action; it dispatches to
-/// [`apply`] while the object lives and to [`cleanup`] once it is being deleted.
+/// [`apply`] while the object lives and to [`cleanup`] once it is being deleted. While a pass of
+/// the object runs detached (an SSH session), nothing else is done for it: the reconcile is made
+/// up for when that pass ends.
 pub async fn reconcile(obj: Arc<InstanceRegistration>, ctx: Arc<Context>) -> Result<Action> {
     let namespace = obj.namespace().ok_or(Error::NotNamespaced)?;
+    if let Some(uid) = obj.uid()
+        && ctx.detached.busy(&uid)
+    {
+        return Ok(Action::await_change());
+    }
     let api: Api<InstanceRegistration> = Api::namespaced(ctx.client.clone(), &namespace);
     let span = info_span!("reconcile", namespace = %namespace, name = %obj.name_any());
     finalizer(&api, FINALIZER, obj, |event| async {
         match event {
-            Finalizer::Apply(obj) => apply(&obj, &api, &ctx).await,
+            Finalizer::Apply(obj) => apply(obj, api.clone(), ctx.clone()).await,
             Finalizer::Cleanup(obj) => cleanup(&obj, &api, &ctx).await,
         }
     })
@@ -58,12 +65,69 @@ pub async fn reconcile(obj: Arc<InstanceRegistration>, ctx: Arc<Context>) -> Res
     .map_err(|e| Error::Finalizer(Box::new(e)))
 }
 
-/// Brings the world to match `obj` as far as the steps can, then records what they found.
+/// Runs a pass of `obj` ([`pass`]) on a task of its own. The reconcile waits for it, unless the
+/// pass lets go of it ([`steps::Facts::detach`], before an SSH session): then the reconcile
+/// returns at once, freeing its worker, and the pass goes on by itself; when it ends, the
+/// object is reconciled again after the delay the pass asked for (at once if a reconcile came
+/// meanwhile), and a failure is counted and backed off as [`error_policy`] does.
 async fn apply(
+    obj: Arc<InstanceRegistration>,
+    api: Api<InstanceRegistration>,
+    ctx: Arc<Context>,
+) -> Result<Action> {
+    let (detach, detached) = tokio::sync::oneshot::channel();
+    let mut task = tokio::spawn(
+        {
+            let (obj, ctx) = (obj.clone(), ctx.clone());
+            async move { pass(&obj, &api, &ctx, detach).await }
+        }
+        .in_current_span(),
+    );
+    tokio::select! {
+        ended = &mut task => {
+            return match ended.map_err(|e| Error::PassFailed(e.to_string()))? {
+                Ok(Some(after)) => Ok(Action::requeue(after)),
+                Ok(None) => Ok(Action::await_change()),
+                Err(error) => Err(error),
+            };
+        }
+        Ok(()) = detached => {}
+    }
+    let Some(uid) = obj.uid() else {
+        // Not from the API server (no UID): nothing can wake it; wait for the pass here.
+        return match task.await.map_err(|e| Error::PassFailed(e.to_string()))?? {
+            Some(after) => Ok(Action::requeue(after)),
+            None => Ok(Action::await_change()),
+        };
+    };
+    ctx.detached.started(&uid);
+    tokio::spawn(async move {
+        let after = match task.await.map_err(|e| Error::PassFailed(e.to_string())) {
+            Ok(Ok(after)) => after,
+            Ok(Err(error)) | Err(error) => Some(error_delay(&obj, &error, &ctx)),
+        };
+        let missed = ctx.detached.ended(&uid);
+        match after {
+            _ if missed => ctx.detached.wake(&obj),
+            Some(after) => {
+                tokio::time::sleep(after).await;
+                ctx.detached.wake(&obj);
+            }
+            None => {}
+        }
+    });
+    Ok(Action::await_change())
+}
+
+/// Brings the world to match `obj` as far as the steps can, then records what they found;
+/// returns when to look again (`None`: at the next change). `detach` is the pass's way to let go
+/// of its reconcile ([`steps::Facts::detach`]).
+async fn pass(
     obj: &InstanceRegistration,
     api: &Api<InstanceRegistration>,
     ctx: &Context,
-) -> Result<Action> {
+    detach: tokio::sync::oneshot::Sender<()>,
+) -> Result<Option<Duration>> {
     // The watch's copy can lag behind this controller's own last status write (a requeue that
     // comes before the watch event): then the pass works from the API server's copy, so that it
     // neither redoes work nor writes an older status back.
@@ -90,12 +154,13 @@ async fn apply(
         steps::summarize_suspended(&mut new, generation, &now);
         write_status(obj, api, ctx, &old, &new, &mut version).await?;
         ctx.backoff.reset(&key);
-        return Ok(Action::await_change());
+        return Ok(None);
     }
 
     let started = std::time::Instant::now();
     let mut facts = Facts {
         resource_version: version,
+        detach: Some(detach),
         ..Facts::default()
     };
     let pipeline = steps::pipeline(obj);
@@ -105,6 +170,15 @@ async fn apply(
         let step_started = std::time::Instant::now();
         let outcome = step.run(obj, ctx, &mut facts, &mut new).await;
         ctx.metrics.step(step.condition(), step_started.elapsed());
+        // Recorded at once, so that a status written before the pass ends (the install's
+        // start) shows what the steps before found.
+        conditions::set(
+            &mut new.conditions,
+            step.condition(),
+            outcome.observation().clone(),
+            generation,
+            &now,
+        );
         let done = matches!(outcome, Outcome::Done(_));
         results.push((*step, outcome));
         if !done {
@@ -115,18 +189,18 @@ async fn apply(
     write_status(obj, api, ctx, &old, &new, &mut facts.resource_version).await?;
     record_pass(ctx, obj, &old, &new, started.elapsed());
 
-    Ok(match next {
+    Ok(Some(match next {
         Next::Resync => {
             ctx.backoff.reset(&key);
-            Action::requeue(ctx.settings.resync)
+            ctx.settings.resync
         }
         Next::After(after) => {
             ctx.backoff.reset(&key);
-            Action::requeue(after)
+            after
         }
-        Next::BackoffBlocked => Action::requeue(ctx.backoff.next(&key, Schedule::BLOCKED)),
-        Next::BackoffTransient => Action::requeue(ctx.backoff.next(&key, Schedule::TRANSIENT)),
-    })
+        Next::BackoffBlocked => ctx.backoff.next(&key, Schedule::BLOCKED),
+        Next::BackoffTransient => ctx.backoff.next(&key, Schedule::TRANSIENT),
+    }))
 }
 
 /// Counts a finished pass: its duration, whether it ended Ready (and if not, why), and the time
@@ -334,7 +408,12 @@ fn truncate(text: &str, max: usize) -> String {
 
 /// What to do after a reconcile failed: retry with this object's exponential backoff.
 pub fn error_policy(obj: Arc<InstanceRegistration>, error: &Error, ctx: Arc<Context>) -> Action {
-    let delay = ctx.backoff.next(&backoff_key(&obj), Schedule::TRANSIENT);
+    Action::requeue(error_delay(&obj, error, &ctx))
+}
+
+/// Counts and logs a failed pass of `obj`; returns when to try again (the object's backoff).
+fn error_delay(obj: &InstanceRegistration, error: &Error, ctx: &Context) -> Duration {
+    let delay = ctx.backoff.next(&backoff_key(obj), Schedule::TRANSIENT);
     ctx.metrics
         .reconciles
         .get_or_create(&ResultLabels {
@@ -355,8 +434,11 @@ pub fn error_policy(obj: Arc<InstanceRegistration>, error: &Error, ctx: Arc<Cont
         retry_in_ms = delay.as_millis() as u64,
         "reconcile failed"
     );
-    Action::requeue(delay)
+    delay
 }
+
+/// How long a stopping controller waits for passes in an SSH session to end.
+const DETACHED_GRACE: Duration = Duration::from_secs(10);
 
 /// Runs the controller until `shutdown` completes; reconciles in flight are allowed to finish.
 pub async fn run(
@@ -436,6 +518,8 @@ pub async fn run(
             ),
         }
     }
+    // Detached passes (SSH sessions) wake their object through this when they end.
+    let (wake, woken) = futures::channel::mpsc::unbounded();
     let ctx = Arc::new(Context::new(
         client,
         aws,
@@ -443,6 +527,7 @@ pub async fn run(
         namespaces,
         metrics,
         settings,
+        crate::context::Detached::new(wake),
     ));
     let controller = Controller::for_stream(changes, store.clone());
     // A Secret that appears or changes re-runs the objects that name it, so fixing a missing or
@@ -476,10 +561,10 @@ pub async fn run(
                 .map(|obj| ObjectRef::from_obj(&*obj))
                 .collect::<Vec<_>>()
         })
-        .reconcile_on(namespace_changes)
+        .reconcile_on(futures::stream::select(namespace_changes, woken))
         .with_config(kube::runtime::controller::Config::default().concurrency(concurrency))
         .graceful_shutdown_on(shutdown)
-        .run(reconcile, error_policy, ctx)
+        .run(reconcile, error_policy, ctx.clone())
         .for_each(|result| async move {
             match result {
                 Ok((object, _)) => tracing::debug!(object = %object.name, "reconciled"),
@@ -491,6 +576,19 @@ pub async fn run(
         })
         .await;
     namespace_watch.abort();
+    // Detached passes (SSH sessions) get a moment to end; an install cut here goes on on the
+    // host under its lock and time limit, and the next controller finds its registration.
+    let waited = std::time::Instant::now();
+    while ctx.detached.in_flight() > 0 && waited.elapsed() < DETACHED_GRACE {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let cut = ctx.detached.in_flight();
+    if cut > 0 {
+        warn!(
+            passes = cut,
+            "stopping with passes still in their SSH session; they are cut"
+        );
+    }
     info!("controller stopped");
     Ok(())
 }

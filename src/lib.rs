@@ -58,6 +58,9 @@ pub enum Error {
     /// Deleting the object could not undo everything yet (the finalizer stays; retried).
     #[error("cleanup incomplete: {0}")]
     CleanupIncomplete(String),
+    /// A pass's task ended without a result (it panicked); retried with backoff.
+    #[error("the pass ended without a result: {0}")]
+    PassFailed(String),
 }
 
 impl Error {
@@ -77,6 +80,7 @@ impl Error {
             Error::Finalizer(_) => "finalizer",
             Error::NotNamespaced => "not_namespaced",
             Error::CleanupIncomplete(_) => "cleanup_incomplete",
+            Error::PassFailed(_) => "pass_failed",
         }
     }
 }

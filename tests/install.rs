@@ -1655,3 +1655,84 @@ async fn a_jump_host_down_then_up_and_a_host_it_cannot_reach_are_retried_by_back
         bastion.forwarded_to()
     );
 }
+
+#[tokio::test]
+async fn the_reconcile_workers_stay_free_while_installs_outnumber_them() {
+    // Two reconcile workers, four installs of 24 s each: the installs go on off the workers.
+    let w = World::with(slow_aws(), "busy", &["--concurrency", "2"]).await;
+    let hosts: Vec<SshHost> = (0..4).map(|i| w.host(&format!("h{i}"))).collect();
+    // An object that never gets past its Secret, to delete while the installs run.
+    w.apply(&on_premises(
+        &w.ns,
+        "idle",
+        &w.stack,
+        "127.0.9.9",
+        "idle",
+        "no-such-secret",
+        "",
+    ));
+    w.wait("idle", types::SSH_KEY_READY, reasons::SECRET_NOT_FOUND)
+        .await;
+    for (i, host) in hosts.iter().enumerate() {
+        let name = format!("h{i}");
+        w.apply(&on_premises_at(&w.ns, &name, &w.stack, host, &name, "key"));
+    }
+    // All four installs run at once, and status says so while they do.
+    eventually(
+        Duration::from_secs(60),
+        "all four installers running",
+        || async {
+            hosts
+                .iter()
+                .all(|h| !h.processes(INSTALLER_PROGRAM).is_empty())
+                .then_some(())
+        },
+    )
+    .await;
+    for i in 0..4 {
+        let obj = w.get(&format!("h{i}")).await;
+        let status = obj.status.clone().unwrap();
+        assert_eq!(
+            status.phase,
+            Some(instance_registrar::resource::Phase::Installing),
+            "{status:#?}"
+        );
+        assert_eq!(
+            condition(&obj, types::AGENT_INSTALLED).unwrap().1,
+            reasons::INSTALLING
+        );
+    }
+    // Meanwhile a new object is looked at, and a deletion is done.
+    w.apply(&on_premises(
+        &w.ns,
+        "late",
+        &w.stack,
+        "127.0.9.10",
+        "late",
+        "no-such-secret",
+        "",
+    ));
+    w.wait("late", types::SSH_KEY_READY, reasons::SECRET_NOT_FOUND)
+        .await;
+    w.api
+        .delete("idle", &DeleteParams::default())
+        .await
+        .unwrap();
+    wait_gone(&w.api, "idle").await;
+    // ... before any install ended.
+    for i in 0..4 {
+        let status = w.get(&format!("h{i}")).await.status.unwrap();
+        assert!(
+            status.agent_installed_at.is_none(),
+            "h{i}'s install ended before the other objects were served: {status:#?}"
+        );
+    }
+    for i in 0..4 {
+        w.wait(&format!("h{i}"), types::READY, reasons::SUCCEEDED)
+            .await;
+    }
+    for host in &hosts {
+        assert_eq!(host.boot_registration_runs(), 1, "{}", host.name());
+    }
+    w.assert_no_secrets(&w.secret_access_keys(), &[&w.private_key]);
+}

@@ -57,6 +57,8 @@ pub(super) async fn check(
     let learned_here = match learned_earlier && unrecorded_hop(obj, status).is_none() {
         true => false,
         false => {
+            // The probe may wait on a host that does not answer: off the reconcile workers.
+            facts.detach();
             let (learned, run) = match probe(obj, ctx, &connect, rule, key).await {
                 Ok(probed) => probed,
                 Err(outcome) => return outcome,

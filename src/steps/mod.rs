@@ -212,9 +212,22 @@ pub struct Facts {
     /// A node this object's own install registered and whose agent never came online (the
     /// install was cut short): its setup is run again, keeping the registration.
     pub resume: Option<String>,
+    /// Tells the reconcile that runs this pass to let it go on without it (see [`Facts::detach`]).
+    pub detach: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 impl Facts {
+    /// Lets the pass go on off its reconcile worker: called before an SSH session, which may take
+    /// as long as the host's installer (minutes), so that the reconcile workers stay free for
+    /// the other objects while installs outnumber them. The pass itself goes on as it would have:
+    /// the same facts, the install's result handled by the step that started it, one status
+    /// write at its end (see [`crate::context::Detached`]).
+    pub fn detach(&mut self) {
+        if let Some(tell) = self.detach.take() {
+            let _ = tell.send(());
+        }
+    }
+
     /// What the host is registered as, if it is: its OpsWorks instance or its managed node.
     pub fn registered_as(&self) -> Option<&str> {
         self.existing
@@ -401,6 +414,31 @@ pub fn summarize(
     status.phase = Some(phase(&status.conditions));
     status.observed_generation = Some(generation);
     next
+}
+
+/// Records on `status` that `agent` is being installed on `host` since `now`: what `kubectl get
+/// ir` shows while the install runs (written before it starts; the pass's end records how it
+/// ended).
+pub fn installing(
+    obj: &crate::resource::InstanceRegistration,
+    status: &mut InstanceRegistrationStatus,
+    agent: &str,
+    host: &str,
+    now: &Time,
+) {
+    let generation = obj.metadata.generation.unwrap_or_default();
+    let said = format!("installing {agent} on {host} (started at {})", now.0);
+    let conds = &mut status.conditions;
+    let installing = Observation::unknown(reasons::INSTALLING, said.clone());
+    conditions::set(conds, types::AGENT_INSTALLED, installing, generation, now);
+    let ready = Observation::fails(reasons::INSTALLING, said.clone());
+    conditions::set(conds, types::READY, ready, generation, now);
+    let reconciling = Observation::holds(reasons::INSTALLING, said.clone());
+    conditions::set(conds, types::RECONCILING, reconciling, generation, now);
+    let stalled = Observation::fails(reasons::PROGRESSING, "not stalled");
+    conditions::set(conds, types::STALLED, stalled, generation, now);
+    status.message = Some(said);
+    status.phase = Some(Phase::Installing);
 }
 
 /// Records that `spec.suspend` is set: nothing is done; Reconciling and Stalled say why, and the

@@ -176,8 +176,11 @@ pub async fn run_install(
     // install runs only if no newer status exists (a pass on an old copy could otherwise install
     // a second time), and a restart during the install knows that a registration of this
     // object's may exist (so it is never taken for someone else's and adopted).
-    let started_at = status.install_started_at.replace(Time(Timestamp::now()));
+    let now = Time(Timestamp::now());
+    let started_at = status.install_started_at.replace(now.clone());
     let adopted = std::mem::take(&mut status.adopted);
+    // What `kubectl get ir` shows while the install runs (the pass's end writes the rest).
+    super::installing(obj, status, agent, &host, &now);
     if let Err(problem) =
         crate::context::checkpoint(ctx, obj, status, &mut facts.resource_version).await
     {
@@ -191,6 +194,8 @@ pub async fn run_install(
 
     info!(name = %obj.name_any(), host = %host, port = spec.port, "installing {agent}");
     let started = std::time::Instant::now();
+    // The install takes as long as the installer: off the reconcile workers.
+    facts.detach();
     let run = super::host::session(ctx, &connect, rule, key, script).await?;
     crate::failpoint::after("ssh:Install");
     facts.installed_now = true;
