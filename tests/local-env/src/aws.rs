@@ -6,7 +6,10 @@
 //!
 //! [`AwsEnv::faulty`] also puts the recording, fault-injecting proxy
 //! ([`opsworks_endpoint::proxy`]) between the controller and moto, so that IAM and EC2 can be
-//! throttled and failed like OpsWorks, and every call of the controller counted.
+//! throttled and failed like OpsWorks, and every call of the controller counted. The proxy tells
+//! the OpsWorks endpoint the access keys the controller makes through it, so that the endpoint
+//! verifies the agent's signature without reading all of moto's state
+//! ([`opsworks_endpoint::keys`]).
 
 use std::sync::OnceLock;
 
@@ -79,6 +82,17 @@ impl AwsEnv {
     pub fn hanging() -> &'static AwsEnv {
         static SHARED: OnceLock<AwsEnv> = OnceLock::new();
         SHARED.get_or_init(start_with_proxy)
+    }
+
+    /// Puts the recording, fault-injecting proxy in front of moto for the controller (what
+    /// [`AwsEnv::controller_aws_url`] then gives), with the OpsWorks endpoint's key store, so
+    /// that the endpoint knows the access keys made through the proxy at once.
+    pub fn start_proxy(&mut self) -> Result<(), String> {
+        let mut config = ProxyConfig::new(self.moto.url());
+        config.key_store = Some(self.opsworks.key_store());
+        let proxy = Proxy::start(config).map_err(|e| format!("starting the moto proxy: {e}"))?;
+        self.proxy = Some(proxy);
+        Ok(())
     }
 
     /// Where the controller reaches IAM, EC2 and STS: the proxy if there is one, else moto.
@@ -400,9 +414,7 @@ impl AwsEnv {
 /// [`start`], with the managed policy, and the proxy in front of moto.
 fn start_with_proxy() -> AwsEnv {
     let mut env = start(true);
-    let proxy = Proxy::start(ProxyConfig::new(env.moto.url()))
-        .unwrap_or_else(|e| panic!("starting the moto proxy: {e}"));
-    env.proxy = Some(proxy);
+    env.start_proxy().unwrap_or_else(|e| panic!("{e}"));
     env
 }
 

@@ -2,7 +2,8 @@
 //! policies apply to a user, and what EC2 knows of an instance.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use aws_sdk_iam::config::{BehaviorVersion, Credentials, Region};
@@ -11,6 +12,7 @@ use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::config::Config;
+use crate::keys::KeyStore;
 use crate::policy::{Policy, Source};
 
 /// Who an access key belongs to.
@@ -49,7 +51,10 @@ pub(crate) struct Aws {
     ec2_base: Option<aws_sdk_ec2::Config>,
     ec2_clients: Mutex<HashMap<String, aws_sdk_ec2::Client>>,
     known: HashMap<String, String>,
-    secrets: Mutex<HashMap<String, String>>,
+    /// IAM keys' secrets: told by the proxy, or read from moto's state.
+    secrets: KeyStore,
+    /// Reads of moto's `/moto-api/data.json` (attempts, failed ones too).
+    moto_state_reads: Arc<AtomicU64>,
 }
 
 fn credentials(config: &Config) -> Credentials {
@@ -81,8 +86,9 @@ fn sdk_error<E: ProvideErrorMetadata + std::fmt::Debug>(
 }
 
 impl Aws {
-    /// Builds the clients; call inside a tokio runtime.
-    pub fn new(config: &Config) -> Self {
+    /// Builds the clients; call inside a tokio runtime. IAM keys' secrets are looked up in
+    /// `secrets` first; `moto_state_reads` counts the reads of moto's state for the others.
+    pub fn new(config: &Config, secrets: KeyStore, moto_state_reads: Arc<AtomicU64>) -> Self {
         let retry = aws_sdk_iam::config::retry::RetryConfig::standard().with_max_attempts(3);
         let timeouts = aws_sdk_iam::config::timeout::TimeoutConfig::builder()
             .operation_timeout(Duration::from_secs(20))
@@ -117,7 +123,8 @@ impl Aws {
             ec2_base,
             ec2_clients: Mutex::new(HashMap::new()),
             known: config.known_credentials.iter().cloned().collect(),
-            secrets: Mutex::new(HashMap::new()),
+            secrets,
+            moto_state_reads,
         }
     }
 
@@ -171,13 +178,16 @@ impl Aws {
         Ok(KeyOwner::IamUser { user_name, secret })
     }
 
-    /// The secret of an IAM access key, from moto's `/moto-api/data.json` (cached: a key's
-    /// secret never changes).
+    /// The secret of an IAM access key: from the key store (keys the proxy saw made, and those
+    /// read before), else from moto's `/moto-api/data.json`, all of moto's state, whose secrets
+    /// are all kept in the store (a key's secret never changes).
     async fn secret(&self, access_key_id: &str) -> Option<String> {
-        if let Some(s) = lock(&self.secrets).get(access_key_id) {
-            return Some(s.clone());
+        if let Some(s) = self.secrets.secret(access_key_id) {
+            return Some(s);
         }
         let url = format!("{}/moto-api/data.json", self.iam_url.as_ref()?);
+        self.moto_state_reads.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!("access key {access_key_id} not in the key store: reading {url}");
         let body = match http_get(&url).await {
             Ok(b) => b,
             Err(e) => {
@@ -186,18 +196,17 @@ impl Aws {
             }
         };
         let data: Value = serde_json::from_slice(&body).ok()?;
-        let mut secrets = lock(&self.secrets);
         if let Some(keys) = data.pointer("/iam/AccessKey").and_then(Value::as_array) {
             for k in keys {
                 if let (Some(id), Some(secret)) = (
                     k.get("access_key_id").and_then(Value::as_str),
                     k.get("secret_access_key").and_then(Value::as_str),
                 ) {
-                    secrets.insert(id.to_owned(), secret.to_owned());
+                    self.secrets.insert(id, secret);
                 }
             }
         }
-        secrets.get(access_key_id).cloned()
+        self.secrets.secret(access_key_id)
     }
 
     /// The user's ARN and every policy that applies to it: inline and attached managed

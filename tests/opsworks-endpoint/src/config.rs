@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::faults::Faults;
+use crate::keys::KeyStore;
 use crate::ssm_standin::SsmStandIn;
 use crate::standin::StandIn;
 
@@ -38,8 +39,8 @@ pub struct Config {
     /// AWS account ID used in ARNs. Default `123456789012` (moto's default account).
     pub account_id: String,
     /// IAM endpoint (moto) that `RegisterInstance` is authorized against and whose
-    /// `/moto-api/data.json` gives the secret keys signatures are verified with. `None`: no
-    /// authorization, every signature unverified.
+    /// `/moto-api/data.json` gives the secret keys signatures are verified with, for keys
+    /// [`Config::key_store`] lacks. `None`: no authorization, every signature unverified.
     pub iam_endpoint_url: Option<String>,
     /// EC2 endpoint (moto) used to look up EC2 instances named by instance identity documents.
     /// `None`: not looked up.
@@ -49,6 +50,12 @@ pub struct Config {
     /// Credentials whose signatures are verified besides moto's IAM users' keys, e.g. the static
     /// ones a test's admin client uses: (access key ID, secret access key).
     pub known_credentials: Vec<(String, String)>,
+    /// Where the endpoint looks IAM access keys' secrets up before reading moto's whole state
+    /// for them (and keeps what it read there): give the same store to the proxy in front of
+    /// moto ([`crate::ProxyConfig::key_store`]) and the keys made through it are known at once
+    /// (see [`crate::keys`]). `None` (the default): a store of the endpoint's own,
+    /// [`crate::EndpointHandle::key_store`].
+    pub key_store: Option<KeyStore>,
     /// Refuse keys that are neither moto IAM keys nor [`Config::known_credentials`] with
     /// `UnrecognizedClientException`, for every action. Default false: they are accepted
     /// unverified (moto's own behaviour), except that `RegisterInstance` still needs
@@ -85,6 +92,7 @@ impl Default for Config {
                 MOTO_SECRET_ACCESS_KEY.to_owned(),
             ),
             known_credentials: Vec::new(),
+            key_store: None,
             reject_unknown_access_keys: false,
             registration_delay: Duration::from_millis(500),
             agent_installer: AgentInstaller::None,

@@ -42,6 +42,7 @@
 //! | `PUT /_endpoint/registration-delay` | `{"seconds": 1.5}`, as [`EndpointHandle::set_registration_delay`] |
 //! | `PUT /_endpoint/instances/<id>/status` | `{"status": "setup_failed"}`, as [`EndpointHandle::set_instance_status`] |
 //! | `GET /_endpoint/instances` | the registered instances, a JSON array of [`InstanceView`] |
+//! | `GET /_endpoint/moto-state-reads` | `{"reads": 2}`, as [`EndpointHandle::moto_state_reads`] |
 //! | `GET /_endpoint/state` | stacks, layers and instances as the API shapes them, delay and faults |
 //! | `GET /_endpoint/ssm/nodes` | the SSM nodes, a JSON array of [`SsmNodeView`], as [`EndpointHandle::ssm_nodes`] |
 //! | `GET /_endpoint/ssm/activations` | the SSM activations with their codes, a JSON array of [`SsmActivationView`], as [`EndpointHandle::ssm_activations`] |
@@ -51,18 +52,25 @@
 //!
 //! [`proxy`] is a recording, fault-injecting HTTP proxy to put in front of moto, so that IAM,
 //! EC2 and STS calls can be throttled or failed (with the same [`Faults`]) and counted as
-//! OpsWorks calls are; its test controls are under `/_proxy/`.
+//! OpsWorks calls are; its test controls are under `/_proxy/`. Given the endpoint's key store
+//! ([`ProxyConfig::key_store`]), it also tells the endpoint the access keys made through it.
 //!
 //! # Credentials
 //!
 //! Every API request must carry a well-formed SigV4 `Authorization` header (else
 //! `MissingAuthenticationTokenException` / `IncompleteSignatureException`). When the access key
-//! is one moto's IAM knows (its secret is read from moto's `/moto-api/data.json`) or one given in
-//! [`Config::known_credentials`], the signature is verified (`InvalidSignatureException` when it
-//! does not match). Keys nobody knows are accepted unverified for every action but
-//! `RegisterInstance` (unless [`Config::reject_unknown_access_keys`]; the SSM agent's heartbeats
-//! are accepted all the same, as their keys come from its registration). The SSM agent's
-//! `RegisterManagedInstance` needs no `Authorization` header at all.
+//! is one moto's IAM knows or one given in [`Config::known_credentials`], the signature is
+//! verified (`InvalidSignatureException` when it does not match). Keys nobody knows are
+//! accepted unverified for every action but `RegisterInstance` (unless
+//! [`Config::reject_unknown_access_keys`]; the SSM agent's heartbeats are accepted all the same,
+//! as their keys come from its registration). The SSM agent's `RegisterManagedInstance` needs no
+//! `Authorization` header at all.
+//!
+//! An IAM key's secret is looked up in the endpoint's [`KeyStore`], where the [`proxy`] in front
+//! of moto, given the same store, puts every key it sees made (IAM `CreateAccessKey`); only for a
+//! key made some other way (straight against moto) does the endpoint read moto's whole state,
+//! `/moto-api/data.json` (megabytes, most of a second in the benchmark, more as moto fills up;
+//! [`EndpointHandle::moto_state_reads`] counts those reads). See [`keys`].
 //!
 //! `RegisterInstance` is authorized as AWS did, against moto: the key's IAM user must be allowed
 //! `opsworks:RegisterInstance` on the stack's ARN by an attached managed policy (such as
@@ -85,6 +93,7 @@
 //! ```
 
 pub mod faults;
+pub mod keys;
 pub mod model;
 pub mod moto;
 pub mod policy;
@@ -106,6 +115,7 @@ mod time;
 pub use config::{AgentInstaller, Config, MOTO_ACCESS_KEY_ID, MOTO_SECRET_ACCESS_KEY};
 pub use error::ApiError;
 pub use faults::Faults;
+pub use keys::KeyStore;
 pub use model::Service;
 pub use proxy::{CallSummary, Proxy, ProxyCall, ProxyConfig, ProxyHandle};
 pub use record::{Authorization, CallRecord, InjectedFault, SignatureCheck};

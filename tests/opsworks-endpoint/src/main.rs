@@ -14,7 +14,9 @@
 //! With `--moto-proxy-listen`, it also serves a recording, fault-injecting proxy in front of moto
 //! (printed as `moto proxy: <url>`; point `AWS_ENDPOINT_URL_IAM`, `_EC2` and `_STS` at it). The
 //! fault flags apply to the proxy too; its controls are under `/_proxy/` (see the library's
-//! `proxy` module).
+//! `proxy` module). The proxy tells the endpoint the access keys made through it, so that it
+//! verifies their signatures without reading all of moto's state (see the library's `keys`
+//! module).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -23,7 +25,7 @@ use std::time::Duration;
 use clap::Parser;
 use opsworks_endpoint::moto::{MotoOptions, MotoServer};
 use opsworks_endpoint::proxy::{Proxy, ProxyConfig};
-use opsworks_endpoint::{AgentInstaller, Config, Endpoint, Faults, StandIn};
+use opsworks_endpoint::{AgentInstaller, Config, Endpoint, Faults, KeyStore, StandIn};
 
 /// An OpsWorks-compatible endpoint (API 2013-02-18) for local use and tests.
 #[derive(Debug, Parser)]
@@ -203,6 +205,10 @@ fn run() -> Result<(), String> {
             let mut proxy_config = ProxyConfig::new(upstream);
             proxy_config.listen = listen;
             proxy_config.faults = config.faults.clone();
+            // The keys made through the proxy, told to the endpoint.
+            let keys = KeyStore::new();
+            config.key_store = Some(keys.clone());
+            proxy_config.key_store = Some(keys);
             let proxy = Proxy::start(proxy_config)?;
             println!("moto proxy: {}", proxy.url());
             Some(proxy)

@@ -13,7 +13,12 @@
 //!   `Action` parameter (form-encoded body or query string), or from `X-Amz-Target` for the JSON
 //!   protocols;
 //! - records every request as a [`ProxyCall`] ([`CallSummary`] counts them by service and
-//!   action);
+//!   action): what was called, by which key, and how it was answered; never a body, so never a
+//!   secret;
+//! - given a [`KeyStore`] ([`ProxyConfig::key_store`], the OpsWorks endpoint's), puts there the
+//!   access key ID and secret of every successful IAM `CreateAccessKey` answer before passing the
+//!   answer on, so that the endpoint can verify signatures made with the key without reading all
+//!   of moto's state (see [`crate::keys`]);
 //! - injects [`Faults`], drawn exactly as the OpsWorks endpoint draws them (one generator seeded
 //!   with [`Faults::seed`], four numbers per recognised call in arrival order, five with hangs; see
 //!   [`crate::faults`]), and answers them in the service's own wire format, so that an AWS SDK
@@ -74,13 +79,15 @@ use serde_json::Value;
 
 use crate::error::ApiError;
 use crate::faults::{Decision, Faults, Injector};
+use crate::keys::{self, KeyStore};
 use crate::record::{CallRecord, InjectedFault};
 
 /// Prefix of the proxy's test-control routes.
 pub const PROXY_CONTROL_PREFIX: &str = "/_proxy/";
 
-/// Largest upstream error body read (to learn its code) before it is passed on.
-const MAX_ERROR_BODY: usize = 1 << 20;
+/// Largest upstream body read before it is passed on: an error's (to learn its code) or a
+/// `CreateAccessKey` answer's (to learn the key).
+const MAX_READ_BODY: usize = 1 << 20;
 
 /// Headers that belong to one connection, not to the request or answer: never forwarded.
 const HOP_BY_HOP: &[&str] = &[
@@ -109,6 +116,11 @@ pub struct ProxyConfig {
     pub faults: Faults,
     /// Largest request body accepted, in bytes. Default 16 MiB.
     pub max_body_bytes: usize,
+    /// Where to put the access key ID and secret of every successful IAM `CreateAccessKey`
+    /// answer: the OpsWorks endpoint's store ([`crate::EndpointHandle::key_store`], or the
+    /// one given in [`crate::Config::key_store`]), so that it knows the keys made through the
+    /// proxy at once. Default `None`: keys are not learnt.
+    pub key_store: Option<KeyStore>,
 }
 
 impl ProxyConfig {
@@ -119,6 +131,7 @@ impl ProxyConfig {
             upstream: upstream.to_owned(),
             faults: Faults::default(),
             max_body_bytes: 16 << 20,
+            key_store: None,
         }
     }
 }
@@ -364,6 +377,7 @@ struct Shared {
     /// moto's `host:port`.
     upstream: String,
     max_body: usize,
+    key_store: Option<KeyStore>,
 }
 
 impl Shared {
@@ -425,6 +439,7 @@ impl Proxy {
             }),
             upstream,
             max_body: config.max_body_bytes,
+            key_store: config.key_store.clone(),
         });
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
@@ -969,12 +984,38 @@ async fn proxy(shared: &Shared, req: Request<Incoming>) -> Response<ProxyBody> {
         head.headers.remove(*name);
     }
     call.status = head.status.as_u16();
-    let body = if call.status >= 400 {
-        // Small: read it to learn the error code, then pass it on as it was.
-        match Limited::new(upstream_body, MAX_ERROR_BODY).collect().await {
+    let learn_key = shared.key_store.as_ref().filter(|_| {
+        head.status.is_success()
+            && call.service == "iam"
+            && call.action == "CreateAccessKey"
+            && head
+                .headers
+                .get("content-encoding")
+                .is_none_or(|e| e.as_bytes().eq_ignore_ascii_case(b"identity"))
+    });
+    let body = if call.status >= 400 || learn_key.is_some() {
+        // Small: read it to learn the error code, or the key made, then pass it on as it was.
+        match Limited::new(upstream_body, MAX_READ_BODY).collect().await {
             Ok(b) => {
                 let b = b.to_bytes();
-                call.error_code = error_code(&b);
+                if call.status >= 400 {
+                    call.error_code = error_code(&b);
+                }
+                if let Some(store) = learn_key {
+                    // Before the answer goes out: by the time the caller signs anything with
+                    // the key, the endpoint knows it. The secret is neither logged nor recorded.
+                    match keys::created_access_key(&b) {
+                        Some((id, secret)) => {
+                            tracing::debug!("{} -> learnt access key {id}", call.operation());
+                            store.insert(id, secret);
+                        }
+                        None => tracing::warn!(
+                            "{} -> {}: no access key found in the answer",
+                            call.operation(),
+                            call.status
+                        ),
+                    }
+                }
                 full(b)
             }
             Err(e) => {

@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -20,6 +21,7 @@ use crate::config::{AgentInstaller, Config};
 use crate::error::ApiError;
 use crate::faults::{Faults, Injector};
 use crate::handlers::{self, Caller};
+use crate::keys::KeyStore;
 use crate::model::{self, INSTANCE_STATUSES, Service};
 use crate::proxy::HangUp;
 use crate::record::{Authorization, CallRecord, InjectedFault, SignatureCheck};
@@ -44,6 +46,8 @@ pub(crate) struct Shared {
     pub extra_parameters: BTreeMap<String, String>,
     pub reject_unknown: bool,
     pub max_body: usize,
+    /// Reads of moto's `/moto-api/data.json` for keys' secrets (the [`Aws`] counts them).
+    pub moto_state_reads: Arc<AtomicU64>,
 }
 
 impl Shared {
@@ -86,7 +90,10 @@ impl Endpoint {
             extra_parameters: config.extra_provisioning_parameters.clone(),
             reject_unknown: config.reject_unknown_access_keys,
             max_body: config.max_body_bytes,
+            moto_state_reads: Arc::new(AtomicU64::new(0)),
         });
+        let key_store = config.key_store.clone().unwrap_or_default();
+        let (secrets, reads) = (key_store.clone(), Arc::clone(&shared.moto_state_reads));
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
         let serving = Arc::clone(&shared);
@@ -113,7 +120,7 @@ impl Endpoint {
                             return;
                         }
                     };
-                    let aws = Arc::new(Aws::new(&config));
+                    let aws = Arc::new(Aws::new(&config, secrets, reads));
                     let _ = ready_tx.send(Ok(()));
                     serve(listener, serving, aws, stop_rx).await;
                 });
@@ -128,6 +135,7 @@ impl Endpoint {
             shared,
             addr,
             url,
+            key_store,
             stop: Some(stop_tx),
             thread: Some(thread),
         })
@@ -139,6 +147,7 @@ pub struct EndpointHandle {
     shared: Arc<Shared>,
     addr: SocketAddr,
     url: String,
+    key_store: KeyStore,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -160,6 +169,19 @@ impl EndpointHandle {
     /// The address served on.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The store the endpoint looks IAM access keys' secrets up in (see [`crate::keys`]): give
+    /// it to the proxy in front of moto ([`crate::ProxyConfig::key_store`]) so that the keys
+    /// made through the proxy are known without reading moto's state.
+    pub fn key_store(&self) -> KeyStore {
+        self.key_store.clone()
+    }
+
+    /// How many times the endpoint has read moto's whole state (`/moto-api/data.json`) for a
+    /// key's secret the key store lacked; failed reads count too.
+    pub fn moto_state_reads(&self) -> u64 {
+        self.shared.moto_state_reads.load(Ordering::Relaxed)
     }
 
     /// Every API call so far, in arrival order.
@@ -555,6 +577,10 @@ async fn control(shared: &Shared, req: Request<Incoming>, rest: &str) -> Respons
                 }
                 _ => bad("expected {\"seconds\": <non-negative number>}".into()),
             }
+        }
+        (Method::GET, ["moto-state-reads"]) => {
+            let reads = shared.moto_state_reads.load(Ordering::Relaxed);
+            json_response(200, &serde_json::json!({ "reads": reads }))
         }
         (Method::GET, ["state"]) => {
             let dump = shared.lock().dump();

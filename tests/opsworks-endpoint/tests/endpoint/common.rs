@@ -56,7 +56,13 @@ pub fn opsworks(url: &str) -> aws_sdk_opsworks::Client {
     opsworks_with(url, ADMIN_KEY, ADMIN_SECRET, RetryConfig::disabled())
 }
 
+/// An IAM client (admin credentials) for moto.
 pub fn iam() -> aws_sdk_iam::Client {
+    iam_at(moto().url())
+}
+
+/// An IAM client (admin credentials) for `url`: moto, or a proxy in front of it.
+pub fn iam_at(url: &str) -> aws_sdk_iam::Client {
     let conf = aws_sdk_iam::Config::builder()
         .behavior_version(aws_sdk_iam::config::BehaviorVersion::latest())
         .region(aws_sdk_iam::config::Region::new("us-east-1"))
@@ -67,7 +73,7 @@ pub fn iam() -> aws_sdk_iam::Client {
             None,
             "test",
         ))
-        .endpoint_url(moto().url())
+        .endpoint_url(url)
         .build();
     aws_sdk_iam::Client::from_conf(conf)
 }

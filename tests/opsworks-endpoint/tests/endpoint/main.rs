@@ -6,6 +6,7 @@ mod auth;
 mod common;
 mod conformance;
 mod faults;
+mod keys;
 mod sdk;
 mod ssm_agent;
 mod ssm_conformance;
