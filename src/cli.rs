@@ -38,11 +38,11 @@ struct RunArgs {
     /// Watch only this namespace (default: all namespaces).
     #[arg(long, env = "WATCH_NAMESPACE")]
     watch_namespace: Option<String>,
-    /// Objects reconciled at once (an install holds one for its whole run, so this bounds the
-    /// installs in flight too).
+    /// Objects reconciled at once. A pass that opens an SSH session (an install) lets go of its
+    /// worker meanwhile, so this does not bound the installs in flight.
     #[arg(long, env = "RECONCILE_CONCURRENCY", default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..=1024))]
     concurrency: u16,
-    /// SSH sessions (agent installs) open at once.
+    /// SSH sessions (agent installs, probes) open at once: the installs in flight.
     #[arg(long, env = "SSH_CONCURRENCY", default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..=1024))]
     ssh_concurrency: u16,
     /// Seconds OpsWorks may take to list a host after its agent was installed before the install

@@ -320,3 +320,43 @@ pub async fn checkpoint(
         .await
         .map_err(|e| e.to_string())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::StreamExt;
+
+    #[test]
+    fn a_reconcile_during_a_detached_pass_is_noted_and_made_up_for_once() {
+        let (wake, mut woken) = futures::channel::mpsc::unbounded();
+        let detached = Detached::new(wake);
+        assert!(!detached.busy("a"), "nothing runs yet");
+        detached.started("a");
+        assert_eq!(detached.in_flight(), 1);
+        assert!(!detached.busy("b"), "another object is not held up");
+        // No reconcile came: nothing to make up for.
+        assert!(!detached.ended("a"));
+        detached.started("a");
+        assert!(detached.busy("a"));
+        assert!(detached.busy("a"));
+        assert!(
+            detached.ended("a"),
+            "the reconciles that came are made up for"
+        );
+        assert_eq!(detached.in_flight(), 0);
+        assert!(!detached.busy("a"), "the next reconcile runs");
+        let obj = InstanceRegistration::new(
+            "db",
+            serde_json::from_value(serde_json::json!({
+                "stackId": "0b1c2d3e-0000-4000-8000-000000000000",
+                "infrastructureClass": "ec2",
+                "target": "i-0123456789abcdef0",
+                "ssh": {"username": "u", "privateKeySecretRef": {"name": "k"}},
+            }))
+            .unwrap(),
+        );
+        detached.wake(&obj);
+        let sent = futures::executor::block_on(woken.next()).unwrap();
+        assert_eq!(sent.name, "db");
+    }
+}
