@@ -1727,12 +1727,26 @@ async fn the_reconcile_workers_stay_free_while_installs_outnumber_them() {
             "h{i}'s install ended before the other objects were served: {status:#?}"
         );
     }
-    for i in 0..4 {
+    // An object deleted while its install runs waits for the install's end, then undoes it.
+    w.api.delete("h0", &DeleteParams::default()).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let held = w.get("h0").await;
+    assert!(held.metadata.deletion_timestamp.is_some());
+    assert!(held.status.unwrap().agent_installed_at.is_none());
+    wait_gone(&w.api, "h0").await;
+    assert_eq!(hosts[0].boot_registration_runs(), 1);
+    assert!(
+        registrations(w.aws, &w.stack, "h0").is_empty(),
+        "the registration the install made outlived its object"
+    );
+    for i in 1..4 {
         w.wait(&format!("h{i}"), types::READY, reasons::SUCCEEDED)
             .await;
     }
     for host in &hosts {
         assert_eq!(host.boot_registration_runs(), 1, "{}", host.name());
     }
+    let users = w.aws.iam_users(&format!("OpsWorks-{}", &w.ns[..8])).await;
+    assert_eq!(users.len(), 3, "h0's IAM user outlived it: {users:?}");
     w.assert_no_secrets(&w.secret_access_keys(), &[&w.private_key]);
 }
