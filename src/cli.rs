@@ -35,9 +35,15 @@ enum Command {
 /// Flags of `run`; each can also be set through the environment variable named.
 #[derive(Debug, clap::Args)]
 struct RunArgs {
-    /// Watch only this namespace (default: all namespaces).
-    #[arg(long, env = "WATCH_NAMESPACE")]
-    watch_namespace: Option<String>,
+    /// Watch only these namespaces, separated by commas (default: all namespaces). Each is
+    /// watched on its own, so the controller needs rights in those namespaces only.
+    #[arg(long, env = "WATCH_NAMESPACE", value_delimiter = ',', value_parser = namespace_name)]
+    watch_namespace: Vec<String>,
+    /// Reconcile only the objects whose labels match this label selector (`shard=a`,
+    /// `team in (a,b)`): one shard of several controllers, each with its own selector and
+    /// its own leader lease.
+    #[arg(long, env = "LABEL_SELECTOR", value_parser = label_selector)]
+    label_selector: Option<String>,
     /// Objects reconciled at once. A pass that opens an SSH session (an install) lets go of its
     /// worker meanwhile, so this does not bound the installs in flight.
     #[arg(long, env = "RECONCILE_CONCURRENCY", default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..=1024))]
@@ -160,7 +166,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             .leader_election_namespace
             .clone()
             .or_else(|| std::env::var("POD_NAMESPACE").ok())
-            .or_else(|| args.watch_namespace.clone());
+            .or_else(|| args.watch_namespace.first().cloned());
         namespace.map(|namespace| leader::Election {
             namespace,
             name: args.leader_election_lease_name.clone(),
@@ -169,7 +175,10 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         })
     });
     let settings = Settings {
-        watch_namespace: args.watch_namespace,
+        watched: crate::watches::Watched {
+            namespaces: args.watch_namespace,
+            selector: args.label_selector,
+        },
         concurrency: args.concurrency,
         ssh_concurrency: args.ssh_concurrency,
         resync: Duration::from_secs(args.resync_seconds),
@@ -235,8 +244,39 @@ async fn shutdown_signal() {
     }
 }
 
+/// A namespace name: a DNS label (refused at start, not at the first API call).
+fn namespace_name(value: &str) -> Result<String, String> {
+    let ok = !value.is_empty()
+        && value.len() <= 63
+        && value
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !value.starts_with('-')
+        && !value.ends_with('-');
+    match ok {
+        true => Ok(value.to_owned()),
+        false => Err(format!("{value:?} is not a namespace name")),
+    }
+}
+
+/// A label selector, as the API server takes it (checked for what cannot be one: empty, or
+/// characters no selector has).
+fn label_selector(value: &str) -> Result<String, String> {
+    let value = value.trim();
+    let ok = !value.is_empty()
+        && value
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || " -_./=!,()".contains(c));
+    match ok {
+        true => Ok(value.to_owned()),
+        false => Err(format!("{value:?} is not a label selector")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn the_crd_in_crds_is_what_the_binary_prints() {
         let committed = include_str!("../crds/instanceregistration.yaml");
@@ -245,5 +285,18 @@ mod tests {
             committed == generated,
             "crds/instanceregistration.yaml is stale: run `cargo run -- crd > crds/instanceregistration.yaml`"
         );
+    }
+
+    #[test]
+    fn namespaces_and_selectors_are_checked_before_anything_runs() {
+        assert_eq!(namespace_name("team-a").unwrap(), "team-a");
+        for bad in ["", "Team", "-a", "a-", "a,b", &"a".repeat(64)] {
+            assert!(namespace_name(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(label_selector(" shard=a ").unwrap(), "shard=a");
+        assert!(label_selector("team in (a,b),!legacy").is_ok());
+        for bad in ["", "a=$(x)", "a=b;c"] {
+            assert!(label_selector(bad).is_err(), "{bad:?}");
+        }
     }
 }

@@ -41,8 +41,8 @@ pub const SSM_SETUP_URL: &str =
 /// How the controller runs; the `run` subcommand fills it from flags and environment.
 #[derive(Clone, Debug)]
 pub struct Settings {
-    /// Watch only this namespace (all namespaces when `None`).
-    pub watch_namespace: Option<String>,
+    /// The namespaces and the label selector watched.
+    pub watched: crate::watches::Watched,
     /// Reconciles running at once, across objects.
     pub concurrency: u16,
     /// SSH sessions open at once, across objects. A pass that opens one goes on off the reconcile
@@ -68,7 +68,7 @@ pub struct Settings {
 impl Default for Settings {
     fn default() -> Self {
         Self {
-            watch_namespace: None,
+            watched: Default::default(),
             concurrency: 64,
             ssh_concurrency: 64,
             resync: Duration::from_secs(600),

@@ -437,6 +437,22 @@ fn error_delay(obj: &InstanceRegistration, error: &Error, ctx: &Context) -> Dura
     delay
 }
 
+/// The APIs of kind `K` where the controller watches: one for all namespaces, or one per
+/// namespace watched.
+fn apis<K>(client: &Client, watched: &crate::watches::Watched) -> Vec<Api<K>>
+where
+    K: Resource<Scope = kube::core::NamespaceResourceScope>,
+    K::DynamicType: Default,
+{
+    match watched.namespaces.as_slice() {
+        [] => vec![Api::all(client.clone())],
+        namespaces => namespaces
+            .iter()
+            .map(|namespace| Api::namespaced(client.clone(), namespace))
+            .collect(),
+    }
+}
+
 /// How long a stopping controller waits for passes in an SSH session to end.
 const DETACHED_GRACE: Duration = Duration::from_secs(10);
 
@@ -448,27 +464,25 @@ pub async fn run(
     health: Arc<Health>,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) -> anyhow::Result<()> {
-    let api: Api<InstanceRegistration> = match &settings.watch_namespace {
-        Some(namespace) => Api::namespaced(client.clone(), namespace),
-        None => Api::all(client.clone()),
-    };
-    // Fail at once, and clearly, when the CRD is missing or the controller may not list the kind.
-    api.list(&kube::api::ListParams::default().limit(1)).await.map_err(|e| {
-        anyhow::anyhow!(
-            "cannot list InstanceRegistrations (is the CRD installed? see `instance-registrar crd`): {}",
-            crate::kube_error_summary(&e)
-        )
-    })?;
-    tenancy::check_access(client.clone(), settings.watch_namespace.as_deref()).await?;
+    let watched = settings.watched.clone();
+    // Fail at once, and clearly, when the CRD is missing or the controller may not list the kind
+    // where it watches.
+    for api in apis::<InstanceRegistration>(&client, &watched) {
+        api.list(&kube::api::ListParams::default().limit(1))
+            .await
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "cannot list InstanceRegistrations (is the CRD installed? see `instance-registrar crd`): {}",
+                    crate::kube_error_summary(&e)
+                )
+            })?;
+    }
+    tenancy::check_access(client.clone(), &watched.namespaces).await?;
     let concurrency = settings.concurrency;
     info!(
-        namespace = settings.watch_namespace.as_deref().unwrap_or("<all>"),
+        watching = %watched.describe(),
         concurrency, "starting controller"
     );
-    let secrets: Api<PartialObjectMeta<Secret>> = match &settings.watch_namespace {
-        Some(namespace) => Api::namespaced(client.clone(), namespace),
-        None => Api::all(client.clone()),
-    };
     let aws = Aws::from_env(Some(metrics.aws_interceptor()), settings.aws_timeouts).await;
     // The controller's own status writes must not start another pass (an install is not run
     // twice because its failure was written down): only what a person or the API server
@@ -476,11 +490,22 @@ pub async fn run(
     // annotations. Requeues and the resync interval cover the rest.
     let (store, writer) = reflector::store();
     let watch_health = health.clone();
-    let changes = watcher(api, watcher::Config::default().any_semantic())
-        .default_backoff()
-        // The cache holds every object for the process's lifetime; the field managers' records
-        // are most of an object's metadata and nothing here reads them.
-        .modify(|obj| obj.managed_fields_mut().clear())
+    let mut config = watcher::Config::default().any_semantic();
+    if let Some(selector) = &watched.selector {
+        // A shard: only the objects it is given.
+        config = config.labels(selector);
+    }
+    let sources = apis::<InstanceRegistration>(&client, &watched)
+        .into_iter()
+        .map(|api| {
+            watcher(api, config.clone())
+                .default_backoff()
+                // The cache holds every object for the process's lifetime; the field managers'
+                // records are most of an object's metadata and nothing here reads them.
+                .modify(|obj| obj.managed_fields_mut().clear())
+        })
+        .collect();
+    let changes = crate::watches::merge(sources)
         .reflect(writer)
         // Readiness follows the watch: an error marks it down until events flow again.
         .inspect(move |event| watch_health.set_watch_alive(event.is_ok()))
@@ -497,8 +522,7 @@ pub async fn run(
     // yet known would flip a Ready object's status at every start); a namespace whose
     // annotations change re-runs its objects at once.
     let shutdown = shutdown.shared();
-    let (namespaces, namespace_changes) =
-        tenancy::watch(client.clone(), settings.watch_namespace.as_deref());
+    let (namespaces, namespace_changes) = tenancy::watch(client.clone(), &watched.namespaces);
     let (changed_tx, changed_rx) = futures::channel::mpsc::unbounded::<String>();
     let namespace_watch = tokio::spawn(namespace_changes.for_each(move |name| {
         let _ = changed_tx.unbounded_send(name);
@@ -535,9 +559,16 @@ pub async fn run(
     // controller never holds every Secret's content. With backoff, as the main watch: a watcher
     // retries a failed request at once, so while the API server is away (restarting, say) it
     // would spin on connection errors and flood the log with them.
-    let secret_changes = watcher::watcher(secrets, watcher::Config::default().any_semantic())
-        .default_backoff()
-        .touched_objects();
+    let secret_changes = futures::stream::select_all(
+        apis::<PartialObjectMeta<Secret>>(&ctx.client, &watched)
+            .into_iter()
+            .map(|secrets| {
+                watcher::watcher(secrets, watcher::Config::default().any_semantic())
+                    .default_backoff()
+                    .touched_objects()
+                    .boxed()
+            }),
+    );
     let in_namespace = store.clone();
     let namespace_changes = changed_rx.flat_map(move |namespace| {
         let objects: Vec<_> = in_namespace

@@ -33,6 +33,7 @@ pub mod ssm;
 pub mod steps;
 pub mod telemetry;
 pub mod tenancy;
+pub mod watches;
 
 /// Errors that end a reconcile early; they are retried with per-object backoff. Failures the user
 /// must fix are not errors: they are conditions (see [`steps::Outcome`]).

@@ -243,33 +243,42 @@ impl Tenancy {
     }
 }
 
-/// The Namespaces API the controller reads: every namespace, or with `watch_namespace` only that
-/// one (selected by name, which a ClusterRole confined to it by `resourceNames` allows).
-fn namespaces_api(
+/// The Namespaces the controller reads: every namespace, or each of `watched` by name (which a
+/// ClusterRole confined to them by `resourceNames` allows), as (API, field selector) pairs.
+fn namespaces_apis(
     client: Client,
-    watch_namespace: Option<&str>,
-) -> (Api<PartialObjectMeta<Namespace>>, Option<String>) {
-    (
-        Api::all(client),
-        watch_namespace.map(|ns| format!("metadata.name={ns}")),
-    )
+    watched: &[String],
+) -> Vec<(Api<PartialObjectMeta<Namespace>>, Option<String>)> {
+    match watched {
+        [] => vec![(Api::all(client), None)],
+        names => names
+            .iter()
+            .map(|ns| {
+                (
+                    Api::all(client.clone()),
+                    Some(format!("metadata.name={ns}")),
+                )
+            })
+            .collect(),
+    }
 }
 
 /// Fails, and clearly, when the controller may not list Namespaces (their annotations say which
 /// stacks each may use; without them no object could proceed).
-pub async fn check_access(client: Client, watch_namespace: Option<&str>) -> anyhow::Result<()> {
-    let (api, fields) = namespaces_api(client, watch_namespace);
-    let mut params = ListParams::default().limit(1);
-    if let Some(fields) = &fields {
-        params = params.fields(fields);
+pub async fn check_access(client: Client, watched: &[String]) -> anyhow::Result<()> {
+    for (api, fields) in namespaces_apis(client, watched) {
+        let mut params = ListParams::default().limit(1);
+        if let Some(fields) = &fields {
+            params = params.fields(fields);
+        }
+        api.list(&params).await.map_err(|e| {
+            anyhow::anyhow!(
+                "cannot list Namespaces (their {ALLOWED_STACKS} annotation says which stacks each \
+                 may use; the controller needs get, list and watch on namespaces): {}",
+                crate::kube_error_summary(&e)
+            )
+        })?;
     }
-    api.list(&params).await.map_err(|e| {
-        anyhow::anyhow!(
-            "cannot list Namespaces (their {ALLOWED_STACKS} annotation says which stacks each \
-             may use; the controller needs get, list and watch on namespaces): {}",
-            crate::kube_error_summary(&e)
-        )
-    })?;
     Ok(())
 }
 
@@ -278,20 +287,25 @@ pub async fn check_access(client: Client, watch_namespace: Option<&str>) -> anyh
 /// annotations changed.
 pub fn watch(
     client: Client,
-    watch_namespace: Option<&str>,
+    watched: &[String],
 ) -> (
     Store<PartialObjectMeta<Namespace>>,
     impl Stream<Item = String> + Send + 'static,
 ) {
-    let (api, fields) = namespaces_api(client, watch_namespace);
-    let mut config = watcher::Config::default().any_semantic();
-    if let Some(fields) = &fields {
-        config = config.fields(fields);
-    }
+    let sources = namespaces_apis(client, watched)
+        .into_iter()
+        .map(|(api, fields)| {
+            let mut config = watcher::Config::default().any_semantic();
+            if let Some(fields) = &fields {
+                config = config.fields(fields);
+            }
+            watcher(api, config)
+                .default_backoff()
+                .modify(|ns| ns.managed_fields_mut().clear())
+        })
+        .collect();
     let (store, writer) = reflector::store();
-    let changes = watcher(api, config)
-        .default_backoff()
-        .modify(|ns| ns.managed_fields_mut().clear())
+    let changes = crate::watches::merge(sources)
         .reflect(writer)
         .applied_objects()
         .predicate_filter(predicates::annotations, Default::default())
