@@ -137,7 +137,9 @@ pub mod reasons {
     pub const INSTALLER_CHECKSUM_MISMATCH: &str = "InstallerChecksumMismatch";
     /// The stack's installer URL is not http(s), or the tarball is not an agent installer.
     pub const INSTALLER_INVALID: &str = "InstallerInvalid";
-    /// The host lacks a tool the install script needs (mktemp, tar, sha256sum, curl or wget).
+    /// The host lacks a tool the install script needs (mktemp, sha256sum, timeout, ...) or its
+    /// install lock directory is not root's. (No curl or wget is `InstallerDownloadFailed`; a
+    /// tarball that does not unpack is `InstallerInvalid`.)
     pub const HOST_UNSUITABLE: &str = "HostUnsuitable";
     /// The agent installer exited with a failure; the message has its exit status and the tail
     /// of its output.

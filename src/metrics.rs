@@ -46,7 +46,7 @@ pub struct StepLabels {
 /// Labels: one AWS call attempt.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct AwsCallLabels {
-    /// `opsworks`, `iam`, `ec2`, `sts`.
+    /// `opsworks`, `iam`, `ec2`, `ssm`.
     pub service: String,
     /// The API operation, e.g. `DescribeInstances`.
     pub operation: String,
