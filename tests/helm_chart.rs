@@ -9,6 +9,7 @@
 
 mod support;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
@@ -20,7 +21,10 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Container, ServiceAccount};
 use k8s_openapi::api::events::v1::Event;
+use k8s_openapi::api::networking::v1::{NetworkPolicy, NetworkPolicyPeer};
+use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::api::rbac::v1::PolicyRule;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::{Api, ListParams};
 use serde::de::DeserializeOwned;
 use support::control_plane::free_port;
@@ -109,14 +113,17 @@ impl Rendered {
             .collect()
     }
 
-    /// The rules of the (Cluster)Role `name`.
-    fn rules(&self, kind: &str, name: &str) -> Vec<PolicyRule> {
-        let role = self
-            .docs
+    /// The object of `kind` named `name`.
+    fn object(&self, kind: &str, name: &str) -> &serde_yaml::Value {
+        self.docs
             .iter()
             .find(|d| d["kind"].as_str() == Some(kind) && d["metadata"]["name"] == name)
-            .unwrap_or_else(|| panic!("no {kind} {name} in:\n{}", self.yaml));
-        serde_yaml::from_value(role["rules"].clone()).unwrap()
+            .unwrap_or_else(|| panic!("no {kind} {name} in:\n{}", self.yaml))
+    }
+
+    /// The rules of the (Cluster)Role `name`.
+    fn rules(&self, kind: &str, name: &str) -> Vec<PolicyRule> {
+        serde_yaml::from_value(self.object(kind, name)["rules"].clone()).unwrap()
     }
 
     /// The controller's container.
@@ -178,6 +185,54 @@ fn render(release: &str, namespace: &str, sets: &[String]) -> Rendered {
 
 fn sets(values: &[&str]) -> Vec<String> {
     values.iter().map(|v| (*v).to_owned()).collect()
+}
+
+/// `helm template r <chart> --set <sets>…`, which must fail: its error output.
+fn render_refused(sets: &[&str]) -> String {
+    let chart = chart();
+    let mut args = vec!["template", "r", chart.to_str().unwrap()];
+    for set in sets {
+        args.extend(["--set", set]);
+    }
+    let out = helm(&args);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        !out.status.success(),
+        "helm {} was not refused:\n{}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    stderr
+}
+
+/// `helm install <release> <chart> -n <namespace> --set <sets>…` against the control plane.
+fn helm_install(cp: &ControlPlane, release: &str, namespace: &str, sets: &[String]) -> Output {
+    let chart = chart();
+    let kubeconfig = cp.kubeconfig.to_string_lossy();
+    let mut args = vec![
+        "install",
+        release,
+        chart.to_str().unwrap(),
+        "--namespace",
+        namespace,
+        "--kubeconfig",
+        &kubeconfig,
+    ];
+    for set in sets {
+        args.extend(["--set", set.as_str()]);
+    }
+    helm(&args)
+}
+
+/// The labels that select release `release`'s Pods.
+fn selector_labels(release: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (
+            "app.kubernetes.io/name".to_owned(),
+            "instance-registrar".to_owned(),
+        ),
+        ("app.kubernetes.io/instance".to_owned(), release.to_owned()),
+    ])
 }
 
 fn rule(groups: &[&str], resources: &[&str], names: &[&str], verbs: &[&str]) -> PolicyRule {
@@ -475,16 +530,40 @@ fn rbac_is_a_cluster_role_only_without_a_watch_namespace_and_leases_only_with_le
         &sets(&["watchNamespace=hosts", "leaderElection.enabled=true"]),
     );
     // Nothing cluster-wide (the CRD is in crds/, not here) but reading the one watched
-    // Namespace, which is cluster-scoped: every other object lives in a namespace.
+    // Namespace, which is cluster-scoped, and the users' roles (ClusterRoles, to aggregate into
+    // the built-in ones; unless turned off): every other object lives in a namespace.
     let reads_namespace = "r-instance-registrar-sys-namespace";
+    let user_roles = [
+        "r-instance-registrar-sys-view",
+        "r-instance-registrar-sys-edit",
+    ];
     for doc in &scoped.docs {
         assert!(
             doc["metadata"]["namespace"].as_str().is_some()
-                || doc["metadata"]["name"] == reads_namespace,
+                || doc["metadata"]["name"] == reads_namespace
+                || (doc["kind"] == "ClusterRole"
+                    && user_roles.iter().any(|r| doc["metadata"]["name"] == *r)),
             "cluster-scoped object in the namespaced variant: {:?}",
             scoped.objects()
         );
     }
+    let without_user_roles = render(
+        "r",
+        "sys",
+        &sets(&["watchNamespace=hosts", "rbac.userRoles.create=false"]),
+    );
+    let cluster_scoped: Vec<String> = without_user_roles
+        .objects()
+        .into_iter()
+        .filter(|o| o.matches('/').count() == 1)
+        .collect();
+    assert_eq!(
+        cluster_scoped,
+        [
+            format!("ClusterRole/{reads_namespace}"),
+            format!("ClusterRoleBinding/{reads_namespace}")
+        ]
+    );
     assert_eq!(
         scoped.rules("ClusterRole", reads_namespace),
         vec![namespaces_rule(&["hosts"])]
@@ -572,11 +651,13 @@ fn optional_objects_follow_their_values() {
         [
             "ServiceAccount",
             "ClusterRole",
+            "ClusterRole",
+            "ClusterRole",
             "ClusterRoleBinding",
             "Service",
             "Deployment"
         ],
-        "no ServiceMonitor, PodDisruptionBudget or IRSA annotation by default"
+        "no ServiceMonitor, PodDisruptionBudget, NetworkPolicy or IRSA annotation by default"
     );
     let account: ServiceAccount = defaults.one("ServiceAccount");
     assert_eq!(account.metadata.annotations, None);
@@ -614,8 +695,7 @@ fn optional_objects_follow_their_values() {
     assert_eq!(monitor["spec"]["endpoints"][0]["path"], "/metrics");
     let service: serde_yaml::Value = all.one("Service");
     assert_eq!(service["spec"]["ports"][0]["targetPort"], "metrics");
-    let budget: serde_yaml::Value = all.one("PodDisruptionBudget");
-    assert_eq!(budget["spec"]["minAvailable"], 1);
+    assert_eq!(all.all::<serde_yaml::Value>("PodDisruptionBudget").len(), 1);
     let deployment: Deployment = all.one("Deployment");
     let spec = deployment.spec.unwrap();
     assert_eq!(spec.replicas, Some(2));
@@ -623,29 +703,462 @@ fn optional_objects_follow_their_values() {
         spec.strategy.unwrap().type_.as_deref(),
         Some("RollingUpdate")
     );
-    let enabled = render("r", "sys", &sets(&["podDisruptionBudget.enabled=true"]));
-    assert_eq!(
-        enabled
-            .all::<serde_yaml::Value>("PodDisruptionBudget")
-            .len(),
-        1
-    );
 
     // Two replicas that would both act are refused.
-    let chart = chart();
-    let out = helm(&[
-        "template",
-        "r",
-        chart.to_str().unwrap(),
-        "--set",
-        "replicaCount=2",
-    ]);
-    assert!(!out.status.success());
+    let refused = render_refused(&["replicaCount=2"]);
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("needs leaderElection.enabled=true"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        refused.contains("needs leaderElection.enabled=true"),
+        "{refused}"
     );
+}
+
+#[test]
+fn the_pod_disruption_budget_lets_a_drain_evict_a_single_replica_and_keeps_one_of_more() {
+    let budget = |values: &[&str]| -> PodDisruptionBudgetSpec {
+        let rendered = render("r", "sys", &sets(values));
+        let budget: PodDisruptionBudget = rendered.one("PodDisruptionBudget");
+        let spec = budget.spec.unwrap();
+        assert_eq!(
+            spec.selector.as_ref().unwrap().match_labels,
+            Some(selector_labels("r")),
+            "{values:?}"
+        );
+        spec
+    };
+    // One replica: the budget allows its eviction, so a node drain goes on.
+    let one = budget(&["podDisruptionBudget.enabled=true"]);
+    assert_eq!(one.max_unavailable, Some(IntOrString::Int(1)));
+    assert_eq!(one.min_available, None);
+    // More: one stays up through a drain.
+    let two = budget(&["replicaCount=2", "leaderElection.enabled=true"]);
+    assert_eq!(two.min_available, Some(IntOrString::Int(1)));
+    assert_eq!(two.max_unavailable, None);
+    let three = budget(&[
+        "replicaCount=3",
+        "leaderElection.enabled=true",
+        "podDisruptionBudget.minAvailable=2",
+    ]);
+    assert_eq!(three.min_available, Some(IntOrString::Int(2)));
+    // A budget that no eviction could meet is refused.
+    let refused = render_refused(&[
+        "replicaCount=2",
+        "leaderElection.enabled=true",
+        "podDisruptionBudget.minAvailable=2",
+    ]);
+    assert!(
+        refused.contains("podDisruptionBudget.minAvailable (2) must be less than replicaCount (2)"),
+        "{refused}"
+    );
+    // None by default (one replica, not asked for).
+    assert!(
+        render("r", "sys", &[])
+            .all::<serde_yaml::Value>("PodDisruptionBudget")
+            .is_empty()
+    );
+}
+
+#[test]
+fn the_values_schema_refuses_a_wrong_value_naming_it_and_passes_the_defaults() {
+    // The defaults pass, and so do the globals a parent chart hands its subcharts.
+    render("r", "sys", &[]);
+    render(
+        "r",
+        "sys",
+        &sets(&["global.imageRegistry=registry.example"]),
+    );
+    for (set, says) in [
+        (
+            "concurrency=abc",
+            "at '/concurrency': got string, want integer",
+        ),
+        (
+            "concurency=4",
+            "additional properties 'concurency' not allowed",
+        ),
+        ("concurrency=2000", "at '/concurrency': maximum"),
+        ("sshConcurrency=0", "at '/sshConcurrency': minimum"),
+        (
+            "log.format=xml",
+            "at '/log/format': value must be one of 'json', 'human'",
+        ),
+        (
+            "tenancy.unannotatedNamespaces=some",
+            "at '/tenancy/unannotatedNamespaces': value must be one of 'any', 'none'",
+        ),
+        ("image.pullPolicy=Sometimes", "at '/image/pullPolicy'"),
+        (
+            "leaderElection.enable=true",
+            "at '/leaderElection': additional properties 'enable' not allowed",
+        ),
+        (
+            "leaderElection.enabled=yes",
+            "at '/leaderElection/enabled': got string, want boolean",
+        ),
+        ("metrics.port=70000", "at '/metrics/port': maximum"),
+        (
+            "aws.endpoints.opswork=https://opsworks.example",
+            "at '/aws/endpoints': additional properties 'opswork' not allowed",
+        ),
+        ("aws.endpoints.ssm=ssm.example", "at '/aws/endpoints/ssm'"),
+        (
+            "serviceAccount.roleArn=instance-registrar",
+            "at '/serviceAccount/roleArn'",
+        ),
+        ("watchNamespace=Hosts", "at '/watchNamespace'"),
+        (
+            "networkPolicy.ssh.ports[0]=ssh",
+            "at '/networkPolicy/ssh/ports/0': got string, want integer",
+        ),
+        (
+            "networkPolicy.aws.cidrs[0]=aws",
+            "at '/networkPolicy/aws/cidrs/0'",
+        ),
+        (
+            "extraVolumeMounts[0].name=ca",
+            "at '/extraVolumeMounts/0': missing property 'mountPath'",
+        ),
+    ] {
+        let refused = render_refused(&[set]);
+        assert!(
+            refused.contains("values don't meet the specifications of the schema")
+                && refused.contains(says),
+            "--set {set}: expected {says:?} in:\n{refused}"
+        );
+    }
+}
+
+/// Whether a validation rule anywhere in `schema` sets `field`.
+fn a_validation_rule_sets(schema: &serde_yaml::Value, field: &str) -> bool {
+    match schema {
+        serde_yaml::Value::Mapping(map) => map.iter().any(|(key, value)| {
+            let rules = key == "x-kubernetes-validations"
+                && value
+                    .as_sequence()
+                    .is_some_and(|rules| rules.iter().any(|r| r.get(field).is_some()));
+            rules || a_validation_rule_sets(value, field)
+        }),
+        serde_yaml::Value::Sequence(items) => {
+            items.iter().any(|v| a_validation_rule_sets(v, field))
+        }
+        _ => false,
+    }
+}
+
+#[test]
+fn the_chart_asks_for_the_kubernetes_version_its_crds_validation_rules_need() {
+    // The CRD's validation rules say which field failed and why (`fieldPath`, `reason`): fields
+    // kube-apiserver has from 1.28 on.
+    let crd: serde_yaml::Value = serde_yaml::from_str(
+        &std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("crds/instanceregistration.yaml"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    assert!(a_validation_rule_sets(&crd, "fieldPath") && a_validation_rule_sets(&crd, "reason"));
+    let chart_yaml: serde_yaml::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(chart().join("Chart.yaml")).unwrap())
+            .unwrap();
+    assert_eq!(chart_yaml["kubeVersion"].as_str(), Some(">=1.28.0-0"));
+
+    let chart = chart();
+    for (version, accepted) in [
+        ("v1.27.16", false),
+        ("v1.28.0", true),
+        ("v1.28.15-eks-7f9249a", true),
+        ("v1.35.4", true),
+    ] {
+        let out = helm(&[
+            "template",
+            "r",
+            chart.to_str().unwrap(),
+            "--kube-version",
+            version,
+        ]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.success(), accepted, "{version}: {stderr}");
+        if !accepted {
+            assert!(
+                stderr.contains(&format!(
+                    "chart requires kubeVersion: >=1.28.0-0 which is incompatible with Kubernetes {version}"
+                )),
+                "{stderr}"
+            );
+        }
+    }
+}
+
+#[test]
+fn the_users_roles_read_or_manage_instance_registrations_and_aggregate_into_view_edit_and_admin() {
+    let ir = "instanceregistrations";
+    let status = "instanceregistrations/status";
+    let rendered = render("r", "sys", &[]);
+    assert_eq!(
+        rendered.rules("ClusterRole", "r-instance-registrar-view"),
+        vec![rule(
+            &["registrar.dev"],
+            &[ir, status],
+            &[],
+            &["get", "list", "watch"]
+        )]
+    );
+    assert_eq!(
+        rendered.rules("ClusterRole", "r-instance-registrar-edit"),
+        vec![
+            rule(
+                &["registrar.dev"],
+                &[ir],
+                &[],
+                &[
+                    "get",
+                    "list",
+                    "watch",
+                    "create",
+                    "update",
+                    "patch",
+                    "delete",
+                    "deletecollection"
+                ]
+            ),
+            rule(
+                &["registrar.dev"],
+                &[status],
+                &[],
+                &["get", "list", "watch"]
+            ),
+        ]
+    );
+    let aggregates_to = |rendered: &Rendered, role: &str| -> Vec<String> {
+        let labels = &rendered.object("ClusterRole", role)["metadata"]["labels"];
+        labels
+            .as_mapping()
+            .unwrap()
+            .iter()
+            .filter_map(|(k, v)| {
+                let to = k
+                    .as_str()?
+                    .strip_prefix("rbac.authorization.k8s.io/aggregate-to-")?;
+                assert_eq!(v.as_str(), Some("true"), "{role}: {k:?}");
+                Some(to.to_owned())
+            })
+            .collect()
+    };
+    // view's rules reach view, edit and admin; edit's, edit and admin only.
+    assert_eq!(
+        aggregates_to(&rendered, "r-instance-registrar-view"),
+        ["view", "edit", "admin"]
+    );
+    assert_eq!(
+        aggregates_to(&rendered, "r-instance-registrar-edit"),
+        ["edit", "admin"]
+    );
+
+    let unaggregated = render("r", "sys", &sets(&["rbac.userRoles.aggregate=false"]));
+    for role in ["r-instance-registrar-view", "r-instance-registrar-edit"] {
+        assert!(aggregates_to(&unaggregated, role).is_empty(), "{role}");
+    }
+    let none = render("r", "sys", &sets(&["rbac.userRoles.create=false"]));
+    assert_eq!(
+        none.all::<serde_yaml::Value>("ClusterRole").len(),
+        1,
+        "only the controller's: {:?}",
+        none.objects()
+    );
+}
+
+/// A NetworkPolicy rule as its ports (`TCP/22`) and its peers (an ipBlock's CIDR, or the peer as
+/// JSON).
+fn policy_rule(
+    ports: Option<Vec<k8s_openapi::api::networking::v1::NetworkPolicyPort>>,
+    peers: Option<Vec<NetworkPolicyPeer>>,
+) -> (Vec<String>, Vec<String>) {
+    let ports = ports
+        .unwrap_or_default()
+        .into_iter()
+        .map(|p| {
+            let port = match p.port {
+                Some(IntOrString::Int(n)) => n.to_string(),
+                Some(IntOrString::String(s)) => s,
+                None => "any".to_owned(),
+            };
+            format!("{}/{port}", p.protocol.as_deref().unwrap_or("TCP"))
+        })
+        .collect();
+    let peers = peers
+        .unwrap_or_default()
+        .into_iter()
+        .map(|peer| match &peer.ip_block {
+            Some(block) if peer.namespace_selector.is_none() && peer.pod_selector.is_none() => {
+                block.cidr.clone()
+            }
+            _ => serde_json::to_string(&peer).unwrap(),
+        })
+        .collect();
+    (ports, peers)
+}
+
+/// The rules of a NetworkPolicy: ingress, then egress.
+type PolicyRules = (
+    Vec<(Vec<String>, Vec<String>)>,
+    Vec<(Vec<String>, Vec<String>)>,
+);
+
+fn policy_rules(policy: &NetworkPolicy) -> PolicyRules {
+    let spec = policy.spec.clone().unwrap();
+    let ingress = spec
+        .ingress
+        .unwrap_or_default()
+        .into_iter()
+        .map(|r| policy_rule(r.ports, r.from))
+        .collect();
+    let egress = spec
+        .egress
+        .unwrap_or_default()
+        .into_iter()
+        .map(|r| policy_rule(r.ports, r.to))
+        .collect();
+    (ingress, egress)
+}
+
+fn strings(items: &[&str]) -> Vec<String> {
+    items.iter().map(|s| (*s).to_owned()).collect()
+}
+
+#[test]
+fn the_network_policy_lets_in_metrics_and_probes_and_out_dns_the_api_server_ssh_and_aws() {
+    assert!(
+        render("r", "sys", &[])
+            .all::<serde_yaml::Value>("NetworkPolicy")
+            .is_empty(),
+        "none by default"
+    );
+    let kube_dns = serde_json::json!({
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}},
+        "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}},
+    })
+    .to_string();
+    let anywhere = strings(&["0.0.0.0/0", "::/0"]);
+
+    let defaults = render("r", "sys", &sets(&["networkPolicy.enabled=true"]));
+    let policy: NetworkPolicy = defaults.one("NetworkPolicy");
+    let spec = policy.spec.clone().unwrap();
+    assert_eq!(
+        spec.pod_selector.unwrap().match_labels,
+        Some(selector_labels("r"))
+    );
+    assert_eq!(
+        spec.policy_types,
+        Some(strings(&["Ingress", "Egress"])),
+        "both directions are confined"
+    );
+    let (ingress, egress) = policy_rules(&policy);
+    assert_eq!(
+        ingress,
+        [
+            (strings(&["TCP/8080"]), vec![]),
+            (strings(&["TCP/8081"]), vec![])
+        ]
+    );
+    assert_eq!(
+        egress,
+        [
+            (strings(&["UDP/53", "TCP/53"]), vec![kube_dns.clone()]),
+            (strings(&["TCP/443", "TCP/6443"]), anywhere.clone()),
+            (strings(&["TCP/443"]), anywhere.clone()),
+            (strings(&["TCP/22"]), anywhere.clone()),
+        ]
+    );
+
+    let monitoring = serde_json::json!({
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}},
+    })
+    .to_string();
+    let set = render(
+        "r",
+        "sys",
+        &sets(&[
+            "networkPolicy.enabled=true",
+            "metrics.port=9090",
+            "probes.port=9091",
+            r"networkPolicy.metrics.from[0].namespaceSelector.matchLabels.kubernetes\.io/metadata\.name=monitoring",
+            "networkPolicy.probes.from[0].ipBlock.cidr=10.0.0.0/16",
+            "networkPolicy.apiServer.cidrs={172.20.0.10/32}",
+            "networkPolicy.apiServer.ports={443}",
+            "networkPolicy.ssh.cidrs={10.0.0.0/8,192.168.0.0/16}",
+            "networkPolicy.ssh.ports={22,2222}",
+            "networkPolicy.aws.cidrs={10.1.0.0/16}",
+            "networkPolicy.aws.ports={443,8080}",
+            "networkPolicy.extraEgress[0].to[0].ipBlock.cidr=169.254.170.23/32",
+            "networkPolicy.extraEgress[0].ports[0].port=80",
+        ]),
+    );
+    let (ingress, egress) = policy_rules(&set.one("NetworkPolicy"));
+    assert_eq!(
+        ingress,
+        [
+            (strings(&["TCP/9090"]), vec![monitoring]),
+            (strings(&["TCP/9091"]), strings(&["10.0.0.0/16"]))
+        ]
+    );
+    assert_eq!(
+        egress,
+        [
+            (strings(&["UDP/53", "TCP/53"]), vec![kube_dns]),
+            (strings(&["TCP/443"]), strings(&["172.20.0.10/32"])),
+            (strings(&["TCP/443", "TCP/8080"]), strings(&["10.1.0.0/16"])),
+            (
+                strings(&["TCP/22", "TCP/2222"]),
+                strings(&["10.0.0.0/8", "192.168.0.0/16"])
+            ),
+            (strings(&["TCP/80"]), strings(&["169.254.170.23/32"])),
+        ]
+    );
+}
+
+#[test]
+fn extra_volumes_mounts_and_environment_reach_the_controllers_pod() {
+    let pod_of = |rendered: &Rendered| {
+        let deployment: Deployment = rendered.one("Deployment");
+        deployment.spec.unwrap().template.spec.unwrap()
+    };
+    let defaults = render("r", "sys", &[]);
+    assert_eq!(pod_of(&defaults).volumes, None);
+    assert_eq!(defaults.container().volume_mounts, None);
+
+    // A private AWS-compatible endpoint's CA, from a ConfigMap, trusted besides the image's.
+    let cas = "/etc/ssl/certs:/etc/instance-registrar/ca";
+    let rendered = render(
+        "r",
+        "sys",
+        &sets(&[
+            "extraVolumes[0].name=aws-ca",
+            "extraVolumes[0].configMap.name=aws-ca",
+            "extraVolumeMounts[0].name=aws-ca",
+            "extraVolumeMounts[0].mountPath=/etc/instance-registrar/ca",
+            "extraVolumeMounts[0].readOnly=true",
+            "extraEnv[0].name=SSL_CERT_DIR",
+            &format!("extraEnv[0].value={cas}"),
+        ]),
+    );
+    let volumes = pod_of(&rendered).volumes.unwrap();
+    assert_eq!(volumes.len(), 1);
+    assert_eq!(volumes[0].name, "aws-ca");
+    assert_eq!(
+        volumes[0].config_map.as_ref().map(|c| c.name.as_str()),
+        Some("aws-ca")
+    );
+    let mounts = rendered.container().volume_mounts.unwrap();
+    assert_eq!(mounts.len(), 1);
+    assert_eq!(mounts[0].name, "aws-ca");
+    assert_eq!(mounts[0].mount_path, "/etc/instance-registrar/ca");
+    assert_eq!(mounts[0].read_only, Some(true));
+    // Added to the chart's own variables, not instead of them.
+    let env = rendered.env();
+    assert_eq!(
+        env.last(),
+        Some(&("SSL_CERT_DIR".to_owned(), cas.to_owned()))
+    );
+    assert_eq!(env[..env.len() - 1], defaults.env()[..]);
 }
 
 #[tokio::test]
@@ -738,6 +1251,218 @@ fn create_pod_of(cp: &ControlPlane, rendered: &Rendered, ns: &str, name: &str) -
         "spec": deployment["spec"]["template"]["spec"],
     });
     cp.kubectl_stdin(&["create", "-f", "-"], &pod.to_string())
+}
+
+#[tokio::test]
+async fn helm_install_refuses_a_wrong_value_and_installs_every_optional_object() {
+    let cp = ControlPlane::shared();
+    let client = cp.client().await;
+    let ns = restricted_namespace(cp, &client, "helm-full").await;
+    let kubeconfig = cp.kubeconfig.to_string_lossy();
+
+    // A wrong value: refused, naming it, before anything is made.
+    let out = helm_install(cp, "full", &ns, &sets(&["concurrency=abc"]));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("at '/concurrency': got string, want integer"),
+        "{stderr}"
+    );
+    let made = cp
+        .kubectl_ok(&["get", "deployments,secrets", "-n", &ns, "-o", "name"])
+        .unwrap();
+    assert_eq!(made.trim(), "", "a refused install made {made}");
+
+    let values = sets(&[
+        "replicaCount=2",
+        "leaderElection.enabled=true",
+        "networkPolicy.enabled=true",
+        r"networkPolicy.metrics.from[0].namespaceSelector.matchLabels.kubernetes\.io/metadata\.name=monitoring",
+        "networkPolicy.ssh.cidrs={10.0.0.0/8}",
+        "networkPolicy.ssh.ports={22,2222}",
+        "networkPolicy.aws.ports={443,8443}",
+        "networkPolicy.extraEgress[0].to[0].ipBlock.cidr=169.254.170.23/32",
+        "networkPolicy.extraEgress[0].ports[0].port=80",
+        "extraVolumes[0].name=aws-ca",
+        "extraVolumes[0].configMap.name=aws-ca",
+        "extraVolumeMounts[0].name=aws-ca",
+        "extraVolumeMounts[0].mountPath=/etc/instance-registrar/ca",
+        "extraVolumeMounts[0].readOnly=true",
+        "extraEnv[0].name=SSL_CERT_DIR",
+        "extraEnv[0].value=/etc/ssl/certs:/etc/instance-registrar/ca",
+    ]);
+    let out = helm_install(cp, "full", &ns, &values);
+    stdout_of("helm install full", &out);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("PodSecurity"), "{stderr}");
+    let status = stdout_of(
+        "helm status",
+        &helm(&["status", "full", "-n", &ns, "--kubeconfig", &kubeconfig]),
+    );
+    assert!(status.contains("STATUS: deployed"), "{status}");
+
+    // The API server holds what the chart rendered.
+    let rendered = render("full", &ns, &values);
+    let get = |kind: &str| -> serde_json::Value {
+        let json = cp
+            .kubectl_ok(&[
+                "get",
+                kind,
+                "full-instance-registrar",
+                "-n",
+                &ns,
+                "-o",
+                "json",
+            ])
+            .unwrap();
+        serde_json::from_str(&json).unwrap()
+    };
+    let policy: NetworkPolicy = serde_json::from_value(get("networkpolicy")).unwrap();
+    let rendered_policy: NetworkPolicy = rendered.one("NetworkPolicy");
+    // (The API server fills in the protocol an extra rule left out: TCP.)
+    assert_eq!(policy_rules(&policy), policy_rules(&rendered_policy));
+    let (spec, rendered_spec) = (policy.spec.unwrap(), rendered_policy.spec.unwrap());
+    assert_eq!(spec.pod_selector, rendered_spec.pod_selector);
+    assert_eq!(spec.policy_types, rendered_spec.policy_types);
+    let budget: PodDisruptionBudget = serde_json::from_value(get("poddisruptionbudget")).unwrap();
+    assert_eq!(
+        budget.spec.unwrap().min_available,
+        Some(IntOrString::Int(1))
+    );
+    let deployment: Deployment = serde_json::from_value(get("deployment")).unwrap();
+    let pod = deployment.spec.unwrap().template.spec.unwrap();
+    assert_eq!(pod.volumes.unwrap()[0].name, "aws-ca");
+    assert_eq!(
+        pod.containers[0].volume_mounts.as_ref().unwrap()[0].mount_path,
+        "/etc/instance-registrar/ca"
+    );
+
+    // Its Pod, the CA's volume with it, is admitted under the restricted Pod Security Standard.
+    let out = create_pod_of(cp, &rendered, &ns, "full");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// What `kubectl auth can-i <query> --as <user>` says.
+fn can(cp: &ControlPlane, user: &str, query: &str) -> bool {
+    let mut args = vec!["auth", "can-i"];
+    args.extend(query.split_whitespace());
+    args.extend(["--as", user]);
+    let out = cp.kubectl(&args);
+    match String::from_utf8_lossy(&out.stdout).trim() {
+        "yes" => true,
+        "no" => false,
+        other => panic!(
+            "kubectl {}: {other} {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    }
+}
+
+/// The ClusterRoles whose rules the built-in ClusterRole `name` aggregates, as the API server
+/// selects them by its `aggregationRule`'s label selectors (what kube-controller-manager's
+/// aggregation controller asks it).
+fn aggregated_into(cp: &ControlPlane, name: &str) -> Vec<String> {
+    let role: k8s_openapi::api::rbac::v1::ClusterRole = serde_json::from_str(
+        &cp.kubectl_ok(&["get", "clusterrole", name, "-o", "json"])
+            .unwrap(),
+    )
+    .unwrap();
+    let selectors = role
+        .aggregation_rule
+        .and_then(|a| a.cluster_role_selectors)
+        .unwrap_or_else(|| panic!("the built-in {name} aggregates nothing"));
+    let mut selected = Vec::new();
+    for selector in selectors {
+        assert_eq!(selector.match_expressions, None, "{name}");
+        let labels: Vec<String> = selector
+            .match_labels
+            .unwrap_or_default()
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        let names = cp
+            .kubectl_ok(&["get", "clusterroles", "-l", &labels.join(","), "-o", "name"])
+            .unwrap();
+        selected.extend(names.lines().map(|n| {
+            n.trim_start_matches("clusterrole.rbac.authorization.k8s.io/")
+                .to_owned()
+        }));
+    }
+    selected
+}
+
+#[tokio::test]
+async fn namespace_viewers_read_and_editors_manage_instance_registrations_through_the_users_roles()
+{
+    let cp = ControlPlane::shared();
+    let client = cp.client().await;
+    let sys = namespace(&client, "helm-roles").await;
+    stdout_of("helm install roles", &helm_install(cp, "roles", &sys, &[]));
+    let (view, edit) = (
+        "roles-instance-registrar-view",
+        "roles-instance-registrar-edit",
+    );
+
+    // The roles aggregate into the built-in ones: the API server's own label selection by their
+    // aggregation rules picks them. The test control plane runs no kube-controller-manager, so
+    // nothing copies their rules into view, edit and admin here: a user is bound to the chart's
+    // roles themselves below.
+    let into_view = aggregated_into(cp, "view");
+    assert!(into_view.iter().any(|r| r == view), "{into_view:?}");
+    assert!(!into_view.iter().any(|r| r == edit), "{into_view:?}");
+    for builtin in ["edit", "admin"] {
+        let into = aggregated_into(cp, builtin);
+        assert!(
+            into.iter().any(|r| r == view) && into.iter().any(|r| r == edit),
+            "{builtin}: {into:?}"
+        );
+    }
+
+    let team = namespace(&client, "team").await;
+    let other = namespace(&client, "team-other").await;
+    for (binding, role, user) in [("viewers", view, "alice"), ("editors", edit, "bob")] {
+        cp.kubectl_ok(&[
+            "create",
+            "rolebinding",
+            binding,
+            "--clusterrole",
+            role,
+            "--user",
+            user,
+            "-n",
+            &team,
+        ])
+        .unwrap();
+    }
+    let ir = "instanceregistrations.registrar.dev";
+    let status = "--subresource=status";
+    let mut expected = Vec::new();
+    for verb in ["get", "list", "watch"] {
+        expected.push(("alice", true, format!("{verb} {ir} -n {team}")));
+        expected.push(("bob", true, format!("{verb} {ir} -n {team}")));
+    }
+    for verb in ["create", "update", "patch", "delete", "deletecollection"] {
+        expected.push(("alice", false, format!("{verb} {ir} -n {team}")));
+        expected.push(("bob", true, format!("{verb} {ir} -n {team}")));
+    }
+    for user in ["alice", "bob"] {
+        expected.extend([
+            (user, true, format!("get {ir} {status} -n {team}")),
+            (user, false, format!("patch {ir} {status} -n {team}")),
+            (user, false, format!("update {ir} {status} -n {team}")),
+            (user, false, format!("get {ir} -n {other}")),
+            (user, false, format!("create {ir} -n {other}")),
+            (user, false, format!("get secrets -n {team}")),
+        ]);
+    }
+    for (user, allowed, query) in expected {
+        assert_eq!(can(cp, user, &query), allowed, "{user}: can-i {query}");
+    }
 }
 
 /// Serialises the tests that run a controller: one watching every namespace would otherwise

@@ -51,3 +51,13 @@ app.kubernetes.io/component: controller
 {{- define "instance-registrar.pdb" -}}
 {{- if or .Values.podDisruptionBudget.enabled (gt (int .Values.replicaCount) 1) }}true{{ end }}
 {{- end }}
+
+{{/* The prefix of the users' ClusterRoles: the full name, and with watchNamespace the release
+namespace too, so that releases of the same name in other namespaces do not collide. */}}
+{{- define "instance-registrar.userRolePrefix" -}}
+{{- if .Values.watchNamespace }}
+{{- printf "%s-%s" (include "instance-registrar.fullname" .) .Release.Namespace }}
+{{- else }}
+{{- include "instance-registrar.fullname" . }}
+{{- end }}
+{{- end }}
