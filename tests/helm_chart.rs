@@ -1876,3 +1876,77 @@ async fn the_controller_as_the_namespaced_service_account_is_confined_to_its_nam
         "{logs}"
     );
 }
+
+#[tokio::test]
+async fn the_controller_as_the_service_account_of_a_release_for_two_namespaces_acts_in_both_only() {
+    let _one_at_a_time = CONTROLLERS.lock().await;
+    let cp = ControlPlane::shared();
+    let client = cp.client().await;
+    let aws = AwsEnv::shared();
+    let (first, second) = (
+        namespace(&client, "chm-a").await,
+        namespace(&client, "chm-b").await,
+    );
+    let other = namespace(&client, "chm-other").await;
+    let stack = aws.create_stack(&first, None).await;
+    let release = Release::install(
+        cp,
+        aws,
+        "multi",
+        &[
+            format!("watchNamespaces={{{first},{second}}}"),
+            "labelSelector=shard=one".into(),
+        ],
+    )
+    .await;
+    let env: BTreeMap<String, String> = release.rendered.env().into_iter().collect();
+    assert_eq!(env["WATCH_NAMESPACE"], format!("{first},{second}"));
+    assert_eq!(env["LABEL_SELECTOR"], "shard=one");
+    let controller = release.start_controller(cp, aws, "multi-pod-0", &[]);
+    // Each names a host of its own (objects naming one host compete, across namespaces too).
+    let hosts = std::sync::atomic::AtomicU8::new(10);
+    let labelled = |ns: &str, name: &str, shard: &str| {
+        let host = format!(
+            "127.0.9.{}",
+            hosts.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+        );
+        on_premises(ns, name, &stack, &host, name, "missing", "").replace(
+            &format!("  name: {name}\n"),
+            &format!("  name: {name}\n  labels: {{shard: {shard}}}\n"),
+        )
+    };
+    for ns in [&first, &second, &other] {
+        cp.kubectl_stdin(&["apply", "-f", "-"], &labelled(ns, "db-1", "one"));
+    }
+    cp.kubectl_stdin(&["apply", "-f", "-"], &labelled(&first, "db-2", "two"));
+    for ns in [&first, &second] {
+        let api: Api<InstanceRegistration> = Api::namespaced(client.clone(), ns);
+        wait_reason(
+            &api,
+            "db-1",
+            types::SSH_KEY_READY,
+            reasons::SECRET_NOT_FOUND,
+        )
+        .await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Not its namespace, not its shard.
+    let outside: Api<InstanceRegistration> = Api::namespaced(client.clone(), &other);
+    assert!(outside.get("db-1").await.unwrap().status.is_none());
+    let first_api: Api<InstanceRegistration> = Api::namespaced(client.clone(), &first);
+    assert!(first_api.get("db-2").await.unwrap().status.is_none());
+    assert_nothing_refused(cp, &release, &controller);
+    let ir = "instanceregistrations.registrar.dev";
+    for (can, query) in [
+        (true, format!("watch {ir} -n {first}")),
+        (true, format!("watch {ir} -n {second}")),
+        (false, format!("list {ir} -n {other}")),
+        (true, format!("watch namespaces/{first}")),
+        (true, format!("watch namespaces/{second}")),
+        (false, format!("list namespaces/{other}")),
+        (false, "list namespaces".to_owned()),
+        (false, format!("get secrets -n {other}")),
+    ] {
+        release.assert_can(cp, can, &query);
+    }
+}

@@ -55,9 +55,34 @@ app.kubernetes.io/component: controller
 {{/* The prefix of the users' ClusterRoles: the full name, and with watchNamespace the release
 namespace too, so that releases of the same name in other namespaces do not collide. */}}
 {{- define "instance-registrar.userRolePrefix" -}}
-{{- if .Values.watchNamespace }}
+{{- if (include "instance-registrar.watchNamespaces" . | fromJsonArray) }}
 {{- printf "%s-%s" (include "instance-registrar.fullname" .) .Release.Namespace }}
 {{- else }}
 {{- include "instance-registrar.fullname" . }}
 {{- end }}
+{{- end }}
+
+{{/* The namespaces watched, as a JSON list: watchNamespace and watchNamespaces together, each
+once (empty: every namespace). */}}
+{{- define "instance-registrar.watchNamespaces" -}}
+{{- $list := list -}}
+{{- with .Values.watchNamespace }}{{ $list = append $list . }}{{ end -}}
+{{- range .Values.watchNamespaces }}{{ if not (has . $list) }}{{ $list = append $list . }}{{ end }}{{ end -}}
+{{- toJson $list -}}
+{{- end }}
+
+{{/* What the controller may do in each namespace it watches (a Role there, or the ClusterRole). */}}
+{{- define "instance-registrar.namespacedRules" -}}
+- apiGroups: ["registrar.dev"]
+  resources: ["instanceregistrations"]
+  verbs: ["list", "watch", "patch"]
+- apiGroups: ["registrar.dev"]
+  resources: ["instanceregistrations/status"]
+  verbs: ["patch"]
+- apiGroups: [""]
+  resources: ["secrets"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+- apiGroups: ["events.k8s.io"]
+  resources: ["events"]
+  verbs: ["create", "patch"]
 {{- end }}
