@@ -58,7 +58,8 @@ case "${1:-run}" in
     ;;
 esac
 
-bash tests/setup.sh
+# What the demo needs only (the test suite's `bash tests/setup.sh` also builds helm).
+bash tests/setup.sh --demo
 echo "demo.sh: building the controller and the demo (the first build takes several minutes)" >&2
 # The whole workspace's binaries in one build, so that dependencies are built with the same
 # features as for `cargo test --workspace` (and once): the controller, the agent installer

@@ -3,8 +3,17 @@
 # (or as a user who already has the packages): Debian packages, and the Kubernetes control plane
 # built from its Go modules into a cache outside the repository. Safe to run again: what is
 # already there is kept.
+#
+#   bash tests/setup.sh            everything the test suite needs
+#   bash tests/setup.sh --demo     only what the demo needs (no helm: it is for the chart tests)
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+for_demo=
+case "${1:-}" in
+  --demo) for_demo=1 ;;
+  "") ;;
+  *) echo "usage: bash tests/setup.sh [--demo]" >&2; exit 2 ;;
+esac
 
 # Debian packages: ssh-keygen and ssh (test keys, the SSH client), setpriv and unshare (test
 # processes die with the test binary; each test SSH host has its own mount namespace), sshd and
@@ -151,6 +160,8 @@ echo "setup.sh: moto_server in $python_dir/bin, OpsWorks model in $model_dir, SS
 dir=$("$here/control-plane/build.sh")
 echo "setup.sh: control plane binaries in $dir" >&2
 
-# helm, for the chart's tests (a minute the first time, then cached).
-helm=$("$here/helm/build.sh")
-echo "setup.sh: helm in $helm" >&2
+# helm, for the chart's tests (a minute the first time, then cached); the demo does without.
+if [ -z "$for_demo" ]; then
+  helm=$("$here/helm/build.sh")
+  echo "setup.sh: helm in $helm" >&2
+fi
