@@ -80,6 +80,11 @@ struct RunArgs {
     /// goes here.
     #[arg(long, env = "REGISTRAR_SSM_SETUP_URL", default_value = crate::controller::SSM_SETUP_URL)]
     ssm_setup_url: String,
+    /// A managed policy ARN set as the permissions boundary of every IAM user the controller
+    /// makes for the OpsWorks agent. When the controller's own policy requires one (the
+    /// `iam:PermissionsBoundary` condition on `iam:CreateUser`), this must name it.
+    #[arg(long, env = "IAM_PERMISSIONS_BOUNDARY", value_parser = policy_arn)]
+    iam_permissions_boundary: Option<String>,
     /// Log filter, in RUST_LOG syntax.
     #[arg(long, env = "LOG_LEVEL", default_value = "info")]
     log_level: String,
@@ -184,6 +189,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         resync: Duration::from_secs(args.resync_seconds),
         registration_timeout: Duration::from_secs(args.registration_timeout_seconds),
         ssm_setup_url: args.ssm_setup_url,
+        iam_permissions_boundary: args.iam_permissions_boundary,
         instance: Some(identity),
         unannotated_namespaces: args.unannotated_namespaces,
         aws_timeouts: aws::Timeouts {
@@ -273,6 +279,23 @@ fn label_selector(value: &str) -> Result<String, String> {
     }
 }
 
+/// An IAM managed policy ARN: `arn:<partition>:iam::<account or aws>:policy/<path and name>`.
+fn policy_arn(value: &str) -> Result<String, String> {
+    let parts: Vec<&str> = value.splitn(6, ':').collect();
+    let ok = parts.len() == 6
+        && parts[0] == "arn"
+        && !parts[1].is_empty()
+        && parts[2] == "iam"
+        && parts[3].is_empty()
+        && !parts[4].is_empty()
+        && parts[5].len() > "policy/".len()
+        && parts[5].starts_with("policy/");
+    match ok {
+        true => Ok(value.to_owned()),
+        false => Err(format!("{value:?} is not an IAM managed policy ARN")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -297,6 +320,22 @@ mod tests {
         assert!(label_selector("team in (a,b),!legacy").is_ok());
         for bad in ["", "a=$(x)", "a=b;c"] {
             assert!(label_selector(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_permissions_boundary_must_be_a_managed_policy_arn() {
+        let ok = "arn:aws:iam::123456789012:policy/boundaries/OpsWorksAgent";
+        assert_eq!(policy_arn(ok).unwrap(), ok);
+        assert!(policy_arn("arn:aws:iam::aws:policy/AWSOpsWorksInstanceRegistration").is_ok());
+        for bad in [
+            "",
+            "OpsWorksAgent",
+            "arn:aws:iam::123456789012:role/x",
+            "arn:aws:iam::123456789012:policy/",
+            "arn:aws:s3:::policy/x",
+        ] {
+            assert!(policy_arn(bad).is_err(), "{bad:?}");
         }
     }
 }

@@ -63,6 +63,9 @@ pub struct Settings {
     pub unannotated_namespaces: Unannotated,
     /// Time limits of every AWS call.
     pub aws_timeouts: crate::aws::Timeouts,
+    /// The permissions boundary (a managed policy ARN) set on every IAM user the controller
+    /// makes, if any; `iam-policy.json` can then require it (`iam:PermissionsBoundary`).
+    pub iam_permissions_boundary: Option<String>,
 }
 
 impl Default for Settings {
@@ -77,6 +80,7 @@ impl Default for Settings {
             instance: None,
             unannotated_namespaces: Unannotated::default(),
             aws_timeouts: crate::aws::Timeouts::default(),
+            iam_permissions_boundary: None,
         }
     }
 }

@@ -451,6 +451,7 @@ fn the_deployment_runs_restricted_with_probes_and_the_controllers_settings() {
             "aws.endpoints.sts=http://127.0.0.1:4",
             "aws.endpoints.ssm=http://127.0.0.1:5",
             "aws.ssmSetupUrl=http://127.0.0.1:6/{platform}_{arch}/ssm-setup-cli",
+            "aws.iamPermissionsBoundary=arn:aws:iam::123456789012:policy/OpsWorksAgentBoundary",
             "image.tag=dev",
         ]),
     );
@@ -475,6 +476,10 @@ fn the_deployment_runs_restricted_with_probes_and_the_controllers_settings() {
             "REGISTRAR_SSM_SETUP_URL",
             "http://127.0.0.1:6/{platform}_{arch}/ssm-setup-cli",
         ),
+        (
+            "IAM_PERMISSIONS_BOUNDARY",
+            "arn:aws:iam::123456789012:policy/OpsWorksAgentBoundary",
+        ),
     ] {
         assert_eq!(set.env_value(name).as_deref(), Some(value), "{name}");
     }
@@ -494,7 +499,11 @@ fn every_setting_the_chart_passes_is_an_environment_variable_of_run() {
     let rendered = render(
         "r",
         "sys",
-        &sets(&["watchNamespace=hosts", "leaderElection.enabled=true"]),
+        &sets(&[
+            "watchNamespace=hosts",
+            "leaderElection.enabled=true",
+            "aws.iamPermissionsBoundary=arn:aws:iam::123456789012:policy/OpsWorksAgentBoundary",
+        ]),
     );
     for (name, _) in rendered.env() {
         // The AWS SDK reads AWS_*; the leader election namespace defaults to POD_NAMESPACE.
@@ -795,6 +804,10 @@ fn the_values_schema_refuses_a_wrong_value_naming_it_and_passes_the_defaults() {
             "at '/leaderElection/enabled': got string, want boolean",
         ),
         ("metrics.port=70000", "at '/metrics/port': maximum"),
+        (
+            "aws.iamPermissionsBoundary=arn:aws:iam::123456789012:role/x",
+            "at '/aws/iamPermissionsBoundary'",
+        ),
         (
             "aws.endpoints.opswork=https://opsworks.example",
             "at '/aws/endpoints': additional properties 'opswork' not allowed",

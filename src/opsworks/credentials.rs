@@ -367,6 +367,7 @@ async fn find_or_create_user(
             .create_user()
             .user_name(name)
             .path(IAM_PATH)
+            .set_permissions_boundary(ctx.settings.iam_permissions_boundary.clone())
             .tags(
                 Tag::builder()
                     .key(OWNER_TAG)

@@ -45,6 +45,9 @@ pub struct AwsEnv {
     /// The proxy in front of moto that the controller's IAM, EC2 and STS calls go through (only
     /// in [`AwsEnv::faulty`]; the tests' own clients always go straight to moto).
     pub proxy: Option<ProxyHandle>,
+    /// The credentials of the tests' own clients and of [`AwsEnv::controller_env`]: the static
+    /// ones, or in [`AwsEnv::enforcing_iam`] an administrator's moto IAM user's.
+    credentials: (String, String),
 }
 
 impl AwsEnv {
@@ -84,12 +87,37 @@ impl AwsEnv {
         SHARED.get_or_init(start_with_proxy)
     }
 
+    /// An environment of its own, with the proxy in front of moto, whose moto authorizes every
+    /// IAM, EC2 and STS request against the caller's IAM policies (moto's `INITIAL_NO_AUTH_ACTION_COUNT`, spent once an
+    /// administrator user is made), and whose endpoint does the same for OpsWorks and Systems
+    /// Manager ([`Config::enforce_iam_policies`]). Every key must then be a moto IAM user's:
+    /// the tests' own clients and [`AwsEnv::controller_env`] use the administrator's (an inline
+    /// `*:*`); a test gives the controller a user of its own.
+    pub fn enforcing_iam() -> &'static AwsEnv {
+        static SHARED: OnceLock<AwsEnv> = OnceLock::new();
+        SHARED.get_or_init(|| start_enforcing(true))
+    }
+
+    /// Another environment like [`AwsEnv::enforcing_iam`] whose moto lacks the managed
+    /// registration policy (so the controller falls back to the inline policy).
+    pub fn enforcing_iam_without_managed_policy() -> &'static AwsEnv {
+        static SHARED: OnceLock<AwsEnv> = OnceLock::new();
+        SHARED.get_or_init(|| start_enforcing(false))
+    }
+
     /// Puts the recording, fault-injecting proxy in front of moto for the controller (what
     /// [`AwsEnv::controller_aws_url`] then gives), with the OpsWorks endpoint's key store, so
     /// that the endpoint knows the access keys made through the proxy at once.
     pub fn start_proxy(&mut self) -> Result<(), String> {
+        self.start_proxy_with(false)
+    }
+
+    /// [`AwsEnv::start_proxy`]; with `fix_iam_error_shape`, the proxy passes moto's IAM errors
+    /// on in IAM's shape ([`ProxyConfig::fix_iam_error_shape`]).
+    fn start_proxy_with(&mut self, fix_iam_error_shape: bool) -> Result<(), String> {
         let mut config = ProxyConfig::new(self.moto.url());
         config.key_store = Some(self.opsworks.key_store());
+        config.fix_iam_error_shape = fix_iam_error_shape;
         let proxy = Proxy::start(config).map_err(|e| format!("starting the moto proxy: {e}"))?;
         self.proxy = Some(proxy);
         Ok(())
@@ -136,8 +164,8 @@ impl AwsEnv {
     pub fn controller_env(&self) -> Vec<(&'static str, String)> {
         vec![
             ("AWS_REGION", REGION.into()),
-            ("AWS_ACCESS_KEY_ID", ACCESS_KEY_ID.into()),
-            ("AWS_SECRET_ACCESS_KEY", SECRET_ACCESS_KEY.into()),
+            ("AWS_ACCESS_KEY_ID", self.credentials.0.clone()),
+            ("AWS_SECRET_ACCESS_KEY", self.credentials.1.clone()),
             ("AWS_ENDPOINT_URL", self.controller_aws_url().into()),
             ("AWS_ENDPOINT_URL_IAM", self.controller_aws_url().into()),
             ("AWS_ENDPOINT_URL_EC2", self.controller_aws_url().into()),
@@ -158,8 +186,8 @@ impl AwsEnv {
             .endpoint_url(endpoint)
             .credentials_provider(aws_sdk_iam::config::SharedCredentialsProvider::new(
                 aws_sdk_iam::config::Credentials::new(
-                    ACCESS_KEY_ID,
-                    SECRET_ACCESS_KEY,
+                    self.credentials.0.clone(),
+                    self.credentials.1.clone(),
                     None,
                     None,
                     "tests",
@@ -411,6 +439,13 @@ impl AwsEnv {
     }
 }
 
+/// [`start_env`] authorizing by IAM policies, and the proxy in front of moto.
+fn start_enforcing(managed_policy: bool) -> AwsEnv {
+    let mut env = start_env(managed_policy, true);
+    env.start_proxy_with(true).unwrap_or_else(|e| panic!("{e}"));
+    env
+}
+
 /// [`start`], with the managed policy, and the proxy in front of moto.
 fn start_with_proxy() -> AwsEnv {
     let mut env = start(true);
@@ -422,19 +457,35 @@ fn start_with_proxy() -> AwsEnv {
 /// endpoint, from a thread that lives as long as the process, so that the processes'
 /// parent-death signal fires only when the process exits. Panics when they do not start.
 pub fn start(managed_policy: bool) -> AwsEnv {
+    start_env(managed_policy, false)
+}
+
+/// [`start`]; with `enforce_iam`, as [`AwsEnv::enforcing_iam`] describes.
+fn start_env(managed_policy: bool, enforce_iam: bool) -> AwsEnv {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::Builder::new()
         .name("aws-endpoints".into())
         .spawn(move || {
             let started = (|| {
+                let mut env = Vec::new();
+                if enforce_iam {
+                    // Unauthorized until the administrator is made (then reset to 0 below).
+                    env.push(("INITIAL_NO_AUTH_ACTION_COUNT".into(), "1000000".into()));
+                }
                 let moto = MotoServer::start_with(MotoOptions {
                     opsworks_managed_policy: managed_policy,
-                    ..MotoOptions::default()
+                    env,
                 })?;
+                let credentials = match enforce_iam {
+                    false => (ACCESS_KEY_ID.to_owned(), SECRET_ACCESS_KEY.to_owned()),
+                    true => make_administrator(moto.url())?,
+                };
                 let mut config = Config::with_moto(moto.url());
-                config
-                    .known_credentials
-                    .push((ACCESS_KEY_ID.into(), SECRET_ACCESS_KEY.into()));
+                config.known_credentials.push(credentials.clone());
+                if enforce_iam {
+                    config.moto_credentials = credentials.clone();
+                    config.enforce_iam_policies = true;
+                }
                 // The SSM setup tool that REGISTRAR_SSM_SETUP_URL points at.
                 config.ssm_standin = Some(SsmStandIn::built());
                 let opsworks = Endpoint::start(config)?;
@@ -442,6 +493,7 @@ pub fn start(managed_policy: bool) -> AwsEnv {
                     moto,
                     opsworks,
                     proxy: None,
+                    credentials,
                 })
             })();
             tx.send(started).unwrap();
@@ -453,4 +505,77 @@ pub fn start(managed_policy: bool) -> AwsEnv {
     rx.recv()
         .unwrap()
         .unwrap_or_else(|e| panic!("starting moto and the OpsWorks endpoint: {e}"))
+}
+
+/// Makes IAM user `registrar-tests-admin` (an inline policy allowing everything) and its access
+/// key in moto while moto still answers unauthorized requests, then makes moto authorize every
+/// request from now on (`/moto-api/reset-auth` to 0). Returns the key.
+fn make_administrator(moto_url: &str) -> Result<(String, String), String> {
+    const ADMIN: &str = "registrar-tests-admin";
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("a runtime: {e}"))?;
+    runtime.block_on(async {
+        let config = SdkConfig::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new(REGION))
+            .endpoint_url(moto_url)
+            .credentials_provider(aws_sdk_iam::config::SharedCredentialsProvider::new(
+                aws_sdk_iam::config::Credentials::new(
+                    ACCESS_KEY_ID,
+                    SECRET_ACCESS_KEY,
+                    None,
+                    None,
+                    "tests",
+                ),
+            ))
+            .build();
+        let iam = aws_sdk_iam::Client::new(&config);
+        let everything = serde_json::json!({"Version": "2012-10-17", "Statement": [
+            {"Effect": "Allow", "Action": "*", "Resource": "*"}]});
+        iam.create_user()
+            .user_name(ADMIN)
+            .send()
+            .await
+            .map_err(|e| format!("CreateUser {ADMIN}: {e:?}"))?;
+        iam.put_user_policy()
+            .user_name(ADMIN)
+            .policy_name("everything")
+            .policy_document(everything.to_string())
+            .send()
+            .await
+            .map_err(|e| format!("PutUserPolicy {ADMIN}: {e:?}"))?;
+        let key = iam
+            .create_access_key()
+            .user_name(ADMIN)
+            .send()
+            .await
+            .map_err(|e| format!("CreateAccessKey {ADMIN}: {e:?}"))?;
+        let key = key.access_key().ok_or("CreateAccessKey: no key")?;
+        moto_api_post(moto_url, "/moto-api/reset-auth", "0")?;
+        Ok((
+            key.access_key_id().to_owned(),
+            key.secret_access_key().to_owned(),
+        ))
+    })
+}
+
+/// POSTs `body` to moto's `path` (its `/moto-api/`, which is never authorized).
+fn moto_api_post(moto_url: &str, path: &str, body: &str) -> Result<(), String> {
+    use std::io::{Read, Write};
+    let addr = moto_url.trim_start_matches("http://").trim_end_matches('/');
+    let mut s = std::net::TcpStream::connect(addr).map_err(|e| format!("moto {addr}: {e}"))?;
+    let req = format!(
+        "POST {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes())
+        .map_err(|e| format!("moto {path}: {e}"))?;
+    let mut answer = String::new();
+    let _ = s.read_to_string(&mut answer);
+    match answer.starts_with("HTTP/1.0 200") || answer.starts_with("HTTP/1.1 200") {
+        true => Ok(()),
+        false => Err(format!("moto {path}: {answer}")),
+    }
 }

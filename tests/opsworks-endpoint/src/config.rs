@@ -61,6 +61,12 @@ pub struct Config {
     /// unverified (moto's own behaviour), except that `RegisterInstance` still needs
     /// authorization.
     pub reject_unknown_access_keys: bool,
+    /// Authorize every OpsWorks and Systems Manager call of a moto IAM user's key against that
+    /// user's policies (action `opsworks:<Operation>` or `ssm:<Operation>`, resource `*`), as
+    /// moto does for its own services once its `INITIAL_NO_AUTH_ACTION_COUNT` is spent.
+    /// `RegisterInstance` is always authorized (on its stack). Default false: only
+    /// `RegisterInstance` is.
+    pub enforce_iam_policies: bool,
     /// How long a registered instance stays `registering` before it is `registered`.
     pub registration_delay: Duration,
     /// The agent installer tarball served under [`crate::AGENT_INSTALLER_PATH`].
@@ -94,6 +100,7 @@ impl Default for Config {
             known_credentials: Vec::new(),
             key_store: None,
             reject_unknown_access_keys: false,
+            enforce_iam_policies: false,
             registration_delay: Duration::from_millis(500),
             agent_installer: AgentInstaller::None,
             extra_provisioning_parameters: BTreeMap::new(),

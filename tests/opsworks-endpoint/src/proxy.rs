@@ -121,6 +121,11 @@ pub struct ProxyConfig {
     /// one given in [`crate::Config::key_store`]), so that it knows the keys made through the
     /// proxy at once. Default `None`: keys are not learnt.
     pub key_store: Option<KeyStore>,
+    /// Pass IAM's error answers on in the shape IAM gives them (`<ErrorResponse><Error>`):
+    /// moto's errors of its own access control (`AccessDenied` once its
+    /// `INITIAL_NO_AUTH_ACTION_COUNT` is spent) come as `<ErrorResponse><Errors><Error>`, which
+    /// the AWS SDK's IAM client does not read a code from. Default false: passed on as they are.
+    pub fix_iam_error_shape: bool,
 }
 
 impl ProxyConfig {
@@ -132,6 +137,7 @@ impl ProxyConfig {
             faults: Faults::default(),
             max_body_bytes: 16 << 20,
             key_store: None,
+            fix_iam_error_shape: false,
         }
     }
 }
@@ -378,6 +384,7 @@ struct Shared {
     upstream: String,
     max_body: usize,
     key_store: Option<KeyStore>,
+    fix_iam_error_shape: bool,
 }
 
 impl Shared {
@@ -440,6 +447,7 @@ impl Proxy {
             upstream,
             max_body: config.max_body_bytes,
             key_store: config.key_store.clone(),
+            fix_iam_error_shape: config.fix_iam_error_shape,
         });
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
@@ -866,6 +874,20 @@ fn fault_answer(
     }
 }
 
+/// `<ErrorResponse><Errors><Error>…</Error></Errors>…` as IAM answers it:
+/// `<ErrorResponse><Error>…</Error>…`; `None` when `body` is not of that shape.
+fn iam_error_shape(body: &[u8]) -> Option<Bytes> {
+    let text = std::str::from_utf8(body).ok()?;
+    if !text.contains("<ErrorResponse>") || !text.contains("<Errors>") {
+        return None;
+    }
+    Some(Bytes::from(text.replacen("<Errors>", "", 1).replacen(
+        "</Errors>",
+        "",
+        1,
+    )))
+}
+
 /// The error code of an error body: the first `<Code>` of an XML one, `__type` of a JSON one.
 fn error_code(body: &[u8]) -> Option<String> {
     let text = std::str::from_utf8(body).ok()?;
@@ -1001,6 +1023,16 @@ async fn proxy(shared: &Shared, req: Request<Incoming>) -> Response<ProxyBody> {
                 if call.status >= 400 {
                     call.error_code = error_code(&b);
                 }
+                let b = match shared.fix_iam_error_shape && call.service == "iam" {
+                    true => match iam_error_shape(&b) {
+                        Some(fixed) => {
+                            head.headers.remove(CONTENT_LENGTH);
+                            fixed
+                        }
+                        None => b,
+                    },
+                    false => b,
+                };
                 if let Some(store) = learn_key {
                     // Before the answer goes out: by the time the caller signs anything with
                     // the key, the endpoint knows it. The secret is neither logged nor recorded.
@@ -1100,6 +1132,21 @@ mod tests {
     use aws_sdk_iam::config::{ConfigBag, Intercept, RuntimeComponents};
     use aws_sdk_iam::error::{BoxError, ProvideErrorMetadata};
     use aws_sdk_iam::operation::RequestId;
+
+    #[test]
+    fn moto_access_control_errors_are_passed_on_in_iam_shape() {
+        let moto = br#"<?xml version="1.0" encoding="utf-8"?>
+<ErrorResponse><Errors><Error><Code>AccessDenied</Code><Message>no</Message><Type>Sender</Type></Error></Errors></ErrorResponse>"#;
+        let fixed = super::iam_error_shape(moto).unwrap();
+        let fixed = std::str::from_utf8(&fixed).unwrap();
+        assert!(
+            fixed.contains("<ErrorResponse><Error><Code>AccessDenied</Code>"),
+            "{fixed}"
+        );
+        assert!(!fixed.contains("Errors"), "{fixed}");
+        let iam = b"<ErrorResponse><Error><Code>NoSuchEntity</Code></Error></ErrorResponse>";
+        assert!(super::iam_error_shape(iam).is_none());
+    }
 
     use super::*;
     use crate::moto::MotoServer;

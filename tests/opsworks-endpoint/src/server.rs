@@ -45,6 +45,8 @@ pub(crate) struct Shared {
     pub account_id: String,
     pub extra_parameters: BTreeMap<String, String>,
     pub reject_unknown: bool,
+    /// See [`Config::enforce_iam_policies`].
+    pub enforce_iam_policies: bool,
     pub max_body: usize,
     /// Reads of moto's `/moto-api/data.json` for keys' secrets (the [`Aws`] counts them).
     pub moto_state_reads: Arc<AtomicU64>,
@@ -89,6 +91,7 @@ impl Endpoint {
             account_id: config.account_id.clone(),
             extra_parameters: config.extra_provisioning_parameters.clone(),
             reject_unknown: config.reject_unknown_access_keys,
+            enforce_iam_policies: config.enforce_iam_policies,
             max_body: config.max_body_bytes,
             moto_state_reads: Arc::new(AtomicU64::new(0)),
         });
@@ -802,6 +805,25 @@ async fn process(
             .map_err(|e| ApiError::serialization(format!("The request body is not JSON: {e}")))?
     };
     model::check_input(op, &input)?;
+    if shared.enforce_iam_policies
+        && let Some(caller) = &caller
+        && !(service == Service::OpsWorks && op.name == "RegisterInstance")
+    {
+        authorize_iam_user(aws, caller, &qualified).await?;
+        // Tags given on creation are authorized as tagging too (as the README says AWS does).
+        let tagged = input
+            .get("Tags")
+            .and_then(Value::as_array)
+            .is_some_and(|t| !t.is_empty());
+        if service == Service::Ssm && op.name == "CreateActivation" && tagged {
+            authorize_iam_user(aws, caller, "ssm:AddTagsToResource").await?;
+        }
+        // Handing Systems Manager the activation's role is passing it (AWS checks
+        // `iam:PassRole` on the role, for `ssm.amazonaws.com`).
+        if service == Service::Ssm && op.name == "CreateActivation" {
+            authorize_iam_user(aws, caller, "iam:PassRole").await?;
+        }
+    }
     match service {
         Service::OpsWorks => {
             let Some(caller) = caller else {
@@ -812,6 +834,33 @@ async fn process(
             Ok(handled.output)
         }
         Service::Ssm => crate::ssm::dispatch(shared, aws, caller.as_ref(), op.name, input).await,
+    }
+}
+
+/// With [`Config::enforce_iam_policies`]: whether the policies of the IAM user owning the
+/// caller's key allow `action` (on `*`); callers that are not moto IAM users (the tests' static
+/// keys, agents) are not checked.
+async fn authorize_iam_user(aws: &Aws, caller: &Caller, action: &str) -> Result<(), ApiError> {
+    let KeyOwner::IamUser { user_name, .. } = &caller.owner else {
+        return Ok(());
+    };
+    let (user_arn, policies) = aws
+        .user_policies(user_name)
+        .await
+        .map_err(ApiError::internal)?;
+    let denied = |why: String| {
+        ApiError::access_denied(format!(
+            "User: {user_arn} is not authorized to perform: {action} on resource: * {why}"
+        ))
+    };
+    match crate::policy::evaluate(&policies, action, "*", std::time::SystemTime::now()) {
+        crate::policy::Outcome::Allowed(_) => Ok(()),
+        crate::policy::Outcome::Denied(source) => {
+            Err(denied(format!("with an explicit deny in {source}")))
+        }
+        crate::policy::Outcome::NotAllowed(_) => Err(denied(format!(
+            "because no identity-based policy allows the {action} action"
+        ))),
     }
 }
 

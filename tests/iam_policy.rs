@@ -1,0 +1,475 @@
+//! `charts/instance-registrar/iam-policy.json`, tested by enforcement: the controller signs as a
+//! moto IAM user holding that policy, moto authorizes its IAM and EC2 calls
+//! (`INITIAL_NO_AUTH_ACTION_COUNT` spent, see [`AwsEnv::enforcing_iam`]) and the endpoint its
+//! OpsWorks and Systems Manager calls, and three hosts (OpsWorks on-premises, OpsWorks EC2 with
+//! an IAM user, Systems Manager on-premises) are registered and their objects deleted. Then the
+//! same again once for each action, with that action taken out: some step must fail with
+//! `AccessDenied`, so no action of the policy is surplus.
+//!
+//! What is enforced is the policy's actions. moto authorizes IAM calls on the resource `*` (it
+//! names no user or group) and treats every `Condition` as unmet, and the endpoint evaluates
+//! actions only; so the user holds the policy as moto can evaluate it: every statement's
+//! `Resource` widened to `*` and its `Condition` dropped ([`as_enforced`]). The resources and
+//! conditions of the file are checked here only against the names the controller makes.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use instance_registrar::conditions::{reasons, types};
+use instance_registrar::opsworks::credentials::IAM_PATH;
+use instance_registrar::resource::InstanceRegistration;
+use kube::api::{Api, DeleteParams};
+use serde_json::Value;
+use support::ssh_hosts::{self, SshHost};
+use support::{
+    AwsEnv, ControlPlane, ControllerProcess, apply, ec2, namespace, on_premises, serving_stand_in,
+    ssh_key_secret, ssh_via,
+};
+
+const POLICY: &str = include_str!("../charts/instance-registrar/iam-policy.json");
+
+/// The permissions boundary the full run sets (a managed policy moto has).
+const BOUNDARY: &str = "arn:aws:iam::aws:policy/AWSOpsWorksInstanceRegistration";
+
+/// How long one step (a registration, a deletion) may take before the run is called stuck.
+const STEP_TIME: Duration = Duration::from_secs(90);
+
+/// The actions of the inline-policy path (the agent's user gets the inline policy
+/// `OpsWorks-Instance` where the managed one cannot be attached): their runs use a moto without
+/// the managed policy, where that path is the one taken.
+const INLINE_PATH: [&str; 3] = [
+    "iam:PutUserPolicy",
+    "iam:GetUserPolicy",
+    "iam:DeleteUserPolicy",
+];
+
+/// Actions AWS needs that nothing here can deny, and why; the test fails if one of them turns
+/// out to be denied after all (then it belongs in the table like the others).
+const NOT_ENFORCED_HERE: [(&str, &str); 1] = [(
+    "iam:TagUser",
+    "AWS authorizes CreateUser's tags as iam:TagUser; moto authorizes only CreateUser",
+)];
+
+/// The one action the controller calls only for a user that exists already (reading back the
+/// inline policy it put, before renewing it): its runs (and the whole policy's inline run) first
+/// run a controller that exits right after `iam:PutUserPolicy`, then the one that goes on.
+const AFTER_A_RESTART: &str = "iam:GetUserPolicy";
+
+/// The environment a run uses: `managed_policy` says whether moto has
+/// `AWSOpsWorksInstanceRegistration`.
+fn aws(managed_policy: bool) -> &'static AwsEnv {
+    let env = match managed_policy {
+        true => AwsEnv::enforcing_iam(),
+        false => AwsEnv::enforcing_iam_without_managed_policy(),
+    };
+    let aws = serving_stand_in(env, Duration::from_secs(2));
+    assert!(aws.opsworks.set_ssm_setup_run_time(Duration::from_secs(2)));
+    aws
+}
+
+fn statements(policy: &Value) -> Vec<Value> {
+    match &policy["Statement"] {
+        Value::Array(a) => a.clone(),
+        other => vec![other.clone()],
+    }
+}
+
+fn action_list(statement: &Value) -> Vec<String> {
+    match &statement["Action"] {
+        Value::String(s) => vec![s.clone()],
+        Value::Array(a) => a
+            .iter()
+            .filter_map(|v| v.as_str().map(str::to_owned))
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// Every action of the policy, in its order.
+fn actions(policy: &Value) -> Vec<String> {
+    statements(policy).iter().flat_map(action_list).collect()
+}
+
+/// `policy` as moto and the endpoint evaluate it (see the module docs), without `without`.
+fn as_enforced(policy: &Value, without: Option<&str>) -> Value {
+    let statements: Vec<Value> = statements(policy)
+        .iter()
+        .filter_map(|st| {
+            let kept: Vec<String> = action_list(st)
+                .into_iter()
+                .filter(|a| Some(a.as_str()) != without)
+                .collect();
+            (!kept.is_empty()).then(
+                || serde_json::json!({"Effect": st["Effect"], "Action": kept, "Resource": "*"}),
+            )
+        })
+        .collect();
+    serde_json::json!({"Version": "2012-10-17", "Statement": statements})
+}
+
+/// Where a run stopped: which object, in which phase, and the denied condition's message.
+#[derive(Debug)]
+struct Stop {
+    object: &'static str,
+    phase: &'static str,
+    /// `AccessDenied` on a condition (its type and message), or why it is something else.
+    what: String,
+    denied: bool,
+}
+
+impl std::fmt::Display for Stop {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}: {}", self.object, self.phase, self.what)
+    }
+}
+
+/// The first condition of `obj` with reason `AccessDenied`, or while it is deleted the first
+/// whose message says the controller was denied: (type, message).
+fn access_denied(obj: &InstanceRegistration) -> Option<(String, String)> {
+    let deleting = obj.metadata.deletion_timestamp.is_some();
+    obj.status.as_ref().and_then(|s| {
+        s.conditions
+            .iter()
+            .find(|c| {
+                c.reason == reasons::ACCESS_DENIED
+                    || (deleting && c.message.contains("is not authorized to perform"))
+            })
+            .map(|c| (c.r#type.clone(), c.message.clone()))
+    })
+}
+
+/// The action a denial message names (`... is not authorized to perform: <action> ...`).
+fn denied_action(message: &str) -> &str {
+    message
+        .split("is not authorized to perform: ")
+        .nth(1)
+        .and_then(|rest| rest.split([' ', ')']).next())
+        .unwrap_or("?")
+}
+
+fn ready(obj: &InstanceRegistration) -> bool {
+    support::condition(obj, types::READY)
+        .is_some_and(|(_, r, g)| r == reasons::SUCCEEDED && Some(g) == obj.metadata.generation)
+}
+
+/// Waits until `name` is ready (`deleting` false) or gone (`deleting` true), or a condition says
+/// `AccessDenied`, or [`STEP_TIME`] has passed.
+async fn step(
+    api: &Api<InstanceRegistration>,
+    object: &'static str,
+    deleting: bool,
+) -> Result<(), Stop> {
+    let phase = if deleting { "deletion" } else { "registration" };
+    let deadline = Instant::now() + STEP_TIME;
+    loop {
+        let obj = api.get_opt(object).await.ok().flatten();
+        match &obj {
+            None if deleting => return Ok(()),
+            Some(o) if !deleting && ready(o) => return Ok(()),
+            Some(o) => {
+                if let Some((type_, message)) = access_denied(o) {
+                    return Err(Stop {
+                        object,
+                        phase,
+                        what: format!(
+                            "{type_}: {} denied ({})",
+                            denied_action(&message),
+                            message.split(" (").next().unwrap_or_default()
+                        ),
+                        denied: true,
+                    });
+                }
+            }
+            None => {}
+        }
+        if Instant::now() > deadline {
+            return Err(Stop {
+                object,
+                phase,
+                what: format!(
+                    "neither done nor AccessDenied after {STEP_TIME:?}: {:?}",
+                    obj.and_then(|o| o.status)
+                ),
+                denied: false,
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// One registration and deletion of the three hosts, the controller holding `policy` (as
+/// enforced) without `without`; `label` names the run's namespace and controller user.
+async fn run(
+    label: &str,
+    without: Option<&str>,
+    managed_policy: bool,
+    controller_args: &[&str],
+) -> Result<(), Stop> {
+    let aws = aws(managed_policy);
+    let policy: Value = serde_json::from_str(POLICY).unwrap();
+    let iam = aws.iam();
+    let cp = ControlPlane::shared();
+    let client = cp.client().await;
+    let ns = namespace(&client, &format!("iam-{label}")).await;
+    let user = format!("{ns}-controller");
+    iam.create_user().user_name(&user).send().await.unwrap();
+    iam.put_user_policy()
+        .user_name(&user)
+        .policy_name("instance-registrar")
+        .policy_document(as_enforced(&policy, without).to_string())
+        .send()
+        .await
+        .unwrap();
+    let key = iam
+        .create_access_key()
+        .user_name(&user)
+        .send()
+        .await
+        .unwrap();
+    let key = key.access_key().unwrap();
+    let (_, public_key) = ssh_key_secret(&client, &ns, "key").await;
+    let stack = aws.create_stack(&ns, None).await;
+    let layer = aws
+        .opsworks_client()
+        .create_layer()
+        .stack_id(&stack)
+        .r#type(aws_sdk_opsworks::types::LayerType::Custom)
+        .name("db")
+        .shortname("db")
+        .send()
+        .await
+        .unwrap()
+        .layer_id()
+        .unwrap()
+        .to_owned();
+    let role = format!("{ns}-ssm");
+    aws.create_ssm_service_role(&role).await;
+    let hosts: Vec<SshHost> = ["ow", "ec2", "sm"]
+        .iter()
+        .map(|n| {
+            let host = SshHost::start(&format!("{ns}-{n}"));
+            host.authorize(&public_key);
+            host
+        })
+        .collect();
+    let (instance, _, _) = aws
+        .try_run_instance(hosts[1].name(), None, None)
+        .await
+        .unwrap();
+    hosts[1].set_identity(&instance, support::aws::REGION);
+    let credentials = [
+        ("AWS_ACCESS_KEY_ID", key.access_key_id()),
+        ("AWS_SECRET_ACCESS_KEY", key.secret_access_key()),
+    ];
+    let restart = !managed_policy && matches!(without, None | Some(AFTER_A_RESTART));
+    let mut crashing = restart.then(|| {
+        let mut env = credentials.to_vec();
+        env.push((instance_registrar::failpoint::VARIABLE, "iam:PutUserPolicy"));
+        ControllerProcess::start_with_env(cp, aws, &ns, controller_args, &env)
+    });
+    let address = hosts[0].address().to_string();
+    apply(
+        cp,
+        &(on_premises(
+            &ns,
+            "ow",
+            &stack,
+            &address,
+            &format!("{ns}-ow"),
+            "key",
+            &format!("  layerIds: [\"{layer}\"]\n"),
+        ) + &ssh_via(&hosts[0])),
+    );
+    apply(
+        cp,
+        &(ec2(&ns, "ec2", &stack, &instance, "key", "") + &ssh_via(&hosts[1])),
+    );
+    apply(
+        cp,
+        &format!(
+            "apiVersion: registrar.dev/v1alpha1
+kind: InstanceRegistration
+metadata:
+  name: sm
+  namespace: {ns}
+spec:
+  systemsManager:
+    serviceRole: {role}
+    defaultInstanceName: {ns}-sm
+    tags:
+      - key: team
+        value: platform
+  infrastructureClass: on-premises
+  target: {address}
+  ssh:
+    username: {user}
+    privateKeySecretRef:
+      name: key
+    port: {port}
+",
+            address = hosts[2].address(),
+            user = ssh_hosts::USER,
+            port = hosts[2].port(),
+        ),
+    );
+    if let Some(crashing) = &mut crashing {
+        let exited = crashing.wait_exit(Duration::from_secs(45));
+        assert_eq!(
+            exited,
+            Some(137),
+            "{label}: the crash point after iam:PutUserPolicy"
+        );
+    }
+    let mut controller =
+        ControllerProcess::start_with_env(cp, aws, &ns, controller_args, &credentials);
+    let api: Api<InstanceRegistration> = Api::namespaced(client, &ns);
+    let objects = ["ow", "ec2", "sm"];
+    let result: Result<(), Stop> = async {
+        for o in objects {
+            step(&api, o, false).await?;
+        }
+        if without.is_none() {
+            check_users(aws, &ns).await;
+        }
+        for o in objects {
+            api.delete(o, &DeleteParams::default()).await.unwrap();
+        }
+        for o in objects {
+            step(&api, o, true).await?;
+        }
+        // A denial the controller got around (e.g. the inline policy where attaching the
+        // managed one was denied), as the proxy in front of moto recorded it.
+        if let Some(action) = without
+            && let Some((service, operation)) = action.split_once(':')
+            && let Some(call) = aws.proxy.as_ref().unwrap().calls().iter().find(|c| {
+                c.service == service
+                    && c.action == operation
+                    && c.access_key_id.as_deref() == Some(key.access_key_id())
+                    && c.error_code.as_deref() == Some("AccessDenied")
+            })
+        {
+            return Err(Stop {
+                object: "-",
+                phase: "any",
+                what: format!(
+                    "no step failed, but {action} was denied ({} {}) and worked around",
+                    call.status,
+                    call.error_code.as_deref().unwrap_or_default()
+                ),
+                denied: true,
+            });
+        }
+        Ok(())
+    }
+    .await;
+    if let Err(stop) = &result
+        && !stop.denied
+    {
+        eprintln!(
+            "{label}: controller log tail:\n{}",
+            support::strip_ansi(&controller.logs())
+                .lines()
+                .rev()
+                .take(30)
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+    }
+    controller.kill();
+    result
+}
+
+/// The IAM users the controller made for `ns`'s hosts are under the path and named as the
+/// policy's resources say. (Whether they carry `--iam-permissions-boundary` cannot be read back:
+/// moto 5 drops `PermissionsBoundary` on `CreateUser`.)
+async fn check_users(aws: &AwsEnv, ns: &str) {
+    let users = aws.iam_users(ns).await;
+    assert_eq!(users.len(), 2, "one IAM user per OpsWorks host: {users:?}");
+    for (name, _) in users {
+        assert!(name.starts_with("OpsWorks-"), "{name}");
+        let user = aws.iam().get_user().user_name(&name).send().await.unwrap();
+        assert_eq!(user.user().unwrap().path(), IAM_PATH);
+    }
+}
+
+#[tokio::test]
+async fn the_iam_policy_is_enough_to_register_and_delete_and_every_action_in_it_is_needed() {
+    let started = Instant::now();
+    let policy: Value = serde_json::from_str(POLICY).unwrap();
+
+    // The resources name what the controller makes: its groups and users under the path.
+    let text = policy.to_string();
+    assert!(
+        text.contains(&format!("group{IAM_PATH}OpsWorks-*")),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("user{IAM_PATH}OpsWorks-*")),
+        "{text}"
+    );
+
+    for managed_policy in [true, false] {
+        let label = if managed_policy {
+            "full"
+        } else {
+            "full-inline"
+        };
+        if let Err(stop) = run(
+            label,
+            None,
+            managed_policy,
+            &["--iam-permissions-boundary", BOUNDARY],
+        )
+        .await
+        {
+            panic!("with the whole policy ({label}): {stop}");
+        }
+    }
+    eprintln!("the whole policy: passed in {:?}", started.elapsed());
+
+    let actions = actions(&policy);
+    let results: Vec<(String, Result<(), Stop>)> =
+        futures::stream::iter(actions.iter().enumerate().map(|(i, action)| async move {
+            let label = format!("w{i:02}");
+            let managed_policy = !INLINE_PATH.contains(&action.as_str());
+            (
+                action.clone(),
+                run(&label, Some(action), managed_policy, &[]).await,
+            )
+        }))
+        .buffered(6)
+        .collect()
+        .await;
+
+    let mut table = format!("{:<45} | the step that failed without it\n", "action");
+    table.push_str(&format!("{}-|-{}\n", "-".repeat(45), "-".repeat(60)));
+    let mut surplus = Vec::new();
+    for (action, result) in &results {
+        let unenforced = NOT_ENFORCED_HERE.iter().find(|(a, _)| a == action);
+        let cell = match (result, unenforced) {
+            (Err(stop), None) if stop.denied => stop.to_string(),
+            (Ok(()), Some((_, why))) => format!("not shown here: {why}"),
+            (Ok(()), None) => {
+                surplus.push(action.clone());
+                "nothing failed".to_owned()
+            }
+            (Err(stop), _) => {
+                surplus.push(action.clone());
+                format!("(unexpected) {stop}")
+            }
+        };
+        table.push_str(&format!("{action:<45} | {cell}\n"));
+    }
+    eprintln!(
+        "{} actions; one removed at a time:\n{table}\nin {:?}",
+        actions.len(),
+        started.elapsed()
+    );
+    assert!(
+        surplus.is_empty(),
+        "actions nothing was denied without, or runs that did not end as expected: \
+         {surplus:?}\n{table}"
+    );
+}
