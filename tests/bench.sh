@@ -13,7 +13,11 @@
 #   --steady N[,N...]         objects in the steady-state runs (default 1000,5000)
 #   --cli-parallel P          CLI processes at a time in the parallel CLI runs (default 16)
 #   --cli-sequential-hosts N  hosts in a sequential CLI run (default all; fewer is scaled up)
-#   --skip LIST               any of throughput,cli,steady,latency
+#   --fleet N                 hosts in the fleet run (default 500; one sshd each, all applied
+#                             at once, the controller's --ssh-concurrency N)
+#   --fleet-run-time SECONDS  the installer stand-in's run time in the fleet run (default 30;
+#                             the other runs keep --run-time)
+#   --skip LIST               any of throughput,cli,steady,latency,fleet
 #
 # As root on a fresh Debian machine with Rust, Go and Python, as for the tests. The AWS CLI
 # (PyPI awscli==1.32.0, the last series with `opsworks register`) goes into a venv under

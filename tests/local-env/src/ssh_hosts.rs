@@ -10,7 +10,10 @@
 //! that the install lock the controller's script takes there is one host's, as on real hosts;
 //! and another at [`AMAZON_DIR`], where the SSM agent keeps its registration
 //! (`/var/lib/amazon/ssm/registration`), so that each host has its own, where the real agent
-//! keeps it.
+//! keeps it. Its `/etc/hosts` is its own too: the machine's, and a line naming the host's own
+//! hostname at its address, as a Debian host has one. sudo (built `--with-fqdn` on Debian)
+//! looks the hostname up on every run: without that line each sudo of a session asked the
+//! machine's DNS server, off loopback, and a fleet's sudos waited seconds on it.
 //!
 //! [`TTY_USER`] may log in too: the same keys, but sudo runs for it only from a terminal
 //! (`requiretty`).
@@ -99,9 +102,11 @@ struct Running {
 }
 
 impl SshHost {
-    /// Starts a host on a fresh 127.0.0.x address and a free port, with a new ed25519 host key,
+    /// Starts a host on a 127.0.0.x address and a port free on it, with a new ed25519 host key,
     /// no authorized keys, and a host directory holding `hostname` ("test-<name>", sanitised)
-    /// and `local-ipv4`. Returns once sshd accepts connections.
+    /// and `local-ipv4`. Returns once sshd accepts connections. The process's first 253 hosts
+    /// each have an address of their own; later ones share one with an earlier host (on another
+    /// port), so address and port together tell hosts apart.
     pub fn start(name: &str) -> SshHost {
         SshHost::start_with(name, false)
     }
@@ -160,6 +165,22 @@ impl SshHost {
         host.new_host_key();
         host.write_file("hostname", &format!("{label}\n"));
         host.write_file("local-ipv4", &format!("{address}\n"));
+        // The host's /etc/hosts: the machine's, and the host's own name.
+        let machine_hosts = std::fs::read_to_string("/etc/hosts").unwrap_or_default();
+        let hosts_file = host.files.path().join("etc-hosts");
+        std::fs::write(
+            &hosts_file,
+            format!(
+                "{machine_hosts}{}{address}\t{label}\n",
+                if machine_hosts.is_empty() || machine_hosts.ends_with('\n') {
+                    ""
+                } else {
+                    "\n"
+                }
+            ),
+        )
+        .unwrap();
+        set_mode(&hosts_file, 0o644);
 
         // Another test binary may take the port between probing and sshd binding it: try again
         // with another port then.
@@ -522,7 +543,7 @@ impl SshHost {
             ])
             .arg(format!(
                 "mount --bind \"$1\" {HOST_DIR_MOUNT} && mount --bind \"$3\" {LOCK_DIR} && \
-                 mount --bind \"$5\" {AMAZON_DIR} && \
+                 mount --bind \"$5\" {AMAZON_DIR} && mount --bind \"$6\" /etc/hosts && \
                  printf '%s' \"$4\" >/proc/sys/kernel/hostname && exec {SSHD} -D -e -f \"$2\""
             ))
             .arg("sh")
@@ -530,7 +551,8 @@ impl SshHost {
             .arg(&config)
             .arg(self.files.path().join("lock"))
             .arg(host_label(&self.name))
-            .arg(self.files.path().join("amazon"));
+            .arg(self.files.path().join("amazon"))
+            .arg(self.files.path().join("etc-hosts"));
         let mut child = spawn_kept(command, &log)?;
         let listening = format!("Server listening on {} port {}.", self.address, self.port);
         let deadline = Instant::now() + Duration::from_secs(15);
@@ -729,16 +751,14 @@ pub fn check_tty_user() {
     }
 }
 
-/// A 127.0.0.x address not used before by this process (x in 2..=254; test binaries running at
-/// the same time may share an address, each on its own port).
+/// A 127.0.0.x address (x in 2..=254) for the process's next host: each of its first 253 hosts
+/// gets one no earlier host of the process had; later hosts (a benchmark's fleet) take them
+/// again in the same order, so an address is then shared with earlier hosts, each sshd on its
+/// own port (test binaries running at the same time may share an address the same way).
 fn next_address() -> Ipv4Addr {
     static NEXT: OnceLock<AtomicU32> = OnceLock::new();
     let next = NEXT.get_or_init(|| AtomicU32::new(std::process::id() % 253));
     let n = next.fetch_add(1, Ordering::SeqCst);
-    assert!(
-        n < std::process::id() % 253 + 253,
-        "more than 253 test SSH hosts in one test binary"
-    );
     Ipv4Addr::new(127, 0, 0, 2 + (n % 253) as u8)
 }
 

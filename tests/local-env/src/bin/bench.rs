@@ -12,7 +12,18 @@
 //! 3. steady state: `--steady` objects already registered, the controller restarted: time until
 //!    every object is re-verified, AWS calls, SSH sessions, peak RSS and CPU seconds;
 //! 4. latency: one object, apply to Ready, minus the installer's run time; directly and through
-//!    one jump host (`ssh.jumpHosts`), runs alternating.
+//!    one jump host (`ssh.jumpHosts`), runs alternating;
+//! 5. fleet (one run, last): `--fleet` EC2 hosts (their own sshd each; beyond the process's first
+//!    253 hosts, sshds share addresses, each on its own port) created at once for a controller
+//!    started with `--ssh-concurrency` `--fleet` (`--concurrency` its default), the installer
+//!    taking `--fleet-run-time` (the other sections keep `--run-time`): time from apply to all
+//!    Ready; the time to delete two unrelated objects of the namespace (blocked on a missing
+//!    Secret, with the finalizer; one `deletionPolicy: Retain`, which makes no AWS call, one
+//!    `Deregister`) once half the fleet has started installing, which the reconcile workers
+//!    serve while the installs outnumber them; status and object writes per registration (from
+//!    the API server's audit log); SSH sessions and AWS calls per registration; the controller's
+//!    peak RSS and CPU seconds. The namespace's Events and objects are saved next to the
+//!    controller's log, and the Events summed up on standard error.
 //!
 //! Only loopback addresses are used: every endpoint is on 127.0.0.1, every `ssh.address` and
 //! every `--override-ssh` target is a 127.x address (checked before anything runs).
@@ -26,7 +37,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use kube::api::{Api, DynamicObject, ListParams};
+use futures::StreamExt as _;
+use kube::api::{
+    Api, DeleteParams, DynamicObject, ListParams, PostParams, WatchEvent, WatchParams,
+};
 use kube::core::{ApiResource, GroupVersionKind};
 use opsworks_endpoint::standin::StandIn;
 use opsworks_endpoint::{AgentInstaller, CallSummary};
@@ -50,12 +64,16 @@ struct Args {
     cli_sequential_hosts: Option<usize>,
     aws_cli: Option<PathBuf>,
     skip: Vec<String>,
+    /// Hosts in the fleet run.
+    fleet: usize,
+    /// The installer stand-in's run time in the fleet run.
+    fleet_run_time: Duration,
 }
 
 fn usage() -> &'static str {
     "usage: bench [--hosts N] [--run-time SECONDS] [--runs R] [--steady N[,N...]] \
      [--cli-parallel P] [--cli-sequential-hosts N] [--aws-cli PATH] \
-     [--skip throughput,cli,steady,latency]"
+     [--fleet N] [--fleet-run-time SECONDS] [--skip throughput,cli,steady,latency,fleet]"
 }
 
 fn parse_args() -> R<Args> {
@@ -68,6 +86,8 @@ fn parse_args() -> R<Args> {
         cli_sequential_hosts: None,
         aws_cli: std::env::var_os("AWS_CLI_V1").map(PathBuf::from),
         skip: Vec::new(),
+        fleet: 500,
+        fleet_run_time: Duration::from_secs(30),
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -79,13 +99,18 @@ fn parse_args() -> R<Args> {
             .next()
             .ok_or_else(|| format!("{flag} needs a value\n{}", usage()))?;
         let num = |v: &str| v.parse::<usize>().map_err(|e| format!("{flag} {v}: {e}"));
+        let secs = |v: &str| {
+            v.parse::<f64>()
+                .ok()
+                .filter(|s| s.is_finite() && *s >= 0.0)
+                .map(Duration::from_secs_f64)
+                .ok_or_else(|| format!("{flag} {v}: not a number of seconds"))
+        };
         match flag.as_str() {
             "--hosts" => a.hosts = num(&value)?,
-            "--run-time" => {
-                a.run_time = Duration::from_secs_f64(
-                    value.parse::<f64>().map_err(|e| format!("{flag}: {e}"))?,
-                )
-            }
+            "--run-time" => a.run_time = secs(&value)?,
+            "--fleet" => a.fleet = num(&value)?,
+            "--fleet-run-time" => a.fleet_run_time = secs(&value)?,
             "--runs" => a.runs = num(&value)?.max(1),
             "--steady" => {
                 a.steady = value
@@ -103,6 +128,10 @@ fn parse_args() -> R<Args> {
     }
     if a.hosts == 0 || a.hosts > 200 {
         return Err("--hosts must be 1..=200".into());
+    }
+    // The controller's --ssh-concurrency, which the fleet run sets to it, goes up to 1024.
+    if a.fleet == 0 || a.fleet > 1024 {
+        return Err("--fleet must be 1..=1024".into());
     }
     Ok(a)
 }
@@ -268,11 +297,18 @@ impl Env {
     }
 
     fn start_controller(&self, ns: &str, tag: &str) -> R<Controller> {
+        self.start_controller_with(ns, tag, &[])
+    }
+
+    /// A controller watching `ns`, with `flags` added to its command line; logs to
+    /// `controller-<tag>.log`.
+    fn start_controller_with(&self, ns: &str, tag: &str, flags: &[&str]) -> R<Controller> {
         let metrics_port = free_port()?;
         let probe_port = free_port()?;
         let mut command = Command::new(&self.controller_bin);
         command
             .args(["run", "--watch-namespace", ns])
+            .args(flags)
             .args(["--metrics-address", &format!("127.0.0.1:{metrics_port}")])
             .args(["--probe-address", &format!("127.0.0.1:{probe_port}")])
             .env("KUBECONFIG", &self.cp.kubeconfig)
@@ -301,28 +337,21 @@ impl Env {
 
     /// (objects, Ready with observedGeneration current) in `ns`.
     async fn ready_count(&self, ns: &str) -> R<(usize, usize)> {
-        let gvk = GroupVersionKind::gvk("registrar.dev", "v1alpha1", "InstanceRegistration");
-        let ar = ApiResource::from_gvk(&gvk);
-        let api: Api<DynamicObject> = Api::namespaced_with(self.client.clone(), ns, &ar);
-        let list = api
+        let list = self
+            .registrations(ns)
             .list(&ListParams::default())
             .await
             .map_err(|e| format!("listing: {e}"))?;
         let total = list.items.len();
-        let ready = list
-            .items
-            .iter()
-            .filter(|o| {
-                let status = &o.data["status"];
-                let generation = o.metadata.generation.unwrap_or(-1);
-                status["observedGeneration"].as_i64() == Some(generation)
-                    && status["conditions"].as_array().is_some_and(|cs| {
-                        cs.iter()
-                            .any(|c| c["type"] == "Ready" && c["status"] == "True")
-                    })
-            })
-            .count();
+        let ready = list.items.iter().filter(|o| is_ready(o)).count();
         Ok((total, ready))
+    }
+
+    /// The InstanceRegistrations of `ns`.
+    fn registrations(&self, ns: &str) -> Api<DynamicObject> {
+        let gvk = GroupVersionKind::gvk("registrar.dev", "v1alpha1", "InstanceRegistration");
+        let ar = ApiResource::from_gvk(&gvk);
+        Api::namespaced_with(self.client.clone(), ns, &ar)
     }
 
     /// Waits until all `n` objects of `ns` are Ready (and `extra` holds); the time it took.
@@ -360,21 +389,35 @@ impl Env {
         }
     }
 
-    /// A fresh stack and one fresh EC2 record per host (the hosts' identities set to them).
+    /// A fresh stack and one fresh EC2 record for each of the first `hosts` hosts (their
+    /// identities set to them).
     async fn fresh_stack(&self, name: &str, hosts: usize) -> (String, Vec<String>) {
+        self.fresh_stack_on(name, &self.hosts[..hosts.min(self.hosts.len())])
+            .await
+    }
+
+    /// A fresh stack and one fresh EC2 record per host of `hosts` (their identities set to
+    /// them).
+    async fn fresh_stack_on(&self, name: &str, hosts: &[SshHost]) -> (String, Vec<String>) {
         // In a VPC: the CLI looks for instances outside any VPC for a stack without one, and
         // moto puts every instance in its default VPC.
         let k = self.next() % 250;
         let (vpc, subnet) = self.aws.create_vpc(&format!("10.{k}.0.0/16")).await;
         let stack = self.aws.create_stack(name, Some(&vpc)).await;
         let mut ids = Vec::new();
-        for (i, host) in self.hosts.iter().take(hosts).enumerate() {
+        for (i, host) in hosts.iter().enumerate() {
             let (id, _, _) = self
                 .aws
                 .run_instance(&format!("{name}-h{i}"), Some(&subnet))
                 .await;
             host.set_identity(&id, REGION);
             ids.push(id);
+            if hosts.len() > 100 && (i + 1).is_multiple_of(100) {
+                say(
+                    self.start,
+                    &format!("{name}: {} of {} EC2 records made", i + 1, hosts.len()),
+                );
+            }
         }
         (stack, ids)
     }
@@ -708,6 +751,744 @@ impl Env {
         let (secs, _) = self.controller_run(1, jump).await?;
         Ok(secs - self.run_time.as_secs_f64())
     }
+}
+
+/// The fleet run's unrelated objects, by name, and their deletion policies: they stay blocked
+/// (their Secret does not exist). Deleting the Deregister one makes IAM calls (the 20 names its
+/// IAM user could have, looked up: it never recorded one); the Retain one makes none, so its
+/// time is the reconcile workers' alone.
+const UNRELATED: [(&str, &str); 2] = [
+    ("unrelated-retain", "Retain"),
+    ("unrelated-deregister", "Deregister"),
+];
+/// What the unrelated objects' names start with.
+const UNRELATED_PREFIX: &str = "unrelated-";
+
+/// What the fleet run measured (section 5).
+struct Fleet {
+    n: usize,
+    run_time: f64,
+    /// Seconds to start the fleet's sshds.
+    hosts_secs: f64,
+    /// Seconds creating the fleet's objects took (inside `ready_secs`).
+    apply_secs: f64,
+    /// Seconds from apply to all Ready; `None` when not all were Ready by the time limit.
+    ready_secs: Option<f64>,
+    /// Seconds from apply to the first, and to half the fleet, Ready.
+    first_ready_secs: Option<f64>,
+    half_ready_secs: Option<f64>,
+    /// Seconds from apply to every object having started installing (`None`: not all did).
+    all_installing_secs: Option<f64>,
+    /// Ready when the run ended.
+    ready: usize,
+    /// Seconds the wave ran until the run ended (all Ready or the limit).
+    waited_secs: f64,
+    deletion: Deletion,
+    /// Status subresource writes (patch, update) of the fleet's objects, object writes, and
+    /// writes of either kind refused with 409 Conflict, from the audit log.
+    status_writes: usize,
+    object_writes: usize,
+    conflicts: usize,
+    /// SSH sessions (all ended ones) and those that did not succeed, from the controller.
+    ssh_sessions: f64,
+    ssh_unsucceeded: f64,
+    /// The most SSH sessions open at once, sampled every 500 ms.
+    peak_in_flight: f64,
+    /// Reconciles that did not end Ready, by reason (the controller's metric).
+    failures: BTreeMap<String, f64>,
+    rss_mib: f64,
+    cpu_secs: f64,
+    calls: CallSummary,
+}
+
+/// The unrelated objects' deletion during the wave.
+struct Deletion {
+    /// Seconds from the delete to each object gone (GET 404), in [`UNRELATED`]'s order.
+    secs: Vec<f64>,
+    /// Fleet objects that had started installing, and were Ready, when they were deleted.
+    installing: usize,
+    ready: usize,
+    /// Fleet objects Ready when both were gone.
+    ready_after: usize,
+    /// SSH sessions open when they were deleted.
+    in_flight: f64,
+}
+
+/// The fleet's objects as a watch sees them.
+#[derive(Default)]
+struct Wave {
+    /// Objects that started installing (status.installStartedAt set or phase Installing), and
+    /// when that was first seen.
+    installing: std::collections::HashMap<String, Instant>,
+    /// Objects Ready now.
+    ready: std::collections::HashSet<String>,
+    /// When each object was first seen Ready.
+    first_ready: std::collections::HashMap<String, Instant>,
+    /// When half the fleet had started installing, and when all of it was Ready.
+    half_installing: Option<Instant>,
+    all_ready: Option<Instant>,
+}
+
+impl Wave {
+    /// Takes in a copy of an object: the fleet's are named `<prefix><i>`.
+    fn observe(&mut self, o: &DynamicObject, prefix: &str, n: usize) {
+        let Some(name) = o.metadata.name.as_deref().filter(|n| n.starts_with(prefix)) else {
+            return;
+        };
+        let status = &o.data["status"];
+        let now = Instant::now();
+        if !status["installStartedAt"].is_null() || status["phase"] == "Installing" {
+            self.installing.entry(name.to_owned()).or_insert(now);
+        }
+        if is_ready(o) {
+            self.ready.insert(name.to_owned());
+            self.first_ready.entry(name.to_owned()).or_insert(now);
+        } else {
+            self.ready.remove(name);
+        }
+        if self.half_installing.is_none() && self.installing.len() >= n.div_ceil(2) {
+            self.half_installing = Some(now);
+        }
+        if self.all_ready.is_none() && self.ready.len() >= n {
+            self.all_ready = Some(now);
+        }
+    }
+
+    /// Seconds from `t0` to the `k`-th (from 1) of `times`, in order; `None` when fewer.
+    fn kth(
+        times: &std::collections::HashMap<String, Instant>,
+        k: usize,
+        t0: Instant,
+    ) -> Option<f64> {
+        let mut v: Vec<Instant> = times.values().copied().collect();
+        v.sort();
+        v.get(k.checked_sub(1)?)
+            .map(|at| at.saturating_duration_since(t0).as_secs_f64())
+    }
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Follows the objects of `api` into `wave` (a list, then a watch from its version; listed again
+/// when the watch fails) until all `n` of the fleet are Ready. Exact times, at the cost of one
+/// event per write, where listing 500 objects every 50 ms would cost the API server (on the
+/// controller's cores) far more.
+async fn follow_wave(
+    api: Api<DynamicObject>,
+    prefix: String,
+    n: usize,
+    wave: Arc<std::sync::Mutex<Wave>>,
+) {
+    loop {
+        let list = match api.list(&ListParams::default()).await {
+            Ok(list) => list,
+            Err(_) => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        {
+            let mut w = lock(&wave);
+            list.items.iter().for_each(|o| w.observe(o, &prefix, n));
+            if w.all_ready.is_some() {
+                return;
+            }
+        }
+        let mut version = list.metadata.resource_version.unwrap_or_default();
+        'watch: loop {
+            let Ok(stream) = api
+                .watch(&WatchParams::default().timeout(60), &version)
+                .await
+            else {
+                break 'watch;
+            };
+            let mut stream = std::pin::pin!(stream);
+            while let Some(event) = stream.next().await {
+                match event {
+                    Ok(WatchEvent::Added(o)) | Ok(WatchEvent::Modified(o)) => {
+                        if let Some(v) = &o.metadata.resource_version {
+                            version = v.clone();
+                        }
+                        let mut w = lock(&wave);
+                        w.observe(&o, &prefix, n);
+                        if w.all_ready.is_some() {
+                            return;
+                        }
+                    }
+                    Ok(WatchEvent::Bookmark(b)) => version = b.metadata.resource_version,
+                    Ok(WatchEvent::Deleted(_)) => {}
+                    // Too old a version, or a broken stream: list again.
+                    Ok(WatchEvent::Error(_)) | Err(_) => break 'watch,
+                }
+            }
+        }
+    }
+}
+
+/// The fleet's objects: EC2 instance `ids[i]` on `hosts[i]`, named `<prefix>-<i>`.
+fn fleet_objects(
+    stack: &str,
+    ids: &[String],
+    prefix: &str,
+    hosts: &[SshHost],
+) -> R<Vec<serde_json::Value>> {
+    ids.iter()
+        .zip(hosts)
+        .enumerate()
+        .map(|(i, (id, host))| {
+            check_loopback(host.address())?;
+            Ok(serde_json::json!({
+                "apiVersion": "registrar.dev/v1alpha1",
+                "kind": "InstanceRegistration",
+                "metadata": {"name": format!("{prefix}-{i}")},
+                "spec": {
+                    "stackId": stack,
+                    "infrastructureClass": "ec2",
+                    "target": id,
+                    "hostname": format!("{prefix}-{i}"),
+                    "ssh": {
+                        "username": ssh_hosts::USER,
+                        "privateKeySecretRef": {"name": SECRET},
+                        "address": host.address().to_string(),
+                        "port": host.port(),
+                    },
+                },
+            }))
+        })
+        .collect()
+}
+
+/// Starts `n` SSH hosts that accept `public_key`, four at a time, saying how far it got.
+fn start_fleet_hosts(n: usize, public_key: &str, start: Instant) -> R<Vec<SshHost>> {
+    let next = AtomicUsize::new(0);
+    let done = AtomicUsize::new(0);
+    let slots: Vec<std::sync::Mutex<Option<SshHost>>> =
+        (0..n).map(|_| std::sync::Mutex::new(None)).collect();
+    std::thread::scope(|scope| {
+        for _ in 0..4 {
+            scope.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, Ordering::SeqCst);
+                    if i >= n {
+                        return;
+                    }
+                    let host = SshHost::start(&format!("fleet-{i}"));
+                    host.authorize(public_key);
+                    *lock(&slots[i]) = Some(host);
+                    let d = done.fetch_add(1, Ordering::SeqCst) + 1;
+                    if d.is_multiple_of(50) || d == n {
+                        say(start, &format!("fleet: {d} of {n} SSH hosts up"));
+                    }
+                }
+            });
+        }
+    });
+    let hosts: Vec<SshHost> = slots
+        .into_iter()
+        .map(|slot| {
+            slot.into_inner()
+                .unwrap_or_else(|e| e.into_inner())
+                .ok_or("a fleet host did not start")
+        })
+        .collect::<Result<_, _>>()?;
+    for h in &hosts {
+        check_loopback(h.address())?;
+    }
+    Ok(hosts)
+}
+
+/// Samples the controller's open SSH sessions every 500 ms until told to stop; the peak.
+fn sample_in_flight(metrics_port: u16, stop: Arc<std::sync::atomic::AtomicBool>) -> f64 {
+    let mut peak: f64 = 0.0;
+    while !stop.load(Ordering::SeqCst) {
+        if let Some(text) = http_get(metrics_port, "/metrics") {
+            peak = peak.max(metric_sum(&text, "registrar_ssh_sessions_in_flight"));
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    peak
+}
+
+/// The samples of metric `name` by the value of `label`.
+fn metric_by_label(text: &str, name: &str, label: &str) -> BTreeMap<String, f64> {
+    let mut out = BTreeMap::new();
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let Some(rest) = line.strip_prefix(name).and_then(|r| r.strip_prefix('{')) else {
+            continue;
+        };
+        let Some((labels, value)) = rest.rsplit_once("} ") else {
+            continue;
+        };
+        let Ok(value) = value.trim().parse::<f64>() else {
+            continue;
+        };
+        let key = labels
+            .split(',')
+            .find_map(|kv| kv.strip_prefix(&format!("{label}=")))
+            .map(|v| v.trim_matches('"').to_owned())
+            .unwrap_or_default();
+        *out.entry(key).or_default() += value;
+    }
+    out
+}
+
+impl Env {
+    /// Writes (patch, update) to the InstanceRegistrations of `ns` whose names do not start with
+    /// `except`, from the audit log: (to the status subresource, to the object, refused with
+    /// 409 Conflict).
+    fn writes_except(&self, ns: &str, except: &str) -> (usize, usize, usize) {
+        let text = std::fs::read_to_string(&self.cp.audit_log).unwrap_or_default();
+        let (mut status, mut object, mut conflicts) = (0, 0, 0);
+        for e in text
+            .lines()
+            .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        {
+            let r = &e["objectRef"];
+            if e["stage"] != "ResponseComplete"
+                || !(e["verb"] == "patch" || e["verb"] == "update")
+                || r["namespace"] != ns
+                || r["resource"] != "instanceregistrations"
+                || r["name"].as_str().is_some_and(|n| n.starts_with(except))
+            {
+                continue;
+            }
+            match r["subresource"].as_str() {
+                Some("status") => status += 1,
+                Some(_) => continue,
+                None => object += 1,
+            }
+            if e["responseStatus"]["code"] == 409 {
+                conflicts += 1;
+            }
+        }
+        (status, object, conflicts)
+    }
+
+    /// The fleet run: `n` hosts started for it, the installer taking `run_time`; see
+    /// [`Env::fleet_wave`].
+    async fn fleet(&self, n: usize, run_time: Duration) -> R<Fleet> {
+        let public_key = std::fs::read_to_string(self.key_path.with_extension("pub"))
+            .map_err(|e| format!("reading the public key: {e}"))?;
+        say(
+            self.start,
+            &format!("fleet: starting {n} SSH hosts (sshd each)"),
+        );
+        let t = Instant::now();
+        let hosts = start_fleet_hosts(n, public_key.trim(), self.start)?;
+        let hosts_secs = t.elapsed().as_secs_f64();
+        self.aws
+            .opsworks
+            .set_agent_installer(AgentInstaller::StandIn(StandIn::built().run_time(run_time)));
+        let result = self.fleet_wave(&hosts, run_time).await;
+        // The other sections' installer again.
+        self.aws
+            .opsworks
+            .set_agent_installer(AgentInstaller::StandIn(
+                StandIn::built().run_time(self.run_time),
+            ));
+        say(self.start, "fleet: stopping the SSH hosts");
+        drop(hosts);
+        let mut fleet = result?;
+        fleet.hosts_secs = hosts_secs;
+        Ok(fleet)
+    }
+
+    /// The fleet's wave on `hosts`: a fresh stack with one EC2 record per host, a namespace
+    /// holding unrelated objects blocked on a missing Secret, a controller with
+    /// `--ssh-concurrency` the fleet's size; the fleet's objects created at once, and once half
+    /// of them started installing, the unrelated objects deleted. What the controller said
+    /// (Events, the objects) goes to files next to its log.
+    async fn fleet_wave(&self, hosts: &[SshHost], run_time: Duration) -> R<Fleet> {
+        let n = hosts.len();
+        let name = format!("fleet{}", self.next());
+        let (stack, ids) = self.fresh_stack_on(&name, hosts).await;
+        self.namespace(&name)?;
+        let objects = fleet_objects(&stack, &ids, &name, hosts)?;
+        // For the record (`kubectl apply -f` takes it too).
+        let list = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": objects});
+        std::fs::write(
+            self.dir.join(format!("{name}.json")),
+            serde_json::to_string_pretty(&list).unwrap_or_default(),
+        )
+        .map_err(|e| e.to_string())?;
+        let api = self.registrations(&name);
+        let controller =
+            self.start_controller_with(&name, &name, &["--ssh-concurrency", &n.to_string()])?;
+        let result = self
+            .fleet_measure(&name, &stack, objects, &api, &controller, run_time)
+            .await;
+        self.fleet_record(&name);
+        controller.stop();
+        result
+    }
+
+    /// Writes the Events and objects of `ns` next to the controller's log, and says which
+    /// Events (reason, count, one message) the controller published for the fleet.
+    fn fleet_record(&self, ns: &str) {
+        for (what, file) in [("events", "events"), ("instanceregistrations", "objects")] {
+            if let Ok(json) = self.kubectl(&["-n", ns, "get", what, "-o", "json"]) {
+                let _ = std::fs::write(self.dir.join(format!("{ns}-{file}.json")), &json);
+            }
+        }
+        let Ok(events) = std::fs::read_to_string(self.dir.join(format!("{ns}-events.json"))) else {
+            return;
+        };
+        let events: serde_json::Value = serde_json::from_str(&events).unwrap_or_default();
+        let mut by_reason = BTreeMap::<(String, String), (u64, String)>::new();
+        for e in events["items"].as_array().into_iter().flatten() {
+            let key = (
+                e["type"].as_str().unwrap_or_default().to_owned(),
+                e["reason"].as_str().unwrap_or_default().to_owned(),
+            );
+            let entry = by_reason.entry(key).or_default();
+            entry.0 += e["count"].as_u64().unwrap_or(1);
+            if entry.1.is_empty() {
+                entry.1 = e["message"].as_str().unwrap_or_default().to_owned();
+            }
+        }
+        for ((kind, reason), (count, message)) in by_reason {
+            // One line; the end of a long message (an installer's output tail) says most.
+            let line: Vec<&str> = message
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .collect();
+            let line = line.join(" | ");
+            let start = line
+                .char_indices()
+                .rev()
+                .nth(599)
+                .map(|(i, _)| i)
+                .unwrap_or(0);
+            let cut = if start > 0 { "…" } else { "" };
+            say(
+                self.start,
+                &format!(
+                    "fleet: Events {kind} {reason} x{count}, e.g.: {cut}{}",
+                    &line[start..]
+                ),
+            );
+        }
+    }
+
+    /// The measurements of [`Env::fleet_wave`], `objects` the fleet's, with `controller`
+    /// running.
+    async fn fleet_measure(
+        &self,
+        ns: &str,
+        stack: &str,
+        objects: Vec<serde_json::Value>,
+        api: &Api<DynamicObject>,
+        controller: &Controller,
+        run_time: Duration,
+    ) -> R<Fleet> {
+        let n = objects.len();
+        // The unrelated objects: blocked (their Secret does not exist), with the finalizer.
+        let mut text = String::new();
+        for (i, (name, policy)) in UNRELATED.iter().enumerate() {
+            // A host of its own each (two objects on one host: the second is a Conflict).
+            let a = Ipv4Addr::new(127, 1, 0, 1 + i as u8);
+            check_loopback(a)?;
+            text.push_str(&format!(
+                "---\napiVersion: registrar.dev/v1alpha1\nkind: InstanceRegistration\n\
+                 metadata:\n  name: {name}\nspec:\n  stackId: {stack}\n  \
+                 infrastructureClass: on-premises\n  target: \"{a}\"\n  \
+                 hostname: {name}\n  deletionPolicy: {policy}\n  ssh:\n    username: {}\n    \
+                 privateKeySecretRef:\n      name: no-such-secret\n    address: \"{a}\"\n    \
+                 port: 9\n",
+                ssh_hosts::USER
+            ));
+        }
+        let path = self.dir.join(format!("{ns}-unrelated.yaml"));
+        std::fs::write(&path, text).map_err(|e| e.to_string())?;
+        self.kubectl(&["-n", ns, "apply", "-f", &path.to_string_lossy()])?;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        for (name, _) in UNRELATED {
+            loop {
+                let o = api.get(name).await.map_err(|e| e.to_string())?;
+                let blocked = o.data["status"]["conditions"].as_array().is_some_and(|cs| {
+                    cs.iter()
+                        .any(|c| c["type"] == "SshKeyReady" && c["status"] == "False")
+                });
+                if blocked && !o.metadata.finalizers.unwrap_or_default().is_empty() {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    return Err(format!(
+                        "{ns}/{name} was not blocked on its Secret with the finalizer in 60s"
+                    ));
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        say(
+            self.start,
+            &format!(
+                "fleet: the unrelated objects are blocked on their missing Secret; applying {n} \
+                 objects"
+            ),
+        );
+
+        let wave = Arc::new(std::sync::Mutex::new(Wave::default()));
+        let follower = tokio::spawn(follow_wave(api.clone(), format!("{ns}-"), n, wave.clone()));
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let sampler = {
+            let (port, stop) = (controller.metrics_port, stop.clone());
+            std::thread::spawn(move || sample_in_flight(port, stop))
+        };
+        self.aws.clear_calls();
+        let t0 = Instant::now();
+        // At once: 32 creates in flight (kubectl apply, one object after another, took 20 s
+        // for 500 on two busy cores: that would be measured, not the controller).
+        let created: Vec<R> = futures::stream::iter(objects)
+            .map(|o| async move {
+                let o: DynamicObject = serde_json::from_value(o).map_err(|e| e.to_string())?;
+                api.create(&PostParams::default(), &o)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| format!("creating {}: {e}", o.metadata.name.unwrap_or_default()))
+            })
+            .buffer_unordered(32)
+            .collect()
+            .await;
+        created.into_iter().collect::<R<Vec<()>>>()?;
+        let apply_secs = t0.elapsed().as_secs_f64();
+        say(
+            self.start,
+            &format!("fleet: created {n} objects in {apply_secs:.1}s"),
+        );
+        let limit = run_time + Duration::from_secs(600);
+        let measured = async {
+            // Half the fleet installing: the unrelated objects go.
+            while lock(&wave).half_installing.is_none() {
+                if t0.elapsed() > limit {
+                    let w = lock(&wave);
+                    return Err(format!(
+                        "{ns}: {} of {n} started installing after {}s",
+                        w.installing.len(),
+                        limit.as_secs()
+                    ));
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            let in_flight = metric_sum(&controller.metrics(), "registrar_ssh_sessions_in_flight");
+            let (installing, ready) = {
+                let w = lock(&wave);
+                (w.installing.len(), w.ready.len())
+            };
+            let td = Instant::now();
+            for (name, _) in UNRELATED {
+                api.delete(name, &DeleteParams::default())
+                    .await
+                    .map_err(|e| format!("deleting {name}: {e}"))?;
+            }
+            let mut gone: Vec<Option<f64>> = vec![None; UNRELATED.len()];
+            while gone.iter().any(Option::is_none) {
+                for (i, (name, _)) in UNRELATED.iter().enumerate() {
+                    // 404: gone. A failed GET is looked at again.
+                    if gone[i].is_none()
+                        && let Ok(None) = api.get_opt(name).await
+                    {
+                        gone[i] = Some(td.elapsed().as_secs_f64());
+                    }
+                }
+                if td.elapsed() > Duration::from_secs(300) {
+                    return Err(format!(
+                        "{ns}: the unrelated objects were not gone after 300s"
+                    ));
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            let deletion = Deletion {
+                secs: gone.into_iter().flatten().collect(),
+                installing,
+                ready,
+                ready_after: lock(&wave).ready.len(),
+                in_flight,
+            };
+            say(
+                self.start,
+                &format!(
+                    "fleet: the unrelated objects deleted in {}s ({installing} of {n} had \
+                     started installing, {in_flight} SSH sessions open)",
+                    deletion
+                        .secs
+                        .iter()
+                        .map(|s| format!("{s:.2}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            );
+            // All Ready, or the limit.
+            let mut said = Instant::now();
+            while lock(&wave).all_ready.is_none() && t0.elapsed() < limit {
+                if said.elapsed() > Duration::from_secs(10) {
+                    said = Instant::now();
+                    let w = lock(&wave);
+                    say(
+                        self.start,
+                        &format!(
+                            "fleet: {:.0}s: {} of {n} started installing, {} Ready",
+                            t0.elapsed().as_secs_f64(),
+                            w.installing.len(),
+                            w.ready.len()
+                        ),
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Ok(deletion)
+        }
+        .await;
+        let waited_secs = t0.elapsed().as_secs_f64();
+        follower.abort();
+        stop.store(true, Ordering::SeqCst);
+        let peak_in_flight = sampler.join().unwrap_or(f64::NAN);
+        let deletion = measured?;
+        let (ready_secs, ready, first_ready_secs, half_ready_secs, all_installing_secs) = {
+            let w = lock(&wave);
+            (
+                w.all_ready.map(|at| at.duration_since(t0).as_secs_f64()),
+                w.ready.len(),
+                Wave::kth(&w.first_ready, 1, t0),
+                Wave::kth(&w.first_ready, n.div_ceil(2), t0),
+                Wave::kth(&w.installing, n, t0),
+            )
+        };
+        let calls = self.aws.call_summary();
+        let (rss_mib, cpu_secs) = proc_usage(controller.pid());
+        let metrics = controller.metrics();
+        let sessions = metric_by_label(&metrics, "registrar_ssh_sessions_total", "reason");
+        let ssh_sessions: f64 = sessions.values().fold(0.0, |a, v| a + v);
+        let ssh_unsucceeded: f64 = sessions
+            .iter()
+            .filter(|(reason, _)| *reason != "succeeded")
+            .fold(0.0, |a, (_, v)| a + v);
+        let failures = metric_by_label(&metrics, "registrar_reconcile_failures_total", "reason");
+        // A moment for writes in flight to reach the audit log.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let (status_writes, object_writes, conflicts) = self.writes_except(ns, UNRELATED_PREFIX);
+        Ok(Fleet {
+            n,
+            run_time: run_time.as_secs_f64(),
+            hosts_secs: 0.0,
+            apply_secs,
+            ready_secs,
+            first_ready_secs,
+            half_ready_secs,
+            all_installing_secs,
+            ready,
+            waited_secs,
+            deletion,
+            status_writes,
+            object_writes,
+            conflicts,
+            ssh_sessions,
+            ssh_unsucceeded,
+            peak_in_flight,
+            failures,
+            rss_mib,
+            cpu_secs,
+            calls,
+        })
+    }
+}
+
+/// Section 5 of the table.
+fn fleet_table(f: &Fleet) -> String {
+    let n = f.n as f64;
+    let per = |v: f64| v / n;
+    let mut out = format!(
+        "\n5. Fleet: N = {} hosts applied at once, installer stand-in T = {}s; controller \
+         --ssh-concurrency {} (--concurrency default)\n",
+        f.n, f.run_time, f.n
+    );
+    out.push_str(&format!(
+        "   {} SSH hosts started in {:.1}s; creating the objects (32 at a time) took {:.1}s (inside \
+         the time to Ready)\n",
+        f.n, f.hosts_secs, f.apply_secs
+    ));
+    let secs = |v: Option<f64>| v.map_or("-".to_owned(), |s| format!("{s:.1}s"));
+    out.push_str(&format!(
+        "   from apply: all had started installing at {}; first Ready at {}, half at {}\n",
+        secs(f.all_installing_secs),
+        secs(f.first_ready_secs),
+        secs(f.half_ready_secs)
+    ));
+    match f.ready_secs {
+        Some(s) => out.push_str(&format!(
+            "   apply to all {} Ready: {s:.1}s; minus T: {:.1}s\n",
+            f.n,
+            s - f.run_time
+        )),
+        None => out.push_str(&format!(
+            "   NOT all Ready: {} of {} after {:.0}s\n",
+            f.ready, f.n, f.waited_secs
+        )),
+    }
+    let d = &f.deletion;
+    let gone: Vec<String> = UNRELATED
+        .iter()
+        .zip(&d.secs)
+        .map(|((_, policy), secs)| format!("{secs:.2}s ({policy})"))
+        .collect();
+    out.push_str(&format!(
+        "   unrelated objects (blocked, finalizer) deleted in {}; then {} of {} had started \
+         installing, {} Ready, {} SSH sessions open; {} Ready when both were gone\n",
+        gone.join(", "),
+        d.installing,
+        f.n,
+        d.ready,
+        d.in_flight,
+        d.ready_after
+    ));
+    out.push_str(&format!(
+        "   per registration: status writes {:.2}, object writes {:.2} ({} of them refused \
+         409 Conflict); SSH sessions {:.2} ({} not succeeded); peak SSH sessions open {}\n",
+        per(f.status_writes as f64),
+        per(f.object_writes as f64),
+        f.conflicts,
+        per(f.ssh_sessions),
+        f.ssh_unsucceeded,
+        f.peak_in_flight
+    ));
+    let failures: Vec<String> = f
+        .failures
+        .iter()
+        .map(|(reason, v)| format!("{reason} {v}"))
+        .collect();
+    out.push_str(&format!(
+        "   controller: peak RSS {:.0} MiB; CPU {:.1}s; reconciles not ending Ready: {}\n",
+        f.rss_mib,
+        f.cpu_secs,
+        if failures.is_empty() {
+            "none".to_owned()
+        } else {
+            failures.join(", ")
+        }
+    ));
+    let calls = per_registration(std::slice::from_ref(&f.calls), f.n);
+    let total: f64 = calls.values().fold(0.0, |a, v| a + v);
+    let list: Vec<String> = calls.iter().map(|(op, v)| format!("{op} {v:.2}")).collect();
+    out.push_str(&format!(
+        "   AWS calls per registration (incl. the agent's own, and the unrelated objects' \
+         deletion) {total:.2}: {}\n",
+        list.join(", ")
+    ));
+    out
+}
+
+/// Whether `o` is Ready, with observedGeneration current.
+fn is_ready(o: &DynamicObject) -> bool {
+    let status = &o.data["status"];
+    let generation = o.metadata.generation.unwrap_or(-1);
+    status["observedGeneration"].as_i64() == Some(generation)
+        && status["conditions"].as_array().is_some_and(|cs| {
+            cs.iter()
+                .any(|c| c["type"] == "Ready" && c["status"] == "True")
+        })
 }
 
 #[derive(Default)]
@@ -1045,6 +1826,12 @@ async fn run(args: Args) -> R {
     }
 
     table.push_str(&latency);
+
+    // 5. Fleet, last: its 500 sshds and installs weigh on the machine.
+    if !skip("fleet") {
+        let fleet = env.fleet(args.fleet, args.fleet_run_time).await?;
+        table.push_str(&fleet_table(&fleet));
+    }
     // Keys made through the proxy need none; a read here is inside some registration's time.
     table.push_str(&format!(
         "\nThe endpoint read moto's whole state (/moto-api/data.json) {} times for keys' secrets\n",
