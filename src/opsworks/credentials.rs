@@ -618,11 +618,18 @@ pub async fn cleanup_iam(
         names.extend(user_name_candidates(stack_name, name_for_iam(obj)));
     }
     names.dedup();
-    let mut deleted = Vec::new();
-    for name in names {
-        if ownership(ctx, &name, &uid).await? != Some(true) {
-            continue;
+    // Looked at all at once: one after another, 20 candidates made a deletion wait on 20 round
+    // trips (14.6 s in the fleet benchmark, with IAM busy).
+    let owners =
+        futures::future::join_all(names.iter().map(|name| ownership(ctx, name, &uid))).await;
+    let mut ours = Vec::new();
+    for (name, owner) in names.into_iter().zip(owners) {
+        if owner? == Some(true) {
+            ours.push(name);
         }
+    }
+    let mut deleted = Vec::new();
+    for name in ours {
         let keys = iam
             .list_access_keys()
             .user_name(&name)
