@@ -1,16 +1,21 @@
-//! `charts/instance-registrar/iam-policy.json`, tested by enforcement: the controller signs as a
-//! moto IAM user holding that policy, moto authorizes its IAM and EC2 calls
-//! (`INITIAL_NO_AUTH_ACTION_COUNT` spent, see [`AwsEnv::enforcing_iam`]) and the endpoint its
-//! OpsWorks and Systems Manager calls, and three hosts (OpsWorks on-premises, OpsWorks EC2 with
-//! an IAM user, Systems Manager on-premises) are registered and their objects deleted. Then the
-//! same again once for each action, with that action taken out: some step must fail with
-//! `AccessDenied`, so no action of the policy is surplus.
+//! `charts/instance-registrar/iam-policy.json`, tested by enforcement, twice over.
 //!
-//! What is enforced is the policy's actions. moto authorizes IAM calls on the resource `*` (it
-//! names no user or group) and treats every `Condition` as unmet, and the endpoint evaluates
-//! actions only; so the user holds the policy as moto can evaluate it: every statement's
-//! `Resource` widened to `*` and its `Condition` dropped ([`as_enforced`]). The resources and
-//! conditions of the file are checked here only against the names the controller makes.
+//! 1. **Every action is needed** (moto's own evaluation): the controller signs as a moto IAM
+//!    user holding the policy, moto authorizes its IAM and EC2 calls
+//!    (`INITIAL_NO_AUTH_ACTION_COUNT` spent, see [`AwsEnv::enforcing_iam`]), the endpoint its
+//!    OpsWorks and Systems Manager calls, and the proxy in front of moto what moto does not
+//!    (the tags of `CreateUser` as `iam:TagUser`). Three hosts (OpsWorks on-premises, OpsWorks
+//!    EC2 with an IAM user, Systems Manager on-premises) are registered and deleted, and an
+//!    object that never got an IAM user is deleted. Then the same again once for each action,
+//!    with that action taken out: some step must fail with `AccessDenied`, so no action of the
+//!    policy is surplus. moto authorizes IAM calls on the resource `*` and treats every
+//!    `Condition` as unmet, so here the user holds the policy as moto can evaluate it: every
+//!    statement's `Resource` widened to `*` and its `Condition` dropped ([`as_enforced`]).
+//! 2. **The scoping is right** ([`AwsEnv::evaluating_scoped_policies`]): the same run with the
+//!    policy as written, its resources and conditions evaluated as AWS documents it by the proxy
+//!    and the endpoint (`opsworks_endpoint::authorize`): ARNs with the entity's path, or none for
+//!    a name that is free, `iam:PolicyARN`, `iam:PassedToService`, `iam:PermissionsBoundary`.
+//!    Then calls out of scope, signed with the controller's key, must be refused.
 
 mod support;
 
@@ -46,23 +51,37 @@ const INLINE_PATH: [&str; 3] = [
 ];
 
 /// Actions AWS needs that nothing here can deny, and why; the test fails if one of them turns
-/// out to be denied after all (then it belongs in the table like the others).
-const NOT_ENFORCED_HERE: [(&str, &str); 1] = [(
-    "iam:TagUser",
-    "AWS authorizes CreateUser's tags as iam:TagUser; moto authorizes only CreateUser",
-)];
+/// out to be denied after all (then it belongs with the others). None now: `iam:TagUser`, which
+/// AWS authorizes for the tags given to `CreateUser` and moto does not, is authorized by the
+/// proxy in front of moto (see `opsworks_endpoint::authorize`).
+const NOT_ENFORCED_HERE: [(&str, &str); 0] = [];
 
 /// The one action the controller calls only for a user that exists already (reading back the
 /// inline policy it put, before renewing it): its runs (and the whole policy's inline run) first
 /// run a controller that exits right after `iam:PutUserPolicy`, then the one that goes on.
 const AFTER_A_RESTART: &str = "iam:GetUserPolicy";
 
-/// The environment a run uses: `managed_policy` says whether moto has
-/// `AWSOpsWorksInstanceRegistration`.
-fn aws(managed_policy: bool) -> &'static AwsEnv {
-    let env = match managed_policy {
-        true => AwsEnv::enforcing_iam(),
-        false => AwsEnv::enforcing_iam_without_managed_policy(),
+/// How a run's policy is enforced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Enforcement {
+    /// By moto (IAM, EC2) and the endpoint, on actions: the policy [`as_enforced`].
+    /// `managed_policy` says whether moto has `AWSOpsWorksInstanceRegistration`.
+    Actions { managed_policy: bool },
+    /// As written, resources and conditions included, by the proxy in front of moto and the
+    /// endpoint ([`AwsEnv::evaluating_scoped_policies`]).
+    AsWritten,
+}
+
+/// The environment a run uses.
+fn aws(enforcement: Enforcement) -> &'static AwsEnv {
+    let env = match enforcement {
+        Enforcement::Actions {
+            managed_policy: true,
+        } => AwsEnv::enforcing_iam(),
+        Enforcement::Actions {
+            managed_policy: false,
+        } => AwsEnv::enforcing_iam_without_managed_policy(),
+        Enforcement::AsWritten => AwsEnv::evaluating_scoped_policies(),
     };
     let aws = serving_stand_in(env, Duration::from_secs(2));
     assert!(aws.opsworks.set_ssm_setup_run_time(Duration::from_secs(2)));
@@ -87,9 +106,14 @@ fn action_list(statement: &Value) -> Vec<String> {
     }
 }
 
-/// Every action of the policy, in its order.
+/// Every action of the policy, in its order, each once.
 fn actions(policy: &Value) -> Vec<String> {
-    statements(policy).iter().flat_map(action_list).collect()
+    let mut seen = std::collections::BTreeSet::new();
+    statements(policy)
+        .iter()
+        .flat_map(action_list)
+        .filter(|a| seen.insert(a.clone()))
+        .collect()
 }
 
 /// `policy` as moto and the endpoint evaluate it (see the module docs), without `without`.
@@ -199,16 +223,25 @@ async fn step(
     }
 }
 
-/// One registration and deletion of the three hosts, the controller holding `policy` (as
-/// enforced) without `without`; `label` names the run's namespace and controller user.
+/// One registration and deletion of the three hosts (and the deletion of a fourth object that
+/// never got as far as an IAM user), the controller holding `policy` (as enforced) without
+/// `without`; `label` names the run's namespace and controller user.
 async fn run(
     label: &str,
     without: Option<&str>,
-    managed_policy: bool,
+    enforcement: Enforcement,
     controller_args: &[&str],
 ) -> Result<(), Stop> {
-    let aws = aws(managed_policy);
+    let aws = aws(enforcement);
+    let managed_policy = enforcement
+        != (Enforcement::Actions {
+            managed_policy: false,
+        });
     let policy: Value = serde_json::from_str(POLICY).unwrap();
+    let document = match enforcement {
+        Enforcement::AsWritten => policy.clone(),
+        Enforcement::Actions { .. } => as_enforced(&policy, without),
+    };
     let iam = aws.iam();
     let cp = ControlPlane::shared();
     let client = cp.client().await;
@@ -218,7 +251,7 @@ async fn run(
     iam.put_user_policy()
         .user_name(&user)
         .policy_name("instance-registrar")
-        .policy_document(as_enforced(&policy, without).to_string())
+        .policy_document(document.to_string())
         .send()
         .await
         .unwrap();
@@ -322,6 +355,20 @@ spec:
             "{label}: the crash point after iam:PutUserPolicy"
         );
     }
+    // An object that never gets an IAM user (its key's Secret is missing): deleting it looks
+    // for a user under each of its candidate names, names that are free.
+    apply(
+        cp,
+        &(on_premises(
+            &ns,
+            "nokey",
+            &stack,
+            "127.0.9.9",
+            &format!("{ns}-nokey"),
+            "missing",
+            "",
+        )),
+    );
     let mut controller =
         ControllerProcess::start_with_env(cp, aws, &ns, controller_args, &credentials);
     let api: Api<InstanceRegistration> = Api::namespaced(client, &ns);
@@ -333,10 +380,10 @@ spec:
         if without.is_none() {
             check_users(aws, &ns).await;
         }
-        for o in objects {
+        for o in objects.iter().chain(&["nokey"]) {
             api.delete(o, &DeleteParams::default()).await.unwrap();
         }
-        for o in objects {
+        for o in objects.into_iter().chain(["nokey"]) {
             step(&api, o, true).await?;
         }
         // A denial the controller got around (e.g. the inline policy where attaching the
@@ -419,7 +466,7 @@ async fn the_iam_policy_is_enough_to_register_and_delete_and_every_action_in_it_
         if let Err(stop) = run(
             label,
             None,
-            managed_policy,
+            Enforcement::Actions { managed_policy },
             &["--iam-permissions-boundary", BOUNDARY],
         )
         .await
@@ -436,7 +483,13 @@ async fn the_iam_policy_is_enough_to_register_and_delete_and_every_action_in_it_
             let managed_policy = !INLINE_PATH.contains(&action.as_str());
             (
                 action.clone(),
-                run(&label, Some(action), managed_policy, &[]).await,
+                run(
+                    &label,
+                    Some(action),
+                    Enforcement::Actions { managed_policy },
+                    &[],
+                )
+                .await,
             )
         }))
         .buffered(6)
@@ -472,4 +525,163 @@ async fn the_iam_policy_is_enough_to_register_and_delete_and_every_action_in_it_
         "actions nothing was denied without, or runs that did not end as expected: \
          {surplus:?}\n{table}"
     );
+}
+
+/// The policy as written, its resources and conditions evaluated as AWS evaluates them (by the
+/// proxy in front of moto and by the endpoint, see `opsworks_endpoint::authorize`): the
+/// controller registers and deletes with it (free names looked up included: IAM authorizes a
+/// call naming a user or group that does not exist on the ARN without a path). Then calls the
+/// controller never makes, signed with its key, are refused for the resource or condition the
+/// policy scopes, and reach neither moto nor the endpoint's state.
+#[tokio::test]
+async fn the_iam_policy_as_written_with_its_resources_and_conditions_registers_and_deletes() {
+    let started = Instant::now();
+    if let Err(stop) = run(
+        "scoped",
+        None,
+        Enforcement::AsWritten,
+        &["--iam-permissions-boundary", BOUNDARY],
+    )
+    .await
+    {
+        panic!("with the policy as written: {stop}");
+    }
+    eprintln!("the policy as written: passed in {:?}", started.elapsed());
+
+    // The controller's key, on calls out of the policy's scope.
+    let aws = aws(Enforcement::AsWritten);
+    let admin = aws.iam();
+    let user = "iam-probe-controller";
+    admin.create_user().user_name(user).send().await.unwrap();
+    admin
+        .put_user_policy()
+        .user_name(user)
+        .policy_name("instance-registrar")
+        .policy_document(POLICY)
+        .send()
+        .await
+        .unwrap();
+    let key = admin
+        .create_access_key()
+        .user_name(user)
+        .send()
+        .await
+        .unwrap();
+    let key = key.access_key().unwrap();
+    let config = aws_config::SdkConfig::builder()
+        .behavior_version(aws_config::BehaviorVersion::latest())
+        .region(aws_config::Region::new(support::aws::REGION))
+        .endpoint_url(aws.controller_aws_url())
+        .credentials_provider(aws_sdk_iam::config::SharedCredentialsProvider::new(
+            aws_sdk_iam::config::Credentials::new(
+                key.access_key_id(),
+                key.secret_access_key(),
+                None,
+                None,
+                "probe",
+            ),
+        ))
+        .build();
+    let iam = aws_sdk_iam::Client::new(&config);
+    // Someone else's user, outside the path, and an agent user of the controller's own kind.
+    admin
+        .create_user()
+        .user_name("someone")
+        .send()
+        .await
+        .unwrap();
+    admin
+        .create_user()
+        .user_name("OpsWorks-probe-agent")
+        .path(IAM_PATH)
+        .send()
+        .await
+        .unwrap();
+    fn code<E: aws_sdk_iam::error::ProvideErrorMetadata>(
+        e: &aws_sdk_iam::error::SdkError<E, aws_sdk_iam::config::http::HttpResponse>,
+    ) -> String {
+        use aws_sdk_iam::error::ProvideErrorMetadata as _;
+        e.code().unwrap_or("?").to_owned()
+    }
+    let mut refused = Vec::new();
+    macro_rules! refused {
+        ($what:expr, $call:expr) => {{
+            let result = $call.send().await;
+            match &result {
+                Err(e) if code(e) == "AccessDenied" => refused.push($what),
+                other => panic!("{}: not refused: {other:?}", $what),
+            }
+        }};
+    }
+    refused!(
+        "CreateUser outside the path",
+        iam.create_user().user_name("OpsWorks-root")
+    );
+    refused!(
+        "CreateUser under the path, not named OpsWorks-*",
+        iam.create_user().user_name("admin").path(IAM_PATH)
+    );
+    refused!(
+        "AttachUserPolicy AdministratorAccess (iam:PolicyARN)",
+        iam.attach_user_policy()
+            .user_name("OpsWorks-probe-agent")
+            .policy_arn("arn:aws:iam::aws:policy/AdministratorAccess")
+    );
+    refused!(
+        "CreateAccessKey for a user outside the path",
+        iam.create_access_key().user_name("someone")
+    );
+    refused!(
+        "DeleteUser outside the path",
+        iam.delete_user().user_name("someone")
+    );
+    refused!(
+        "PutUserPolicy outside the path",
+        iam.put_user_policy()
+            .user_name("someone")
+            .policy_name("p")
+            .policy_document(r#"{"Version":"2012-10-17","Statement":[]}"#)
+    );
+    // And the scoped calls the policy does allow, for comparison: the managed policy attached
+    // to an agent user, a free name looked up (NoSuchEntity, not AccessDenied).
+    iam.attach_user_policy()
+        .user_name("OpsWorks-probe-agent")
+        .policy_arn(BOUNDARY)
+        .send()
+        .await
+        .expect("attaching the registration policy to an agent user");
+    let free = iam
+        .list_user_tags()
+        .user_name("OpsWorks-free-name")
+        .send()
+        .await
+        .expect_err("no such user");
+    assert_eq!(code(&free), "NoSuchEntity");
+    // Nothing refused reached moto.
+    let users = admin.list_users().send().await.unwrap();
+    let names: Vec<&str> = users.users().iter().map(|u| u.user_name()).collect();
+    assert!(
+        !names.contains(&"OpsWorks-root") && !names.contains(&"admin"),
+        "{names:?}"
+    );
+    let someone_keys = admin
+        .list_access_keys()
+        .user_name("someone")
+        .send()
+        .await
+        .unwrap();
+    assert!(someone_keys.access_key_metadata().is_empty());
+    let attached = admin
+        .list_attached_user_policies()
+        .user_name("OpsWorks-probe-agent")
+        .send()
+        .await
+        .unwrap();
+    let arns: Vec<&str> = attached
+        .attached_policies()
+        .iter()
+        .filter_map(|p| p.policy_arn())
+        .collect();
+    assert_eq!(arns, [BOUNDARY]);
+    eprintln!("refused, as scoped: {refused:#?}");
 }

@@ -90,7 +90,8 @@ impl AwsEnv {
     /// An environment of its own, with the proxy in front of moto, whose moto authorizes every
     /// IAM, EC2 and STS request against the caller's IAM policies (moto's `INITIAL_NO_AUTH_ACTION_COUNT`, spent once an
     /// administrator user is made), and whose endpoint does the same for OpsWorks and Systems
-    /// Manager ([`Config::enforce_iam_policies`]). Every key must then be a moto IAM user's:
+    /// Manager ([`Config::enforce_iam_policies`]); the proxy also authorizes IAM and EC2 calls
+    /// as AWS does where moto does not (tags given to `CreateUser` as `iam:TagUser`). Every key must then be a moto IAM user's:
     /// the tests' own clients and [`AwsEnv::controller_env`] use the administrator's (an inline
     /// `*:*`); a test gives the controller a user of its own.
     pub fn enforcing_iam() -> &'static AwsEnv {
@@ -105,19 +106,37 @@ impl AwsEnv {
         SHARED.get_or_init(|| start_enforcing(false))
     }
 
+    /// An environment of its own where the policies of moto IAM users are evaluated as AWS
+    /// evaluates them, resources and conditions included: by the proxy in front of moto for
+    /// IAM and EC2 calls, by the endpoint for OpsWorks and Systems Manager calls (see
+    /// `opsworks_endpoint::authorize`). moto itself authorizes nothing (it would judge every
+    /// IAM call on the resource `*` and never meet a condition). The tests' own clients use the
+    /// static keys, which are judged by nobody; a test gives the controller a user of its own.
+    pub fn evaluating_scoped_policies() -> &'static AwsEnv {
+        static SHARED: OnceLock<AwsEnv> = OnceLock::new();
+        SHARED.get_or_init(start_scoped)
+    }
+
     /// Puts the recording, fault-injecting proxy in front of moto for the controller (what
     /// [`AwsEnv::controller_aws_url`] then gives), with the OpsWorks endpoint's key store, so
     /// that the endpoint knows the access keys made through the proxy at once.
     pub fn start_proxy(&mut self) -> Result<(), String> {
-        self.start_proxy_with(false)
+        self.start_proxy_with(false, false)
     }
 
     /// [`AwsEnv::start_proxy`]; with `fix_iam_error_shape`, the proxy passes moto's IAM errors
-    /// on in IAM's shape ([`ProxyConfig::fix_iam_error_shape`]).
-    fn start_proxy_with(&mut self, fix_iam_error_shape: bool) -> Result<(), String> {
+    /// on in IAM's shape ([`ProxyConfig::fix_iam_error_shape`]); with `authorize`, it
+    /// authorizes IAM and EC2 calls by the callers' IAM policies, resources and conditions
+    /// included ([`ProxyConfig::enforce_iam_policies`]).
+    fn start_proxy_with(
+        &mut self,
+        fix_iam_error_shape: bool,
+        authorize: bool,
+    ) -> Result<(), String> {
         let mut config = ProxyConfig::new(self.moto.url());
         config.key_store = Some(self.opsworks.key_store());
         config.fix_iam_error_shape = fix_iam_error_shape;
+        config.enforce_iam_policies = authorize.then(|| self.credentials.clone());
         let proxy = Proxy::start(config).map_err(|e| format!("starting the moto proxy: {e}"))?;
         self.proxy = Some(proxy);
         Ok(())
@@ -442,8 +461,48 @@ impl AwsEnv {
 /// [`start_env`] authorizing by IAM policies, and the proxy in front of moto.
 fn start_enforcing(managed_policy: bool) -> AwsEnv {
     let mut env = start_env(managed_policy, true);
-    env.start_proxy_with(true).unwrap_or_else(|e| panic!("{e}"));
+    env.start_proxy_with(true, true)
+        .unwrap_or_else(|e| panic!("{e}"));
     env
+}
+
+/// [`start`], with the managed policy, the endpoint authorizing by IAM policies, and the proxy
+/// in front of moto doing so for IAM and EC2; moto itself authorizes nothing.
+fn start_scoped() -> AwsEnv {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name("aws-endpoints".into())
+        .spawn(move || {
+            let started = (|| {
+                let moto = MotoServer::start_with(MotoOptions {
+                    opsworks_managed_policy: true,
+                    env: Vec::new(),
+                })?;
+                let credentials = (ACCESS_KEY_ID.to_owned(), SECRET_ACCESS_KEY.to_owned());
+                let mut config = Config::with_moto(moto.url());
+                config.known_credentials.push(credentials.clone());
+                config.moto_credentials = credentials.clone();
+                config.enforce_iam_policies = true;
+                config.ssm_standin = Some(SsmStandIn::built());
+                let opsworks = Endpoint::start(config)?;
+                let mut env = AwsEnv {
+                    moto,
+                    opsworks,
+                    proxy: None,
+                    credentials,
+                };
+                env.start_proxy_with(false, true)?;
+                Ok::<_, String>(env)
+            })();
+            tx.send(started).unwrap();
+            loop {
+                std::thread::park();
+            }
+        })
+        .unwrap();
+    rx.recv()
+        .unwrap()
+        .unwrap_or_else(|e| panic!("starting moto and the OpsWorks endpoint: {e}"))
 }
 
 /// [`start`], with the managed policy, and the proxy in front of moto.

@@ -340,6 +340,33 @@ impl Aws {
         })
     }
 
+    /// The ARN of IAM user, group or role `name`, with its path; `Ok(None)` when IAM has none
+    /// of that name. Errors are failures to ask IAM.
+    pub async fn entity_arn(
+        &self,
+        entity: crate::authorize::Entity,
+        name: &str,
+    ) -> Result<Option<String>, String> {
+        use crate::authorize::Entity;
+        let Some(iam) = &self.iam else {
+            return Err("no IAM endpoint configured".into());
+        };
+        let missing = |code: Option<&str>| code == Some("NoSuchEntity");
+        match entity {
+            Entity::User => match iam.get_user().user_name(name).send().await {
+                Ok(out) => Ok(out.user().map(|u| u.arn().to_owned())),
+                Err(e) if missing(e.as_service_error().and_then(|s| s.code())) => Ok(None),
+                Err(e) => Err(sdk_error("IAM GetUser", &e)),
+            },
+            Entity::Group => match iam.get_group().group_name(name).max_items(1).send().await {
+                Ok(out) => Ok(out.group().map(|g| g.arn().to_owned())),
+                Err(e) if missing(e.as_service_error().and_then(|s| s.code())) => Ok(None),
+                Err(e) => Err(sdk_error("IAM GetGroup", &e)),
+            },
+            Entity::Role => Ok(self.role(name).await?.map(|(arn, _)| arn)),
+        }
+    }
+
     /// The ARN and trust policy (decoded JSON text) of IAM role `name`; `Ok(None)` when IAM
     /// has no such role. Errors are failures to ask IAM.
     pub async fn role(&self, name: &str) -> Result<Option<(String, String)>, String> {

@@ -92,6 +92,7 @@
 //! }
 //! ```
 
+pub mod authorize;
 pub mod faults;
 pub mod keys;
 pub mod model;

@@ -77,6 +77,8 @@ use hyper::{Method, Request, Response, StatusCode};
 use serde::{Serialize, Serializer};
 use serde_json::Value;
 
+use crate::authorize;
+use crate::aws::Aws;
 use crate::error::ApiError;
 use crate::faults::{Decision, Faults, Injector};
 use crate::keys::{self, KeyStore};
@@ -126,6 +128,14 @@ pub struct ProxyConfig {
     /// `INITIAL_NO_AUTH_ACTION_COUNT` is spent) come as `<ErrorResponse><Errors><Error>`, which
     /// the AWS SDK's IAM client does not read a code from. Default false: passed on as they are.
     pub fix_iam_error_shape: bool,
+    /// Authorize every IAM and EC2 call signed with a moto IAM user's key against that user's
+    /// policies, with the resource ARN and condition keys AWS authorizes it on (see
+    /// [`crate::authorize`]), before moto sees it; refused calls are answered as AWS answers
+    /// them (IAM: 403 `AccessDenied`; EC2: 403 `UnauthorizedOperation`) and not forwarded. The
+    /// value is the credentials (access key ID, secret) the proxy looks users and policies up
+    /// in moto with. Signatures are not verified here. Default `None`: nothing is authorized
+    /// (moto may still, on actions only).
+    pub enforce_iam_policies: Option<(String, String)>,
 }
 
 impl ProxyConfig {
@@ -138,6 +148,7 @@ impl ProxyConfig {
             max_body_bytes: 16 << 20,
             key_store: None,
             fix_iam_error_shape: false,
+            enforce_iam_policies: None,
         }
     }
 }
@@ -385,6 +396,8 @@ struct Shared {
     max_body: usize,
     key_store: Option<KeyStore>,
     fix_iam_error_shape: bool,
+    /// With [`ProxyConfig::enforce_iam_policies`]: moto's IAM, to learn callers' policies.
+    authorizer: Option<Aws>,
 }
 
 impl Shared {
@@ -448,6 +461,15 @@ impl Proxy {
             max_body: config.max_body_bytes,
             key_store: config.key_store.clone(),
             fix_iam_error_shape: config.fix_iam_error_shape,
+            authorizer: config.enforce_iam_policies.as_ref().map(|credentials| {
+                let mut c = crate::Config::with_moto(&config.upstream);
+                c.moto_credentials = credentials.clone();
+                Aws::new(
+                    &c,
+                    config.key_store.clone().unwrap_or_default(),
+                    Default::default(),
+                )
+            }),
         });
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
@@ -901,6 +923,12 @@ fn error_code(body: &[u8]) -> Option<String> {
     Some(t.rsplit('#').next().unwrap_or(t).to_owned())
 }
 
+fn xml_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
 fn is_hop_by_hop(name: &HeaderName) -> bool {
     HOP_BY_HOP.contains(&name.as_str())
 }
@@ -983,6 +1011,68 @@ async fn proxy(shared: &Shared, req: Request<Incoming>) -> Response<ProxyBody> {
                 r.headers_mut().insert("x-amzn-errortype", v);
             }
             return r;
+        }
+    }
+
+    // Authorizing.
+    if let Some(aws) = &shared.authorizer
+        && matches!(call.service.as_str(), "iam" | "ec2")
+        && !call.action.is_empty()
+        && let Some(key) = &call.access_key_id
+    {
+        let form_body = parts.headers.get(CONTENT_TYPE).is_none_or(|t| {
+            t.as_bytes()
+                .starts_with(b"application/x-www-form-urlencoded")
+        });
+        let mut params = authorize::form_params(parts.uri.query().unwrap_or(""));
+        if form_body && let Ok(text) = std::str::from_utf8(&body) {
+            params.extend(authorize::form_params(text));
+        }
+        let refusal =
+            authorize::authorize_query_call(aws, key, &call.service, &call.action, &params)
+                .await
+                .err();
+        if let Some(refusal) = refusal {
+            let request_id = uuid::Uuid::new_v4().to_string();
+            let (status, code, message) = match refusal {
+                authorize::Refusal::Denied(m) => (
+                    403,
+                    match call.service.as_str() {
+                        "ec2" => "UnauthorizedOperation",
+                        _ => "AccessDenied",
+                    },
+                    m,
+                ),
+                authorize::Refusal::Failed(m) => (500, "InternalFailure", m),
+            };
+            let message = xml_escape(&message);
+            let (content_type, body) = match call.service.as_str() {
+                "ec2" => (
+                    "text/xml;charset=UTF-8",
+                    format!(
+                        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Response><Errors><Error>\
+                         <Code>{code}</Code><Message>{message}</Message></Error></Errors>\
+                         <RequestID>{request_id}</RequestID></Response>"
+                    ),
+                ),
+                _ => (
+                    "text/xml",
+                    format!(
+                        "<ErrorResponse><Error><Type>Sender</Type><Code>{code}</Code>\
+                         <Message>{message}</Message></Error><RequestId>{request_id}</RequestId>\
+                         </ErrorResponse>"
+                    ),
+                ),
+            };
+            tracing::info!(
+                "{} -> {status} {code} (the caller's policies)",
+                call.operation()
+            );
+            call.status = status;
+            call.error_code = Some(code.to_owned());
+            call.duration = started.elapsed();
+            shared.record(call);
+            return response(status, content_type, body);
         }
     }
 

@@ -16,6 +16,7 @@ use hyper::header::{CONTENT_TYPE, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::Value;
 
+use crate::authorize;
 use crate::aws::{Aws, KeyOwner};
 use crate::config::{AgentInstaller, Config};
 use crate::error::ApiError;
@@ -809,20 +810,7 @@ async fn process(
         && let Some(caller) = &caller
         && !(service == Service::OpsWorks && op.name == "RegisterInstance")
     {
-        authorize_iam_user(aws, caller, &qualified).await?;
-        // Tags given on creation are authorized as tagging too (as the README says AWS does).
-        let tagged = input
-            .get("Tags")
-            .and_then(Value::as_array)
-            .is_some_and(|t| !t.is_empty());
-        if service == Service::Ssm && op.name == "CreateActivation" && tagged {
-            authorize_iam_user(aws, caller, "ssm:AddTagsToResource").await?;
-        }
-        // Handing Systems Manager the activation's role is passing it (AWS checks
-        // `iam:PassRole` on the role, for `ssm.amazonaws.com`).
-        if service == Service::Ssm && op.name == "CreateActivation" {
-            authorize_iam_user(aws, caller, "iam:PassRole").await?;
-        }
+        authorize_iam_user(shared, aws, caller, service, op.name, &input).await?;
     }
     match service {
         Service::OpsWorks => {
@@ -838,9 +826,17 @@ async fn process(
 }
 
 /// With [`Config::enforce_iam_policies`]: whether the policies of the IAM user owning the
-/// caller's key allow `action` (on `*`); callers that are not moto IAM users (the tests' static
+/// caller's key allow the call, on the resource and with the condition keys AWS authorizes it
+/// on ([`authorize::json_checks`]); callers that are not moto IAM users (the tests' static
 /// keys, agents) are not checked.
-async fn authorize_iam_user(aws: &Aws, caller: &Caller, action: &str) -> Result<(), ApiError> {
+async fn authorize_iam_user(
+    shared: &Shared,
+    aws: &Aws,
+    caller: &Caller,
+    service: Service,
+    operation: &str,
+    input: &Value,
+) -> Result<(), ApiError> {
     let KeyOwner::IamUser { user_name, .. } = &caller.owner else {
         return Ok(());
     };
@@ -848,20 +844,53 @@ async fn authorize_iam_user(aws: &Aws, caller: &Caller, action: &str) -> Result<
         .user_policies(user_name)
         .await
         .map_err(ApiError::internal)?;
-    let denied = |why: String| {
-        ApiError::access_denied(format!(
-            "User: {user_arn} is not authorized to perform: {action} on resource: * {why}"
-        ))
+    let account = authorize::account_of(&user_arn).unwrap_or("123456789012");
+    // The OpsWorks stack the call names, directly or through its instance.
+    let stack_arn = {
+        let st = shared.lock();
+        let text = |k: &str| input.get(k).and_then(Value::as_str);
+        let stack_id = text("StackId")
+            .map(str::to_owned)
+            .or_else(|| {
+                let ids = input.get("StackIds")?.as_array()?;
+                (ids.len() == 1).then(|| ids[0].as_str().map(str::to_owned))?
+            })
+            .or_else(|| {
+                text("InstanceId").and_then(|i| st.instances.get(i).map(|i| i.stack_id.clone()))
+            });
+        stack_id.map(|id| match st.stacks.get(&id) {
+            Some(stack) => stack.arn.clone(),
+            None => format!("arn:aws:opsworks:{}:{account}:stack/{id}/", caller.region),
+        })
     };
-    match crate::policy::evaluate(&policies, action, "*", std::time::SystemTime::now()) {
-        crate::policy::Outcome::Allowed(_) => Ok(()),
-        crate::policy::Outcome::Denied(source) => {
-            Err(denied(format!("with an explicit deny in {source}")))
-        }
-        crate::policy::Outcome::NotAllowed(_) => Err(denied(format!(
-            "because no identity-based policy allows the {action} action"
-        ))),
+    let role_arn = match (service, input.get("IamRole").and_then(Value::as_str)) {
+        (Service::Ssm, Some(role)) => Some(
+            aws.role(role)
+                .await
+                .map_err(ApiError::internal)?
+                .map(|(arn, _)| arn)
+                .unwrap_or_else(|| format!("arn:aws:iam::{account}:role/{role}")),
+        ),
+        _ => None,
+    };
+    let checks = authorize::json_checks(
+        service,
+        operation,
+        input,
+        &authorize::Place {
+            account,
+            region: &caller.region,
+            stack_arn: stack_arn.as_deref(),
+            role_arn: role_arn.as_deref(),
+        },
+    );
+    for check in &checks {
+        authorize::judge(&user_arn, &policies, check).map_err(|refusal| match refusal {
+            authorize::Refusal::Denied(m) => ApiError::access_denied(m),
+            authorize::Refusal::Failed(m) => ApiError::internal(m),
+        })?;
     }
+    Ok(())
 }
 
 /// How a request's signature is checked.
