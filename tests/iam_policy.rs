@@ -683,5 +683,90 @@ async fn the_iam_policy_as_written_with_its_resources_and_conditions_registers_a
         .filter_map(|p| p.policy_arn())
         .collect();
     assert_eq!(arns, [BOUNDARY]);
+    // README's permissions boundary condition on `OpsWorksAgentUsersCreate`: `CreateUser` is
+    // refused without the boundary, allowed with it.
+    let mut bounded: Value = serde_json::from_str(POLICY).unwrap();
+    for statement in bounded["Statement"].as_array_mut().unwrap() {
+        if statement["Sid"] == "OpsWorksAgentUsersCreate" {
+            statement["Condition"] =
+                serde_json::json!({"StringEquals": {"iam:PermissionsBoundary": BOUNDARY}});
+        }
+    }
+    admin
+        .put_user_policy()
+        .user_name(user)
+        .policy_name("instance-registrar")
+        .policy_document(bounded.to_string())
+        .send()
+        .await
+        .unwrap();
+    refused!(
+        "CreateUser without the permissions boundary the policy requires",
+        iam.create_user()
+            .user_name("OpsWorks-probe-unbounded")
+            .path(IAM_PATH)
+    );
+    iam.create_user()
+        .user_name("OpsWorks-probe-bounded")
+        .path(IAM_PATH)
+        .permissions_boundary(BOUNDARY)
+        .send()
+        .await
+        .expect("CreateUser with the boundary");
     eprintln!("refused, as scoped: {refused:#?}");
+}
+
+/// parliament (duo-labs, installed by `tests/setup.sh`) checks a policy against the IAM actions,
+/// resource types and condition keys AWS publishes: it finds nothing in the file, and does find
+/// what is wrong in a policy that differs in one place from it (so it did look).
+#[test]
+fn parliament_finds_nothing_wrong_in_the_policy() {
+    let python = opsworks_endpoint::moto::cache_dir().join("parliament/bin/python");
+    assert!(
+        python.exists(),
+        "{} is missing: run `bash tests/setup.sh`",
+        python.display()
+    );
+    let findings = |policy: &str| -> Vec<String> {
+        let out = std::process::Command::new(&python)
+            .args([
+                "-c",
+                "import sys\nfrom parliament import analyze_policy_string\n\
+                 for f in analyze_policy_string(sys.stdin.read()).findings:\n    \
+                 print(f.issue, f.detail)",
+            ])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .and_then(|mut child| {
+                use std::io::Write as _;
+                child.stdin.take().unwrap().write_all(policy.as_bytes())?;
+                child.wait_with_output()
+            })
+            .expect("running parliament");
+        assert!(out.status.success(), "parliament failed: {out:?}");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    };
+    assert_eq!(findings(POLICY), Vec::<String>::new());
+    // The boundary condition where IAM has no such key (iam:ListUserTags), and an action that
+    // does not exist.
+    let mut wrong: Value = serde_json::from_str(POLICY).unwrap();
+    for statement in wrong["Statement"].as_array_mut().unwrap() {
+        if statement["Sid"] == "OpsWorksAgentUsers" {
+            statement["Condition"] =
+                serde_json::json!({"StringEquals": {"iam:PermissionsBoundary": BOUNDARY}});
+        }
+        if statement["Sid"] == "Ec2Hosts" {
+            statement["Action"] = serde_json::json!("ec2:DescribeInstance");
+        }
+    }
+    let found = findings(&wrong.to_string()).join("\n");
+    assert!(
+        found.contains("UNKNOWN_CONDITION_FOR_ACTION") && found.contains("iam:ListUserTags"),
+        "{found}"
+    );
+    assert!(found.contains("UNKNOWN_ACTION"), "{found}");
 }

@@ -156,6 +156,17 @@ PY
 fi
 echo "setup.sh: moto_server in $python_dir/bin, OpsWorks model in $model_dir, SSM model in $ssm_model_dir" >&2
 
+# parliament (duo-labs), pinned, in a venv of its own: it checks the controller's IAM policy
+# against the IAM actions, resource types and condition keys AWS publishes (tests/iam_policy.rs).
+# The demo does without.
+parliament_version=1.6.4
+parliament_dir="$cache_root/parliament"
+if [ -z "$for_demo" ] && ! "$parliament_dir/bin/python" -c "import importlib.metadata as m, sys; sys.exit(m.version('parliament') != '$parliament_version')" 2>/dev/null; then
+  echo "setup.sh: installing parliament==$parliament_version into $parliament_dir" >&2
+  "$parliament_dir/bin/python" -m pip --version >/dev/null 2>&1 || "$python" -m venv --clear "$parliament_dir"
+  "$parliament_dir/bin/python" -m pip install -q --disable-pip-version-check "parliament==$parliament_version"
+fi
+
 # kube-apiserver, etcd and kubectl (minutes the first time, then cached).
 dir=$("$here/control-plane/build.sh")
 echo "setup.sh: control plane binaries in $dir" >&2
