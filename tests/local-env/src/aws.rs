@@ -469,32 +469,38 @@ fn start_enforcing(managed_policy: bool) -> AwsEnv {
 /// [`start`], with the managed policy, the endpoint authorizing by IAM policies, and the proxy
 /// in front of moto doing so for IAM and EC2; moto itself authorizes nothing.
 fn start_scoped() -> AwsEnv {
+    on_own_thread(|| {
+        let moto = MotoServer::start_with(MotoOptions {
+            opsworks_managed_policy: true,
+            env: Vec::new(),
+        })?;
+        let credentials = (ACCESS_KEY_ID.to_owned(), SECRET_ACCESS_KEY.to_owned());
+        let mut config = Config::with_moto(moto.url());
+        config.known_credentials.push(credentials.clone());
+        config.moto_credentials = credentials.clone();
+        config.enforce_iam_policies = true;
+        config.ssm_standin = Some(SsmStandIn::built());
+        let opsworks = Endpoint::start(config)?;
+        let mut env = AwsEnv {
+            moto,
+            opsworks,
+            proxy: None,
+            credentials,
+        };
+        env.start_proxy_with(false, true)?;
+        Ok(env)
+    })
+}
+
+/// Runs `start` (which starts moto and the endpoint) on a thread that lives as long as the
+/// process, so that the processes' parent-death signal fires only when the process exits.
+/// Panics when they do not start.
+fn on_own_thread(start: impl FnOnce() -> Result<AwsEnv, String> + Send + 'static) -> AwsEnv {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::Builder::new()
         .name("aws-endpoints".into())
         .spawn(move || {
-            let started = (|| {
-                let moto = MotoServer::start_with(MotoOptions {
-                    opsworks_managed_policy: true,
-                    env: Vec::new(),
-                })?;
-                let credentials = (ACCESS_KEY_ID.to_owned(), SECRET_ACCESS_KEY.to_owned());
-                let mut config = Config::with_moto(moto.url());
-                config.known_credentials.push(credentials.clone());
-                config.moto_credentials = credentials.clone();
-                config.enforce_iam_policies = true;
-                config.ssm_standin = Some(SsmStandIn::built());
-                let opsworks = Endpoint::start(config)?;
-                let mut env = AwsEnv {
-                    moto,
-                    opsworks,
-                    proxy: None,
-                    credentials,
-                };
-                env.start_proxy_with(false, true)?;
-                Ok::<_, String>(env)
-            })();
-            tx.send(started).unwrap();
+            tx.send(start()).unwrap();
             loop {
                 std::thread::park();
             }
@@ -521,49 +527,36 @@ pub fn start(managed_policy: bool) -> AwsEnv {
 
 /// [`start`]; with `enforce_iam`, as [`AwsEnv::enforcing_iam`] describes.
 fn start_env(managed_policy: bool, enforce_iam: bool) -> AwsEnv {
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::Builder::new()
-        .name("aws-endpoints".into())
-        .spawn(move || {
-            let started = (|| {
-                let mut env = Vec::new();
-                if enforce_iam {
-                    // Unauthorized until the administrator is made (then reset to 0 below).
-                    env.push(("INITIAL_NO_AUTH_ACTION_COUNT".into(), "1000000".into()));
-                }
-                let moto = MotoServer::start_with(MotoOptions {
-                    opsworks_managed_policy: managed_policy,
-                    env,
-                })?;
-                let credentials = match enforce_iam {
-                    false => (ACCESS_KEY_ID.to_owned(), SECRET_ACCESS_KEY.to_owned()),
-                    true => make_administrator(moto.url())?,
-                };
-                let mut config = Config::with_moto(moto.url());
-                config.known_credentials.push(credentials.clone());
-                if enforce_iam {
-                    config.moto_credentials = credentials.clone();
-                    config.enforce_iam_policies = true;
-                }
-                // The SSM setup tool that REGISTRAR_SSM_SETUP_URL points at.
-                config.ssm_standin = Some(SsmStandIn::built());
-                let opsworks = Endpoint::start(config)?;
-                Ok::<_, String>(AwsEnv {
-                    moto,
-                    opsworks,
-                    proxy: None,
-                    credentials,
-                })
-            })();
-            tx.send(started).unwrap();
-            loop {
-                std::thread::park();
-            }
+    on_own_thread(move || {
+        let mut env = Vec::new();
+        if enforce_iam {
+            // Unauthorized until the administrator is made (then reset to 0 below).
+            env.push(("INITIAL_NO_AUTH_ACTION_COUNT".into(), "1000000".into()));
+        }
+        let moto = MotoServer::start_with(MotoOptions {
+            opsworks_managed_policy: managed_policy,
+            env,
+        })?;
+        let credentials = match enforce_iam {
+            false => (ACCESS_KEY_ID.to_owned(), SECRET_ACCESS_KEY.to_owned()),
+            true => make_administrator(moto.url())?,
+        };
+        let mut config = Config::with_moto(moto.url());
+        config.known_credentials.push(credentials.clone());
+        if enforce_iam {
+            config.moto_credentials = credentials.clone();
+            config.enforce_iam_policies = true;
+        }
+        // The SSM setup tool that REGISTRAR_SSM_SETUP_URL points at.
+        config.ssm_standin = Some(SsmStandIn::built());
+        let opsworks = Endpoint::start(config)?;
+        Ok(AwsEnv {
+            moto,
+            opsworks,
+            proxy: None,
+            credentials,
         })
-        .unwrap();
-    rx.recv()
-        .unwrap()
-        .unwrap_or_else(|e| panic!("starting moto and the OpsWorks endpoint: {e}"))
+    })
 }
 
 /// Makes IAM user `registrar-tests-admin` (an inline policy allowing everything) and its access
