@@ -173,11 +173,17 @@ fi
 echo "instance-registrar: running @NAME@ (time limit ${left}s)"
 # Its output goes through a pipe (never a terminal it could change modes of from the background
 # process group timeout puts it in), and the lock's descriptor is not passed on to it: a daemon it
-# starts must not hold the lock.
+# starts must not hold the lock. The pipe's reader passes the output on while the session lasts
+# and drops it after: when the controller stops mid-install, the session goes, and a reader that
+# died with it (as `cat` does) would kill the installer with SIGPIPE at its next line, between
+# registering the host and starting its agent.
 (
   timeout -k "$kill_after" "$left" @RUN@ </dev/null 2>&1 9>&-
   echo $? >"$dir/installer-status"
-) 9>&- | cat 9>&-
+) 9>&- | (
+  trap '' PIPE
+  while IFS= read -r line || [ -n "$line" ]; do printf '%s\n' "$line" 2>/dev/null || :; done
+) 9>&-
 status=$(cat "$dir/installer-status" 2>/dev/null) || status=unknown
 rm -rf -- "$dir"
 case $status in
