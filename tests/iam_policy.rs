@@ -21,6 +21,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
+use aws_sdk_iam::types::AccessKey;
 use futures::StreamExt;
 use instance_registrar::conditions::{reasons, types};
 use instance_registrar::opsworks::credentials::IAM_PATH;
@@ -242,26 +243,10 @@ async fn run(
         Enforcement::AsWritten => policy.clone(),
         Enforcement::Actions { .. } => as_enforced(&policy, without),
     };
-    let iam = aws.iam();
     let cp = ControlPlane::shared();
     let client = cp.client().await;
     let ns = namespace(&client, &format!("iam-{label}")).await;
-    let user = format!("{ns}-controller");
-    iam.create_user().user_name(&user).send().await.unwrap();
-    iam.put_user_policy()
-        .user_name(&user)
-        .policy_name("instance-registrar")
-        .policy_document(document.to_string())
-        .send()
-        .await
-        .unwrap();
-    let key = iam
-        .create_access_key()
-        .user_name(&user)
-        .send()
-        .await
-        .unwrap();
-    let key = key.access_key().unwrap();
+    let key = user_holding(aws, &format!("{ns}-controller"), &document.to_string()).await;
     let (_, public_key) = ssh_key_secret(&client, &ns, "key").await;
     let stack = aws.create_stack(&ns, None).await;
     let layer = aws
@@ -428,6 +413,27 @@ spec:
     result
 }
 
+/// Makes IAM user `user` holding the inline policy `document` (`instance-registrar`) and
+/// returns its access key.
+async fn user_holding(aws: &AwsEnv, user: &str, document: &str) -> AccessKey {
+    let iam = aws.iam();
+    iam.create_user().user_name(user).send().await.unwrap();
+    iam.put_user_policy()
+        .user_name(user)
+        .policy_name("instance-registrar")
+        .policy_document(document)
+        .send()
+        .await
+        .unwrap();
+    let made = iam
+        .create_access_key()
+        .user_name(user)
+        .send()
+        .await
+        .unwrap();
+    made.access_key().unwrap().clone()
+}
+
 /// The IAM users the controller made for `ns`'s hosts are under the path and named as the
 /// policy's resources say. (Whether they carry `--iam-permissions-boundary` cannot be read back:
 /// moto 5 drops `PermissionsBoundary` on `CreateUser`.)
@@ -552,37 +558,8 @@ async fn the_iam_policy_as_written_with_its_resources_and_conditions_registers_a
     let aws = aws(Enforcement::AsWritten);
     let admin = aws.iam();
     let user = "iam-probe-controller";
-    admin.create_user().user_name(user).send().await.unwrap();
-    admin
-        .put_user_policy()
-        .user_name(user)
-        .policy_name("instance-registrar")
-        .policy_document(POLICY)
-        .send()
-        .await
-        .unwrap();
-    let key = admin
-        .create_access_key()
-        .user_name(user)
-        .send()
-        .await
-        .unwrap();
-    let key = key.access_key().unwrap();
-    let config = aws_config::SdkConfig::builder()
-        .behavior_version(aws_config::BehaviorVersion::latest())
-        .region(aws_config::Region::new(support::aws::REGION))
-        .endpoint_url(aws.controller_aws_url())
-        .credentials_provider(aws_sdk_iam::config::SharedCredentialsProvider::new(
-            aws_sdk_iam::config::Credentials::new(
-                key.access_key_id(),
-                key.secret_access_key(),
-                None,
-                None,
-                "probe",
-            ),
-        ))
-        .build();
-    let iam = aws_sdk_iam::Client::new(&config);
+    let key = user_holding(aws, user, POLICY).await;
+    let iam = aws.iam_as(key.access_key_id(), key.secret_access_key());
     // Someone else's user, outside the path, and an agent user of the controller's own kind.
     admin
         .create_user()

@@ -199,20 +199,7 @@ impl AwsEnv {
     }
 
     fn sdk_config(&self, endpoint: &str) -> SdkConfig {
-        SdkConfig::builder()
-            .behavior_version(BehaviorVersion::latest())
-            .region(Region::new(REGION))
-            .endpoint_url(endpoint)
-            .credentials_provider(aws_sdk_iam::config::SharedCredentialsProvider::new(
-                aws_sdk_iam::config::Credentials::new(
-                    self.credentials.0.clone(),
-                    self.credentials.1.clone(),
-                    None,
-                    None,
-                    "tests",
-                ),
-            ))
-            .build()
+        sdk_config_as(endpoint, &self.credentials.0, &self.credentials.1)
     }
 
     /// An OpsWorks client for the tests' own setup and checks.
@@ -226,6 +213,15 @@ impl AwsEnv {
     /// An IAM client (moto).
     pub fn iam(&self) -> aws_sdk_iam::Client {
         aws_sdk_iam::Client::new(&self.sdk_config(self.moto.url()))
+    }
+    /// An IAM client signing with the key `access_key_id`/`secret`, reaching IAM the way the
+    /// controller does ([`AwsEnv::controller_aws_url`]: through the proxy, if there is one).
+    pub fn iam_as(&self, access_key_id: &str, secret: &str) -> aws_sdk_iam::Client {
+        aws_sdk_iam::Client::new(&sdk_config_as(
+            self.controller_aws_url(),
+            access_key_id,
+            secret,
+        ))
     }
     /// An EC2 client (moto).
     pub fn ec2(&self) -> aws_sdk_ec2::Client {
@@ -464,6 +460,18 @@ fn start_enforcing(managed_policy: bool) -> AwsEnv {
     env.start_proxy_with(true, true)
         .unwrap_or_else(|e| panic!("{e}"));
     env
+}
+
+/// An SDK configuration for `endpoint` signing with `access_key_id`/`secret`.
+fn sdk_config_as(endpoint: &str, access_key_id: &str, secret: &str) -> SdkConfig {
+    SdkConfig::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new(REGION))
+        .endpoint_url(endpoint)
+        .credentials_provider(aws_sdk_iam::config::SharedCredentialsProvider::new(
+            aws_sdk_iam::config::Credentials::new(access_key_id, secret, None, None, "tests"),
+        ))
+        .build()
 }
 
 /// [`start`], with the managed policy, the endpoint authorizing by IAM policies, and the proxy

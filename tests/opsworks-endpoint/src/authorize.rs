@@ -280,11 +280,7 @@ pub fn json_checks(
 
 /// The parameters of a form-encoded query-protocol request.
 pub fn form_params(form: &str) -> Params {
-    let decode = |s: &str| {
-        percent_encoding::percent_decode_str(&s.replace('+', " "))
-            .decode_utf8_lossy()
-            .into_owned()
-    };
+    let decode = crate::proxy::form_decode;
     form.split('&')
         .filter(|p| !p.is_empty())
         .map(|pair| {
