@@ -207,7 +207,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         )
     })?;
     health.set_leadership(Leadership::Standby);
-    let held = tokio::select! {
+    let mut held = tokio::select! {
         held = leader::acquire(client.clone(), election) => held,
         _ = stopped() => return Ok(()),
     };

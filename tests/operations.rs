@@ -305,3 +305,264 @@ async fn a_leader_keeps_its_lease_through_a_kube_apiserver_restart() {
     register_host(cp, &api, &stack, &public, "a").await;
     assert!(leader.running());
 }
+
+/// A TCP proxy in front of kube-apiserver for one controller: what the server sends reaches the
+/// client `delay` late, and once `block` is called, nothing more the client sends reaches the
+/// server (its requests hang). It runs on a thread of its own, so a test that blocks its own
+/// thread does not hold it up.
+struct SlowApiServer {
+    address: std::net::SocketAddr,
+    blocked: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl SlowApiServer {
+    fn start(upstream: &str, delay: Duration) -> Self {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let upstream = upstream
+            .trim_start_matches("https://")
+            .trim_end_matches('/')
+            .to_owned();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let address = listener.local_addr().unwrap();
+        let blocked = Arc::new(AtomicBool::new(false));
+        let gate = blocked.clone();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                loop {
+                    let Ok((client, _)) = listener.accept().await else {
+                        continue;
+                    };
+                    let Ok(server) = tokio::net::TcpStream::connect(&upstream).await else {
+                        continue;
+                    };
+                    let (mut client_read, mut client_write) = client.into_split();
+                    let (mut server_read, mut server_write) = server.into_split();
+                    let gate = gate.clone();
+                    tokio::spawn(async move {
+                        let mut buf = vec![0u8; 64 * 1024];
+                        loop {
+                            let n = match client_read.read(&mut buf).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => n,
+                            };
+                            if gate.load(Ordering::SeqCst) {
+                                // Blocked: the request never reaches the server.
+                                std::future::pending::<()>().await;
+                            }
+                            if server_write.write_all(&buf[..n]).await.is_err() {
+                                return;
+                            }
+                        }
+                    });
+                    // Server to client, each chunk `delay` after it arrived, in order.
+                    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+                    tokio::spawn(async move {
+                        let mut buf = vec![0u8; 64 * 1024];
+                        loop {
+                            let n = match server_read.read(&mut buf).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => n,
+                            };
+                            let due = tokio::time::Instant::now() + delay;
+                            if tx.send((due, buf[..n].to_vec())).is_err() {
+                                return;
+                            }
+                        }
+                    });
+                    tokio::spawn(async move {
+                        while let Some((due, chunk)) = rx.recv().await {
+                            tokio::time::sleep_until(due).await;
+                            if client_write.write_all(&chunk).await.is_err() {
+                                return;
+                            }
+                        }
+                    });
+                }
+            });
+        });
+        Self { address, blocked }
+    }
+
+    /// From now on, nothing the client sends reaches kube-apiserver.
+    fn block(&self) {
+        self.blocked
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// A copy of `cp`'s kubeconfig that reaches kube-apiserver through this proxy.
+    fn kubeconfig(&self, cp: &ControlPlane) -> std::path::PathBuf {
+        let text = std::fs::read_to_string(&cp.kubeconfig).unwrap();
+        let direct = cp.server.trim_end_matches('/');
+        assert!(text.contains(direct), "{direct} not in the kubeconfig");
+        let path = cp
+            .dir
+            .join(format!("kubeconfig-slow-{}", self.address.port()));
+        std::fs::write(
+            &path,
+            text.replace(direct, &format!("https://{}", self.address)),
+        )
+        .unwrap();
+        path
+    }
+}
+
+/// The leader election arguments for replica `name` with a lease of `seconds`.
+fn election_args<'a>(ns: &'a str, seconds: &'a str, name: &'a str) -> [&'a str; 7] {
+    [
+        "--leader-election",
+        "--leader-election-namespace",
+        ns,
+        "--leader-election-lease-seconds",
+        seconds,
+        "--instance",
+        name,
+    ]
+}
+
+/// Where Debian's libfaketime is (`tests/setup.sh` installs it).
+const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
+
+#[tokio::test]
+async fn a_standby_whose_clock_runs_ahead_does_not_take_a_healthy_lease() {
+    let cp = ControlPlane::shared();
+    let aws = aws();
+    let client = cp.client().await;
+    let ns = namespace(&client, "skew").await;
+    let lease_seconds = "6";
+    let mut leader =
+        ControllerProcess::start(cp, aws, &ns, &election_args(&ns, lease_seconds, "one"));
+    eventually(Duration::from_secs(20), "a leader", || async {
+        holder(&client, &ns).await.filter(|h| h == "one")
+    })
+    .await;
+    // A standby whose clock runs a minute ahead: to it, every renewTime the leader writes looks
+    // a minute old.
+    let standby = ControllerProcess::start_with_env(
+        cp,
+        aws,
+        &ns,
+        &election_args(&ns, lease_seconds, "two"),
+        &[("LD_PRELOAD", LIBFAKETIME), ("FAKETIME", "+60s")],
+    );
+    let started = k8s_openapi::jiff::Timestamp::now();
+    let standby_log = eventually(
+        Duration::from_secs(20),
+        "the standby's election",
+        || async {
+            Some(standby.logs())
+                .filter(|l| l.contains("waiting as a standby") || l.contains("acquired the leader"))
+        },
+    )
+    .await;
+    // The skew is real: the standby's own log lines are stamped a minute ahead.
+    let stamped: k8s_openapi::jiff::Timestamp = standby_log
+        .lines()
+        .find_map(|l| l.split_whitespace().next()?.parse().ok())
+        .expect("a timestamped log line");
+    assert!(
+        stamped.as_second() >= started.as_second() + 50,
+        "libfaketime did not skew the standby's clock ({stamped} vs {started})"
+    );
+
+    // Three lease durations: the leader renews throughout, and keeps the lease.
+    let until = Instant::now() + Duration::from_secs(18);
+    while Instant::now() < until {
+        assert_eq!(
+            holder(&client, &ns).await.as_deref(),
+            Some("one"),
+            "the skewed standby took a healthy lease:\n{}",
+            standby.logs()
+        );
+        assert!(leader.running(), "the leader stopped:\n{}", leader.logs());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(!standby.logs().contains("acquired the leader lease"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_leader_that_hears_back_late_never_acts_while_a_standby_may_hold_the_lease() {
+    let cp = ControlPlane::shared();
+    let aws = aws();
+    let client = cp.client().await;
+    let ns = namespace(&client, "slowleader").await;
+    // A 9 s lease: the leader may act until 6 s after it sent its last write.
+    let lease_seconds = "9";
+    // Everything kube-apiserver sends reaches "slow" 2.5 s late: its TLS handshake and first
+    // read take 5 s, its write of the lease is committed then, and the answer comes 2.5 s later,
+    // 7.5 s after it started: too late to act on a lease counted from its write.
+    let proxy = SlowApiServer::start(&cp.server, Duration::from_millis(2500));
+    let slow_kubeconfig = proxy.kubeconfig(cp);
+    let mut slow = ControllerProcess::start_with_env(
+        cp,
+        aws,
+        &ns,
+        &election_args(&ns, lease_seconds, "slow"),
+        &[("KUBECONFIG", slow_kubeconfig.to_str().unwrap())],
+    );
+    eventually(
+        Duration::from_secs(20),
+        "the slow replica's write",
+        || async { holder(&client, &ns).await.filter(|h| h == "slow") },
+    )
+    .await;
+    // From now on slow's requests never arrive: it cannot renew.
+    proxy.block();
+    let mut fast =
+        ControllerProcess::start(cp, aws, &ns, &election_args(&ns, lease_seconds, "fast"));
+
+    // Watch both: once fast holds the lease, slow must have stopped acting (or never acted).
+    let acted = |p: &ControllerProcess| p.logs().contains("acquired the leader lease");
+    let mut fast_took: Option<Instant> = None;
+    let mut slow_exited: Option<Instant> = None;
+    let mut slow_acted: Option<Instant> = None;
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while Instant::now() < deadline {
+        if slow_exited.is_none() && !slow.running() {
+            slow_exited = Some(Instant::now());
+        }
+        if slow_acted.is_none() && acted(&slow) {
+            slow_acted = Some(Instant::now());
+        }
+        if fast_took.is_none() && holder(&client, &ns).await.as_deref() == Some("fast") {
+            fast_took = Some(Instant::now());
+        }
+        if let Some(took) = fast_took
+            && took.elapsed() > Duration::from_secs(8)
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let took = fast_took.unwrap_or_else(|| {
+        panic!(
+            "the standby never took the lease:\n{}\n---\n{}",
+            fast.logs(),
+            slow.logs()
+        )
+    });
+    if slow_acted.is_some() {
+        let stopped = slow_exited.unwrap_or_else(|| {
+            panic!(
+                "slow acted and never stopped while fast held the lease:\n{}",
+                slow.logs()
+            )
+        });
+        assert!(
+            stopped < took,
+            "slow stopped acting {:?} after fast took the lease:\n{}",
+            stopped - took,
+            slow.logs()
+        );
+    }
+    assert!(acted(&fast));
+    fast.kill();
+    slow.kill();
+}

@@ -19,8 +19,9 @@ esac
 # processes die with the test binary; each test SSH host has its own mount namespace), sshd and
 # sudo (the test SSH hosts), curl (the agent installer stand-in), lua5.1 (the Argo CD health
 # check's tests: Argo CD's gopher-lua is a Lua 5.1). tar, gzip and coreutils, which the stand-in
-# also uses, are Essential in Debian and always there.
-packages=(openssh-client openssh-server sudo util-linux curl lua5.1)
+# also uses, are Essential in Debian and always there. libfaketime: a leader-election test runs a
+# standby whose clock runs ahead.
+packages=(openssh-client openssh-server sudo util-linux curl lua5.1 libfaketime)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
