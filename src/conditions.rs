@@ -194,6 +194,30 @@ pub mod reasons {
     pub const KUBERNETES_API_ERROR: &str = "KubernetesApiError";
 }
 
+/// What deleting an object undid: a summary for the Event and the log, and whether a
+/// registration of the host was seen and undone (deregistered, or found deregistered already).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Undone {
+    /// What was done, for people.
+    pub summary: String,
+    /// A registration this object made was found and is gone now.
+    pub registration_undone: bool,
+}
+
+impl Undone {
+    /// The summary of `done` (one note per thing done).
+    pub fn new(done: &[String], registration_undone: bool) -> Self {
+        Undone {
+            summary: if done.is_empty() {
+                "nothing to undo".into()
+            } else {
+                done.join("; ")
+            },
+            registration_undone,
+        }
+    }
+}
+
 /// What a step found.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Outcome {

@@ -191,6 +191,15 @@ impl Detached {
 }
 
 impl Context {
+    /// The shard this controller is: its label selector, empty when it watches every object.
+    pub fn shard(&self) -> &str {
+        self.settings
+            .watched
+            .selector
+            .as_deref()
+            .unwrap_or_default()
+    }
+
     /// A context for `client` and `aws` with `settings`, seeing the watched objects in `store`
     /// and their namespaces in `namespaces`.
     pub fn new(

@@ -21,7 +21,7 @@ use tracing::{Instrument, info, info_span, warn};
 
 use crate::aws::Aws;
 use crate::backoff::Schedule;
-use crate::conditions;
+use crate::conditions::{self, Undone};
 use crate::context::patch_status;
 pub use crate::context::{
     Context, FIELD_MANAGER, SSM_SETUP_URL, Settings, Versions, apply_status, checkpoint,
@@ -157,6 +157,14 @@ async fn pass(
         return Ok(None);
     }
 
+    // Another shard's install may still be running on the host (the object was relabelled
+    // meanwhile): nothing is done until it has ended for sure.
+    if let Some((why, left)) = steps::install_elsewhere(obj, ctx.shard()) {
+        steps::summarize_install_elsewhere(&mut new, &why, generation, &now);
+        write_status(obj, api, ctx, &old, &new, &mut version).await?;
+        return Ok(Some(left));
+    }
+
     let started = std::time::Instant::now();
     let mut facts = Facts {
         resource_version: version,
@@ -265,7 +273,32 @@ async fn cleanup(
         return Ok(Action::await_change());
     }
     match undo(obj, ctx).await {
-        Ok(summary) => {
+        // An install that may still run on the host (its pass was cut, or runs in another
+        // shard) could register the host after the undo looked and found nothing: the finalizer
+        // stays until the registration is seen and undone, or the host has stopped the install
+        // for sure.
+        Ok(undone)
+            if !undone.registration_undone
+                && steps::install_may_run_until(obj)
+                    .is_some_and(|until| Timestamp::now() < until) =>
+        {
+            let started = obj
+                .status
+                .as_ref()
+                .and_then(|s| s.install_started_at.as_ref())
+                .map(|t| t.0.to_string())
+                .unwrap_or_default();
+            let until = steps::install_may_run_until(obj).unwrap_or_default();
+            let problem = format!(
+                "{}; the install started at {started} may still be running on the host (no pass \
+                 here runs it): the finalizer stays until its registration is seen and undone, or \
+                 the host has stopped it for sure at {until} (deletionPolicy: Retain lets go at \
+                 once)",
+                undone.summary
+            );
+            Err(cleanup_incomplete(obj, api, ctx, problem).await)
+        }
+        Ok(Undone { summary, .. }) => {
             info!(name = %obj.name_any(), %summary, "cleaned up");
             let refused = matches!(ctx.tenancy.verdict(obj), Verdict::Refused(_));
             let (kind, reason) = if refused {
@@ -278,24 +311,33 @@ async fn cleanup(
             ctx.versions.forget(obj);
             Ok(Action::await_change())
         }
-        Err(problem) => {
-            // Say why on status, then retry with backoff (the finalizer stays).
-            let old = obj.status.clone().unwrap_or_default();
-            let mut new = old.clone();
-            let now = Time(Timestamp::now());
-            let generation = obj.metadata.generation.unwrap_or_default();
-            steps::summarize_deleting(&mut new, &problem, generation, &now);
-            let mut version = obj.metadata.resource_version.clone();
-            write_status(obj, api, ctx, &old, &new, &mut version).await?;
-            // An error, not a requeue: the finalizer helper drops the finalizer on success, and
-            // work is left undone. The error policy retries with this object's backoff.
-            Err(Error::CleanupIncomplete(problem))
-        }
+        Err(problem) => Err(cleanup_incomplete(obj, api, ctx, problem).await),
     }
 }
 
+/// Says on status why a deletion cannot finish yet; the error to return, so that the finalizer
+/// stays and the deletion is retried with the object's backoff (the finalizer helper drops the
+/// finalizer on success, and work is left undone).
+async fn cleanup_incomplete(
+    obj: &InstanceRegistration,
+    api: &Api<InstanceRegistration>,
+    ctx: &Context,
+    problem: String,
+) -> Error {
+    let old = obj.status.clone().unwrap_or_default();
+    let mut new = old.clone();
+    let now = Time(Timestamp::now());
+    let generation = obj.metadata.generation.unwrap_or_default();
+    steps::summarize_deleting(&mut new, &problem, generation, &now);
+    let mut version = obj.metadata.resource_version.clone();
+    if let Err(error) = write_status(obj, api, ctx, &old, &new, &mut version).await {
+        return error;
+    }
+    Error::CleanupIncomplete(problem)
+}
+
 /// The undo of a registration, by the object's service; returns a summary, or what stopped it.
-async fn undo(obj: &InstanceRegistration, ctx: &Context) -> std::result::Result<String, String> {
+async fn undo(obj: &InstanceRegistration, ctx: &Context) -> std::result::Result<Undone, String> {
     match obj.spec.service() {
         crate::resource::Service::OpsWorks(_) => crate::opsworks::undo::undo(obj, ctx).await,
         crate::resource::Service::SystemsManager(ssm) => {

@@ -562,6 +562,12 @@ pub struct InstanceRegistrationStatus {
     /// install starts, so that a restart knows a registration of its own may exist).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub install_started_at: Option<Time>,
+    /// The shard whose controller started that install: its label selector (`--label-selector`),
+    /// empty for a controller that watches every object. A controller of another shard (the
+    /// object was relabelled meanwhile) leaves the object alone until that install has ended for
+    /// sure.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub install_shard: Option<String>,
     /// When the agent installer last finished successfully on the host (cleared when the instance
     /// has to be registered again).
     #[serde(default, skip_serializing_if = "Option::is_none")]

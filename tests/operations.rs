@@ -566,3 +566,81 @@ async fn a_leader_that_hears_back_late_never_acts_while_a_standby_may_hold_the_l
     fast.kill();
     slow.kill();
 }
+
+#[tokio::test]
+async fn deleting_an_object_whose_install_was_cut_leaves_no_registration_behind() {
+    let cp = ControlPlane::shared();
+    // An installer that runs 6 s, in an environment of this test's own.
+    let aws = serving_stand_in(AwsEnv::isolated(), Duration::from_secs(6));
+    let client = cp.client().await;
+    let ns = namespace(&client, "cut").await;
+    let api: Api<InstanceRegistration> = Api::namespaced(client.clone(), &ns);
+    let (_, public) = ssh_key_secret(&client, &ns, "key").await;
+    let stack = aws.create_stack(&ns, None).await;
+    // An EC2 host that registers with its instance profile: there is no key whose deletion
+    // would stop a registration the install makes after the controller looked.
+    let profile = format!("{ns}-profile");
+    aws.iam()
+        .create_instance_profile()
+        .instance_profile_name(&profile)
+        .send()
+        .await
+        .unwrap();
+    let host = SshHost::start(&format!("{ns}-web"));
+    host.authorize(&public);
+    let (instance, _, _) = aws
+        .try_run_instance(host.name(), None, Some(&profile))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    host.set_identity(&instance, support::aws::REGION);
+    let mut controller = ControllerProcess::start(cp, aws, &ns, &[]);
+    apply(
+        cp,
+        &(support::ec2(
+            &ns,
+            "web",
+            &stack,
+            &instance,
+            "key",
+            "  useInstanceProfile: true\n",
+        ) + &ssh_via(&host)
+            + "    timeoutSeconds: 5\n    commandTimeoutSeconds: 10\n"),
+    );
+    // The installer runs on the host: the controller dies (as on a node failure), and the
+    // object is deleted before any controller saw a registration.
+    eventually(
+        Duration::from_secs(60),
+        "the install on the host",
+        || async { host.received_preconfig() },
+    )
+    .await;
+    controller.kill();
+    api.delete("web", &Default::default()).await.unwrap();
+    assert!(
+        !aws.opsworks
+            .instances()
+            .iter()
+            .any(|i| i.ec2_instance_id.as_deref() == Some(instance.as_str())),
+        "registered before the controller died: the test is too slow for its installer"
+    );
+    let _controller = ControllerProcess::start(cp, aws, &ns, &[]);
+    // The install goes on without its session and registers the host; the object must stay
+    // until that registration is seen and undone.
+    support::wait_gone(&api, "web").await;
+    let log = eventually(Duration::from_secs(30), "the installer's end", || async {
+        std::fs::read_to_string(host.dir().join("boot-registration.log"))
+            .ok()
+            .filter(|l| !l.trim().is_empty())
+    })
+    .await;
+    assert!(log.contains("result=registered"), "{log}");
+    let left: Vec<_> = aws
+        .opsworks
+        .instances()
+        .into_iter()
+        .filter(|i| {
+            i.ec2_instance_id.as_deref() == Some(instance.as_str()) && i.status != "deregistered"
+        })
+        .collect();
+    assert!(left.is_empty(), "a registration with no object: {left:?}");
+}

@@ -13,9 +13,10 @@ use std::time::Duration;
 use instance_registrar::conditions::{reasons, types};
 use instance_registrar::resource::InstanceRegistration;
 use kube::api::{Api, Patch, PatchParams};
+use support::ssh_hosts::SshHost;
 use support::{
     AwsEnv, ControlPlane, ControllerProcess, apply, condition, eventually, namespace, on_premises,
-    wait_reason,
+    serving_stand_in, ssh_key_secret, ssh_via, wait_reason,
 };
 
 /// An object in `ns` that stops at its missing stack, with `labels` (YAML flow mapping).
@@ -146,4 +147,92 @@ async fn shards_split_the_objects_by_label_each_to_exactly_one_and_hand_over_on_
         condition(&obj, types::STACK_RESOLVED).unwrap().1,
         reasons::STACK_NOT_FOUND
     );
+}
+
+#[tokio::test]
+async fn an_object_relabelled_during_its_install_is_left_alone_until_that_install_has_ended() {
+    let cp = ControlPlane::shared();
+    // An installer that runs 6 s, in an environment of this test's own.
+    let aws = serving_stand_in(AwsEnv::isolated(), Duration::from_secs(6));
+    let client = cp.client().await;
+    let ns = namespace(&client, "reshard").await;
+    let api: Api<InstanceRegistration> = Api::namespaced(client.clone(), &ns);
+    let (_, public) = ssh_key_secret(&client, &ns, "key").await;
+    let stack = aws.create_stack(&ns, None).await;
+    let host = SshHost::start(&format!("{ns}-db"));
+    host.authorize(&public);
+    let shard = |s: &str| {
+        ControllerProcess::start(
+            cp,
+            aws,
+            &ns,
+            &[
+                "--label-selector",
+                &format!("shard={s}"),
+                "--instance",
+                &format!("shard-{s}"),
+            ],
+        )
+    };
+    let (shard_a, shard_b) = (shard("a"), shard("b"));
+    let manifest = on_premises(
+        &ns,
+        "db",
+        &stack,
+        &host.address().to_string(),
+        "db-host",
+        "key",
+        "",
+    ) + &ssh_via(&host)
+        + "    timeoutSeconds: 5\n    commandTimeoutSeconds: 10\n";
+    apply(
+        cp,
+        &manifest.replace("  name: db\n", "  name: db\n  labels: {shard: a}\n"),
+    );
+    // Shard a's install runs on the host; the object moves to shard b meanwhile.
+    eventually(Duration::from_secs(60), "shard a's install", || async {
+        host.received_preconfig()
+    })
+    .await;
+    let started = api.get("db").await.unwrap().status.unwrap();
+    let started_at = started
+        .install_started_at
+        .clone()
+        .expect("installStartedAt");
+    assert_eq!(started.install_shard.as_deref(), Some("shard=a"));
+    let patch = serde_json::json!({"metadata": {"labels": {"shard": "b"}}});
+    api.patch("db", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+
+    // Shard b says why it waits, and starts nothing while shard a's install may run.
+    let waiting = wait_reason(&api, "db", types::READY, reasons::INSTALL_IN_PROGRESS).await;
+    let message = support::condition_message(&waiting, types::READY);
+    assert!(message.contains("shard=a"), "{message}");
+    let until = std::time::Instant::now() + Duration::from_secs(10);
+    while std::time::Instant::now() < until {
+        let status = api.get("db").await.unwrap().status.unwrap();
+        assert_eq!(
+            status.install_started_at.as_ref(),
+            Some(&started_at),
+            "shard b started an install while shard a's ran:\n{}",
+            shard_b.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Shard a's pass saw, when its install ended, that the object was no longer its own.
+    assert!(
+        shard_a.logs().contains("left this controller's shard"),
+        "{}",
+        shard_a.logs()
+    );
+    // Then shard b takes over: the registration shard a's install made is the object's own,
+    // and nothing is installed again.
+    let obj = eventually(Duration::from_secs(90), "Ready from shard b", || async {
+        let obj = api.get("db").await.ok()?;
+        (condition(&obj, types::READY)?.0 == "True").then_some(obj)
+    })
+    .await;
+    assert_eq!(host.boot_registration_runs(), 1, "{}", shard_b.logs());
+    assert!(obj.status.unwrap().opsworks_instance_id.is_some());
 }

@@ -161,6 +161,7 @@ fn not_listed(ctx: &Context, status: &mut InstanceRegistrationStatus) -> Outcome
         status.registered_at = None;
         status.agent_installed_at = None;
         status.install_started_at = None;
+        status.install_shard = None;
         status.adopted = false;
         return Outcome::Progressing(
             Observation::fails(

@@ -2,6 +2,7 @@
 //! the registration it made (or adopted, with `DeregisterAdopted`), found in the spec's stack by
 //! the host's identity; nothing in a stack the namespace may no longer use.
 
+use crate::conditions::Undone;
 use crate::context::Context;
 use crate::resource::{DeletionPolicy, InstanceRegistration};
 use crate::tenancy::Verdict;
@@ -12,7 +13,7 @@ use crate::tenancy::Verdict;
 /// appear after the look-up that follows. Then the registration this object made (or adopted,
 /// with DeregisterAdopted) is looked up in the spec's stack, matched on the host's identity, and
 /// deregistered; one this object did not make is left, whatever status says.
-pub async fn undo(obj: &InstanceRegistration, ctx: &Context) -> Result<String, String> {
+pub async fn undo(obj: &InstanceRegistration, ctx: &Context) -> Result<Undone, String> {
     // Tenancy first: an object whose namespace may not use the stack writes nothing in it.
     match ctx.tenancy.verdict(obj) {
         Verdict::Allowed => {}
@@ -20,6 +21,7 @@ pub async fn undo(obj: &InstanceRegistration, ctx: &Context) -> Result<String, S
         Verdict::Refused(why) => return undo_outside_the_stack(obj, ctx, &why).await,
     }
     let mut done = Vec::new();
+    let mut registration_undone = false;
     let opsworks = ctx.aws.opsworks(obj.spec.region.as_deref());
     let stack_name = match opsworks
         .describe_stacks()
@@ -53,7 +55,10 @@ pub async fn undo(obj: &InstanceRegistration, ctx: &Context) -> Result<String, S
             .send()
             .await
         {
-            Ok(_) => done.push(format!("deregistered {}", instance.id)),
+            Ok(_) => {
+                registration_undone = true;
+                done.push(format!("deregistered {}", instance.id))
+            }
             Err(e) => {
                 let failure = crate::aws::classify(&e);
                 if failure.kind != crate::aws::Kind::NotFound {
@@ -62,6 +67,7 @@ pub async fn undo(obj: &InstanceRegistration, ctx: &Context) -> Result<String, S
                         instance.id
                     ));
                 }
+                registration_undone = true;
             }
         },
         Err(note) => done.push(note),
@@ -69,11 +75,7 @@ pub async fn undo(obj: &InstanceRegistration, ctx: &Context) -> Result<String, S
     if crate::steps::forget_secret(ctx, obj).await? {
         done.push("deleted the access key Secret".into());
     }
-    Ok(if done.is_empty() {
-        "nothing to undo".into()
-    } else {
-        done.join("; ")
-    })
+    Ok(Undone::new(&done, registration_undone))
 }
 
 /// The undo of an object whose namespace may not use its stack (`why` says so): nothing in the
@@ -84,7 +86,7 @@ async fn undo_outside_the_stack(
     obj: &InstanceRegistration,
     ctx: &Context,
     why: &str,
-) -> Result<String, String> {
+) -> Result<Undone, String> {
     let mut done = vec![format!(
         "{why}; nothing was done in the stack (a registration there is left as it is)"
     )];
@@ -98,5 +100,5 @@ async fn undo_outside_the_stack(
     if crate::steps::forget_secret(ctx, obj).await? {
         done.push("deleted the access key Secret".into());
     }
-    Ok(done.join("; "))
+    Ok(Undone::new(&done, false))
 }

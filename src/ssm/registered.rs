@@ -131,6 +131,7 @@ fn not_listed(ctx: &Context, status: &mut InstanceRegistrationStatus) -> Outcome
         status.registered_at = None;
         status.agent_installed_at = None;
         status.install_started_at = None;
+        status.install_shard = None;
         status.adopted = false;
         // The node ID stays: the host still names it, and may be registered again over it.
         return Outcome::Progressing(

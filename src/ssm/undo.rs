@@ -8,6 +8,7 @@ use aws_sdk_ssm::types::DescribeActivationsFilterKeys;
 use kube::ResourceExt;
 
 use crate::aws::{self, Kind};
+use crate::conditions::Undone;
 use crate::context::Context;
 use crate::resource::{
     DeletionPolicy, InfrastructureClass, InstanceRegistration, SystemsManagerSpec,
@@ -20,11 +21,12 @@ pub async fn undo(
     ctx: &Context,
     obj: &InstanceRegistration,
     ssm: &SystemsManagerSpec,
-) -> Result<String, String> {
+) -> Result<Undone, String> {
     let region = super::region(ctx, ssm).to_owned();
     let client = ctx.aws.ssm(Some(&region));
     let status = obj.status.clone().unwrap_or_default();
     let mut done = Vec::new();
+    let mut registration_undone = false;
 
     // The activations: those tagged with this object's UID (the role's list), and the one on
     // status.
@@ -74,18 +76,17 @@ pub async fn undo(
         (InfrastructureClass::OnPremises, Some(id)) => {
             match deregister(ctx, obj, &region, id, &status).await? {
                 Some(note) => done.push(note),
-                None => done.push(format!("deregistered {id}")),
+                None => {
+                    registration_undone = true;
+                    done.push(format!("deregistered {id}"))
+                }
             }
         }
     }
     if handoff::forget(ctx, obj, &super::activation_secret_name(obj)).await? {
         done.push("deleted the activation Secret".into());
     }
-    Ok(if done.is_empty() {
-        "nothing to undo".into()
-    } else {
-        done.join("; ")
-    })
+    Ok(Undone::new(&done, registration_undone))
 }
 
 /// Deregisters node `id` if this object may; `Ok(Some(note))` says why it was left.

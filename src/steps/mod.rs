@@ -19,7 +19,7 @@ use std::time::Duration;
 
 pub use crate::conditions::Outcome;
 pub use host::installed;
-pub use runner::{InstallRun, run_install};
+pub use runner::{InstallRun, install_elsewhere, install_may_run_until, run_install};
 
 pub use crate::opsworks::{
     AccessKey, OWNER_TAG, OpsWorksInstance, StackFacts, cleanup_iam, credentials_secret_name,
@@ -474,6 +474,41 @@ pub fn summarize_suspended(status: &mut InstanceRegistrationStatus, generation: 
     status.message = Some("suspended: the controller takes no action".to_owned());
     status.observed_generation = Some(generation);
     status.phase = Some(phase(&status.conditions));
+}
+
+/// Records that the object waits for an install another shard started (`why`): Ready and the
+/// kstatus pair say so; the step conditions keep what they last said.
+pub fn summarize_install_elsewhere(
+    status: &mut InstanceRegistrationStatus,
+    why: &str,
+    generation: i64,
+    now: &Time,
+) {
+    let conds = &mut status.conditions;
+    conditions::set(
+        conds,
+        types::READY,
+        Observation::fails(reasons::INSTALL_IN_PROGRESS, why),
+        generation,
+        now,
+    );
+    conditions::set(
+        conds,
+        types::RECONCILING,
+        Observation::holds(reasons::INSTALL_IN_PROGRESS, why),
+        generation,
+        now,
+    );
+    conditions::set(
+        conds,
+        types::STALLED,
+        Observation::fails(reasons::PROGRESSING, "not stalled"),
+        generation,
+        now,
+    );
+    status.message = Some(why.to_owned());
+    status.observed_generation = Some(generation);
+    status.phase = Some(Phase::Installing);
 }
 
 /// Records that deleting the object is held up by `problem` (it is retried with backoff).

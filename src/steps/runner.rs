@@ -24,6 +24,90 @@ const TAIL_BYTES: usize = 1500;
 /// How soon an install that found another one running on the host tries again.
 const INSTALL_IN_PROGRESS_RETRY: Duration = Duration::from_secs(30);
 
+/// Time added to an install's own limits before it is taken to have ended on the host for sure
+/// (a host that is slow to start the script, clocks that differ by a little).
+const INSTALL_END_MARGIN: Duration = Duration::from_secs(15);
+
+/// When an install this object's status says was started, and never said ended, has ended on
+/// the host for sure: `None` if no install is in that state. An install is recorded as started
+/// (`installStartedAt`, `AgentInstalled` `Installing`) before it runs, and the pass that runs it
+/// records how it ended; a status still saying `Installing` with no pass of it running here was
+/// cut (the controller was killed, lost its lease, or the object moved to another shard) or is
+/// running elsewhere. The host itself stops the installer within its limits: connecting (each
+/// hop's `timeoutSeconds`), running (`commandTimeoutSeconds`) and the grace before KILL.
+pub fn install_may_run_until(obj: &InstanceRegistration) -> Option<Timestamp> {
+    let status = obj.status.as_ref()?;
+    let started = status.install_started_at.as_ref()?;
+    let installing = crate::conditions::get(
+        &status.conditions,
+        crate::conditions::types::AGENT_INSTALLED,
+    )
+    .is_some_and(|c| c.reason == reasons::INSTALLING);
+    if !installing {
+        return None;
+    }
+    let spec = &obj.spec.ssh;
+    let hops = 1 + spec.jump_hosts.len() as u64;
+    let limit = Duration::from_secs(u64::from(spec.timeout_seconds) * hops)
+        + Duration::from_secs(spec.command_timeout_seconds.into())
+        + install::KILL_AFTER
+        + INSTALL_END_MARGIN;
+    started.0.checked_add(limit).ok()
+}
+
+/// Whether an install started by another shard's controller may still be running on the host:
+/// then what to say, and how long until it has ended for sure. That shard's pass stops at the end
+/// of the install without acting further ([`left_the_shard`]); this one must not start before
+/// the install has ended, nor make credentials that install's agent is using. An install
+/// recorded without a shard (by an older controller) is taken to be this shard's.
+pub fn install_elsewhere(obj: &InstanceRegistration, shard: &str) -> Option<(String, Duration)> {
+    let until = install_may_run_until(obj)?;
+    let status = obj.status.as_ref()?;
+    let theirs = status.install_shard.as_deref()?;
+    if theirs == shard {
+        return None;
+    }
+    let left: Duration = until.duration_since(Timestamp::now()).try_into().ok()?;
+    let started = status.install_started_at.as_ref()?;
+    Some((
+        format!(
+            "an install started at {} by the shard {theirs:?} may still be running on the host; \
+             this shard ({shard:?}) takes over once it has ended for sure, at {until}",
+            started.0
+        ),
+        left,
+    ))
+}
+
+/// Why this pass must not act on what its install did: the object left this controller's shard
+/// (its labels no longer match the label selector) while the install ran. `None` when it is
+/// still this shard's, or when that cannot be told (the API server did not answer: the pass goes
+/// on as before).
+async fn left_the_shard(ctx: &Context, obj: &InstanceRegistration) -> Option<String> {
+    let selector = ctx.settings.watched.selector.as_deref()?;
+    let namespace = obj.namespace()?;
+    let api: kube::Api<InstanceRegistration> =
+        kube::Api::namespaced(ctx.client.clone(), &namespace);
+    let params = kube::api::ListParams::default()
+        .labels(selector)
+        .fields(&format!("metadata.name={}", obj.name_any()));
+    match api.list_metadata(&params).await {
+        Ok(list) if list.items.is_empty() => {
+            let why = format!(
+                "the object left this controller's shard ({selector}) while its install ran: the \
+                 shard that has it now takes over once the install has ended"
+            );
+            info!(name = %obj.name_any(), "{why}");
+            Some(why)
+        }
+        Ok(_) => None,
+        Err(error) => {
+            tracing::warn!(name = %obj.name_any(), %error, "could not tell whether the object is still in this shard");
+            None
+        }
+    }
+}
+
 /// An install's run on the host: what it printed and how it ended.
 pub struct InstallRun {
     run: crate::ssh::Run,
@@ -178,6 +262,7 @@ pub async fn run_install(
     // object's may exist (so it is never taken for someone else's and adopted).
     let now = Time(Timestamp::now());
     let started_at = status.install_started_at.replace(now.clone());
+    let shard = status.install_shard.replace(ctx.shard().to_owned());
     let adopted = std::mem::take(&mut status.adopted);
     // What `kubectl get ir` shows while the install runs (the pass's end writes the rest).
     super::installing(obj, status, agent, &host, &now);
@@ -185,6 +270,7 @@ pub async fn run_install(
         crate::context::checkpoint(ctx, obj, status, &mut facts.resource_version).await
     {
         status.install_started_at = started_at;
+        status.install_shard = shard;
         status.adopted = adopted;
         return Err(Outcome::Retry(Observation::fails(
             reasons::KUBERNETES_API_ERROR,
@@ -198,6 +284,9 @@ pub async fn run_install(
     facts.detach();
     let run = super::host::session(ctx, &connect, rule, key, script).await?;
     crate::failpoint::after("ssh:Install");
+    if let Some(why) = left_the_shard(ctx, obj).await {
+        return Err(Outcome::Blocked(Observation::fails(reasons::WAITING, why)));
+    }
     facts.installed_now = true;
     super::host::record_host_keys(obj, status, &run);
     Ok(InstallRun {
