@@ -24,8 +24,8 @@ ARG RUST_VERSION=1.95.0
 # The two base images, when not the defaults below (a mirror, or images made locally): the
 # builder's (Rust on Debian bookworm) and the runtime's (glibc, libgcc_s, CA certificates and a
 # non-root user 65532, no shell needed).
-ARG BUILDER_IMAGE
-ARG RUNTIME_IMAGE
+ARG BUILDER_IMAGE=
+ARG RUNTIME_IMAGE=
 
 # `--target prebuilt`: the runtime image with a binary built outside, from the build context
 # (a directory holding just `instance-registrar`). Before the builder stage, so that builders that

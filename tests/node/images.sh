@@ -120,9 +120,8 @@ build() {
   c=$(b from --quiet --pull-never "$controller_image")
   local mnt
   mnt=$(b mount "$c")
-  # Every file but glibc's character set converters (gconv, a hundred or so modules).
-  echo "files (bytes, path; $(cd "$mnt" && find . -path ./usr/lib/x86_64-linux-gnu/gconv -prune -o -type f -print | wc -l) shown, gconv: $(du -sh "$mnt/usr/lib/x86_64-linux-gnu/gconv" 2>/dev/null | cut -f1)):"
-  (cd "$mnt" && find . -path ./usr/lib/x86_64-linux-gnu/gconv -prune -o \( -type f -o -type l \) -printf '%s %p\n' | sort -k2 | awk '{printf "  %10d %s\n", $1, $2}')
+  echo "files (bytes, path):"
+  (cd "$mnt" && find . \( -type f -o -type l \) -printf '%s %p\n' | sort -k2 | awk '{printf "  %10d %s\n", $1, $2}')
   b umount "$c" >/dev/null
   b rm "$c" >/dev/null
 }
