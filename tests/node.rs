@@ -152,17 +152,6 @@ impl Release {
     }
 }
 
-/// The chart's Pods of the release (not being deleted), by name.
-async fn pods(api: &Api<Pod>) -> Vec<Pod> {
-    api.list(&ListParams::default().labels("app.kubernetes.io/name=instance-registrar"))
-        .await
-        .unwrap()
-        .items
-        .into_iter()
-        .filter(|p| p.metadata.deletion_timestamp.is_none())
-        .collect()
-}
-
 fn running_and_ready(pod: &Pod) -> bool {
     let Some(status) = pod.status.as_ref() else {
         return false;

@@ -82,14 +82,14 @@ pub struct Images {
     pub others: Vec<PathBuf>,
 }
 
-/// The cgroup v1 hierarchies mounted under /sys/fs/cgroup (their directories).
+/// The cgroup hierarchies mounted (v1, and the v2 one of a hybrid layout): their directories.
 fn cgroup_hierarchies() -> Vec<PathBuf> {
     let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
     mounts
         .lines()
         .filter_map(|l| {
             let f: Vec<&str> = l.split_whitespace().collect();
-            (f.len() > 2 && f[2] == "cgroup").then(|| PathBuf::from(f[1]))
+            (f.len() > 2 && (f[2] == "cgroup" || f[2] == "cgroup2")).then(|| PathBuf::from(f[1]))
         })
         .collect()
 }

@@ -293,8 +293,9 @@ pub fn programs_dir() -> Result<PathBuf, String> {
     Ok(dir)
 }
 
-/// `binary` where any user can run it: the same file, hard-linked into [`programs_dir`] (copied
-/// where linking fails), replaced when `binary` was rebuilt since; returns its path. A test
+/// `binary` where any user can run it: the same file, hard-linked into a directory of
+/// [`programs_dir`] for its path (copied where linking fails), replaced when `binary` was rebuilt
+/// since; returns its path. A test
 /// host's login user (not root) runs the stand-ins, and cannot when the target directory is in
 /// a directory only root can enter.
 pub fn reachable_program(binary: &Path) -> Result<PathBuf, String> {
@@ -303,7 +304,18 @@ pub fn reachable_program(binary: &Path) -> Result<PathBuf, String> {
     let name = binary
         .file_name()
         .ok_or_else(|| format!("{} names no file", binary.display()))?;
-    let target = programs_dir()?.join(name);
+    // A directory per program path: two programs of the same name (another build's) do not
+    // replace each other's copy while one runs.
+    let dir = {
+        use std::hash::{Hash, Hasher};
+        let mut hash = std::collections::hash_map::DefaultHasher::new();
+        binary.hash(&mut hash);
+        programs_dir()?.join(format!("{:016x}", hash.finish()))
+    };
+    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot make {}: {e}", dir.display()))?;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))
+        .map_err(|e| format!("cannot open {} to all: {e}", dir.display()))?;
+    let target = dir.join(name);
     let meta =
         std::fs::metadata(&binary).map_err(|e| format!("cannot read {}: {e}", binary.display()))?;
     if let Ok(there) = std::fs::metadata(&target) {

@@ -167,10 +167,11 @@ fn the_setup_tool_is_served_per_platform_and_arch() {
     );
     // The program runs under the setup tool's name, a link to the program's copy where any
     // user can run it.
-    let link = opsworks_endpoint::standin::programs_dir()
+    let link = opsworks_endpoint::standin::reachable_program(&program())
         .unwrap()
-        .join(ssm_standin::SETUP_PROGRAM_NAME);
+        .with_file_name(ssm_standin::SETUP_PROGRAM_NAME);
     assert!(link.is_file());
+    assert!(link.starts_with(opsworks_endpoint::standin::programs_dir().unwrap()));
     let script = String::from_utf8(ep.ssm_setup_bytes("linux", "amd64").unwrap()).unwrap();
     assert!(script.contains(&*link.to_string_lossy()), "{script}");
     for path in [
@@ -223,8 +224,7 @@ fn the_setup_tool_runs_for_a_login_user_wherever_the_program_was_built() {
     let run = Command::new("setpriv")
         .args(["--reuid", USER, "--regid", USER, "--clear-groups", "--"])
         .arg("sh")
-        .arg("-s")
-        .args(["-install", "-region", "us-east-1"])
+        .args(["-s", "--", "-install", "-region", "us-east-1"])
         .stdin(std::fs::File::open(&script).unwrap())
         .current_dir("/")
         .output()
