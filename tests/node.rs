@@ -5,15 +5,16 @@
 //! `registrar_local_env::node`), with kube-controller-manager and kube-scheduler beside the
 //! control plane. Then, in order, on that one release: both Pods Running and Ready, one leader; an
 //! OpsWorks and a Systems Manager registration Ready; the leader's container killed and its Pod
-//! deleted, the other replica leading within the lease's duration plus 5 s, a new registration
+//! deleted, another replica (the standby or the replacement Pod) leading within the lease's duration plus 5 s, a new registration
 //! Ready; `helm upgrade` rolling the Pods without two leaders writing at once (the audit log); the
 //! container's root file system read-only and its user the chart's (from `/proc`); `helm
 //! uninstall` ending the Pods within their grace period after SIGTERM, the registrations left
 //! with their finalizers.
 //!
-//! What the chart is given beyond its defaults, and why: `hostNetwork: true` (a post-renderer:
-//! the chart has no such value) so that the Pods reach the loopback services, with the controller's
-//! listen addresses on the Pod's IP (each node has its own, so two replicas do not share a port);
+//! What the chart is given beyond its defaults, and why: `hostNetwork: true` (the post-renderer
+//! tests/node/host-network.sh: the chart has no such value) so that the Pods reach the loopback
+//! services, with the controller's listen addresses on the Pod's IP (each node has its own, so
+//! two replicas do not share a port);
 //! `KUBERNETES_SERVICE_HOST`/`PORT` pointing at the API server (no kube-proxy serves the
 //! `kubernetes` Service's ClusterIP here); the test AWS endpoints and credentials (IRSA's part in
 //! a cluster).
@@ -59,9 +60,7 @@ fn helm_binary() -> PathBuf {
 
 /// Runs `command`, panicking with its output unless it succeeds; returns its stdout.
 fn run_ok(what: &str, command: &mut Command) -> String {
-    let out = command
-        .output()
-        .unwrap_or_else(|e| panic!("{what}: {e}"));
+    let out = command.output().unwrap_or_else(|e| panic!("{what}: {e}"));
     assert!(out.status.success(), "{what} failed: {}", text(&out));
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
@@ -193,12 +192,17 @@ fn name(pod: &Pod) -> String {
 /// The controller's log in `pod` (the kubelet's file of its container, on the node).
 fn container_log(cluster: &Cluster, pod: &Pod) -> String {
     let node = pod.spec.as_ref().unwrap().node_name.clone().unwrap();
-    let dir = cluster.node(&node).unwrap().dir.join("pod-logs").join(format!(
-        "{}_{}_{}",
-        pod.metadata.namespace.as_deref().unwrap(),
-        name(pod),
-        pod.metadata.uid.as_deref().unwrap()
-    ));
+    let dir = cluster
+        .node(&node)
+        .unwrap()
+        .dir
+        .join("pod-logs")
+        .join(format!(
+            "{}_{}_{}",
+            pod.metadata.namespace.as_deref().unwrap(),
+            name(pod),
+            pod.metadata.uid.as_deref().unwrap()
+        ));
     let mut all = String::new();
     for e in std::fs::read_dir(dir.join("controller"))
         .into_iter()
@@ -223,7 +227,12 @@ fn controller_pid(cluster: &Cluster, pod: &Pod) -> i32 {
                 .unwrap_or(false)
         })
         .collect();
-    assert_eq!(found.len(), 1, "the controller's processes in {}: {found:?}", name(pod));
+    assert_eq!(
+        found.len(),
+        1,
+        "the controller's processes in {}: {found:?}",
+        name(pod)
+    );
     found[0]
 }
 
@@ -252,7 +261,8 @@ fn writes_by_pod(cp: &ControlPlane, ns: &str) -> Vec<(String, String)> {
                 .any(|v| e["verb"] == *v)
         })
         .filter(|e| {
-            e["objectRef"]["namespace"] == ns && e["objectRef"]["resource"] == "instanceregistrations"
+            e["objectRef"]["namespace"] == ns
+                && e["objectRef"]["resource"] == "instanceregistrations"
         })
         .filter_map(|e| {
             let pod = e["user"]["extra"]["authentication.kubernetes.io/pod-name"][0]
@@ -315,17 +325,15 @@ async fn the_chart_runs_on_nodes_elects_one_leader_fails_over_rolls_and_uninstal
         ("KUBERNETES_SERVICE_HOST", "127.0.0.1".to_owned()),
         ("KUBERNETES_SERVICE_PORT", api_port),
         ("AWS_ACCESS_KEY_ID", env["AWS_ACCESS_KEY_ID"].clone()),
-        ("AWS_SECRET_ACCESS_KEY", env["AWS_SECRET_ACCESS_KEY"].clone()),
+        (
+            "AWS_SECRET_ACCESS_KEY",
+            env["AWS_SECRET_ACCESS_KEY"].clone(),
+        ),
         ("AWS_ENDPOINT_URL", env["AWS_ENDPOINT_URL"].clone()),
         ("AWS_EC2_METADATA_DISABLED", "true".to_owned()),
     ]
     .into_iter()
     .map(|(k, v)| serde_json::json!({"name": k, "value": v}))
-    .chain([
-        serde_json::json!({"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}),
-        serde_json::json!({"name": "METRICS_ADDRESS", "value": "$(POD_IP):8080"}),
-        serde_json::json!({"name": "PROBE_ADDRESS", "value": "$(POD_IP):8081"}),
-    ])
     .collect();
     let values_json = serde_json::json!({
         "image": {"repository": "localhost/instance-registrar", "tag": "test", "pullPolicy": "Never"},
@@ -348,18 +356,7 @@ async fn the_chart_runs_on_nodes_elects_one_leader_fails_over_rolls_and_uninstal
     });
     // JSON is YAML.
     std::fs::write(&values, values_json.to_string()).unwrap();
-    let post_renderer = dir.path().join("host-network.sh");
-    std::fs::write(
-        &post_renderer,
-        "#!/bin/sh\n# The Pods on the host's network: the chart's Pod spec gets hostNetwork: true.\n\
-         exec sed 's/^      serviceAccountName:/      hostNetwork: true\\n&/'\n",
-    )
-    .unwrap();
-    std::fs::set_permissions(
-        &post_renderer,
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
+    let post_renderer = repo().join("tests/node/host-network.sh");
     let release = Release {
         helm: helm_binary(),
         home: tempfile::tempdir().unwrap(),
@@ -389,20 +386,28 @@ async fn the_chart_runs_on_nodes_elects_one_leader_fails_over_rolls_and_uninstal
     );
     let first = wait_pods_ready(&pods_api, 2, Duration::from_secs(120), "two Pods Ready").await;
     let t_install = started.elapsed();
-    eprintln!("helm install: 2 Pods Ready after {:.1}s", t_install.as_secs_f64());
+    eprintln!(
+        "helm install: 2 Pods Ready after {:.1}s",
+        t_install.as_secs_f64()
+    );
     let spec = first[0].spec.as_ref().unwrap();
     assert_eq!(spec.host_network, Some(true));
+    let env = spec.containers[0].env.clone().unwrap_or_default();
+    let value = |n: &str| {
+        env.iter()
+            .find(|e| e.name == n)
+            .and_then(|e| e.value.clone())
+    };
+    assert_eq!(value("PROBE_ADDRESS").as_deref(), Some("$(POD_IP):8081"));
     let nodes: std::collections::BTreeSet<_> = first
         .iter()
         .map(|p| p.spec.as_ref().unwrap().node_name.clone().unwrap())
         .collect();
     assert_eq!(nodes.len(), 2, "both replicas on one node");
     let names: Vec<String> = first.iter().map(name).collect();
-    let leader = eventually(
-        Duration::from_secs(30),
-        "a leader",
-        || async { lease_holder(&leases).await.filter(|h| names.contains(h)) },
-    )
+    let leader = eventually(Duration::from_secs(30), "a leader", || async {
+        lease_holder(&leases).await.filter(|h| names.contains(h))
+    })
     .await;
     let leader_pod = first.iter().find(|p| name(p) == leader).unwrap().clone();
     let standby_pod = first.iter().find(|p| name(p) != leader).unwrap().clone();
@@ -428,7 +433,14 @@ async fn the_chart_runs_on_nodes_elects_one_leader_fails_over_rolls_and_uninstal
     opsworks_host.authorize(&public_key);
     apply(
         &cp,
-        &on_premises_at(&ns, "opsworks-1", &stack, &opsworks_host, "node-ow-1", "key"),
+        &on_premises_at(
+            &ns,
+            "opsworks-1",
+            &stack,
+            &opsworks_host,
+            "node-ow-1",
+            "key",
+        ),
     );
     let ssm_host = SshHost::start(&format!("{ns}-ssm"));
     ssm_host.authorize(&public_key);
@@ -438,7 +450,7 @@ async fn the_chart_runs_on_nodes_elects_one_leader_fails_over_rolls_and_uninstal
     }
 
     // 3. The leader's container killed (SIGKILL, from the node) and its Pod deleted at once, so
-    //    that it cannot come back under the same name: the standby leads within the lease's
+    //    that it cannot come back under the same name: another replica leads within the lease's
     //    duration plus 5 s, and a new object goes Ready.
     let pid = controller_pid(&cluster, &leader_pod);
     let killed = Instant::now();
@@ -455,25 +467,44 @@ async fn the_chart_runs_on_nodes_elects_one_leader_fails_over_rolls_and_uninstal
         "--wait=false",
     ])
     .unwrap();
-    let standby = name(&standby_pod);
-    eventually(
+    // The standby, or the ReplicaSet's replacement for the deleted Pod, whichever asks first
+    // once the lease has expired: either is a replica that did not lead.
+    let killed_name = name(&leader_pod);
+    let successor = eventually(
         Duration::from_secs(LEASE_SECONDS + 5),
-        "the standby leading",
-        || async { (lease_holder(&leases).await.as_deref() == Some(standby.as_str())).then_some(()) },
+        "another replica leading",
+        || async {
+            let holder = lease_holder(&leases).await?;
+            (holder != killed_name).then_some(holder)
+        },
     )
     .await;
     eprintln!(
-        "the standby leads {:.1}s after the leader was killed (lease {LEASE_SECONDS}s)",
+        "{successor} ({}) leads {:.1}s after the leader was killed (lease {LEASE_SECONDS}s)",
+        if successor == name(&standby_pod) {
+            "the standby"
+        } else {
+            "the replacement Pod"
+        },
         killed.elapsed().as_secs_f64()
     );
+    let successor_pod = pods_api.get(&successor).await.unwrap();
     let opsworks_host2 = SshHost::start(&format!("{ns}-ow2"));
     opsworks_host2.authorize(&public_key);
     apply(
         &cp,
-        &on_premises_at(&ns, "opsworks-2", &stack, &opsworks_host2, "node-ow-2", "key"),
+        &on_premises_at(
+            &ns,
+            "opsworks-2",
+            &stack,
+            &opsworks_host2,
+            "node-ow-2",
+            "key",
+        ),
     );
-    wait_ready(&objects, "opsworks-2", &cluster, &standby_pod).await;
-    let after_kill = wait_pods_ready(&pods_api, 2, Duration::from_secs(120), "a new second Pod").await;
+    wait_ready(&objects, "opsworks-2", &cluster, &successor_pod).await;
+    let after_kill =
+        wait_pods_ready(&pods_api, 2, Duration::from_secs(120), "a new second Pod").await;
 
     // 4. helm upgrade with a changed value: the Pods roll (new ones, one at a time), and the
     //    audit log shows no two Pods writing at once, a registration applied during the roll
@@ -521,7 +552,11 @@ async fn the_chart_runs_on_nodes_elects_one_leader_fails_over_rolls_and_uninstal
     let rolled = wait_pods_ready(&pods_api, 2, Duration::from_secs(60), "two new Pods").await;
     eprintln!("helm upgrade: rolled in {:.1}s", t_upgrade.as_secs_f64());
     for pod in &rolled {
-        assert!(!before_upgrade.contains(&name(pod)), "{} was not replaced", name(pod));
+        assert!(
+            !before_upgrade.contains(&name(pod)),
+            "{} was not replaced",
+            name(pod)
+        );
         let env = &pod.spec.as_ref().unwrap().containers[0].env;
         assert!(
             env.iter()
@@ -531,16 +566,41 @@ async fn the_chart_runs_on_nodes_elects_one_leader_fails_over_rolls_and_uninstal
             name(pod)
         );
     }
-    let new_leader = eventually(Duration::from_secs(LEASE_SECONDS + 5), "a new leader", || async {
-        let holder = lease_holder(&leases).await?;
-        rolled.iter().any(|p| name(p) == holder).then_some(holder)
-    })
+    let new_leader = eventually(
+        Duration::from_secs(LEASE_SECONDS + 5),
+        "a new leader",
+        || async {
+            let holder = lease_holder(&leases).await?;
+            rolled.iter().any(|p| name(p) == holder).then_some(holder)
+        },
+    )
     .await;
-    let new_leader_pod = rolled.iter().find(|p| name(p) == new_leader).unwrap().clone();
+    let new_leader_pod = rolled
+        .iter()
+        .find(|p| name(p) == new_leader)
+        .unwrap()
+        .clone();
     wait_ready(&objects, "ssm-2", &cluster, &new_leader_pod).await;
+    // And one after the roll, which only the new leader can handle.
+    let opsworks_host3 = SshHost::start(&format!("{ns}-ow3"));
+    opsworks_host3.authorize(&public_key);
+    apply(
+        &cp,
+        &on_premises_at(
+            &ns,
+            "opsworks-3",
+            &stack,
+            &opsworks_host3,
+            "node-ow-3",
+            "key",
+        ),
+    );
+    wait_ready(&objects, "opsworks-3", &cluster, &new_leader_pod).await;
     let writers = assert_no_overlapping_writers(&writes_by_pod(&cp, &ns));
     eprintln!("the Pods that wrote, in turn: {writers:?}");
-    assert!(writers.len() >= 2, "one Pod wrote everything: {writers:?}");
+    assert!(writers.len() >= 3, "fewer Pods wrote than led: {writers:?}");
+    assert_eq!(writers.first(), Some(&name(&leader_pod)));
+    assert_eq!(writers.last(), Some(&new_leader));
 
     // 5. The container as the chart says: its root file system read-only, its user 65532, no
     //    capabilities, no new privileges (from /proc of its process on the node).
@@ -584,21 +644,54 @@ async fn the_chart_runs_on_nodes_elects_one_leader_fails_over_rolls_and_uninstal
     )
     .await;
     let t_uninstall = started.elapsed();
-    eprintln!("helm uninstall: processes gone after {:.1}s", t_uninstall.as_secs_f64());
+    eprintln!(
+        "helm uninstall: processes gone after {:.1}s",
+        t_uninstall.as_secs_f64()
+    );
     assert!(t_uninstall < Duration::from_secs(GRACE_SECONDS));
     for pod in &rolled {
         let node = pod.spec.as_ref().unwrap().node_name.clone().unwrap();
+        // The controller exited by itself on SIGTERM (0), not killed at the end of the grace
+        // period (137): kubelet's PLEG reports it within a relist or two.
+        let container = pod
+            .status
+            .as_ref()
+            .unwrap()
+            .container_statuses
+            .as_ref()
+            .unwrap()[0]
+            .container_id
+            .clone()
+            .unwrap();
+        let container = container.trim_start_matches("containerd://").to_owned();
+        let finished = eventually(
+            Duration::from_secs(10),
+            "kubelet seeing the container end",
+            || async {
+                cluster
+                    .node(&node)
+                    .unwrap()
+                    .kubelet_log()
+                    .lines()
+                    .find(|l| l.contains("container finished") && l.contains(&container))
+                    .map(str::to_owned)
+            },
+        )
+        .await;
+        assert!(finished.contains("exitCode=0"), "{finished}");
         let kubelet = cluster.node(&node).unwrap().kubelet_log();
         assert!(
-            kubelet.lines().any(|l| l.contains("Killing container with a grace period")
-                && l.contains(&name(pod))
-                && l.contains(&format!("gracePeriod={GRACE_SECONDS}"))),
+            kubelet
+                .lines()
+                .any(|l| l.contains("Killing container with a grace period")
+                    && l.contains(&name(pod))
+                    && l.contains(&format!("gracePeriod={GRACE_SECONDS}"))),
             "kubelet did not stop {} with the chart's grace period:\n{}",
             name(pod),
             tail(&cluster.node(&node).unwrap().dir.join("kubelet.log"), 30)
         );
     }
-    for object in ["opsworks-1", "ssm-1", "opsworks-2", "ssm-2"] {
+    for object in ["opsworks-1", "ssm-1", "opsworks-2", "ssm-2", "opsworks-3"] {
         let obj = objects.get(object).await.unwrap();
         assert!(
             !obj.metadata.finalizers.unwrap_or_default().is_empty(),

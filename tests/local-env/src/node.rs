@@ -31,7 +31,11 @@ use std::time::{Duration, Instant};
 use crate::control_plane::{ControlPlane, free_port, repo_root, spawn_logged};
 
 /// The kernel settings kubelet changes, put back afterwards.
-const KUBELET_SYSCTLS: &[&str] = &["vm/overcommit_memory", "kernel/panic", "kernel/panic_on_oops"];
+const KUBELET_SYSCTLS: &[&str] = &[
+    "vm/overcommit_memory",
+    "kernel/panic",
+    "kernel/panic_on_oops",
+];
 
 /// kube-controller-manager, kube-scheduler and the nodes. Dropping it stops them all and removes
 /// what they left outside their directories.
@@ -137,8 +141,7 @@ fn remove_cgroup(root: &str) {
                         unsafe { libc::kill(pid, libc::SIGKILL) };
                     }
                 }
-                if std::fs::remove_dir(&dir).is_ok() || !dir.exists() || Instant::now() > deadline
-                {
+                if std::fs::remove_dir(&dir).is_ok() || !dir.exists() || Instant::now() > deadline {
                     break;
                 }
                 std::thread::sleep(Duration::from_millis(100));
@@ -188,7 +191,11 @@ fn remove_leftovers() {
         }
     }
     for (label, address) in lo_addresses() {
-        let pid = label.trim_start_matches("lo:r").split('n').next().unwrap_or("");
+        let pid = label
+            .trim_start_matches("lo:r")
+            .split('n')
+            .next()
+            .unwrap_or("");
         if dead(pid) {
             remove_lo_address(&address);
         }
@@ -309,7 +316,15 @@ impl Node {
             runner: None,
         };
         let added = Command::new("ip")
-            .args(["addr", "add", &format!("{ip}/32"), "dev", "lo", "label", &label])
+            .args([
+                "addr",
+                "add",
+                &format!("{ip}/32"),
+                "dev",
+                "lo",
+                "label",
+                &label,
+            ])
             .output()
             .map_err(|e| format!("ip addr add: {e}"))?;
         if !added.status.success() {
@@ -561,7 +576,11 @@ wait
             let inside = inside || name == format!("pod{want}");
             if inside {
                 let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
-                out.extend(procs.split_whitespace().filter_map(|p| p.parse::<i32>().ok()));
+                out.extend(
+                    procs
+                        .split_whitespace()
+                        .filter_map(|p| p.parse::<i32>().ok()),
+                );
             }
             for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
                 if e.file_type().is_ok_and(|t| t.is_dir()) {
