@@ -42,8 +42,12 @@ make_base() {
   # ca-certificates without its dependencies (openssl, debconf and perl only serve its scripts):
   # the bundle its script would make is the certificates it ships, one after another, as
   # distroless makes it.
-  (cd "$work" && apt-get download -q=2 ca-certificates >&2 2>/dev/null) \
-    || { echo "images.sh: apt-get download ca-certificates failed (apt-get update?)" >&2; exit 1; }
+  if ! (cd "$work" && apt-get download -q=2 ca-certificates >/dev/null 2>&1); then
+    # No package lists yet (a fresh machine whose packages were all there): fetch them once.
+    [ "$(id -u)" -eq 0 ] && apt-get update -qq >&2
+    (cd "$work" && apt-get download -q=2 ca-certificates >/dev/null 2>&1) \
+      || { echo "images.sh: apt-get download ca-certificates failed" >&2; exit 1; }
+  fi
   dpkg-deb -x "$work"/ca-certificates_*.deb "$work/root"
   mkdir -p "$work/root/etc/ssl/certs"
   cat "$work/root/usr/share/ca-certificates/mozilla/"*.crt >"$work/root/etc/ssl/certs/ca-certificates.crt"
