@@ -5,7 +5,8 @@
 # already there is kept.
 #
 #   bash tests/setup.sh            everything the test suite needs
-#   bash tests/setup.sh --demo     only what the demo needs (no helm: it is for the chart tests)
+#   bash tests/setup.sh --demo     only what the demo needs (no helm, no node: they are for the chart
+#                                  and pod tests)
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 for_demo=
@@ -22,6 +23,13 @@ esac
 # also uses, are Essential in Debian and always there. libfaketime: a leader-election test runs a
 # standby whose clock runs ahead.
 packages=(openssh-client openssh-server sudo util-linux curl lua5.1 libfaketime)
+# The pod tests' nodes (tests/node.rs): containerd and runc run the Pods (the CNI plugins only so
+# that containerd calls its network ready: the Pods use the host's network), buildah and
+# mmdebstrap make the images from the Dockerfile and Debian packages (tests/node/images.sh), ip
+# gives each node an address. The demo does without.
+if [ -z "$for_demo" ]; then
+  packages+=(containerd runc buildah containernetworking-plugins mmdebstrap iproute2)
+fi
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -176,4 +184,14 @@ echo "setup.sh: control plane binaries in $dir" >&2
 if [ -z "$for_demo" ]; then
   helm=$("$here/helm/build.sh")
   echo "setup.sh: helm in $helm" >&2
+fi
+
+# The pod tests' node: kubelet, kube-controller-manager and kube-scheduler from the same Go
+# module as the control plane (minutes the first time, then cached), and the images' Debian base
+# root file system (mmdebstrap, cached); the demo does without.
+if [ -z "$for_demo" ]; then
+  node=$("$here/control-plane/build.sh" --node)
+  echo "setup.sh: kubelet, kube-controller-manager and kube-scheduler in $node" >&2
+  base=$(bash "$here/node/images.sh" base)
+  echo "setup.sh: the images' base root file system in $base" >&2
 fi

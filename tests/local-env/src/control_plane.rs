@@ -155,17 +155,28 @@ impl ControlPlane {
         ControlPlane::start_for_process(test_dir(Some(name)))
     }
 
+    /// A private control plane (as [`ControlPlane::private`]) whose API server gives Pods their
+    /// ServiceAccount's token (the `ServiceAccount` admission plugin, which the others leave
+    /// out: they run no Pods), for the tests that run Pods on a node ([`crate::node`]).
+    pub fn private_for_pods(name: &str) -> Result<ControlPlane, String> {
+        ControlPlane::start_for_process_with(test_dir(Some(name)), true)
+    }
+
     /// [`ControlPlane::start_in`] from a thread that lives as long as the process, so that the
     /// processes' parent-death signal fires only when the process exits (they die with it).
     /// That thread also serves [`ControlPlane::restart_apiserver`], so that a restarted
     /// kube-apiserver is its child too.
     pub fn start_for_process(dir: PathBuf) -> Result<ControlPlane, String> {
+        ControlPlane::start_for_process_with(dir, false)
+    }
+
+    fn start_for_process_with(dir: PathBuf, pods: bool) -> Result<ControlPlane, String> {
         let (tx, rx) = mpsc::channel();
         std::thread::Builder::new()
             .name("control-plane".into())
             .spawn(move || {
                 let (restarts, requests) = mpsc::channel::<Restart>();
-                let mut processes = match ControlPlane::launch(dir) {
+                let mut processes = match ControlPlane::launch(dir, pods) {
                     Ok((mut cp, processes)) => {
                         cp.restarts = Some(restarts);
                         let _ = tx.send(Ok(cp));
@@ -216,18 +227,18 @@ impl ControlPlane {
     /// when the thread that called this ends (`setpriv --pdeathsig`); the caller keeps the
     /// children.
     pub fn start_in(dir: PathBuf) -> Result<(ControlPlane, Vec<Child>), String> {
-        let (cp, processes) = ControlPlane::launch(dir)?;
+        let (cp, processes) = ControlPlane::launch(dir, false)?;
         Ok((cp, vec![processes.etcd, processes.apiserver]))
     }
 
     /// [`ControlPlane::start_in`], keeping kube-apiserver's command line to restart it. The
     /// ports [`free_port`] chooses are not reserved: when etcd or kube-apiserver exits at once
     /// (another server of the tests bound one of them meanwhile), it starts afresh on others.
-    fn launch(dir: PathBuf) -> Result<(ControlPlane, Processes), String> {
+    fn launch(dir: PathBuf, pods: bool) -> Result<(ControlPlane, Processes), String> {
         const ATTEMPTS: u32 = 3;
         let mut attempt = 1;
         loop {
-            match ControlPlane::launch_once(dir.clone()) {
+            match ControlPlane::launch_once(dir.clone(), pods) {
                 Ok(started) => return Ok(started),
                 Err(StartError::Exited(why)) if attempt < ATTEMPTS => {
                     eprintln!(
@@ -242,7 +253,7 @@ impl ControlPlane {
         }
     }
 
-    fn launch_once(dir: PathBuf) -> Result<(ControlPlane, Processes), StartError> {
+    fn launch_once(dir: PathBuf, pods: bool) -> Result<(ControlPlane, Processes), StartError> {
         let t0 = Instant::now();
         let bin_dir = binaries()?;
         std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
@@ -333,7 +344,11 @@ impl ControlPlane {
             format!("--service-account-key-file={}", sa_pub.display()),
             format!("--service-account-signing-key-file={}", sa_priv.display()),
             "--service-cluster-ip-range=10.0.0.0/24".into(),
-            "--disable-admission-plugins=ServiceAccount".into(),
+            if pods {
+                "--enable-admission-plugins=ServiceAccount".into()
+            } else {
+                "--disable-admission-plugins=ServiceAccount".into()
+            },
             format!("--audit-policy-file={}", audit_policy.display()),
             format!("--audit-log-path={}", audit_log.display()),
             "--audit-log-format=json".into(),

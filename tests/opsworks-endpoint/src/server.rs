@@ -236,7 +236,7 @@ impl EndpointHandle {
             AgentInstaller::None => None,
             AgentInstaller::Bytes(b) => Some(b),
             AgentInstaller::File(path) => std::fs::read(path).ok(),
-            AgentInstaller::StandIn(standin) => Some(standin.tarball(&self.url)),
+            AgentInstaller::StandIn(standin) => Some(standin.reachable().tarball(&self.url)),
         }
     }
 
@@ -304,10 +304,11 @@ impl EndpointHandle {
     /// `None` when it is not served (no stand-in, or a platform or arch it is not served for).
     pub fn ssm_setup_bytes(&self, platform: &str, arch: &str) -> Option<Vec<u8>> {
         ssm_standin::setup_path(platform, arch)?;
-        let standin = self.shared.lock().ssm.standin.clone()?;
+        let mut standin = self.shared.lock().ssm.standin.clone()?;
         // The program the script runs, as when it is served.
-        if let Err(e) = ssm_standin::setup_program(&standin.binary) {
-            tracing::warn!("cannot link the SSM setup tool stand-in: {e}");
+        match standin.reachable() {
+            Ok(reachable) => standin = reachable,
+            Err(e) => tracing::warn!("cannot link the SSM setup tool stand-in: {e}"),
         }
         Some(standin.setup_script(&self.url, platform, arch).into_bytes())
     }
@@ -450,10 +451,13 @@ fn ssm_setup(shared: &Shared, path: &str) -> Response<Full<Bytes>> {
     let Some(standin) = shared.lock().ssm.standin.clone() else {
         return response(404, "text/plain", "no SSM setup tool configured\n");
     };
-    if let Err(e) = ssm_standin::setup_program(&standin.binary) {
-        tracing::warn!("cannot link the SSM setup tool stand-in: {e}");
-        return response(500, "text/plain", format!("{e}\n"));
-    }
+    let standin = match standin.reachable() {
+        Ok(standin) => standin,
+        Err(e) => {
+            tracing::warn!("cannot link the SSM setup tool stand-in: {e}");
+            return response(500, "text/plain", format!("{e}\n"));
+        }
+    };
     let script = standin.setup_script(&shared.url, &platform, &arch);
     response(200, "application/octet-stream", script)
 }
@@ -464,7 +468,7 @@ async fn installer(shared: &Shared) -> Response<Full<Bytes>> {
         AgentInstaller::None => None,
         AgentInstaller::Bytes(b) => Some(b),
         AgentInstaller::File(path) => tokio::fs::read(&path).await.ok(),
-        AgentInstaller::StandIn(standin) => Some(standin.tarball(&shared.url)),
+        AgentInstaller::StandIn(standin) => Some(standin.reachable().tarball(&shared.url)),
     };
     match bytes {
         Some(b) => response(200, "application/x-gzip", b),

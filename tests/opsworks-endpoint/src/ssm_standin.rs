@@ -149,6 +149,27 @@ impl SsmStandIn {
     }
 }
 
+impl SsmStandIn {
+    /// The same stand-in running the [`crate::standin::reachable_program`] copy of its program
+    /// (the program itself when that cannot be made, with a warning), with the setup tool's link
+    /// beside that copy: what the served script runs, so that a host's login user can run it
+    /// wherever the build's target directory is.
+    pub fn reachable(&self) -> Result<SsmStandIn, String> {
+        let binary = match crate::standin::reachable_program(&self.binary) {
+            Ok(binary) => binary,
+            Err(e) => {
+                tracing::warn!("the SSM stand-in program stays where it is: {e}");
+                self.binary.clone()
+            }
+        };
+        setup_program(&binary)?;
+        Ok(SsmStandIn {
+            binary,
+            ..self.clone()
+        })
+    }
+}
+
 /// The path of this workspace's `amazon-ssm-agent` stand-in, built if it is missing or older
 /// than this crate's sources (as [`crate::standin::binary_path`]). Panics when it cannot be.
 pub fn binary_path() -> PathBuf {

@@ -253,6 +253,119 @@ pub fn redacted(preconfig: &Preconfig) -> Value {
     Value::Object(m)
 }
 
+/// Where the programs a test host runs are copied for this process: a directory any user can
+/// enter and read (`instance-registrar-test-<pid>-programs` in the temporary directory, mode
+/// 0755), as the build's own target directory may sit in one only its owner can enter (a clone
+/// under `/root` or a `mktemp -d` directory), and a test host's login user runs them too (a
+/// setup run without sudo). Those of finished processes are removed the first time.
+pub fn programs_dir() -> Result<PathBuf, String> {
+    use std::os::unix::fs::PermissionsExt;
+    static DIR: Mutex<Option<PathBuf>> = Mutex::new(None);
+    let mut made = DIR.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(dir) = made.as_ref() {
+        return Ok(dir.clone());
+    }
+    let tmp = std::env::temp_dir();
+    if let Ok(entries) = std::fs::read_dir(&tmp) {
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some(pid) = name
+                .to_str()
+                .and_then(|n| n.strip_prefix("instance-registrar-test-"))
+                .and_then(|n| n.strip_suffix("-programs"))
+                .and_then(|p| p.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+    }
+    let dir = tmp.join(format!(
+        "instance-registrar-test-{}-programs",
+        std::process::id()
+    ));
+    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot make {}: {e}", dir.display()))?;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))
+        .map_err(|e| format!("cannot open {} to all: {e}", dir.display()))?;
+    *made = Some(dir.clone());
+    Ok(dir)
+}
+
+/// `binary` where any user can run it: the same file, hard-linked into a directory of
+/// [`programs_dir`] for its path (copied where linking fails), replaced when `binary` was rebuilt
+/// since; returns its path. A test
+/// host's login user (not root) runs the stand-ins, and cannot when the target directory is in
+/// a directory only root can enter.
+pub fn reachable_program(binary: &Path) -> Result<PathBuf, String> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let binary = std::path::absolute(binary).unwrap_or_else(|_| binary.to_owned());
+    let name = binary
+        .file_name()
+        .ok_or_else(|| format!("{} names no file", binary.display()))?;
+    // A directory per program path: two programs of the same name (another build's) do not
+    // replace each other's copy while one runs.
+    let dir = {
+        use std::hash::{Hash, Hasher};
+        let mut hash = std::collections::hash_map::DefaultHasher::new();
+        binary.hash(&mut hash);
+        programs_dir()?.join(format!("{:016x}", hash.finish()))
+    };
+    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot make {}: {e}", dir.display()))?;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))
+        .map_err(|e| format!("cannot open {} to all: {e}", dir.display()))?;
+    let target = dir.join(name);
+    let meta =
+        std::fs::metadata(&binary).map_err(|e| format!("cannot read {}: {e}", binary.display()))?;
+    if let Ok(there) = std::fs::metadata(&target) {
+        let same_file = there.dev() == meta.dev() && there.ino() == meta.ino();
+        let same_copy = there.len() == meta.len()
+            && matches!((there.modified(), meta.modified()), (Ok(t), Ok(m)) if t >= m);
+        if same_file || same_copy {
+            return Ok(target);
+        }
+    }
+    let partial = target.with_file_name(format!(
+        ".{}.{}.partial",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    let _ = std::fs::remove_file(&partial);
+    if std::fs::hard_link(&binary, &partial).is_err() {
+        std::fs::copy(&binary, &partial).map_err(|e| {
+            format!(
+                "cannot copy {} to {}: {e}",
+                binary.display(),
+                partial.display()
+            )
+        })?;
+    }
+    // Anyone may read and run it (a hard link shares the mode of cargo's output, 0755 already).
+    std::fs::set_permissions(&partial, std::fs::Permissions::from_mode(0o755))
+        .map_err(|e| format!("cannot set the mode of {}: {e}", partial.display()))?;
+    std::fs::rename(&partial, &target)
+        .map_err(|e| format!("cannot make {}: {e}", target.display()))?;
+    Ok(target)
+}
+
+impl StandIn {
+    /// The same stand-in running the [`reachable_program`] copy of its program (the program
+    /// itself when that cannot be made, with a warning).
+    pub fn reachable(&self) -> StandIn {
+        match reachable_program(&self.binary) {
+            Ok(binary) => StandIn {
+                binary,
+                ..self.clone()
+            },
+            Err(e) => {
+                tracing::warn!("the stand-in program stays where it is: {e}");
+                self.clone()
+            }
+        }
+    }
+}
+
 /// `s` quoted for the POSIX shell: in single quotes, each `'` written `'\''`.
 pub fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))

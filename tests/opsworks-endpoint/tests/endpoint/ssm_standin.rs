@@ -165,9 +165,15 @@ fn the_setup_tool_is_served_per_platform_and_arch() {
         ep.ssm_setup_bytes("linux", "amd64"),
         ep.ssm_setup_bytes("linux", "arm64")
     );
-    // The program runs under the setup tool's name, a link to the program.
-    let link = program().with_file_name(ssm_standin::SETUP_PROGRAM_NAME);
+    // The program runs under the setup tool's name, a link to the program's copy where any
+    // user can run it.
+    let link = opsworks_endpoint::standin::reachable_program(&program())
+        .unwrap()
+        .with_file_name(ssm_standin::SETUP_PROGRAM_NAME);
     assert!(link.is_file());
+    assert!(link.starts_with(opsworks_endpoint::standin::programs_dir().unwrap()));
+    let script = String::from_utf8(ep.ssm_setup_bytes("linux", "amd64").unwrap()).unwrap();
+    assert!(script.contains(&*link.to_string_lossy()), "{script}");
     for path in [
         "/ssm/latest/linux_sparc/ssm-setup-cli",
         "/ssm/latest/linux/ssm-setup-cli",
@@ -193,6 +199,38 @@ fn the_setup_tool_is_served_per_platform_and_arch() {
     );
     assert_eq!(status, 200);
     assert_eq!(ep.ssm_setup_bytes("linux", "amd64").unwrap(), before);
+}
+
+/// A clone in a directory only root can enter (`mktemp -d`, `/root`): the served script still
+/// runs for a host's login user (who is then told to run it as root), as the program it runs is
+/// copied where anyone can run it.
+#[test]
+fn the_setup_tool_runs_for_a_login_user_wherever_the_program_was_built() {
+    let private = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(private.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    let built = private.path().join("target/debug");
+    std::fs::create_dir_all(&built).unwrap();
+    let binary = built.join(ssm_standin::AGENT_BINARY_NAME);
+    std::fs::copy(program(), &binary).unwrap();
+    let ep = endpoint();
+    ep.set_ssm_standin(Some(SsmStandIn::new(&binary)));
+    let script = private.path().join("ssm-setup-cli.sh");
+    std::fs::write(&script, ep.ssm_setup_bytes("linux", "amd64").unwrap()).unwrap();
+    assert!(
+        !String::from_utf8_lossy(&std::fs::read(&script).unwrap())
+            .contains(&*private.path().to_string_lossy()),
+        "the script runs the program from the private directory"
+    );
+    let run = Command::new("setpriv")
+        .args(["--reuid", USER, "--regid", USER, "--clear-groups", "--"])
+        .arg("sh")
+        .args(["-s", "--", "-install", "-region", "us-east-1"])
+        .stdin(std::fs::File::open(&script).unwrap())
+        .current_dir("/")
+        .output()
+        .unwrap();
+    assert_eq!(run.status.code(), Some(1), "{}", text(&run));
+    assert!(text(&run).contains("Please run as root"), "{}", text(&run));
 }
 
 #[tokio::test]
