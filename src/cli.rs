@@ -51,6 +51,12 @@ struct RunArgs {
     /// SSH sessions (agent installs, probes) open at once: the installs in flight.
     #[arg(long, env = "SSH_CONCURRENCY", default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..=1024))]
     ssh_concurrency: u16,
+    /// SSH sessions one namespace may have open at once (default: half of --ssh-concurrency,
+    /// rounded up): the other namespaces' installs always find the rest of the slots, and a slot
+    /// that frees goes to the waiting namespaces in turn. A cluster with one tenant may set it to
+    /// --ssh-concurrency.
+    #[arg(long, env = "SSH_NAMESPACE_SHARE", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    ssh_namespace_share: Option<u16>,
     /// Seconds OpsWorks may take to list a host after its agent was installed before the install
     /// is tried again.
     #[arg(long, env = "REGISTRATION_TIMEOUT_SECONDS", default_value_t = 900, value_parser = clap::value_parser!(u64).range(10..))]
@@ -186,6 +192,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         },
         concurrency: args.concurrency,
         ssh_concurrency: args.ssh_concurrency,
+        ssh_namespace_share: args.ssh_namespace_share,
         resync: Duration::from_secs(args.resync_seconds),
         registration_timeout: Duration::from_secs(args.registration_timeout_seconds),
         ssm_setup_url: args.ssm_setup_url,

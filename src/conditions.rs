@@ -128,6 +128,10 @@ pub mod reasons {
     /// Another install holds the host's install lock (one `boot-registration` at a time on a
     /// host); nothing was run, and the install is tried again after a while.
     pub const INSTALL_IN_PROGRESS: &str = "InstallInProgress";
+    /// The SSH session waits for a slot: every `--ssh-concurrency` slot is in use, or the
+    /// object's namespace holds its share of them (`--ssh-namespace-share`); the message says how
+    /// many of the namespace's sessions are ahead.
+    pub const QUEUED: &str = "Queued";
     /// The install runs on the host now (recorded before it starts; the pass's end records how
     /// it ended).
     pub const INSTALLING: &str = "Installing";

@@ -49,6 +49,9 @@ pub struct Settings {
     /// workers ([`Detached`]), so installs in flight are bounded by this alone, not by
     /// `concurrency`.
     pub ssh_concurrency: u16,
+    /// SSH sessions one namespace may have open at once (`None`: half of `ssh_concurrency`,
+    /// rounded up); the slots are shared between namespaces in turn ([`crate::slots`]).
+    pub ssh_namespace_share: Option<u16>,
     /// How often a finished object is looked at again to notice drift.
     pub resync: Duration,
     /// How long after a successful install OpsWorks may take to list the instance before the
@@ -74,6 +77,7 @@ impl Default for Settings {
             watched: Default::default(),
             concurrency: 64,
             ssh_concurrency: 64,
+            ssh_namespace_share: None,
             resync: Duration::from_secs(600),
             registration_timeout: Duration::from_secs(900),
             ssm_setup_url: SSM_SETUP_URL.to_owned(),
@@ -107,8 +111,8 @@ pub struct Context {
     pub instances: TtlCache<Arc<Vec<crate::opsworks::OpsWorksInstance>>>,
     /// IAM groups known to exist, by name.
     pub iam_groups: TtlCache<()>,
-    /// Permits for SSH sessions ([`Settings::ssh_concurrency`]).
-    pub ssh_slots: tokio::sync::Semaphore,
+    /// Slots for SSH sessions ([`Settings::ssh_concurrency`]), shared between namespaces.
+    pub ssh_slots: crate::slots::Slots,
     /// The newest resourceVersion this controller knows of each object.
     pub versions: Versions,
     /// SSH private keys decoded from Secrets, once per Secret version, off the async workers.
@@ -226,7 +230,10 @@ impl Context {
             stacks: TtlCache::new(STACK_TTL),
             instances: TtlCache::new(INSTANCES_TTL),
             iam_groups: TtlCache::new(IAM_GROUP_TTL),
-            ssh_slots: tokio::sync::Semaphore::new(settings.ssh_concurrency.max(1).into()),
+            ssh_slots: crate::slots::Slots::new(
+                settings.ssh_concurrency.into(),
+                settings.ssh_namespace_share.map(usize::from),
+            ),
             versions: Versions::default(),
             ssh_keys: Default::default(),
             detached,

@@ -27,6 +27,7 @@ pub mod leader;
 pub mod metrics;
 pub mod opsworks;
 pub mod resource;
+pub mod slots;
 pub mod ssh;
 pub mod sshkey;
 pub mod ssm;

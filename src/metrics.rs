@@ -330,6 +330,25 @@ impl Collector for ObjectsByPhase {
 /// Shared handle.
 pub type SharedMetrics = Arc<Metrics>;
 
+/// One SSH session counted in [`Metrics::ssh_in_flight`] while it lives: the count goes down when
+/// it is dropped, however the session's pass ends (returns, is cancelled, panics).
+#[must_use = "the session is counted only while this lives"]
+pub struct InFlight(Gauge);
+
+impl Metrics {
+    /// Counts an SSH session in flight until the returned guard is dropped.
+    pub fn ssh_session(&self) -> InFlight {
+        self.ssh_in_flight.inc();
+        InFlight(self.ssh_in_flight.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -364,6 +383,38 @@ mod tests {
             "server_error"
         );
         assert_eq!(classify_attempt(200, None), "success");
+    }
+
+    #[tokio::test]
+    async fn a_session_cancelled_or_panicking_is_no_longer_counted_in_flight() {
+        let m = Arc::new(Metrics::new());
+        // Cancelled: the pass's future is dropped while its session runs.
+        let session = {
+            let m = m.clone();
+            async move {
+                let _counted = m.ssh_session();
+                std::future::pending::<()>().await
+            }
+        };
+        let cut_short = tokio::time::timeout(Duration::from_millis(20), session).await;
+        assert!(cut_short.is_err());
+        assert_eq!(m.ssh_in_flight.get(), 0);
+        // Panicking: the task that runs the pass unwinds.
+        let task = tokio::spawn({
+            let m = m.clone();
+            async move {
+                let _counted = m.ssh_session();
+                tokio::task::yield_now().await;
+                panic!("a bug in a pass");
+            }
+        });
+        assert!(task.await.unwrap_err().is_panic());
+        assert_eq!(m.ssh_in_flight.get(), 0);
+        // And while one lives, it is counted.
+        let counted = m.ssh_session();
+        assert_eq!(m.ssh_in_flight.get(), 1);
+        drop(counted);
+        assert_eq!(m.ssh_in_flight.get(), 0);
     }
 
     #[test]

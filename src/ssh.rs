@@ -15,10 +15,23 @@
 //! back, and every byte arrives as sent); `head -c <length>` reads exactly the script from the
 //! terminal and pipes it to `/bin/sh -s`, so the shell reads a pipe as it always does, and the
 //! script is never on a command line.
+//!
+//! Every wait on the host is bounded, and every connection a run opens ends with the run: each
+//! hop's stream is wrapped in a [`Line`] of the run's [`Cut`], which makes every read and write
+//! on it fail (and wakes whatever waits on one) once the run is over. russh runs each session on a
+//! task of its own, which a dropped future or handle does not stop while a key exchange is
+//! unfinished or data waits to be written, and which any packet from the host keeps alive; the
+//! cut ends those tasks, and with them the sockets, whatever the host does.
 
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
+
+use futures::task::AtomicWaker;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use russh::keys::{HashAlg, PrivateKey, PrivateKeyWithHashAlg, PublicKey, PublicKeyOrCertificate};
 use russh::{ChannelMsg, ChannelOpenFailure, Pty, client};
@@ -27,6 +40,9 @@ use crate::resource::HostKeyPolicy;
 
 /// How much of the script's output is kept (the end of it).
 const OUTPUT_KEEP: usize = 64 * 1024;
+/// How long the sessions of a run get to close by themselves (the goodbye written, the task
+/// ended) before their connections are cut, and then to end once cut.
+const CLOSE_GRACE: Duration = Duration::from_secs(3);
 
 /// Where and how to connect.
 #[derive(Clone, Debug)]
@@ -291,6 +307,9 @@ pub async fn run_script(
     key: Arc<PrivateKey>,
     script: &str,
 ) -> Result<Run, Failure> {
+    // Every connection of this run ends with it, whichever way it ends (a future dropped too).
+    let cut = Cut::default();
+    let _cut_when_done = CutOnDrop(cut.clone());
     let config = Arc::new(client::Config {
         inactivity_timeout: Some(target.command_timeout + Duration::from_secs(30)),
         keepalive_interval: Some(Duration::from_secs(15)),
@@ -322,7 +341,7 @@ pub async fn run_script(
                 seen: seen[index].clone(),
             };
             let session = match sessions.last() {
-                None => connect_tcp(&config, hop, checker)
+                None => connect_tcp(&config, hop, checker, &cut)
                     .await
                     .map_err(|e| fail(index, e))?,
                 Some(previous) => {
@@ -335,7 +354,7 @@ pub async fn run_script(
                         )
                         .await
                         .map_err(|e| forward_error(e, target, index))?;
-                    handshake(&config, channel.into_stream(), hop, checker())
+                    handshake(&config, cut.line(channel.into_stream()), hop, checker())
                         .await
                         .map_err(|e| fail(index, e))?
                 }
@@ -378,12 +397,7 @@ pub async fn run_script(
         Ok::<_, SshError>((exit_status, output))
     };
     let result = tokio::time::timeout(target.command_timeout, exchange).await;
-    // The host first, then each jump host back to the first.
-    for session in sessions.iter().rev() {
-        let _ = session
-            .disconnect(russh::Disconnect::ByApplication, "", "en")
-            .await;
-    }
+    close(sessions, &cut).await;
     let last = hops.len() - 1;
     let (exit_status, output) = result
         .map_err(|_| fail(last, SshError::CommandTimeout(target.command_timeout)))?
@@ -396,12 +410,161 @@ pub async fn run_script(
     })
 }
 
+/// Says goodbye to each session (the host first, then each jump host back to the first) and
+/// waits for their tasks to end, within [`CLOSE_GRACE`]; then cuts their connections (a host
+/// that stopped reading, or holds a key exchange open, never lets a goodbye through) and waits
+/// for the tasks to end, within [`CLOSE_GRACE`] again: they end at their next step.
+async fn close(sessions: Vec<client::Handle<Checker>>, cut: &Cut) {
+    let goodbye = async {
+        for session in sessions.iter().rev() {
+            let _ = session
+                .disconnect(russh::Disconnect::ByApplication, "", "en")
+                .await;
+        }
+    };
+    let left = CLOSE_GRACE;
+    let started = tokio::time::Instant::now();
+    let _ = tokio::time::timeout(left, goodbye).await;
+    // A handle is its session's task: it completes when the task ended.
+    let mut ended = futures::future::join_all(sessions);
+    let left = left.saturating_sub(started.elapsed());
+    if tokio::time::timeout(left, &mut ended).await.is_err() {
+        cut.cut();
+        if tokio::time::timeout(CLOSE_GRACE, ended).await.is_err() {
+            tracing::warn!("an SSH session's task did not end once its connection was cut");
+        }
+    }
+}
+
+/// Ends the connections of one run: once cut, every read, write, flush and shutdown of each of
+/// its [`Line`]s fails, and whatever waited on one is woken to see it.
+#[derive(Clone, Default)]
+struct Cut(Arc<CutState>);
+
+#[derive(Default)]
+struct CutState {
+    cut: AtomicBool,
+    lines: Mutex<Vec<Arc<LineState>>>,
+}
+
+/// One stream's view of a [`Cut`]: the tasks waiting to read and to write on it.
+#[derive(Default)]
+struct LineState {
+    cut: AtomicBool,
+    reader: AtomicWaker,
+    writer: AtomicWaker,
+}
+
+impl Cut {
+    /// `stream`, ended when this is cut.
+    fn line<S>(&self, stream: S) -> Line<S> {
+        let state = Arc::new(LineState::default());
+        let mut lines = self.0.lines.lock().unwrap_or_else(|e| e.into_inner());
+        if self.0.cut.load(Ordering::SeqCst) {
+            state.cut.store(true, Ordering::SeqCst);
+        }
+        lines.push(state.clone());
+        Line {
+            inner: stream,
+            state,
+        }
+    }
+
+    /// Ends every line, now and to come.
+    fn cut(&self) {
+        let lines = {
+            let mut lines = self.0.lines.lock().unwrap_or_else(|e| e.into_inner());
+            self.0.cut.store(true, Ordering::SeqCst);
+            std::mem::take(&mut *lines)
+        };
+        for line in lines {
+            line.cut.store(true, Ordering::SeqCst);
+            line.reader.wake();
+            line.writer.wake();
+        }
+    }
+}
+
+/// Cuts when dropped: when the run returns, or its future is dropped.
+struct CutOnDrop(Cut);
+
+impl Drop for CutOnDrop {
+    fn drop(&mut self) {
+        self.0.cut();
+    }
+}
+
+/// A stream that fails once its [`Cut`] is cut.
+struct Line<S> {
+    inner: S,
+    state: Arc<LineState>,
+}
+
+impl<S> Line<S> {
+    /// Fails when cut; otherwise registers `cx` to be woken by the cut (`waker` is the reader's
+    /// or the writer's).
+    fn check(&self, cx: &Context<'_>, waker: &AtomicWaker) -> Result<(), std::io::Error> {
+        let cut = || {
+            std::io::Error::new(
+                std::io::ErrorKind::ConnectionAborted,
+                "the session was closed by the controller",
+            )
+        };
+        if self.state.cut.load(Ordering::SeqCst) {
+            return Err(cut());
+        }
+        waker.register(cx.waker());
+        // Cut between the check and the registration: the wake may have been missed.
+        match self.state.cut.load(Ordering::SeqCst) {
+            true => Err(cut()),
+            false => Ok(()),
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Line<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        this.check(cx, &this.state.reader)?;
+        Pin::new(&mut this.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Line<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        this.check(cx, &this.state.writer)?;
+        Pin::new(&mut this.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        this.check(cx, &this.state.writer)?;
+        Pin::new(&mut this.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        this.check(cx, &this.state.writer)?;
+        Pin::new(&mut this.inner).poll_shutdown(cx)
+    }
+}
+
 /// Opens a TCP connection to `hop` (trying each address its name resolves to) and the SSH
-/// session over it.
+/// session over it, on a line of `cut`.
 async fn connect_tcp(
     config: &Arc<client::Config>,
     hop: &Hop,
     checker: impl Fn() -> Checker,
+    cut: &Cut,
 ) -> Result<client::Handle<Checker>, SshError> {
     let addrs: Vec<SocketAddr> = tokio::net::lookup_host((hop.host.as_str(), hop.port))
         .await
@@ -412,7 +575,7 @@ async fn connect_tcp(
         match tokio::net::TcpStream::connect(addr).await {
             Ok(stream) => {
                 let _ = stream.set_nodelay(true);
-                return handshake(config, stream, hop, checker()).await;
+                return handshake(config, cut.line(stream), hop, checker()).await;
             }
             Err(e) => last = SshError::Unreachable(format!("{addr}: {e}")),
         }

@@ -441,6 +441,7 @@ fn the_deployment_runs_restricted_with_probes_and_the_controllers_settings() {
             "tenancy.unannotatedNamespaces=none",
             "concurrency=4",
             "sshConcurrency=2",
+            "sshNamespaceShare=1",
             "log.format=human",
             "log.level=debug",
             "leaderElection.enabled=true",
@@ -460,6 +461,7 @@ fn the_deployment_runs_restricted_with_probes_and_the_controllers_settings() {
         ("UNANNOTATED_NAMESPACES", "none"),
         ("RECONCILE_CONCURRENCY", "4"),
         ("SSH_CONCURRENCY", "2"),
+        ("SSH_NAMESPACE_SHARE", "1"),
         ("LOG_FORMAT", "human"),
         ("LOG_LEVEL", "debug"),
         ("LEADER_ELECTION", "true"),
@@ -502,6 +504,7 @@ fn every_setting_the_chart_passes_is_an_environment_variable_of_run() {
         &sets(&[
             "watchNamespace=hosts",
             "leaderElection.enabled=true",
+            "sshNamespaceShare=8",
             "aws.iamPermissionsBoundary=arn:aws:iam::123456789012:policy/OpsWorksAgentBoundary",
         ]),
     );

@@ -16,7 +16,7 @@ use kube::ResourceExt;
 use tracing::info;
 
 use super::{Facts, Outcome, TargetFacts, probe};
-use crate::conditions::{Observation, reasons};
+use crate::conditions::{self, Observation, reasons, types};
 use crate::context::Context;
 use std::sync::Arc;
 
@@ -26,6 +26,7 @@ use crate::resource::{
     HostIdentity, HostKeyPolicy, InstanceRegistration, InstanceRegistrationStatus, JumpHost,
     RecordedHostKey,
 };
+use crate::slots::{Acquired, Slot};
 use crate::ssh::{self, HostKeyRule, SshError};
 
 pub(super) async fn check(
@@ -59,7 +60,11 @@ pub(super) async fn check(
         false => {
             // The probe may wait on a host that does not answer: off the reconcile workers.
             facts.detach();
-            let (learned, run) = match probe(obj, ctx, &connect, rule, key).await {
+            let slot = match slot(obj, ctx, facts, status, types::HOST_REACHABLE).await {
+                Ok(slot) => slot,
+                Err(outcome) => return outcome,
+            };
+            let (learned, run) = match probe(obj, ctx, slot, &connect, rule, key).await {
                 Ok(probed) => probed,
                 Err(outcome) => return outcome,
             };
@@ -270,6 +275,7 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(30);
 async fn probe(
     obj: &InstanceRegistration,
     ctx: &Context,
+    slot: Slot,
     connect: &ssh::Target,
     rule: HostKeyRule,
     key: std::sync::Arc<russh::keys::PrivateKey>,
@@ -279,7 +285,7 @@ async fn probe(
         ..connect.clone()
     };
     info!(name = %obj.name_any(), host = %connect.host, port = connect.port, "asking the host what it registers as");
-    let run = match session(ctx, &connect, rule, key, probe::PROBE_SCRIPT).await {
+    let run = match session(ctx, slot, &connect, rule, key, probe::PROBE_SCRIPT).await {
         Ok(run) => run,
         // A probe that does not finish in its time says the host is not answering.
         Err(outcome) if outcome.observation().reason == reasons::INSTALL_TIMEOUT => {
@@ -312,25 +318,61 @@ async fn probe(
     }
 }
 
-/// Runs `script` on the host in one SSH session, within the SSH concurrency limit (sessions are
-/// bounded apart from reconciles: a slow fleet of hosts must not starve the reconciles that only
-/// talk to AWS), counted by how they ended: succeeded, failed (a non-zero exit), or the condition
-/// reason of the SSH failure, which is the outcome returned.
+/// Waits for an SSH slot for `obj`'s namespace ([`crate::slots`]). While it waits (every slot in
+/// use, or the namespace holds its share), the object says why: its `condition` and Ready have
+/// reason `Queued`, written at once (a pass that waits has let go of its reconcile worker).
+pub(crate) async fn slot(
+    obj: &InstanceRegistration,
+    ctx: &Context,
+    facts: &mut Facts,
+    status: &mut InstanceRegistrationStatus,
+    condition: &str,
+) -> Result<Slot, Outcome> {
+    let queued = match ctx.ssh_slots.acquire(&obj.namespace().unwrap_or_default()) {
+        Acquired::Now(slot) => return Ok(slot),
+        Acquired::Queued(queued) => queued,
+    };
+    let why = queued.reason();
+    info!(name = %obj.name_any(), "{why}");
+    let generation = obj.metadata.generation.unwrap_or_default();
+    let now =
+        k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::now());
+    let conds = &mut status.conditions;
+    let waiting = Observation::unknown(reasons::QUEUED, why.clone());
+    conditions::set(conds, condition, waiting, generation, &now);
+    conditions::set(
+        conds,
+        types::READY,
+        Observation::fails(reasons::QUEUED, why.clone()),
+        generation,
+        &now,
+    );
+    status.message = Some(why);
+    // Best effort: if the object changed meanwhile, the pass's end writes what it found.
+    if let Err(problem) =
+        crate::context::checkpoint(ctx, obj, status, &mut facts.resource_version).await
+    {
+        tracing::debug!(name = %obj.name_any(), %problem, "recording that the session is queued");
+    }
+    Ok(queued.wait().await)
+}
+
+/// Runs `script` on the host in one SSH session, in `slot` (sessions are bounded apart from
+/// reconciles: a slow fleet of hosts must not starve the reconciles that only talk to AWS),
+/// counted by how they ended: succeeded, failed (a non-zero exit), or the condition reason of the
+/// SSH failure, which is the outcome returned. The session is counted in flight while it runs,
+/// however its pass ends.
 pub(crate) async fn session(
     ctx: &Context,
+    slot: Slot,
     connect: &ssh::Target,
     rule: HostKeyRule,
     key: std::sync::Arc<russh::keys::PrivateKey>,
     script: &str,
 ) -> Result<ssh::Run, Outcome> {
-    let slot = ctx
-        .ssh_slots
-        .acquire()
-        .await
-        .expect("the SSH semaphore is never closed");
-    ctx.metrics.ssh_in_flight.inc();
+    let in_flight = ctx.metrics.ssh_session();
     let result = ssh::run_script(connect, rule, key, script).await;
-    ctx.metrics.ssh_in_flight.dec();
+    drop(in_flight);
     drop(slot);
     let (ended, result) = match result {
         Ok(run) if run.exit_status == Some(0) => ("succeeded", Ok(run)),

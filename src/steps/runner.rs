@@ -255,6 +255,17 @@ pub async fn run_install(
         )));
     }
     let key = key.clone();
+    // Waiting for a slot may take long, and the install takes as long as the installer: off the
+    // reconcile workers. The install starts once a slot is held.
+    facts.detach();
+    let slot = super::host::slot(
+        obj,
+        ctx,
+        facts,
+        status,
+        crate::conditions::types::AGENT_INSTALLED,
+    )
+    .await?;
 
     // Recorded before the install starts, conditional on the version this pass works from: the
     // install runs only if no newer status exists (a pass on an old copy could otherwise install
@@ -280,9 +291,7 @@ pub async fn run_install(
 
     info!(name = %obj.name_any(), host = %host, port = spec.port, "installing {agent}");
     let started = std::time::Instant::now();
-    // The install takes as long as the installer: off the reconcile workers.
-    facts.detach();
-    let run = super::host::session(ctx, &connect, rule, key, script).await?;
+    let run = super::host::session(ctx, slot, &connect, rule, key, script).await?;
     crate::failpoint::after("ssh:Install");
     if let Some(why) = left_the_shard(ctx, obj).await {
         return Err(Outcome::Blocked(Observation::fails(reasons::WAITING, why)));

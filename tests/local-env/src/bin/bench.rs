@@ -1097,7 +1097,8 @@ impl Env {
 
     /// The fleet's wave on `hosts`: a fresh stack with one EC2 record per host, a namespace
     /// holding unrelated objects blocked on a missing Secret, a controller with
-    /// `--ssh-concurrency` the fleet's size; the fleet's objects created at once, and once half
+    /// `--ssh-concurrency` and `--ssh-namespace-share` the fleet's size (the fleet is one
+    /// namespace's); the fleet's objects created at once, and once half
     /// of them started installing, the unrelated objects deleted. What the controller said
     /// (Events, the objects) goes to files next to its log.
     async fn fleet_wave(&self, hosts: &[SshHost], run_time: Duration) -> R<Fleet> {
@@ -1114,8 +1115,17 @@ impl Env {
         )
         .map_err(|e| e.to_string())?;
         let api = self.registrations(&name);
-        let controller =
-            self.start_controller_with(&name, &name, &["--ssh-concurrency", &n.to_string()])?;
+        let n_text = n.to_string();
+        let controller = self.start_controller_with(
+            &name,
+            &name,
+            &[
+                "--ssh-concurrency",
+                &n_text,
+                "--ssh-namespace-share",
+                &n_text,
+            ],
+        )?;
         let result = self
             .fleet_measure(&name, &stack, objects, &api, &controller, run_time)
             .await;
@@ -1402,8 +1412,8 @@ fn fleet_table(f: &Fleet) -> String {
     let per = |v: f64| v / n;
     let mut out = format!(
         "\n5. Fleet: N = {} hosts applied at once, installer stand-in T = {}s; controller \
-         --ssh-concurrency {} (--concurrency default)\n",
-        f.n, f.run_time, f.n
+         --ssh-concurrency {} --ssh-namespace-share {} (--concurrency default)\n",
+        f.n, f.run_time, f.n, f.n
     );
     out.push_str(&format!(
         "   {} SSH hosts started in {:.1}s; creating the objects (32 at a time) took {:.1}s (inside \
