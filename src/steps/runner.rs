@@ -171,6 +171,19 @@ pub async fn run_install(
         )));
     }
     let key = key.clone();
+    // Looked at again just before anything is installed: another object that reached the same
+    // host may have recorded it since the host step.
+    if let Some(holder) = crate::conflict::holder_of_the_same_host(
+        obj,
+        status,
+        target.ec2_instance_id.as_deref(),
+        &ctx.store.state(),
+        |o| ctx.tenancy.may_hold(o),
+    ) {
+        return Err(Outcome::Blocked(
+            holder.observation(&crate::conflict::place(obj)),
+        ));
+    }
 
     // Recorded before the install starts, conditional on the version this pass works from: the
     // install runs only if no newer status exists (a pass on an old copy could otherwise install
