@@ -317,6 +317,20 @@ spec:
             holder(&by_name, None, &all, any).as_deref(),
             Some("ns/by-ip")
         );
+        // In another namespace too: the check is across every object the controller watches
+        // (here the older one comes first).
+        let mut elsewhere = by_name.clone();
+        elsewhere.metadata.namespace = Some("team-b".into());
+        elsewhere.metadata.creation_timestamp =
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                k8s_openapi::jiff::Timestamp::from_second(50).unwrap(),
+            ));
+        let across = arcs(&[&by_ip, &elsewhere]);
+        assert_eq!(
+            holder(&by_ip, None, &across, any).as_deref(),
+            Some("team-b/by-name")
+        );
+        assert_eq!(holder(&elsewhere, None, &across, any), None);
         // Before the host said anything, nothing ties them.
         let mut unlearned = by_name.clone();
         unlearned.status = None;
