@@ -9,7 +9,8 @@
 //!   both services share (SSH key, host probe, install runner, hand-off Secret).
 //! - [`opsworks`] and [`ssm`]: each service's own steps and undo, side by side.
 //! - [`conditions`]: condition types, reasons and the rules for updating them.
-//! - [`tenancy`]: which stacks the objects of a namespace may use.
+//! - [`tenancy`]: which stacks the objects of a namespace may use; [`conflict`]: which of two
+//!   objects naming one host acts.
 #![forbid(unsafe_code)]
 #![deny(warnings)]
 
@@ -18,6 +19,7 @@ pub mod backoff;
 pub mod cache;
 pub mod cli;
 pub mod conditions;
+pub mod conflict;
 pub mod context;
 pub mod controller;
 pub mod failpoint;

@@ -51,10 +51,12 @@ async fn under_throttling_and_server_errors_every_object_gets_one_user_and_key_a
     let events: Api<Event> = Api::namespaced(client.clone(), &ns);
     let stack = aws.create_stack(&ns, None).await;
     let (_, public) = ssh_key_secret(&client, &ns, "key").await;
-    // Every object reaches this one host (the controller makes credentials only for a host that
-    // answered); its installer fails, so the credentials Secret stays.
-    let host = host_whose_install_fails(&format!("{ns}-host"), &public);
-    let via_host = ssh_via(&host);
+    // Every object reaches a host of its own (the controller makes credentials only for a host
+    // that answered; two objects reaching one host would be a Conflict) whose installer fails,
+    // so the credentials Secret stays.
+    let hosts: Vec<_> = (0..5)
+        .map(|n| host_whose_install_fails(&format!("{ns}-host-{n}"), &public))
+        .collect();
     let web1 = format!("{ns}-web-1");
     let web2 = format!("{ns}-web-2");
     let (web1_id, _, _) = aws.run_instance(&web1, None).await;
@@ -82,7 +84,8 @@ async fn under_throttling_and_server_errors_every_object_gets_one_user_and_key_a
     aws.set_faults(Faults::throttling(1.0));
     aws.clear_calls();
     let mut controller = ControllerProcess::start(cp, aws, &ns, &[]);
-    for (name, yaml) in &objects {
+    for ((name, yaml), host) in objects.iter().zip(&hosts) {
+        let via_host = ssh_via(host);
         let out = cp.kubectl_stdin(&["apply", "-f", "-"], &format!("{yaml}{via_host}"));
         assert!(
             out.status.success(),
@@ -299,10 +302,13 @@ async fn a_call_that_never_answers_ends_within_its_time_limit_and_the_object_rec
     let api: Api<InstanceRegistration> = Api::namespaced(client.clone(), &ns);
     let stack = aws.create_stack(&ns, None).await;
     let (_, public) = ssh_key_secret(&client, &ns, "key").await;
-    // A host that answers, so the pipeline gets as far as the credentials.
-    let host = host_whose_install_fails(&format!("{ns}-host"), &public);
-    let via_host = ssh_via(&host);
+    // Hosts that answer (one each: two objects reaching one host would be a Conflict), so the
+    // pipeline gets as far as the credentials.
     let names = ["db-0", "db-1"];
+    let hosts: Vec<_> = names
+        .iter()
+        .map(|name| host_whose_install_fails(&format!("{ns}-{name}"), &public))
+        .collect();
 
     // OpsWorks DescribeStacks, the first call of every object, is held without an answer.
     aws.set_faults(Faults::hang(&["DescribeStacks"]));
@@ -312,6 +318,7 @@ async fn a_call_that_never_answers_ends_within_its_time_limit_and_the_object_rec
     for (n, name) in names.iter().enumerate() {
         let target = format!("127.0.0.{}", 41 + n);
         let yaml = on_premises(&ns, name, &stack, &target, name, "key", "");
+        let via_host = ssh_via(&hosts[n]);
         let out = cp.kubectl_stdin(&["apply", "-f", "-"], &format!("{yaml}{via_host}"));
         assert!(
             out.status.success(),

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use instance_registrar::conditions::{reasons, types};
 use instance_registrar::resource::InstanceRegistration;
 use k8s_openapi::api::core::v1::Secret;
+use kube::ResourceExt;
 use kube::api::{Api, DeleteParams};
 use opsworks_endpoint::standin::BINARY_NAME as INSTALLER_PROGRAM;
 use opsworks_endpoint::standin::hash_secret;
@@ -688,6 +689,98 @@ async fn two_objects_naming_one_host_register_it_once_and_the_later_reports_conf
         .filter(|i| i.stack_id == w.stack && i.status != "deregistered")
         .collect();
     assert_eq!(registered.len(), 1, "{registered:?}");
+}
+
+#[tokio::test]
+async fn one_host_named_by_an_address_and_a_dns_name_is_registered_once_and_the_later_yields() {
+    // Issue 21 item 5: `target: <IP>` and `target: <DNS name>`, the same ssh.address, no
+    // hostname override, applied together. Nothing in the specs ties them: what the host says of
+    // itself does, before any IAM user is made.
+    let w = World::with(own_aws(), "e2e-twin", &[]).await;
+    let host = w.host("twin");
+    let one = |name: &str, target: &str| {
+        support::on_premises_named_by(&w.ns, name, &w.stack, target, None, "key", "")
+            + &ssh_via(&host)
+    };
+    let by_ip = host.address().to_string();
+    w.apply(&format!(
+        "{}---\n{}",
+        one("by-ip", &by_ip),
+        one("by-name", "twin.example.internal")
+    ));
+    let a = w.get("by-ip").await;
+    let b = w.get("by-name").await;
+    let rank = |o: &InstanceRegistration| {
+        (
+            o.metadata.creation_timestamp.clone().map(|t| t.0),
+            o.metadata.name.clone(),
+        )
+    };
+    let (winner, loser) = if rank(&a) < rank(&b) { (a, b) } else { (b, a) };
+    let (winner, loser) = (winner.name_any(), loser.name_any());
+    let won = w.wait(&winner, types::READY, reasons::SUCCEEDED).await;
+    let lost = w.wait(&loser, types::READY, reasons::CONFLICT).await;
+    let said = message(&lost, types::READY);
+    assert!(
+        said.contains(&format!("{}/{winner}", w.ns)),
+        "the conflict names the other object: {said}"
+    );
+    assert_eq!(condition(&lost, types::STALLED).unwrap().0, "True");
+    let decided_by = ["TargetResolved", "HostReachable", "AgentInstalled"]
+        .into_iter()
+        .find(|t| condition(&lost, t).is_some_and(|c| c.1 == reasons::CONFLICT));
+    println!("{loser} yielded at {decided_by:?}: {said}");
+    let lost_status = lost.status.clone().unwrap();
+    assert!(
+        lost_status.iam_user_name.is_none() && lost_status.install_started_at.is_none(),
+        "the later one made nothing: {lost_status:#?}"
+    );
+    let users = w.aws.iam_users("").await;
+    let owned = |o: &InstanceRegistration| {
+        let uid = o.uid().unwrap();
+        users
+            .iter()
+            .filter(|(_, owner)| owner.as_deref() == Some(uid.as_str()))
+            .count()
+    };
+    assert_eq!(owned(&lost), 0, "no IAM user for the one in conflict");
+    assert_eq!(owned(&won), 1);
+    assert_eq!(host.boot_registration_runs(), 1);
+    let hostname = host.hostname();
+    let registered = registrations(w.aws, &w.stack, &hostname);
+    assert_eq!(registered.len(), 1, "{registered:?}");
+    // OpsWorks says whose it is: the winner's IAM user registered it.
+    let described = w
+        .aws
+        .opsworks_client()
+        .describe_instances()
+        .instance_ids(&registered[0])
+        .send()
+        .await
+        .unwrap();
+    let by = described.instances()[0].registered_by().unwrap_or_default();
+    let won_user = won.status.as_ref().unwrap().iam_user_name.clone().unwrap();
+    assert!(
+        by.starts_with("arn:aws:iam::") && by.ends_with(&format!(":user/AWS/OpsWorks/{won_user}")),
+        "RegisteredBy {by:?}, the winner's user {won_user}"
+    );
+
+    // Deleting the one in conflict deregisters nothing; the other stays Ready.
+    w.api
+        .delete(&loser, &DeleteParams::default())
+        .await
+        .unwrap();
+    wait_gone(&w.api, &loser).await;
+    assert_eq!(registrations(w.aws, &w.stack, &hostname), registered);
+    let won = w.get(&winner).await;
+    assert_eq!(condition(&won, types::READY).unwrap().1, reasons::SUCCEEDED);
+    // Deleting the winner deregisters what it made.
+    w.api
+        .delete(&winner, &DeleteParams::default())
+        .await
+        .unwrap();
+    wait_gone(&w.api, &winner).await;
+    assert!(registrations(w.aws, &w.stack, &hostname).is_empty());
 }
 
 // Off the happy path (issue 12): what the host registers as, what deletion undoes, adoption,

@@ -251,6 +251,138 @@ async fn a_namespace_uses_only_the_stacks_its_annotation_allows() {
     assert!(!logs.contains("panicked"), "{logs}");
 }
 
+/// The layers and RegisteredBy of OpsWorks instance `id`.
+async fn instance_of(aws: &AwsEnv, id: &str) -> aws_sdk_opsworks::types::Instance {
+    let out = aws
+        .opsworks_client()
+        .describe_instances()
+        .instance_ids(id)
+        .send()
+        .await
+        .unwrap();
+    out.instances()[0].clone()
+}
+
+#[tokio::test]
+async fn in_a_shared_stack_a_tenant_cannot_claim_another_tenants_instance_by_naming_its_host() {
+    // Issue 21 item 2: two namespaces share a stack. Team B's object, after an install attempt
+    // of its own that failed, sets the hostname and address of team A's host: A's instance must
+    // stay A's (no layers of B's, not deregistered when B's object goes).
+    let _one_at_a_time = ONE_AT_A_TIME.lock().await;
+    let cp = ControlPlane::shared();
+    let client = cp.client().await;
+    let aws = aws();
+    let team_a = namespace(&client, "share-a").await;
+    let team_b = namespace(&client, "share-b").await;
+    let stack = aws.create_stack(&format!("{team_a}-shared"), None).await;
+    allow(&client, &team_a, Some(&stack)).await;
+    allow(&client, &team_b, Some(&stack)).await;
+    let layer = aws
+        .opsworks_client()
+        .create_layer()
+        .stack_id(&stack)
+        .r#type(aws_sdk_opsworks::types::LayerType::Custom)
+        .name("b-layer")
+        .shortname("b-layer")
+        .send()
+        .await
+        .unwrap()
+        .layer_id()
+        .unwrap()
+        .to_owned();
+    let (_, public_a) = ssh_key_secret(&client, &team_a, "key").await;
+    let (_, public_b) = ssh_key_secret(&client, &team_b, "key").await;
+    let host_a = SshHost::start(&format!("{team_a}-a"));
+    host_a.authorize(&public_a);
+    let host_b = support::host_whose_install_fails(&format!("{team_b}-b"), &public_b);
+    let a: Api<InstanceRegistration> = Api::namespaced(client.clone(), &team_a);
+    let b: Api<InstanceRegistration> = Api::namespaced(client.clone(), &team_b);
+    let controller = controller_for_all_namespaces(cp, aws, &["--resync-seconds", "600"]);
+
+    apply(cp, &object(&team_a, "web", &stack, &host_a, "a-1"));
+    wait_reason(&a, "web", types::READY, reasons::SUCCEEDED).await;
+    let [(victim, _)] = &instances(aws, &stack).await[..] else {
+        panic!("one registration in the stack");
+    };
+    let described = instance_of(aws, victim).await;
+    let a_user = a
+        .get("web")
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .iam_user_name
+        .unwrap();
+    assert!(
+        described
+            .registered_by()
+            .is_some_and(|by| by.ends_with(&format!(":user/AWS/OpsWorks/{a_user}"))),
+        "RegisteredBy names A's IAM user ({a_user}): {:?}",
+        described.registered_by()
+    );
+    let private_ip = described.private_ip().unwrap().to_owned();
+
+    // B's own host: an install attempt that fails (installStartedAt is set).
+    let b_object = |extra: &str| {
+        on_premises(
+            &team_b,
+            "web",
+            &stack,
+            &host_b.address().to_string(),
+            "b-1",
+            "key",
+            &format!("  layerIds: [\"{layer}\"]\n{extra}"),
+        ) + &ssh_via(&host_b)
+    };
+    apply(cp, &b_object(""));
+    let failed = wait_reason(&b, "web", types::AGENT_INSTALLED, reasons::INSTALLER_FAILED).await;
+    assert!(failed.status.unwrap().install_started_at.is_some());
+    // Then it names A's host: A's hostname and address.
+    let patch = serde_json::json!({"spec": {"hostname": "a-1", "privateIp": private_ip}});
+    b.patch("web", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    let refused = wait_reason(&b, "web", types::READY, reasons::CONFLICT).await;
+    let said = message(&refused, types::READY);
+    for part in [format!("{team_a}/web"), victim.clone()] {
+        assert!(said.contains(&part), "{part} missing in {said:?}");
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        instance_of(aws, victim).await.layer_ids().is_empty(),
+        "B's layers were assigned to A's instance"
+    );
+    assert_eq!(
+        b.get("web")
+            .await
+            .unwrap()
+            .status
+            .unwrap()
+            .opsworks_instance_id,
+        None,
+        "B recorded A's instance as its own"
+    );
+
+    // Deleting B's object (default deletionPolicy Deregister) leaves A's instance registered.
+    b.delete("web", &Default::default()).await.unwrap();
+    wait_gone(&b, "web").await;
+    let left = instances(aws, &stack).await;
+    assert!(
+        left.iter().any(|(id, _)| id == victim),
+        "A's instance was deregistered: {left:?}"
+    );
+    let a_web = a.get("web").await.unwrap();
+    assert_eq!(
+        condition(&a_web, types::READY).map(|c| c.1).as_deref(),
+        Some(reasons::SUCCEEDED)
+    );
+    a.delete("web", &Default::default()).await.unwrap();
+    wait_gone(&a, "web").await;
+    assert!(instances(aws, &stack).await.is_empty());
+    let logs = controller.logs();
+    assert!(!logs.contains("panicked"), "{logs}");
+}
+
 /// A controller confined to one namespace reads that Namespace's annotation too, and with
 /// `--unannotated-namespaces none` a namespace without one may use no stack until an
 /// administrator annotates it.

@@ -12,6 +12,14 @@
 //!   stack under the hostname the agent was told or found is the one it made.
 //! - *May this object adopt it?* before any install: only if nothing says it is another host
 //!   (an EC2 instance for an on-premises host, or addresses that are none of the host's own).
+//!
+//! And whose it is: OpsWorks records who registered each instance (`RegisteredBy`, the ARN of the
+//! IAM user whose key the agent registered with). A registration is one this object *made* only
+//! if its own IAM user registered it (or, with the instance profile, it is the EC2 instance the
+//! target resolves to); one another object's IAM user registered is that object's, never this
+//! one's, whatever hostname or addresses the spec gives (they can be edited to name any host).
+//! Against a server that does not report `RegisteredBy` the hostname and addresses decide, as
+//! above.
 
 use super::{Facts, OpsWorksInstance, Outcome, TargetFacts};
 use crate::conditions::{Observation, reasons};
@@ -29,6 +37,12 @@ pub struct Identity {
     pub hostname: Option<String>,
     /// The host's own IPv4 addresses, and any the spec names for it.
     pub addresses: Vec<String>,
+    /// The IAM user this object's agent registers with (`status.iamUserName`; none with the
+    /// instance profile): `RegisteredBy` names it on a registration this object made.
+    pub iam_user: Option<String>,
+    /// The IAM users other objects made, each with its object's `namespace/name`: a registration
+    /// one of them made is that object's.
+    pub others: Vec<(String, String)>,
 }
 
 /// Which instance of the stack is the host's.
@@ -36,6 +50,9 @@ pub struct Identity {
 pub enum Found<'a> {
     /// The host's registration.
     Ours(&'a OpsWorksInstance),
+    /// The host's registration (or one under its hostname), made by another object's IAM user:
+    /// that object's (`namespace/name`), never this one's.
+    Claimed(&'a OpsWorksInstance, String),
     /// A live instance uses the hostname, and something about it says it is another host.
     Taken(&'a OpsWorksInstance),
     /// No registration of the host, and its hostname is free.
@@ -63,6 +80,87 @@ pub fn same_hostname(a: &str, b: &str) -> bool {
     let short = |s: &str| !s.contains('.');
     let first = |s: &str| s.split('.').next().unwrap_or_default().to_owned();
     (short(a) || short(b)) && first(a).eq_ignore_ascii_case(&first(b))
+}
+
+/// Who registered an instance, as its `RegisteredBy` says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Registrant<'a> {
+    /// An IAM user, by name: from its ARN (`arn:aws:iam::123456789012:user/AWS/OpsWorks/name`,
+    /// whatever the path and partition), or the bare user name a server may give instead.
+    User(&'a str),
+    /// Another principal (an instance profile's role session, the account's root).
+    Other(&'a str),
+    /// Not said: a server that does not report it.
+    Unknown,
+}
+
+/// Who registered `instance`.
+pub fn registrant(instance: &OpsWorksInstance) -> Registrant<'_> {
+    let Some(by) = instance
+        .registered_by
+        .as_deref()
+        .map(str::trim)
+        .filter(|b| !b.is_empty())
+    else {
+        return Registrant::Unknown;
+    };
+    let iam_name = |n: &str| {
+        !n.is_empty()
+            && n.len() <= 64
+            && n.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"+=,.@_-".contains(&b))
+    };
+    match by.strip_prefix("arn:") {
+        // arn:PARTITION:iam::ACCOUNT:user/PATH/NAME (a user name has no slash).
+        Some(rest) => match rest.splitn(5, ':').collect::<Vec<_>>()[..] {
+            [_, "iam", _, _, resource] => match resource
+                .strip_prefix("user/")
+                .and_then(|p| p.rsplit('/').next())
+            {
+                Some(name) if iam_name(name) => Registrant::User(name),
+                _ => Registrant::Other(by),
+            },
+            _ => Registrant::Other(by),
+        },
+        None if iam_name(by) => Registrant::User(by),
+        None => Registrant::Other(by),
+    }
+}
+
+/// Whether `instance` was registered by `identity`'s own agent, going by `RegisteredBy` alone
+/// (true when the server does not say).
+fn registered_by_this_object(instance: &OpsWorksInstance, identity: &Identity) -> bool {
+    match registrant(instance) {
+        // IAM user names are unique without case.
+        Registrant::User(name) => identity
+            .iam_user
+            .as_deref()
+            .is_some_and(|u| u.eq_ignore_ascii_case(name)),
+        // The instance profile's session: an EC2 host, matched on its instance ID.
+        Registrant::Other(_) => identity.iam_user.is_none() && identity.ec2_instance_id.is_some(),
+        Registrant::Unknown => true,
+    }
+}
+
+/// The object whose IAM user registered `instance`, if another object's did.
+fn claimed_by<'i>(instance: &OpsWorksInstance, identity: &'i Identity) -> Option<&'i str> {
+    let Registrant::User(name) = registrant(instance) else {
+        return None;
+    };
+    if registered_by_this_object(instance, identity) {
+        return None;
+    }
+    identity
+        .others
+        .iter()
+        .find(|(user, _)| user.eq_ignore_ascii_case(name))
+        .map(|(_, object)| object.as_str())
+}
+
+/// Whether this object made `instance` (the host's registration, as [`find`] found it): it
+/// started an install (`installed`) and its own agent registered it. Otherwise it was adopted.
+pub fn made(instance: &OpsWorksInstance, identity: &Identity, installed: bool) -> bool {
+    installed && registered_by_this_object(instance, identity)
 }
 
 /// The addresses an instance records.
@@ -104,12 +202,18 @@ pub fn find<'a>(
             .is_some_and(|h| same_hostname(h, name))
     };
     if let Some(ec2) = &identity.ec2_instance_id {
-        if let Some(ours) = prefer_recorded(
-            live()
-                .filter(|i| i.ec2_instance_id.as_ref() == Some(ec2))
-                .collect(),
-        ) {
+        let same: Vec<&OpsWorksInstance> = live()
+            .filter(|i| i.ec2_instance_id.as_ref() == Some(ec2))
+            .collect();
+        let (claimed, ours): (Vec<_>, Vec<_>) = same
+            .into_iter()
+            .partition(|i| claimed_by(i, identity).is_some());
+        if let Some(ours) = prefer_recorded(ours) {
             return Found::Ours(ours);
+        }
+        if let Some(theirs) = claimed.first().copied() {
+            let by = claimed_by(theirs, identity).unwrap_or_default().to_owned();
+            return Found::Claimed(theirs, by);
         }
         // An EC2 registration's hostname is the override, if any: held by another, it is taken.
         return match &identity.hostname {
@@ -128,22 +232,40 @@ pub fn find<'a>(
         .iter()
         .copied()
         .filter(|i| i.ec2_instance_id.is_none());
-    let ours: Vec<&OpsWorksInstance> = if installed {
-        // Ours if the addresses agree; else, as the agent may report addresses the controller
-        // cannot see (a public address found from outside), any instance under the name.
-        let agreeing: Vec<_> = on_premises
+    if installed {
+        // Registered by this object's own agent: its registration, whatever addresses the agent
+        // reported (a host behind NAT reports ones the controller cannot see).
+        let made: Vec<_> = on_premises
             .clone()
-            .filter(|i| addresses_agree(i, identity))
+            .filter(|i| {
+                registrant(i) != Registrant::Unknown && registered_by_this_object(i, identity)
+            })
             .collect();
-        if agreeing.is_empty() {
-            on_premises.collect()
-        } else {
-            agreeing
+        if let Some(ours) = prefer_recorded(made) {
+            return Found::Ours(ours);
         }
-    } else {
-        on_premises
-            .filter(|i| addresses_agree(i, identity))
+    }
+    // Registered by another object's agent: that object's, if it may be this host's at all.
+    if let Some((theirs, by)) = on_premises
+        .clone()
+        .filter(|i| installed || addresses_agree(i, identity))
+        .find_map(|i| claimed_by(i, identity).map(|by| (i, by)))
+    {
+        return Found::Claimed(theirs, by.to_owned());
+    }
+    let unclaimed = on_premises.filter(|i| claimed_by(i, identity).is_none());
+    let agreeing: Vec<_> = unclaimed
+        .clone()
+        .filter(|i| addresses_agree(i, identity))
+        .collect();
+    // A server that does not say who registered: after an install, as the agent may report
+    // addresses the controller cannot see, any instance under the name.
+    let ours = if installed && agreeing.is_empty() {
+        unclaimed
+            .filter(|i| registrant(i) == Registrant::Unknown)
             .collect()
+    } else {
+        agreeing
     };
     if let Some(ours) = prefer_recorded(ours) {
         return Found::Ours(ours);
@@ -160,12 +282,14 @@ pub fn find<'a>(
 /// nothing more to say, the step is done.
 pub(crate) fn after_probe(
     obj: &InstanceRegistration,
+    others: &[std::sync::Arc<InstanceRegistration>],
     facts: &mut Facts,
     status: &mut InstanceRegistrationStatus,
     target: &TargetFacts,
     said: &str,
 ) -> Option<Outcome> {
-    let identity = identity_of(obj, target, status);
+    let mut identity = identity_of(obj, target, status);
+    identity.others = others_users(obj, others);
     if identity.ec2_instance_id.is_none() && identity.hostname.is_none() {
         return Some(Outcome::Blocked(Observation::fails(
             reasons::HOST_IDENTITY_UNKNOWN,
@@ -186,7 +310,8 @@ pub(crate) fn after_probe(
             status.opsworks_instance_id.as_deref(),
         ) {
             Found::Ours(instance) => {
-                let reason = record_existing(status, instance);
+                let made = made(instance, &identity, crate::steps::installed(status));
+                let reason = record_existing(status, instance, made);
                 facts.existing = Some(instance.clone());
                 return Some(Outcome::Done(Observation::holds(
                     reason,
@@ -194,6 +319,13 @@ pub(crate) fn after_probe(
                         "{said}; registered in the stack as {} ({})",
                         instance.id, instance.status
                     ),
+                )));
+            }
+            Found::Claimed(instance, by) => {
+                return Some(Outcome::Blocked(claimed(
+                    instance,
+                    &by,
+                    obj.spec.stack_id(),
                 )));
             }
             Found::Taken(holder) => {
@@ -210,15 +342,16 @@ pub(crate) fn after_probe(
 }
 
 /// Records `instance` as the host's registration on status, and whether it was adopted (found
-/// registered before this object installed anything) or made by this object; returns the
+/// registered, not by this object's install) or `made` by this object ([`made`]); returns the
 /// reason to report.
 pub(crate) fn record_existing(
     status: &mut InstanceRegistrationStatus,
     instance: &OpsWorksInstance,
+    made: bool,
 ) -> &'static str {
-    if status.opsworks_instance_id.as_deref() != Some(instance.id.as_str()) {
-        // A newly found registration: adopted only if this object never installed the agent.
-        status.adopted = !crate::steps::installed(status);
+    if status.opsworks_instance_id.as_deref() != Some(instance.id.as_str()) || !made {
+        // A newly found registration, or one not this object's own agent made: adopted.
+        status.adopted = !made;
     }
     status.opsworks_instance_id = Some(instance.id.clone());
     status.hostname = instance.hostname.clone();
@@ -227,6 +360,45 @@ pub(crate) fn record_existing(
     } else {
         reasons::SUCCEEDED
     }
+}
+
+/// The Conflict observation for the host's registration `instance`, which the IAM user of
+/// InstanceRegistration `by` registered.
+pub(crate) fn claimed(instance: &OpsWorksInstance, by: &str, stack: &str) -> Observation {
+    Observation::fails(
+        reasons::CONFLICT,
+        format!(
+            "instance {} of stack {stack} (hostname {}) was registered by InstanceRegistration \
+             {by} (RegisteredBy {}): it is that object's, and this one neither adopts, changes \
+             nor deregisters it",
+            instance.id,
+            instance.hostname.as_deref().unwrap_or("?"),
+            instance.registered_by.as_deref().unwrap_or("?")
+        ),
+    )
+}
+
+/// The IAM users that objects other than `obj` recorded (`status.iamUserName`), each with its
+/// object's `namespace/name`.
+pub(crate) fn others_users(
+    obj: &InstanceRegistration,
+    others: &[std::sync::Arc<InstanceRegistration>],
+) -> Vec<(String, String)> {
+    others
+        .iter()
+        .filter(|o| o.metadata.uid != obj.metadata.uid)
+        .filter_map(|o| {
+            let user = o.status.as_ref()?.iam_user_name.clone()?;
+            Some((
+                user,
+                format!(
+                    "{}/{}",
+                    o.metadata.namespace.as_deref().unwrap_or_default(),
+                    o.metadata.name.as_deref().unwrap_or_default()
+                ),
+            ))
+        })
+        .collect()
 }
 
 /// The HostnameTaken observation for a hostname held by `holder`.
@@ -282,6 +454,11 @@ pub(crate) fn identity_of(
             .clone()
             .or_else(|| learned.and_then(|h| h.hostname.clone())),
         addresses,
+        iam_user: match spec.use_instance_profile {
+            Some(true) => None,
+            _ => status.iam_user_name.clone(),
+        },
+        others: Vec::new(),
     }
 }
 
@@ -298,6 +475,7 @@ mod tests {
             layer_ids: vec![],
             private_ip: private_ip.map(Into::into),
             public_ip: None,
+            registered_by: None,
         }
     }
 
@@ -306,6 +484,7 @@ mod tests {
             ec2_instance_id: None,
             hostname: Some(hostname.into()),
             addresses: addresses.iter().map(|a| (*a).to_owned()).collect(),
+            ..Default::default()
         }
     }
 
@@ -403,6 +582,105 @@ mod tests {
     }
 
     #[test]
+    fn registered_by_names_an_iam_user_by_arn_whatever_its_path_or_by_bare_name() {
+        let by = |arn: &str| {
+            let mut i = instance("i-1", "db-1", None);
+            i.registered_by = Some(arn.into());
+            i
+        };
+        for (registered_by, user) in [
+            (
+                "arn:aws:iam::123456789102:user/AWS/OpsWorks/OpsWorks-EC2Register-i-5cd23551",
+                Some("OpsWorks-EC2Register-i-5cd23551"),
+            ),
+            ("arn:aws:iam::123456789012:user/ops", Some("ops")),
+            (
+                "arn:aws-us-gov:iam::123456789012:user/a/b/c/x@y.z",
+                Some("x@y.z"),
+            ),
+            ("OpsWorks-web-db-1", Some("OpsWorks-web-db-1")),
+            (
+                "arn:aws:sts::123456789012:assumed-role/opsworks-ec2/i-0abc",
+                None,
+            ),
+            ("arn:aws:iam::123456789012:root", None),
+            ("arn:aws:iam::123456789012:user/", None),
+            ("not a user name", None),
+        ] {
+            let instance = by(registered_by);
+            match (registrant(&instance), user) {
+                (Registrant::User(name), Some(user)) => assert_eq!(name, user),
+                (Registrant::Other(_), None) => {}
+                (got, _) => panic!("{registered_by}: {got:?}"),
+            }
+        }
+        assert_eq!(
+            registrant(&instance("i-1", "db-1", None)),
+            Registrant::Unknown
+        );
+    }
+
+    #[test]
+    fn another_objects_registration_is_never_ours_whatever_the_spec_names() {
+        // A's instance, registered by A's IAM user.
+        let mut a = instance("i-a", "a-1", Some("10.0.0.1"));
+        a.registered_by =
+            Some("arn:aws:iam::123456789012:user/AWS/OpsWorks/OpsWorks-shared-a-1".into());
+        let instances = [a.clone()];
+        // B names A's hostname and address; B's own user is another.
+        let mut b = host("a-1", &["10.0.0.1"]);
+        b.iam_user = Some("OpsWorks-shared-b-1".into());
+        b.others = vec![("opsworks-shared-a-1".into(), "team-a/web".into())];
+        for installed in [true, false] {
+            assert_eq!(
+                find(&instances, &b, installed, Some("i-a")),
+                Found::Claimed(&instances[0], "team-a/web".into()),
+                "installed: {installed}"
+            );
+        }
+        // A object the controller does not see: adopted at most, never made by B.
+        b.others.clear();
+        assert_eq!(find(&instances, &b, true, None), Found::Ours(&instances[0]));
+        assert!(!made(&instances[0], &b, true));
+        // A itself: made, even behind NAT (addresses that are none of the host's own).
+        let mut own = host("a-1", &["192.0.2.9"]);
+        own.iam_user = Some("OpsWorks-shared-a-1".into());
+        own.others = vec![("OpsWorks-shared-b-1".into(), "team-b/web".into())];
+        assert_eq!(
+            find(&instances, &own, true, None),
+            Found::Ours(&instances[0])
+        );
+        assert!(made(&instances[0], &own, true));
+        assert!(!made(&instances[0], &own, false), "not installed: adopted");
+        // A server that does not say who registered: as before.
+        let legacy = [instance("i-l", "a-1", Some("10.9.9.9"))];
+        assert_eq!(find(&legacy, &b, true, None), Found::Ours(&legacy[0]));
+        assert!(made(&legacy[0], &b, true));
+    }
+
+    #[test]
+    fn an_instance_profile_registration_is_matched_on_the_ec2_instance() {
+        let mut mine = instance("i-1", "web", None);
+        mine.ec2_instance_id = Some("i-0aaa".into());
+        mine.registered_by = Some("arn:aws:sts::123456789012:assumed-role/ec2/i-0aaa".into());
+        let identity = Identity {
+            ec2_instance_id: Some("i-0aaa".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            find(std::slice::from_ref(&mine), &identity, true, None),
+            Found::Ours(&mine)
+        );
+        assert!(made(&mine, &identity, true));
+        // With an IAM user of its own, another principal's registration is adopted, not made.
+        let with_user = Identity {
+            iam_user: Some("OpsWorks-s-web".into()),
+            ..identity
+        };
+        assert!(!made(&mine, &with_user, true));
+    }
+
+    #[test]
     fn an_ec2_host_is_matched_on_its_instance_id_and_its_override_checked() {
         let mut mine = instance("i-1", "web", None);
         mine.ec2_instance_id = Some("i-0aaa".into());
@@ -411,7 +689,7 @@ mod tests {
         let identity = Identity {
             ec2_instance_id: Some("i-0aaa".into()),
             hostname: Some("taken".into()),
-            addresses: vec![],
+            ..Default::default()
         };
         assert_eq!(find(&instances, &identity, false, None), Found::Ours(&mine));
         assert_eq!(

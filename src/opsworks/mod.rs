@@ -26,7 +26,7 @@ pub use credentials::{
     OWNER_TAG, cleanup_iam, credentials_secret_name, forget_secret, inline_policy_expiry,
     policy_document_json,
 };
-pub use target::{find_ec2, holder_of_the_same_host, registration_to_undo};
+pub use target::{find_ec2, registration_to_undo};
 
 /// An OpsWorks stack.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -64,6 +64,9 @@ pub struct OpsWorksInstance {
     pub private_ip: Option<String>,
     /// Public address OpsWorks records for it.
     pub public_ip: Option<String>,
+    /// Who registered it (`RegisteredBy`: the ARN of the IAM user whose key the agent
+    /// registered with, e.g. `arn:aws:iam::123456789012:user/AWS/OpsWorks/OpsWorks-web-db-1`).
+    pub registered_by: Option<String>,
 }
 
 /// An access key for the agent. The secret half never leaves this struct except into the

@@ -81,15 +81,14 @@ pub(crate) async fn check(
         },
     };
     let may_hold = |o: &InstanceRegistration| ctx.tenancy.may_hold(o);
-    if let Some(holder) = holder_of_the_same_host(obj, &resolved, &ctx.store.state(), may_hold) {
-        return Outcome::Blocked(Observation::fails(
-            reasons::CONFLICT,
-            format!(
-                "InstanceRegistration {holder} names the same host in stack {} and was created \
-                 first; this one does nothing while that one exists",
-                stack.id
-            ),
-        ));
+    if let Some(holder) = crate::conflict::holder_of_the_same_host(
+        obj,
+        status,
+        resolved.ec2_instance_id.as_deref(),
+        &ctx.store.state(),
+        may_hold,
+    ) {
+        return Outcome::Blocked(holder.observation(&format!("stack {}", stack.id)));
     }
     let connect_to = spec
         .ssh
@@ -112,7 +111,8 @@ pub(crate) async fn check(
     // The host's registration, matched on what the host registers as (see [`super::identity`]).
     // An on-premises host whose own hostname or addresses are not known yet is looked for again
     // by the host step, once the host has said them.
-    let identity = super::identity::identity_of(obj, &resolved, status);
+    let mut identity = super::identity::identity_of(obj, &resolved, status);
+    identity.others = super::identity::others_users(obj, &ctx.store.state());
     let learned = status
         .host
         .as_ref()
@@ -124,6 +124,10 @@ pub(crate) async fn check(
         status.opsworks_instance_id.as_deref(),
     ) {
         Found::Ours(instance) => Some(instance.clone()),
+        // Another object's agent registered it: whatever the spec says, never this one's.
+        Found::Claimed(instance, by) => {
+            return Outcome::Blocked(super::identity::claimed(instance, &by, &stack.id));
+        }
         // Decided now when nothing the host could say would change it: its own answer is known
         // already, it is an EC2 host, or the holder is an EC2 instance (never an on-premises
         // host). Otherwise the host step asks the host first (a host behind NAT reports
@@ -159,7 +163,8 @@ pub(crate) async fn check(
             // Adopted (registered without this object's install) stays Adopted on every later
             // pass: a reason that changed on the second pass would rewrite every adopted
             // object's status once.
-            super::identity::record_existing(status, instance)
+            let made = super::identity::made(instance, &identity, crate::steps::installed(status));
+            super::identity::record_existing(status, instance, made)
         }
         None => {
             if !crate::steps::installed(status) {
@@ -234,7 +239,8 @@ pub async fn registration_to_undo(
     let instances = stack_instances(ctx, spec.region.as_deref(), &stack.id, Duration::ZERO)
         .await
         .map_err(|outcome| outcome.observation().message.clone())?;
-    let identity = super::identity::identity_of(obj, &resolved, &status);
+    let mut identity = super::identity::identity_of(obj, &resolved, &status);
+    identity.others = super::identity::others_users(obj, &ctx.store.state());
     Ok(
         match identity::find(
             &instances,
@@ -242,7 +248,26 @@ pub async fn registration_to_undo(
             installed,
             status.opsworks_instance_id.as_deref(),
         ) {
-            Found::Ours(instance) => Ok(instance.clone()),
+            // Made by this object's own agent (RegisteredBy names its IAM user), or adopted and
+            // DeregisterAdopted.
+            Found::Ours(instance)
+                if deregister_adopted || identity::made(instance, &identity, installed) =>
+            {
+                Ok(instance.clone())
+            }
+            Found::Ours(instance) => Err(format!(
+                "instance {} was registered by {}, not by this object's IAM user: adopted, left \
+                 registered (deletionPolicy DeregisterAdopted deregisters it)",
+                instance.id,
+                instance
+                    .registered_by
+                    .as_deref()
+                    .unwrap_or("another principal")
+            )),
+            Found::Claimed(instance, by) => Err(format!(
+                "instance {} was registered by InstanceRegistration {by}: left alone",
+                instance.id
+            )),
             _ if status.opsworks_instance_id.is_some() => Err(format!(
                 "status names instance {}, which is not this host's registration in stack {}: \
                  left alone",
@@ -252,67 +277,6 @@ pub async fn registration_to_undo(
             _ => Err(format!("the host is not registered in stack {}", stack.id)),
         },
     )
-}
-
-/// Another object that names the same host in the same stack and takes precedence over `obj`
-/// (created earlier; the namespace and name break a tie), as `namespace/name`. The same host:
-/// the same EC2 instance (as resolved, or the same target text) or the same on-premises target.
-/// Only objects that `may_hold` a host count (one whose namespace may not use the stack does not).
-pub fn holder_of_the_same_host(
-    obj: &InstanceRegistration,
-    resolved: &TargetFacts,
-    others: &[std::sync::Arc<InstanceRegistration>],
-    may_hold: impl Fn(&InstanceRegistration) -> bool,
-) -> Option<String> {
-    let rank = |o: &InstanceRegistration| {
-        (
-            o.metadata.creation_timestamp.clone().map(|t| t.0),
-            o.metadata.namespace.clone(),
-            o.metadata.name.clone(),
-        )
-    };
-    let ours = rank(obj);
-    others
-        .iter()
-        .filter(|o| o.metadata.uid != obj.metadata.uid)
-        .filter(|o| same_registry(o, obj))
-        .filter(|o| may_hold(o))
-        .filter(|o| o.spec.infrastructure_class == obj.spec.infrastructure_class)
-        .filter(|o| {
-            let same_target = same_name(&o.spec.target, &obj.spec.target);
-            let same_instance = resolved.ec2_instance_id.is_some()
-                && o.status.as_ref().and_then(|s| s.ec2_instance_id.as_ref())
-                    == resolved.ec2_instance_id.as_ref();
-            same_target || same_instance
-        })
-        .filter(|o| rank(o) < ours)
-        .min_by_key(|o| rank(o))
-        .map(|o| {
-            format!(
-                "{}/{}",
-                o.metadata.namespace.as_deref().unwrap_or_default(),
-                o.metadata.name.as_deref().unwrap_or_default()
-            )
-        })
-}
-
-/// Whether two objects compete for one registration of a host: the same OpsWorks stack, or
-/// Systems Manager in any region (a host holds one Systems Manager registration, whatever the
-/// region, and an object that omits the region means the controller's).
-fn same_registry(a: &InstanceRegistration, b: &InstanceRegistration) -> bool {
-    use crate::resource::Service;
-    match (a.spec.service(), b.spec.service()) {
-        (Service::OpsWorks(x), Service::OpsWorks(y)) => x == y,
-        (Service::SystemsManager(_), Service::SystemsManager(_)) => true,
-        _ => false,
-    }
-}
-
-/// Whether two targets name the same host: DNS names compare without case and without the
-/// trailing dot of a fully qualified name (`web.example.` is `web.example`).
-fn same_name(a: &str, b: &str) -> bool {
-    a.trim_end_matches('.')
-        .eq_ignore_ascii_case(b.trim_end_matches('.'))
 }
 
 /// The key of a stack in the controller's caches.
@@ -356,6 +320,7 @@ fn to_instance(i: &aws_sdk_opsworks::types::Instance) -> OpsWorksInstance {
         layer_ids: i.layer_ids().to_vec(),
         private_ip: i.private_ip().map(str::to_owned),
         public_ip: i.public_ip().map(str::to_owned),
+        registered_by: i.registered_by().map(str::to_owned),
     }
 }
 
@@ -506,104 +471,5 @@ mod tests {
         assert_eq!(target_kind("10.0.0"), TargetKind::NameTag);
         assert_eq!(target_kind("web server 1"), TargetKind::NameTag);
         assert_eq!(target_kind("web.example.com"), TargetKind::NameTag);
-    }
-
-    fn object(
-        name: &str,
-        created: i64,
-        target: &str,
-        ec2_id: Option<&str>,
-    ) -> InstanceRegistration {
-        let mut o: InstanceRegistration = serde_yaml::from_str(&format!(
-            "apiVersion: registrar.dev/v1alpha1
-kind: InstanceRegistration
-metadata: {{name: {name}, namespace: ns, uid: uid-{name}}}
-spec:
-  stackId: 0b1c2d3e-0000-4000-8000-000000000000
-  infrastructureClass: ec2
-  target: {target}
-  ssh: {{username: u, privateKeySecretRef: {{name: k}}}}
-"
-        ))
-        .unwrap();
-        o.metadata.creation_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
-            k8s_openapi::jiff::Timestamp::from_second(created).unwrap(),
-        ));
-        o.status = ec2_id.map(|id| crate::resource::InstanceRegistrationStatus {
-            ec2_instance_id: Some(id.into()),
-            ..Default::default()
-        });
-        o
-    }
-
-    #[test]
-    fn systems_manager_objects_compete_for_a_host_whatever_region_they_name() {
-        let mut a = object("a", 1, "db-1.example", None);
-        let mut b = object("b", 2, "db-1.example", None);
-        for (o, region) in [(&mut a, None), (&mut b, Some("us-east-1"))] {
-            o.spec.stack_id = None;
-            o.spec.systems_manager = Some(crate::resource::SystemsManagerSpec {
-                region: region.map(str::to_owned),
-                ..Default::default()
-            });
-        }
-        assert!(same_registry(&a, &b));
-        // Not with an OpsWorks object: the two agents live side by side.
-        let c = object("c", 3, "db-1.example", None);
-        assert!(!same_registry(&a, &c));
-    }
-
-    #[test]
-    fn a_name_with_or_without_its_trailing_dot_or_in_another_case_is_the_same_host() {
-        assert!(same_name("db-1.example", "db-1.example."));
-        assert!(same_name("DB-1.Example.", "db-1.example"));
-        assert!(!same_name("db-1.example", "db-2.example"));
-        assert!(!same_name("10.0.0.1", "10.0.0.10"));
-    }
-
-    #[test]
-    fn the_later_of_two_objects_naming_one_host_is_the_one_in_conflict() {
-        let resolved = TargetFacts {
-            ec2_instance_id: Some("i-0aaa".into()),
-            address: "10.0.0.1".into(),
-            instance_profile: None,
-        };
-        let first = object("first", 100, "web", Some("i-0aaa"));
-        let by_id = object("by-id", 150, "i-0aaa", Some("i-0aaa"));
-        let later = object("later", 200, "web", None);
-        let elsewhere = object("elsewhere", 50, "db", Some("i-0bbb"));
-        let all: Vec<_> = [&first, &by_id, &later, &elsewhere]
-            .into_iter()
-            .map(|o| std::sync::Arc::new(o.clone()))
-            .collect();
-        let any = |_: &InstanceRegistration| true;
-        // The first never conflicts; the later ones name the earliest holder.
-        assert_eq!(holder_of_the_same_host(&first, &resolved, &all, any), None);
-        assert_eq!(
-            holder_of_the_same_host(&by_id, &resolved, &all, any).as_deref(),
-            Some("ns/first")
-        );
-        assert_eq!(
-            holder_of_the_same_host(&later, &resolved, &all, any).as_deref(),
-            Some("ns/first")
-        );
-        // Another stack is another host.
-        let mut other_stack = later.clone();
-        other_stack.spec.stack_id = Some("ffffffff-0000-4000-8000-000000000000".into());
-        assert_eq!(
-            holder_of_the_same_host(&other_stack, &resolved, &all, any),
-            None
-        );
-        // An earlier object that may not hold the host (its namespace may not use the stack)
-        // does not count: the next one in line holds it.
-        let not_first = |o: &InstanceRegistration| o.metadata.name.as_deref() != Some("first");
-        assert_eq!(
-            holder_of_the_same_host(&later, &resolved, &all, not_first).as_deref(),
-            Some("ns/by-id")
-        );
-        assert_eq!(
-            holder_of_the_same_host(&by_id, &resolved, &all, not_first),
-            None
-        );
     }
 }

@@ -44,16 +44,14 @@ pub async fn check(
         }
     };
     let may_hold = |o: &InstanceRegistration| ctx.tenancy.may_hold(o);
-    if let Some(holder) =
-        crate::steps::holder_of_the_same_host(obj, &resolved, &ctx.store.state(), may_hold)
-    {
-        return Outcome::Blocked(Observation::fails(
-            reasons::CONFLICT,
-            format!(
-                "InstanceRegistration {holder} names the same host for Systems Manager in \
-                 {region} and was created first; this one does nothing while that one exists"
-            ),
-        ));
+    if let Some(holder) = crate::steps::holder_of_the_same_host(
+        obj,
+        status,
+        resolved.ec2_instance_id.as_deref(),
+        &ctx.store.state(),
+        may_hold,
+    ) {
+        return Outcome::Blocked(holder.observation(&format!("Systems Manager in {region}")));
     }
     if let Some(id) = &resolved.ec2_instance_id
         && resolved.instance_profile.is_none()

@@ -77,6 +77,29 @@ pub(super) async fn check(
             true
         }
     };
+    if learned_here {
+        // Another object that reached the same host (named otherwise: an address and a DNS name)
+        // must see what it said before either makes credentials: recorded now, not at the end of
+        // the pass.
+        if let Err(problem) =
+            crate::context::checkpoint(ctx, obj, status, &mut facts.resource_version).await
+        {
+            return Outcome::Retry(Observation::fails(
+                reasons::KUBERNETES_API_ERROR,
+                format!("recording what the host said: {problem}"),
+            ));
+        }
+        settle(ctx, obj, facts.resource_version.as_deref()).await;
+    }
+    if let Some(holder) = crate::conflict::holder_of_the_same_host(
+        obj,
+        status,
+        target.ec2_instance_id.as_deref(),
+        &ctx.store.state(),
+        |o| ctx.tenancy.may_hold(o),
+    ) {
+        return Outcome::Blocked(holder.observation(&crate::conflict::place(obj)));
+    }
     let host = status.host.clone().unwrap_or_default();
     let said = format!(
         "{via} answered as {} ({})",
@@ -89,8 +112,14 @@ pub(super) async fn check(
     );
     // OpsWorks recognises the registration by what the host said; Systems Manager by the node.
     if let crate::resource::Service::OpsWorks(_) = obj.spec.service()
-        && let Some(outcome) =
-            crate::opsworks::identity::after_probe(obj, facts, status, &target, &said)
+        && let Some(outcome) = crate::opsworks::identity::after_probe(
+            obj,
+            &ctx.store.state(),
+            facts,
+            status,
+            &target,
+            &said,
+        )
     {
         return outcome;
     }
@@ -102,6 +131,47 @@ pub(super) async fn check(
             format!("{said} (learned earlier)")
         },
     ))
+}
+
+/// How long the host step waits, once what a host said is recorded, for other objects probing
+/// at the same moment (possibly the same host, named otherwise) to record theirs.
+const SETTLE: Duration = Duration::from_secs(1);
+/// How long it waits at most for its own record to reach the controller's cache.
+const SEEN_WITHIN: Duration = Duration::from_secs(3);
+
+/// Waits until this object's status write (`version`) is in the controller's cache, so that every
+/// write before it is too (one watch delivers them in order), and then, for at most [`SETTLE`],
+/// while another object of the same registry has not recorded its host yet (it may be probing
+/// the same host now). Then [`crate::conflict::holder_of_the_same_host`] sees the others.
+async fn settle(ctx: &Context, obj: &InstanceRegistration, version: Option<&str>) {
+    let me = kube::runtime::reflector::ObjectRef::from_obj(obj);
+    let start = std::time::Instant::now();
+    let mut seen_at = None;
+    while start.elapsed() < SEEN_WITHIN {
+        let seen = match seen_at {
+            Some(at) => at,
+            None => match ctx.store.get(&me) {
+                Some(cached) if cached.metadata.resource_version.as_deref() == version => {
+                    *seen_at.insert(std::time::Instant::now())
+                }
+                _ => {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
+            },
+        };
+        let probing = ctx.store.state().iter().any(|o| {
+            o.metadata.uid != obj.metadata.uid
+                && o.spec.service().name() == obj.spec.service().name()
+                && o.spec.stack_id() == obj.spec.stack_id()
+                && o.metadata.deletion_timestamp.is_none()
+                && o.status.as_ref().is_none_or(|s| s.host.is_none())
+        });
+        if !probing || seen.elapsed() >= SETTLE {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// Whether this object started an install on the host (so a registration of the host may be one

@@ -18,13 +18,14 @@ mod ssh_key;
 use std::time::Duration;
 
 pub use crate::conditions::Outcome;
+pub use crate::conflict::holder_of_the_same_host;
 pub use host::installed;
 pub use runner::{InstallRun, install_elsewhere, install_may_run_until, run_install};
 
 pub use crate::opsworks::{
     AccessKey, OWNER_TAG, OpsWorksInstance, StackFacts, cleanup_iam, credentials_secret_name,
-    find_ec2, forget_secret, holder_of_the_same_host, identity, inline_policy_expiry,
-    policy_document_json, registration_to_undo,
+    find_ec2, forget_secret, identity, inline_policy_expiry, policy_document_json,
+    registration_to_undo,
 };
 use crate::opsworks::{agent, credentials, registered, stack, target};
 

@@ -266,6 +266,19 @@ pub async fn run_install(
         crate::conditions::types::AGENT_INSTALLED,
     )
     .await?;
+    // Looked at again just before anything is installed (once a slot is held): another object
+    // that reached the same host may have recorded it since the host step.
+    if let Some(holder) = crate::conflict::holder_of_the_same_host(
+        obj,
+        status,
+        target.ec2_instance_id.as_deref(),
+        &ctx.store.state(),
+        |o| ctx.tenancy.may_hold(o),
+    ) {
+        return Err(Outcome::Blocked(
+            holder.observation(&crate::conflict::place(obj)),
+        ));
+    }
 
     // Recorded before the install starts, conditional on the version this pass works from: the
     // install runs only if no newer status exists (a pass on an old copy could otherwise install
