@@ -255,6 +255,7 @@ pub async fn run_install(
         )));
     }
     let key = key.clone();
+    let ec2_instance_id = target.ec2_instance_id.clone();
     // Waiting for a slot may take long, and the install takes as long as the installer: off the
     // reconcile workers. The install starts once a slot is held.
     facts.detach();
@@ -271,7 +272,7 @@ pub async fn run_install(
     if let Some(holder) = crate::conflict::holder_of_the_same_host(
         obj,
         status,
-        target.ec2_instance_id.as_deref(),
+        ec2_instance_id.as_deref(),
         &ctx.store.state(),
         |o| ctx.tenancy.may_hold(o),
     ) {
