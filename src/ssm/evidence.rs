@@ -186,7 +186,9 @@ pub fn judge(evidence: &Evidence, namespace: &str, host: Option<&HostIdentity>) 
         Some(Verdict::Refused(why)) => {
             return Judgement::Refused(Observation::fails(
                 reasons::SERVICE_ROLE_NOT_ALLOWED,
-                format!("node {id} is registered under an IAM role that {why}; it is not taken"),
+                format!(
+                    "the IAM role of node {id} is not this namespace's ({why}); it is not taken"
+                ),
             ));
         }
         Some(Verdict::Unknown(why)) => {
