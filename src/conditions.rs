@@ -176,7 +176,8 @@ pub mod reasons {
     /// `registrar.dev/allowed-ssm-service-roles` annotation).
     pub const SERVICE_ROLE_NOT_ALLOWED: &str = "ServiceRoleNotAllowed";
     /// The host is already registered with Systems Manager as a node this controller cannot see
-    /// (another account or region, or deregistered); it is not registered again.
+    /// (another account or region, or deregistered), or as one whose own record does not prove
+    /// it the host's; it is not registered again, nor adopted.
     pub const REGISTERED_ELSEWHERE: &str = "RegisteredElsewhere";
     /// Systems Manager reports the node's agent as not in touch (PingStatus ConnectionLost).
     pub const CONNECTION_LOST: &str = "ConnectionLost";
@@ -192,6 +193,11 @@ pub mod reasons {
     pub const AWS_UNAVAILABLE: &str = "AwsUnavailable";
     /// AWS refused a request as invalid; the message says which and why.
     pub const AWS_REQUEST_REFUSED: &str = "AwsRequestRefused";
+
+    // Kubernetes.
+    /// The Secret the controller keeps a secret in until the install (`<name>-ssm-activation`,
+    /// `<name>-opsworks-access-key`) exists and is not this object's: it is left untouched.
+    pub const SECRET_NAME_TAKEN: &str = "SecretNameTaken";
 
     // Transient failures.
     /// A Kubernetes API call failed in a way that may pass; retried with backoff.

@@ -59,12 +59,17 @@ impl<'a> Scope<'a> {
         match obj.spec.service() {
             crate::resource::Service::OpsWorks(stack) => Some(Self::stack(stack)),
             crate::resource::Service::SystemsManager(ssm) => {
-                ssm.service_role.as_deref().map(|id| Self {
-                    annotation: ALLOWED_SERVICE_ROLES,
-                    noun: "Systems Manager service role",
-                    id,
-                })
+                ssm.service_role.as_deref().map(Self::service_role)
             }
+        }
+    }
+
+    /// The Systems Manager service role `id` (by name).
+    pub fn service_role(id: &'a str) -> Self {
+        Self {
+            annotation: ALLOWED_SERVICE_ROLES,
+            noun: "Systems Manager service role",
+            id,
         }
     }
 }
@@ -223,9 +228,15 @@ impl Tenancy {
     /// Whether `obj`'s namespace may use what `obj` names: its stack, or its Systems Manager
     /// service role (see [`Scope::of`]).
     pub fn verdict(&self, obj: &InstanceRegistration) -> Verdict {
-        let Some(scope) = Scope::of(obj) else {
-            return Verdict::Allowed;
-        };
+        match Scope::of(obj) {
+            Some(scope) => self.verdict_for(obj, scope),
+            None => Verdict::Allowed,
+        }
+    }
+
+    /// Whether `obj`'s namespace may use `scope`, something other than what `obj` names itself
+    /// (the IAM role of a managed node it would adopt).
+    pub fn verdict_for(&self, obj: &InstanceRegistration, scope: Scope<'_>) -> Verdict {
         let namespace = obj.namespace().unwrap_or_default();
         let known = self.namespaces.get(&ObjectRef::new(&namespace));
         verdict(

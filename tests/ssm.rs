@@ -229,6 +229,21 @@ spec:
             .count()
     }
 
+    /// How many `CreateActivation` calls named this world's service role, from the endpoint's
+    /// call log (the role is this world's own, so other tests' calls do not count).
+    fn activations_created(&self) -> usize {
+        self.aws
+            .opsworks
+            .calls()
+            .iter()
+            .filter(|c| {
+                c.service == "ssm"
+                    && c.action == "CreateActivation"
+                    && c.iam_role.as_deref() == Some(self.role.as_str())
+            })
+            .count()
+    }
+
     /// Asserts that nothing the controller wrote holds an activation code of this world's:
     /// its log, the namespace's Events and objects (with status).
     fn assert_no_codes(&self) {
@@ -506,16 +521,18 @@ async fn a_host_registered_already_is_adopted_or_reported_and_never_registered_a
     )
     .unwrap();
     apply(w.cp, &w.on_premises("elsewhere", &elsewhere, ""));
+    // The probe reads the file: reported before anything is made in AWS.
     let obj = w
-        .wait(
-            "elsewhere",
-            types::AGENT_INSTALLED,
-            reasons::REGISTERED_ELSEWHERE,
-        )
+        .wait("elsewhere", types::READY, reasons::REGISTERED_ELSEWHERE)
         .await;
-    let said = message(&obj, types::AGENT_INSTALLED);
+    let said = message(&obj, types::HOST_REACHABLE);
     assert!(said.contains("mi-0aaaaaaaaaaaaaaa1"), "{said}");
     assert!(elsewhere.ssm_setup_runs().is_empty(), "the setup tool ran");
+    assert!(
+        !status(&obj).adopted && status(&obj).managed_node_id.is_none(),
+        "{:?}",
+        obj.status
+    );
 
     // A host registered by another object (deleted with Retain): adopted by a new one, and left
     // registered when that one is deleted.
@@ -531,6 +548,9 @@ async fn a_host_registered_already_is_adopted_or_reported_and_never_registered_a
         .await
         .unwrap();
     wait_gone(&w.api, "first").await;
+    // The host's registration file is root's, mode 0600, as the agent writes it: the probe
+    // reads it through sudo, and the node is adopted before any activation is made.
+    let created_before = w.activations_created();
     apply(w.cp, &w.on_premises("second", &kept, ""));
     let second = w.wait("second", types::READY, reasons::SUCCEEDED).await;
     assert_eq!(
@@ -538,6 +558,15 @@ async fn a_host_registered_already_is_adopted_or_reported_and_never_registered_a
         Some(node.as_str())
     );
     assert!(status(&second).adopted);
+    assert_eq!(
+        condition(&second, types::HOST_REACHABLE).unwrap().1,
+        reasons::ADOPTED
+    );
+    assert_eq!(
+        w.activations_created() - created_before,
+        0,
+        "an activation was made for a host registered already"
+    );
     assert_eq!(
         kept.ssm_setup_runs().len(),
         1,
@@ -553,15 +582,39 @@ async fn a_host_registered_already_is_adopted_or_reported_and_never_registered_a
         w.aws.opsworks.ssm_node(&node).is_some(),
         "an adopted node was deregistered"
     );
-    // The object that found its host registered elsewhere held an activation; deleting it
-    // deletes that too.
-    assert_eq!(w.activations().len(), 1, "{:?}", w.activations());
+    // Adopted again, by an object that asks for it to be deregistered: its evidence still
+    // holds at deletion (the object that registered it is gone, the role and the host are the
+    // namespace's), so it is.
+    let created_before = w.activations_created();
+    apply(
+        w.cp,
+        &w.on_premises("third", &kept, "  deletionPolicy: DeregisterAdopted\n"),
+    );
+    let third = w.wait("third", types::READY, reasons::SUCCEEDED).await;
+    assert!(status(&third).adopted);
+    assert_eq!(w.activations_created() - created_before, 0);
+    w.api
+        .delete("third", &DeleteParams::default())
+        .await
+        .unwrap();
+    wait_gone(&w.api, "third").await;
+    assert!(
+        w.aws.opsworks.ssm_node(&node).is_none(),
+        "the adopted node {node} was not deregistered with DeregisterAdopted"
+    );
+    assert_eq!(
+        kept.ssm_setup_runs().len(),
+        1,
+        "{:?}",
+        kept.ssm_setup_runs()
+    );
+    // The object that found its host registered elsewhere never made an activation.
+    assert!(w.activations().is_empty(), "{:?}", w.activations());
     w.api
         .delete("elsewhere", &DeleteParams::default())
         .await
         .unwrap();
     wait_gone(&w.api, "elsewhere").await;
-    assert!(w.activations().is_empty(), "{:?}", w.activations());
     w.assert_no_codes();
 }
 
@@ -692,6 +745,297 @@ async fn a_node_registered_for_the_host_whose_registration_the_host_never_wrote_
         w.aws.opsworks.ssm_node(&lost).is_none(),
         "the lost node {lost} is still registered"
     );
+    assert!(w.activations().is_empty(), "{:?}", w.activations());
+    w.assert_no_codes();
+}
+
+/// A managed node registered by hand, as another tenant (or a person) would: an activation for
+/// `role` with `tags`, the agent's `RegisterManagedInstance`, and heartbeats reporting
+/// `computer` and `ip` while the returned guard lives (one, then none, for a node that is
+/// `ConnectionLost` soon).
+async fn register_by_hand(
+    aws: &'static AwsEnv,
+    role: &str,
+    tags: &[(&str, &str)],
+    computer: &str,
+    ip: &str,
+) -> (String, Heartbeats) {
+    let mut create = aws
+        .ssm()
+        .create_activation()
+        .iam_role(role)
+        .registration_limit(1);
+    for (k, v) in tags {
+        create = create.tags(
+            aws_sdk_ssm::types::Tag::builder()
+                .key(*k)
+                .value(*v)
+                .build()
+                .unwrap(),
+        );
+    }
+    let created = create
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("CreateActivation for {role}: {e:?}"));
+    let node = opsworks_endpoint::ssm_standin::call(
+        aws.opsworks.url(),
+        "RegisterManagedInstance",
+        &serde_json::json!({
+            "ActivationCode": created.activation_code().unwrap(),
+            "ActivationId": created.activation_id().unwrap(),
+            "PublicKey": "A".repeat(392),
+            "PublicKeyType": "Rsa",
+            "Fingerprint": format!("by-hand-{computer}"),
+        }),
+        None,
+    )
+    .unwrap_or_else(|e| panic!("RegisterManagedInstance: {e:?}"))["InstanceId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (url, id, computer, ip, flag) = (
+        aws.opsworks.url().to_owned(),
+        node.clone(),
+        computer.to_owned(),
+        ip.to_owned(),
+        stop.clone(),
+    );
+    let beat = move || {
+        opsworks_endpoint::ssm_standin::call(
+            &url,
+            "UpdateInstanceInformation",
+            &serde_json::json!({
+                "InstanceId": id,
+                "AgentName": "amazon-ssm-agent",
+                "AgentVersion": "3.3.0.0",
+                "AgentStatus": "Active",
+                "PlatformType": "Linux",
+                "ComputerName": computer,
+                "IPAddress": ip,
+            }),
+            Some((
+                opsworks_endpoint::ssm_standin::AGENT_ACCESS_KEY_ID,
+                opsworks_endpoint::ssm_standin::AGENT_SECRET_ACCESS_KEY,
+                support::aws::REGION,
+            )),
+        )
+        .unwrap_or_else(|e| panic!("UpdateInstanceInformation: {e:?}"));
+    };
+    beat();
+    std::thread::spawn(move || {
+        while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_secs(1));
+            beat();
+        }
+    });
+    (node, Heartbeats(stop))
+}
+
+/// Stops a hand-registered node's heartbeats when dropped.
+struct Heartbeats(Arc<std::sync::atomic::AtomicBool>);
+
+impl Drop for Heartbeats {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Writes `host`'s `/var/lib/amazon/ssm/registration` naming `node`, root's and mode 0600, as
+/// the agent writes it.
+fn write_registration(host: &SshHost, node: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = host.amazon_dir().join("ssm");
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("registration");
+    std::fs::write(
+        &file,
+        format!(
+            r#"{{"ManagedInstanceID":"{node}","Region":"{}"}}"#,
+            support::aws::REGION
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+}
+
+/// Issue 21, item 1: a tenant rewrites its own host's registration file to name another
+/// tenant's node, and asks for adopted nodes to be deregistered. The node's own record refuses
+/// it: registered under a role the namespace may not use, or carrying another namespace's
+/// owner tags (a role both may use), and reporting another host. Nothing is adopted, no
+/// activation is made, and deleting the objects leaves the other tenant's nodes registered.
+#[tokio::test]
+async fn a_host_naming_another_tenants_node_is_refused_and_never_deregisters_it() {
+    let w = World::new("ssm-victim", &[], &[]).await;
+    // The namespace may use its own role only.
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(w.client.clone());
+    namespaces
+        .patch(
+            &w.ns,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&serde_json::json!({"metadata": {"annotations": {
+                instance_registrar::tenancy::ALLOWED_SERVICE_ROLES: w.role.clone()
+            }}})),
+        )
+        .await
+        .unwrap();
+    // Another tenant's nodes: one under its own role, registered by hand; one under a role the
+    // two namespaces share, registered by the controller for an object of the other namespace
+    // (its activation's owner tags).
+    let victim_role = format!("{}-victim", w.ns);
+    w.aws.create_ssm_service_role(&victim_role).await;
+    let (by_role, _beats_a) = register_by_hand(
+        w.aws,
+        &victim_role,
+        &[],
+        "victim-db.corp.example",
+        "10.20.30.40",
+    )
+    .await;
+    let (by_tag, _beats_b) = register_by_hand(
+        w.aws,
+        &w.role,
+        &[
+            (
+                instance_registrar::ssm::OWNER_UID_TAG,
+                "6f1c2d3e-0000-4000-8000-00000000000b",
+            ),
+            (instance_registrar::ssm::OWNER_TAG, "victims/db"),
+        ],
+        "victim-app.corp.example",
+        "10.20.30.41",
+    )
+    .await;
+
+    let created_before = w.activations_created();
+    let mut objects = Vec::new();
+    for (name, victim, reason) in [
+        ("rogue-role", &by_role, reasons::SERVICE_ROLE_NOT_ALLOWED),
+        ("rogue-tag", &by_tag, reasons::CONFLICT),
+    ] {
+        let host = w.host(name);
+        write_registration(&host, victim);
+        apply(
+            w.cp,
+            &w.on_premises(name, &host, "  deletionPolicy: DeregisterAdopted\n"),
+        );
+        objects.push((name, victim, reason, host));
+    }
+    for (name, victim, reason, host) in &objects {
+        let obj = w.wait(name, types::READY, reason).await;
+        let s = status(&obj);
+        assert!(!s.adopted, "{name}: {:?}", obj.status);
+        assert_eq!(s.managed_node_id, None, "{name}");
+        let said = message(&obj, types::HOST_REACHABLE);
+        assert!(said.contains(victim.as_str()), "{name}: {said}");
+        assert!(
+            host.ssm_setup_runs().is_empty(),
+            "{name}: the setup tool ran"
+        );
+        println!("{name}: {reason}: {said}");
+    }
+    assert_eq!(
+        w.activations_created() - created_before,
+        0,
+        "an activation was made for a host that names a node"
+    );
+    for (name, ..) in &objects {
+        w.api.delete(name, &DeleteParams::default()).await.unwrap();
+    }
+    for (name, victim, ..) in &objects {
+        wait_gone(&w.api, name).await;
+        assert!(
+            w.aws.opsworks.ssm_node(victim).is_some(),
+            "{name}: the other tenant's node {victim} was deregistered"
+        );
+    }
+}
+
+/// Issue 21, item 7: a Secret of the namespace's own named `<name>-ssm-activation` is never
+/// read, overwritten or deleted: the object reports `SecretNameTaken`, and the Secret is as it
+/// was after the object's deletion.
+#[tokio::test]
+async fn a_tenants_secret_named_like_the_activation_secret_is_left_untouched() {
+    let w = World::new("ssm-secret", &[], &[]).await;
+    let host = w.host("own");
+    let secrets: Api<Secret> = Api::namespaced(w.client.clone(), &w.ns);
+    let mine: Secret = serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": "own-ssm-activation", "labels": {"team": "a"}},
+        "type": "Opaque",
+        "stringData": {"activation_id": "the tenant's", "notes": "keep me"},
+    }))
+    .unwrap();
+    let before = secrets.create(&Default::default(), &mine).await.unwrap();
+    apply(w.cp, &w.on_premises("own", &host, ""));
+    let obj = w
+        .wait("own", types::READY, reasons::SECRET_NAME_TAKEN)
+        .await;
+    let said = message(&obj, types::CREDENTIALS_READY);
+    assert!(said.contains("own-ssm-activation"), "{said}");
+    assert!(host.ssm_setup_runs().is_empty(), "the setup tool ran");
+    let unchanged = |s: &Secret| {
+        assert_eq!(s.metadata.uid, before.metadata.uid);
+        assert_eq!(
+            s.metadata.resource_version,
+            before.metadata.resource_version
+        );
+        assert_eq!(s.data, before.data);
+        assert!(s.metadata.owner_references.is_none(), "{:?}", s.metadata);
+    };
+    unchanged(&secrets.get("own-ssm-activation").await.unwrap());
+    w.api.delete("own", &DeleteParams::default()).await.unwrap();
+    wait_gone(&w.api, "own").await;
+    // Garbage collection would have taken it with the object had it been given an owner.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    unchanged(&secrets.get("own-ssm-activation").await.unwrap());
+}
+
+/// Issue 21, item 7: an endpoint whose `DescribeActivations` pages never end (a new `NextToken`
+/// each time) is read for a bounded number of pages: the deletion reports it, then completes
+/// once the endpoint behaves.
+#[tokio::test]
+async fn endless_activation_pages_are_reported_and_do_not_hold_a_deletion_forever() {
+    let aws = serving(AwsEnv::hanging());
+    let w = World::with(aws, "ssm-pages", &[], &[]).await;
+    let host = w.host("pages");
+    apply(w.cp, &w.on_premises("pages", &host, ""));
+    w.wait("pages", types::READY, reasons::SUCCEEDED).await;
+    aws.set_faults(opsworks_endpoint::Faults::endless_pages(&[
+        "ssm:DescribeActivations",
+    ]));
+    let listed_before = w.calls("DescribeActivations");
+    w.api
+        .delete("pages", &DeleteParams::default())
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let said = loop {
+        let obj = w.get("pages").await;
+        if let Some(c) = obj
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.iter().find(|c| c.r#type == types::READY))
+            && c.reason == reasons::DELETING
+            && c.message.contains("NextToken")
+        {
+            break c.message.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the deletion did not report the endless pages: {:#?}\n{}",
+            obj.status,
+            tail(&w.controller.logs(), 30)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let pages = w.calls("DescribeActivations") - listed_before;
+    println!("endless pages: {pages} DescribeActivations calls before the report: {said}");
+    assert!(pages > 100, "{pages}");
+    aws.set_faults(opsworks_endpoint::Faults::none());
+    wait_gone(&w.api, "pages").await;
     assert!(w.activations().is_empty(), "{:?}", w.activations());
     w.assert_no_codes();
 }

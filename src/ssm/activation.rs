@@ -276,6 +276,12 @@ fn tag(key: &str, value: &str) -> Tag {
         .expect("key and value are set")
 }
 
+/// How many activations one `DescribeActivations` page asks for (the most the API gives).
+const PAGE_SIZE: i32 = 50;
+/// At most this many pages are read (5,000 activations for one role): an endpoint whose pages
+/// never end (a new `NextToken` every time) is reported, not followed forever.
+const MAX_PAGES: usize = 100;
+
 /// The activations `key` = `value` selects in `region` that carry this object's UID tag.
 pub(crate) async fn ours(
     ctx: &Context,
@@ -288,33 +294,50 @@ pub(crate) async fn ours(
         .filter_key(key)
         .filter_values(value)
         .build();
-    let listed: Result<Vec<_>, _> = ctx
+    let mut pages = ctx
         .aws
         .ssm(Some(region))
         .describe_activations()
         .filters(filter)
+        .max_results(PAGE_SIZE)
         .into_paginator()
-        .items()
-        .send()
-        .collect()
-        .await;
-    match listed {
-        Ok(list) => Ok(list
-            .into_iter()
-            .filter(|a| {
-                a.tags()
-                    .iter()
-                    .any(|t| t.key() == OWNER_UID && t.value() == uid)
-            })
-            .collect()),
-        Err(e) => {
-            let failure = aws::classify(&e);
-            if failure.kind == Kind::NotFound {
-                return Ok(Vec::new());
+        .send();
+    let mut list = Vec::new();
+    let mut read = 0;
+    while let Some(page) = pages.next().await {
+        let page = match page {
+            Ok(page) => page,
+            Err(e) => {
+                let failure = aws::classify(&e);
+                if failure.kind == Kind::NotFound {
+                    return Ok(Vec::new());
+                }
+                return Err(failure.outcome("ssm:DescribeActivations"));
             }
-            Err(failure.outcome("ssm:DescribeActivations"))
+        };
+        read += 1;
+        if read > MAX_PAGES {
+            return Err(Outcome::Retry(Observation::fails(
+                reasons::AWS_UNAVAILABLE,
+                format!(
+                    "ssm:DescribeActivations: more than {MAX_PAGES} pages of activations for \
+                     {value}, each with another NextToken: the endpoint's list does not end; \
+                     stopped reading it"
+                ),
+            )));
         }
+        list.extend(
+            page.activation_list()
+                .iter()
+                .filter(|a| {
+                    a.tags()
+                        .iter()
+                        .any(|t| t.key() == OWNER_UID && t.value() == uid)
+                })
+                .cloned(),
+        );
     }
+    Ok(list)
 }
 
 /// Whether an activation can still register the host: not expired, not used, and with time

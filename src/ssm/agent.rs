@@ -24,6 +24,8 @@ use crate::resource::{
 };
 use crate::steps::{Facts, Outcome, handoff};
 
+use super::evidence;
+
 pub async fn check(
     obj: &InstanceRegistration,
     ssm: &SystemsManagerSpec,
@@ -125,7 +127,7 @@ pub async fn check(
                 == Some(install::SSM_EXIT_REGISTERED_ALREADY) =>
         {
             let node = already.unwrap_or_default();
-            registered_already(ctx, &region, &node, status, facts, &said).await
+            registered_already(obj, ctx, &region, &node, status, facts, &said).await
         }
         Some(install::EXIT_INSTALLER_FAILED)
             if install::installer_status(run.output())
@@ -181,10 +183,40 @@ async fn registration_lost(
     )
 }
 
+/// The probe found the host registered as `node` (its registration file) before anything was
+/// made for it in AWS: the node is adopted on its evidence, or refused, here, so that no
+/// activation is made for a host that needs none. `None` when this is not for this step to say
+/// (an EC2 instance, or the object's own node, which the install registers again or resumes).
+pub async fn after_probe(
+    obj: &InstanceRegistration,
+    ssm: &SystemsManagerSpec,
+    ctx: &Context,
+    node: &str,
+    facts: &mut Facts,
+    status: &mut InstanceRegistrationStatus,
+) -> Option<Outcome> {
+    if obj.spec.infrastructure_class != InfrastructureClass::OnPremises
+        || facts.resume.is_some()
+        || status.managed_node_id.as_deref() == Some(node)
+    {
+        return None;
+    }
+    let region = super::region(ctx, ssm).to_owned();
+    let said = |what: &str| {
+        format!(
+            "{what} (from the host's {})",
+            install::SSM_REGISTRATION_FILE
+        )
+    };
+    Some(registered_already(obj, ctx, &region, node, status, facts, &said).await)
+}
+
 /// The host said it is registered as `node` already (nothing was run): adopted if Systems
-/// Manager lists that node in `region` (this object's own if it registered with the object's
-/// activation), else reported.
+/// Manager lists that node in `region` and its own record of it proves it the host's and this
+/// namespace's to take ([`super::evidence`]); this object's own if it registered with the
+/// object's activation; else reported, and nothing is recorded of it.
 async fn registered_already(
+    obj: &InstanceRegistration,
     ctx: &Context,
     region: &str,
     node: &str,
@@ -215,7 +247,31 @@ async fn registered_already(
             )),
         ));
     };
-    let ours = listed.activation_id.is_some() && listed.activation_id == status.activation_id;
+    let evidence = match evidence::gather(ctx, region, obj, listed.clone()).await {
+        Ok(evidence) => evidence,
+        Err(outcome) => return outcome,
+    };
+    // Registered with this object's activation (made for it, and tagged with its UID).
+    let ours = evidence.owner == evidence::Owner::This
+        && listed.activation_id.is_some()
+        && listed.activation_id == status.activation_id;
+    if !ours {
+        let namespace = obj.namespace().unwrap_or_default();
+        match evidence::judge(&evidence, &namespace, status.host.as_ref()) {
+            evidence::Judgement::Proven => {}
+            evidence::Judgement::Refused(refused) => {
+                warn!(name = %obj.name_any(), node, reason = refused.reason, "not adopting the node the host names");
+                return Outcome::Blocked(Observation::fails(
+                    refused.reason,
+                    said(&format!(
+                        "the host's registration file names node {node}; {}",
+                        refused.message
+                    )),
+                ));
+            }
+            evidence::Judgement::Unknown(unknown) => return Outcome::Retry(unknown),
+        }
+    }
     status.managed_node_id = Some(listed.id.clone());
     status.adopted = !ours;
     if ours {

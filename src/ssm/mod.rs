@@ -17,6 +17,7 @@
 
 pub mod activation;
 pub mod agent;
+pub mod evidence;
 pub mod registered;
 pub mod target;
 pub mod undo;
@@ -46,6 +47,12 @@ pub struct Node {
     pub activation_id: Option<String>,
     /// When the agent was last heard from.
     pub last_ping: Option<String>,
+    /// The IAM role of an on-premises node (the one of the activation it registered with).
+    pub iam_role: Option<String>,
+    /// The host name its agent reports.
+    pub computer_name: Option<String>,
+    /// The IP address its agent reports.
+    pub ip_address: Option<String>,
 }
 
 /// The activation an on-premises host registers with. The code is a secret (redacted in Debug).
@@ -125,6 +132,9 @@ pub async fn find_node(
                 .last_ping_date_time()
                 .and_then(|t| Timestamp::from_second(t.secs()).ok())
                 .map(|t| t.to_string()),
+            iam_role: i.iam_role().map(str::to_owned),
+            computer_name: i.computer_name().map(str::to_owned),
+            ip_address: i.ip_address().map(str::to_owned),
         }))
 }
 

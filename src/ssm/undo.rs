@@ -1,7 +1,9 @@
 //! Deleting a Systems Manager object: every activation of the object's is deleted (found by its
-//! UID tag, so one made just before a crash goes too), with the activation Secret; the node of
-//! an on-premises host is deregistered only if this object registered it (the node's activation
-//! is the object's, recorded on status) or adopted it and deletionPolicy is DeregisterAdopted.
+//! UID tag, so one made just before a crash goes too), with the activation Secret (if the
+//! object owns it); the node of an on-premises host is deregistered only if this object
+//! registered it (the node's activation is the object's, recorded on status, and it carries the
+//! object's UID tag) or adopted it, deletionPolicy is DeregisterAdopted, and the node's own
+//! record still proves it the host's and the namespace's ([`super::evidence`]).
 //! An EC2 instance's node is the instance's own (it cannot be deregistered): it is left.
 
 use aws_sdk_ssm::types::DescribeActivationsFilterKeys;
@@ -14,6 +16,8 @@ use crate::resource::{
     DeletionPolicy, InfrastructureClass, InstanceRegistration, SystemsManagerSpec,
 };
 use crate::steps::handoff;
+
+use super::evidence::{self, Judgement, Owner};
 use crate::tenancy::Verdict;
 
 /// Undoes what the controller did for `obj`; returns a summary, or what stopped it (retried).
@@ -106,23 +110,45 @@ async fn deregister(
     let Some(node) = listed else {
         return Ok(Some(format!("node {id} is not listed in {region}")));
     };
-    let made_here = !status.adopted
-        && node.activation_id.is_some()
-        && node.activation_id == status.activation_id;
-    let adopted_and_asked =
-        status.adopted && obj.spec.deletion_policy == DeletionPolicy::DeregisterAdopted;
-    if !made_here && !adopted_and_asked {
-        return Ok(Some(if status.adopted {
-            format!(
-                "node {id} was adopted, not registered by this object: left registered \
-                 (deletionPolicy DeregisterAdopted deregisters it)"
-            )
-        } else {
-            format!(
-                "node {id} was not registered with this object's activation: left alone ({})",
-                obj.name_any()
-            )
-        }));
+    let activation_matches =
+        node.activation_id.is_some() && node.activation_id == status.activation_id;
+    if status.adopted && obj.spec.deletion_policy != DeletionPolicy::DeregisterAdopted {
+        return Ok(Some(format!(
+            "node {id} was adopted, not registered by this object: left registered \
+             (deletionPolicy DeregisterAdopted deregisters it)"
+        )));
+    }
+    if !status.adopted && !activation_matches {
+        return Ok(Some(format!(
+            "node {id} was not registered with this object's activation: left alone ({})",
+            obj.name_any()
+        )));
+    }
+    // Nothing is deregistered on the strength of status alone: the node's own record must say
+    // it is this object's (its activation and owner tag), or, adopted, the host's and this
+    // namespace's to take, as it had to be when it was adopted.
+    let evidence = evidence::gather(ctx, region, obj, node)
+        .await
+        .map_err(|outcome| outcome.observation().message.clone())?;
+    if !status.adopted {
+        if evidence.owner != Owner::This {
+            return Ok(Some(format!(
+                "node {id} registered with the activation recorded on status but does not \
+                 carry this object's owner tag: left alone"
+            )));
+        }
+    } else {
+        let namespace = obj.namespace().unwrap_or_default();
+        match evidence::judge(&evidence, &namespace, status.host.as_ref()) {
+            Judgement::Proven => {}
+            Judgement::Refused(refused) => {
+                return Ok(Some(format!(
+                    "node {id} was adopted, and is left registered ({}): {}",
+                    refused.reason, refused.message
+                )));
+            }
+            Judgement::Unknown(unknown) => return Err(unknown.message),
+        }
     }
     match ctx
         .aws

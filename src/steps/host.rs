@@ -8,7 +8,9 @@
 //!
 //! For an OpsWorks on-premises host the answer also decides whether the host is registered
 //! already (it is then adopted) or its hostname is another host's
-//! ([`crate::opsworks::identity::after_probe`]).
+//! ([`crate::opsworks::identity::after_probe`]). For a Systems Manager on-premises host whose
+//! registration file names a node, the node is adopted or refused on its own evidence before an
+//! activation is made ([`crate::ssm::agent::after_probe`]).
 
 use std::time::Duration;
 
@@ -55,6 +57,7 @@ pub(super) async fn check(
     // Asked again when the way to the host changed, or a host key to trust on first use has no
     // record (a person cleared it to accept a new key).
     let learned_earlier = status.host.as_ref().is_some_and(|h| h.via == via);
+    let mut ssm_node = None;
     let learned_here = match learned_earlier && unrecorded_hop(obj, status).is_none() {
         true => false,
         false => {
@@ -69,6 +72,7 @@ pub(super) async fn check(
                 Err(outcome) => return outcome,
             };
             record_host_keys(obj, status, &run);
+            ssm_node = learned.ssm_node;
             status.host = Some(HostIdentity {
                 hostname: learned.hostname,
                 addresses: learned.addresses,
@@ -120,6 +124,15 @@ pub(super) async fn check(
             &target,
             &said,
         )
+    {
+        return outcome;
+    }
+    // Systems Manager: a host whose registration file names a node is adopted, or refused, on
+    // the node's own evidence before anything is made for it in AWS.
+    if let crate::resource::Service::SystemsManager(ssm) = obj.spec.service()
+        && let Some(node) = &ssm_node
+        && let Some(outcome) =
+            crate::ssm::agent::after_probe(obj, ssm, ctx, node, facts, status).await
     {
         return outcome;
     }
@@ -355,7 +368,14 @@ async fn probe(
         ..connect.clone()
     };
     info!(name = %obj.name_any(), host = %connect.host, port = connect.port, "asking the host what it registers as");
-    let run = match session(ctx, slot, &connect, rule, key, probe::PROBE_SCRIPT).await {
+    // A Systems Manager on-premises host is also asked which node it is registered as.
+    let ssm_registration = matches!(
+        obj.spec.service(),
+        crate::resource::Service::SystemsManager(_)
+    ) && obj.spec.infrastructure_class
+        == crate::resource::InfrastructureClass::OnPremises;
+    let script = probe::script(ssm_registration);
+    let run = match session(ctx, slot, &connect, rule, key, &script).await {
         Ok(run) => run,
         // A probe that does not finish in its time says the host is not answering.
         Err(outcome) if outcome.observation().reason == reasons::INSTALL_TIMEOUT => {

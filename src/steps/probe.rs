@@ -15,6 +15,11 @@ pub struct Learned {
     /// The host's IPv4 addresses: the one the SSH connection reached (from `SSH_CONNECTION`)
     /// first, then its interfaces' addresses, without loopback, deduplicated, at most 32.
     pub addresses: Vec<String>,
+    /// The managed node the host's Systems Manager registration file names
+    /// ([`crate::install::SSM_REGISTRATION_FILE`]), when the login user may read it and it names
+    /// a managed node ID: what the host claims to be registered as, to be proven by Systems
+    /// Manager's own record before it is taken.
+    pub ssm_node: Option<String>,
 }
 
 /// The script that asks a host what it registers as. Read-only, no sudo, no input: it prints
@@ -29,8 +34,35 @@ if [ -z "$addresses" ] && command -v ip >/dev/null 2>&1; then
   addresses=$(ip -4 -o addr show 2>/dev/null | awk '{ sub("/.*", "", $4); print $4 }' | tr '\n' ' ')
 fi
 echo "addresses=$addresses"
-exit 0
 "#;
+
+/// What the probe also asks a host that is to be registered with Systems Manager: the node its
+/// registration file ([`crate::install::SSM_REGISTRATION_FILE`]) names, so that a host
+/// registered already is known before anything is made for it in AWS. The agent writes that
+/// file root's, mode 0600: when the login user may not read it, it is read through `sudo -n`
+/// (one fixed, read-only command and no value of anyone's; a host where sudo wants a password
+/// or a terminal just does not say, and the install finds the registration as before). Only the
+/// first 4 KiB are read.
+pub const SSM_REGISTRATION_PROBE: &str = r#"dir=/var/lib/amazon/ssm
+registration=$dir/registration
+text=
+if [ -r "$registration" ]; then
+  text=$(head -c 4096 "$registration" 2>/dev/null)
+elif [ -e "$registration" ] || { [ -d "$dir" ] && [ ! -x "$dir" ]; }; then
+  text=$(sudo -n /bin/sh -c 'head -c 4096 /var/lib/amazon/ssm/registration 2>/dev/null' </dev/null 2>/dev/null)
+fi
+echo "ssm-registration=$(printf '%s\n' "$text" | sed -n 's/.*"ManagedInstanceID"[[:space:]]*:[[:space:]]*"\([A-Za-z0-9-]*\)".*/\1/p' | head -n 1)"
+"#;
+
+/// The probe for a host: [`PROBE_SCRIPT`], with [`SSM_REGISTRATION_PROBE`] when `ssm_registration`.
+pub fn script(ssm_registration: bool) -> String {
+    let mut script = PROBE_SCRIPT.to_owned();
+    if ssm_registration {
+        script += SSM_REGISTRATION_PROBE;
+    }
+    script += "exit 0\n";
+    script
+}
 
 /// Reads what [`PROBE_SCRIPT`] printed. The host is not trusted: anything that is not a valid
 /// hostname or IPv4 address is dropped, and sizes are bounded. `None` when the output is not the
@@ -39,6 +71,7 @@ pub fn parse_probe(output: &str) -> Option<Learned> {
     let mut marker = false;
     let mut hostname = None;
     let mut connection = None;
+    let mut ssm_node = None;
     let mut interfaces = Vec::new();
     for line in output.lines() {
         let Some((key, value)) = line.split_once('=') else {
@@ -49,6 +82,16 @@ pub fn parse_probe(output: &str) -> Option<Learned> {
             "instance-registrar-probe" => marker = true,
             "hostname" if is_dns_name(value) => hostname = Some(value.to_owned()),
             "connection" => connection = value.parse::<Ipv4Addr>().ok(),
+            // Checked as a managed node ID by the service before it is used.
+            "ssm-registration"
+                if !value.is_empty()
+                    && value.len() <= 64
+                    && value
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-') =>
+            {
+                ssm_node = Some(value.to_owned());
+            }
             "addresses" => interfaces.extend(
                 value
                     .split_whitespace()
@@ -74,6 +117,7 @@ pub fn parse_probe(output: &str) -> Option<Learned> {
     Some(Learned {
         hostname,
         addresses,
+        ssm_node,
     })
 }
 
@@ -124,7 +168,7 @@ mod tests {
     fn the_probe_script_runs_under_sh_and_reads_back() {
         let out = std::process::Command::new("sh")
             .arg("-c")
-            .arg(PROBE_SCRIPT)
+            .arg(script(false))
             .env("SSH_CONNECTION", "127.0.0.1 50000 127.0.0.77 22")
             .output()
             .unwrap();
@@ -135,5 +179,39 @@ mod tests {
             learned.addresses.first().map(String::as_str),
             Some("127.0.0.77")
         );
+        assert_eq!(learned.ssm_node, None, "{out:?}");
+    }
+
+    #[test]
+    fn the_probe_reads_the_systems_manager_registration_when_it_may() {
+        let full = script(true);
+        assert!(full.contains(crate::install::SSM_REGISTRATION_FILE));
+        assert!(
+            !script(false).contains("sudo"),
+            "the probe runs no sudo for OpsWorks"
+        );
+        // The file in a directory of the test's own (readable: no sudo is run).
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("registration");
+        let script = full.replace("/var/lib/amazon/ssm", &dir.path().to_string_lossy());
+        let run = || {
+            let out = std::process::Command::new("sh")
+                .arg("-c")
+                .arg(&script)
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{out:?}");
+            parse_probe(&String::from_utf8_lossy(&out.stdout)).unwrap()
+        };
+        assert_eq!(run().ssm_node, None);
+        std::fs::write(
+            &file,
+            r#"{"ManagedInstanceID":"mi-0123456789abcdef0","Region":"eu-west-1"}"#,
+        )
+        .unwrap();
+        assert_eq!(run().ssm_node.as_deref(), Some("mi-0123456789abcdef0"));
+        // What the host writes is data: anything but an ID's characters is dropped.
+        let hostile = "instance-registrar-probe=1\nssm-registration=mi-1; reboot\n";
+        assert_eq!(parse_probe(hostile).unwrap().ssm_node, None);
     }
 }

@@ -215,7 +215,8 @@ pub struct Place<'a> {
 
 /// The authorizations of OpsWorks or Systems Manager call `operation` with `input`:
 /// - OpsWorks: `opsworks:<Operation>` on the stack it names (`*` when it names none);
-/// - Systems Manager: `ssm:DeregisterManagedInstance` on the managed instance
+/// - Systems Manager: `ssm:DeregisterManagedInstance`, and `ssm:ListTagsForResource` of a
+///   `ManagedInstance`, on the managed instance
 ///   (`arn:aws:ssm:<region>:<account>:managed-instance/mi-...`), the others on `*`;
 ///   `CreateActivation` is also `iam:PassRole` on its role, with `iam:PassedToService`
 ///   `ssm.amazonaws.com`, and with tags `ssm:AddTagsToResource` (tags given on creation are
@@ -254,6 +255,20 @@ pub fn json_checks(
                 .and_then(Value::as_str)
                 .unwrap_or_default()
         ),
+        // A managed node's tags: on the node (other resource types are not served here).
+        (crate::Service::Ssm, "ListTagsForResource")
+            if input.get("ResourceType").and_then(Value::as_str) == Some("ManagedInstance") =>
+        {
+            format!(
+                "arn:aws:ssm:{}:{}:managed-instance/{}",
+                place.region,
+                place.account,
+                input
+                    .get("ResourceId")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+            )
+        }
         _ => "*".to_owned(),
     };
     let mut checks = vec![Check {
@@ -519,6 +534,16 @@ mod tests {
         assert_eq!(
             c[0].resource,
             "arn:aws:ssm:eu-west-1:123456789012:managed-instance/mi-0123456789abcdef0"
+        );
+        let tags = serde_json::json!({"ResourceType": "ManagedInstance",
+            "ResourceId": "mi-0123456789abcdef0"});
+        let c = json_checks(crate::Service::Ssm, "ListTagsForResource", &tags, &place);
+        assert_eq!(
+            (c[0].action.as_str(), c[0].resource.as_str()),
+            (
+                "ssm:ListTagsForResource",
+                "arn:aws:ssm:eu-west-1:123456789012:managed-instance/mi-0123456789abcdef0"
+            )
         );
 
         let create = serde_json::json!({"IamRole": "SSMServiceRole",

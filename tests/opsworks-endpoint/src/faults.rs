@@ -43,6 +43,11 @@ pub struct Faults {
     /// Rate of calls held without an answer until the faults are next set (see the module
     /// documentation).
     pub hang_rate: f64,
+    /// Whether paginated answers (of calls whose input takes a `NextToken`) never end: each
+    /// carries a new `NextToken`, and a token of these gets the first page again. An endpoint
+    /// a client that follows tokens without a bound never gets to the end of (the endpoint only;
+    /// the moto proxy ignores it).
+    pub endless_pages: bool,
     /// When not empty, faults apply only to these actions (e.g. `["DescribeInstances"]`). They
     /// may also be qualified by service: `opsworks:DescribeInstances` and
     /// `ssm:DescribeActivations` for the endpoint, `iam:CreateUser` for the moto proxy
@@ -62,6 +67,7 @@ impl Default for Faults {
             internal_error_rate: 0.0,
             unavailable_rate: 0.0,
             hang_rate: 0.0,
+            endless_pages: false,
             only_actions: Vec::new(),
             seed: 0,
         }
@@ -86,6 +92,15 @@ impl Faults {
     pub fn hang(actions: &[&str]) -> Self {
         Faults {
             hang_rate: 1.0,
+            only_actions: actions.iter().map(|a| (*a).to_owned()).collect(),
+            ..Self::default()
+        }
+    }
+
+    /// Paginated answers of `actions` (all, when empty) never end ([`Faults::endless_pages`]).
+    pub fn endless_pages(actions: &[&str]) -> Self {
+        Faults {
+            endless_pages: true,
             only_actions: actions.iter().map(|a| (*a).to_owned()).collect(),
             ..Self::default()
         }
@@ -119,6 +134,8 @@ pub(crate) struct Decision {
     pub fault: Option<InjectedFault>,
     /// For a hang ([`InjectedFault::Hang`]): closed when the faults are next set.
     pub hold: Option<watch::Receiver<()>>,
+    /// Whether the answer, if paginated, never ends ([`Faults::endless_pages`]).
+    pub endless_pages: bool,
 }
 
 impl Decision {
@@ -215,6 +232,7 @@ impl Injector {
             spike,
             fault,
             hold,
+            endless_pages: f.endless_pages,
         }
     }
 }
@@ -248,6 +266,17 @@ mod tests {
         assert!(only.decide("DescribeStacks").fault.is_none());
         assert!(only.decide("DescribeInstances").fault.is_some());
         assert!(Faults::throttling(1.5).validate().is_err());
+    }
+
+    #[test]
+    fn endless_pages_apply_to_the_actions_named() {
+        let mut i = Injector::new(Faults::endless_pages(&["ssm:DescribeActivations"]));
+        assert!(
+            i.decide_any(&["DescribeActivations", "ssm:DescribeActivations"])
+                .endless_pages
+        );
+        assert!(!i.decide_any(&["DescribeInstanceInformation"]).endless_pages);
+        assert!(i.decide("DescribeActivations").fault.is_none());
     }
 
     #[tokio::test]

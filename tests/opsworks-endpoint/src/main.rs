@@ -187,6 +187,7 @@ fn run() -> Result<(), String> {
         internal_error_rate: args.internal_error_rate,
         unavailable_rate: args.unavailable_rate,
         hang_rate: 0.0,
+        endless_pages: false,
         only_actions: Vec::new(),
         seed: args.seed,
     };

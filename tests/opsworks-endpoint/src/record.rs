@@ -16,6 +16,9 @@ pub struct CallRecord {
     pub action: String,
     /// Access key ID from the `Authorization` header, when it could be read.
     pub access_key_id: Option<String>,
+    /// The IAM role the request named (`IamRole`, as Systems Manager's `CreateActivation`
+    /// takes it), so that a test can count the calls made for its own role.
+    pub iam_role: Option<String>,
     /// HTTP status of the answer.
     pub status: u16,
     /// Error code (`__type`) of the answer, for errors.

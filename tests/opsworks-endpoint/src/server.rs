@@ -610,6 +610,8 @@ struct Trace {
     injected: Option<InjectedFault>,
     spike: bool,
     authorization: Option<Authorization>,
+    /// The IAM role the request named.
+    iam_role: Option<String>,
     /// A call to hold without an answer ([`InjectedFault::Hang`]): recorded (status 0) before
     /// it is held, since its client may give up and close the connection, which ends the call.
     hold: Option<crate::faults::Decision>,
@@ -626,6 +628,7 @@ async fn api(shared: &Shared, aws: &Aws, req: Request<Incoming>) -> Response<Ful
         injected: None,
         spike: false,
         authorization: None,
+        iam_role: None,
         hold: None,
     };
     let result = process(shared, aws, req, &mut trace).await;
@@ -644,6 +647,7 @@ async fn api(shared: &Shared, aws: &Aws, req: Request<Incoming>) -> Response<Ful
             service: trace.service.label().to_owned(),
             action: trace.action.clone(),
             access_key_id: trace.access_key_id,
+            iam_role: trace.iam_role,
             status,
             error_code: error.as_ref().map(|e| e.code.to_owned()),
             error_message: error.as_ref().map(|e| e.message.clone()),
@@ -803,29 +807,72 @@ async fn process(
     }
 
     // The body.
-    let input: Value = if body.iter().all(u8::is_ascii_whitespace) {
+    let mut input: Value = if body.iter().all(u8::is_ascii_whitespace) {
         Value::Object(Default::default())
     } else {
         serde_json::from_slice(&body)
             .map_err(|e| ApiError::serialization(format!("The request body is not JSON: {e}")))?
     };
     model::check_input(op, &input)?;
+    trace.iam_role = input
+        .get("IamRole")
+        .and_then(Value::as_str)
+        .map(str::to_owned);
+    // Endless pages: a token of theirs gets the first page again, and every answer another.
+    let endless = decision.endless_pages && op.input.members.iter().any(|m| m.name == "NextToken");
+    if endless
+        && let Some(token) = input.get("NextToken").and_then(Value::as_str)
+        && token.starts_with(ENDLESS_TOKEN)
+        && let Some(fields) = input.as_object_mut()
+    {
+        fields.remove("NextToken");
+    }
+    let output = dispatch_service(shared, aws, caller, service, op.name, input, trace).await?;
+    if !endless {
+        return Ok(output);
+    }
+    let mut output = output;
+    if let Some(fields) = output.as_object_mut() {
+        let n = ENDLESS_COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        fields.insert(
+            "NextToken".into(),
+            Value::from(format!("{ENDLESS_TOKEN}{n}")),
+        );
+    }
+    Ok(output)
+}
+
+/// The start of the `NextToken`s of endless pages ([`Faults::endless_pages`]).
+const ENDLESS_TOKEN: &str = "endless-";
+/// Makes each endless-page token new.
+static ENDLESS_COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Authorizes and carries out the call.
+async fn dispatch_service(
+    shared: &Shared,
+    aws: &Aws,
+    caller: Option<Caller>,
+    service: Service,
+    op_name: &'static str,
+    input: Value,
+    trace: &mut Trace,
+) -> Result<Value, ApiError> {
     if shared.enforce_iam_policies
         && let Some(caller) = &caller
-        && !(service == Service::OpsWorks && op.name == "RegisterInstance")
+        && !(service == Service::OpsWorks && op_name == "RegisterInstance")
     {
-        authorize_iam_user(shared, aws, caller, service, op.name, &input).await?;
+        authorize_iam_user(shared, aws, caller, service, op_name, &input).await?;
     }
     match service {
         Service::OpsWorks => {
             let Some(caller) = caller else {
                 return Err(ApiError::internal("an OpsWorks call without a caller"));
             };
-            let handled = handlers::dispatch(shared, aws, &caller, op.name, input).await?;
+            let handled = handlers::dispatch(shared, aws, &caller, op_name, input).await?;
             trace.authorization = handled.authorization;
             Ok(handled.output)
         }
-        Service::Ssm => crate::ssm::dispatch(shared, aws, caller.as_ref(), op.name, input).await,
+        Service::Ssm => crate::ssm::dispatch(shared, aws, caller.as_ref(), op_name, input).await,
     }
 }
 
