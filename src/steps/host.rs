@@ -55,10 +55,14 @@ pub(super) async fn check(
     };
     let via = via(&connect);
     // Asked again when the way to the host changed, or a host key to trust on first use has no
-    // record (a person cleared it to accept a new key).
+    // record (a person cleared it to accept a new key), or what the host says of its Systems
+    // Manager registration matters (it is not kept on status).
     let learned_earlier = status.host.as_ref().is_some_and(|h| h.via == via);
     let mut ssm_node = None;
-    let learned_here = match learned_earlier && unrecorded_hop(obj, status).is_none() {
+    let learned_here = match learned_earlier
+        && unrecorded_hop(obj, status).is_none()
+        && !asks_for_ssm_registration(obj)
+    {
         true => false,
         false => {
             // The probe may wait on a host that does not answer: off the reconcile workers.
@@ -355,6 +359,17 @@ pub(crate) fn record_host_keys(
 const PROBE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Runs the probe; returns what the host said, and the session (its host keys).
+/// Whether the probe also asks the host which Systems Manager node it is registered as: for a
+/// Systems Manager on-premises host. That answer is not kept on status, so such a host is asked
+/// again at each pass until it is registered: a node refused once is refused again, before any
+/// activation is made, however many passes follow.
+fn asks_for_ssm_registration(obj: &InstanceRegistration) -> bool {
+    matches!(
+        obj.spec.service(),
+        crate::resource::Service::SystemsManager(_)
+    ) && obj.spec.infrastructure_class == crate::resource::InfrastructureClass::OnPremises
+}
+
 async fn probe(
     obj: &InstanceRegistration,
     ctx: &Context,
@@ -368,13 +383,7 @@ async fn probe(
         ..connect.clone()
     };
     info!(name = %obj.name_any(), host = %connect.host, port = connect.port, "asking the host what it registers as");
-    // A Systems Manager on-premises host is also asked which node it is registered as.
-    let ssm_registration = matches!(
-        obj.spec.service(),
-        crate::resource::Service::SystemsManager(_)
-    ) && obj.spec.infrastructure_class
-        == crate::resource::InfrastructureClass::OnPremises;
-    let script = probe::script(ssm_registration);
+    let script = probe::script(asks_for_ssm_registration(obj));
     let run = match session(ctx, slot, &connect, rule, key, &script).await {
         Ok(run) => run,
         // A probe that does not finish in its time says the host is not answering.
