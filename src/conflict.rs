@@ -14,7 +14,7 @@
 use std::sync::Arc;
 
 use crate::conditions::{Observation, reasons};
-use crate::resource::{InstanceRegistration, InstanceRegistrationStatus, Service};
+use crate::resource::{InstanceRegistration, InstanceRegistrationStatus};
 
 /// The object that takes precedence for a host, and why it is the same host.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -46,31 +46,24 @@ impl Holder {
     }
 }
 
-/// Where `obj`'s registration goes, for a `Conflict` message.
-pub fn place(obj: &InstanceRegistration) -> String {
-    match obj.spec.service() {
-        Service::OpsWorks(stack) => format!("stack {stack}"),
-        Service::SystemsManager(_) => "Systems Manager".to_owned(),
-    }
-}
-
-/// Another object that names the same host as `obj` for the same registry and takes precedence
-/// over it. `status` is `obj`'s status as this pass has it (its learned host may be newer than
-/// `obj.status`'s); `ec2_instance_id` is the EC2 instance `obj`'s target resolved to, if any.
+/// Another object that names the same host as `obj` and takes precedence over it, among the
+/// `others` that compete with `obj` (`competes`: the same registry, and allowed to hold a host;
+/// see `Context::competes`). `status` is `obj`'s status as this pass has it (its learned host may
+/// be newer than `obj.status`'s); `ec2_instance_id` is the EC2 instance `obj`'s target resolved
+/// to, if any.
 pub fn holder_of_the_same_host(
     obj: &InstanceRegistration,
     status: &InstanceRegistrationStatus,
     ec2_instance_id: Option<&str>,
     others: &[Arc<InstanceRegistration>],
-    may_hold: impl Fn(&InstanceRegistration) -> bool,
+    competes: impl Fn(&InstanceRegistration) -> bool,
 ) -> Option<Holder> {
     let ours = precedence(obj, Some(status));
     others
         .iter()
         .filter(|o| o.metadata.uid != obj.metadata.uid)
-        .filter(|o| same_registry(o, obj))
         .filter(|o| o.spec.infrastructure_class == obj.spec.infrastructure_class)
-        .filter(|o| may_hold(o))
+        .filter(|o| competes(o))
         .filter_map(|o| {
             let same = same_host(obj, status, ec2_instance_id, o)?;
             let theirs = precedence(o, o.status.as_ref());
@@ -175,17 +168,6 @@ pub fn same_learned_host(a: &InstanceRegistrationStatus, b: &InstanceRegistratio
     same_name(na, nb) && ha.addresses.iter().any(|x| hb.addresses.contains(x)) && !keys_differ
 }
 
-/// Whether two objects compete for one registration of a host: the same OpsWorks stack, or
-/// Systems Manager in any region (a host holds one Systems Manager registration, whatever the
-/// region, and an object that omits the region means the controller's).
-fn same_registry(a: &InstanceRegistration, b: &InstanceRegistration) -> bool {
-    match (a.spec.service(), b.spec.service()) {
-        (Service::OpsWorks(x), Service::OpsWorks(y)) => x == y,
-        (Service::SystemsManager(_), Service::SystemsManager(_)) => true,
-        _ => false,
-    }
-}
-
 /// Whether two targets (or hostnames) name the same host: DNS names compare without case and
 /// without the trailing dot of a fully qualified name (`web.example.` is `web.example`).
 fn same_name(a: &str, b: &str) -> bool {
@@ -233,28 +215,14 @@ spec:
         may_hold: impl Fn(&InstanceRegistration) -> bool,
     ) -> Option<String> {
         let status = obj.status.clone().unwrap_or_default();
-        holder_of_the_same_host(obj, &status, ec2, all, may_hold).map(|h| h.name)
+        // Objects of one stack compete (the registry's part of `Context::competes`).
+        let competes =
+            |o: &InstanceRegistration| o.spec.stack_id == obj.spec.stack_id && may_hold(o);
+        holder_of_the_same_host(obj, &status, ec2, all, competes).map(|h| h.name)
     }
 
     fn arcs(objects: &[&InstanceRegistration]) -> Vec<Arc<InstanceRegistration>> {
         objects.iter().map(|o| Arc::new((*o).clone())).collect()
-    }
-
-    #[test]
-    fn systems_manager_objects_compete_for_a_host_whatever_region_they_name() {
-        let mut a = object("a", 1, "db-1.example", None);
-        let mut b = object("b", 2, "db-1.example", None);
-        for (o, region) in [(&mut a, None), (&mut b, Some("us-east-1"))] {
-            o.spec.stack_id = None;
-            o.spec.systems_manager = Some(crate::resource::SystemsManagerSpec {
-                region: region.map(str::to_owned),
-                ..Default::default()
-            });
-        }
-        assert!(same_registry(&a, &b));
-        // Not with an OpsWorks object: the two agents live side by side.
-        let c = object("c", 3, "db-1.example", None);
-        assert!(!same_registry(&a, &c));
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! The controller: watches `InstanceRegistration`s, runs the [`steps`](crate::steps) for each
+//! The controller: watches `InstanceRegistration`s, runs the [`pipeline`](crate::pipeline) for each
 //! behind kube-runtime's finalizer, writes status with server-side apply only when its meaning
 //! changed, publishes an Event for each condition that changed, and backs off per object.
 
@@ -22,6 +22,7 @@ use tracing::{Instrument, info, info_span, warn};
 use crate::aws::Aws;
 use crate::backoff::Schedule;
 use crate::conditions::{self, Undone};
+use crate::context::Facts;
 use crate::context::patch_status;
 pub use crate::context::{
     Context, FIELD_MANAGER, SSM_SETUP_URL, Settings, Versions, apply_status, checkpoint,
@@ -31,7 +32,8 @@ use crate::metrics::{Metrics, ReasonLabels, ResultLabels};
 use crate::resource::{
     ConditionStatus, DeletionPolicy, FINALIZER, InstanceRegistration, InstanceRegistrationStatus,
 };
-use crate::steps::{self, Facts, Next, Outcome};
+use crate::services::Services;
+use crate::steps::{self, Next};
 use crate::tenancy::{self, Verdict};
 use crate::{Error, Result};
 
@@ -166,33 +168,9 @@ async fn pass(
     }
 
     let started = std::time::Instant::now();
-    let mut facts = Facts {
-        resource_version: version,
-        detach: Some(detach),
-        ..Facts::default()
-    };
-    let pipeline = steps::pipeline(obj);
-    new.service = Some(obj.spec.service().name().to_owned());
-    let mut results = Vec::with_capacity(pipeline.len());
-    for step in pipeline {
-        let step_started = std::time::Instant::now();
-        let outcome = step.run(obj, ctx, &mut facts, &mut new).await;
-        ctx.metrics.step(step.condition(), step_started.elapsed());
-        // Recorded at once, so that a status written before the pass ends (the install's
-        // start) shows what the steps before found.
-        conditions::set(
-            &mut new.conditions,
-            step.condition(),
-            outcome.observation().clone(),
-            generation,
-            &now,
-        );
-        let done = matches!(outcome, Outcome::Done(_));
-        results.push((*step, outcome));
-        if !done {
-            break;
-        }
-    }
+    let mut facts = Facts::new(version, Some(detach));
+    let results = crate::pipeline::run(obj, ctx, &mut facts, &mut new, &now).await;
+    let pipeline = ctx.service_of(obj).pipeline();
     let next = steps::summarize(&mut new, pipeline, &results, generation, &now);
     write_status(obj, api, ctx, &old, &new, &mut facts.resource_version).await?;
     record_pass(ctx, obj, &old, &new, started.elapsed());
@@ -300,7 +278,7 @@ async fn cleanup(
         }
         Ok(Undone { summary, .. }) => {
             info!(name = %obj.name_any(), %summary, "cleaned up");
-            let refused = matches!(ctx.tenancy.verdict(obj), Verdict::Refused(_));
+            let refused = matches!(ctx.verdict(obj), Verdict::Refused(_));
             let (kind, reason) = if refused {
                 (EventType::Warning, conditions::reasons::STACK_NOT_ALLOWED)
             } else {
@@ -338,12 +316,7 @@ async fn cleanup_incomplete(
 
 /// The undo of a registration, by the object's service; returns a summary, or what stopped it.
 async fn undo(obj: &InstanceRegistration, ctx: &Context) -> std::result::Result<Undone, String> {
-    match obj.spec.service() {
-        crate::resource::Service::OpsWorks(_) => crate::opsworks::undo::undo(obj, ctx).await,
-        crate::resource::Service::SystemsManager(ssm) => {
-            crate::ssm::undo::undo(ctx, obj, ssm).await
-        }
-    }
+    ctx.service_of(obj).undo(obj, ctx).await
 }
 
 /// Writes `new` to the status subresource with server-side apply, unless it means the same as
@@ -594,6 +567,7 @@ pub async fn run(
         metrics,
         settings,
         crate::context::Detached::new(wake),
+        Box::new(Services::default()),
     ));
     let controller = Controller::for_stream(changes, store.clone());
     // A Secret that appears or changes re-runs the objects that name it, so fixing a missing or

@@ -52,18 +52,6 @@ impl<'a> Scope<'a> {
         }
     }
 
-    /// What `obj` needs allowed: its stack, its activation's service role, or nothing (an EC2
-    /// instance registered with Systems Manager through its own instance profile makes nothing
-    /// in AWS and deregisters nothing).
-    pub fn of(obj: &'a InstanceRegistration) -> Option<Self> {
-        match obj.spec.service() {
-            crate::resource::Service::OpsWorks(stack) => Some(Self::stack(stack)),
-            crate::resource::Service::SystemsManager(ssm) => {
-                ssm.service_role.as_deref().map(Self::service_role)
-            }
-        }
-    }
-
     /// The Systems Manager service role `id` (by name).
     pub fn service_role(id: &'a str) -> Self {
         Self {
@@ -225,10 +213,11 @@ impl Tenancy {
         }
     }
 
-    /// Whether `obj`'s namespace may use what `obj` names: its stack, or its Systems Manager
-    /// service role (see [`Scope::of`]).
-    pub fn verdict(&self, obj: &InstanceRegistration) -> Verdict {
-        match Scope::of(obj) {
+    /// Whether `obj`'s namespace may use `scope`, what `obj` names (its stack, its Systems
+    /// Manager service role; its service says which: `Service::scope`); nothing to allow when
+    /// `None`.
+    pub fn verdict(&self, obj: &InstanceRegistration, scope: Option<Scope<'_>>) -> Verdict {
+        match scope {
             Some(scope) => self.verdict_for(obj, scope),
             None => Verdict::Allowed,
         }
@@ -245,12 +234,6 @@ impl Tenancy {
             self.unannotated,
             scope,
         )
-    }
-
-    /// Whether `obj` counts when objects compete for a host: unless its namespace is known to
-    /// be refused its stack (an object that may not act must not hold a host either).
-    pub fn may_hold(&self, obj: &InstanceRegistration) -> bool {
-        !matches!(self.verdict(obj), Verdict::Refused(_))
     }
 }
 

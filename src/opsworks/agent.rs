@@ -1,5 +1,5 @@
 //! Step: the OpsWorks agent is installed on the host. Over SSH (host key verified per
-//! `ssh.hostKeyPolicy` before anything is sent), the script of [`crate::install`] downloads the
+//! `ssh.hostKeyPolicy` before anything is sent), the script of [`super::script`] downloads the
 //! stack's agent installer, checks its checksum when the spec sets one, writes `preconfig` and
 //! runs `boot-registration` under sudo, through the shared runner ([`crate::steps::run_install`]).
 //! Success is recorded in `status.agentInstalledAt`; from then on the host is not touched again
@@ -15,26 +15,32 @@ use kube::ResourceExt;
 use serde_json::Value;
 use tracing::warn;
 
-use super::{Facts, Outcome};
+use super::Findings;
+use super::script::{self, Plan};
+use crate::conditions::Outcome;
 use crate::conditions::{Observation, reasons};
 use crate::context::Context;
-use crate::install::{self, Plan};
+use crate::context::Facts;
 use crate::resource::{InfrastructureClass, InstanceRegistration, InstanceRegistrationStatus};
 use crate::steps::run_install;
+use crate::steps::script as install;
 
-pub(crate) async fn check(
+pub(super) async fn check(
     obj: &InstanceRegistration,
     ctx: &Context,
     facts: &mut Facts,
     status: &mut InstanceRegistrationStatus,
 ) -> Outcome {
-    let Some(stack) = &facts.stack else {
+    let findings = facts.own_ref::<Findings>();
+    let (Some(stack), access_key) = (
+        findings.and_then(|f| f.stack.clone()),
+        findings.and_then(|f| f.access_key.clone()),
+    ) else {
         return Outcome::Blocked(Observation::fails(
             reasons::WAITING,
             "the stack is not resolved",
         ));
     };
-    let access_key = facts.access_key.clone();
     let access_key = access_key.as_ref();
     if access_key.is_none() && obj.spec.use_instance_profile != Some(true) {
         return Outcome::Blocked(Observation::fails(
@@ -43,8 +49,8 @@ pub(crate) async fn check(
         ));
     }
 
-    let plan = plan(obj, stack, access_key);
-    let script = match install::render(&plan) {
+    let plan = plan(obj, &stack, access_key);
+    let script = match script::render(&plan) {
         Ok(script) => script,
         Err(e) => {
             return Outcome::Blocked(Observation::fails(

@@ -16,12 +16,15 @@ use aws_sdk_iam::types::Tag;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::ResourceExt;
 
-use super::{AccessKey, Facts, Outcome};
+use super::{AccessKey, Findings, OpsWorks, findings};
 use crate::aws::{self, Kind, Sensitive};
+use crate::conditions::Outcome;
 use crate::conditions::{Observation, reasons};
 use crate::context::Context;
+use crate::context::Facts;
 use crate::failpoint;
 use crate::resource::{InstanceRegistration, InstanceRegistrationStatus};
+use crate::steps::{OWNER_UID_TAG as OWNER_TAG, handoff};
 
 /// The IAM path of everything made for OpsWorks registrations.
 pub const IAM_PATH: &str = "/AWS/OpsWorks/";
@@ -29,8 +32,6 @@ pub const IAM_PATH: &str = "/AWS/OpsWorks/";
 pub const MANAGED_POLICY_ARN: &str = "arn:aws:iam::aws:policy/AWSOpsWorksInstanceRegistration";
 /// The inline policy used where the managed one cannot be attached.
 pub const INLINE_POLICY_NAME: &str = "OpsWorks-Instance";
-/// The tag that marks a user as made for one object (value: the object's UID).
-pub const OWNER_TAG: &str = "registrar.dev/owner-uid";
 /// How long the inline policy allows registration.
 const INLINE_POLICY_LIFETIME: SignedDuration = SignedDuration::from_mins(15);
 /// An inline policy with less than this left is renewed.
@@ -145,10 +146,11 @@ fn percent_decode(text: &str) -> String {
 
 /// The name of the Secret that holds the access key until the install succeeds.
 pub fn credentials_secret_name(obj: &InstanceRegistration) -> String {
-    super::handoff::secret_name(obj, "opsworks-access-key")
+    handoff::secret_name(obj, "opsworks-access-key")
 }
 
-pub(crate) async fn check(
+pub(super) async fn check(
+    ow: &OpsWorks,
     obj: &InstanceRegistration,
     ctx: &Context,
     facts: &mut Facts,
@@ -171,7 +173,7 @@ pub(crate) async fn check(
             ),
         ));
     }
-    if let Some(existing) = &facts.existing {
+    if let Some(existing) = findings(facts).existing.clone() {
         if status.registered_at.is_none() && status.access_key_id.is_none() {
             // Registered before this object recorded anything: possibly with the user and key it
             // made itself, if it was stopped between the install and writing status. Show them.
@@ -182,7 +184,7 @@ pub(crate) async fn check(
             format!("the host is already registered as {}", existing.id),
         ));
     }
-    let Some(stack) = facts.stack.clone() else {
+    let Some(stack) = findings(facts).stack.clone() else {
         return Outcome::Blocked(Observation::fails(
             reasons::WAITING,
             "the stack is not resolved",
@@ -200,7 +202,7 @@ pub(crate) async fn check(
     // writes nothing; a user this pass has just made has nothing yet, so its group, policy and
     // key are made without looking.
     let group = group_name(&stack.id);
-    if let Err(outcome) = ensure_group(ctx, &group).await {
+    if let Err(outcome) = ensure_group(ow, ctx, &group).await {
         return outcome;
     }
 
@@ -227,7 +229,7 @@ pub(crate) async fn check(
             if failure.kind == Kind::NotFound {
                 // The group went (the stack's last registration was deleted meanwhile): make it
                 // again on the next pass.
-                ctx.iam_groups.invalidate(&group);
+                ow.iam_groups.invalidate(&group);
             }
             return failure.outcome("iam:AddUserToGroup");
         }
@@ -246,15 +248,15 @@ pub(crate) async fn check(
         "IAM user {user} in group {group}, {policy}, access key {}",
         key.id
     );
-    facts.access_key = Some(key);
+    findings(facts).access_key = Some(key);
     Outcome::Done(Observation::holds(reasons::SUCCEEDED, message))
 }
 
 /// Makes the stack's IAM group unless it is known to exist: looked up (and made when missing)
 /// once per stack for a while, shared by the objects of the stack reconciled at once.
-async fn ensure_group(ctx: &Context, group: &str) -> Result<(), Outcome> {
+async fn ensure_group(ow: &OpsWorks, ctx: &Context, group: &str) -> Result<(), Outcome> {
     let iam = &ctx.aws.iam;
-    ctx.iam_groups
+    ow.iam_groups
         .get_or_fetch(group, || async {
             match iam.get_group().group_name(group).max_items(1).send().await {
                 Ok(_) => return Ok(()),
@@ -300,7 +302,8 @@ async fn record_own_user(
     facts: &Facts,
     status: &mut InstanceRegistrationStatus,
 ) {
-    let (Some(stack), Some(uid)) = (facts.stack.as_ref(), obj.uid()) else {
+    let stack = facts.own_ref::<Findings>().and_then(|f| f.stack.as_ref());
+    let (Some(stack), Some(uid)) = (stack, obj.uid()) else {
         return;
     };
     for name in user_name_candidates(&stack.name, name_for_iam(obj)) {
@@ -507,7 +510,7 @@ async fn ensure_policy(
 /// Deletes the Secret that holds the agent's secret access key (done once the agent has it, and
 /// on deletion). A Secret already gone is fine.
 pub async fn forget_secret(ctx: &Context, obj: &InstanceRegistration) -> Result<bool, String> {
-    super::handoff::forget(ctx, obj, &credentials_secret_name(obj)).await
+    handoff::forget(ctx, obj, &credentials_secret_name(obj)).await
 }
 
 /// The user's one access key, with its secret half from the credentials Secret; any key the
@@ -524,7 +527,7 @@ async fn ensure_access_key(
     let (stored, in_iam) = if made_now {
         (None, Vec::new())
     } else {
-        let stored = super::handoff::read(ctx, obj, &secret_name)
+        let stored = handoff::read(ctx, obj, &secret_name)
             .await?
             .and_then(|data| {
                 let id = data.get(KEY_ID)?.clone();
@@ -582,7 +585,7 @@ async fn ensure_access_key(
         secret: Sensitive::new(made.secret_access_key()),
     };
     // If this write fails the key is unusable; the next pass deletes it and makes another.
-    super::handoff::write(
+    handoff::write(
         ctx,
         obj,
         &secret_name,
@@ -598,7 +601,8 @@ async fn ensure_access_key(
 /// tagged with the object's UID. `stack_name` is `None` when the stack is gone; the user recorded
 /// on status is still found then. Without `tidy_group` the stack's group is left even if empty
 /// (the object's namespace may not use the stack).
-pub async fn cleanup_iam(
+pub(super) async fn cleanup_iam(
+    ow: &OpsWorks,
     ctx: &Context,
     obj: &InstanceRegistration,
     stack_name: Option<&str>,
@@ -704,7 +708,7 @@ pub async fn cleanup_iam(
     let group = group_name(obj.spec.stack_id());
     match iam.get_group().group_name(&group).send().await {
         Ok(out) if out.users().is_empty() => {
-            ctx.iam_groups.invalidate(&group);
+            ow.iam_groups.invalidate(&group);
             if let Err(e) = iam.delete_group().group_name(&group).send().await {
                 let failure = aws::classify(&e);
                 // DeleteConflict: someone joined it meanwhile; it stays.

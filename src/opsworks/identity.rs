@@ -21,8 +21,10 @@
 //! Against a server that does not report `RegisteredBy` the hostname and addresses decide, as
 //! above.
 
-use super::{Facts, OpsWorksInstance, Outcome, TargetFacts};
+use super::{OpsWorksInstance, findings};
+use crate::conditions::Outcome;
 use crate::conditions::{Observation, reasons};
+use crate::context::{Facts, Probed, TargetFacts};
 use crate::resource::{InfrastructureClass, InstanceRegistration, InstanceRegistrationStatus};
 
 /// OpsWorks statuses of an instance that is no longer (or never was) a working registration.
@@ -280,14 +282,15 @@ pub fn find<'a>(
 /// registration could not be recognised (`HostIdentityUnknown`); an on-premises host is looked for
 /// again in the stack now that it said what it registers as (adopted, or `HostnameTaken`). `None`:
 /// nothing more to say, the step is done.
-pub(crate) fn after_probe(
-    obj: &InstanceRegistration,
+pub(super) fn after_probe(
+    probed: Probed<'_>,
     others: &[std::sync::Arc<InstanceRegistration>],
     facts: &mut Facts,
     status: &mut InstanceRegistrationStatus,
-    target: &TargetFacts,
-    said: &str,
 ) -> Option<Outcome> {
+    let Probed {
+        obj, target, said, ..
+    } = probed;
     let mut identity = identity_of(obj, target, status);
     identity.others = others_users(obj, others);
     if identity.ec2_instance_id.is_none() && identity.hostname.is_none() {
@@ -301,7 +304,7 @@ pub(crate) fn after_probe(
     }
     // An on-premises host is looked for again now that it said what it registers as.
     if obj.spec.infrastructure_class == InfrastructureClass::OnPremises
-        && let Some(instances) = facts.instances.clone()
+        && let Some(instances) = findings(facts).instances.clone()
     {
         match find(
             &instances,
@@ -312,7 +315,7 @@ pub(crate) fn after_probe(
             Found::Ours(instance) => {
                 let made = made(instance, &identity, crate::steps::installed(status));
                 let reason = record_existing(status, instance, made);
-                facts.existing = Some(instance.clone());
+                findings(facts).existing = Some(instance.clone());
                 return Some(Outcome::Done(Observation::holds(
                     reason,
                     format!(
@@ -442,7 +445,7 @@ pub(crate) fn identity_of(
     }
     // A target that is an address is the host's, unless the host said otherwise (NAT).
     if learned.is_none()
-        && super::target::target_kind(&spec.target) == super::target::TargetKind::IpAddress
+        && crate::steps::ec2::target_kind(&spec.target) == crate::steps::ec2::TargetKind::IpAddress
         && !addresses.contains(&spec.target)
     {
         addresses.push(spec.target.clone());

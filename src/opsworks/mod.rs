@@ -1,32 +1,164 @@
 //! AWS OpsWorks Stacks, the first service an `InstanceRegistration` can register its host with
-//! (`spec.stackId`), beside Systems Manager ([`crate::ssm`]); the steps both share are in
-//! [`crate::steps`].
+//! (`spec.stackId`). [`OpsWorks`] is the service behind [`crate::context::Service`]; it keeps its
+//! own caches and its own facts of a pass ([`Findings`]). It uses the shared machinery of
+//! [`crate::steps`] and nothing of any other service.
 //!
 //! - [`stack`]: the stack and its provisioning parameters (and tenancy, before any AWS call).
 //! - [`target`]: the EC2 instance or on-premises address, and the host's registration in the
 //!   stack, matched on what the host registers as ([`identity`]).
 //! - [`credentials`]: the IAM group, user, policy and access key, as `aws opsworks register`
 //!   makes them, owned by the object.
-//! - [`agent`]: the agent installer run over SSH; [`registered`]: OpsWorks lists the instance.
+//! - [`agent`]: the agent installer run over SSH ([`script`]); [`registered`]: OpsWorks lists
+//!   the instance.
 //! - [`undo`]: what deleting the object undoes.
 
-pub mod agent;
+mod agent;
 pub mod credentials;
-pub mod identity;
-pub mod registered;
-pub mod stack;
-pub mod target;
-pub mod undo;
+mod identity;
+mod registered;
+mod script;
+mod stack;
+mod target;
+mod undo;
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
 
-pub(crate) use crate::steps::{Facts, Outcome, TargetFacts, handoff};
+use futures::future::BoxFuture;
 
-pub use credentials::{
-    OWNER_TAG, cleanup_iam, credentials_secret_name, forget_secret, inline_policy_expiry,
-    policy_document_json,
-};
-pub use target::{find_ec2, registration_to_undo};
+use crate::cache::TtlCache;
+use crate::conditions::{Outcome, Undone};
+use crate::context::{Context, Facts, Probed, Service, Step};
+use crate::resource::{InstanceRegistration, InstanceRegistrationStatus};
+use crate::tenancy::Scope;
+
+pub use credentials::{inline_policy_expiry, policy_document_json};
+
+/// How long a stack's description is shared between the objects of the stack.
+const STACK_TTL: Duration = Duration::from_secs(30);
+/// How long a stack's instance list is shared: long enough that a fleet reconciled at once
+/// makes one DescribeInstances per stack, short enough that a pass sees a fresh registration.
+const INSTANCES_TTL: Duration = Duration::from_millis(1000);
+/// How long a stack's IAM group is taken to exist once seen or made (a group deleted meanwhile
+/// is noticed when adding a user to it fails).
+const IAM_GROUP_TTL: Duration = Duration::from_secs(600);
+
+/// The pipeline of an OpsWorks object, in order. Reads come first and inputs are checked before
+/// anything is written in AWS.
+const PIPELINE: &[Step] = &[
+    Step::Stack,
+    Step::Target,
+    Step::SshKey,
+    Step::Host,
+    Step::Credentials,
+    Step::Agent,
+    Step::Registered,
+];
+
+/// AWS OpsWorks Stacks, with the caches the objects of one stack share.
+pub struct OpsWorks {
+    /// Stacks by `region/stack`, shared by the objects of a stack for a while.
+    stacks: TtlCache<StackFacts>,
+    /// Instances by `region/stack`, shared by the objects of a stack for a moment.
+    instances: TtlCache<Arc<Vec<OpsWorksInstance>>>,
+    /// IAM groups known to exist, by name.
+    iam_groups: TtlCache<()>,
+}
+
+impl Default for OpsWorks {
+    fn default() -> Self {
+        Self {
+            stacks: TtlCache::new(STACK_TTL),
+            instances: TtlCache::new(INSTANCES_TTL),
+            iam_groups: TtlCache::new(IAM_GROUP_TTL),
+        }
+    }
+}
+
+/// What OpsWorks' steps of one pass found, for the steps after them (in [`Facts::own`]).
+#[derive(Debug, Default)]
+struct Findings {
+    /// The stack, once the stack step found it.
+    stack: Option<StackFacts>,
+    /// The host's instance in the stack, if it is registered already.
+    existing: Option<OpsWorksInstance>,
+    /// The stack's instances, as the target step listed them.
+    instances: Option<Arc<Vec<OpsWorksInstance>>>,
+    /// The access key the agent registers with (None with the instance profile).
+    access_key: Option<AccessKey>,
+}
+
+/// OpsWorks' own facts of the pass.
+fn findings(facts: &mut Facts) -> &mut Findings {
+    facts.own::<Findings>()
+}
+
+impl Service for OpsWorks {
+    fn name(&self) -> &'static str {
+        "OpsWorks"
+    }
+
+    fn pipeline(&self) -> &'static [Step] {
+        PIPELINE
+    }
+
+    fn place(&self, obj: &InstanceRegistration) -> String {
+        format!("stack {}", obj.spec.stack_id())
+    }
+
+    fn scope<'o>(&self, obj: &'o InstanceRegistration) -> Option<Scope<'o>> {
+        Some(Scope::stack(obj.spec.stack_id()))
+    }
+
+    fn registered_as<'f>(&self, facts: &'f Facts) -> Option<&'f str> {
+        facts
+            .own_ref::<Findings>()
+            .and_then(|f| f.existing.as_ref())
+            .map(|i| i.id.as_str())
+    }
+
+    fn after_probe<'a>(
+        &'a self,
+        probed: Probed<'a>,
+        ctx: &'a Context,
+        facts: &'a mut Facts,
+        status: &'a mut InstanceRegistrationStatus,
+    ) -> BoxFuture<'a, Option<Outcome>> {
+        // OpsWorks recognises the registration by what the host said.
+        let others = ctx.store.state();
+        let outcome = identity::after_probe(probed, &others, facts, status);
+        Box::pin(async move { outcome })
+    }
+
+    fn run<'a>(
+        &'a self,
+        step: Step,
+        obj: &'a InstanceRegistration,
+        ctx: &'a Context,
+        facts: &'a mut Facts,
+        status: &'a mut InstanceRegistrationStatus,
+    ) -> BoxFuture<'a, Outcome> {
+        Box::pin(async move {
+            match step {
+                Step::Stack => stack::check(self, obj, ctx, facts).await,
+                Step::Target => target::check(self, obj, ctx, facts, status).await,
+                Step::Credentials => credentials::check(self, obj, ctx, facts, status).await,
+                Step::Agent => agent::check(obj, ctx, facts, status).await,
+                Step::Registered => registered::check(self, obj, ctx, facts, status).await,
+                Step::SshKey | Step::Host => unreachable!("{step:?} is a shared step"),
+            }
+        })
+    }
+
+    fn undo<'a>(
+        &'a self,
+        obj: &'a InstanceRegistration,
+        ctx: &'a Context,
+    ) -> BoxFuture<'a, Result<Undone, String>> {
+        Box::pin(undo::undo(self, obj, ctx))
+    }
+}
 
 /// An OpsWorks stack.
 #[derive(Clone, Debug, PartialEq, Eq)]

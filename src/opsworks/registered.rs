@@ -8,10 +8,12 @@ use std::time::Duration;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 
-use super::{Facts, Outcome};
+use super::{Findings, OpsWorks};
 use crate::aws::{self, Kind};
+use crate::conditions::Outcome;
 use crate::conditions::{Observation, reasons};
 use crate::context::Context;
+use crate::context::Facts;
 use crate::resource::{InstanceRegistration, InstanceRegistrationStatus};
 
 /// The waiter's failure states.
@@ -58,13 +60,17 @@ pub fn reason_for_status(status: &str) -> String {
 const POLL_FAST: Duration = Duration::from_millis(500);
 const FAST_FOR: Duration = Duration::from_secs(60);
 
-pub(crate) async fn check(
+pub(super) async fn check(
+    ow: &OpsWorks,
     obj: &InstanceRegistration,
     ctx: &Context,
     facts: &Facts,
     status: &mut InstanceRegistrationStatus,
 ) -> Outcome {
-    let Some(instance) = &facts.existing else {
+    let Some(instance) = facts
+        .own_ref::<Findings>()
+        .and_then(|f| f.existing.as_ref())
+    else {
         return not_listed(ctx, status);
     };
     let state = instance.status.as_str();
@@ -129,7 +135,7 @@ pub(crate) async fn check(
             };
         }
         // The cached instance list no longer shows the layers.
-        ctx.instances.invalidate(&super::target::stack_key(
+        ow.instances.invalidate(&super::target::stack_key(
             obj.spec.region.as_deref(),
             obj.spec.stack_id(),
         ));

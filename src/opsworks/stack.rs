@@ -4,17 +4,24 @@
 
 use std::collections::BTreeMap;
 
-use super::{Facts, Outcome, StackFacts};
+use super::{OpsWorks, StackFacts, findings};
 use crate::aws::{self, Kind};
+use crate::conditions::Outcome;
 use crate::conditions::{Observation, reasons};
 use crate::context::Context;
+use crate::context::Facts;
 use crate::resource::InstanceRegistration;
 use crate::tenancy::Verdict;
 
-pub(crate) async fn check(obj: &InstanceRegistration, ctx: &Context, facts: &mut Facts) -> Outcome {
+pub(super) async fn check(
+    ow: &OpsWorks,
+    obj: &InstanceRegistration,
+    ctx: &Context,
+    facts: &mut Facts,
+) -> Outcome {
     // Tenancy before anything else: an object may not even look at a stack its namespace may
     // not use, let alone write in it.
-    match ctx.tenancy.verdict(obj) {
+    match ctx.verdict(obj) {
         Verdict::Allowed => {}
         Verdict::Refused(message) => {
             return Outcome::Blocked(Observation::fails(reasons::STACK_NOT_ALLOWED, message));
@@ -26,7 +33,7 @@ pub(crate) async fn check(obj: &InstanceRegistration, ctx: &Context, facts: &mut
     let key = super::target::stack_key(obj.spec.region.as_deref(), obj.spec.stack_id());
     // Shared by the objects of one stack for a short while: a fleet reconciled at once makes
     // one look-up, not one each.
-    let facts_stack = match ctx.stacks.get_or_fetch(&key, || look_up(obj, ctx)).await {
+    let facts_stack = match ow.stacks.get_or_fetch(&key, || look_up(obj, ctx)).await {
         Ok(stack) => stack,
         Err(outcome) => return outcome,
     };
@@ -41,7 +48,7 @@ pub(crate) async fn check(obj: &InstanceRegistration, ctx: &Context, facts: &mut
             .map(|v| format!(", VPC {v}"))
             .unwrap_or_default()
     );
-    facts.stack = Some(facts_stack);
+    findings(facts).stack = Some(facts_stack);
     Outcome::Done(Observation::holds(reasons::SUCCEEDED, message))
 }
 

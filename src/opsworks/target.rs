@@ -10,60 +10,29 @@
 
 use std::time::Duration;
 
-use aws_sdk_ec2::types::{Filter, InstanceStateName};
-
 use super::identity::{self, Found};
-use super::{Facts, OpsWorksInstance, Outcome, TargetFacts};
+use super::{OpsWorks, OpsWorksInstance, findings};
 use crate::aws;
+use crate::conditions::Outcome;
 use crate::conditions::{Observation, reasons};
 use crate::context::Context;
+use crate::context::{Facts, TargetFacts};
 use crate::resource::{
     ConditionStatus, InfrastructureClass, InstanceRegistration, InstanceRegistrationStatus, Phase,
 };
-
-/// How an `ec2` target names its instance.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum TargetKind {
-    /// `i-` followed by hex digits.
-    InstanceId,
-    /// Four dot-separated numbers: matched against private and public addresses.
-    IpAddress,
-    /// Anything else: the Name tag.
-    NameTag,
-}
-
-/// Classifies an `ec2` target the way the AWS CLI does.
-pub fn target_kind(target: &str) -> TargetKind {
-    let is_instance_id = target.strip_prefix("i-").is_some_and(|hex| {
-        !hex.is_empty()
-            && hex
-                .bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-    });
-    let parts: Vec<&str> = target.split('.').collect();
-    let is_ip = parts.len() == 4
-        && parts
-            .iter()
-            .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
-    if is_instance_id {
-        TargetKind::InstanceId
-    } else if is_ip {
-        TargetKind::IpAddress
-    } else {
-        TargetKind::NameTag
-    }
-}
+use crate::steps::ec2::find_ec2;
 
 /// How old a stack's instance list may be when it verifies a registration that is done.
 const SETTLED_INSTANCES_MAX_AGE: Duration = Duration::from_secs(30);
 
-pub(crate) async fn check(
+pub(super) async fn check(
+    ow: &OpsWorks,
     obj: &InstanceRegistration,
     ctx: &Context,
     facts: &mut Facts,
     status: &mut InstanceRegistrationStatus,
 ) -> Outcome {
-    let Some(stack) = facts.stack.clone() else {
+    let Some(stack) = findings(facts).stack.clone() else {
         return Outcome::Blocked(Observation::fails(
             reasons::WAITING,
             "the stack is not resolved",
@@ -80,13 +49,12 @@ pub(crate) async fn check(
             },
         },
     };
-    let may_hold = |o: &InstanceRegistration| ctx.tenancy.may_hold(o);
     if let Some(holder) = crate::conflict::holder_of_the_same_host(
         obj,
         status,
         resolved.ec2_instance_id.as_deref(),
         &ctx.store.state(),
-        may_hold,
+        |o| ctx.competes(obj, o),
     ) {
         return Outcome::Blocked(holder.observation(&format!("stack {}", stack.id)));
     }
@@ -102,9 +70,10 @@ pub(crate) async fn check(
     let max_age = if status.phase == Some(Phase::Registered) {
         SETTLED_INSTANCES_MAX_AGE
     } else {
-        ctx.instances.ttl()
+        ow.instances.ttl()
     };
-    let instances = match stack_instances(ctx, spec.region.as_deref(), &stack.id, max_age).await {
+    let instances = match stack_instances(ow, ctx, spec.region.as_deref(), &stack.id, max_age).await
+    {
         Ok(instances) => instances,
         Err(outcome) => return outcome,
     };
@@ -174,8 +143,9 @@ pub(crate) async fn check(
         }
     };
     facts.target = Some(resolved);
-    facts.existing = existing;
-    facts.instances = Some(instances);
+    let findings = findings(facts);
+    findings.existing = existing;
+    findings.instances = Some(instances);
     Outcome::Done(Observation::holds(reason, message))
 }
 
@@ -184,7 +154,8 @@ pub(crate) async fn check(
 /// Status alone decides nothing: the stack is the spec's, an EC2 host is the instance the spec's
 /// target resolves to now, and the instance must be the host's by [`identity::find`]. `Ok(None)`
 /// with a note when there is nothing this object may deregister.
-pub async fn registration_to_undo(
+pub(super) async fn registration_to_undo(
+    ow: &OpsWorks,
     ctx: &Context,
     obj: &InstanceRegistration,
     deregister_adopted: bool,
@@ -202,7 +173,7 @@ pub async fn registration_to_undo(
         }));
     }
     let key = stack_key(spec.region.as_deref(), spec.stack_id());
-    let stack = match ctx
+    let stack = match ow
         .stacks
         .get_or_fetch(&key, || super::stack::look_up(obj, ctx))
         .await
@@ -219,11 +190,16 @@ pub async fn registration_to_undo(
             Ok(t) => t,
             // A terminated instance no longer resolves; its ID, when the target is one, is
             // still the spec's own word.
-            Err(_) if target_kind(&spec.target) == TargetKind::InstanceId => TargetFacts {
-                ec2_instance_id: Some(spec.target.clone()),
-                address: String::new(),
-                instance_profile: None,
-            },
+            Err(_)
+                if crate::steps::ec2::target_kind(&spec.target)
+                    == crate::steps::ec2::TargetKind::InstanceId =>
+            {
+                TargetFacts {
+                    ec2_instance_id: Some(spec.target.clone()),
+                    address: String::new(),
+                    instance_profile: None,
+                }
+            }
             Err(outcome)
                 if outcome.observation().status == ConditionStatus::False
                     && matches!(outcome, Outcome::Blocked(_)) =>
@@ -236,7 +212,7 @@ pub async fn registration_to_undo(
             Err(outcome) => return Err(outcome.observation().message.clone()),
         },
     };
-    let instances = stack_instances(ctx, spec.region.as_deref(), &stack.id, Duration::ZERO)
+    let instances = stack_instances(ow, ctx, spec.region.as_deref(), &stack.id, Duration::ZERO)
         .await
         .map_err(|outcome| outcome.observation().message.clone())?;
     let mut identity = super::identity::identity_of(obj, &resolved, &status);
@@ -287,12 +263,13 @@ pub(super) fn stack_key(region: Option<&str>, stack_id: &str) -> String {
 /// The stack's instances (OpsWorks DescribeInstances), shared for a moment by the objects of the
 /// stack reconciled at the same time.
 async fn stack_instances(
+    ow: &OpsWorks,
     ctx: &Context,
     region: Option<&str>,
     stack_id: &str,
     max_age: Duration,
 ) -> Result<std::sync::Arc<Vec<OpsWorksInstance>>, Outcome> {
-    ctx.instances
+    ow.instances
         .get_or_fetch_within(&stack_key(region, stack_id), max_age, || async {
             match ctx
                 .aws
@@ -350,126 +327,4 @@ async fn resolve_ec2(
     target: &str,
 ) -> Result<TargetFacts, Outcome> {
     find_ec2(ctx, &stack.region, stack.vpc_id.as_deref(), target).await
-}
-
-/// Finds the one EC2 instance `target` names in `region` (and `vpc`, when given).
-pub async fn find_ec2(
-    ctx: &Context,
-    region: &str,
-    vpc: Option<&str>,
-    target: &str,
-) -> Result<TargetFacts, Outcome> {
-    let ec2 = ctx.aws.ec2(region);
-    let kind = target_kind(target);
-    let mut request = ec2.describe_instances();
-    if let Some(vpc) = vpc {
-        request = request.filters(Filter::builder().name("vpc-id").values(vpc).build());
-    }
-    request = match kind {
-        TargetKind::InstanceId => request.instance_ids(target),
-        TargetKind::NameTag => {
-            request.filters(Filter::builder().name("tag:Name").values(target).build())
-        }
-        TargetKind::IpAddress => request,
-    };
-    let reservations: Vec<_> = match request
-        .into_paginator()
-        .items()
-        .send()
-        .collect::<Result<Vec<_>, _>>()
-        .await
-    {
-        Ok(r) => r,
-        Err(e) => {
-            let failure = aws::classify(&e);
-            return Err(match failure.code.as_deref() {
-                Some("InvalidInstanceID.NotFound") | Some("InvalidInstanceID.Malformed") => {
-                    not_found(region, vpc, target)
-                }
-                _ => failure.outcome("ec2:DescribeInstances"),
-            });
-        }
-    };
-    let matches: Vec<_> = reservations
-        .iter()
-        .flat_map(|r| r.instances())
-        .filter(|i| {
-            // A terminated instance keeps its tags for a while; it is not a host to register.
-            !matches!(
-                i.state().and_then(|s| s.name()),
-                Some(InstanceStateName::Terminated | InstanceStateName::ShuttingDown)
-            )
-        })
-        .filter(|i| {
-            kind != TargetKind::IpAddress
-                || i.private_ip_address() == Some(target)
-                || i.public_ip_address() == Some(target)
-        })
-        .collect();
-    match matches.as_slice() {
-        [] => Err(not_found(region, vpc, target)),
-        [one] => {
-            let id = one.instance_id().unwrap_or_default().to_owned();
-            let address = match kind {
-                TargetKind::IpAddress => Some(target.to_owned()),
-                _ => one
-                    .public_ip_address()
-                    .or(one.private_ip_address())
-                    .map(str::to_owned),
-            };
-            match address {
-                Some(address) => Ok(TargetFacts {
-                    ec2_instance_id: Some(id),
-                    address,
-                    instance_profile: one
-                        .iam_instance_profile()
-                        .and_then(|p| p.arn())
-                        .map(str::to_owned),
-                }),
-                None => Err(Outcome::Blocked(Observation::fails(
-                    reasons::TARGET_HAS_NO_ADDRESS,
-                    format!("EC2 instance {id} has neither a public nor a private IP address"),
-                ))),
-            }
-        }
-        several => {
-            let mut ids: Vec<&str> = several.iter().filter_map(|i| i.instance_id()).collect();
-            ids.sort_unstable();
-            Err(Outcome::Blocked(Observation::fails(
-                reasons::TARGET_AMBIGUOUS,
-                format!(
-                    "{} EC2 instances match {target:?}: {}",
-                    ids.len(),
-                    ids.join(", ")
-                ),
-            )))
-        }
-    }
-}
-
-fn not_found(region: &str, vpc: Option<&str>, target: &str) -> Outcome {
-    let scope = match vpc {
-        Some(vpc) => format!("in {region} (VPC {vpc})"),
-        None => format!("in {region}"),
-    };
-    Outcome::Blocked(Observation::fails(
-        reasons::TARGET_NOT_FOUND,
-        format!("no EC2 instance {scope} matches {target:?} (instance ID, IP address or Name tag)"),
-    ))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn targets_are_classified_as_the_cli_does() {
-        assert_eq!(target_kind("i-0123456789abcdef0"), TargetKind::InstanceId);
-        assert_eq!(target_kind("i-"), TargetKind::NameTag);
-        assert_eq!(target_kind("i-XYZ"), TargetKind::NameTag);
-        assert_eq!(target_kind("10.0.0.1"), TargetKind::IpAddress);
-        assert_eq!(target_kind("10.0.0"), TargetKind::NameTag);
-        assert_eq!(target_kind("web server 1"), TargetKind::NameTag);
-        assert_eq!(target_kind("web.example.com"), TargetKind::NameTag);
-    }
 }

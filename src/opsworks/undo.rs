@@ -2,6 +2,9 @@
 //! the registration it made (or adopted, with `DeregisterAdopted`), found in the spec's stack by
 //! the host's identity; nothing in a stack the namespace may no longer use.
 
+use super::OpsWorks;
+use super::credentials::{cleanup_iam, forget_secret};
+use super::target::registration_to_undo;
 use crate::conditions::Undone;
 use crate::context::Context;
 use crate::resource::{DeletionPolicy, InstanceRegistration};
@@ -13,12 +16,16 @@ use crate::tenancy::Verdict;
 /// appear after the look-up that follows. Then the registration this object made (or adopted,
 /// with DeregisterAdopted) is looked up in the spec's stack, matched on the host's identity, and
 /// deregistered; one this object did not make is left, whatever status says.
-pub async fn undo(obj: &InstanceRegistration, ctx: &Context) -> Result<Undone, String> {
+pub(super) async fn undo(
+    ow: &OpsWorks,
+    obj: &InstanceRegistration,
+    ctx: &Context,
+) -> Result<Undone, String> {
     // Tenancy first: an object whose namespace may not use the stack writes nothing in it.
-    match ctx.tenancy.verdict(obj) {
+    match ctx.verdict(obj) {
         Verdict::Allowed => {}
         Verdict::Unknown(why) => return Err(why),
-        Verdict::Refused(why) => return undo_outside_the_stack(obj, ctx, &why).await,
+        Verdict::Refused(why) => return undo_outside_the_stack(ow, obj, ctx, &why).await,
     }
     let mut done = Vec::new();
     let mut registration_undone = false;
@@ -42,13 +49,13 @@ pub async fn undo(obj: &InstanceRegistration, ctx: &Context) -> Result<Undone, S
             None
         }
     };
-    match crate::steps::cleanup_iam(ctx, obj, stack_name.as_deref(), true).await {
+    match cleanup_iam(ow, ctx, obj, stack_name.as_deref(), true).await {
         Ok(users) if users.is_empty() => {}
         Ok(users) => done.push(format!("deleted IAM user {}", users.join(", "))),
         Err(failure) => return Err(format!("IAM cleanup: {failure}")),
     }
     let deregister_adopted = obj.spec.deletion_policy == DeletionPolicy::DeregisterAdopted;
-    match crate::steps::registration_to_undo(ctx, obj, deregister_adopted).await? {
+    match registration_to_undo(ow, ctx, obj, deregister_adopted).await? {
         Ok(instance) => match opsworks
             .deregister_instance()
             .instance_id(&instance.id)
@@ -72,7 +79,7 @@ pub async fn undo(obj: &InstanceRegistration, ctx: &Context) -> Result<Undone, S
         },
         Err(note) => done.push(note),
     }
-    if crate::steps::forget_secret(ctx, obj).await? {
+    if forget_secret(ctx, obj).await? {
         done.push("deleted the access key Secret".into());
     }
     Ok(Undone::new(&done, registration_undone))
@@ -83,6 +90,7 @@ pub async fn undo(obj: &InstanceRegistration, ctx: &Context) -> Result<Undone, S
 /// alone can own goes: the IAM user tagged with its UID (made while the namespace was allowed
 /// the stack) and its access key Secret.
 async fn undo_outside_the_stack(
+    ow: &OpsWorks,
     obj: &InstanceRegistration,
     ctx: &Context,
     why: &str,
@@ -92,12 +100,12 @@ async fn undo_outside_the_stack(
     )];
     // No stack name: only the user recorded on status is looked at; and the stack's group is
     // left even if empty.
-    match crate::steps::cleanup_iam(ctx, obj, None, false).await {
+    match cleanup_iam(ow, ctx, obj, None, false).await {
         Ok(users) if users.is_empty() => {}
         Ok(users) => done.push(format!("deleted IAM user {}", users.join(", "))),
         Err(failure) => return Err(format!("IAM cleanup: {failure}")),
     }
-    if crate::steps::forget_secret(ctx, obj).await? {
+    if forget_secret(ctx, obj).await? {
         done.push("deleted the access key Secret".into());
     }
     Ok(Undone::new(&done, false))

@@ -13,14 +13,17 @@ use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::ResourceExt;
 
 use super::Activation;
+use super::findings;
 use crate::aws::{self, Kind, Sensitive};
+use crate::conditions::Outcome;
 use crate::conditions::{Observation, reasons};
 use crate::context::Context;
+use crate::context::Facts;
 use crate::failpoint;
 use crate::resource::{
     InfrastructureClass, InstanceRegistration, InstanceRegistrationStatus, SystemsManagerSpec,
 };
-use crate::steps::{Facts, Outcome, handoff};
+use crate::steps::handoff;
 
 /// Keys of the activation Secret.
 const KEY_ID: &str = "activation_id";
@@ -41,7 +44,7 @@ pub async fn check(
             "an EC2 instance's agent registers with the instance profile: no activation is made",
         ));
     }
-    if let Some(node) = &facts.node {
+    if let Some(node) = &findings(facts).node {
         return Outcome::Done(Observation::holds(
             reasons::NOT_NEEDED,
             format!("the host is registered as {}", node.id),
@@ -96,7 +99,7 @@ pub async fn check(
         }),
         Err(outcome) => return outcome,
     };
-    if let Some(resume) = facts.resume.clone() {
+    if let Some(resume) = findings(facts).resume.clone() {
         return resumed(status, facts, stored, &resume);
     }
     if let Some(stored) = stored.clone() {
@@ -115,7 +118,7 @@ pub async fn check(
         if let Some(listed) = found.iter().find(|a| usable(a)) {
             let message = describe(listed, role);
             status.activation_id = Some(stored.id.clone());
-            facts.activation = Some(stored);
+            findings(facts).activation = Some(stored);
             return Outcome::Done(Observation::holds(reasons::SUCCEEDED, message));
         }
     }
@@ -150,10 +153,10 @@ pub async fn check(
             status.managed_node_id = Some(node.id.clone());
             if node.ping_status == "Online" {
                 let message = format!("activation {id} registered node {}", node.id);
-                facts.node = Some(node);
+                findings(facts).node = Some(node);
                 return Outcome::Done(Observation::holds(reasons::SUCCEEDED, message));
             }
-            facts.resume = Some(node.id.clone());
+            findings(facts).resume = Some(node.id.clone());
             let resume = node.id;
             return resumed(status, facts, stored, &resume);
         }
@@ -231,7 +234,7 @@ pub async fn check(
         activation.id,
         expires.strftime("%Y-%m-%dT%H:%M:%SZ")
     );
-    facts.activation = Some(activation);
+    findings(facts).activation = Some(activation);
     Outcome::Done(Observation::holds(reasons::SUCCEEDED, message))
 }
 
@@ -246,7 +249,7 @@ fn resumed(
     resume: &str,
 ) -> Outcome {
     let Some(id) = status.activation_id.clone() else {
-        facts.resume = None;
+        findings(facts).resume = None;
         return Outcome::Retry(Observation::fails(
             reasons::WAITING,
             format!("node {resume} is this object's, and its activation is not recorded"),
@@ -257,7 +260,7 @@ fn resumed(
         _ => Sensitive::new(RESUME_CODE),
     };
     let message = format!("activation {id} registered node {resume}, whose setup did not finish");
-    facts.activation = Some(Activation { id, code });
+    findings(facts).activation = Some(Activation { id, code });
     Outcome::Done(Observation::holds(reasons::SUCCEEDED, message))
 }
 

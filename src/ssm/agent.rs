@@ -2,7 +2,7 @@
 //! (`ssm-setup-cli`, from `--ssm-setup-url`, checked against `systemsManager.agentSetupSha256`)
 //! registers an on-premises host with the object's activation, or installs and starts the agent
 //! on an EC2 instance where it does not run. The script and its exit statuses are
-//! [`crate::install`]'s; the SSH session, the install lock and the status checkpoint before the
+//! [`super::script`]'s; the SSH session, the install lock and the status checkpoint before the
 //! run are shared with OpsWorks ([`crate::steps::run_install`]).
 //!
 //! A host found registered already is never registered again: its node, when Systems Manager
@@ -16,13 +16,17 @@ use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use tracing::warn;
 
+use super::findings;
+use super::script::{self, SsmMode, SsmPlan};
+use crate::conditions::Outcome;
 use crate::conditions::{Observation, reasons};
 use crate::context::Context;
-use crate::install::{self, SsmMode, SsmPlan};
+use crate::context::Facts;
 use crate::resource::{
     InfrastructureClass, InstanceRegistration, InstanceRegistrationStatus, SystemsManagerSpec,
 };
-use crate::steps::{Facts, Outcome, handoff};
+use crate::steps::handoff;
+use crate::steps::script as install;
 
 use super::evidence;
 
@@ -37,7 +41,7 @@ pub async fn check(
     let mode = match obj.spec.infrastructure_class {
         InfrastructureClass::Ec2 => SsmMode::Install,
         InfrastructureClass::OnPremises => {
-            let Some(activation) = &facts.activation else {
+            let Some(activation) = &findings(facts).activation else {
                 return Outcome::Blocked(Observation::fails(
                     reasons::WAITING,
                     "no activation for the agent",
@@ -48,11 +52,11 @@ pub async fn check(
                 activation_code: activation.code.clone(),
                 // The node recorded on status is not listed any more (the target step looked):
                 // the host may still say it is that node, and is registered again over it.
-                replace: match &facts.resume {
+                replace: match &findings(facts).resume {
                     Some(_) => None,
                     None => status.managed_node_id.clone(),
                 },
-                resume: facts.resume.clone(),
+                resume: findings(facts).resume.clone(),
             }
         }
     };
@@ -63,7 +67,7 @@ pub async fn check(
         mode,
         time_limit: Duration::from_secs(obj.spec.ssh.command_timeout_seconds.into()),
     };
-    let script = match install::render_ssm(&plan) {
+    let script = match script::render_ssm(&plan) {
         Ok(script) => script,
         Err(e) => {
             return Outcome::Blocked(Observation::fails(
@@ -72,7 +76,7 @@ pub async fn check(
             ));
         }
     };
-    let code = facts.activation.as_ref().map(|a| a.code.clone());
+    let code = findings(facts).activation.as_ref().map(|a| a.code.clone());
     let secrets: Vec<&str> = code.iter().map(|c| c.expose()).collect();
     let run =
         match crate::steps::run_install(obj, ctx, facts, status, &script, "the SSM agent").await {
@@ -80,11 +84,11 @@ pub async fn check(
             Err(outcome) => return outcome,
         };
     let said = |what: &str| run.said(what, &secrets);
-    let already = install::marked(run.output(), install::SSM_REGISTERED_ALREADY_MARKER);
+    let already = install::marked(run.output(), script::SSM_REGISTERED_ALREADY_MARKER);
     match run.exit_status() {
         Some(0) => {
             if obj.spec.infrastructure_class == InfrastructureClass::OnPremises {
-                match install::marked(run.output(), install::SSM_NODE_MARKER) {
+                match install::marked(run.output(), script::SSM_NODE_MARKER) {
                     Some(node) if super::is_managed_node_id(&node) => {
                         status.managed_node_id = Some(node);
                     }
@@ -124,14 +128,14 @@ pub async fn check(
         }
         Some(install::EXIT_INSTALLER_FAILED)
             if install::installer_status(run.output())
-                == Some(install::SSM_EXIT_REGISTERED_ALREADY) =>
+                == Some(script::SSM_EXIT_REGISTERED_ALREADY) =>
         {
             let node = already.unwrap_or_default();
             registered_already(obj, ctx, &region, &node, status, facts, &said).await
         }
         Some(install::EXIT_INSTALLER_FAILED)
             if install::installer_status(run.output())
-                == Some(install::SSM_EXIT_REGISTRATION_LOST) =>
+                == Some(script::SSM_EXIT_REGISTRATION_LOST) =>
         {
             registration_lost(ctx, &region, status, facts, &said).await
         }
@@ -150,7 +154,7 @@ async fn registration_lost(
     facts: &mut Facts,
     said: &(dyn Fn(&str) -> String + Sync),
 ) -> Outcome {
-    let Some(node) = facts.resume.take() else {
+    let Some(node) = findings(facts).resume.take() else {
         return Outcome::Blocked(Observation::fails(
             reasons::INSTALLER_FAILED,
             said("the host has no registration, and no node was to be resumed"),
@@ -196,18 +200,13 @@ pub async fn after_probe(
     status: &mut InstanceRegistrationStatus,
 ) -> Option<Outcome> {
     if obj.spec.infrastructure_class != InfrastructureClass::OnPremises
-        || facts.resume.is_some()
+        || findings(facts).resume.is_some()
         || status.managed_node_id.as_deref() == Some(node)
     {
         return None;
     }
     let region = super::region(ctx, ssm).to_owned();
-    let said = |what: &str| {
-        format!(
-            "{what} (from the host's {})",
-            install::SSM_REGISTRATION_FILE
-        )
-    };
+    let said = |what: &str| format!("{what} (from the host's {})", script::SSM_REGISTRATION_FILE);
     Some(registered_already(obj, ctx, &region, node, status, facts, &said).await)
 }
 
@@ -243,7 +242,7 @@ async fn registered_already(
                 "the host is registered with Systems Manager as {node}, which {region} does not \
                  list (another account or region, or deregistered); it is not registered again: \
                  deregister it there, or remove {} on the host",
-                install::SSM_REGISTRATION_FILE
+                script::SSM_REGISTRATION_FILE
             )),
         ));
     };
@@ -287,7 +286,7 @@ async fn registered_already(
             "; adopted"
         }
     );
-    facts.node = Some(listed);
+    findings(facts).node = Some(listed);
     Outcome::Done(Observation::holds(
         if ours {
             reasons::SUCCEEDED

@@ -363,13 +363,13 @@ mod tests {
             Owner::Unclaimed
         );
         let ours = tags(&[
-            (super::super::OWNER_UID_TAG, UID),
-            (super::super::OWNER_TAG, "ns/db"),
+            (crate::steps::OWNER_UID_TAG, UID),
+            (crate::steps::OWNER_TAG, "ns/db"),
         ]);
         assert_eq!(Owner::of(&ours, "ns", "db", UID), Owner::This);
         let theirs = tags(&[
-            (super::super::OWNER_UID_TAG, "uid-other"),
-            (super::super::OWNER_TAG, "victims/db"),
+            (crate::steps::OWNER_UID_TAG, "uid-other"),
+            (crate::steps::OWNER_TAG, "victims/db"),
         ]);
         assert_eq!(
             Owner::of(&theirs, "ns", "db", UID),
@@ -381,14 +381,14 @@ mod tests {
         );
         // The UID decides: the same name with another UID is another (earlier) object.
         let earlier = tags(&[
-            (super::super::OWNER_UID_TAG, "uid-earlier"),
-            (super::super::OWNER_TAG, "ns/db"),
+            (crate::steps::OWNER_UID_TAG, "uid-earlier"),
+            (crate::steps::OWNER_TAG, "ns/db"),
         ]);
         assert!(matches!(
             Owner::of(&earlier, "ns", "db", UID),
             Owner::Other { .. }
         ));
-        let unreadable = tags(&[(super::super::OWNER_TAG, "no-slash")]);
+        let unreadable = tags(&[(crate::steps::OWNER_TAG, "no-slash")]);
         assert_eq!(
             Owner::of(&unreadable, "ns", "db", UID),
             Owner::Other {

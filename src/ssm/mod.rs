@@ -1,5 +1,7 @@
 //! AWS Systems Manager, the second service an `InstanceRegistration` can register its host with
-//! (`spec.systemsManager`), beside OpsWorks ([`crate::steps`] holds the steps both share).
+//! (`spec.systemsManager`). [`SystemsManager`] is the service behind
+//! [`crate::context::Service`], with its own facts of a pass ([`Findings`]); it uses the shared
+//! machinery of [`crate::steps`] and nothing of any other service.
 //!
 //! - An on-premises host gets a *hybrid activation* made for it ([`activation`]: one per
 //!   object, registration limit 1, short-lived, tagged with the object's UID), and the agent
@@ -11,30 +13,174 @@
 //!   deleting the object deletes the activation and deregisters a node the object registered
 //!   ([`undo`]).
 //!
-//! What is per service sits here, behind the same step interface as OpsWorks' (the target, the
-//! credentials, the install, the registration, the undo); the SSH key, the host probe, the SSH
-//! session, the install runner, status, conditions and events are shared.
+//! The target, the credentials (the activation), the install ([`script`]), the registration and
+//! the undo are this service's own; the SSH key, the host probe, the SSH session, the install
+//! runner, status, conditions and events are shared.
 
-pub mod activation;
-pub mod agent;
-pub mod evidence;
-pub mod registered;
-pub mod target;
-pub mod undo;
+mod activation;
+mod agent;
+mod evidence;
+mod registered;
+mod script;
+mod target;
+mod undo;
+
+use std::sync::LazyLock;
 
 use aws_sdk_ssm::types::InstanceInformationStringFilter;
+use futures::future::BoxFuture;
 use k8s_openapi::jiff::Timestamp;
 
 use crate::aws;
-use crate::context::Context;
-use crate::resource::{InstanceRegistration, SystemsManagerSpec};
-use crate::steps::Outcome;
+use crate::conditions::{Outcome, Undone};
+use crate::context::{Context, Facts, Probed, Service, Step};
+use crate::resource::{
+    InfrastructureClass, InstanceRegistration, InstanceRegistrationStatus, SystemsManagerSpec,
+};
+use crate::tenancy::Scope;
 
-/// The tag on an activation that names the object it was made for (its UID).
-pub const OWNER_UID_TAG: &str = crate::steps::OWNER_TAG;
-/// The tag on an activation (and so on the node it registers) that names the object as
-/// `namespace/name`, for people.
-pub const OWNER_TAG: &str = "registrar.dev/owner";
+// The tags on an activation (and so on the node it registers) that name the object it was made
+// for: by UID, and as `namespace/name` for people.
+use crate::steps::{OWNER_TAG, OWNER_UID_TAG};
+
+/// The pipeline of a Systems Manager object: there is no stack; the target, the credentials (the
+/// activation), the install and the registration are its own.
+const PIPELINE: &[Step] = &[
+    Step::Target,
+    Step::SshKey,
+    Step::Host,
+    Step::Credentials,
+    Step::Agent,
+    Step::Registered,
+];
+
+/// AWS Systems Manager hybrid activations (and EC2 instances registering with their own
+/// instance profile).
+#[derive(Default)]
+pub struct SystemsManager;
+
+/// What Systems Manager's steps of one pass found, for the steps after them (in [`Facts::own`]).
+#[derive(Debug, Default)]
+struct Findings {
+    /// The host's managed node, if Systems Manager lists one.
+    node: Option<Node>,
+    /// The activation the agent registers with (on-premises).
+    activation: Option<Activation>,
+    /// A node this object's own install registered and whose agent never came online (the
+    /// install was cut short): its setup is run again, keeping the registration.
+    resume: Option<String>,
+}
+
+/// Systems Manager's own facts of the pass.
+fn findings(facts: &mut Facts) -> &mut Findings {
+    facts.own::<Findings>()
+}
+
+/// `obj`'s `spec.systemsManager` (empty if it has none, which the registry never sends here).
+fn spec_of(obj: &InstanceRegistration) -> &SystemsManagerSpec {
+    static NONE: LazyLock<SystemsManagerSpec> = LazyLock::new(SystemsManagerSpec::default);
+    obj.spec.systems_manager.as_ref().unwrap_or(&NONE)
+}
+
+impl Service for SystemsManager {
+    fn name(&self) -> &'static str {
+        "SystemsManager"
+    }
+
+    fn pipeline(&self) -> &'static [Step] {
+        PIPELINE
+    }
+
+    fn place(&self, _obj: &InstanceRegistration) -> String {
+        // A host holds one Systems Manager registration, whatever the region (and an object
+        // that omits the region means the controller's).
+        "Systems Manager".to_owned()
+    }
+
+    fn scope<'o>(&self, obj: &'o InstanceRegistration) -> Option<Scope<'o>> {
+        // An EC2 instance registered through its own instance profile makes nothing in AWS and
+        // deregisters nothing: nothing to allow.
+        spec_of(obj)
+            .service_role
+            .as_deref()
+            .map(Scope::service_role)
+    }
+
+    fn registered_as<'f>(&self, facts: &'f Facts) -> Option<&'f str> {
+        facts
+            .own_ref::<Findings>()
+            .and_then(|f| f.node.as_ref())
+            .map(|n| n.id.as_str())
+    }
+
+    fn probe_question(&self, obj: &InstanceRegistration) -> Option<&'static str> {
+        (obj.spec.infrastructure_class == InfrastructureClass::OnPremises)
+            .then_some(REGISTRATION_QUESTION)
+    }
+
+    fn after_probe<'a>(
+        &'a self,
+        probed: Probed<'a>,
+        ctx: &'a Context,
+        facts: &'a mut Facts,
+        status: &'a mut InstanceRegistrationStatus,
+    ) -> BoxFuture<'a, Option<Outcome>> {
+        // A host whose registration file names a node is adopted, or refused, on the node's own
+        // evidence before anything is made for it in AWS.
+        Box::pin(async move {
+            let node = probed.answer?;
+            agent::after_probe(probed.obj, spec_of(probed.obj), ctx, node, facts, status).await
+        })
+    }
+
+    fn run<'a>(
+        &'a self,
+        step: Step,
+        obj: &'a InstanceRegistration,
+        ctx: &'a Context,
+        facts: &'a mut Facts,
+        status: &'a mut InstanceRegistrationStatus,
+    ) -> BoxFuture<'a, Outcome> {
+        let ssm = spec_of(obj);
+        Box::pin(async move {
+            match step {
+                Step::Target => target::check(obj, ssm, ctx, facts, status).await,
+                Step::Credentials => activation::check(obj, ssm, ctx, facts, status).await,
+                Step::Agent => agent::check(obj, ssm, ctx, facts, status).await,
+                Step::Registered => registered::check(obj, ssm, ctx, facts, status).await,
+                Step::Stack | Step::SshKey | Step::Host => {
+                    unreachable!("{step:?} is not a Systems Manager step")
+                }
+            }
+        })
+    }
+
+    fn undo<'a>(
+        &'a self,
+        obj: &'a InstanceRegistration,
+        ctx: &'a Context,
+    ) -> BoxFuture<'a, Result<Undone, String>> {
+        Box::pin(undo::undo(ctx, obj, spec_of(obj)))
+    }
+}
+
+/// What the probe also asks an on-premises host to be registered with Systems Manager
+/// (`Service::probe_question`): the node its registration file ([`script::SSM_REGISTRATION_FILE`]) names, so that a host
+/// registered already is known before anything is made for it in AWS. The agent writes that
+/// file root's, mode 0600: when the login user may not read it, it is read through `sudo -n`
+/// (one fixed, read-only command and no value of anyone's; a host where sudo wants a password
+/// or a terminal just does not say, and the install finds the registration as before). Only the
+/// first 4 KiB are read.
+pub const REGISTRATION_QUESTION: &str = r#"dir=/var/lib/amazon/ssm
+registration=$dir/registration
+text=
+if [ -r "$registration" ]; then
+  text=$(head -c 4096 "$registration" 2>/dev/null)
+elif [ -e "$registration" ] || { [ -d "$dir" ] && [ ! -x "$dir" ]; }; then
+  text=$(sudo -n /bin/sh -c 'head -c 4096 /var/lib/amazon/ssm/registration 2>/dev/null' </dev/null 2>/dev/null)
+fi
+echo "registration=$(printf '%s\n' "$text" | sed -n 's/.*"ManagedInstanceID"[[:space:]]*:[[:space:]]*"\([A-Za-z0-9-]*\)".*/\1/p' | head -n 1)"
+"#;
 
 /// A managed node, as `DescribeInstanceInformation` reports it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -146,6 +292,7 @@ pub fn activation_secret_name(obj: &InstanceRegistration) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::steps::probe::{parse_probe, script};
 
     #[test]
     fn only_mi_and_seventeen_hex_digits_is_a_managed_node_id() {
@@ -161,5 +308,38 @@ mod tests {
         ] {
             assert!(!is_managed_node_id(bad), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn the_probe_reads_the_systems_manager_registration_when_it_may() {
+        let full = script(Some(REGISTRATION_QUESTION));
+        assert!(full.contains(super::script::SSM_REGISTRATION_FILE));
+        assert!(
+            !script(None).contains("sudo"),
+            "the probe runs no sudo for OpsWorks"
+        );
+        // The file in a directory of the test's own (readable: no sudo is run).
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("registration");
+        let script = full.replace("/var/lib/amazon/ssm", &dir.path().to_string_lossy());
+        let run = || {
+            let out = std::process::Command::new("sh")
+                .arg("-c")
+                .arg(&script)
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{out:?}");
+            parse_probe(&String::from_utf8_lossy(&out.stdout)).unwrap()
+        };
+        assert_eq!(run().answer, None);
+        std::fs::write(
+            &file,
+            r#"{"ManagedInstanceID":"mi-0123456789abcdef0","Region":"eu-west-1"}"#,
+        )
+        .unwrap();
+        assert_eq!(run().answer.as_deref(), Some("mi-0123456789abcdef0"));
+        // What the host writes is data: anything but an ID's characters is dropped.
+        let hostile = "instance-registrar-probe=1\nregistration=mi-1; reboot\n";
+        assert_eq!(parse_probe(hostile).unwrap().answer, None);
     }
 }

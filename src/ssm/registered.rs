@@ -10,11 +10,14 @@ use std::time::Duration;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 
+use super::findings;
 use crate::aws::{self, Kind};
+use crate::conditions::Outcome;
 use crate::conditions::{Observation, reasons};
 use crate::context::Context;
+use crate::context::Facts;
 use crate::resource::{InstanceRegistration, InstanceRegistrationStatus, SystemsManagerSpec};
-use crate::steps::{Facts, Outcome, handoff};
+use crate::steps::handoff;
 
 /// How often a fresh install is looked at while the node comes online.
 const POLL: Duration = Duration::from_secs(1);
@@ -29,7 +32,7 @@ pub async fn check(
     status: &mut InstanceRegistrationStatus,
 ) -> Outcome {
     let region = super::region(ctx, ssm).to_owned();
-    if facts.node.is_none() && facts.installed_now {
+    if findings(facts).node.is_none() && facts.installed_now {
         // Installed in this pass, after the target step looked: look again.
         let id = status
             .ec2_instance_id
@@ -37,12 +40,12 @@ pub async fn check(
             .or(status.managed_node_id.clone());
         if let Some(id) = id {
             match super::find_node(ctx, &region, "InstanceIds", &id).await {
-                Ok(node) => facts.node = node,
+                Ok(node) => findings(facts).node = node,
                 Err(outcome) => return outcome,
             }
         }
     }
-    let Some(node) = facts.node.clone() else {
+    let Some(node) = findings(facts).node.clone() else {
         return not_listed(ctx, status);
     };
     status.managed_node_id = Some(node.id.clone());

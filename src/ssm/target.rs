@@ -5,12 +5,14 @@
 //! instance ID, or (after a restart between the install and recording the node) by the
 //! activation this object made.
 
+use super::findings;
+use crate::conditions::Outcome;
 use crate::conditions::{Observation, reasons};
 use crate::context::Context;
+use crate::context::{Facts, TargetFacts};
 use crate::resource::{
     InfrastructureClass, InstanceRegistration, InstanceRegistrationStatus, SystemsManagerSpec,
 };
-use crate::steps::{Facts, Outcome, TargetFacts};
 use crate::tenancy::Verdict;
 
 pub async fn check(
@@ -20,7 +22,7 @@ pub async fn check(
     facts: &mut Facts,
     status: &mut InstanceRegistrationStatus,
 ) -> Outcome {
-    match ctx.tenancy.verdict(obj) {
+    match ctx.verdict(obj) {
         Verdict::Allowed => {}
         Verdict::Refused(message) => {
             return Outcome::Blocked(Observation::fails(
@@ -37,19 +39,18 @@ pub async fn check(
     let resolved = match spec.infrastructure_class {
         InfrastructureClass::OnPremises => TargetFacts::on_premises(&spec.target),
         InfrastructureClass::Ec2 => {
-            match crate::steps::find_ec2(ctx, &region, None, &spec.target).await {
+            match crate::steps::ec2::find_ec2(ctx, &region, None, &spec.target).await {
                 Ok(t) => t,
                 Err(outcome) => return outcome,
             }
         }
     };
-    let may_hold = |o: &InstanceRegistration| ctx.tenancy.may_hold(o);
-    if let Some(holder) = crate::steps::holder_of_the_same_host(
+    if let Some(holder) = crate::conflict::holder_of_the_same_host(
         obj,
         status,
         resolved.ec2_instance_id.as_deref(),
         &ctx.store.state(),
-        may_hold,
+        |o| ctx.competes(obj, o),
     ) {
         return Outcome::Blocked(holder.observation(&format!("Systems Manager in {region}")));
     }
@@ -109,7 +110,7 @@ pub async fn check(
                 && n.activation_id.is_some()
                 && n.activation_id == status.activation_id =>
         {
-            facts.resume = Some(n.id);
+            findings(facts).resume = Some(n.id);
             None
         }
         other => other,
@@ -117,7 +118,7 @@ pub async fn check(
     status.ec2_instance_id = resolved.ec2_instance_id.clone();
     status.address = Some(connect_to);
     facts.target = Some(resolved);
-    facts.node = node;
+    findings(facts).node = node;
     let reason = if status.adopted {
         reasons::ADOPTED
     } else {

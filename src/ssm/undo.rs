@@ -65,7 +65,7 @@ pub async fn undo(
         }
     }
 
-    let refused = matches!(ctx.tenancy.verdict(obj), Verdict::Refused(_));
+    let refused = matches!(ctx.verdict(obj), Verdict::Refused(_));
     match (&obj.spec.infrastructure_class, &status.managed_node_id) {
         (InfrastructureClass::Ec2, _) => {
             if status.managed_node_id.is_some() {

@@ -14,8 +14,7 @@ use kube::api::{DeleteParams, ObjectMeta, Patch, PatchParams, PostParams, Precon
 use kube::{Api, Resource, ResourceExt};
 use tracing::info;
 
-use super::Outcome;
-use crate::conditions::{Observation, reasons};
+use crate::conditions::{Observation, Outcome, reasons};
 use crate::context::{Context, FIELD_MANAGER};
 use crate::resource::InstanceRegistration;
 

@@ -6,20 +6,19 @@
 //! fails half-way still finds the key recorded, and the registration the install makes can be
 //! recognised whatever address the agent reports.
 //!
-//! For an OpsWorks on-premises host the answer also decides whether the host is registered
-//! already (it is then adopted) or its hostname is another host's
-//! ([`crate::opsworks::identity::after_probe`]). For a Systems Manager on-premises host whose
-//! registration file names a node, the node is adopted or refused on its own evidence before an
-//! activation is made ([`crate::ssm::agent::after_probe`]).
+//! The object's service looks at the answer before anything is made in AWS
+//! ([`Service::after_probe`]): OpsWorks decides whether an on-premises host is registered already
+//! (it is then adopted) or its hostname is another host's; Systems Manager adopts or refuses the
+//! node a host's registration file names (the answer to its own [`Service::probe_question`]).
 
 use std::time::Duration;
 
 use kube::ResourceExt;
 use tracing::info;
 
-use super::{Facts, Outcome, TargetFacts, probe};
-use crate::conditions::{self, Observation, reasons, types};
-use crate::context::Context;
+use super::probe;
+use crate::conditions::{self, Observation, Outcome, reasons, types};
+use crate::context::{Context, Facts, Probed, Service, TargetFacts};
 use std::sync::Arc;
 
 use russh::keys::PrivateKey;
@@ -31,13 +30,15 @@ use crate::resource::{
 use crate::slots::{Acquired, Slot};
 use crate::ssh::{self, HostKeyRule, SshError};
 
-pub(super) async fn check(
+/// Runs the host step for `obj`, whose service is `service`.
+pub async fn check(
+    service: &dyn Service,
     obj: &InstanceRegistration,
     ctx: &Context,
     facts: &mut Facts,
     status: &mut InstanceRegistrationStatus,
 ) -> Outcome {
-    if let Some(id) = facts.registered_as() {
+    if let Some(id) = service.registered_as(facts) {
         return Outcome::Done(Observation::holds(
             reasons::NOT_NEEDED,
             format!("the host is registered as {id}"),
@@ -55,36 +56,37 @@ pub(super) async fn check(
     };
     let via = via(&connect);
     // Asked again when the way to the host changed, or a host key to trust on first use has no
-    // record (a person cleared it to accept a new key), or what the host says of its Systems
-    // Manager registration matters (it is not kept on status).
+    // record (a person cleared it to accept a new key), or the service asks a question of its
+    // own (the answer is not kept on status: a host is asked at each pass until it is
+    // registered, so a registration refused once is refused again before anything is made).
     let learned_earlier = status.host.as_ref().is_some_and(|h| h.via == via);
-    let mut ssm_node = None;
-    let learned_here = match learned_earlier
-        && unrecorded_hop(obj, status).is_none()
-        && !asks_for_ssm_registration(obj)
-    {
-        true => false,
-        false => {
-            // The probe may wait on a host that does not answer: off the reconcile workers.
-            facts.detach();
-            let slot = match slot(obj, ctx, facts, status, types::HOST_REACHABLE).await {
-                Ok(slot) => slot,
-                Err(outcome) => return outcome,
-            };
-            let (learned, run) = match probe(obj, ctx, slot, &connect, rule, key).await {
-                Ok(probed) => probed,
-                Err(outcome) => return outcome,
-            };
-            record_host_keys(obj, status, &run);
-            ssm_node = learned.ssm_node;
-            status.host = Some(HostIdentity {
-                hostname: learned.hostname,
-                addresses: learned.addresses,
-                via: via.clone(),
-            });
-            true
-        }
-    };
+    let question = service.probe_question(obj);
+    let mut answer = None;
+    let learned_here =
+        match learned_earlier && unrecorded_hop(obj, status).is_none() && question.is_none() {
+            true => false,
+            false => {
+                // The probe may wait on a host that does not answer: off the reconcile workers.
+                facts.detach();
+                let slot = match slot(obj, ctx, facts, status, types::HOST_REACHABLE).await {
+                    Ok(slot) => slot,
+                    Err(outcome) => return outcome,
+                };
+                let (learned, run) =
+                    match probe(obj, ctx, slot, &connect, rule, key, question).await {
+                        Ok(probed) => probed,
+                        Err(outcome) => return outcome,
+                    };
+                record_host_keys(obj, status, &run);
+                answer = learned.answer;
+                status.host = Some(HostIdentity {
+                    hostname: learned.hostname,
+                    addresses: learned.addresses,
+                    via: via.clone(),
+                });
+                true
+            }
+        };
     if learned_here {
         // Another object that reached the same host (named otherwise: an address and a DNS name)
         // must see what it said before either makes credentials: recorded now, not at the end of
@@ -104,9 +106,9 @@ pub(super) async fn check(
         status,
         target.ec2_instance_id.as_deref(),
         &ctx.store.state(),
-        |o| ctx.tenancy.may_hold(o),
+        |o| ctx.competes(obj, o),
     ) {
-        return Outcome::Blocked(holder.observation(&crate::conflict::place(obj)));
+        return Outcome::Blocked(holder.observation(&service.place(obj)));
     }
     let host = status.host.clone().unwrap_or_default();
     let said = format!(
@@ -118,26 +120,13 @@ pub(super) async fn check(
             host.addresses.join(", ")
         }
     );
-    // OpsWorks recognises the registration by what the host said; Systems Manager by the node.
-    if let crate::resource::Service::OpsWorks(_) = obj.spec.service()
-        && let Some(outcome) = crate::opsworks::identity::after_probe(
-            obj,
-            &ctx.store.state(),
-            facts,
-            status,
-            &target,
-            &said,
-        )
-    {
-        return outcome;
-    }
-    // Systems Manager: a host whose registration file names a node is adopted, or refused, on
-    // the node's own evidence before anything is made for it in AWS.
-    if let crate::resource::Service::SystemsManager(ssm) = obj.spec.service()
-        && let Some(node) = &ssm_node
-        && let Some(outcome) =
-            crate::ssm::agent::after_probe(obj, ssm, ctx, node, facts, status).await
-    {
+    let probed = Probed {
+        obj,
+        target: &target,
+        said: &said,
+        answer: answer.as_deref(),
+    };
+    if let Some(outcome) = service.after_probe(probed, ctx, facts, status).await {
         return outcome;
     }
     Outcome::Done(Observation::holds(
@@ -179,8 +168,7 @@ async fn settle(ctx: &Context, obj: &InstanceRegistration, version: Option<&str>
         };
         let probing = ctx.store.state().iter().any(|o| {
             o.metadata.uid != obj.metadata.uid
-                && o.spec.service().name() == obj.spec.service().name()
-                && o.spec.stack_id() == obj.spec.stack_id()
+                && ctx.services.same_registry(o, obj)
                 && o.metadata.deletion_timestamp.is_none()
                 && o.status.as_ref().is_none_or(|s| s.host.is_none())
         });
@@ -358,18 +346,8 @@ pub(crate) fn record_host_keys(
 /// How long the probe may run once logged in.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Runs the probe; returns what the host said, and the session (its host keys).
-/// Whether the probe also asks the host which Systems Manager node it is registered as: for a
-/// Systems Manager on-premises host. That answer is not kept on status, so such a host is asked
-/// again at each pass until it is registered: a node refused once is refused again, before any
-/// activation is made, however many passes follow.
-fn asks_for_ssm_registration(obj: &InstanceRegistration) -> bool {
-    matches!(
-        obj.spec.service(),
-        crate::resource::Service::SystemsManager(_)
-    ) && obj.spec.infrastructure_class == crate::resource::InfrastructureClass::OnPremises
-}
-
+/// Runs the probe (with the service's own `question`, if any); returns what the host said, and
+/// the session (its host keys).
 async fn probe(
     obj: &InstanceRegistration,
     ctx: &Context,
@@ -377,13 +355,14 @@ async fn probe(
     connect: &ssh::Target,
     rule: HostKeyRule,
     key: std::sync::Arc<russh::keys::PrivateKey>,
+    question: Option<&str>,
 ) -> Result<(probe::Learned, ssh::Run), Outcome> {
     let connect = ssh::Target {
         command_timeout: PROBE_TIMEOUT.min(connect.command_timeout),
         ..connect.clone()
     };
     info!(name = %obj.name_any(), host = %connect.host, port = connect.port, "asking the host what it registers as");
-    let script = probe::script(asks_for_ssm_registration(obj));
+    let script = probe::script(question);
     let run = match session(ctx, slot, &connect, rule, key, &script).await {
         Ok(run) => run,
         // A probe that does not finish in its time says the host is not answering.

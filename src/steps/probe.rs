@@ -15,11 +15,10 @@ pub struct Learned {
     /// The host's IPv4 addresses: the one the SSH connection reached (from `SSH_CONNECTION`)
     /// first, then its interfaces' addresses, without loopback, deduplicated, at most 32.
     pub addresses: Vec<String>,
-    /// The managed node the host's Systems Manager registration file names
-    /// ([`crate::install::SSM_REGISTRATION_FILE`]), when the login user may read it and it names
-    /// a managed node ID: what the host claims to be registered as, to be proven by Systems
-    /// Manager's own record before it is taken.
-    pub ssm_node: Option<String>,
+    /// The host's answer to the service's own question (`Service::probe_question`), a
+    /// `registration=` line: what the host claims to be registered as, a token of at most 64
+    /// letters, digits and `-`, for the service to check and prove before it is taken.
+    pub answer: Option<String>,
 }
 
 /// The script that asks a host what it registers as. Read-only, no sudo, no input: it prints
@@ -36,29 +35,11 @@ fi
 echo "addresses=$addresses"
 "#;
 
-/// What the probe also asks a host that is to be registered with Systems Manager: the node its
-/// registration file ([`crate::install::SSM_REGISTRATION_FILE`]) names, so that a host
-/// registered already is known before anything is made for it in AWS. The agent writes that
-/// file root's, mode 0600: when the login user may not read it, it is read through `sudo -n`
-/// (one fixed, read-only command and no value of anyone's; a host where sudo wants a password
-/// or a terminal just does not say, and the install finds the registration as before). Only the
-/// first 4 KiB are read.
-pub const SSM_REGISTRATION_PROBE: &str = r#"dir=/var/lib/amazon/ssm
-registration=$dir/registration
-text=
-if [ -r "$registration" ]; then
-  text=$(head -c 4096 "$registration" 2>/dev/null)
-elif [ -e "$registration" ] || { [ -d "$dir" ] && [ ! -x "$dir" ]; }; then
-  text=$(sudo -n /bin/sh -c 'head -c 4096 /var/lib/amazon/ssm/registration 2>/dev/null' </dev/null 2>/dev/null)
-fi
-echo "ssm-registration=$(printf '%s\n' "$text" | sed -n 's/.*"ManagedInstanceID"[[:space:]]*:[[:space:]]*"\([A-Za-z0-9-]*\)".*/\1/p' | head -n 1)"
-"#;
-
-/// The probe for a host: [`PROBE_SCRIPT`], with [`SSM_REGISTRATION_PROBE`] when `ssm_registration`.
-pub fn script(ssm_registration: bool) -> String {
+/// The probe for a host: [`PROBE_SCRIPT`], then the service's own `question` if it has one.
+pub fn script(question: Option<&str>) -> String {
     let mut script = PROBE_SCRIPT.to_owned();
-    if ssm_registration {
-        script += SSM_REGISTRATION_PROBE;
+    if let Some(question) = question {
+        script += question;
     }
     script += "exit 0\n";
     script
@@ -71,7 +52,7 @@ pub fn parse_probe(output: &str) -> Option<Learned> {
     let mut marker = false;
     let mut hostname = None;
     let mut connection = None;
-    let mut ssm_node = None;
+    let mut answer = None;
     let mut interfaces = Vec::new();
     for line in output.lines() {
         let Some((key, value)) = line.split_once('=') else {
@@ -82,15 +63,15 @@ pub fn parse_probe(output: &str) -> Option<Learned> {
             "instance-registrar-probe" => marker = true,
             "hostname" if is_dns_name(value) => hostname = Some(value.to_owned()),
             "connection" => connection = value.parse::<Ipv4Addr>().ok(),
-            // Checked as a managed node ID by the service before it is used.
-            "ssm-registration"
+            // Checked by the service before it is used.
+            "registration"
                 if !value.is_empty()
                     && value.len() <= 64
                     && value
                         .bytes()
                         .all(|b| b.is_ascii_alphanumeric() || b == b'-') =>
             {
-                ssm_node = Some(value.to_owned());
+                answer = Some(value.to_owned());
             }
             "addresses" => interfaces.extend(
                 value
@@ -117,7 +98,7 @@ pub fn parse_probe(output: &str) -> Option<Learned> {
     Some(Learned {
         hostname,
         addresses,
-        ssm_node,
+        answer,
     })
 }
 
@@ -168,7 +149,7 @@ mod tests {
     fn the_probe_script_runs_under_sh_and_reads_back() {
         let out = std::process::Command::new("sh")
             .arg("-c")
-            .arg(script(false))
+            .arg(script(None))
             .env("SSH_CONNECTION", "127.0.0.1 50000 127.0.0.77 22")
             .output()
             .unwrap();
@@ -179,39 +160,6 @@ mod tests {
             learned.addresses.first().map(String::as_str),
             Some("127.0.0.77")
         );
-        assert_eq!(learned.ssm_node, None, "{out:?}");
-    }
-
-    #[test]
-    fn the_probe_reads_the_systems_manager_registration_when_it_may() {
-        let full = script(true);
-        assert!(full.contains(crate::install::SSM_REGISTRATION_FILE));
-        assert!(
-            !script(false).contains("sudo"),
-            "the probe runs no sudo for OpsWorks"
-        );
-        // The file in a directory of the test's own (readable: no sudo is run).
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("registration");
-        let script = full.replace("/var/lib/amazon/ssm", &dir.path().to_string_lossy());
-        let run = || {
-            let out = std::process::Command::new("sh")
-                .arg("-c")
-                .arg(&script)
-                .output()
-                .unwrap();
-            assert!(out.status.success(), "{out:?}");
-            parse_probe(&String::from_utf8_lossy(&out.stdout)).unwrap()
-        };
-        assert_eq!(run().ssm_node, None);
-        std::fs::write(
-            &file,
-            r#"{"ManagedInstanceID":"mi-0123456789abcdef0","Region":"eu-west-1"}"#,
-        )
-        .unwrap();
-        assert_eq!(run().ssm_node.as_deref(), Some("mi-0123456789abcdef0"));
-        // What the host writes is data: anything but an ID's characters is dropped.
-        let hostile = "instance-registrar-probe=1\nssm-registration=mi-1; reboot\n";
-        assert_eq!(parse_probe(hostile).unwrap().ssm_node, None);
+        assert_eq!(learned.answer, None, "{out:?}");
     }
 }

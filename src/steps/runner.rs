@@ -1,6 +1,6 @@
 //! The install runner both services share: one SSH session to the host the earlier steps
 //! resolved (host key checked per `ssh.hostKeyPolicy` before anything is sent), after recording
-//! on status that an install started, running a script of [`crate::install`]; and what the
+//! on status that an install started, running a script of [`super::script`]; and what the
 //! script's own exit statuses mean. What the script installs (the OpsWorks agent installer, the
 //! Systems Manager setup tool) and what success means are the services' own.
 
@@ -11,10 +11,9 @@ use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use tracing::info;
 
-use super::{Facts, Outcome};
-use crate::conditions::{Observation, reasons};
-use crate::context::Context;
-use crate::install;
+use super::script;
+use crate::conditions::{Observation, Outcome, reasons};
+use crate::context::{Context, Facts};
 use crate::resource::{InstanceRegistration, InstanceRegistrationStatus};
 
 /// Lines of the installer's output kept for the condition message.
@@ -50,7 +49,7 @@ pub fn install_may_run_until(obj: &InstanceRegistration) -> Option<Timestamp> {
     let hops = 1 + spec.jump_hosts.len() as u64;
     let limit = Duration::from_secs(u64::from(spec.timeout_seconds) * hops)
         + Duration::from_secs(spec.command_timeout_seconds.into())
-        + install::KILL_AFTER
+        + script::KILL_AFTER
         + INSTALL_END_MARGIN;
     started.0.checked_add(limit).ok()
 }
@@ -128,7 +127,7 @@ impl InstallRun {
     /// `what`, with how long the run took and the tail of its output (with `secrets` redacted),
     /// for a condition message.
     pub fn said(&self, what: &str, secrets: &[&str]) -> String {
-        let tail = install::output_tail(&self.run.output, secrets, TAIL_LINES, TAIL_BYTES);
+        let tail = script::output_tail(&self.run.output, secrets, TAIL_LINES, TAIL_BYTES);
         let took = self.took;
         if tail.is_empty() {
             format!("{what} (after {took:.1}s; no output)")
@@ -144,15 +143,15 @@ impl InstallRun {
         let said = |what: &str| self.said(what, secrets);
         match self.run.exit_status {
             Some(0) => Outcome::Done(Observation::holds(reasons::SUCCEEDED, said("finished"))),
-            Some(install::EXIT_CHECKSUM_MISMATCH) => Outcome::Blocked(Observation::fails(
+            Some(script::EXIT_CHECKSUM_MISMATCH) => Outcome::Blocked(Observation::fails(
                 reasons::INSTALLER_CHECKSUM_MISMATCH,
                 said("the download does not have the SHA-256 the spec requires; nothing was run"),
             )),
-            Some(install::EXIT_DOWNLOAD_FAILED) => Outcome::Retry(Observation::fails(
+            Some(script::EXIT_DOWNLOAD_FAILED) => Outcome::Retry(Observation::fails(
                 reasons::INSTALLER_DOWNLOAD_FAILED,
                 said(&format!("the host could not download {program}")),
             )),
-            Some(install::EXIT_SUDO_DENIED) => Outcome::Blocked(Observation::fails(
+            Some(script::EXIT_SUDO_DENIED) => Outcome::Blocked(Observation::fails(
                 reasons::SUDO_NOT_PERMITTED,
                 said(&format!(
                     "user {:?} may not run sudo without a password",
@@ -160,7 +159,7 @@ impl InstallRun {
                 )),
             )),
             // Only when the run in a pseudo-terminal got none (sshd refused it).
-            Some(install::EXIT_SUDO_NEEDS_TTY) => Outcome::Blocked(Observation::fails(
+            Some(script::EXIT_SUDO_NEEDS_TTY) => Outcome::Blocked(Observation::fails(
                 reasons::SUDO_REQUIRES_TTY,
                 said(&format!(
                     "sudo on the host runs only from a terminal (requiretty), and the host's sshd \
@@ -169,15 +168,15 @@ impl InstallRun {
                     user = spec.username
                 )),
             )),
-            Some(install::EXIT_UNPACK_FAILED) => Outcome::Blocked(Observation::fails(
+            Some(script::EXIT_UNPACK_FAILED) => Outcome::Blocked(Observation::fails(
                 reasons::INSTALLER_INVALID,
                 said(&format!("{program} could not be unpacked")),
             )),
-            Some(install::EXIT_HOST_UNSUITABLE) => Outcome::Blocked(Observation::fails(
+            Some(script::EXIT_HOST_UNSUITABLE) => Outcome::Blocked(Observation::fails(
                 reasons::HOST_UNSUITABLE,
                 said("the host lacks a tool the install needs"),
             )),
-            Some(install::EXIT_INSTALL_IN_PROGRESS) => Outcome::Progressing(
+            Some(script::EXIT_INSTALL_IN_PROGRESS) => Outcome::Progressing(
                 Observation::unknown(
                     reasons::INSTALL_IN_PROGRESS,
                     said(&format!(
@@ -188,14 +187,14 @@ impl InstallRun {
                 ),
                 INSTALL_IN_PROGRESS_RETRY,
             ),
-            Some(install::EXIT_INSTALLER_FAILED) => Outcome::Blocked(Observation::fails(
+            Some(script::EXIT_INSTALLER_FAILED) => Outcome::Blocked(Observation::fails(
                 reasons::INSTALLER_FAILED,
-                said(&match install::installer_status(&self.run.output) {
+                said(&match script::installer_status(&self.run.output) {
                     Some(code) => format!("{program} failed with exit status {code}"),
                     None => format!("{program} could not be run"),
                 }),
             )),
-            Some(install::EXIT_TIMED_OUT) => Outcome::Blocked(Observation::fails(
+            Some(script::EXIT_TIMED_OUT) => Outcome::Blocked(Observation::fails(
                 reasons::INSTALL_TIMEOUT,
                 said(&format!(
                     "the install did not finish within ssh.commandTimeoutSeconds ({}s); the host \
@@ -238,7 +237,7 @@ pub async fn run_install(
     let spec = &obj.spec.ssh;
     let (mut connect, rule) = super::host::connection(obj, target, &facts.jump_keys, status)?;
     // sudo's requiretty: the script is run again in a pseudo-terminal.
-    connect.tty_retry_status = Some(install::EXIT_SUDO_NEEDS_TTY);
+    connect.tty_retry_status = Some(script::EXIT_SUDO_NEEDS_TTY);
     let host = connect.host.clone();
     if let Some(hop) = super::host::unrecorded_hop(obj, status) {
         // The host step records the keys before anything is installed; without a record the
@@ -274,10 +273,10 @@ pub async fn run_install(
         status,
         ec2_instance_id.as_deref(),
         &ctx.store.state(),
-        |o| ctx.tenancy.may_hold(o),
+        |o| ctx.competes(obj, o),
     ) {
         return Err(Outcome::Blocked(
-            holder.observation(&crate::conflict::place(obj)),
+            holder.observation(&ctx.service_of(obj).place(obj)),
         ));
     }
 

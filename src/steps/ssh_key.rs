@@ -6,9 +6,8 @@
 use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, ResourceExt};
 
-use super::{Facts, Outcome};
-use crate::conditions::{Observation, reasons};
-use crate::context::Context;
+use crate::conditions::{Observation, Outcome, reasons};
+use crate::context::{Context, Facts};
 use std::sync::Arc;
 
 use russh::keys::PrivateKey;
@@ -23,7 +22,8 @@ const ACCEPTED_TYPES: &[&str] = &["kubernetes.io/ssh-auth", "Opaque"];
 /// When to look again at a key whose decoding overran its time limit (it goes on meanwhile).
 const DECODE_RECHECK: std::time::Duration = std::time::Duration::from_secs(30);
 
-pub(super) async fn check(obj: &InstanceRegistration, ctx: &Context, facts: &mut Facts) -> Outcome {
+/// Runs the SSH key step for `obj`.
+pub async fn check(obj: &InstanceRegistration, ctx: &Context, facts: &mut Facts) -> Outcome {
     let spec = &obj.spec.ssh;
     let (key, summary) = match load(obj, ctx, &spec.private_key_secret_ref, None).await {
         Ok(loaded) => loaded,

@@ -1,7 +1,15 @@
-//! What every reconcile shares ([`Context`]: the clients, caches, limits and settings) and the
-//! status write every part of a pass uses: server-side apply by this controller's field manager,
-//! conditional on the resourceVersion the pass works from. The steps of both services and the
-//! controller loop depend on this module; it depends on neither.
+//! What a pass works with: what every reconcile shares ([`Context`]: the clients, limits,
+//! settings and the [`Registry`] of services), what one pass found ([`Facts`]), the [`Service`]
+//! seam each service implements ([`seam`]), and the status write every part of a pass uses:
+//! server-side apply by this controller's field manager, conditional on the resourceVersion the
+//! pass works from. The shared steps, both services and the controller loop depend on this
+//! module; it depends on none of them.
+
+mod facts;
+mod seam;
+
+pub use facts::{Facts, TargetFacts};
+pub use seam::{Probed, Registry, Service, Step};
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,20 +23,10 @@ use serde_json::json;
 
 use crate::aws::Aws;
 use crate::backoff::Tracker;
-use crate::cache::TtlCache;
 use crate::metrics::Metrics;
 use crate::resource::{InstanceRegistration, InstanceRegistrationStatus};
-use crate::tenancy::{Tenancy, Unannotated};
+use crate::tenancy::{Tenancy, Unannotated, Verdict};
 use crate::{Error, Result};
-
-/// How long a stack's description is shared between the objects of the stack.
-const STACK_TTL: Duration = Duration::from_secs(30);
-/// How long a stack's instance list is shared: long enough that a fleet reconciled at once
-/// makes one DescribeInstances per stack, short enough that a pass sees a fresh registration.
-const INSTANCES_TTL: Duration = Duration::from_millis(1000);
-/// How long a stack's IAM group is taken to exist once seen or made (a group deleted meanwhile
-/// is noticed when adding a user to it fails).
-const IAM_GROUP_TTL: Duration = Duration::from_secs(600);
 
 /// The field manager of every write the controller makes.
 pub const FIELD_MANAGER: &str = "instance-registrar";
@@ -105,12 +103,8 @@ pub struct Context {
     pub tenancy: Tenancy,
     /// Metrics.
     pub metrics: Arc<Metrics>,
-    /// OpsWorks stacks by `region/stack`, shared by the objects of a stack for a while.
-    pub stacks: TtlCache<crate::opsworks::StackFacts>,
-    /// OpsWorks instances by `region/stack`, shared by the objects of a stack for a moment.
-    pub instances: TtlCache<Arc<Vec<crate::opsworks::OpsWorksInstance>>>,
-    /// IAM groups known to exist, by name.
-    pub iam_groups: TtlCache<()>,
+    /// Which service each object uses (each service keeps its own caches).
+    pub services: Box<dyn Registry>,
     /// Slots for SSH sessions ([`Settings::ssh_concurrency`]), shared between namespaces.
     pub ssh_slots: crate::slots::Slots,
     /// The newest resourceVersion this controller knows of each object.
@@ -124,7 +118,7 @@ pub struct Context {
 }
 
 /// The passes that left their reconcile worker to run an SSH session (see
-/// [`crate::steps::Facts::detach`]), by object UID, and the way to reconcile an object again
+/// [`Facts::detach`]), by object UID, and the way to reconcile an object again
 /// when one ends.
 ///
 /// While an object's detached pass runs, no other pass of it starts: a reconcile of the object
@@ -205,7 +199,8 @@ impl Context {
     }
 
     /// A context for `client` and `aws` with `settings`, seeing the watched objects in `store`
-    /// and their namespaces in `namespaces`.
+    /// and their namespaces in `namespaces`, with the services of `services`.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         client: Client,
         aws: Aws,
@@ -214,6 +209,7 @@ impl Context {
         metrics: Arc<Metrics>,
         settings: Settings,
         detached: Detached,
+        services: Box<dyn Registry>,
     ) -> Self {
         let reporter = Reporter {
             controller: FIELD_MANAGER.to_owned(),
@@ -227,9 +223,7 @@ impl Context {
             store,
             tenancy: Tenancy::new(namespaces, settings.unannotated_namespaces),
             metrics,
-            stacks: TtlCache::new(STACK_TTL),
-            instances: TtlCache::new(INSTANCES_TTL),
-            iam_groups: TtlCache::new(IAM_GROUP_TTL),
+            services,
             ssh_slots: crate::slots::Slots::new(
                 settings.ssh_concurrency.into(),
                 settings.ssh_namespace_share.map(usize::from),
@@ -239,6 +233,31 @@ impl Context {
             detached,
             settings,
         }
+    }
+}
+
+impl Context {
+    /// The service `obj` uses.
+    pub fn service_of(&self, obj: &InstanceRegistration) -> &dyn Service {
+        self.services.of(obj)
+    }
+
+    /// Whether `obj`'s namespace may use what `obj` names (its service says what: a stack, a
+    /// service role, or nothing).
+    pub fn verdict(&self, obj: &InstanceRegistration) -> Verdict {
+        self.tenancy.verdict(obj, self.service_of(obj).scope(obj))
+    }
+
+    /// Whether `obj` counts when objects compete for a host: unless its namespace is known to
+    /// be refused what it names (an object that may not act must not hold a host either).
+    pub fn may_hold(&self, obj: &InstanceRegistration) -> bool {
+        !matches!(self.verdict(obj), Verdict::Refused(_))
+    }
+
+    /// Whether `other` counts against `obj` when objects compete for a host: it names the same
+    /// registry and may hold a host.
+    pub fn competes(&self, obj: &InstanceRegistration, other: &InstanceRegistration) -> bool {
+        self.services.same_registry(obj, other) && self.may_hold(other)
     }
 }
 

@@ -1,0 +1,95 @@
+//! The pipeline: the steps of an object's service ([`crate::context::Service::pipeline`]) run in
+//! order, the first that is not done ending the pass. The steps every service shares (the SSH
+//! key, the host) and the rules every service keeps (nothing is installed twice, nothing is
+//! needed for a host registered already) are applied here; every other step is the service's
+//! own ([`crate::context::Service::run`]).
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+use crate::conditions::{self, Observation, Outcome, reasons};
+use crate::context::{Context, Facts, Service, Step};
+use crate::resource::{InstanceRegistration, InstanceRegistrationStatus};
+use crate::steps::{host, ssh_key};
+
+/// Runs `obj`'s pipeline until a step is not done; returns each step's outcome, in order. Each
+/// outcome is recorded on `status` at once, so that a status written before the pass ends (the
+/// install's start) shows what the steps before found.
+pub async fn run(
+    obj: &InstanceRegistration,
+    ctx: &Context,
+    facts: &mut Facts,
+    status: &mut InstanceRegistrationStatus,
+    now: &Time,
+) -> Vec<(Step, Outcome)> {
+    let service = ctx.service_of(obj);
+    let generation = obj.metadata.generation.unwrap_or_default();
+    status.service = Some(service.name().to_owned());
+    let mut results = Vec::with_capacity(service.pipeline().len());
+    for &step in service.pipeline() {
+        let started = std::time::Instant::now();
+        let outcome = run_step(service, step, obj, ctx, facts, status).await;
+        ctx.metrics.step(step.condition(), started.elapsed());
+        conditions::set(
+            &mut status.conditions,
+            step.condition(),
+            outcome.observation().clone(),
+            generation,
+            now,
+        );
+        let done = matches!(outcome, Outcome::Done(_));
+        results.push((step, outcome));
+        if !done {
+            break;
+        }
+    }
+    results
+}
+
+/// Runs one step of `service`'s pipeline for `obj`.
+async fn run_step(
+    service: &dyn Service,
+    step: Step,
+    obj: &InstanceRegistration,
+    ctx: &Context,
+    facts: &mut Facts,
+    status: &mut InstanceRegistrationStatus,
+) -> Outcome {
+    let registered_as = service.registered_as(facts).map(str::to_owned);
+    match step {
+        Step::SshKey => match registered_as {
+            // Installed by this object: the key did its work and is not needed while the host
+            // stays registered (the reason stays Succeeded: nothing changed).
+            Some(id) if status.agent_installed_at.is_some() => Outcome::Done(Observation::holds(
+                reasons::SUCCEEDED,
+                format!("the agent was installed; not needed while the host is registered as {id}"),
+            )),
+            Some(id) => Outcome::Done(Observation::holds(
+                reasons::NOT_NEEDED,
+                format!("the host is already registered as {id}"),
+            )),
+            None => ssh_key::check(obj, ctx, facts).await,
+        },
+        Step::Host => host::check(service, obj, ctx, facts, status).await,
+        // Installed by this object, or registered already: nothing to install (the host is not
+        // touched again unless the registration has to be made anew).
+        Step::Agent if status.agent_installed_at.is_some() => Outcome::Done(Observation::holds(
+            reasons::SUCCEEDED,
+            format!(
+                "the agent install finished at {}",
+                status
+                    .agent_installed_at
+                    .as_ref()
+                    .map(|t| t.0)
+                    .unwrap_or_default()
+            ),
+        )),
+        Step::Agent if registered_as.is_some() => Outcome::Done(Observation::holds(
+            reasons::NOT_NEEDED,
+            format!(
+                "the host is already registered as {}",
+                registered_as.unwrap_or_default()
+            ),
+        )),
+        _ => service.run(step, obj, ctx, facts, status).await,
+    }
+}
