@@ -22,18 +22,18 @@ use crate::metrics::AwsCallCounter;
 const MAX_ATTEMPTS: u32 = 4;
 
 /// Default time to set up a connection to an AWS endpoint.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Default time one attempt of an AWS call may take, from sending the request to the end of
 /// the answer; an attempt that runs out is retried like a network failure.
-pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(20);
+pub(crate) const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(20);
 /// Default time an AWS call may take in all, its retries included.
-pub const OPERATION_TIMEOUT: Duration = Duration::from_secs(60);
+pub(crate) const OPERATION_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Time limits of every AWS call. A call that runs out of time fails as [`Kind::Unavailable`]
 /// (retried with backoff), so that an endpoint that never answers costs the one reconcile that
 /// asked, for a bounded while, never a stuck controller.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Timeouts {
+pub(crate) struct Timeouts {
     /// Setting up a connection.
     pub connect: Duration,
     /// One attempt (request and answer).
@@ -54,7 +54,7 @@ impl Default for Timeouts {
 
 impl Timeouts {
     /// The SDK's form of these limits.
-    pub fn config(&self) -> TimeoutConfig {
+    pub(crate) fn config(&self) -> TimeoutConfig {
         TimeoutConfig::builder()
             .connect_timeout(self.connect)
             .operation_attempt_timeout(self.attempt)
@@ -64,7 +64,7 @@ impl Timeouts {
 }
 
 /// The AWS clients the controller uses.
-pub struct Aws {
+pub(crate) struct Aws {
     config: SdkConfig,
     /// OpsWorks, at the controller's region (or the object's `spec.region`, see [`Aws::opsworks`]).
     opsworks: aws_sdk_opsworks::Client,
@@ -79,13 +79,13 @@ pub struct Aws {
 impl Aws {
     /// Loads the configuration from the environment (region, credentials, endpoint overrides);
     /// every call is bounded by `timeouts` and every attempt counted by `counter`.
-    pub async fn from_env(counter: Option<AwsCallCounter>, timeouts: Timeouts) -> Self {
+    pub(crate) async fn from_env(counter: Option<AwsCallCounter>, timeouts: Timeouts) -> Self {
         let config = load(aws_config::defaults(BehaviorVersion::latest()), timeouts).await;
         Self::new(config, counter)
     }
 
     /// Clients for `config`, counting their calls with `counter`.
-    pub fn new(config: SdkConfig, counter: Option<AwsCallCounter>) -> Self {
+    pub(crate) fn new(config: SdkConfig, counter: Option<AwsCallCounter>) -> Self {
         let mut iam = aws_sdk_iam::config::Builder::from(&config);
         let mut opsworks = aws_sdk_opsworks::config::Builder::from(&config);
         if let Some(counter) = &counter {
@@ -104,12 +104,12 @@ impl Aws {
     }
 
     /// The region used when an object names none.
-    pub fn default_region(&self) -> Option<&str> {
+    pub(crate) fn default_region(&self) -> Option<&str> {
         self.config.region().map(|r| r.as_ref())
     }
 
     /// OpsWorks at `region`, or at the controller's region when `None`.
-    pub fn opsworks(&self, region: Option<&str>) -> aws_sdk_opsworks::Client {
+    pub(crate) fn opsworks(&self, region: Option<&str>) -> aws_sdk_opsworks::Client {
         match region {
             Some(region) if Some(region) != self.default_region() => {
                 let mut clients = self
@@ -133,7 +133,7 @@ impl Aws {
     }
 
     /// EC2 in `region` (the stack's own region).
-    pub fn ec2(&self, region: &str) -> aws_sdk_ec2::Client {
+    pub(crate) fn ec2(&self, region: &str) -> aws_sdk_ec2::Client {
         let mut clients = self.ec2.lock().unwrap_or_else(|e| e.into_inner());
         clients
             .entry(region.to_owned())
@@ -151,7 +151,7 @@ impl Aws {
 
 impl Aws {
     /// Systems Manager in `region`, or in the controller's region when `None`.
-    pub fn ssm(&self, region: Option<&str>) -> aws_sdk_ssm::Client {
+    pub(crate) fn ssm(&self, region: Option<&str>) -> aws_sdk_ssm::Client {
         let region = region.or(self.default_region()).unwrap_or_default();
         let mut clients = self.ssm.lock().unwrap_or_else(|e| e.into_inner());
         clients
@@ -181,7 +181,7 @@ async fn load(loader: aws_config::ConfigLoader, timeouts: Timeouts) -> SdkConfig
 
 /// What kind of failure an AWS call had.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Kind {
+pub(crate) enum Kind {
     /// Throttled: retry with backoff.
     Throttled,
     /// The controller's identity may not do this: a person must grant it.
@@ -201,7 +201,7 @@ pub enum Kind {
 /// A failed AWS call, summarised: kind, error code and message (AWS error messages carry no
 /// secrets; request bodies, which might, are never included).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Failure {
+pub(crate) struct Failure {
     /// What kind of failure.
     pub kind: Kind,
     /// The service's error code, when it answered.
@@ -254,7 +254,7 @@ const INVALID_CODES: &[&str] = &[
 ];
 
 /// Classifies an SDK error.
-pub fn classify<E>(error: &SdkError<E, HttpResponse>) -> Failure
+pub(crate) fn classify<E>(error: &SdkError<E, HttpResponse>) -> Failure
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
 {
@@ -316,7 +316,7 @@ where
 impl Failure {
     /// What a step reports for this failure of `operation` (e.g. `iam:CreateUser`).
     /// Throttling and unavailability are retried with backoff; a denial needs a person.
-    pub fn outcome(&self, operation: &str) -> Outcome {
+    pub(crate) fn outcome(&self, operation: &str) -> Outcome {
         match self.kind {
             Kind::Throttled => Outcome::Retry(Observation::fails(
                 reasons::THROTTLED,
@@ -342,15 +342,15 @@ impl Failure {
 
 /// A value that must never be printed (a secret access key): `Debug` and `Display` redact it.
 #[derive(Clone, PartialEq, Eq)]
-pub struct Sensitive(String);
+pub(crate) struct Sensitive(String);
 
 impl Sensitive {
     /// Wraps `value`.
-    pub fn new(value: impl Into<String>) -> Self {
+    pub(crate) fn new(value: impl Into<String>) -> Self {
         Self(value.into())
     }
     /// The value itself, for the one place that needs it.
-    pub fn expose(&self) -> &str {
+    pub(crate) fn expose(&self) -> &str {
         &self.0
     }
 }

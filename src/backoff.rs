@@ -10,7 +10,7 @@ use std::time::Duration;
 /// (the delay is drawn uniformly from the upper half of that value, so retries of many objects
 /// that failed together spread out, yet no retry comes sooner than half the schedule).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Schedule {
+pub(crate) struct Schedule {
     /// Delay before the first retry (before jitter).
     pub base: Duration,
     /// Upper bound of any delay.
@@ -19,19 +19,19 @@ pub struct Schedule {
 
 impl Schedule {
     /// For transient failures: throttling, network, 5xx.
-    pub const TRANSIENT: Schedule = Schedule {
+    pub(crate) const TRANSIENT: Schedule = Schedule {
         base: Duration::from_secs(1),
         max: Duration::from_secs(300),
     };
     /// For failures that need a person to change something (a missing Secret, a wrong key): look
     /// again now and then, since the fix may come without a spec change.
-    pub const BLOCKED: Schedule = Schedule {
+    pub(crate) const BLOCKED: Schedule = Schedule {
         base: Duration::from_secs(15),
         max: Duration::from_secs(600),
     };
 
     /// The delay before retry number `attempt` (0 for the first), with `jitter` in `[0, 1)`.
-    pub fn delay(&self, attempt: u32, jitter: f64) -> Duration {
+    pub(crate) fn delay(&self, attempt: u32, jitter: f64) -> Duration {
         let exponential = self
             .base
             .saturating_mul(2u32.saturating_pow(attempt.min(31)));
@@ -43,13 +43,13 @@ impl Schedule {
 
 /// Failure counts by object, shared by the reconciler and the error policy.
 #[derive(Debug, Default)]
-pub struct Tracker {
+pub(crate) struct Tracker {
     attempts: Mutex<HashMap<String, u32>>,
 }
 
 impl Tracker {
     /// Records one more failure of `key` and returns the delay before its next try.
-    pub fn next(&self, key: &str, schedule: Schedule) -> Duration {
+    pub(crate) fn next(&self, key: &str, schedule: Schedule) -> Duration {
         let attempt = {
             let mut attempts = self.attempts.lock().unwrap_or_else(|e| e.into_inner());
             let n = attempts.entry(key.to_owned()).or_insert(0);
@@ -61,7 +61,7 @@ impl Tracker {
     }
 
     /// Forgets the failures of `key` (it made progress, or is gone).
-    pub fn reset(&self, key: &str) {
+    pub(crate) fn reset(&self, key: &str) {
         self.attempts
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -69,7 +69,8 @@ impl Tracker {
     }
 
     /// How many failures in a row `key` has had.
-    pub fn attempts(&self, key: &str) -> u32 {
+    #[cfg(test)]
+    pub(crate) fn attempts(&self, key: &str) -> u32 {
         self.attempts
             .lock()
             .unwrap_or_else(|e| e.into_inner())

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 /// How long a caller waits for a fetch of the same key that is already in flight before it
 /// fetches on its own. A look-up takes milliseconds; one still going after this long is being
 /// retried or hangs, and waiting for it longer would tie this caller to its outcome.
-pub const WAITER_PATIENCE: Duration = Duration::from_secs(3);
+pub(crate) const WAITER_PATIENCE: Duration = Duration::from_secs(3);
 
 /// One key: its latest value, and the lock that the fetch in flight holds.
 #[derive(Debug)]
@@ -40,7 +40,7 @@ impl<V: Clone> Slot<V> {
 
 /// Values by key, each fresh for `ttl` after it was fetched.
 #[derive(Debug)]
-pub struct TtlCache<V> {
+pub(crate) struct TtlCache<V> {
     ttl: Duration,
     patience: Duration,
     slots: Mutex<HashMap<String, Arc<Slot<V>>>>,
@@ -49,13 +49,13 @@ pub struct TtlCache<V> {
 impl<V: Clone> TtlCache<V> {
     /// A cache whose values are fresh for `ttl`; callers wait up to [`WAITER_PATIENCE`] for a
     /// fetch already in flight.
-    pub fn new(ttl: Duration) -> Self {
+    pub(crate) fn new(ttl: Duration) -> Self {
         Self::with_patience(ttl, WAITER_PATIENCE)
     }
 
     /// A cache whose values are fresh for `ttl`, whose callers wait up to `patience` for a fetch
     /// of the same key already in flight before they fetch on their own.
-    pub fn with_patience(ttl: Duration, patience: Duration) -> Self {
+    pub(crate) fn with_patience(ttl: Duration, patience: Duration) -> Self {
         Self {
             ttl,
             patience,
@@ -66,7 +66,7 @@ impl<V: Clone> TtlCache<V> {
     /// The value for `key`: the cached one while fresh, else what `fetch` returns (cached when
     /// it is a success). Callers asking for the same key meanwhile wait for that one fetch, for
     /// a bounded while.
-    pub async fn get_or_fetch<E, F, Fut>(&self, key: &str, fetch: F) -> Result<V, E>
+    pub(crate) async fn get_or_fetch<E, F, Fut>(&self, key: &str, fetch: F) -> Result<V, E>
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<V, E>>,
@@ -76,7 +76,7 @@ impl<V: Clone> TtlCache<V> {
 
     /// [`TtlCache::get_or_fetch`] for a caller content with a value up to `max_age` old
     /// (longer or shorter than the cache's own time to live).
-    pub async fn get_or_fetch_within<E, F, Fut>(
+    pub(crate) async fn get_or_fetch_within<E, F, Fut>(
         &self,
         key: &str,
         max_age: Duration,
@@ -118,12 +118,12 @@ impl<V: Clone> TtlCache<V> {
     }
 
     /// How long a value is fresh for callers of [`TtlCache::get_or_fetch`].
-    pub fn ttl(&self) -> Duration {
+    pub(crate) fn ttl(&self) -> Duration {
         self.ttl
     }
 
     /// Forgets `key` (after a write that changed it).
-    pub fn invalidate(&self, key: &str) {
+    pub(crate) fn invalidate(&self, key: &str) {
         self.slots
             .lock()
             .unwrap_or_else(|e| e.into_inner())

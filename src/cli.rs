@@ -237,7 +237,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
 }
 
 /// The CustomResourceDefinition, as YAML.
-pub fn crd_yaml() -> anyhow::Result<String> {
+pub(crate) fn crd_yaml() -> anyhow::Result<String> {
     Ok(serde_yaml::to_string(&InstanceRegistration::crd())?)
 }
 

@@ -207,7 +207,7 @@ pub mod reasons {
 /// What deleting an object undid: a summary for the Event and the log, and whether a
 /// registration of the host was seen and undone (deregistered, or found deregistered already).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Undone {
+pub(crate) struct Undone {
     /// What was done, for people.
     pub summary: String,
     /// A registration this object made was found and is gone now.
@@ -216,7 +216,7 @@ pub struct Undone {
 
 impl Undone {
     /// The summary of `done` (one note per thing done).
-    pub fn new(done: &[String], registration_undone: bool) -> Self {
+    pub(crate) fn new(done: &[String], registration_undone: bool) -> Self {
         Undone {
             summary: if done.is_empty() {
                 "nothing to undo".into()
@@ -230,7 +230,7 @@ impl Undone {
 
 /// What a step found.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Outcome {
+pub(crate) enum Outcome {
     /// The step's condition holds: go on to the next step.
     Done(Observation),
     /// Under way and moving by itself (an install running, a registration pending): look again
@@ -244,7 +244,7 @@ pub enum Outcome {
 
 impl Outcome {
     /// The observation to record on the step's condition.
-    pub fn observation(&self) -> &Observation {
+    pub(crate) fn observation(&self) -> &Observation {
         match self {
             Outcome::Done(o)
             | Outcome::Progressing(o, _)
@@ -256,7 +256,7 @@ impl Outcome {
 
 /// Whether a condition holds, with the reason and message to record.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Observation {
+pub(crate) struct Observation {
     /// True, False or Unknown.
     pub status: ConditionStatus,
     /// CamelCase reason from [`reasons`].
@@ -267,7 +267,7 @@ pub struct Observation {
 
 impl Observation {
     /// The condition holds.
-    pub fn holds(reason: &'static str, message: impl Into<String>) -> Self {
+    pub(crate) fn holds(reason: &'static str, message: impl Into<String>) -> Self {
         Self {
             status: ConditionStatus::True,
             reason,
@@ -275,7 +275,7 @@ impl Observation {
         }
     }
     /// The condition does not hold.
-    pub fn fails(reason: &'static str, message: impl Into<String>) -> Self {
+    pub(crate) fn fails(reason: &'static str, message: impl Into<String>) -> Self {
         Self {
             status: ConditionStatus::False,
             reason,
@@ -283,7 +283,7 @@ impl Observation {
         }
     }
     /// Not known yet.
-    pub fn unknown(reason: &'static str, message: impl Into<String>) -> Self {
+    pub(crate) fn unknown(reason: &'static str, message: impl Into<String>) -> Self {
         Self {
             status: ConditionStatus::Unknown,
             reason,
@@ -296,7 +296,7 @@ impl Observation {
 ///
 /// `lastTransitionTime` is kept when the status does not change, so that setting a condition to
 /// what it already says leaves the list equal to what it was.
-pub fn set(
+pub(crate) fn set(
     conditions: &mut Vec<Condition>,
     type_: &str,
     observation: Observation,
@@ -329,24 +329,19 @@ pub fn set(
     }
 }
 
-/// Removes condition `type_`, if present.
-pub fn remove(conditions: &mut Vec<Condition>, type_: &str) {
-    conditions.retain(|c| c.r#type != type_);
-}
-
 /// Looks up condition `type_`.
-pub fn get<'a>(conditions: &'a [Condition], type_: &str) -> Option<&'a Condition> {
+pub(crate) fn get<'a>(conditions: &'a [Condition], type_: &str) -> Option<&'a Condition> {
     conditions.iter().find(|c| c.r#type == type_)
 }
 
 /// Whether condition `type_` is present and True.
-pub fn is_true(conditions: &[Condition], type_: &str) -> bool {
+pub(crate) fn is_true(conditions: &[Condition], type_: &str) -> bool {
     get(conditions, type_).is_some_and(|c| c.status == ConditionStatus::True)
 }
 
 /// The conditions of `new` whose status or reason differ from `old` (a message-only change is not
 /// news): these are the ones worth an Event.
-pub fn changed<'a>(old: &[Condition], new: &'a [Condition]) -> Vec<&'a Condition> {
+pub(crate) fn changed<'a>(old: &[Condition], new: &'a [Condition]) -> Vec<&'a Condition> {
     new.iter()
         .filter(|n| {
             get(old, &n.r#type).is_none_or(|o| o.status != n.status || o.reason != n.reason)

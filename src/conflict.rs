@@ -18,7 +18,7 @@ use crate::resource::{InstanceRegistration, InstanceRegistrationStatus};
 
 /// The object that takes precedence for a host, and why it is the same host.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Holder {
+pub(crate) struct Holder {
     /// `namespace/name`.
     pub name: String,
     /// Why it is the same host, and why it comes first ("names the same target and was created
@@ -35,7 +35,7 @@ impl std::fmt::Display for Holder {
 impl Holder {
     /// The `Conflict` observation for an object that yields to this holder; `place` says where
     /// the registration goes ("stack …", "Systems Manager in …").
-    pub fn observation(&self, place: &str) -> Observation {
+    pub(crate) fn observation(&self, place: &str) -> Observation {
         Observation::fails(
             reasons::CONFLICT,
             format!(
@@ -51,7 +51,7 @@ impl Holder {
 /// see `Context::competes`). `status` is `obj`'s status as this pass has it (its learned host may
 /// be newer than `obj.status`'s); `ec2_instance_id` is the EC2 instance `obj`'s target resolved
 /// to, if any.
-pub fn holder_of_the_same_host(
+pub(crate) fn holder_of_the_same_host(
     obj: &InstanceRegistration,
     status: &InstanceRegistrationStatus,
     ec2_instance_id: Option<&str>,
@@ -154,7 +154,10 @@ fn same_host(
 
 /// Whether two objects' hosts said they are the same host: the same hostname and an address in
 /// common, and host keys (when both are recorded) that agree.
-pub fn same_learned_host(a: &InstanceRegistrationStatus, b: &InstanceRegistrationStatus) -> bool {
+pub(crate) fn same_learned_host(
+    a: &InstanceRegistrationStatus,
+    b: &InstanceRegistrationStatus,
+) -> bool {
     let (Some(ha), Some(hb)) = (&a.host, &b.host) else {
         return false;
     };

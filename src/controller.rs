@@ -24,9 +24,7 @@ use crate::backoff::Schedule;
 use crate::conditions::{self, Undone};
 use crate::context::Facts;
 use crate::context::patch_status;
-pub use crate::context::{
-    Context, FIELD_MANAGER, SSM_SETUP_URL, Settings, Versions, apply_status, checkpoint,
-};
+pub(crate) use crate::context::{Context, SSM_SETUP_URL, Settings};
 use crate::http::Health;
 use crate::metrics::{Metrics, ReasonLabels, ResultLabels};
 use crate::resource::{
@@ -47,7 +45,7 @@ fn backoff_key(obj: &InstanceRegistration) -> String {
 /// [`apply`] while the object lives and to [`cleanup`] once it is being deleted. While a pass of
 /// the object runs detached (an SSH session), nothing else is done for it: the reconcile is made
 /// up for when that pass ends.
-pub async fn reconcile(obj: Arc<InstanceRegistration>, ctx: Arc<Context>) -> Result<Action> {
+pub(crate) async fn reconcile(obj: Arc<InstanceRegistration>, ctx: Arc<Context>) -> Result<Action> {
     let namespace = obj.namespace().ok_or(Error::NotNamespaced)?;
     if let Some(uid) = obj.uid()
         && ctx.detached.busy(&uid)
@@ -422,7 +420,11 @@ fn truncate(text: &str, max: usize) -> String {
 }
 
 /// What to do after a reconcile failed: retry with this object's exponential backoff.
-pub fn error_policy(obj: Arc<InstanceRegistration>, error: &Error, ctx: Arc<Context>) -> Action {
+pub(crate) fn error_policy(
+    obj: Arc<InstanceRegistration>,
+    error: &Error,
+    ctx: Arc<Context>,
+) -> Action {
     Action::requeue(error_delay(&obj, error, &ctx))
 }
 
@@ -472,17 +474,17 @@ where
 const DETACHED_GRACE: Duration = Duration::from_secs(10);
 
 /// Runs the controller until `shutdown` completes; reconciles in flight are allowed to finish.
-pub async fn run(
+pub(crate) async fn run(
     client: Client,
     settings: Settings,
     metrics: Arc<Metrics>,
     health: Arc<Health>,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) -> anyhow::Result<()> {
-    let watched = settings.watched.clone();
+    let watched = &settings.watched;
     // Fail at once, and clearly, when the CRD is missing or the controller may not list the kind
     // where it watches.
-    for api in apis::<InstanceRegistration>(&client, &watched) {
+    for api in apis::<InstanceRegistration>(&client, watched) {
         api.list(&kube::api::ListParams::default().limit(1))
             .await
             .map_err(|e| {
@@ -499,6 +501,24 @@ pub async fn run(
         concurrency, "starting controller"
     );
     let aws = Aws::from_env(Some(metrics.aws_interceptor()), settings.aws_timeouts).await;
+    let services = Box::new(Services::default());
+    run_with(client, aws, services, settings, metrics, health, shutdown).await
+}
+
+/// [`run`] with the AWS clients and the services given, once access is checked: the watches
+/// and the Namespace store are set up, the controller runs until `shutdown`, then the detached
+/// passes get a moment to end.
+pub(crate) async fn run_with(
+    client: Client,
+    aws: Aws,
+    services: Box<dyn crate::context::Registry>,
+    settings: Settings,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) -> anyhow::Result<()> {
+    let watched = settings.watched.clone();
+    let concurrency = settings.concurrency;
     // The controller's own status writes must not start another pass (an install is not run
     // twice because its failure was written down): only what a person or the API server
     // changes does — the spec (generation, which deletion bumps too), finalizers and
@@ -567,7 +587,7 @@ pub async fn run(
         metrics,
         settings,
         crate::context::Detached::new(wake),
-        Box::new(Services::default()),
+        services,
     ));
     let controller = Controller::for_stream(changes, store.clone());
     // A Secret that appears or changes re-runs the objects that name it, so fixing a missing or
@@ -623,8 +643,13 @@ pub async fn run(
         })
         .await;
     namespace_watch.abort();
-    // Detached passes (SSH sessions) get a moment to end; an install cut here goes on on the
-    // host under its lock and time limit, and the next controller finds its registration.
+    stop(&ctx).await;
+    Ok(())
+}
+
+/// Gives the detached passes (SSH sessions) a moment to end; an install cut here goes on on the
+/// host under its lock and time limit, and the next controller finds its registration.
+async fn stop(ctx: &Context) {
     let waited = std::time::Instant::now();
     while ctx.detached.in_flight() > 0 && waited.elapsed() < DETACHED_GRACE {
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -637,7 +662,6 @@ pub async fn run(
         );
     }
     info!("controller stopped");
-    Ok(())
 }
 
 #[cfg(test)]

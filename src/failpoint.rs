@@ -12,7 +12,7 @@ pub const VARIABLE: &str = "REGISTRAR_CRASH_AFTER";
 static CRASH_AFTER: OnceLock<Option<String>> = OnceLock::new();
 
 /// Marks that `operation` just succeeded; exits the process if the crash point names it.
-pub fn after(operation: &str) {
+pub(crate) fn after(operation: &str) {
     let armed = CRASH_AFTER.get_or_init(|| std::env::var(VARIABLE).ok().filter(|v| !v.is_empty()));
     if armed.as_deref() == Some(operation) {
         eprintln!("crash point: exiting abruptly after {operation}");

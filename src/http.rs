@@ -20,7 +20,7 @@ use crate::metrics::Metrics;
 
 /// Where this replica stands with leader election.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Leadership {
+pub(crate) enum Leadership {
     /// Leader election is off: this replica acts.
     NotElecting,
     /// Waiting for the lease.
@@ -38,7 +38,7 @@ const WATCH_QUIET_AFTER_ERROR: Duration = Duration::from_secs(90);
 
 /// What the probes report.
 #[derive(Debug, Default)]
-pub struct Health {
+pub(crate) struct Health {
     watch: Mutex<WatchState>,
     leadership: AtomicU8,
 }
@@ -67,7 +67,7 @@ impl WatchState {
 impl Health {
     /// Records what the watch on InstanceRegistrations delivered: an event (`true`) or an
     /// error (`false`).
-    pub fn set_watch_alive(&self, alive: bool) {
+    pub(crate) fn set_watch_alive(&self, alive: bool) {
         self.set_watch_alive_at(alive, Instant::now());
     }
 
@@ -82,7 +82,7 @@ impl Health {
     }
 
     /// Records this replica's leadership.
-    pub fn set_leadership(&self, leadership: Leadership) {
+    pub(crate) fn set_leadership(&self, leadership: Leadership) {
         let value = match leadership {
             Leadership::NotElecting => 0,
             Leadership::Standby => 1,
@@ -92,7 +92,7 @@ impl Health {
     }
 
     /// This replica's leadership.
-    pub fn leadership(&self) -> Leadership {
+    pub(crate) fn leadership(&self) -> Leadership {
         match self.leadership.load(Ordering::Relaxed) {
             1 => Leadership::Standby,
             2 => Leadership::Leader,
@@ -104,7 +104,7 @@ impl Health {
     /// update must be able to proceed while another replica leads); an acting replica is ready
     /// only while its watch is alive: its last item was an event, or, once it has synced, its
     /// last error is [`WATCH_QUIET_AFTER_ERROR`] old.
-    pub fn readiness(&self) -> (bool, String) {
+    pub(crate) fn readiness(&self) -> (bool, String) {
         self.readiness_at(Instant::now())
     }
 
@@ -136,7 +136,10 @@ impl Health {
 }
 
 /// Binds `address` (so a bad address fails the start) and serves `/metrics` from `metrics`.
-pub async fn serve_metrics(address: SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<()> {
+pub(crate) async fn serve_metrics(
+    address: SocketAddr,
+    metrics: Arc<Metrics>,
+) -> std::io::Result<()> {
     let listener = TcpListener::bind(address).await?;
     info!(address = %listener.local_addr()?, "serving /metrics");
     tokio::spawn(accept(listener, move |path| match path {
@@ -151,7 +154,7 @@ pub async fn serve_metrics(address: SocketAddr, metrics: Arc<Metrics>) -> std::i
 }
 
 /// Binds `address` and serves `/healthz` and `/readyz` from `health`.
-pub async fn serve_probes(address: SocketAddr, health: Arc<Health>) -> std::io::Result<()> {
+pub(crate) async fn serve_probes(address: SocketAddr, health: Arc<Health>) -> std::io::Result<()> {
     let listener = TcpListener::bind(address).await?;
     info!(address = %listener.local_addr()?, "serving /healthz and /readyz");
     tokio::spawn(accept(listener, move |path| match path {

@@ -27,7 +27,7 @@ use tracing::{debug, info, warn};
 
 /// How a replica takes part in the election.
 #[derive(Clone, Debug)]
-pub struct Election {
+pub(crate) struct Election {
     /// Namespace of the Lease.
     pub namespace: String,
     /// Name of the Lease.
@@ -85,7 +85,7 @@ impl Observed {
 }
 
 /// The lease, held by this replica.
-pub struct Held {
+pub(crate) struct Held {
     api: Api<Lease>,
     election: Election,
     observed: Observed,
@@ -94,7 +94,7 @@ pub struct Held {
 }
 
 /// Waits until this replica holds the lease with time left to act.
-pub async fn acquire(client: Client, election: Election) -> Held {
+pub(crate) async fn acquire(client: Client, election: Election) -> Held {
     let api: Api<Lease> = Api::namespaced(client, &election.namespace);
     let mut observed = Observed::default();
     let mut announced = false;
@@ -140,7 +140,7 @@ impl Held {
     /// that deadline at the latest (the caller must stop acting at once). A failed renewal is
     /// retried until the deadline, and nothing here, not a request that hangs nor the wait
     /// between attempts, outlasts it.
-    pub async fn keep(&mut self) -> String {
+    pub(crate) async fn keep(&mut self) -> String {
         let mut renewed = self.renewed;
         let mut problem = String::from("no renewal was tried");
         let mut next = renewed + self.election.retry_every();
@@ -183,7 +183,7 @@ impl Held {
     }
 
     /// Gives the lease up (on a graceful shutdown), so that a standby takes over at once.
-    pub async fn release(self) {
+    pub(crate) async fn release(self) {
         let Ok(Some(mut lease)) = self.api.get_opt(&self.election.name).await else {
             return;
         };

@@ -2,42 +2,65 @@
 //! on-premises machines) with AWS OpsWorks Stacks or AWS Systems Manager, one
 //! `InstanceRegistration` per host.
 //!
-//! - [`resource`]: the custom resource, its schema and validation rules.
-//! - [`controller`]: the watch, the finalizer, status and events around the [`steps`].
-//! - [`context`]: what every reconcile shares, and the conditional status write.
-//! - [`steps`]: the reconcile as a sequence of steps, each reporting one condition, and the parts
-//!   both services share (SSH key, host probe, install runner, hand-off Secret).
-//! - [`opsworks`] and [`ssm`]: each service's own steps and undo, side by side.
-//! - [`conditions`]: condition types, reasons and the rules for updating them.
-//! - [`tenancy`]: which stacks the objects of a namespace may use; [`conflict`]: which of two
-//!   objects naming one host acts.
+//! The library's face is what the binary and the tests use: [`cli`] (the commands), [`resource`]
+//! (the custom resource), [`conditions`]' types and reasons, and the Namespace annotations
+//! of tenancy. Inside, the modules form layers, each importing only those below it
+//! (`.ci/layers.py` checks it):
+//!
+//! 1. Base: the resource, conditions, AWS and SSH plumbing (`aws`, `ssh`, `sshkey`, `slots`),
+//!    caches, metrics, watches, leader election and tenancy. No service, no pass.
+//! 2. `context`: what a pass works with: the `Context`, the `Facts`, and the `Service` seam a
+//!    service implements.
+//! 3. Shared machinery, knowing no service: `steps` (the SSH key, the host probe, the install
+//!    runner and script, the hand-off Secret, EC2 look-ups, status summaries) and `conflict`.
+//! 4. Services, one folder each, importing no other: `opsworks`, `ssm`.
+//! 5. Top: `services` (the registry, the one place that reads the service out of the spec),
+//!    `pipeline`, `controller`, `cli`.
 #![forbid(unsafe_code)]
 #![deny(warnings)]
+#![warn(unreachable_pub, missing_docs)]
 
-pub mod aws;
-pub mod backoff;
-pub mod cache;
 pub mod cli;
 pub mod conditions;
-pub mod conflict;
-pub mod context;
-pub mod controller;
-pub mod failpoint;
-pub mod http;
-pub mod leader;
-pub mod metrics;
-pub mod opsworks;
-pub mod pipeline;
 pub mod resource;
-pub mod services;
-pub mod slots;
-pub mod ssh;
-pub mod sshkey;
-pub mod ssm;
-pub mod steps;
-pub mod telemetry;
-pub mod tenancy;
-pub mod watches;
+
+mod aws;
+mod backoff;
+mod cache;
+mod conflict;
+mod context;
+mod controller;
+mod failpoint;
+mod http;
+mod leader;
+mod metrics;
+mod opsworks;
+mod pipeline;
+mod services;
+mod slots;
+mod ssh;
+mod sshkey;
+mod ssm;
+mod steps;
+mod telemetry;
+mod tenancy;
+#[cfg(test)]
+mod third_service;
+mod watches;
+
+pub use tenancy::{ALLOWED_SERVICE_ROLES, ALLOWED_STACKS};
+
+/// A narrow door for the integration tests: what they check the controller's work against
+/// (tags, paths, policy documents, the fault-injection variable) and the status write they race
+/// it with. Not an interface.
+#[doc(hidden)]
+pub mod testing {
+    pub use crate::context::apply_status;
+    pub use crate::failpoint::VARIABLE as FAILPOINT_VARIABLE;
+    pub use crate::opsworks::credentials::IAM_PATH;
+    pub use crate::opsworks::{inline_policy_expiry, policy_document_json};
+    pub use crate::steps::{OWNER_TAG, OWNER_UID_TAG};
+}
 
 /// Errors that end a reconcile early; they are retried with per-object backoff. Failures the user
 /// must fix are not errors: they are conditions (see [`steps::Outcome`]).

@@ -24,28 +24,28 @@ use crate::resource::{InstanceRegistration, Phase};
 
 /// Labels: the result of a reconcile.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ResultLabels {
+pub(crate) struct ResultLabels {
     /// `ok` or `error`.
     pub result: String,
 }
 
 /// Labels: why a reconcile did not end Ready (the Ready condition's reason, or the error's).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ReasonLabels {
+pub(crate) struct ReasonLabels {
     /// A stable CamelCase reason or error label.
     pub reason: String,
 }
 
 /// Labels: a step of the pipeline.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct StepLabels {
+pub(crate) struct StepLabels {
     /// The step's condition type.
     pub step: String,
 }
 
 /// Labels: one AWS call attempt.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct AwsCallLabels {
+pub(crate) struct AwsCallLabels {
     /// `opsworks`, `iam`, `ec2`, `ssm`.
     pub service: String,
     /// The API operation, e.g. `DescribeInstances`.
@@ -56,7 +56,7 @@ pub struct AwsCallLabels {
 
 /// The controller's metrics and the registry that serves them.
 #[derive(Debug)]
-pub struct Metrics {
+pub(crate) struct Metrics {
     registry: Registry,
     /// Reconciles, by result.
     pub reconciles: Family<ResultLabels, Counter>,
@@ -86,7 +86,7 @@ impl Default for Metrics {
 
 impl Metrics {
     /// Fresh metrics, registered under the `registrar` prefix.
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let mut registry = Registry::with_prefix("registrar");
         let reconciles = Family::<ResultLabels, Counter>::default();
         registry.register("reconciles", "Reconciles, by result", reconciles.clone());
@@ -153,12 +153,12 @@ impl Metrics {
     }
 
     /// Makes the objects-by-phase gauge read `store` at each scrape (once the controller runs).
-    pub fn count_objects_in(&self, store: Store<InstanceRegistration>) {
+    pub(crate) fn count_objects_in(&self, store: Store<InstanceRegistration>) {
         let _ = self.objects.set(store);
     }
 
     /// The Prometheus text exposition of every metric.
-    pub fn encode(&self) -> String {
+    pub(crate) fn encode(&self) -> String {
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("writing to a String does not fail");
@@ -166,7 +166,7 @@ impl Metrics {
     }
 
     /// Records one step's duration.
-    pub fn step(&self, step: &str, took: Duration) {
+    pub(crate) fn step(&self, step: &str, took: Duration) {
         self.step_duration
             .get_or_create(&StepLabels {
                 step: step.to_owned(),
@@ -175,7 +175,7 @@ impl Metrics {
     }
 
     /// An interceptor for AWS SDK clients that counts every attempt in [`Metrics::aws_calls`].
-    pub fn aws_interceptor(&self) -> AwsCallCounter {
+    pub(crate) fn aws_interceptor(&self) -> AwsCallCounter {
         AwsCallCounter {
             calls: self.aws_calls.clone(),
         }
@@ -184,7 +184,7 @@ impl Metrics {
 
 /// Counts AWS call attempts by service, operation and outcome.
 #[derive(Clone, Debug)]
-pub struct AwsCallCounter {
+pub(crate) struct AwsCallCounter {
     calls: Family<AwsCallLabels, Counter>,
 }
 
@@ -327,17 +327,14 @@ impl Collector for ObjectsByPhase {
     }
 }
 
-/// Shared handle.
-pub type SharedMetrics = Arc<Metrics>;
-
 /// One SSH session counted in [`Metrics::ssh_in_flight`] while it lives: the count goes down when
 /// it is dropped, however the session's pass ends (returns, is cancelled, panics).
 #[must_use = "the session is counted only while this lives"]
-pub struct InFlight(Gauge);
+pub(crate) struct InFlight(Gauge);
 
 impl Metrics {
     /// Counts an SSH session in flight until the returned guard is dropped.
-    pub fn ssh_session(&self) -> InFlight {
+    pub(crate) fn ssh_session(&self) -> InFlight {
         self.ssh_in_flight.inc();
         InFlight(self.ssh_in_flight.clone())
     }

@@ -14,7 +14,7 @@ use crate::steps::{host, ssh_key};
 /// Runs `obj`'s pipeline until a step is not done; returns each step's outcome, in order. Each
 /// outcome is recorded on `status` at once, so that a status written before the pass ends (the
 /// install's start) shows what the steps before found.
-pub async fn run(
+pub(crate) async fn run(
     obj: &InstanceRegistration,
     ctx: &Context,
     facts: &mut Facts,

@@ -9,26 +9,19 @@ use crate::ssm::SystemsManager;
 
 /// Every service, each with its own caches; one per controller.
 #[derive(Default)]
-pub struct Services {
+pub(crate) struct Services {
     opsworks: OpsWorks,
     systems_manager: SystemsManager,
 }
 
 impl Registry for Services {
     fn of(&self, obj: &InstanceRegistration) -> &dyn Service {
-        #[cfg(test)]
-        if let Some(service) = testing::third_service(obj) {
-            return service;
-        }
         match obj.spec.service() {
             resource::Service::OpsWorks(_) => &self.opsworks,
             resource::Service::SystemsManager(_) => &self.systems_manager,
         }
     }
 }
-
-#[cfg(test)]
-pub(crate) mod testing;
 
 #[cfg(test)]
 mod tests {

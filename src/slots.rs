@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::oneshot;
 
 /// The slots, and the sessions waiting for one.
-pub struct Slots(Arc<Inner>);
+pub(crate) struct Slots(Arc<Inner>);
 
 struct Inner {
     /// Slots in all.
@@ -45,13 +45,13 @@ struct Waiter {
 }
 
 /// A slot held by a session of `namespace`; freed (and handed to the next in turn) when dropped.
-pub struct Slot {
+pub(crate) struct Slot {
     inner: Arc<Inner>,
     namespace: String,
 }
 
 /// A session waiting for a slot: why, and the slot when it comes. Dropped, it leaves the queue.
-pub struct Queued {
+pub(crate) struct Queued {
     inner: Arc<Inner>,
     namespace: String,
     id: u64,
@@ -62,14 +62,12 @@ pub struct Queued {
     pub at_share: bool,
     /// Slots held by the namespace when this one asked.
     pub held: usize,
-    /// The namespace's share.
-    pub share: usize,
     /// Slots in all.
     pub total: usize,
 }
 
 /// What [`Slots::acquire`] gives: a slot at once, or a place in the queue.
-pub enum Acquired {
+pub(crate) enum Acquired {
     /// A slot was free.
     Now(Slot),
     /// Every slot is in use, or the namespace holds its share: wait.
@@ -79,7 +77,7 @@ pub enum Acquired {
 impl Slots {
     /// `total` slots (at least one), of which one namespace holds at most `share` (at least one,
     /// at most `total`; `None`: half of them, rounded up).
-    pub fn new(total: usize, share: Option<usize>) -> Self {
+    pub(crate) fn new(total: usize, share: Option<usize>) -> Self {
         let total = total.max(1);
         let share = share.unwrap_or(total.div_ceil(2)).clamp(1, total);
         Self(Arc::new(Inner {
@@ -90,12 +88,13 @@ impl Slots {
     }
 
     /// Slots one namespace may hold at once.
-    pub fn share(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn share(&self) -> usize {
         self.0.share
     }
 
     /// A slot for a session of `namespace`, now if one is free for it, or a place in the queue.
-    pub fn acquire(&self, namespace: &str) -> Acquired {
+    pub(crate) fn acquire(&self, namespace: &str) -> Acquired {
         let mut state = self.0.lock();
         let held = state.by_namespace.get(namespace).copied().unwrap_or(0);
         let ahead = state.waiting.get(namespace).map_or(0, VecDeque::len);
@@ -124,7 +123,6 @@ impl Slots {
             ahead,
             at_share: held >= self.0.share,
             held,
-            share: self.0.share,
             total: self.0.total,
         })
     }
@@ -201,7 +199,7 @@ impl Drop for Slot {
 
 impl Queued {
     /// Waits for the slot.
-    pub async fn wait(mut self) -> Slot {
+    pub(crate) async fn wait(mut self) -> Slot {
         let granted = self.grant.take().expect("waited for once");
         // The sender is dropped only by handing out a slot, or by this waiter leaving the queue
         // (which it has not: it is here).
@@ -209,7 +207,7 @@ impl Queued {
     }
 
     /// Why this session waits, for its object's condition.
-    pub fn reason(&self) -> String {
+    pub(crate) fn reason(&self) -> String {
         let why = match self.at_share {
             true => format!(
                 "namespace at its share ({} of {} SSH slots)",

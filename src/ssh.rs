@@ -46,7 +46,7 @@ const CLOSE_GRACE: Duration = Duration::from_secs(3);
 
 /// Where and how to connect.
 #[derive(Clone, Debug)]
-pub struct Target {
+pub(crate) struct Target {
     /// DNS name or IP address (as the last jump host resolves it, when there are jump hosts).
     pub host: String,
     /// TCP port.
@@ -65,7 +65,7 @@ pub struct Target {
 
 /// A jump host: where it is, how to log in, and which of its host keys to trust.
 #[derive(Clone)]
-pub struct Hop {
+pub(crate) struct Hop {
     /// DNS name or IP address.
     pub host: String,
     /// TCP port.
@@ -92,7 +92,7 @@ impl std::fmt::Debug for Hop {
 
 impl Target {
     /// How failures name hop `index` of the connection (the jump hosts, then the host).
-    pub fn hop_name(&self, index: usize) -> String {
+    pub(crate) fn hop_name(&self, index: usize) -> String {
         let count = self.jump_hosts.len();
         match self.jump_hosts.get(index) {
             Some(hop) => format!(
@@ -138,7 +138,7 @@ const RAW_MODES: &[(Pty, u32)] = &[
 
 /// Which host keys are trusted.
 #[derive(Clone, Debug)]
-pub struct HostKeyRule {
+pub(crate) struct HostKeyRule {
     /// The object's policy.
     pub policy: HostKeyPolicy,
     /// Keys listed in `hostKeys` (parsed).
@@ -151,7 +151,7 @@ pub struct HostKeyRule {
 
 /// What was decided about a presented host key.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Verdict {
+pub(crate) enum Verdict {
     /// Trusted.
     Accept,
     /// Not trusted; the message says why (it holds only public information).
@@ -160,7 +160,7 @@ pub enum Verdict {
 
 impl HostKeyRule {
     /// Decides whether `key` is the host's key under this rule.
-    pub fn judge(&self, key: &PublicKey) -> Verdict {
+    pub(crate) fn judge(&self, key: &PublicKey) -> Verdict {
         let fingerprint = fingerprint(key);
         let pinned = self.pinned.iter().any(|p| p.key_data() == key.key_data());
         match self.policy {
@@ -189,12 +189,12 @@ impl HostKeyRule {
 }
 
 /// The SHA256 fingerprint of `key`, in OpenSSH form (`SHA256:...`).
-pub fn fingerprint(key: &PublicKey) -> String {
+pub(crate) fn fingerprint(key: &PublicKey) -> String {
     key.fingerprint(HashAlg::Sha256).to_string()
 }
 
 /// Parses one `ssh.hostKeys` entry (`[host-patterns] key-type base64-key [comment]`).
-pub fn parse_known_host(line: &str) -> Option<PublicKey> {
+pub(crate) fn parse_known_host(line: &str) -> Option<PublicKey> {
     let words: Vec<&str> = line.split_whitespace().collect();
     let is_key_type =
         |w: &str| w.starts_with("ssh-") || w.starts_with("ecdsa-") || w.starts_with("rsa-");
@@ -206,7 +206,7 @@ pub fn parse_known_host(line: &str) -> Option<PublicKey> {
 
 /// Why a session did not produce an exit status.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum SshError {
+pub(crate) enum SshError {
     /// No TCP connection (refused, unreachable, name not resolved) or it dropped early; through
     /// a jump host, the jump host could not connect.
     #[error("cannot reach it: {0}")]
@@ -237,7 +237,7 @@ pub enum SshError {
 /// An [`SshError`] and the hop it happened at (see [`Target::hop_name`]).
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("{at}: {error}")]
-pub struct Failure {
+pub(crate) struct Failure {
     /// The hop, as [`Target::hop_name`] names it.
     pub at: String,
     /// What went wrong there.
@@ -246,7 +246,7 @@ pub struct Failure {
 
 /// What the script did.
 #[derive(Clone, Debug)]
-pub struct Run {
+pub(crate) struct Run {
     /// The host key's fingerprint (trusted).
     pub host_key_fingerprint: String,
     /// The jump hosts' key fingerprints (trusted), in order.
@@ -301,7 +301,7 @@ const ORIGINATOR: (&str, u32) = ("127.0.0.1", 65535);
 /// Connects to `target` (through its jump hosts, each one's host key checked before anything
 /// is sent to it, and the next opened over a `direct-tcpip` channel of the one before), checks
 /// the host's key against `rule`, logs in with `key`, and runs `script` with `/bin/sh -s`.
-pub async fn run_script(
+pub(crate) async fn run_script(
     target: &Target,
     rule: HostKeyRule,
     key: Arc<PrivateKey>,

@@ -18,41 +18,41 @@ use russh::keys::ssh_encoding::base64::{Base64, Encoding};
 use russh::keys::{self, HashAlg, PrivateKey};
 
 /// Keys larger than this are refused unread (an RSA-16384 OpenSSH key is about 12 KiB).
-pub const MAX_KEY_BYTES: usize = 64 * 1024;
+pub(crate) const MAX_KEY_BYTES: usize = 64 * 1024;
 
 /// Most bcrypt rounds an OpenSSH key may ask for. `ssh-keygen` writes 16 unless told otherwise
 /// (`-a`); guides commonly suggest `-a 100`, a few 200 or 256. 500 leaves room above all of
 /// those; one round costs about 8 ms on one core here (release build, 48 bytes of key and IV,
 /// as aes256-ctr needs), so the most a key may cost is about 4 s of one core. The crafted keys
 /// this guards against ask for up to 2^32-1 rounds: about a year.
-pub const MAX_BCRYPT_ROUNDS: u32 = 500;
+pub(crate) const MAX_BCRYPT_ROUNDS: u32 = 500;
 /// Most Argon2 memory (KiB) a PuTTY v3 key may ask for: PuTTYgen's default is 8192 KiB;
 /// this is eight times that, and bounds what one decrypt allocates.
-pub const MAX_ARGON2_MEMORY_KIB: u32 = 64 * 1024;
+pub(crate) const MAX_ARGON2_MEMORY_KIB: u32 = 64 * 1024;
 /// Most Argon2 work (memory in KiB times passes) a PuTTY v3 key may ask for. PuTTYgen picks
 /// the passes so the derivation takes 100 ms on the machine that wrote the key (a few dozen
 /// at 8 MiB); 8 MiB x 1024 passes takes about 3 s here.
-pub const MAX_ARGON2_WORK: u64 = 8192 * 1024;
+pub(crate) const MAX_ARGON2_WORK: u64 = 8192 * 1024;
 /// Most Argon2 lanes a PuTTY v3 key may ask for (PuTTYgen writes 1).
-pub const MAX_ARGON2_PARALLELISM: u32 = 16;
+pub(crate) const MAX_ARGON2_PARALLELISM: u32 = 16;
 /// Most PBKDF2 iterations an encrypted PKCS#8 key may ask for. OpenSSL writes 2048; the most
 /// cautious advice (OWASP, PBKDF2-HMAC-SHA256) is 600 000, about 60 ms here.
-pub const MAX_PBKDF2_ITERATIONS: u32 = 2_000_000;
+pub(crate) const MAX_PBKDF2_ITERATIONS: u32 = 2_000_000;
 /// Most scrypt memory (128 x N x r bytes) an encrypted PKCS#8 key may ask for. OpenSSL
 /// writes N=16384, r=8 (16 MiB).
-pub const MAX_SCRYPT_MEMORY: u64 = 64 * 1024 * 1024;
+pub(crate) const MAX_SCRYPT_MEMORY: u64 = 64 * 1024 * 1024;
 /// Most scrypt work (N x r x p) an encrypted PKCS#8 key may ask for. OpenSSL writes p=16:
 /// 2^21.
-pub const MAX_SCRYPT_WORK: u64 = 1 << 23;
+pub(crate) const MAX_SCRYPT_WORK: u64 = 1 << 23;
 
 /// How long a key's decoding may take before the step reports it (it goes on in the
 /// background, and its result is used once it is there). Four times the most a key within the
 /// limits above costs here.
-pub const DECODE_TIME_LIMIT: Duration = Duration::from_secs(16);
+pub(crate) const DECODE_TIME_LIMIT: Duration = Duration::from_secs(16);
 
 /// Why a private key cannot be used. The messages contain no part of the key.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum KeyProblem {
+pub(crate) enum KeyProblem {
     /// Not a private key in a form the controller reads.
     #[error("{0}")]
     Invalid(&'static str),
@@ -83,7 +83,7 @@ pub enum KeyProblem {
 /// What a usable key is, for status messages: its algorithm and its public key's fingerprint
 /// (both public information).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct KeySummary {
+pub(crate) struct KeySummary {
     /// The key's algorithm, e.g. `ssh-ed25519`.
     pub algorithm: String,
     /// SHA256 fingerprint of the public key, in OpenSSH form (`SHA256:...`).
@@ -108,7 +108,7 @@ enum Container {
 
 /// A key's container, read and vetted by [`inspect`]; [`decode`] decodes exactly it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Envelope {
+pub(crate) struct Envelope {
     container: Container,
     /// Whether decoding derives a key from the passphrase (bounded by the limits above, yet
     /// the one costly part).
@@ -117,7 +117,7 @@ pub struct Envelope {
 
 impl Envelope {
     /// Whether decoding it with a passphrase runs a key-derivation function.
-    pub fn kdf_work(&self) -> bool {
+    pub(crate) fn kdf_work(&self) -> bool {
         self.kdf_work
     }
 }
@@ -125,7 +125,8 @@ impl Envelope {
 /// Parses `bytes` as an SSH private key (OpenSSH, PKCS#8, PKCS#1/SEC1 PEM, PuTTY), decrypting
 /// it with `passphrase` if it is encrypted. Runs the key derivation, which may take seconds: an
 /// async caller goes through [`KeyCache`].
-pub fn parse(bytes: &[u8], passphrase: Option<&[u8]>) -> Result<PrivateKey, KeyProblem> {
+#[cfg(test)]
+pub(crate) fn parse(bytes: &[u8], passphrase: Option<&[u8]>) -> Result<PrivateKey, KeyProblem> {
     let envelope = inspect(bytes, passphrase)?;
     decode(bytes, &envelope, passphrase)
 }
@@ -133,7 +134,7 @@ pub fn parse(bytes: &[u8], passphrase: Option<&[u8]>) -> Result<PrivateKey, KeyP
 /// Reads the container of `bytes` the way the decoder will, without decrypting anything, and
 /// refuses what is not a key or asks for more key-derivation work than the limits above. Takes
 /// microseconds whatever the input.
-pub fn inspect(bytes: &[u8], passphrase: Option<&[u8]>) -> Result<Envelope, KeyProblem> {
+pub(crate) fn inspect(bytes: &[u8], passphrase: Option<&[u8]>) -> Result<Envelope, KeyProblem> {
     if bytes.len() > MAX_KEY_BYTES {
         return Err(KeyProblem::Invalid("the private key is larger than 64 KiB"));
     }
@@ -414,7 +415,7 @@ type Decoded = Result<Arc<PrivateKey>, KeyProblem>;
 
 /// Why [`KeyCache::load`] returned no key.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum LoadError {
+pub(crate) enum LoadError {
     /// The key cannot be used (the same for this version of the Secret, whoever asks).
     Problem(KeyProblem),
     /// Its decoding did not finish within the time limit (queued behind others, or slow); it
@@ -423,14 +424,14 @@ pub enum LoadError {
 }
 
 /// Where a key comes from: namespace, Secret name, key in the Secret.
-pub type KeySource = (String, String, String);
+pub(crate) type KeySource = (String, String, String);
 
 /// Decoded private keys by where they come from, each for the version of its Secret it was
 /// decoded from (the Secret's UID and resourceVersion): a key, or why it cannot be used, is
 /// worked out once per version, however many objects name it and however often they are
 /// reconciled. Decoding runs on a thread of its own (never on an async worker, and a running
 /// one never holds up the process's exit), a few key derivations at once (half the CPUs).
-pub struct KeyCache {
+pub(crate) struct KeyCache {
     entries: Mutex<HashMap<KeySource, Entry>>,
     slots: Arc<tokio::sync::Semaphore>,
     time_limit: Duration,
@@ -458,7 +459,7 @@ impl Default for KeyCache {
 impl KeyCache {
     /// A cache running at most `slots` key derivations at once, each waited for at most
     /// `time_limit` by one load.
-    pub fn new(slots: usize, time_limit: Duration) -> Self {
+    pub(crate) fn new(slots: usize, time_limit: Duration) -> Self {
         Self {
             entries: Mutex::default(),
             slots: Arc::new(tokio::sync::Semaphore::new(slots.max(1))),
@@ -468,14 +469,15 @@ impl KeyCache {
     }
 
     /// How many key versions were read so far (each is read once, whoever asks).
-    pub fn reads(&self) -> u64 {
+    #[cfg(test)]
+    pub(crate) fn reads(&self) -> u64 {
         self.started.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The key in `bytes` (decrypted with `passphrase`), from `source` at `version` (any string
     /// that changes whenever the Secret does: its UID and resourceVersion). Decoded once per
     /// version; a load waits for it at most the time limit.
-    pub async fn load(
+    pub(crate) async fn load(
         &self,
         source: KeySource,
         version: &str,
@@ -570,7 +572,7 @@ fn signs_with(key: &PrivateKey) -> bool {
 }
 
 /// The algorithm and public-key fingerprint of `key`.
-pub fn summary(key: &PrivateKey) -> KeySummary {
+pub(crate) fn summary(key: &PrivateKey) -> KeySummary {
     let public = key.public_key();
     KeySummary {
         algorithm: public.algorithm().to_string(),

@@ -11,7 +11,7 @@ use tracing_subscriber::{EnvFilter, fmt, prelude::*};
 
 /// Log line format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum LogFormat {
+pub(crate) enum LogFormat {
     /// One human-readable line per event.
     Human,
     /// One JSON object per line, for log pipelines.
@@ -22,7 +22,7 @@ pub enum LogFormat {
 /// (for example `info` or `info,instance_registrar=debug`). Human lines are coloured only on a
 /// terminal (and not when `NO_COLOR` is set): a log file or a log pipeline gets plain text.
 /// Whatever `filter` says, the SSH library logs at debug level at most ([`below_ssh_trace`]).
-pub fn init(filter: &str, format: LogFormat) -> anyhow::Result<()> {
+pub(crate) fn init(filter: &str, format: LogFormat) -> anyhow::Result<()> {
     let filter = EnvFilter::try_new(filter)?;
     let registry = tracing_subscriber::registry().with(filter);
     match format {
@@ -55,7 +55,7 @@ fn colour(terminal: bool) -> bool {
 
 /// Lets through every line but the SSH library's trace lines (russh and its own crates, whose
 /// targets start with `russh`), which follow a session packet by packet.
-pub fn below_ssh_trace() -> FilterFn<impl Fn(&Metadata<'_>) -> bool> {
+pub(crate) fn below_ssh_trace() -> FilterFn<impl Fn(&Metadata<'_>) -> bool> {
     filter_fn(|meta: &Metadata<'_>| !(*meta.level() == Level::TRACE && ssh_library(meta.target())))
 }
 

@@ -33,7 +33,7 @@ pub const ALLOWED_SERVICE_ROLES: &str = "registrar.dev/allowed-ssm-service-roles
 /// What an object uses that its namespace must be allowed: an OpsWorks stack, or the IAM service
 /// role of a Systems Manager activation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Scope<'a> {
+pub(crate) struct Scope<'a> {
     /// The annotation that lists what is allowed.
     pub annotation: &'static str,
     /// What it is, for messages ("stack", "service role").
@@ -44,7 +44,7 @@ pub struct Scope<'a> {
 
 impl<'a> Scope<'a> {
     /// The OpsWorks stack `id`.
-    pub fn stack(id: &'a str) -> Self {
+    pub(crate) fn stack(id: &'a str) -> Self {
         Self {
             annotation: ALLOWED_STACKS,
             noun: "stack",
@@ -53,7 +53,7 @@ impl<'a> Scope<'a> {
     }
 
     /// The Systems Manager service role `id` (by name).
-    pub fn service_role(id: &'a str) -> Self {
+    pub(crate) fn service_role(id: &'a str) -> Self {
         Self {
             annotation: ALLOWED_SERVICE_ROLES,
             noun: "Systems Manager service role",
@@ -64,7 +64,7 @@ impl<'a> Scope<'a> {
 
 /// What a namespace without the [`ALLOWED_STACKS`] annotation may use.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
-pub enum Unannotated {
+pub(crate) enum Unannotated {
     /// Any stack, as before the annotation existed: nothing changes for a cluster whose
     /// namespaces carry none.
     #[default]
@@ -75,7 +75,7 @@ pub enum Unannotated {
 
 /// The stacks (or, later, other things) an annotation allows.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum AllowList {
+pub(crate) enum AllowList {
     /// `*`: anything.
     Any,
     /// Only these IDs (none when empty).
@@ -85,7 +85,7 @@ pub enum AllowList {
 impl AllowList {
     /// Parses an annotation's value: IDs separated by commas and/or whitespace; `*` among them
     /// allows anything. IDs are matched whole (no patterns) and without regard to ASCII case.
-    pub fn parse(value: &str) -> Self {
+    pub(crate) fn parse(value: &str) -> Self {
         let mut ids: Vec<String> = Vec::new();
         for item in value
             .split(|c: char| c == ',' || c.is_whitespace())
@@ -102,7 +102,7 @@ impl AllowList {
     }
 
     /// Whether `id` is allowed.
-    pub fn allows(&self, id: &str) -> bool {
+    pub(crate) fn allows(&self, id: &str) -> bool {
         match self {
             AllowList::Any => true,
             AllowList::Only(ids) => ids.iter().any(|allowed| allowed.eq_ignore_ascii_case(id)),
@@ -133,7 +133,7 @@ impl AllowList {
 
 /// Whether an object may use what it names.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Verdict {
+pub(crate) enum Verdict {
     /// It may.
     Allowed,
     /// It may not; the message names the namespace, what was refused and the annotation.
@@ -145,7 +145,7 @@ pub enum Verdict {
 
 /// Whether an object of `namespace`, whose annotations are `annotations` (`None`: the
 /// namespace is not known), may use `scope`.
-pub fn verdict(
+pub(crate) fn verdict(
     namespace: &str,
     annotations: Option<&BTreeMap<String, String>>,
     unannotated: Unannotated,
@@ -187,7 +187,8 @@ pub fn verdict(
 }
 
 /// [`verdict`] for an OpsWorks stack.
-pub fn stack_verdict(
+#[cfg(test)]
+pub(crate) fn stack_verdict(
     namespace: &str,
     annotations: Option<&BTreeMap<String, String>>,
     unannotated: Unannotated,
@@ -198,7 +199,7 @@ pub fn stack_verdict(
 
 /// The Namespaces as last seen, and the rule for those without the annotation.
 #[derive(Clone)]
-pub struct Tenancy {
+pub(crate) struct Tenancy {
     namespaces: Store<PartialObjectMeta<Namespace>>,
     unannotated: Unannotated,
 }
@@ -206,7 +207,10 @@ pub struct Tenancy {
 impl Tenancy {
     /// Answers from `namespaces` (see [`watch`]), with `unannotated` for namespaces without the
     /// annotation.
-    pub fn new(namespaces: Store<PartialObjectMeta<Namespace>>, unannotated: Unannotated) -> Self {
+    pub(crate) fn new(
+        namespaces: Store<PartialObjectMeta<Namespace>>,
+        unannotated: Unannotated,
+    ) -> Self {
         Self {
             namespaces,
             unannotated,
@@ -216,7 +220,7 @@ impl Tenancy {
     /// Whether `obj`'s namespace may use `scope`, what `obj` names (its stack, its Systems
     /// Manager service role; its service says which: `Service::scope`); nothing to allow when
     /// `None`.
-    pub fn verdict(&self, obj: &InstanceRegistration, scope: Option<Scope<'_>>) -> Verdict {
+    pub(crate) fn verdict(&self, obj: &InstanceRegistration, scope: Option<Scope<'_>>) -> Verdict {
         match scope {
             Some(scope) => self.verdict_for(obj, scope),
             None => Verdict::Allowed,
@@ -225,7 +229,7 @@ impl Tenancy {
 
     /// Whether `obj`'s namespace may use `scope`, something other than what `obj` names itself
     /// (the IAM role of a managed node it would adopt).
-    pub fn verdict_for(&self, obj: &InstanceRegistration, scope: Scope<'_>) -> Verdict {
+    pub(crate) fn verdict_for(&self, obj: &InstanceRegistration, scope: Scope<'_>) -> Verdict {
         let namespace = obj.namespace().unwrap_or_default();
         let known = self.namespaces.get(&ObjectRef::new(&namespace));
         verdict(
@@ -259,7 +263,7 @@ fn namespaces_apis(
 
 /// Fails, and clearly, when the controller may not list Namespaces (their annotations say which
 /// stacks each may use; without them no object could proceed).
-pub async fn check_access(client: Client, watched: &[String]) -> anyhow::Result<()> {
+pub(crate) async fn check_access(client: Client, watched: &[String]) -> anyhow::Result<()> {
     for (api, fields) in namespaces_apis(client, watched) {
         let mut params = ListParams::default().limit(1);
         if let Some(fields) = &fields {
@@ -279,7 +283,7 @@ pub async fn check_access(client: Client, watched: &[String]) -> anyhow::Result<
 /// The Namespace metadata watch: a store of the Namespaces (metadata only), and a stream, to be
 /// driven for the store to fill, of the names of Namespaces seen for the first time or whose
 /// annotations changed.
-pub fn watch(
+pub(crate) fn watch(
     client: Client,
     watched: &[String],
 ) -> (

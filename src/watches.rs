@@ -17,7 +17,7 @@ use kube::runtime::watcher::Event;
 
 /// The namespaces (none: all) and the label selector the controller watches.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Watched {
+pub(crate) struct Watched {
     /// The namespaces watched; empty for all of them.
     pub namespaces: Vec<String>,
     /// Only objects whose labels match (a Kubernetes label selector), if set.
@@ -26,7 +26,7 @@ pub struct Watched {
 
 impl Watched {
     /// How logs and messages name what is watched.
-    pub fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         let namespaces = match self.namespaces.as_slice() {
             [] => "all namespaces".to_owned(),
             [one] => format!("namespace {one}"),
@@ -44,7 +44,9 @@ impl Watched {
 /// listed its objects; after that only `Apply` and `Delete`. A source that lists again (after
 /// its watch lapsed) gives `Apply` for what it lists and `Delete` for what it held and no longer
 /// lists. One source is passed through as it is.
-pub fn merge<K, E, S>(sources: Vec<S>) -> futures::stream::BoxStream<'static, Result<Event<K>, E>>
+pub(crate) fn merge<K, E, S>(
+    sources: Vec<S>,
+) -> futures::stream::BoxStream<'static, Result<Event<K>, E>>
 where
     K: Resource + Clone + Send + 'static,
     K::DynamicType: Default + Eq + Hash + Clone + Send,

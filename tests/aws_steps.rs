@@ -458,7 +458,7 @@ async fn where_the_managed_policy_is_missing_an_inline_policy_allows_only_regist
         .await
         .unwrap();
     let document = policy.policy_document();
-    let expiry = instance_registrar::opsworks::inline_policy_expiry(document)
+    let expiry = instance_registrar::testing::inline_policy_expiry(document)
         .expect("a DateLessThan condition");
     let left = expiry.duration_since(k8s_openapi::jiff::Timestamp::now());
     assert!(
@@ -477,7 +477,7 @@ async fn where_the_managed_policy_is_missing_an_inline_policy_allows_only_regist
         .unwrap()
         .to_owned();
     let json =
-        instance_registrar::opsworks::policy_document_json(document).expect("a readable policy");
+        instance_registrar::testing::policy_document_json(document).expect("a readable policy");
     assert_eq!(json["Statement"][0]["Action"], "opsworks:RegisterInstance");
     assert_eq!(json["Statement"][0]["Resource"], stack_arn.as_str());
 }

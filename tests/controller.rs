@@ -449,7 +449,7 @@ async fn an_idle_controller_with_50_objects_writes_no_status() {
 async fn a_status_write_based_on_an_older_copy_is_refused_and_moves_nothing_back() {
     // What every status write of the controller does (a pass that ran on a lagging watch's copy
     // must not erase newer fields, such as the host key recorded on first use).
-    use instance_registrar::controller::apply_status;
+    use instance_registrar::testing::apply_status;
     let cp = ControlPlane::shared();
     let client = cp.client().await;
     let ns = namespace(&client, "stale").await;

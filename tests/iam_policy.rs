@@ -24,8 +24,8 @@ use std::time::{Duration, Instant};
 use aws_sdk_iam::types::AccessKey;
 use futures::StreamExt;
 use instance_registrar::conditions::{reasons, types};
-use instance_registrar::opsworks::credentials::IAM_PATH;
 use instance_registrar::resource::InstanceRegistration;
+use instance_registrar::testing::IAM_PATH;
 use kube::api::{Api, DeleteParams};
 use serde_json::Value;
 use support::ssh_hosts::{self, SshHost};
@@ -284,7 +284,10 @@ async fn run(
     let restart = !managed_policy && matches!(without, None | Some(AFTER_A_RESTART));
     let mut crashing = restart.then(|| {
         let mut env = credentials.to_vec();
-        env.push((instance_registrar::failpoint::VARIABLE, "iam:PutUserPolicy"));
+        env.push((
+            instance_registrar::testing::FAILPOINT_VARIABLE,
+            "iam:PutUserPolicy",
+        ));
         ControllerProcess::start_with_env(cp, aws, &ns, controller_args, &env)
     });
     let address = hosts[0].address().to_string();

@@ -901,7 +901,7 @@ async fn a_host_naming_another_tenants_node_is_refused_and_never_deregisters_it(
             &w.ns,
             &kube::api::PatchParams::default(),
             &kube::api::Patch::Merge(&serde_json::json!({"metadata": {"annotations": {
-                instance_registrar::tenancy::ALLOWED_SERVICE_ROLES: w.role.clone()
+                instance_registrar::ALLOWED_SERVICE_ROLES: w.role.clone()
             }}})),
         )
         .await
@@ -924,10 +924,10 @@ async fn a_host_naming_another_tenants_node_is_refused_and_never_deregisters_it(
         &w.role,
         &[
             (
-                instance_registrar::steps::OWNER_UID_TAG,
+                instance_registrar::testing::OWNER_UID_TAG,
                 "6f1c2d3e-0000-4000-8000-00000000000b",
             ),
-            (instance_registrar::steps::OWNER_TAG, "victims/db"),
+            (instance_registrar::testing::OWNER_TAG, "victims/db"),
         ],
         "victim-app.corp.example",
         "10.20.30.41",

@@ -10,9 +10,9 @@ mod support;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use instance_registrar::ALLOWED_STACKS;
 use instance_registrar::conditions::{reasons, types};
 use instance_registrar::resource::InstanceRegistration;
-use instance_registrar::tenancy::ALLOWED_STACKS;
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Api, Patch, PatchParams};
 use kube::{Client, ResourceExt};

@@ -8,7 +8,7 @@ use std::sync::Arc;
 /// What the steps of one pass found, for the steps after them. Rebuilt on every pass from the
 /// world (and from status, for what cannot be looked up again).
 #[derive(Default)]
-pub struct Facts {
+pub(crate) struct Facts {
     /// The address to connect to and, for EC2, the instance, once the target step resolved it.
     pub target: Option<TargetFacts>,
     /// The object's resourceVersion that the status written next must be based on: a status
@@ -40,7 +40,7 @@ impl std::fmt::Debug for Facts {
 impl Facts {
     /// The facts of a pass that writes status against `resource_version` and lets go of its
     /// reconcile through `detach`.
-    pub fn new(
+    pub(crate) fn new(
         resource_version: Option<String>,
         detach: Option<tokio::sync::oneshot::Sender<()>>,
     ) -> Self {
@@ -56,7 +56,7 @@ impl Facts {
     /// the other objects while installs outnumber them. The pass itself goes on as it would have:
     /// the same facts, the install's result handled by the step that started it, one status
     /// write at its end (see [`crate::context::Detached`]).
-    pub fn detach(&mut self) {
+    pub(crate) fn detach(&mut self) {
         if let Some(tell) = self.detach.take() {
             let _ = tell.send(());
         }
@@ -64,7 +64,7 @@ impl Facts {
 
     /// The service's own facts of this pass, made empty the first time the service asks. A pass
     /// runs one service, so the slot holds one type; asking for another starts it afresh.
-    pub fn own<T: Default + Send + Sync + 'static>(&mut self) -> &mut T {
+    pub(crate) fn own<T: Default + Send + Sync + 'static>(&mut self) -> &mut T {
         if !self.own.as_ref().is_some_and(|own| own.is::<T>()) {
             self.own = Some(Box::new(T::default()));
         }
@@ -75,14 +75,14 @@ impl Facts {
     }
 
     /// The service's own facts, if it recorded any of type `T`.
-    pub fn own_ref<T: 'static>(&self) -> Option<&T> {
+    pub(crate) fn own_ref<T: 'static>(&self) -> Option<&T> {
         self.own.as_ref().and_then(|own| own.downcast_ref::<T>())
     }
 }
 
 /// The host to register.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct TargetFacts {
+pub(crate) struct TargetFacts {
     /// The EC2 instance ID (ec2 only).
     pub ec2_instance_id: Option<String>,
     /// The address to connect to over SSH.
@@ -93,7 +93,7 @@ pub struct TargetFacts {
 
 impl TargetFacts {
     /// An on-premises host at `address`.
-    pub fn on_premises(address: &str) -> Self {
+    pub(crate) fn on_premises(address: &str) -> Self {
         Self {
             ec2_instance_id: None,
             address: address.to_owned(),

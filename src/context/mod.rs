@@ -8,8 +8,8 @@
 mod facts;
 mod seam;
 
-pub use facts::{Facts, TargetFacts};
-pub use seam::{Probed, Registry, Service, Step};
+pub(crate) use facts::{Facts, TargetFacts};
+pub(crate) use seam::{Probed, Registry, Service, Step};
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,16 +29,16 @@ use crate::tenancy::{Tenancy, Unannotated, Verdict};
 use crate::{Error, Result};
 
 /// The field manager of every write the controller makes.
-pub const FIELD_MANAGER: &str = "instance-registrar";
+pub(crate) const FIELD_MANAGER: &str = "instance-registrar";
 
 /// AWS's published location of the Systems Manager agent setup tool for Linux hosts, per
 /// region, platform and architecture.
-pub const SSM_SETUP_URL: &str =
+pub(crate) const SSM_SETUP_URL: &str =
     "https://amazon-ssm-{region}.s3.{region}.amazonaws.com/latest/{platform}_{arch}/ssm-setup-cli";
 
 /// How the controller runs; the `run` subcommand fills it from flags and environment.
 #[derive(Clone, Debug)]
-pub struct Settings {
+pub(crate) struct Settings {
     /// The namespaces and the label selector watched.
     pub watched: crate::watches::Watched,
     /// Reconciles running at once, across objects.
@@ -88,7 +88,7 @@ impl Default for Settings {
 }
 
 /// What every reconcile shares.
-pub struct Context {
+pub(crate) struct Context {
     /// Kubernetes client.
     pub client: Client,
     /// AWS clients.
@@ -126,7 +126,7 @@ pub struct Context {
 /// reconciled again as soon as the pass ends. So an object still has one pass at a time, as
 /// kube-runtime gives it, however long its install takes, while the reconcile workers serve the
 /// other objects.
-pub struct Detached {
+pub(crate) struct Detached {
     passes: std::sync::Mutex<std::collections::HashMap<String, Pass>>,
     wake: futures::channel::mpsc::UnboundedSender<reflector::ObjectRef<InstanceRegistration>>,
 }
@@ -140,7 +140,7 @@ struct Pass {
 
 impl Detached {
     /// A registry that wakes objects through `wake` (the controller reconciles what it sends).
-    pub fn new(
+    pub(crate) fn new(
         wake: futures::channel::mpsc::UnboundedSender<reflector::ObjectRef<InstanceRegistration>>,
     ) -> Self {
         Self {
@@ -155,7 +155,7 @@ impl Detached {
 
     /// Whether a detached pass of `uid` is in flight; if so, notes that a reconcile came (it is
     /// made up for when the pass ends).
-    pub fn busy(&self, uid: &str) -> bool {
+    pub(crate) fn busy(&self, uid: &str) -> bool {
         match self.lock().get_mut(uid) {
             Some(pass) => {
                 pass.missed = true;
@@ -166,22 +166,22 @@ impl Detached {
     }
 
     /// Records that a pass of `uid` went on detached.
-    pub fn started(&self, uid: &str) {
+    pub(crate) fn started(&self, uid: &str) {
         self.lock().insert(uid.to_owned(), Pass::default());
     }
 
     /// Records that the detached pass of `uid` ended; returns whether a reconcile came meanwhile.
-    pub fn ended(&self, uid: &str) -> bool {
+    pub(crate) fn ended(&self, uid: &str) -> bool {
         self.lock().remove(uid).is_some_and(|pass| pass.missed)
     }
 
     /// How many detached passes are in flight.
-    pub fn in_flight(&self) -> usize {
+    pub(crate) fn in_flight(&self) -> usize {
         self.lock().len()
     }
 
     /// Reconciles `obj` again (now).
-    pub fn wake(&self, obj: &InstanceRegistration) {
+    pub(crate) fn wake(&self, obj: &InstanceRegistration) {
         let _ = self
             .wake
             .unbounded_send(reflector::ObjectRef::from_obj(obj));
@@ -190,7 +190,7 @@ impl Detached {
 
 impl Context {
     /// The shard this controller is: its label selector, empty when it watches every object.
-    pub fn shard(&self) -> &str {
+    pub(crate) fn shard(&self) -> &str {
         self.settings
             .watched
             .selector
@@ -201,7 +201,7 @@ impl Context {
     /// A context for `client` and `aws` with `settings`, seeing the watched objects in `store`
     /// and their namespaces in `namespaces`, with the services of `services`.
     #[allow(clippy::too_many_arguments)]
-    pub fn new(
+    pub(crate) fn new(
         client: Client,
         aws: Aws,
         store: reflector::Store<InstanceRegistration>,
@@ -238,25 +238,29 @@ impl Context {
 
 impl Context {
     /// The service `obj` uses.
-    pub fn service_of(&self, obj: &InstanceRegistration) -> &dyn Service {
+    pub(crate) fn service_of(&self, obj: &InstanceRegistration) -> &dyn Service {
         self.services.of(obj)
     }
 
     /// Whether `obj`'s namespace may use what `obj` names (its service says what: a stack, a
     /// service role, or nothing).
-    pub fn verdict(&self, obj: &InstanceRegistration) -> Verdict {
+    pub(crate) fn verdict(&self, obj: &InstanceRegistration) -> Verdict {
         self.tenancy.verdict(obj, self.service_of(obj).scope(obj))
     }
 
     /// Whether `obj` counts when objects compete for a host: unless its namespace is known to
     /// be refused what it names (an object that may not act must not hold a host either).
-    pub fn may_hold(&self, obj: &InstanceRegistration) -> bool {
+    pub(crate) fn may_hold(&self, obj: &InstanceRegistration) -> bool {
         !matches!(self.verdict(obj), Verdict::Refused(_))
     }
 
     /// Whether `other` counts against `obj` when objects compete for a host: it names the same
     /// registry and may hold a host.
-    pub fn competes(&self, obj: &InstanceRegistration, other: &InstanceRegistration) -> bool {
+    pub(crate) fn competes(
+        &self,
+        obj: &InstanceRegistration,
+        other: &InstanceRegistration,
+    ) -> bool {
         self.services.same_registry(obj, other) && self.may_hold(other)
     }
 }
@@ -265,11 +269,11 @@ impl Context {
 /// writes return one before the watch shows it. resourceVersions are opaque, so only equality is
 /// used: a watch copy at another version than the newest known is looked up again.
 #[derive(Default)]
-pub struct Versions(std::sync::Mutex<std::collections::HashMap<String, String>>);
+pub(crate) struct Versions(std::sync::Mutex<std::collections::HashMap<String, String>>);
 
 impl Versions {
     /// Records `obj`'s resourceVersion as the newest known.
-    pub fn saw(&self, obj: &InstanceRegistration) {
+    pub(crate) fn saw(&self, obj: &InstanceRegistration) {
         if let (Some(uid), Some(version)) = (obj.uid(), obj.resource_version()) {
             self.0
                 .lock()
@@ -280,7 +284,7 @@ impl Versions {
 
     /// Whether a newer copy of `obj` than this one may exist: this controller wrote or read the
     /// object at another resourceVersion.
-    pub fn newer_than(&self, obj: &InstanceRegistration) -> bool {
+    pub(crate) fn newer_than(&self, obj: &InstanceRegistration) -> bool {
         let (Some(uid), Some(version)) = (obj.uid(), obj.resource_version()) else {
             return false;
         };
@@ -292,7 +296,7 @@ impl Versions {
     }
 
     /// Forgets a deleted object.
-    pub fn forget(&self, obj: &InstanceRegistration) {
+    pub(crate) fn forget(&self, obj: &InstanceRegistration) {
         if let Some(uid) = obj.uid() {
             self.0
                 .lock()
@@ -304,7 +308,7 @@ impl Versions {
 
 /// The status write itself: server-side apply, forced, conditional on `version` when known; on
 /// success `version` is the object's new resourceVersion.
-pub async fn patch_status(
+pub(crate) async fn patch_status(
     api: &Api<InstanceRegistration>,
     ctx: &Context,
     obj: &InstanceRegistration,
@@ -347,7 +351,7 @@ pub async fn apply_status(
 /// Writes `status` now, in the middle of a pass, before an action that must not be repeated
 /// from an older copy (the agent install): conditional on the version the pass works from, so
 /// the action runs only if no newer status exists. Returns why it could not be written.
-pub async fn checkpoint(
+pub(crate) async fn checkpoint(
     ctx: &Context,
     obj: &InstanceRegistration,
     status: &InstanceRegistrationStatus,

@@ -15,7 +15,7 @@ use crate::tenancy::Scope;
 /// [`Step::Host`] are the same for every service; the others are each service's own
 /// ([`Service::run`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Step {
+pub(crate) enum Step {
     /// What the registration goes into (an OpsWorks stack and its provisioning parameters).
     Stack,
     /// The host: the EC2 instance (or on-premises address), an existing registration to adopt,
@@ -37,7 +37,7 @@ pub enum Step {
 
 impl Step {
     /// The condition this step reports.
-    pub fn condition(self) -> &'static str {
+    pub(crate) fn condition(self) -> &'static str {
         match self {
             Step::Stack => types::STACK_RESOLVED,
             Step::Target => types::TARGET_RESOLVED,
@@ -52,7 +52,7 @@ impl Step {
 
 /// What the host step learned, for the service to look at ([`Service::after_probe`]).
 #[derive(Clone, Copy, Debug)]
-pub struct Probed<'a> {
+pub(crate) struct Probed<'a> {
     /// The object.
     pub obj: &'a InstanceRegistration,
     /// The host it reached.
@@ -67,7 +67,7 @@ pub struct Probed<'a> {
 
 /// One service: the steps of its own, what it undoes, and what tenancy and conflict need to ask
 /// of it. Implemented by `opsworks::OpsWorks` and `ssm::SystemsManager`.
-pub trait Service: Send + Sync {
+pub(crate) trait Service: Send + Sync {
     /// Its name on `status.service` and in metrics (`OpsWorks`).
     fn name(&self) -> &'static str;
 
@@ -127,7 +127,7 @@ pub trait Service: Send + Sync {
 }
 
 /// Which service an object uses: the one place that reads the service out of the spec.
-pub trait Registry: Send + Sync {
+pub(crate) trait Registry: Send + Sync {
     /// `obj`'s service.
     fn of(&self, obj: &InstanceRegistration) -> &dyn Service;
 }
@@ -135,7 +135,7 @@ pub trait Registry: Send + Sync {
 impl dyn Registry {
     /// Whether `a` and `b` compete for one registration of a host: the same service, and the
     /// same place in it (one OpsWorks stack; Systems Manager, whatever the region).
-    pub fn same_registry(&self, a: &InstanceRegistration, b: &InstanceRegistration) -> bool {
+    pub(crate) fn same_registry(&self, a: &InstanceRegistration, b: &InstanceRegistration) -> bool {
         let (sa, sb) = (self.of(a), self.of(b));
         sa.name() == sb.name() && sa.place(a) == sb.place(b)
     }

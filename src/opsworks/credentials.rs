@@ -29,9 +29,10 @@ use crate::steps::{OWNER_UID_TAG as OWNER_TAG, handoff};
 /// The IAM path of everything made for OpsWorks registrations.
 pub const IAM_PATH: &str = "/AWS/OpsWorks/";
 /// The AWS managed policy for instance registration.
-pub const MANAGED_POLICY_ARN: &str = "arn:aws:iam::aws:policy/AWSOpsWorksInstanceRegistration";
+pub(crate) const MANAGED_POLICY_ARN: &str =
+    "arn:aws:iam::aws:policy/AWSOpsWorksInstanceRegistration";
 /// The inline policy used where the managed one cannot be attached.
-pub const INLINE_POLICY_NAME: &str = "OpsWorks-Instance";
+pub(crate) const INLINE_POLICY_NAME: &str = "OpsWorks-Instance";
 /// How long the inline policy allows registration.
 const INLINE_POLICY_LIFETIME: SignedDuration = SignedDuration::from_mins(15);
 /// An inline policy with less than this left is renewed.
@@ -43,7 +44,7 @@ const KEY_ID: &str = "access_key_id";
 const KEY_SECRET: &str = "secret_access_key";
 
 /// Replaces each run of characters IAM does not allow in names with `-`.
-pub fn clean_for_iam(name: &str) -> String {
+pub(crate) fn clean_for_iam(name: &str) -> String {
     let mut out = String::with_capacity(name.len());
     let mut in_run = false;
     for c in name.chars() {
@@ -59,7 +60,7 @@ pub fn clean_for_iam(name: &str) -> String {
 }
 
 /// Shortens `name` to `max` characters: the first half, `...`, the last half.
-pub fn shorten_name(name: &str, max: usize) -> String {
+pub(crate) fn shorten_name(name: &str, max: usize) -> String {
     let chars: Vec<char> = name.chars().collect();
     if chars.len() <= max {
         return name.to_owned();
@@ -71,12 +72,12 @@ pub fn shorten_name(name: &str, max: usize) -> String {
 }
 
 /// The IAM group of a stack's registrations.
-pub fn group_name(stack_id: &str) -> String {
+pub(crate) fn group_name(stack_id: &str) -> String {
     format!("OpsWorks-{}", clean_for_iam(stack_id))
 }
 
 /// The user names tried for a host, in order: `OpsWorks-<stack>-<host>`, then `+1` to `+19`.
-pub fn user_name_candidates(stack_name: &str, name_for_iam: &str) -> Vec<String> {
+pub(crate) fn user_name_candidates(stack_name: &str, name_for_iam: &str) -> Vec<String> {
     let base = format!(
         "OpsWorks-{}-{}",
         shorten_name(&clean_for_iam(stack_name), 25),
@@ -99,7 +100,7 @@ fn name_for_iam(obj: &InstanceRegistration) -> &str {
 }
 
 /// The inline policy: RegisterInstance on the stack only, until `until`.
-pub fn inline_policy_document(stack_arn: &str, until: Timestamp) -> String {
+pub(crate) fn inline_policy_document(stack_arn: &str, until: Timestamp) -> String {
     serde_json::json!({
         "Statement": [{
             "Action": "opsworks:RegisterInstance",
@@ -145,7 +146,7 @@ fn percent_decode(text: &str) -> String {
 }
 
 /// The name of the Secret that holds the access key until the install succeeds.
-pub fn credentials_secret_name(obj: &InstanceRegistration) -> String {
+pub(crate) fn credentials_secret_name(obj: &InstanceRegistration) -> String {
     handoff::secret_name(obj, "opsworks-access-key")
 }
 
@@ -509,7 +510,10 @@ async fn ensure_policy(
 
 /// Deletes the Secret that holds the agent's secret access key (done once the agent has it, and
 /// on deletion). A Secret already gone is fine.
-pub async fn forget_secret(ctx: &Context, obj: &InstanceRegistration) -> Result<bool, String> {
+pub(crate) async fn forget_secret(
+    ctx: &Context,
+    obj: &InstanceRegistration,
+) -> Result<bool, String> {
     handoff::forget(ctx, obj, &credentials_secret_name(obj)).await
 }
 

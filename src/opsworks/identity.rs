@@ -28,11 +28,11 @@ use crate::context::{Facts, Probed, TargetFacts};
 use crate::resource::{InfrastructureClass, InstanceRegistration, InstanceRegistrationStatus};
 
 /// OpsWorks statuses of an instance that is no longer (or never was) a working registration.
-pub const GONE_STATUSES: &[&str] = &["deregistering", "terminated"];
+pub(super) const GONE_STATUSES: &[&str] = &["deregistering", "terminated"];
 
 /// What a host registers as.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Identity {
+pub(super) struct Identity {
     /// The EC2 instance (ec2 only): the registration's `Ec2InstanceId`.
     pub ec2_instance_id: Option<String>,
     /// The hostname the agent registers with: the override, else the host's own.
@@ -49,7 +49,7 @@ pub struct Identity {
 
 /// Which instance of the stack is the host's.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Found<'a> {
+pub(super) enum Found<'a> {
     /// The host's registration.
     Ours(&'a OpsWorksInstance),
     /// The host's registration (or one under its hostname), made by another object's IAM user:
@@ -64,13 +64,13 @@ pub enum Found<'a> {
 }
 
 /// Whether `instance` is a live registration (not deregistering or gone).
-pub fn is_live(instance: &OpsWorksInstance) -> bool {
+pub(super) fn is_live(instance: &OpsWorksInstance) -> bool {
     !GONE_STATUSES.contains(&instance.status.as_str())
 }
 
 /// Whether two hostnames name the same host: without case and trailing dot, and a short name
 /// is the first label of a fully qualified one (`db-1` is `db-1.example.internal`).
-pub fn same_hostname(a: &str, b: &str) -> bool {
+pub(super) fn same_hostname(a: &str, b: &str) -> bool {
     let a = a.trim_end_matches('.');
     let b = b.trim_end_matches('.');
     if a.is_empty() || b.is_empty() {
@@ -86,7 +86,7 @@ pub fn same_hostname(a: &str, b: &str) -> bool {
 
 /// Who registered an instance, as its `RegisteredBy` says.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Registrant<'a> {
+pub(super) enum Registrant<'a> {
     /// An IAM user, by name: from its ARN (`arn:aws:iam::123456789012:user/AWS/OpsWorks/name`,
     /// whatever the path and partition), or the bare user name a server may give instead.
     User(&'a str),
@@ -97,7 +97,7 @@ pub enum Registrant<'a> {
 }
 
 /// Who registered `instance`.
-pub fn registrant(instance: &OpsWorksInstance) -> Registrant<'_> {
+pub(super) fn registrant(instance: &OpsWorksInstance) -> Registrant<'_> {
     let Some(by) = instance
         .registered_by
         .as_deref()
@@ -161,7 +161,7 @@ fn claimed_by<'i>(instance: &OpsWorksInstance, identity: &'i Identity) -> Option
 
 /// Whether this object made `instance` (the host's registration, as [`find`] found it): it
 /// started an install (`installed`) and its own agent registered it. Otherwise it was adopted.
-pub fn made(instance: &OpsWorksInstance, identity: &Identity, installed: bool) -> bool {
+pub(super) fn made(instance: &OpsWorksInstance, identity: &Identity, installed: bool) -> bool {
     installed && registered_by_this_object(instance, identity)
 }
 
@@ -187,7 +187,7 @@ fn addresses_agree(instance: &OpsWorksInstance, identity: &Identity) -> bool {
 /// `installed`: this object ran the agent installer on the host (or started to), so a live
 /// instance under the host's hostname is the registration it made. `recorded`: the instance ID
 /// status holds, preferred among equals (never trusted alone).
-pub fn find<'a>(
+pub(super) fn find<'a>(
     instances: &'a [OpsWorksInstance],
     identity: &Identity,
     installed: bool,

@@ -13,7 +13,7 @@
 //! - [`undo`]: what deleting the object undoes.
 
 mod agent;
-pub mod credentials;
+pub(crate) mod credentials;
 mod identity;
 mod registered;
 mod script;
@@ -57,7 +57,7 @@ const PIPELINE: &[Step] = &[
 ];
 
 /// AWS OpsWorks Stacks, with the caches the objects of one stack share.
-pub struct OpsWorks {
+pub(crate) struct OpsWorks {
     /// Stacks by `region/stack`, shared by the objects of a stack for a while.
     stacks: TtlCache<StackFacts>,
     /// Instances by `region/stack`, shared by the objects of a stack for a moment.
@@ -162,7 +162,7 @@ impl Service for OpsWorks {
 
 /// An OpsWorks stack.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct StackFacts {
+pub(crate) struct StackFacts {
     /// Stack ID.
     pub id: String,
     /// Stack name.
@@ -181,7 +181,7 @@ pub struct StackFacts {
 
 /// An instance of the stack, as OpsWorks DescribeInstances reports it.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct OpsWorksInstance {
+pub(crate) struct OpsWorksInstance {
     /// OpsWorks instance ID.
     pub id: String,
     /// OpsWorks status (`registering`, `registered`, `online`, `setup_failed`, ...).
@@ -204,7 +204,7 @@ pub struct OpsWorksInstance {
 /// An access key for the agent. The secret half never leaves this struct except into the
 /// credentials Secret and the host's `preconfig`.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct AccessKey {
+pub(crate) struct AccessKey {
     /// Access key ID (not a secret).
     pub id: String,
     /// Secret access key (redacted in Debug).

@@ -17,7 +17,7 @@ use crate::context::Facts;
 use crate::resource::{InstanceRegistration, InstanceRegistrationStatus};
 
 /// The waiter's failure states.
-pub const FAILURE_STATES: &[&str] = &[
+pub(super) const FAILURE_STATES: &[&str] = &[
     "setup_failed",
     "shutting_down",
     "stopped",
@@ -43,7 +43,7 @@ const POLL: Duration = Duration::from_secs(5);
 
 /// The condition reason for an OpsWorks status: the status in CamelCase (`setup_failed` →
 /// `SetupFailed`), so the reason names what OpsWorks said.
-pub fn reason_for_status(status: &str) -> String {
+pub(super) fn reason_for_status(status: &str) -> String {
     status
         .split('_')
         .map(|w| {
@@ -135,7 +135,7 @@ pub(super) async fn check(
             };
         }
         // The cached instance list no longer shows the layers.
-        ow.instances.invalidate(&super::target::stack_key(
+        ow.instances.invalidate(&super::stack::stack_key(
             obj.spec.region.as_deref(),
             obj.spec.stack_id(),
         ));

@@ -13,7 +13,7 @@ use crate::steps::script::{
 
 /// What to run on the host.
 #[derive(Clone, Debug, PartialEq)]
-pub struct Plan {
+pub(super) struct Plan {
     /// Where the agent installer tarball is downloaded from (http or https).
     pub installer_url: String,
     /// SHA-256 (lowercase hex) the tarball must have, when the spec sets one.
@@ -30,7 +30,9 @@ pub struct Plan {
 
 /// The `preconfig` file's lines: sorted by key, `:key: <JSON value>` (JSON never holds a raw
 /// newline, so one entry is always one line).
-pub fn preconfig_lines(preconfig: &BTreeMap<String, Value>) -> Result<Vec<String>, PlanError> {
+pub(super) fn preconfig_lines(
+    preconfig: &BTreeMap<String, Value>,
+) -> Result<Vec<String>, PlanError> {
     preconfig
         .iter()
         .map(|(key, value)| {
@@ -43,7 +45,7 @@ pub fn preconfig_lines(preconfig: &BTreeMap<String, Value>) -> Result<Vec<String
 }
 
 /// The script for `plan`, for `/bin/sh -s`.
-pub fn render(plan: &Plan) -> Result<String, PlanError> {
+pub(super) fn render(plan: &Plan) -> Result<String, PlanError> {
     render_with(plan, LOCK_PARENTS, KILL_AFTER)
 }
 

@@ -30,7 +30,7 @@ pub(super) async fn check(
             return Outcome::Retry(Observation::unknown(reasons::NAMESPACE_UNKNOWN, message));
         }
     }
-    let key = super::target::stack_key(obj.spec.region.as_deref(), obj.spec.stack_id());
+    let key = stack_key(obj.spec.region.as_deref(), obj.spec.stack_id());
     // Shared by the objects of one stack for a short while: a fleet reconciled at once makes
     // one look-up, not one each.
     let facts_stack = match ow.stacks.get_or_fetch(&key, || look_up(obj, ctx)).await {
@@ -129,4 +129,9 @@ pub(super) async fn look_up(
         parameters,
     };
     Ok(facts_stack)
+}
+
+/// The key of a stack in the controller's caches.
+pub(super) fn stack_key(region: Option<&str>, stack_id: &str) -> String {
+    format!("{}/{stack_id}", region.unwrap_or_default())
 }

@@ -172,7 +172,7 @@ pub(super) async fn registration_to_undo(
             false => "no install was started for this object: nothing to deregister".to_owned(),
         }));
     }
-    let key = stack_key(spec.region.as_deref(), spec.stack_id());
+    let key = super::stack::stack_key(spec.region.as_deref(), spec.stack_id());
     let stack = match ow
         .stacks
         .get_or_fetch(&key, || super::stack::look_up(obj, ctx))
@@ -255,11 +255,6 @@ pub(super) async fn registration_to_undo(
     )
 }
 
-/// The key of a stack in the controller's caches.
-pub(super) fn stack_key(region: Option<&str>, stack_id: &str) -> String {
-    format!("{}/{stack_id}", region.unwrap_or_default())
-}
-
 /// The stack's instances (OpsWorks DescribeInstances), shared for a moment by the objects of the
 /// stack reconciled at the same time.
 async fn stack_instances(
@@ -270,21 +265,25 @@ async fn stack_instances(
     max_age: Duration,
 ) -> Result<std::sync::Arc<Vec<OpsWorksInstance>>, Outcome> {
     ow.instances
-        .get_or_fetch_within(&stack_key(region, stack_id), max_age, || async {
-            match ctx
-                .aws
-                .opsworks(region)
-                .describe_instances()
-                .stack_id(stack_id)
-                .send()
-                .await
-            {
-                Ok(out) => Ok(std::sync::Arc::new(
-                    out.instances().iter().map(to_instance).collect(),
-                )),
-                Err(e) => Err(aws::classify(&e).outcome("opsworks:DescribeInstances")),
-            }
-        })
+        .get_or_fetch_within(
+            &super::stack::stack_key(region, stack_id),
+            max_age,
+            || async {
+                match ctx
+                    .aws
+                    .opsworks(region)
+                    .describe_instances()
+                    .stack_id(stack_id)
+                    .send()
+                    .await
+                {
+                    Ok(out) => Ok(std::sync::Arc::new(
+                        out.instances().iter().map(to_instance).collect(),
+                    )),
+                    Err(e) => Err(aws::classify(&e).outcome("opsworks:DescribeInstances")),
+                }
+            },
+        )
         .await
 }
 

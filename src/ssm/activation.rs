@@ -31,7 +31,7 @@ const KEY_CODE: &str = "activation_code";
 /// An activation with less time than this left is replaced rather than handed to an install.
 const MIN_LIFETIME_LEFT: SignedDuration = SignedDuration::from_mins(5);
 
-pub async fn check(
+pub(super) async fn check(
     obj: &InstanceRegistration,
     ssm: &SystemsManagerSpec,
     ctx: &Context,

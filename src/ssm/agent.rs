@@ -30,7 +30,7 @@ use crate::steps::script as install;
 
 use super::evidence;
 
-pub async fn check(
+pub(super) async fn check(
     obj: &InstanceRegistration,
     ssm: &SystemsManagerSpec,
     ctx: &Context,
@@ -191,7 +191,7 @@ async fn registration_lost(
 /// made for it in AWS: the node is adopted on its evidence, or refused, here, so that no
 /// activation is made for a host that needs none. `None` when this is not for this step to say
 /// (an EC2 instance, or the object's own node, which the install registers again or resumes).
-pub async fn after_probe(
+pub(super) async fn after_probe(
     obj: &InstanceRegistration,
     ssm: &SystemsManagerSpec,
     ctx: &Context,

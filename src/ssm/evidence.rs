@@ -28,7 +28,7 @@ use crate::tenancy::{Scope, Verdict};
 
 /// Who a node's owner tags say it was registered for.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Owner {
+pub(super) enum Owner {
     /// No owner tags: registered by hand, or with an activation the controller did not make.
     Unclaimed,
     /// This object (its UID).
@@ -44,7 +44,7 @@ pub enum Owner {
 
 impl Owner {
     /// Reads the owner tags of a node against the object `namespace`/`name` with `uid`.
-    pub fn of(tags: &[(String, String)], namespace: &str, name: &str, uid: &str) -> Owner {
+    pub(super) fn of(tags: &[(String, String)], namespace: &str, name: &str, uid: &str) -> Owner {
         let tag = |key: &str| {
             tags.iter()
                 .find(|(k, _)| k == key)
@@ -92,7 +92,7 @@ impl Owner {
 
 /// What Systems Manager says of a node, and what was looked up about it.
 #[derive(Clone, Debug)]
-pub struct Evidence {
+pub(super) struct Evidence {
     /// The node, as `DescribeInstanceInformation` listed it.
     pub node: Node,
     /// Who its tags say it was registered for.
@@ -106,7 +106,7 @@ pub struct Evidence {
 
 /// What the evidence says.
 #[derive(Clone, Debug, PartialEq)]
-pub enum Judgement {
+pub(super) enum Judgement {
     /// The node may be taken as the host's.
     Proven,
     /// It may not: the reason and message of the refusal.
@@ -118,7 +118,7 @@ pub enum Judgement {
 /// The name of an IAM role as `DescribeInstanceInformation` reports it: a name, a name with its
 /// path (`service-role/Name`), or an ARN. Role names are unique in an account whatever their
 /// path, so the name decides.
-pub fn role_name(reported: &str) -> &str {
+pub(super) fn role_name(reported: &str) -> &str {
     let reported = reported.trim();
     let after = reported
         .split_once(":role/")
@@ -142,7 +142,11 @@ fn same_name(a: &str, b: &str) -> bool {
 
 /// Judges `evidence` for an object of `namespace` whose host the probe learned as `host`
 /// (`status.host`).
-pub fn judge(evidence: &Evidence, namespace: &str, host: Option<&HostIdentity>) -> Judgement {
+pub(super) fn judge(
+    evidence: &Evidence,
+    namespace: &str,
+    host: Option<&HostIdentity>,
+) -> Judgement {
     let node = &evidence.node;
     let id = &node.id;
     match &evidence.owner {
@@ -233,7 +237,11 @@ pub fn judge(evidence: &Evidence, namespace: &str, host: Option<&HostIdentity>) 
 }
 
 /// The tags of managed node `id` (`ListTagsForResource`, resource type `ManagedInstance`).
-pub async fn tags(ctx: &Context, region: &str, id: &str) -> Result<Vec<(String, String)>, Outcome> {
+pub(super) async fn tags(
+    ctx: &Context,
+    region: &str,
+    id: &str,
+) -> Result<Vec<(String, String)>, Outcome> {
     let out = ctx
         .aws
         .ssm(Some(region))
@@ -254,7 +262,7 @@ pub async fn tags(ctx: &Context, region: &str, id: &str) -> Result<Vec<(String, 
 
 /// Gathers the evidence on `node` for `obj`: its tags, whether the other object they name
 /// exists, and whether `obj`'s namespace may use its IAM role.
-pub async fn gather(
+pub(super) async fn gather(
     ctx: &Context,
     region: &str,
     obj: &InstanceRegistration,

@@ -57,7 +57,7 @@ const PIPELINE: &[Step] = &[
 /// AWS Systems Manager hybrid activations (and EC2 instances registering with their own
 /// instance profile).
 #[derive(Default)]
-pub struct SystemsManager;
+pub(crate) struct SystemsManager;
 
 /// What Systems Manager's steps of one pass found, for the steps after them (in [`Facts::own`]).
 #[derive(Debug, Default)]
@@ -171,7 +171,7 @@ impl Service for SystemsManager {
 /// (one fixed, read-only command and no value of anyone's; a host where sudo wants a password
 /// or a terminal just does not say, and the install finds the registration as before). Only the
 /// first 4 KiB are read.
-pub const REGISTRATION_QUESTION: &str = r#"dir=/var/lib/amazon/ssm
+pub(crate) const REGISTRATION_QUESTION: &str = r#"dir=/var/lib/amazon/ssm
 registration=$dir/registration
 text=
 if [ -r "$registration" ]; then
@@ -184,7 +184,7 @@ echo "registration=$(printf '%s\n' "$text" | sed -n 's/.*"ManagedInstanceID"[[:s
 
 /// A managed node, as `DescribeInstanceInformation` reports it.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Node {
+pub(crate) struct Node {
     /// `mi-…` or the EC2 instance ID.
     pub id: String,
     /// `Online`, `ConnectionLost` or `Inactive`.
@@ -203,7 +203,7 @@ pub struct Node {
 
 /// The activation an on-premises host registers with. The code is a secret (redacted in Debug).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Activation {
+pub(crate) struct Activation {
     /// Activation ID (not a secret).
     pub id: String,
     /// Activation code.
@@ -211,7 +211,7 @@ pub struct Activation {
 }
 
 /// The Systems Manager region of `ssm` (the controller's when the spec names none).
-pub fn region<'a>(ctx: &'a Context, ssm: &'a SystemsManagerSpec) -> &'a str {
+pub(crate) fn region<'a>(ctx: &'a Context, ssm: &'a SystemsManagerSpec) -> &'a str {
     ssm.region
         .as_deref()
         .or(ctx.aws.default_region())
@@ -220,7 +220,7 @@ pub fn region<'a>(ctx: &'a Context, ssm: &'a SystemsManagerSpec) -> &'a str {
 
 /// Whether `id` has the form of a managed node ID of an on-premises host (`mi-` and 17 hex
 /// digits): what a host says it is registered as is checked before it is used anywhere.
-pub fn is_managed_node_id(id: &str) -> bool {
+pub(crate) fn is_managed_node_id(id: &str) -> bool {
     id.strip_prefix("mi-").is_some_and(|hex| {
         hex.len() == 17
             && hex
@@ -231,7 +231,7 @@ pub fn is_managed_node_id(id: &str) -> bool {
 
 /// The node `key` (`InstanceIds` or `ActivationIds`) = `value` names in `region`, if Systems
 /// Manager lists one.
-pub async fn find_node(
+pub(crate) async fn find_node(
     ctx: &Context,
     region: &str,
     key: &str,
@@ -285,7 +285,7 @@ pub async fn find_node(
 }
 
 /// The name of the Secret that holds the activation code until the install.
-pub fn activation_secret_name(obj: &InstanceRegistration) -> String {
+pub(crate) fn activation_secret_name(obj: &InstanceRegistration) -> String {
     crate::steps::handoff::secret_name(obj, "ssm-activation")
 }
 

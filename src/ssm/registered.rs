@@ -24,7 +24,7 @@ const POLL: Duration = Duration::from_secs(1);
 /// How long after an install a node that is not online yet is waited for rather than reported.
 const FIRST_PING_GRACE: Duration = Duration::from_secs(120);
 
-pub async fn check(
+pub(super) async fn check(
     obj: &InstanceRegistration,
     ssm: &SystemsManagerSpec,
     ctx: &Context,

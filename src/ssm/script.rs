@@ -12,24 +12,24 @@ use crate::steps::script::{
 
 /// Where Systems Manager keeps a host's registration (`{"ManagedInstanceID": …, "Region": …}`),
 /// as the agent writes it on Linux.
-pub const SSM_REGISTRATION_FILE: &str = "/var/lib/amazon/ssm/registration";
+pub(super) const SSM_REGISTRATION_FILE: &str = "/var/lib/amazon/ssm/registration";
 /// The start of the output line that names the managed node the host is registered as, after
 /// a registration of the script's; the node ID follows.
-pub const SSM_NODE_MARKER: &str = "instance-registrar: managed node ";
+pub(super) const SSM_NODE_MARKER: &str = "instance-registrar: managed node ";
 /// The start of the output line that says the host was registered already, as another node than
 /// the one the script may replace, and nothing was run; the node ID follows.
-pub const SSM_REGISTERED_ALREADY_MARKER: &str = "instance-registrar: registered already as ";
+pub(super) const SSM_REGISTERED_ALREADY_MARKER: &str = "instance-registrar: registered already as ";
 /// The entry script's exit status when the host is registered already (see
 /// [`SSM_REGISTERED_ALREADY_MARKER`]); the script then exits [`EXIT_INSTALLER_FAILED`].
-pub const SSM_EXIT_REGISTERED_ALREADY: i64 = 3;
+pub(super) const SSM_EXIT_REGISTERED_ALREADY: i64 = 3;
 /// The entry script's exit status when the node to resume is not the host's (its registration
 /// file names none: the install that registered it was cut short before writing it); nothing was
 /// run. The script then exits [`EXIT_INSTALLER_FAILED`].
-pub const SSM_EXIT_REGISTRATION_LOST: i64 = 4;
+pub(super) const SSM_EXIT_REGISTRATION_LOST: i64 = 4;
 
 /// What the Systems Manager install does on the host.
 #[derive(Clone, Debug, PartialEq)]
-pub enum SsmMode {
+pub(super) enum SsmMode {
     /// Register with a hybrid activation (an on-premises host).
     Register {
         /// The activation's ID.
@@ -53,7 +53,7 @@ pub enum SsmMode {
 /// The Systems Manager install: the agent setup tool (`ssm-setup-cli`) from `setup_url`, run as
 /// AWS documents for hybrid nodes.
 #[derive(Clone, Debug, PartialEq)]
-pub struct SsmPlan {
+pub(super) struct SsmPlan {
     /// Where the setup tool is downloaded from: `{platform}` (`linux`, or `debian` on hosts with
     /// dpkg) and `{arch}` (`amd64`, `arm64`, `386`) are filled in on the host.
     pub setup_url: String,
@@ -130,7 +130,7 @@ echo "@NODE@$node"
 "#;
 
 /// The script for a Systems Manager install, for `/bin/sh -s`.
-pub fn render_ssm(plan: &SsmPlan) -> Result<String, PlanError> {
+pub(super) fn render_ssm(plan: &SsmPlan) -> Result<String, PlanError> {
     render_ssm_with(plan, LOCK_PARENTS, KILL_AFTER, SSM_REGISTRATION_FILE)
 }
 

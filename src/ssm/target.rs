@@ -15,7 +15,7 @@ use crate::resource::{
 };
 use crate::tenancy::Verdict;
 
-pub async fn check(
+pub(super) async fn check(
     obj: &InstanceRegistration,
     ssm: &SystemsManagerSpec,
     ctx: &Context,

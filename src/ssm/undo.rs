@@ -21,7 +21,7 @@ use super::evidence::{self, Judgement, Owner};
 use crate::tenancy::Verdict;
 
 /// Undoes what the controller did for `obj`; returns a summary, or what stopped it (retried).
-pub async fn undo(
+pub(super) async fn undo(
     ctx: &Context,
     obj: &InstanceRegistration,
     ssm: &SystemsManagerSpec,

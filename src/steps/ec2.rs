@@ -10,7 +10,7 @@ use crate::context::{Context, TargetFacts};
 
 /// How an `ec2` target names its instance.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum TargetKind {
+pub(crate) enum TargetKind {
     /// `i-` followed by hex digits.
     InstanceId,
     /// Four dot-separated numbers: matched against private and public addresses.
@@ -20,7 +20,7 @@ pub enum TargetKind {
 }
 
 /// Classifies an `ec2` target the way the AWS CLI does.
-pub fn target_kind(target: &str) -> TargetKind {
+pub(crate) fn target_kind(target: &str) -> TargetKind {
     let is_instance_id = target.strip_prefix("i-").is_some_and(|hex| {
         !hex.is_empty()
             && hex
@@ -42,7 +42,7 @@ pub fn target_kind(target: &str) -> TargetKind {
 }
 
 /// Finds the one EC2 instance `target` names in `region` (and `vpc`, when given).
-pub async fn find_ec2(
+pub(crate) async fn find_ec2(
     ctx: &Context,
     region: &str,
     vpc: Option<&str>,

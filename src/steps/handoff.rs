@@ -20,7 +20,7 @@ use crate::resource::InstanceRegistration;
 
 /// The Secret's name for `obj` and `suffix` (`opsworks-access-key`, `ssm-activation`): the
 /// object's name, or its UID when the name is too long for one.
-pub fn secret_name(obj: &InstanceRegistration, suffix: &str) -> String {
+pub(crate) fn secret_name(obj: &InstanceRegistration, suffix: &str) -> String {
     let name = format!("{}-{suffix}", obj.name_any());
     if name.len() <= 253 {
         name
@@ -61,7 +61,7 @@ fn taken(name: &str) -> Outcome {
 
 /// The Secret's entries that are UTF-8, or None when there is no such Secret; a Secret of that
 /// name that is not `obj`'s is [`reasons::SECRET_NAME_TAKEN`].
-pub async fn read(
+pub(crate) async fn read(
     ctx: &Context,
     obj: &InstanceRegistration,
     name: &str,
@@ -87,7 +87,7 @@ pub async fn read(
 /// Writes the Secret with `data`, owned by `obj`: made if there is none, replaced if it is
 /// `obj`'s (server-side apply, bound to that Secret's UID); a Secret of that name that is not
 /// `obj`'s is left untouched ([`reasons::SECRET_NAME_TAKEN`]).
-pub async fn write(
+pub(crate) async fn write(
     ctx: &Context,
     obj: &InstanceRegistration,
     name: &str,
@@ -158,7 +158,11 @@ pub async fn write(
 
 /// Deletes the Secret if it is `obj`'s; true if it was deleted. A Secret of that name that is
 /// not `obj`'s is left untouched (false).
-pub async fn forget(ctx: &Context, obj: &InstanceRegistration, name: &str) -> Result<bool, String> {
+pub(crate) async fn forget(
+    ctx: &Context,
+    obj: &InstanceRegistration,
+    name: &str,
+) -> Result<bool, String> {
     let api = secrets(ctx, obj);
     let failed = |what: &str, e: &kube::Error| {
         format!("{what} Secret {name:?}: {}", crate::kube_error_summary(e))
@@ -197,7 +201,7 @@ fn truncate_label(value: &str) -> String {
 }
 
 /// A Kubernetes failure that may pass, as a step's outcome.
-pub fn kube_retry(what: &str, error: &kube::Error) -> Outcome {
+pub(crate) fn kube_retry(what: &str, error: &kube::Error) -> Outcome {
     Outcome::Retry(Observation::fails(
         reasons::KUBERNETES_API_ERROR,
         format!("{what}: {}", crate::kube_error_summary(error)),

@@ -31,7 +31,7 @@ use crate::slots::{Acquired, Slot};
 use crate::ssh::{self, HostKeyRule, SshError};
 
 /// Runs the host step for `obj`, whose service is `service`.
-pub async fn check(
+pub(crate) async fn check(
     service: &dyn Service,
     obj: &InstanceRegistration,
     ctx: &Context,
@@ -181,7 +181,7 @@ async fn settle(ctx: &Context, obj: &InstanceRegistration, version: Option<&str>
 
 /// Whether this object started an install on the host (so a registration of the host may be one
 /// it made).
-pub fn installed(status: &InstanceRegistrationStatus) -> bool {
+pub(crate) fn installed(status: &InstanceRegistrationStatus) -> bool {
     status.install_started_at.is_some() || status.agent_installed_at.is_some()
 }
 

@@ -7,19 +7,19 @@
 //! Each service (`crate::opsworks`, `crate::ssm`) builds its own steps from these and plugs in
 //! behind [`crate::context::Service`]; the pipeline on top (`crate::pipeline`) runs them.
 
-pub mod ec2;
-pub mod handoff;
-pub mod host;
-pub mod probe;
+pub(crate) mod ec2;
+pub(crate) mod handoff;
+pub(crate) mod host;
+pub(crate) mod probe;
 mod runner;
-pub mod script;
-pub mod ssh_key;
-pub mod summary;
+pub(crate) mod script;
+pub(crate) mod ssh_key;
+pub(crate) mod summary;
 
-pub use host::installed;
-pub use runner::{InstallRun, install_elsewhere, install_may_run_until, run_install};
-pub use summary::{
-    Next, installing, phase, summarize, summarize_deleting, summarize_install_elsewhere,
+pub(crate) use host::installed;
+pub(crate) use runner::{install_elsewhere, install_may_run_until, run_install};
+pub(crate) use summary::{
+    Next, installing, summarize, summarize_deleting, summarize_install_elsewhere,
     summarize_suspended, wait_for_registration,
 };
 

@@ -9,7 +9,7 @@ const MAX_ADDRESSES: usize = 32;
 
 /// What a host said of itself in answer to [`PROBE_SCRIPT`].
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Learned {
+pub(crate) struct Learned {
     /// `uname -n`, when it is a valid DNS name.
     pub hostname: Option<String>,
     /// The host's IPv4 addresses: the one the SSH connection reached (from `SSH_CONNECTION`)
@@ -23,7 +23,7 @@ pub struct Learned {
 
 /// The script that asks a host what it registers as. Read-only, no sudo, no input: it prints
 /// `key=value` lines that [`parse_probe`] reads.
-pub const PROBE_SCRIPT: &str = r#"set -u
+pub(crate) const PROBE_SCRIPT: &str = r#"set -u
 echo "instance-registrar-probe=1"
 echo "hostname=$(uname -n 2>/dev/null)"
 set -- ${SSH_CONNECTION:-}
@@ -36,7 +36,7 @@ echo "addresses=$addresses"
 "#;
 
 /// The probe for a host: [`PROBE_SCRIPT`], then the service's own `question` if it has one.
-pub fn script(question: Option<&str>) -> String {
+pub(crate) fn script(question: Option<&str>) -> String {
     let mut script = PROBE_SCRIPT.to_owned();
     if let Some(question) = question {
         script += question;
@@ -48,7 +48,7 @@ pub fn script(question: Option<&str>) -> String {
 /// Reads what [`PROBE_SCRIPT`] printed. The host is not trusted: anything that is not a valid
 /// hostname or IPv4 address is dropped, and sizes are bounded. `None` when the output is not the
 /// probe's (no marker line).
-pub fn parse_probe(output: &str) -> Option<Learned> {
+pub(crate) fn parse_probe(output: &str) -> Option<Learned> {
     let mut marker = false;
     let mut hostname = None;
     let mut connection = None;

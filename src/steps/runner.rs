@@ -34,7 +34,7 @@ const INSTALL_END_MARGIN: Duration = Duration::from_secs(15);
 /// cut (the controller was killed, lost its lease, or the object moved to another shard) or is
 /// running elsewhere. The host itself stops the installer within its limits: connecting (each
 /// hop's `timeoutSeconds`), running (`commandTimeoutSeconds`) and the grace before KILL.
-pub fn install_may_run_until(obj: &InstanceRegistration) -> Option<Timestamp> {
+pub(crate) fn install_may_run_until(obj: &InstanceRegistration) -> Option<Timestamp> {
     let status = obj.status.as_ref()?;
     let started = status.install_started_at.as_ref()?;
     let installing = crate::conditions::get(
@@ -59,7 +59,10 @@ pub fn install_may_run_until(obj: &InstanceRegistration) -> Option<Timestamp> {
 /// of the install without acting further ([`left_the_shard`]); this one must not start before
 /// the install has ended, nor make credentials that install's agent is using. An install
 /// recorded without a shard (by an older controller) is taken to be this shard's.
-pub fn install_elsewhere(obj: &InstanceRegistration, shard: &str) -> Option<(String, Duration)> {
+pub(crate) fn install_elsewhere(
+    obj: &InstanceRegistration,
+    shard: &str,
+) -> Option<(String, Duration)> {
     let until = install_may_run_until(obj)?;
     let status = obj.status.as_ref()?;
     let theirs = status.install_shard.as_deref()?;
@@ -108,25 +111,25 @@ async fn left_the_shard(ctx: &Context, obj: &InstanceRegistration) -> Option<Str
 }
 
 /// An install's run on the host: what it printed and how it ended.
-pub struct InstallRun {
+pub(crate) struct InstallRun {
     run: crate::ssh::Run,
     took: f64,
 }
 
 impl InstallRun {
     /// The script's exit status.
-    pub fn exit_status(&self) -> Option<u32> {
+    pub(crate) fn exit_status(&self) -> Option<u32> {
         self.run.exit_status
     }
 
     /// What the script printed.
-    pub fn output(&self) -> &[u8] {
+    pub(crate) fn output(&self) -> &[u8] {
         &self.run.output
     }
 
     /// `what`, with how long the run took and the tail of its output (with `secrets` redacted),
     /// for a condition message.
-    pub fn said(&self, what: &str, secrets: &[&str]) -> String {
+    pub(crate) fn said(&self, what: &str, secrets: &[&str]) -> String {
         let tail = script::output_tail(&self.run.output, secrets, TAIL_LINES, TAIL_BYTES);
         let took = self.took;
         if tail.is_empty() {
@@ -138,7 +141,12 @@ impl InstallRun {
 
     /// The outcome of an exit status the install scripts of every service share (the script's
     /// own failures); `program` names what the script ran, for messages.
-    pub fn failed(&self, obj: &InstanceRegistration, secrets: &[&str], program: &str) -> Outcome {
+    pub(crate) fn failed(
+        &self,
+        obj: &InstanceRegistration,
+        secrets: &[&str],
+        program: &str,
+    ) -> Outcome {
         let spec = &obj.spec.ssh;
         let said = |what: &str| self.said(what, secrets);
         match self.run.exit_status {
@@ -220,7 +228,7 @@ impl InstallRun {
 /// its host key checked, after recording on status that an install started (so that a restart
 /// knows a registration of this object's may exist, and a pass working from an old copy cannot
 /// install a second time). `agent` names what is installed, for the log.
-pub async fn run_install(
+pub(crate) async fn run_install(
     obj: &InstanceRegistration,
     ctx: &Context,
     facts: &mut Facts,

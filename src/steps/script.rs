@@ -14,43 +14,43 @@
 use std::time::Duration;
 
 /// The script's exit status when the installer could not be downloaded.
-pub const EXIT_DOWNLOAD_FAILED: u32 = 90;
+pub(crate) const EXIT_DOWNLOAD_FAILED: u32 = 90;
 /// The script's exit status when the installer's SHA-256 is not the one the spec requires.
-pub const EXIT_CHECKSUM_MISMATCH: u32 = 91;
+pub(crate) const EXIT_CHECKSUM_MISMATCH: u32 = 91;
 /// The script's exit status when the login user may not run `sudo` without a password.
-pub const EXIT_SUDO_DENIED: u32 = 92;
+pub(crate) const EXIT_SUDO_DENIED: u32 = 92;
 /// The script's exit status when the tarball could not be unpacked or has no `boot-registration`.
-pub const EXIT_UNPACK_FAILED: u32 = 93;
+pub(crate) const EXIT_UNPACK_FAILED: u32 = 93;
 /// The script's exit status when the host lacks a tool the script needs (mktemp, sha256sum,
 /// timeout, ...) or its install lock directory is not root's.
-pub const EXIT_HOST_UNSUITABLE: u32 = 94;
+pub(crate) const EXIT_HOST_UNSUITABLE: u32 = 94;
 /// The script's exit status when another install holds the host's install lock; nothing was
 /// downloaded or run.
-pub const EXIT_INSTALL_IN_PROGRESS: u32 = 95;
+pub(crate) const EXIT_INSTALL_IN_PROGRESS: u32 = 95;
 /// The script's exit status when `boot-registration` failed (its own status is on the output's
 /// [`INSTALLER_STATUS_MARKER`] line).
-pub const EXIT_INSTALLER_FAILED: u32 = 96;
+pub(crate) const EXIT_INSTALLER_FAILED: u32 = 96;
 /// The script's exit status when the time limit ([`Plan::time_limit`]) passed: the installer
 /// was stopped (TERM, then KILL after [`KILL_AFTER`]) or not started.
-pub const EXIT_TIMED_OUT: u32 = 97;
+pub(crate) const EXIT_TIMED_OUT: u32 = 97;
 /// The script's exit status when `sudo` refuses to run without a terminal (`requiretty`).
-pub const EXIT_SUDO_NEEDS_TTY: u32 = 98;
+pub(crate) const EXIT_SUDO_NEEDS_TTY: u32 = 98;
 
 /// The start of the output line that gives `boot-registration`'s own exit status when it
 /// failed; the status follows.
-pub const INSTALLER_STATUS_MARKER: &str =
+pub(crate) const INSTALLER_STATUS_MARKER: &str =
     "instance-registrar: boot-registration exited with status ";
 
 /// How long an installer stopped at its time limit has to end after TERM before it is killed.
-pub const KILL_AFTER: Duration = Duration::from_secs(10);
+pub(crate) const KILL_AFTER: Duration = Duration::from_secs(10);
 
 /// Where the host-wide install lock goes: in `instance-registrar/`, a directory of root's made
 /// (mode 0700) in the first of these that exists.
-pub const LOCK_PARENTS: &[&str] = &["/run/lock", "/var/lock", "/run", "/var/run"];
+pub(crate) const LOCK_PARENTS: &[&str] = &["/run/lock", "/var/lock", "/run", "/var/run"];
 
 /// Why a plan cannot be turned into a script.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum PlanError {
+pub(crate) enum PlanError {
     /// The installer URL is not an http(s) URL.
     #[error("the agent installer URL is not an http or https URL")]
     InstallerUrl,
@@ -61,7 +61,7 @@ pub enum PlanError {
 
 /// Quotes `value` for a POSIX shell: the result is one word whose value is exactly `value`,
 /// whatever it holds (quotes, `$()`, backticks, newlines, `;`).
-pub fn shell_quote(value: &str) -> String {
+pub(crate) fn shell_quote(value: &str) -> String {
     let mut quoted = String::with_capacity(value.len() + 2);
     quoted.push('\'');
     for c in value.chars() {
@@ -166,7 +166,7 @@ exit @INSTALLER_FAILED@
 "#;
 
 /// What one service's install downloads and runs, for [`render_payload`].
-pub struct Payload<'a> {
+pub(crate) struct Payload<'a> {
     /// What runs under the lock, for messages (`boot-registration`).
     pub name: &'a str,
     /// What is downloaded, for messages.
@@ -190,7 +190,7 @@ pub struct Payload<'a> {
 }
 
 /// The script that downloads and runs `payload` within `time_limit`, for `/bin/sh -s`.
-pub fn render_payload(
+pub(crate) fn render_payload(
     payload: &Payload<'_>,
     time_limit: Duration,
     lock_parents: &[&str],
@@ -314,7 +314,7 @@ exit $?
 
 /// The value of the last output line that starts with `marker` (a script's own lines come after
 /// anything the programs it ran printed).
-pub fn marked(output: &[u8], marker: &str) -> Option<String> {
+pub(crate) fn marked(output: &[u8], marker: &str) -> Option<String> {
     let text = String::from_utf8_lossy(output);
     text.lines()
         .rev()
@@ -330,13 +330,18 @@ const RUNNER_END: &str = "INSTANCE_REGISTRAR_RUNNER_END";
 
 /// `boot-registration`'s own exit status, from the marker line the script prints when it fails
 /// (the last one, should the installer have printed such a line itself).
-pub fn installer_status(output: &[u8]) -> Option<i64> {
+pub(crate) fn installer_status(output: &[u8]) -> Option<i64> {
     marked(output, INSTALLER_STATUS_MARKER).and_then(|status| status.parse().ok())
 }
 
 /// The last `max_lines` lines (at most `max_bytes`) of the script's output, with every `secret`
 /// replaced by `[REDACTED]`, as text for a condition message.
-pub fn output_tail(output: &[u8], secrets: &[&str], max_lines: usize, max_bytes: usize) -> String {
+pub(crate) fn output_tail(
+    output: &[u8],
+    secrets: &[&str],
+    max_lines: usize,
+    max_bytes: usize,
+) -> String {
     let mut text = String::from_utf8_lossy(output).into_owned();
     for secret in secrets.iter().filter(|s| !s.is_empty()) {
         text = text.replace(secret, "[REDACTED]");

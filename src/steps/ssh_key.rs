@@ -16,14 +16,14 @@ use crate::resource::{InstanceRegistration, SecretKeyRef};
 use crate::sshkey::{self, KeyProblem, LoadError};
 
 /// The Secret key that holds the passphrase of an encrypted private key.
-pub const PASSPHRASE_KEY: &str = "passphrase";
+pub(crate) const PASSPHRASE_KEY: &str = "passphrase";
 /// Secret types that may hold an SSH private key.
 const ACCEPTED_TYPES: &[&str] = &["kubernetes.io/ssh-auth", "Opaque"];
 /// When to look again at a key whose decoding overran its time limit (it goes on meanwhile).
 const DECODE_RECHECK: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Runs the SSH key step for `obj`.
-pub async fn check(obj: &InstanceRegistration, ctx: &Context, facts: &mut Facts) -> Outcome {
+pub(crate) async fn check(obj: &InstanceRegistration, ctx: &Context, facts: &mut Facts) -> Outcome {
     let spec = &obj.spec.ssh;
     let (key, summary) = match load(obj, ctx, &spec.private_key_secret_ref, None).await {
         Ok(loaded) => loaded,

@@ -16,7 +16,7 @@ use crate::resource::{InstanceRegistrationStatus, Phase};
 /// (looked at again after `poll`); after that the install is tried again (`RegistrationTimeout`,
 /// blocked backoff). `listed` says what the service is waited for, e.g. "OpsWorks to list the
 /// instance".
-pub fn wait_for_registration(
+pub(crate) fn wait_for_registration(
     ctx: &Context,
     status: &mut InstanceRegistrationStatus,
     listed: &str,
@@ -62,7 +62,7 @@ pub fn wait_for_registration(
 
 /// When to reconcile the object again.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Next {
+pub(crate) enum Next {
     /// Everything is as wanted: look again at the slow resync interval to notice drift.
     Resync,
     /// Check again after this long.
@@ -75,7 +75,7 @@ pub enum Next {
 
 /// Records the steps' `results` (in pipeline order, ending at the first step that was not done)
 /// on `status` for `generation`, and derives Ready, Reconciling, Stalled and the phase.
-pub fn summarize(
+pub(crate) fn summarize(
     status: &mut InstanceRegistrationStatus,
     pipeline: &[Step],
     results: &[(Step, Outcome)],
@@ -171,7 +171,7 @@ pub fn summarize(
 /// Records on `status` that `agent` is being installed on `host` since `now`: what `kubectl get
 /// ir` shows while the install runs (written before it starts; the pass's end records how it
 /// ended).
-pub fn installing(
+pub(crate) fn installing(
     obj: &crate::resource::InstanceRegistration,
     status: &mut InstanceRegistrationStatus,
     agent: &str,
@@ -195,7 +195,11 @@ pub fn installing(
 
 /// Records that `spec.suspend` is set: nothing is done; Reconciling and Stalled say why, and the
 /// step conditions keep what they last said (with the generation they were computed for).
-pub fn summarize_suspended(status: &mut InstanceRegistrationStatus, generation: i64, now: &Time) {
+pub(crate) fn summarize_suspended(
+    status: &mut InstanceRegistrationStatus,
+    generation: i64,
+    now: &Time,
+) {
     let conds = &mut status.conditions;
     if conditions::get(conds, types::READY).is_none() {
         conditions::set(
@@ -230,7 +234,7 @@ pub fn summarize_suspended(status: &mut InstanceRegistrationStatus, generation: 
 
 /// Records that the object waits for an install another shard started (`why`): Ready and the
 /// kstatus pair say so; the step conditions keep what they last said.
-pub fn summarize_install_elsewhere(
+pub(crate) fn summarize_install_elsewhere(
     status: &mut InstanceRegistrationStatus,
     why: &str,
     generation: i64,
@@ -264,7 +268,7 @@ pub fn summarize_install_elsewhere(
 }
 
 /// Records that deleting the object is held up by `problem` (it is retried with backoff).
-pub fn summarize_deleting(
+pub(crate) fn summarize_deleting(
     status: &mut InstanceRegistrationStatus,
     problem: &str,
     generation: i64,
@@ -290,7 +294,7 @@ pub fn summarize_deleting(
 }
 
 /// The phase a set of conditions amounts to.
-pub fn phase(conds: &[crate::resource::Condition]) -> Phase {
+pub(crate) fn phase(conds: &[crate::resource::Condition]) -> Phase {
     let is = |t| conditions::is_true(conds, t);
     if is(types::REGISTERED) && is(types::READY) {
         Phase::Registered
