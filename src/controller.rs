@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{FutureExt, StreamExt};
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{Namespace, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::PartialObjectMeta;
@@ -519,38 +519,8 @@ pub(crate) async fn run_with(
 ) -> anyhow::Result<()> {
     let watched = settings.watched.clone();
     let concurrency = settings.concurrency;
-    // The controller's own status writes must not start another pass (an install is not run
-    // twice because its failure was written down): only what a person or the API server
-    // changes does — the spec (generation, which deletion bumps too), finalizers and
-    // annotations. Requeues and the resync interval cover the rest.
     let (store, writer) = reflector::store();
-    let watch_health = health.clone();
-    let mut config = watcher::Config::default().any_semantic();
-    if let Some(selector) = &watched.selector {
-        // A shard: only the objects it is given.
-        config = config.labels(selector);
-    }
-    let sources = apis::<InstanceRegistration>(&client, &watched)
-        .into_iter()
-        .map(|api| {
-            watcher(api, config.clone())
-                .default_backoff()
-                // The cache holds every object for the process's lifetime; the field managers'
-                // records are most of an object's metadata and nothing here reads them.
-                .modify(|obj| obj.managed_fields_mut().clear())
-        })
-        .collect();
-    let changes = crate::watches::merge(sources)
-        .reflect(writer)
-        // Readiness follows the watch: an error marks it down until events flow again.
-        .inspect(move |event| watch_health.set_watch_alive(event.is_ok()))
-        .applied_objects()
-        .predicate_filter(
-            predicates::generation
-                .combine(predicates::finalizers)
-                .combine(predicates::annotations),
-            Default::default(),
-        );
+    let changes = object_changes(&client, &watched, writer, health.clone());
     metrics.count_objects_in(store.clone());
     // The Namespaces' annotations say which stacks their objects may use. Their watch runs on
     // its own, so that it can fill before the first pass (a pass that found its namespace not
@@ -563,18 +533,11 @@ pub(crate) async fn run_with(
         let _ = changed_tx.unbounded_send(name);
         std::future::ready(())
     }));
-    let waited = std::time::Instant::now();
-    loop {
-        tokio::select! {
-            _ = namespaces.wait_until_ready() => break,
-            _ = shutdown.clone() => {
-                namespace_watch.abort();
-                return Ok(());
-            }
-            _ = tokio::time::sleep(Duration::from_secs(10)) => warn!(
-                waited_s = waited.elapsed().as_secs(),
-                "waiting for the Namespace watch to list the namespaces"
-            ),
+    tokio::select! {
+        _ = namespaces_listed(&namespaces) => {}
+        _ = shutdown.clone() => {
+            namespace_watch.abort();
+            return Ok(());
         }
     }
     // Detached passes (SSH sessions) wake their object through this when they end.
@@ -645,6 +608,59 @@ pub(crate) async fn run_with(
     namespace_watch.abort();
     stop(&ctx).await;
     Ok(())
+}
+
+/// The watched objects' changes that start a pass, kept in the store `writer` fills. The
+/// controller's own status writes must not start another pass (an install is not run twice
+/// because its failure was written down): only what a person or the API server changes does —
+/// the spec (generation, which deletion bumps too), finalizers and annotations. Requeues and the
+/// resync interval cover the rest.
+fn object_changes(
+    client: &Client,
+    watched: &crate::watches::Watched,
+    writer: reflector::store::Writer<InstanceRegistration>,
+    health: Arc<Health>,
+) -> impl futures::Stream<Item = Result<InstanceRegistration, watcher::Error>> + Send + 'static {
+    let mut config = watcher::Config::default().any_semantic();
+    if let Some(selector) = &watched.selector {
+        // A shard: only the objects it is given.
+        config = config.labels(selector);
+    }
+    let sources = apis::<InstanceRegistration>(client, watched)
+        .into_iter()
+        .map(|api| {
+            watcher(api, config.clone())
+                .default_backoff()
+                // The cache holds every object for the process's lifetime; the field managers'
+                // records are most of an object's metadata and nothing here reads them.
+                .modify(|obj| obj.managed_fields_mut().clear())
+        })
+        .collect();
+    crate::watches::merge(sources)
+        .reflect(writer)
+        // Readiness follows the watch: an error marks it down until events flow again.
+        .inspect(move |event| health.set_watch_alive(event.is_ok()))
+        .applied_objects()
+        .predicate_filter(
+            predicates::generation
+                .combine(predicates::finalizers)
+                .combine(predicates::annotations),
+            Default::default(),
+        )
+}
+
+/// Returns once the Namespace watch has listed the namespaces, saying so every 10 s meanwhile.
+async fn namespaces_listed(namespaces: &reflector::Store<PartialObjectMeta<Namespace>>) {
+    let waited = std::time::Instant::now();
+    loop {
+        tokio::select! {
+            _ = namespaces.wait_until_ready() => return,
+            _ = tokio::time::sleep(Duration::from_secs(10)) => warn!(
+                waited_s = waited.elapsed().as_secs(),
+                "waiting for the Namespace watch to list the namespaces"
+            ),
+        }
+    }
 }
 
 /// Gives the detached passes (SSH sessions) a moment to end; an install cut here goes on on the

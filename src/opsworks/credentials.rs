@@ -638,82 +638,92 @@ pub(super) async fn cleanup_iam(
     }
     let mut deleted = Vec::new();
     for name in ours {
-        let keys = iam
-            .list_access_keys()
-            .user_name(&name)
-            .send()
-            .await
-            .map_err(|e| aws::classify(&e))?;
-        for key in keys.access_key_metadata() {
-            if let Some(id) = key.access_key_id() {
-                ignore_not_found(
-                    iam.delete_access_key()
-                        .user_name(&name)
-                        .access_key_id(id)
-                        .send()
-                        .await,
-                )?;
-            }
-        }
-        let attached = iam
-            .list_attached_user_policies()
-            .user_name(&name)
-            .send()
-            .await
-            .map_err(|e| aws::classify(&e))?;
-        for policy in attached.attached_policies() {
-            if let Some(arn) = policy.policy_arn() {
-                ignore_not_found(
-                    iam.detach_user_policy()
-                        .user_name(&name)
-                        .policy_arn(arn)
-                        .send()
-                        .await,
-                )?;
-            }
-        }
-        let inline = iam
-            .list_user_policies()
-            .user_name(&name)
-            .send()
-            .await
-            .map_err(|e| aws::classify(&e))?;
-        for policy in inline.policy_names() {
-            ignore_not_found(
-                iam.delete_user_policy()
-                    .user_name(&name)
-                    .policy_name(policy)
-                    .send()
-                    .await,
-            )?;
-        }
-        let groups = iam
-            .list_groups_for_user()
-            .user_name(&name)
-            .send()
-            .await
-            .map_err(|e| aws::classify(&e))?;
-        for group in groups.groups() {
-            ignore_not_found(
-                iam.remove_user_from_group()
-                    .user_name(&name)
-                    .group_name(group.group_name())
-                    .send()
-                    .await,
-            )?;
-        }
-        ignore_not_found(iam.delete_user().user_name(&name).send().await)?;
+        delete_user(iam, &name).await?;
         deleted.push(name);
     }
     if !tidy_group {
         return Ok(deleted);
     }
-    // The stack's group goes when no user is left in it.
-    let group = group_name(obj.spec.stack_id());
-    match iam.get_group().group_name(&group).send().await {
+    tidy(ow, iam, &group_name(obj.spec.stack_id())).await?;
+    Ok(deleted)
+}
+
+/// Deletes IAM user `name` with its access keys and policies, out of its groups first.
+async fn delete_user(iam: &aws_sdk_iam::Client, name: &str) -> Result<(), aws::Failure> {
+    let keys = iam
+        .list_access_keys()
+        .user_name(name)
+        .send()
+        .await
+        .map_err(|e| aws::classify(&e))?;
+    for key in keys.access_key_metadata() {
+        if let Some(id) = key.access_key_id() {
+            ignore_not_found(
+                iam.delete_access_key()
+                    .user_name(name)
+                    .access_key_id(id)
+                    .send()
+                    .await,
+            )?;
+        }
+    }
+    let attached = iam
+        .list_attached_user_policies()
+        .user_name(name)
+        .send()
+        .await
+        .map_err(|e| aws::classify(&e))?;
+    for policy in attached.attached_policies() {
+        if let Some(arn) = policy.policy_arn() {
+            ignore_not_found(
+                iam.detach_user_policy()
+                    .user_name(name)
+                    .policy_arn(arn)
+                    .send()
+                    .await,
+            )?;
+        }
+    }
+    let inline = iam
+        .list_user_policies()
+        .user_name(name)
+        .send()
+        .await
+        .map_err(|e| aws::classify(&e))?;
+    for policy in inline.policy_names() {
+        ignore_not_found(
+            iam.delete_user_policy()
+                .user_name(name)
+                .policy_name(policy)
+                .send()
+                .await,
+        )?;
+    }
+    let groups = iam
+        .list_groups_for_user()
+        .user_name(name)
+        .send()
+        .await
+        .map_err(|e| aws::classify(&e))?;
+    for group in groups.groups() {
+        ignore_not_found(
+            iam.remove_user_from_group()
+                .user_name(name)
+                .group_name(group.group_name())
+                .send()
+                .await,
+        )?;
+    }
+    ignore_not_found(iam.delete_user().user_name(name).send().await)?;
+    Ok(())
+}
+
+/// Deletes the stack's IAM group `group` when no user is left in it.
+async fn tidy(ow: &OpsWorks, iam: &aws_sdk_iam::Client, group: &str) -> Result<(), aws::Failure> {
+    match iam.get_group().group_name(group).send().await {
         Ok(out) if out.users().is_empty() => {
-            ow.iam_groups.invalidate(&group);
-            if let Err(e) = iam.delete_group().group_name(&group).send().await {
+            ow.iam_groups.invalidate(group);
+            if let Err(e) = iam.delete_group().group_name(group).send().await {
                 let failure = aws::classify(&e);
                 // DeleteConflict: someone joined it meanwhile; it stays.
                 if !matches!(failure.kind, Kind::NotFound)
@@ -731,7 +741,7 @@ pub(super) async fn cleanup_iam(
             }
         }
     }
-    Ok(deleted)
+    Ok(())
 }
 
 fn ignore_not_found<T, E>(

@@ -71,22 +71,10 @@ pub(super) async fn check(
             "the object has no UID yet",
         ));
     };
-    if let Err(e) = ctx.aws.iam.get_role().role_name(role).send().await {
-        let failure = aws::classify(&e);
-        return match failure.kind {
-            Kind::NotFound => Outcome::Blocked(Observation::fails(
-                reasons::ROLE_NOT_FOUND,
-                format!(
-                    "IAM role {role:?} (systemsManager.serviceRole) does not exist; create it \
-                     with a trust policy for ssm.amazonaws.com and the \
-                     AmazonSSMManagedInstanceCore policy"
-                ),
-            )),
-            _ => failure.outcome("iam:GetRole"),
-        };
+    if let Err(outcome) = role_exists(ctx, role).await {
+        return outcome;
     }
     let region = super::region(ctx, ssm).to_owned();
-    let client = ctx.aws.ssm(Some(&region));
     let secret_name = super::activation_secret_name(obj);
 
     // The one kept in the Secret, if it can still register the host.
@@ -136,17 +124,58 @@ pub(super) async fn check(
         Ok(found) => found,
         Err(outcome) => return outcome,
     };
-    // A used activation of this object's registered a node: the object's own, from an install
-    // cut short before it said so (another activation must not be made for the host, nor that
-    // node taken for someone else's).
+    if let Some(outcome) = own_node(ctx, &region, &found, stored, facts, status).await {
+        return outcome;
+    }
+    make(
+        obj,
+        ssm,
+        ctx,
+        (role, &uid, &region, &secret_name),
+        &found,
+        facts,
+        status,
+    )
+    .await
+}
+
+/// Whether the IAM role an on-premises node will use exists.
+async fn role_exists(ctx: &Context, role: &str) -> Result<(), Outcome> {
+    let Err(e) = ctx.aws.iam.get_role().role_name(role).send().await else {
+        return Ok(());
+    };
+    let failure = aws::classify(&e);
+    Err(match failure.kind {
+        Kind::NotFound => Outcome::Blocked(Observation::fails(
+            reasons::ROLE_NOT_FOUND,
+            format!(
+                "IAM role {role:?} (systemsManager.serviceRole) does not exist; create it with a \
+                 trust policy for ssm.amazonaws.com and the AmazonSSMManagedInstanceCore policy"
+            ),
+        )),
+        _ => failure.outcome("iam:GetRole"),
+    })
+}
+
+/// A used activation of this object's (among `found`) registered a node: the object's own, from
+/// an install cut short before it said so (another activation must not be made for the host,
+/// nor that node taken for someone else's). The step's outcome when there is one.
+async fn own_node(
+    ctx: &Context,
+    region: &str,
+    found: &[aws_sdk_ssm::types::Activation],
+    stored: Option<Activation>,
+    facts: &mut Facts,
+    status: &mut InstanceRegistrationStatus,
+) -> Option<Outcome> {
     for used in found
         .iter()
         .filter(|a| a.registrations_count().unwrap_or(0) > 0)
     {
         let id = used.activation_id().unwrap_or_default();
-        let node = match super::find_node(ctx, &region, "ActivationIds", id).await {
+        let node = match super::find_node(ctx, region, "ActivationIds", id).await {
             Ok(node) => node,
-            Err(outcome) => return outcome,
+            Err(outcome) => return Some(outcome),
         };
         if let Some(node) = node {
             status.activation_id = Some(id.to_owned());
@@ -154,14 +183,32 @@ pub(super) async fn check(
             if node.ping_status == "Online" {
                 let message = format!("activation {id} registered node {}", node.id);
                 findings(facts).node = Some(node);
-                return Outcome::Done(Observation::holds(reasons::SUCCEEDED, message));
+                return Some(Outcome::Done(Observation::holds(
+                    reasons::SUCCEEDED,
+                    message,
+                )));
             }
             findings(facts).resume = Some(node.id.clone());
             let resume = node.id;
-            return resumed(status, facts, stored, &resume);
+            return Some(resumed(status, facts, stored, &resume));
         }
     }
-    for old in &found {
+    None
+}
+
+/// Makes the object's activation for `role` (after deleting its unusable ones, `found`) and
+/// hands it to the install through the Secret `secret_name`.
+async fn make(
+    obj: &InstanceRegistration,
+    ssm: &SystemsManagerSpec,
+    ctx: &Context,
+    (role, uid, region, secret_name): (&str, &str, &str, &str),
+    found: &[aws_sdk_ssm::types::Activation],
+    facts: &mut Facts,
+    status: &mut InstanceRegistrationStatus,
+) -> Outcome {
+    let client = ctx.aws.ssm(Some(region));
+    for old in found {
         let id = old.activation_id().unwrap_or_default();
         if let Err(e) = client.delete_activation().activation_id(id).send().await {
             let failure = aws::classify(&e);
@@ -177,7 +224,7 @@ pub(super) async fn check(
         .clone()
         .unwrap_or_else(|| obj.name_any());
     let owner = format!("{}/{}", obj.namespace().unwrap_or_default(), obj.name_any());
-    let mut tags = vec![tag(OWNER_UID, &uid), tag(super::OWNER_TAG, &owner)];
+    let mut tags = vec![tag(OWNER_UID, uid), tag(super::OWNER_TAG, &owner)];
     tags.extend(ssm.tags.iter().map(|t| tag(&t.key, &t.value)));
     let created = client
         .create_activation()
@@ -217,7 +264,7 @@ pub(super) async fn check(
     if let Err(outcome) = handoff::write(
         ctx,
         obj,
-        &secret_name,
+        secret_name,
         &[
             (KEY_ID, &activation.id),
             (KEY_CODE, activation.code.expose()),
