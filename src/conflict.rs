@@ -1,4 +1,4 @@
-//! Two objects that name one host must not both act (DESIGN.md §2): the one that does not take
+//! Two objects that name one host must not both act: the one that does not take
 //! precedence reports `Conflict` naming the other and does nothing. Shared by every service.
 //!
 //! One host: the same target text, the same EC2 instance, or what the host itself said over SSH

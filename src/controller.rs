@@ -66,7 +66,7 @@ pub(crate) async fn reconcile(obj: Arc<InstanceRegistration>, ctx: Arc<Context>)
 }
 
 /// Runs a pass of `obj` ([`pass`]) on a task of its own. The reconcile waits for it, unless the
-/// pass lets go of it ([`steps::Facts::detach`], before an SSH session): then the reconcile
+/// pass lets go of it ([`crate::context::Facts::detach`], before an SSH session): then the reconcile
 /// returns at once, freeing its worker, and the pass goes on by itself; when it ends, the
 /// object is reconciled again after the delay the pass asked for (at once if a reconcile came
 /// meanwhile), and a failure is counted and backed off as [`error_policy`] does.
@@ -121,7 +121,7 @@ async fn apply(
 
 /// Brings the world to match `obj` as far as the steps can, then records what they found;
 /// returns when to look again (`None`: at the next change). `detach` is the pass's way to let go
-/// of its reconcile ([`steps::Facts::detach`]).
+/// of its reconcile ([`crate::context::Facts::detach`]).
 async fn pass(
     obj: &InstanceRegistration,
     api: &Api<InstanceRegistration>,

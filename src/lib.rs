@@ -63,9 +63,9 @@ pub mod testing {
 }
 
 /// Errors that end a reconcile early; they are retried with per-object backoff. Failures the user
-/// must fix are not errors: they are conditions (see [`steps::Outcome`]).
+/// must fix are not errors: they are conditions (see [`conditions::Outcome`]).
 #[derive(Debug, thiserror::Error)]
-pub enum Error {
+pub(crate) enum Error {
     /// A Kubernetes API call failed.
     #[error("Kubernetes API call {operation} failed: {summary}")]
     Kube {
@@ -93,7 +93,7 @@ pub enum Error {
 
 impl Error {
     /// Wraps a Kubernetes API error with what was being done.
-    pub fn kube(operation: &'static str, source: kube::Error) -> Self {
+    pub(crate) fn kube(operation: &'static str, source: kube::Error) -> Self {
         Error::Kube {
             operation,
             summary: kube_error_summary(&source),
@@ -102,7 +102,7 @@ impl Error {
     }
 
     /// A short, stable label for metrics and logs.
-    pub fn metric_label(&self) -> &'static str {
+    pub(crate) fn metric_label(&self) -> &'static str {
         match self {
             Error::Kube { .. } => "kube_api",
             Error::Finalizer(_) => "finalizer",
@@ -121,11 +121,11 @@ pub fn install_crypto_provider() {
 }
 
 /// `Result` with this crate's [`Error`].
-pub type Result<T, E = Error> = std::result::Result<T, E>;
+pub(crate) type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// A one-line description of a Kubernetes client error: the API's status code, reason and message
 /// when the server answered, else the error's own text.
-pub fn kube_error_summary(error: &kube::Error) -> String {
+pub(crate) fn kube_error_summary(error: &kube::Error) -> String {
     match error {
         kube::Error::Api(status) => {
             format!("{} {}: {}", status.code, status.reason, status.message)

@@ -272,23 +272,14 @@ fn default_activation_lifetime() -> u32 {
     60
 }
 
-/// The service an object registers its host with.
+/// The service an object registers its host with, as its spec says (read in one place: the
+/// controller's registry of services, which gives each its `Service` value).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Service<'a> {
     /// AWS OpsWorks Stacks, with the stack's ID.
     OpsWorks(&'a str),
     /// AWS Systems Manager.
     SystemsManager(&'a SystemsManagerSpec),
-}
-
-impl Service<'_> {
-    /// The name `status.service` and metrics use.
-    pub fn name(&self) -> &'static str {
-        match self {
-            Service::OpsWorks(_) => "OpsWorks",
-            Service::SystemsManager(_) => "SystemsManager",
-        }
-    }
 }
 
 impl InstanceRegistrationSpec {

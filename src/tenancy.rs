@@ -4,8 +4,8 @@
 //! the team's: it is said on the Namespace (which tenants cannot edit), in the annotations
 //! [`ALLOWED_STACKS`] and [`ALLOWED_SERVICE_ROLES`], and enforced before any AWS write.
 //!
-//! - [`AllowList`] parses an annotation's value; [`stack_verdict`] decides, from a Namespace's
-//!   annotations, whether an object of it may use a stack. Both are pure.
+//! - [`AllowList`] parses an annotation's value; [`verdict`] decides, from a Namespace's
+//!   annotations, whether an object of it may use a [`Scope`]. Both are pure.
 //! - [`Tenancy`] answers for an object from a reflector of Namespace metadata, which
 //!   [`watch`] keeps current and which re-runs a namespace's objects when its annotations change.
 //!

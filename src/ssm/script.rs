@@ -20,11 +20,11 @@ pub(super) const SSM_NODE_MARKER: &str = "instance-registrar: managed node ";
 /// the one the script may replace, and nothing was run; the node ID follows.
 pub(super) const SSM_REGISTERED_ALREADY_MARKER: &str = "instance-registrar: registered already as ";
 /// The entry script's exit status when the host is registered already (see
-/// [`SSM_REGISTERED_ALREADY_MARKER`]); the script then exits [`EXIT_INSTALLER_FAILED`].
+/// [`SSM_REGISTERED_ALREADY_MARKER`]); the script then exits [`crate::steps::script::EXIT_INSTALLER_FAILED`].
 pub(super) const SSM_EXIT_REGISTERED_ALREADY: i64 = 3;
 /// The entry script's exit status when the node to resume is not the host's (its registration
 /// file names none: the install that registered it was cut short before writing it); nothing was
-/// run. The script then exits [`EXIT_INSTALLER_FAILED`].
+/// run. The script then exits [`crate::steps::script::EXIT_INSTALLER_FAILED`].
 pub(super) const SSM_EXIT_REGISTRATION_LOST: i64 = 4;
 
 /// What the Systems Manager install does on the host.
@@ -63,7 +63,7 @@ pub(super) struct SsmPlan {
     pub region: String,
     /// Register or install.
     pub mode: SsmMode,
-    /// As [`Plan::time_limit`].
+    /// How long the setup tool may run on the host before it is stopped.
     pub time_limit: Duration,
 }
 

@@ -30,7 +30,7 @@ pub(crate) const EXIT_INSTALL_IN_PROGRESS: u32 = 95;
 /// The script's exit status when `boot-registration` failed (its own status is on the output's
 /// [`INSTALLER_STATUS_MARKER`] line).
 pub(crate) const EXIT_INSTALLER_FAILED: u32 = 96;
-/// The script's exit status when the time limit ([`Plan::time_limit`]) passed: the installer
+/// The script's exit status when the time limit of the service's plan passed: the installer
 /// was stopped (TERM, then KILL after [`KILL_AFTER`]) or not started.
 pub(crate) const EXIT_TIMED_OUT: u32 = 97;
 /// The script's exit status when `sudo` refuses to run without a terminal (`requiretty`).
