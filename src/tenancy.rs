@@ -40,6 +40,8 @@ pub(crate) struct Scope<'a> {
     pub noun: &'static str,
     /// Its ID.
     pub id: &'a str,
+    /// The condition reason of an object refused it.
+    pub refused: &'static str,
 }
 
 impl<'a> Scope<'a> {
@@ -49,6 +51,7 @@ impl<'a> Scope<'a> {
             annotation: ALLOWED_STACKS,
             noun: "stack",
             id,
+            refused: crate::conditions::reasons::STACK_NOT_ALLOWED,
         }
     }
 
@@ -58,6 +61,7 @@ impl<'a> Scope<'a> {
             annotation: ALLOWED_SERVICE_ROLES,
             noun: "Systems Manager service role",
             id,
+            refused: crate::conditions::reasons::SERVICE_ROLE_NOT_ALLOWED,
         }
     }
 }
@@ -155,6 +159,7 @@ pub(crate) fn verdict(
         annotation,
         noun,
         id,
+        ..
     } = scope;
     let Some(annotations) = annotations else {
         return Verdict::Unknown(format!(

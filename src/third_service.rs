@@ -20,7 +20,7 @@ use crate::context::{Context, Facts, Registry, Service, Step, TargetFacts};
 use crate::resource::{InstanceRegistration, InstanceRegistrationStatus};
 use crate::services::Services;
 use crate::steps::script::shell_quote;
-use crate::tenancy::{Scope, Verdict};
+use crate::tenancy::Scope;
 
 /// The annotation that gives an object to the ledger.
 pub(crate) const ANNOTATION: &str = "registrar.dev/test-service";
@@ -68,14 +68,8 @@ impl Ledger {
     }
 
     fn target(&self, obj: &InstanceRegistration, ctx: &Context, facts: &mut Facts) -> Outcome {
-        match ctx.verdict(obj) {
-            Verdict::Allowed => {}
-            Verdict::Refused(why) => {
-                return Outcome::Blocked(Observation::fails(reasons::STACK_NOT_ALLOWED, why));
-            }
-            Verdict::Unknown(why) => {
-                return Outcome::Retry(Observation::unknown(reasons::NAMESPACE_UNKNOWN, why));
-            }
+        if let Err(outcome) = ctx.allowed(obj) {
+            return outcome;
         }
         let status = obj.status.clone().unwrap_or_default();
         let others = ctx.store.state();

@@ -23,6 +23,7 @@ use serde_json::json;
 
 use crate::aws::Aws;
 use crate::backoff::Tracker;
+use crate::conditions::{Observation, Outcome, reasons};
 use crate::metrics::Metrics;
 use crate::resource::{InstanceRegistration, InstanceRegistrationStatus};
 use crate::tenancy::{Tenancy, Unannotated, Verdict};
@@ -246,6 +247,23 @@ impl Context {
     /// service role, or nothing).
     pub(crate) fn verdict(&self, obj: &InstanceRegistration) -> Verdict {
         self.tenancy.verdict(obj, self.service_of(obj).scope(obj))
+    }
+
+    /// The tenancy check that opens a pipeline, before any AWS call: `Ok` when `obj`'s namespace
+    /// may use what `obj` names (or it names nothing to allow); else the step's outcome: refused
+    /// (blocked, with the scope's reason) or, while the namespace is not known yet, retried.
+    pub(crate) fn allowed(&self, obj: &InstanceRegistration) -> Result<(), Outcome> {
+        let Some(scope) = self.service_of(obj).scope(obj) else {
+            return Ok(());
+        };
+        match self.tenancy.verdict_for(obj, scope) {
+            Verdict::Allowed => Ok(()),
+            Verdict::Refused(why) => Err(Outcome::Blocked(Observation::fails(scope.refused, why))),
+            Verdict::Unknown(why) => Err(Outcome::Retry(Observation::unknown(
+                reasons::NAMESPACE_UNKNOWN,
+                why,
+            ))),
+        }
     }
 
     /// Whether `obj` counts when objects compete for a host: unless its namespace is known to

@@ -8,7 +8,8 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::steps::script::{
-    EXIT_UNPACK_FAILED, KILL_AFTER, LOCK_PARENTS, Payload, PlanError, render_payload, shell_quote,
+    EXIT_UNPACK_FAILED, KILL_AFTER, LOCK_PARENTS, Payload, PlanError, download_url, render_payload,
+    shell_quote,
 };
 
 /// What to run on the host.
@@ -56,10 +57,7 @@ fn render_with(
     lock_parents: &[&str],
     kill_after: Duration,
 ) -> Result<String, PlanError> {
-    let url = &plan.installer_url;
-    if !(url.starts_with("https://") || url.starts_with("http://")) {
-        return Err(PlanError::InstallerUrl);
-    }
+    let url = download_url(&plan.installer_url)?;
     let lines = preconfig_lines(&plan.preconfig)?;
     let preconfig_args: Vec<String> = lines.iter().map(|l| shell_quote(l)).collect();
     let bucket = match &plan.assets_download_bucket {

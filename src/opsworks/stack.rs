@@ -11,7 +11,6 @@ use crate::conditions::{Observation, reasons};
 use crate::context::Context;
 use crate::context::Facts;
 use crate::resource::InstanceRegistration;
-use crate::tenancy::Verdict;
 
 pub(super) async fn check(
     ow: &OpsWorks,
@@ -21,14 +20,8 @@ pub(super) async fn check(
 ) -> Outcome {
     // Tenancy before anything else: an object may not even look at a stack its namespace may
     // not use, let alone write in it.
-    match ctx.verdict(obj) {
-        Verdict::Allowed => {}
-        Verdict::Refused(message) => {
-            return Outcome::Blocked(Observation::fails(reasons::STACK_NOT_ALLOWED, message));
-        }
-        Verdict::Unknown(message) => {
-            return Outcome::Retry(Observation::unknown(reasons::NAMESPACE_UNKNOWN, message));
-        }
+    if let Err(outcome) = ctx.allowed(obj) {
+        return outcome;
     }
     let key = stack_key(obj.spec.region.as_deref(), obj.spec.stack_id());
     // Shared by the objects of one stack for a short while: a fleet reconciled at once makes

@@ -7,7 +7,8 @@
 use std::time::Duration;
 
 use crate::steps::script::{
-    EXIT_HOST_UNSUITABLE, KILL_AFTER, LOCK_PARENTS, Payload, PlanError, render_payload, shell_quote,
+    EXIT_HOST_UNSUITABLE, KILL_AFTER, LOCK_PARENTS, Payload, PlanError, download_url,
+    render_payload, shell_quote,
 };
 
 /// Where Systems Manager keeps a host's registration (`{"ManagedInstanceID": …, "Region": …}`),
@@ -142,10 +143,7 @@ fn render_ssm_with(
     kill_after: Duration,
     registration_file: &str,
 ) -> Result<String, PlanError> {
-    let url = &plan.setup_url;
-    if !(url.starts_with("https://") || url.starts_with("http://")) {
-        return Err(PlanError::InstallerUrl);
-    }
+    let url = download_url(&plan.setup_url)?;
     // The placeholders are filled in on the host with words of a fixed set, so sed sees no
     // value of anyone's.
     let locate = format!(

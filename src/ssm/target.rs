@@ -13,7 +13,6 @@ use crate::context::{Facts, TargetFacts};
 use crate::resource::{
     InfrastructureClass, InstanceRegistration, InstanceRegistrationStatus, SystemsManagerSpec,
 };
-use crate::tenancy::Verdict;
 
 pub(super) async fn check(
     obj: &InstanceRegistration,
@@ -22,17 +21,8 @@ pub(super) async fn check(
     facts: &mut Facts,
     status: &mut InstanceRegistrationStatus,
 ) -> Outcome {
-    match ctx.verdict(obj) {
-        Verdict::Allowed => {}
-        Verdict::Refused(message) => {
-            return Outcome::Blocked(Observation::fails(
-                reasons::SERVICE_ROLE_NOT_ALLOWED,
-                message,
-            ));
-        }
-        Verdict::Unknown(message) => {
-            return Outcome::Retry(Observation::unknown(reasons::NAMESPACE_UNKNOWN, message));
-        }
+    if let Err(outcome) = ctx.allowed(obj) {
+        return outcome;
     }
     let region = super::region(ctx, ssm).to_owned();
     let spec = &obj.spec;

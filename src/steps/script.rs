@@ -59,6 +59,15 @@ pub(crate) enum PlanError {
     PreconfigKey(String),
 }
 
+/// The URL a script downloads from, if it is one the script may use (`http` or `https`: never
+/// `file:` or another scheme curl would follow on the host).
+pub(crate) fn download_url(url: &str) -> Result<&str, PlanError> {
+    match url.starts_with("https://") || url.starts_with("http://") {
+        true => Ok(url),
+        false => Err(PlanError::InstallerUrl),
+    }
+}
+
 /// Quotes `value` for a POSIX shell: the result is one word whose value is exactly `value`,
 /// whatever it holds (quotes, `$()`, backticks, newlines, `;`).
 pub(crate) fn shell_quote(value: &str) -> String {
