@@ -197,8 +197,6 @@ pub(super) async fn check(
             "the object has no UID yet",
         ));
     };
-    let iam = &ctx.aws.iam;
-
     // Each entity is looked at first and made only when missing, so a pass over finished work
     // writes nothing; a user this pass has just made has nothing yet, so its group, policy and
     // key are made without looking.
@@ -213,28 +211,8 @@ pub(super) async fn check(
     };
     status.iam_user_name = Some(user.clone());
 
-    let member = !made_now
-        && match iam.list_groups_for_user().user_name(&user).send().await {
-            Ok(out) => out.groups().iter().any(|g| g.group_name() == group),
-            Err(e) => return aws::classify(&e).outcome("iam:ListGroupsForUser"),
-        };
-    if !member {
-        if let Err(e) = iam
-            .add_user_to_group()
-            .group_name(&group)
-            .user_name(&user)
-            .send()
-            .await
-        {
-            let failure = aws::classify(&e);
-            if failure.kind == Kind::NotFound {
-                // The group went (the stack's last registration was deleted meanwhile): make it
-                // again on the next pass.
-                ow.iam_groups.invalidate(&group);
-            }
-            return failure.outcome("iam:AddUserToGroup");
-        }
-        failpoint::after("iam:AddUserToGroup");
+    if let Err(outcome) = ensure_member(ow, ctx, &group, &user, made_now).await {
+        return outcome;
     }
     let policy = match ensure_policy(ctx, &user, &stack.arn, made_now).await {
         Ok(policy) => policy,
@@ -251,6 +229,43 @@ pub(super) async fn check(
     );
     findings(facts).access_key = Some(key);
     Outcome::Done(Observation::holds(reasons::SUCCEEDED, message))
+}
+
+/// Adds `user` to the stack's `group` unless it is a member already (a user made in this pass is
+/// not: it is added without looking).
+async fn ensure_member(
+    ow: &OpsWorks,
+    ctx: &Context,
+    group: &str,
+    user: &str,
+    made_now: bool,
+) -> Result<(), Outcome> {
+    let iam = &ctx.aws.iam;
+    let member = !made_now
+        && match iam.list_groups_for_user().user_name(user).send().await {
+            Ok(out) => out.groups().iter().any(|g| g.group_name() == group),
+            Err(e) => return Err(aws::classify(&e).outcome("iam:ListGroupsForUser")),
+        };
+    if member {
+        return Ok(());
+    }
+    if let Err(e) = iam
+        .add_user_to_group()
+        .group_name(group)
+        .user_name(user)
+        .send()
+        .await
+    {
+        let failure = aws::classify(&e);
+        if failure.kind == Kind::NotFound {
+            // The group went (the stack's last registration was deleted meanwhile): make it
+            // again on the next pass.
+            ow.iam_groups.invalidate(group);
+        }
+        return Err(failure.outcome("iam:AddUserToGroup"));
+    }
+    failpoint::after("iam:AddUserToGroup");
+    Ok(())
 }
 
 /// Makes the stack's IAM group unless it is known to exist: looked up (and made when missing)
