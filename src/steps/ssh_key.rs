@@ -64,6 +64,37 @@ pub(crate) async fn check(obj: &InstanceRegistration, ctx: &Context, facts: &mut
     Outcome::Done(Observation::holds(reasons::SUCCEEDED, message))
 }
 
+/// Secret `name` (named by `field`) in `namespace`: always the object's own namespace, so an
+/// object cannot make the controller read elsewhere.
+async fn read_secret(
+    ctx: &Context,
+    namespace: &str,
+    name: &str,
+    field: &str,
+) -> Result<Secret, Outcome> {
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
+    match secrets.get_opt(name).await {
+        Ok(Some(secret)) => Ok(secret),
+        Ok(None) => Err(Outcome::Blocked(Observation::fails(
+            reasons::SECRET_NOT_FOUND,
+            format!("Secret {name:?} ({field}) not found in namespace {namespace:?}"),
+        ))),
+        Err(kube::Error::Api(status)) if status.code == 403 => {
+            Err(Outcome::Blocked(Observation::fails(
+                reasons::SECRET_FORBIDDEN,
+                format!("the controller may not read Secret {name:?} in namespace {namespace:?}"),
+            )))
+        }
+        Err(error) => Err(Outcome::Retry(Observation::fails(
+            reasons::KUBERNETES_API_ERROR,
+            format!(
+                "reading Secret {name:?}: {}",
+                crate::kube_error_summary(&error)
+            ),
+        ))),
+    }
+}
+
 /// Reads and decodes the private key `reference` names (jump host `hop`'s own, or the host's);
 /// returns it and a summary that says which Secret and key hold it.
 async fn load(
@@ -78,32 +109,7 @@ async fn load(
     };
     let namespace = obj.namespace().unwrap_or_default();
     let name = &reference.name;
-    // Always the object's own namespace: an object cannot make the controller read elsewhere.
-    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
-    let secret = match secrets.get_opt(name).await {
-        Ok(Some(secret)) => secret,
-        Ok(None) => {
-            return Err(Outcome::Blocked(Observation::fails(
-                reasons::SECRET_NOT_FOUND,
-                format!("Secret {name:?} ({field}) not found in namespace {namespace:?}"),
-            )));
-        }
-        Err(kube::Error::Api(status)) if status.code == 403 => {
-            return Err(Outcome::Blocked(Observation::fails(
-                reasons::SECRET_FORBIDDEN,
-                format!("the controller may not read Secret {name:?} in namespace {namespace:?}"),
-            )));
-        }
-        Err(error) => {
-            return Err(Outcome::Retry(Observation::fails(
-                reasons::KUBERNETES_API_ERROR,
-                format!(
-                    "reading Secret {name:?}: {}",
-                    crate::kube_error_summary(&error)
-                ),
-            )));
-        }
-    };
+    let secret = read_secret(ctx, &namespace, name, &field).await?;
     let secret_type = secret.type_.as_deref().unwrap_or("Opaque");
     if !ACCEPTED_TYPES.contains(&secret_type) {
         return Err(Outcome::Blocked(Observation::fails(
