@@ -532,7 +532,12 @@ fn sources_mtime() -> Option<SystemTime> {
 fn find_or_build(name: &str) -> Result<PathBuf, String> {
     let profile = profile_dir()?;
     let path = profile.join(name);
-    let built_at = std::fs::metadata(&path).and_then(|m| m.modified()).ok();
+    // An empty file is a link that was cut off (a build killed mid-way); sh would run it as an
+    // empty script and "succeed" without registering anything.
+    let built_at = std::fs::metadata(&path)
+        .ok()
+        .filter(|m| m.len() > 0)
+        .and_then(|m| m.modified().ok());
     let fresh = match (built_at, sources_mtime()) {
         (Some(b), Some(s)) => b >= s,
         (Some(_), None) => true,
