@@ -230,13 +230,16 @@ pub struct SystemsManagerSpec {
     pub region: Option<String>,
 
     /// Name the managed node of an on-premises host gets in Systems Manager (the activation's
-    /// default instance name). Defaults to the object's name.
+    /// default instance name). Defaults to the object's name. Systems Manager has no call that
+    /// renames a managed node: a change takes effect only if the host is registered again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 256), regex(pattern = "^[A-Za-z0-9 _.:/=+@-]+$"))]
     pub default_instance_name: Option<String>,
 
     /// Tags the managed node of an on-premises host gets (through its activation). Keys starting
-    /// with `aws:` or `registrar.dev/` are not allowed (the latter are the controller's).
+    /// with `aws:` or `registrar.dev/` are not allowed (the latter are the controller's). A change
+    /// is made on the node in place; a key taken out is removed from it; tags this object did not
+    /// set stay.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 40))]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["key"]))]
@@ -546,6 +549,12 @@ pub struct InstanceRegistrationStatus {
     /// installed: the registration is matched on this, not on the spec's target.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host: Option<HostIdentity>,
+    /// The tags this object last set on its managed node (spec.systemsManager.tags as last
+    /// applied): a key taken out of the spec is removed from the node; tags it did not set are
+    /// left as they are.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 40))]
+    pub node_tags: Option<Vec<NodeTag>>,
     /// True when the host was already registered and this object adopted the registration
     /// rather than made it: deleting the object then leaves it registered unless
     /// deletionPolicy is DeregisterAdopted.

@@ -26,7 +26,7 @@ use futures::StreamExt;
 use instance_registrar::conditions::{reasons, types};
 use instance_registrar::resource::InstanceRegistration;
 use instance_registrar::testing::IAM_PATH;
-use kube::api::{Api, DeleteParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use serde_json::Value;
 use support::ssh_hosts::{self, SshHost};
 use support::{
@@ -365,6 +365,15 @@ spec:
         for o in objects {
             step(&api, o, false).await?;
         }
+        // The node's tags follow the spec: one key set, the other taken out (on the node in
+        // place, with AddTagsToResource and RemoveTagsFromResource).
+        let tags = serde_json::json!({"spec": {"systemsManager": {"tags": [
+            {"key": "env", "value": "test"}
+        ]}}});
+        api.patch("sm", &PatchParams::default(), &Patch::Merge(&tags))
+            .await
+            .unwrap();
+        step(&api, "sm", false).await?;
         if without.is_none() {
             check_users(aws, &ns).await;
         }

@@ -1070,3 +1070,104 @@ async fn endless_activation_pages_are_reported_and_do_not_hold_a_deletion_foreve
     assert!(made.is_empty(), "activations made: {made:?}");
     w.assert_no_codes();
 }
+
+/// The node's tags, as the test endpoint holds them (sorted).
+async fn node_tags(aws: &AwsEnv, node: &str) -> Vec<(String, String)> {
+    let out = aws
+        .ssm()
+        .list_tags_for_resource()
+        .resource_type(aws_sdk_ssm::types::ResourceTypeForTagging::ManagedInstance)
+        .resource_id(node)
+        .send()
+        .await
+        .unwrap();
+    let mut tags: Vec<(String, String)> = out
+        .tag_list()
+        .iter()
+        .map(|t| (t.key().to_owned(), t.value().to_owned()))
+        .collect();
+    tags.sort();
+    tags
+}
+
+#[tokio::test]
+async fn changed_tags_are_made_on_the_node_in_place_and_others_are_left() {
+    let w = World::new("ssm-tags", &[], &[]).await;
+    let host = w.host("tagged");
+    apply(w.cp, &w.on_premises("tagged", &host, ""));
+    let obj = w.wait("tagged", types::READY, reasons::SUCCEEDED).await;
+    let node = status(&obj).managed_node_id.unwrap();
+    // Someone else tags the node too.
+    w.aws
+        .ssm()
+        .add_tags_to_resource()
+        .resource_type(aws_sdk_ssm::types::ResourceTypeForTagging::ManagedInstance)
+        .resource_id(&node)
+        .tags(
+            aws_sdk_ssm::types::Tag::builder()
+                .key("backup")
+                .value("nightly")
+                .build()
+                .unwrap(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let sessions = host.sessions();
+    let tags = |pairs: &[(&str, &str)]| {
+        let list: Vec<_> = pairs
+            .iter()
+            .map(|(k, v)| serde_json::json!({"key": k, "value": v}))
+            .collect();
+        serde_json::json!({"spec": {"systemsManager": {"tags": list}}})
+    };
+    // `team` changes value and `env` is added; then `team` is taken out.
+    for (spec, want) in [
+        (
+            tags(&[("team", "data"), ("env", "prod")]),
+            vec![("env", "prod"), ("team", "data")],
+        ),
+        (tags(&[("env", "prod")]), vec![("env", "prod")]),
+    ] {
+        w.api
+            .patch(
+                "tagged",
+                &kube::api::PatchParams::default(),
+                &kube::api::Patch::Merge(&spec),
+            )
+            .await
+            .unwrap();
+        w.wait("tagged", types::READY, reasons::SUCCEEDED).await;
+        let on_node = node_tags(w.aws, &node).await;
+        for (k, v) in &want {
+            assert!(
+                on_node.contains(&((*k).to_owned(), (*v).to_owned())),
+                "{k}={v} on the node: {on_node:?}"
+            );
+        }
+        let keys: Vec<&str> = on_node.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(
+            keys.contains(&"team"),
+            want.iter().any(|(k, _)| *k == "team"),
+            "a key taken out of the spec is taken off the node: {on_node:?}"
+        );
+        // Never the owner tags, nor what someone else set.
+        assert!(keys.contains(&"backup"), "{on_node:?}");
+        assert!(
+            keys.contains(&instance_registrar::testing::OWNER_UID_TAG),
+            "{on_node:?}"
+        );
+        assert!(
+            keys.contains(&instance_registrar::testing::OWNER_TAG),
+            "{on_node:?}"
+        );
+    }
+    let obj = w.get("tagged").await;
+    assert_eq!(
+        status(&obj).managed_node_id.as_deref(),
+        Some(node.as_str()),
+        "same node"
+    );
+    assert_eq!(host.sessions(), sessions, "no SSH session for a tag change");
+    assert_eq!(w.activations_created(), 1, "no re-registration");
+}

@@ -7,7 +7,9 @@
 //! the Secret's write), that expired or that was used is deleted before another is made, so at
 //! most one activation of an object exists at any time. EC2 instances need none.
 
-use aws_sdk_ssm::types::{DescribeActivationsFilter, DescribeActivationsFilterKeys, Tag};
+use aws_sdk_ssm::types::{DescribeActivationsFilter, DescribeActivationsFilterKeys};
+
+use super::tag;
 use aws_smithy_types::DateTime;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::ResourceExt;
@@ -90,6 +92,8 @@ pub(super) async fn check(
     if let Some(resume) = findings(facts).resume.clone() {
         return resumed(status, facts, stored, &resume);
     }
+    // Why the stored one (if any) is replaced, for the new one's message.
+    let mut replaced = None;
     if let Some(stored) = stored.clone() {
         let found = match ours(
             ctx,
@@ -109,6 +113,10 @@ pub(super) async fn check(
             findings(facts).activation = Some(stored);
             return Outcome::Done(Observation::holds(reasons::SUCCEEDED, message));
         }
+        replaced = Some(match found.first() {
+            Some(listed) => unusable(listed),
+            None => format!("activation {} is no longer listed", stored.id),
+        });
     }
 
     // None usable: every activation of this object's goes, then a new one is made.
@@ -131,7 +139,13 @@ pub(super) async fn check(
         obj,
         ssm,
         ctx,
-        (role, &uid, &region, &secret_name),
+        Wanted {
+            role,
+            uid: &uid,
+            region: &region,
+            secret_name: &secret_name,
+            replaced,
+        },
         &found,
         facts,
         status,
@@ -196,17 +210,34 @@ async fn own_node(
     None
 }
 
+/// What a new activation is for: the service role, the object (UID), the region, the Secret that
+/// hands it to the install, and why the object's stored activation is replaced, if it is.
+struct Wanted<'a> {
+    role: &'a str,
+    uid: &'a str,
+    region: &'a str,
+    secret_name: &'a str,
+    replaced: Option<String>,
+}
+
 /// Makes the object's activation for `role` (after deleting its unusable ones, `found`) and
 /// hands it to the install through the Secret `secret_name`.
 async fn make(
     obj: &InstanceRegistration,
     ssm: &SystemsManagerSpec,
     ctx: &Context,
-    (role, uid, region, secret_name): (&str, &str, &str, &str),
+    wanted: Wanted<'_>,
     found: &[aws_sdk_ssm::types::Activation],
     facts: &mut Facts,
     status: &mut InstanceRegistrationStatus,
 ) -> Outcome {
+    let Wanted {
+        role,
+        uid,
+        region,
+        secret_name,
+        replaced,
+    } = wanted;
     let client = ctx.aws.ssm(Some(region));
     for old in found {
         let id = old.activation_id().unwrap_or_default();
@@ -276,11 +307,16 @@ async fn make(
     }
     failpoint::after("kube:WriteActivationSecret");
     status.activation_id = Some(activation.id.clone());
-    let message = format!(
+    // The node this activation registers gets its tags, the spec's: what the object set.
+    status.node_tags = Some(ssm.tags.clone());
+    let mut message = format!(
         "activation {} for role {role}, for one registration until {}",
         activation.id,
         expires.strftime("%Y-%m-%dT%H:%M:%SZ")
     );
+    if let Some(replaced) = replaced {
+        message += &format!(" (replacing one that could not be used: {replaced})");
+    }
     findings(facts).activation = Some(activation);
     Outcome::Done(Observation::holds(reasons::SUCCEEDED, message))
 }
@@ -317,14 +353,6 @@ const RESUME_CODE: &str = "registered-already";
 
 /// The tag that names the object's UID.
 const OWNER_UID: &str = super::OWNER_UID_TAG;
-
-fn tag(key: &str, value: &str) -> Tag {
-    Tag::builder()
-        .key(key)
-        .value(value)
-        .build()
-        .expect("key and value are set")
-}
 
 /// How many activations one `DescribeActivations` page asks for (the most the API gives).
 const PAGE_SIZE: i32 = 50;
@@ -402,6 +430,29 @@ fn usable(a: &aws_sdk_ssm::types::Activation) -> bool {
         && left.is_some_and(|left| left > MIN_LIFETIME_LEFT)
 }
 
+/// Why activation `a` cannot register the host any more: expired (and when), its registration
+/// used, or too little time left (and until when).
+fn unusable(a: &aws_sdk_ssm::types::Activation) -> String {
+    let id = a.activation_id().unwrap_or_default();
+    let until = a
+        .expiration_date()
+        .and_then(|t| Timestamp::from_second(t.secs()).ok())
+        .map(|t| t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string())
+        .unwrap_or_else(|| "?".to_owned());
+    let used = a.registrations_count().unwrap_or(0);
+    let limit = a.registration_limit().unwrap_or(1);
+    if a.expired() || until == "?" {
+        format!("activation {id} expired at {until}")
+    } else if used >= limit {
+        format!("activation {id} was used for {used} of its {limit} registration(s)")
+    } else {
+        format!(
+            "activation {id} expires at {until}, too soon for an install (less than {} min left)",
+            MIN_LIFETIME_LEFT.as_mins()
+        )
+    }
+}
+
 fn describe(a: &aws_sdk_ssm::types::Activation, role: &str) -> String {
     let until = a
         .expiration_date()
@@ -412,4 +463,43 @@ fn describe(a: &aws_sdk_ssm::types::Activation, role: &str) -> String {
         "activation {} for role {role}, for one registration until {until}",
         a.activation_id().unwrap_or_default()
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn activation(expired: bool, used: i32, minutes_left: i64) -> aws_sdk_ssm::types::Activation {
+        let expires = Timestamp::now() + SignedDuration::from_mins(minutes_left);
+        aws_sdk_ssm::types::Activation::builder()
+            .activation_id("0b1c2d3e-aaaa-4bbb-8ccc-000000000001")
+            .expired(expired)
+            .registration_limit(1)
+            .registrations_count(used)
+            .expiration_date(DateTime::from_secs(expires.as_second()))
+            .build()
+    }
+
+    #[test]
+    fn a_replaced_activation_says_why_it_could_not_be_used() {
+        let expired = activation(true, 0, -3);
+        assert!(!usable(&expired));
+        let said = unusable(&expired);
+        assert!(said.contains("expired at 20"), "{said}");
+        let used = activation(false, 1, 60);
+        assert!(!usable(&used));
+        assert!(
+            unusable(&used).contains("used for 1 of its 1"),
+            "{}",
+            unusable(&used)
+        );
+        let ending = activation(false, 0, 2);
+        assert!(!usable(&ending));
+        assert!(
+            unusable(&ending).contains("too soon"),
+            "{}",
+            unusable(&ending)
+        );
+        assert!(usable(&activation(false, 0, 60)));
+    }
 }

@@ -22,6 +22,7 @@ mod agent;
 mod evidence;
 mod registered;
 mod script;
+mod tags;
 mod target;
 mod undo;
 
@@ -282,6 +283,15 @@ pub(crate) async fn find_node(
             computer_name: i.computer_name().map(str::to_owned),
             ip_address: i.ip_address().map(str::to_owned),
         }))
+}
+
+/// A Systems Manager tag.
+fn tag(key: &str, value: &str) -> aws_sdk_ssm::types::Tag {
+    aws_sdk_ssm::types::Tag::builder()
+        .key(key)
+        .value(value)
+        .build()
+        .expect("key and value are set")
 }
 
 /// The name of the Secret that holds the activation code until the install.

@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
+use kube::ResourceExt;
+use tracing::info;
 
 use super::findings;
 use crate::aws::{self, Kind};
@@ -120,6 +122,14 @@ pub(super) async fn check(
             ));
         }
         status.registered_at = Some(Time(Timestamp::now()));
+    }
+    // Tags the spec changed since the node registered are made on the node in place.
+    match super::tags::follow(ctx, &region, ssm, &node.id, status).await {
+        Ok(Some(changed)) => {
+            info!(name = %obj.name_any(), node = %node.id, %changed, "the node's tags follow the spec");
+        }
+        Ok(None) => {}
+        Err(outcome) => return outcome,
     }
     Outcome::Done(Observation::holds(
         reasons::SUCCEEDED,

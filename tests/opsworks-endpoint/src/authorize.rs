@@ -215,8 +215,9 @@ pub struct Place<'a> {
 
 /// The authorizations of OpsWorks or Systems Manager call `operation` with `input`:
 /// - OpsWorks: `opsworks:<Operation>` on the stack it names (`*` when it names none);
-/// - Systems Manager: `ssm:DeregisterManagedInstance`, and `ssm:ListTagsForResource` of a
-///   `ManagedInstance`, on the managed instance
+/// - Systems Manager: `ssm:DeregisterManagedInstance`, and `ssm:ListTagsForResource`,
+///   `ssm:AddTagsToResource` and `ssm:RemoveTagsFromResource` of a `ManagedInstance`, on the
+///   managed instance
 ///   (`arn:aws:ssm:<region>:<account>:managed-instance/mi-...`), the others on `*`;
 ///   `CreateActivation` is also `iam:PassRole` on its role, with `iam:PassedToService`
 ///   `ssm.amazonaws.com`, and with tags `ssm:AddTagsToResource` (tags given on creation are
@@ -233,6 +234,15 @@ pub fn json_checks(
         crate::Service::Ssm => "ssm",
     };
     let mut tags = Context::new();
+    // The keys a RemoveTagsFromResource takes off.
+    for key in input
+        .get("TagKeys")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        tags.insert("aws:TagKeys", key.as_str().unwrap_or_default());
+    }
     let tagged = input
         .get("Tags")
         .and_then(Value::as_array)
@@ -256,9 +266,10 @@ pub fn json_checks(
                 .unwrap_or_default()
         ),
         // A managed node's tags: on the node (other resource types are not served here).
-        (crate::Service::Ssm, "ListTagsForResource")
-            if input.get("ResourceType").and_then(Value::as_str) == Some("ManagedInstance") =>
-        {
+        (
+            crate::Service::Ssm,
+            "ListTagsForResource" | "AddTagsToResource" | "RemoveTagsFromResource",
+        ) if input.get("ResourceType").and_then(Value::as_str) == Some("ManagedInstance") => {
             format!(
                 "arn:aws:ssm:{}:{}:managed-instance/{}",
                 place.region,

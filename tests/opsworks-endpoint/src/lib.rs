@@ -17,7 +17,7 @@
 //!   AmazonSSM.<Action>` (API `2014-11-06`, AWS JSON 1.1, signing name `ssm`), following the
 //!   official model: `CreateActivation`, `DescribeActivations`, `DeleteActivation`,
 //!   `DescribeInstanceInformation`, `DeregisterManagedInstance`, `AddTagsToResource`,
-//!   `ListTagsForResource`; and the agent's own `RegisterManagedInstance` (accepted without any
+//!   `RemoveTagsFromResource`, `ListTagsForResource`; and the agent's own `RegisterManagedInstance` (accepted without any
 //!   `Authorization` header, as the agent sends it) and `UpdateInstanceInformation` (its
 //!   heartbeat; a node is `Online` while they come, `ConnectionLost` once none came for
 //!   [`Config::ssm_connection_lost_after`]). See [`model::ssm`]. An `i-…` heartbeat (an agent on

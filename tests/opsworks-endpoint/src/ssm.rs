@@ -404,6 +404,7 @@ pub(crate) async fn dispatch(
         "DeregisterManagedInstance" => deregister_managed_instance(shared, &input),
         "AddTagsToResource" => add_tags(shared, &input),
         "ListTagsForResource" => list_tags(shared, &input),
+        "RemoveTagsFromResource" => remove_tags(shared, &input),
         "RegisterManagedInstance" => register_managed_instance(shared, &input),
         "UpdateInstanceInformation" => {
             update_instance_information(shared, aws, caller, &input).await
@@ -815,6 +816,22 @@ fn add_tags(shared: &Shared, input: &Value) -> Result<Value, ApiError> {
         ));
     }
     *tags = merged;
+    Ok(json!({}))
+}
+
+fn remove_tags(shared: &Shared, input: &Value) -> Result<Value, ApiError> {
+    let keys: Vec<String> = input
+        .get("TagKeys")
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(|k| k.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut st = lock(shared);
+    let tags = tagged(&mut st, input)?;
+    tags.retain(|(k, _)| !keys.contains(k));
     Ok(json!({}))
 }
 

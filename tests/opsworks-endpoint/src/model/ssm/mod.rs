@@ -84,6 +84,16 @@ pub const OPERATIONS: &[Operation] = &[
         ],
     },
     Operation {
+        name: "RemoveTagsFromResource",
+        input: &shapes::REMOVE_TAGS_FROM_RESOURCE_REQUEST,
+        errors: &[
+            "InvalidResourceType",
+            "InvalidResourceId",
+            "InternalServerError",
+            "TooManyUpdates",
+        ],
+    },
+    Operation {
         name: "ListTagsForResource",
         input: &shapes::LIST_TAGS_FOR_RESOURCE_REQUEST,
         errors: &[

@@ -244,6 +244,38 @@ pub const ADD_TAGS_TO_RESOURCE_REQUEST: Shape = Shape {
     ],
 };
 
+/// The `RemoveTagsFromResourceRequest` shape.
+pub const REMOVE_TAGS_FROM_RESOURCE_REQUEST: Shape = Shape {
+    name: "RemoveTagsFromResourceRequest",
+    members: &[
+        Member {
+            name: "ResourceType",
+            ty: Ty::Enum(&[
+                "Document",
+                "ManagedInstance",
+                "MaintenanceWindow",
+                "Parameter",
+                "PatchBaseline",
+                "OpsItem",
+                "OpsMetadata",
+                "Automation",
+                "Association",
+            ]),
+            required: true,
+        },
+        Member {
+            name: "ResourceId",
+            ty: Ty::String,
+            required: true,
+        },
+        Member {
+            name: "TagKeys",
+            ty: Ty::List(&Ty::String),
+            required: true,
+        },
+    ],
+};
+
 /// The `ListTagsForResourceRequest` shape.
 pub const LIST_TAGS_FOR_RESOURCE_REQUEST: Shape = Shape {
     name: "ListTagsForResourceRequest",
