@@ -77,50 +77,20 @@ pub(super) async fn check(
         Ok(instances) => instances,
         Err(outcome) => return outcome,
     };
-    // The host's registration, matched on what the host registers as (see [`super::identity`]).
-    // An on-premises host whose own hostname or addresses are not known yet is looked for again
-    // by the host step, once the host has said them.
-    let mut identity = super::identity::identity_of(obj, &resolved, status);
-    identity.others = super::identity::others_users(obj, &ctx.store.state());
-    let learned = status
-        .host
-        .as_ref()
-        .is_some_and(|h| h.via == format!("{connect_to}:{}", spec.ssh.port));
-    let existing = match identity::find(
+    let (existing, identity) = match registration_in_stack(
+        obj,
+        ctx,
+        status,
+        &resolved,
+        &connect_to,
         &instances,
-        &identity,
-        crate::steps::installed(status),
-        status.opsworks_instance_id.as_deref(),
+        &stack.id,
     ) {
-        Found::Ours(instance) => Some(instance.clone()),
-        // Another object's agent registered it: whatever the spec says, never this one's.
-        Found::Claimed(instance, by) => {
-            return Outcome::Blocked(super::identity::claimed(instance, &by, &stack.id));
-        }
-        // Decided now when nothing the host could say would change it: its own answer is known
-        // already, it is an EC2 host, or the holder is an EC2 instance (never an on-premises
-        // host). Otherwise the host step asks the host first (a host behind NAT reports
-        // addresses the spec does not know).
-        Found::Taken(holder)
-            if learned
-                || identity.ec2_instance_id.is_some()
-                || holder.ec2_instance_id.is_some() =>
-        {
-            return Outcome::Blocked(super::identity::taken(&identity, holder, &stack.id));
-        }
-        Found::Taken(_) | Found::Nothing | Found::Unknown => None,
+        Ok(found) => found,
+        Err(outcome) => return outcome,
     };
 
-    // The EC2 instance's own address is left out when the SSH address overrides it, so the
-    // message is the same whether the instance was looked up or taken from status.
-    let mut message = match (&resolved.ec2_instance_id, &spec.ssh.address) {
-        (Some(id), Some(_)) => format!("EC2 instance {id}"),
-        (Some(id), None) => format!("EC2 instance {id} at {}", resolved.address),
-        (None, _) => format!("on-premises host {}", resolved.address),
-    };
-    if connect_to != resolved.address || spec.ssh.address.is_some() {
-        message += &format!(", connecting through {connect_to}");
-    }
+    let mut message = target_message(obj, &resolved, &connect_to);
     status.ec2_instance_id = resolved.ec2_instance_id.clone();
     status.address = Some(connect_to);
     let reason = match &existing {
@@ -147,6 +117,73 @@ pub(super) async fn check(
     findings.existing = existing;
     findings.instances = Some(instances);
     Outcome::Done(Observation::holds(reason, message))
+}
+
+/// The host's registration in the stack's `instances`, matched on what the host registers as
+/// (see [`super::identity`]), with that identity; `Err` when another object's agent or another
+/// host holds it. An on-premises host whose own hostname or addresses are not known yet is
+/// looked for again by the host step, once the host has said them.
+fn registration_in_stack(
+    obj: &InstanceRegistration,
+    ctx: &Context,
+    status: &InstanceRegistrationStatus,
+    resolved: &TargetFacts,
+    connect_to: &str,
+    instances: &[OpsWorksInstance],
+    stack_id: &str,
+) -> Result<(Option<OpsWorksInstance>, identity::Identity), Outcome> {
+    let mut identity = super::identity::identity_of(obj, resolved, status);
+    identity.others = super::identity::others_users(obj, &ctx.store.state());
+    let learned = status
+        .host
+        .as_ref()
+        .is_some_and(|h| h.via == format!("{connect_to}:{}", obj.spec.ssh.port));
+    let existing = match identity::find(
+        instances,
+        &identity,
+        crate::steps::installed(status),
+        status.opsworks_instance_id.as_deref(),
+    ) {
+        Found::Ours(instance) => Some(instance.clone()),
+        // Another object's agent registered it: whatever the spec says, never this one's.
+        Found::Claimed(instance, by) => {
+            return Err(Outcome::Blocked(super::identity::claimed(
+                instance, &by, stack_id,
+            )));
+        }
+        // Decided now when nothing the host could say would change it: its own answer is known
+        // already, it is an EC2 host, or the holder is an EC2 instance (never an on-premises
+        // host). Otherwise the host step asks the host first (a host behind NAT reports
+        // addresses the spec does not know).
+        Found::Taken(holder)
+            if learned
+                || identity.ec2_instance_id.is_some()
+                || holder.ec2_instance_id.is_some() =>
+        {
+            return Err(Outcome::Blocked(super::identity::taken(
+                &identity, holder, stack_id,
+            )));
+        }
+        Found::Taken(_) | Found::Nothing | Found::Unknown => None,
+    };
+    Ok((existing, identity))
+}
+
+/// What the target step says of the host: the EC2 instance or on-premises host, and the
+/// address the controller connects through when it is another. The EC2 instance's own address
+/// is left out when the SSH address overrides it, so the message is the same whether the
+/// instance was looked up or taken from status.
+fn target_message(obj: &InstanceRegistration, resolved: &TargetFacts, connect_to: &str) -> String {
+    let spec = &obj.spec;
+    let mut message = match (&resolved.ec2_instance_id, &spec.ssh.address) {
+        (Some(id), Some(_)) => format!("EC2 instance {id}"),
+        (Some(id), None) => format!("EC2 instance {id} at {}", resolved.address),
+        (None, _) => format!("on-premises host {}", resolved.address),
+    };
+    if connect_to != resolved.address || spec.ssh.address.is_some() {
+        message += &format!(", connecting through {connect_to}");
+    }
+    message
 }
 
 /// What deleting `obj` may deregister: the host's registration in the spec's stack, if this
