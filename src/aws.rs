@@ -170,6 +170,56 @@ impl Aws {
     }
 }
 
+/// Where hosts' agents call AWS: the same endpoints as the controller's own calls.
+impl Aws {
+    /// The endpoint URL configured for the service whose SDK service ID is `service_id`
+    /// (`AWS_ENDPOINT_URL_<SERVICE>` or the profile's `endpoint_url` for it, else
+    /// `AWS_ENDPOINT_URL`), as the SDK reads it; `None` when calls go to AWS's own endpoints.
+    pub(crate) fn endpoint_override(&self, service_id: &str) -> Option<String> {
+        let key = aws_types::service_config::ServiceConfigKey::builder()
+            .service_id(service_id)
+            .env("AWS_ENDPOINT_URL")
+            .profile("endpoint_url")
+            .build()
+            .ok()?;
+        self.config
+            .service_config()
+            .and_then(|c| c.load_config(key))
+            .or_else(|| self.config.endpoint_url().map(str::to_owned))
+    }
+
+    /// The Systems Manager endpoint in `region` (or the controller's): the configured one, or
+    /// AWS's own for the region's partition, by the SDK's endpoint rules.
+    pub(crate) async fn ssm_endpoint(&self, region: Option<&str>) -> Option<String> {
+        use aws_sdk_ssm::config::endpoint::{DefaultResolver, Params, ResolveEndpoint};
+        if let Some(url) = self.endpoint_override("SSM") {
+            return Some(url);
+        }
+        let region = region.or(self.default_region())?;
+        let params = Params::builder().region(region).build().ok()?;
+        let endpoint = DefaultResolver::new()
+            .resolve_endpoint(&params)
+            .await
+            .ok()?;
+        Some(endpoint.url().to_owned())
+    }
+
+    /// The OpsWorks endpoint in `region` (or the controller's), as [`Aws::ssm_endpoint`].
+    pub(crate) async fn opsworks_endpoint(&self, region: Option<&str>) -> Option<String> {
+        use aws_sdk_opsworks::config::endpoint::{DefaultResolver, Params, ResolveEndpoint};
+        if let Some(url) = self.endpoint_override("OpsWorks") {
+            return Some(url);
+        }
+        let region = region.or(self.default_region())?;
+        let params = Params::builder().region(region).build().ok()?;
+        let endpoint = DefaultResolver::new()
+            .resolve_endpoint(&params)
+            .await
+            .ok()?;
+        Some(endpoint.url().to_owned())
+    }
+}
+
 /// The configuration `loader` gives, with the controller's retry policy and `timeouts`.
 async fn load(loader: aws_config::ConfigLoader, timeouts: Timeouts) -> SdkConfig {
     loader

@@ -107,6 +107,15 @@ pub mod reasons {
     /// it the controller could not find the registration it makes, so it installs nothing.
     pub const HOST_IDENTITY_UNKNOWN: &str = "HostIdentityUnknown";
 
+    /// Preflight: the host's clock is more than 5 minutes from the controller's; the agent's
+    /// signed AWS requests would be refused. The message gives both times.
+    pub const CLOCK_SKEW: &str = "ClockSkew";
+    /// Preflight: the host cannot open a TCP connection to an endpoint the agent or its
+    /// installer will call; the message names it.
+    pub const ENDPOINT_UNREACHABLE: &str = "EndpointUnreachable";
+    /// Preflight: too little free space where the agent installs; the message gives the figure.
+    pub const DISK_FULL: &str = "DiskFull";
+
     // Installing the agent over SSH.
     /// No TCP connection or SSH session with the host (refused, unreachable, timed out); retried
     /// with backoff.

@@ -1170,6 +1170,87 @@ async fn a_host_that_does_not_answer_or_is_not_trusted_gets_no_iam_user() {
     );
 }
 
+/// Preflight: a host whose clock is 10 minutes ahead, and one whose connections to the OpsWorks
+/// endpoint are refused (its `curl` is sent to a closed port: a real refusal by the host's TCP
+/// stack), each get their own reason before any IAM user exists; fixed on the host, each goes
+/// Ready with no change to the object.
+#[tokio::test]
+async fn a_host_whose_clock_is_off_or_that_cannot_reach_the_endpoint_gets_no_iam_user_until_fixed()
+{
+    let w = World::new("preflight", &[]).await;
+    let skewed = w.host("skewed");
+    skewed.set_command(
+        "date",
+        Some(r#"exec /usr/bin/date -d "@$(( $(/usr/bin/date +%s) + 600 ))" "$@""#),
+    );
+    let walled = w.host("walled");
+    walled.set_command(
+        "curl",
+        Some(r#"exec /usr/bin/curl --connect-to ::127.0.0.1:1 "$@""#),
+    );
+    for (name, host) in [("skewed", &skewed), ("walled", &walled)] {
+        w.apply(
+            &(on_premises(
+                &w.ns,
+                name,
+                &w.stack,
+                &host.address().to_string(),
+                name,
+                "key",
+                "",
+            ) + &ssh_via(host)),
+        );
+    }
+    let obj = w
+        .wait("skewed", types::HOST_REACHABLE, reasons::CLOCK_SKEW)
+        .await;
+    let said = message(&obj, types::HOST_REACHABLE);
+    assert!(said.contains("ahead"), "{said}");
+    let obj = w
+        .wait(
+            "walled",
+            types::HOST_REACHABLE,
+            reasons::ENDPOINT_UNREACHABLE,
+        )
+        .await;
+    let said = message(&obj, types::HOST_REACHABLE);
+    assert!(
+        said.contains(&format!("OpsWorks ({})", w.aws.opsworks.url())),
+        "{said}"
+    );
+    for name in ["skewed", "walled"] {
+        assert_eq!(
+            condition(&w.get(name).await, types::CREDENTIALS_READY)
+                .unwrap()
+                .1,
+            reasons::WAITING,
+            "{name}"
+        );
+    }
+    assert!(
+        w.aws.iam_users(&w.ns).await.is_empty(),
+        "an IAM user was made for a host the agent could not work on"
+    );
+    assert_eq!(
+        skewed.boot_registration_runs() + walled.boot_registration_runs(),
+        0
+    );
+    skewed.set_command("date", None);
+    walled.set_command("curl", None);
+    for name in ["skewed", "walled"] {
+        w.wait(name, types::READY, reasons::SUCCEEDED).await;
+    }
+    // What was checked is said when the host step passes (its Event; JSON, which does not fold
+    // long lines as YAML does).
+    let events =
+        w.cp.kubectl_ok(&["get", "events", "-n", &w.ns, "-o", "json"])
+            .unwrap();
+    assert!(
+        events.contains("preflight: clock, OpsWorks, the agent installer, free space in /opt/aws/opsworks, init ("),
+        "{events}"
+    );
+}
+
 #[tokio::test]
 async fn two_installs_on_one_host_take_turns_and_the_one_that_waits_reports_install_in_progress() {
     let w = World::with(slow_aws(), "e2e-lock", &[]).await;

@@ -9,7 +9,7 @@ mod facts;
 mod seam;
 
 pub(crate) use facts::{Facts, TargetFacts};
-pub(crate) use seam::{Probed, Registry, Service, Step};
+pub(crate) use seam::{Endpoint, Needs, Probed, Registry, Service, Step};
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -50,6 +50,28 @@ impl Step {
     }
 }
 
+/// What a service's agent will need of a host, checked by the host probe before anything is
+/// made in AWS (`steps::preflight`). The host's clock and init system are checked whatever
+/// the service.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Needs {
+    /// The endpoints the agent and its installer will call.
+    pub endpoints: Vec<Endpoint>,
+    /// Where the agent installs (its nearest existing parent is measured).
+    pub install_dir: Option<&'static str>,
+    /// Free space the install needs there, in MiB.
+    pub free_mib: u64,
+}
+
+/// An endpoint a host must reach over TCP.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Endpoint {
+    /// What it is, for messages (`ssm`, `the agent installer`).
+    pub name: String,
+    /// Its URL (`https://ssm.us-east-1.amazonaws.com`); the port is the URL's.
+    pub url: String,
+}
+
 /// What the host step learned, for the service to look at ([`Service::after_probe`]).
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Probed<'a> {
@@ -91,6 +113,18 @@ pub(crate) trait Service: Send + Sync {
     /// asked at every pass until it is registered, since the answer is not kept on status.
     fn probe_question(&self, _obj: &InstanceRegistration) -> Option<&'static str> {
         None
+    }
+
+    /// What the agent will need of the host, checked when the host is probed (`facts` holds
+    /// what the steps before the host step found). By default only the clock and the init
+    /// system are checked.
+    fn needs<'a>(
+        &'a self,
+        _obj: &'a InstanceRegistration,
+        _ctx: &'a Context,
+        _facts: &'a Facts,
+    ) -> BoxFuture<'a, Needs> {
+        Box::pin(async { Needs::default() })
     }
 
     /// Looks at what the host said, before anything is made in AWS: an outcome ends the host

@@ -29,11 +29,16 @@ use futures::future::BoxFuture;
 
 use crate::cache::TtlCache;
 use crate::conditions::{Outcome, Undone};
-use crate::context::{Context, Facts, Probed, Service, Step};
+use crate::context::{Context, Endpoint, Facts, Needs, Probed, Service, Step};
 use crate::resource::{InstanceRegistration, InstanceRegistrationStatus};
 use crate::tenancy::Scope;
 
 pub use credentials::{inline_policy_expiry, policy_document_json};
+
+/// Where the OpsWorks agent installs, and the free space it needs there (the agent with its
+/// own Ruby, and room for the cookbooks it fetches), checked before anything is made.
+const INSTALL_DIR: &str = "/opt/aws/opsworks";
+const INSTALL_FREE_MIB: u64 = 512;
 
 /// How long a stack's description is shared between the objects of the stack.
 const STACK_TTL: Duration = Duration::from_secs(30);
@@ -116,6 +121,40 @@ impl Service for OpsWorks {
             .own_ref::<Findings>()
             .and_then(|f| f.existing.as_ref())
             .map(|i| i.id.as_str())
+    }
+
+    fn needs<'a>(
+        &'a self,
+        obj: &'a InstanceRegistration,
+        ctx: &'a Context,
+        facts: &'a Facts,
+    ) -> BoxFuture<'a, Needs> {
+        // The installer is downloaded from the stack's URL; the agent registers with and then
+        // talks to OpsWorks (the endpoint the controller uses, or AWS's for the region).
+        let installer = facts
+            .own_ref::<Findings>()
+            .and_then(|f| f.stack.as_ref())
+            .map(|s| s.agent_installer_url.clone());
+        Box::pin(async move {
+            let mut endpoints = Vec::new();
+            if let Some(url) = ctx.aws.opsworks_endpoint(obj.spec.region.as_deref()).await {
+                endpoints.push(Endpoint {
+                    name: "OpsWorks".into(),
+                    url,
+                });
+            }
+            if let Some(url) = installer {
+                endpoints.push(Endpoint {
+                    name: "the agent installer".into(),
+                    url,
+                });
+            }
+            Needs {
+                endpoints,
+                install_dir: Some(INSTALL_DIR),
+                free_mib: INSTALL_FREE_MIB,
+            }
+        })
     }
 
     fn after_probe<'a>(

@@ -34,7 +34,7 @@ use k8s_openapi::jiff::Timestamp;
 
 use crate::aws;
 use crate::conditions::{Outcome, Undone};
-use crate::context::{Context, Facts, Probed, Service, Step};
+use crate::context::{Context, Endpoint, Facts, Needs, Probed, Service, Step};
 use crate::resource::{
     InfrastructureClass, InstanceRegistration, InstanceRegistrationStatus, SystemsManagerSpec,
 };
@@ -117,6 +117,27 @@ impl Service for SystemsManager {
     fn probe_question(&self, obj: &InstanceRegistration) -> Option<&'static str> {
         (obj.spec.infrastructure_class == InfrastructureClass::OnPremises)
             .then_some(REGISTRATION_QUESTION)
+    }
+
+    fn needs<'a>(
+        &'a self,
+        obj: &'a InstanceRegistration,
+        ctx: &'a Context,
+        _facts: &'a Facts,
+    ) -> BoxFuture<'a, Needs> {
+        Box::pin(async move {
+            let region = region(ctx, spec_of(obj)).to_owned();
+            let mut endpoints = vec![Endpoint {
+                name: "the agent setup tool".into(),
+                url: ctx.settings.ssm_setup_url.replace("{region}", &region),
+            }];
+            endpoints.extend(agent_endpoints(ctx.aws.ssm_endpoint(Some(&region)).await));
+            Needs {
+                endpoints,
+                install_dir: Some(INSTALL_DIR),
+                free_mib: INSTALL_FREE_MIB,
+            }
+        })
     }
 
     fn after_probe<'a>(
@@ -209,6 +230,37 @@ pub(crate) struct Activation {
     pub id: String,
     /// Activation code.
     pub code: aws::Sensitive,
+}
+
+/// Where the agent keeps its state (and the setup tool its download), and the free space it
+/// needs there, checked before anything is made.
+const INSTALL_DIR: &str = "/var/lib/amazon/ssm";
+const INSTALL_FREE_MIB: u64 = 256;
+
+/// The endpoints the agent calls, from the Systems Manager endpoint `ssm`: `ssm`, `ec2messages`
+/// and `ssmmessages` in the same region and partition; only `ssm` itself when it is a
+/// configured endpoint (not AWS's `https://ssm.…`).
+fn agent_endpoints(ssm: Option<String>) -> Vec<Endpoint> {
+    let Some(ssm) = ssm else {
+        return Vec::new();
+    };
+    let mut endpoints = Vec::new();
+    if ssm.starts_with("https://ssm.") {
+        for name in ["ec2messages", "ssmmessages"] {
+            endpoints.push(Endpoint {
+                name: name.into(),
+                url: ssm.replacen("://ssm.", &format!("://{name}."), 1),
+            });
+        }
+    }
+    endpoints.insert(
+        0,
+        Endpoint {
+            name: "ssm".into(),
+            url: ssm,
+        },
+    );
+    endpoints
 }
 
 /// The Systems Manager region of `ssm` (the controller's when the spec names none).
@@ -305,6 +357,35 @@ mod tests {
     use crate::steps::probe::{parse_probe, script};
 
     #[test]
+    fn the_agent_calls_three_endpoints_of_aws_or_the_one_configured() {
+        let names = |e: Vec<Endpoint>| -> Vec<(String, String)> {
+            e.into_iter().map(|e| (e.name, e.url)).collect()
+        };
+        assert_eq!(
+            names(agent_endpoints(Some(
+                "https://ssm.cn-north-1.amazonaws.com.cn".into()
+            ))),
+            [
+                ("ssm", "https://ssm.cn-north-1.amazonaws.com.cn"),
+                (
+                    "ec2messages",
+                    "https://ec2messages.cn-north-1.amazonaws.com.cn"
+                ),
+                (
+                    "ssmmessages",
+                    "https://ssmmessages.cn-north-1.amazonaws.com.cn"
+                ),
+            ]
+            .map(|(n, u)| (n.to_owned(), u.to_owned()))
+        );
+        assert_eq!(
+            names(agent_endpoints(Some("http://127.0.0.1:4566".into()))),
+            [("ssm".to_owned(), "http://127.0.0.1:4566".to_owned())]
+        );
+        assert!(agent_endpoints(None).is_empty());
+    }
+
+    #[test]
     fn only_mi_and_seventeen_hex_digits_is_a_managed_node_id() {
         assert!(is_managed_node_id("mi-0123456789abcdef0"));
         for bad in [
@@ -322,10 +403,10 @@ mod tests {
 
     #[test]
     fn the_probe_reads_the_systems_manager_registration_when_it_may() {
-        let full = script(Some(REGISTRATION_QUESTION));
+        let full = script(Some(REGISTRATION_QUESTION), "");
         assert!(full.contains(super::script::SSM_REGISTRATION_FILE));
         assert!(
-            !script(None).contains("sudo"),
+            !script(None, "").contains("sudo"),
             "the probe runs no sudo for OpsWorks"
         );
         // The file in a directory of the test's own (readable: no sudo is run).

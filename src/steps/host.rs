@@ -11,12 +11,12 @@
 //! (it is then adopted) or its hostname is another host's; Systems Manager adopts or refuses the
 //! node a host's registration file names (the answer to its own [`Service::probe_question`]).
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use kube::ResourceExt;
 use tracing::info;
 
-use super::probe;
+use super::{preflight, probe};
 use crate::conditions::{self, Observation, Outcome, reasons, types};
 use crate::context::{Context, Facts, Probed, Service, TargetFacts};
 use std::sync::Arc;
@@ -59,34 +59,44 @@ pub(crate) async fn check(
     // record (a person cleared it to accept a new key), or the service asks a question of its
     // own (the answer is not kept on status: a host is asked at each pass until it is
     // registered, so a registration refused once is refused again before anything is made).
+    // A pass that ended on a preflight failure asks again too: what was fixed on the host
+    // (its clock, a route) is seen at the next pass.
     let learned_earlier = status.host.as_ref().is_some_and(|h| h.via == via);
     let question = service.probe_question(obj);
     let mut answer = None;
-    let learned_here =
-        match learned_earlier && unrecorded_hop(obj, status).is_none() && question.is_none() {
-            true => false,
-            false => {
-                // The probe may wait on a host that does not answer: off the reconcile workers.
-                facts.detach();
-                let slot = match slot(obj, ctx, facts, status, types::HOST_REACHABLE).await {
-                    Ok(slot) => slot,
-                    Err(outcome) => return outcome,
-                };
-                let (learned, run) =
-                    match probe(obj, ctx, slot, &connect, rule, key, question).await {
-                        Ok(probed) => probed,
-                        Err(outcome) => return outcome,
-                    };
-                record_host_keys(obj, status, &run);
-                answer = learned.answer;
-                status.host = Some(HostIdentity {
-                    hostname: learned.hostname,
-                    addresses: learned.addresses,
-                    via: via.clone(),
-                });
-                true
-            }
-        };
+    let mut preflight = None;
+    let learned_here = match learned_earlier
+        && unrecorded_hop(obj, status).is_none()
+        && question.is_none()
+        && !preflight_failed(status)
+    {
+        true => false,
+        false => {
+            // The probe may wait on a host that does not answer: off the reconcile workers.
+            facts.detach();
+            let slot = match slot(obj, ctx, facts, status, types::HOST_REACHABLE).await {
+                Ok(slot) => slot,
+                Err(outcome) => return outcome,
+            };
+            let needs = service.needs(obj, ctx, facts).await;
+            let script = probe::script(question, &preflight::script(&needs));
+            let asked = SystemTime::now();
+            let (learned, run) = match probe(obj, ctx, slot, &connect, rule, key, &script).await {
+                Ok(probed) => probed,
+                Err(outcome) => return outcome,
+            };
+            let report = preflight::parse(&String::from_utf8_lossy(&run.output));
+            preflight = Some(preflight::judge(&needs, &report, asked, SystemTime::now()));
+            record_host_keys(obj, status, &run);
+            answer = learned.answer;
+            status.host = Some(HostIdentity {
+                hostname: learned.hostname,
+                addresses: learned.addresses,
+                via: via.clone(),
+            });
+            true
+        }
+    };
     if learned_here {
         // Another object that reached the same host (named otherwise: an address and a DNS name)
         // must see what it said before either makes credentials: recorded now, not at the end of
@@ -129,14 +139,27 @@ pub(crate) async fn check(
     if let Some(outcome) = service.after_probe(probed, ctx, facts, status).await {
         return outcome;
     }
+    // Nothing is made for a host the agent could not work on; each failure passes once fixed
+    // on the host, so it is retried with backoff.
+    let checked = match preflight {
+        Some(Err(failed)) => return Outcome::Retry(failed),
+        Some(Ok(checked)) => format!("; {checked}"),
+        None => String::new(),
+    };
     Outcome::Done(Observation::holds(
         reasons::SUCCEEDED,
         if learned_here {
-            said
+            format!("{said}{checked}")
         } else {
             format!("{said} (learned earlier)")
         },
     ))
+}
+
+/// Whether the host step's last pass ended on a preflight failure ([`preflight::REASONS`]).
+fn preflight_failed(status: &InstanceRegistrationStatus) -> bool {
+    conditions::get(&status.conditions, types::HOST_REACHABLE)
+        .is_some_and(|c| preflight::REASONS.contains(&c.reason.as_str()))
 }
 
 /// How long the host step waits, once what a host said is recorded, for other objects probing
@@ -346,8 +369,8 @@ pub(crate) fn record_host_keys(
 /// How long the probe may run once logged in.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Runs the probe (with the service's own `question`, if any); returns what the host said, and
-/// the session (its host keys).
+/// Runs the probe `script` (with the service's own question and the preflight checks); returns
+/// what the host said, and the session (its host keys).
 async fn probe(
     obj: &InstanceRegistration,
     ctx: &Context,
@@ -355,15 +378,14 @@ async fn probe(
     connect: &ssh::Target,
     rule: HostKeyRule,
     key: std::sync::Arc<russh::keys::PrivateKey>,
-    question: Option<&str>,
+    script: &str,
 ) -> Result<(probe::Learned, ssh::Run), Outcome> {
     let connect = ssh::Target {
         command_timeout: PROBE_TIMEOUT.min(connect.command_timeout),
         ..connect.clone()
     };
     info!(name = %obj.name_any(), host = %connect.host, port = connect.port, "asking the host what it registers as");
-    let script = probe::script(question);
-    let run = match session(ctx, slot, &connect, rule, key, &script).await {
+    let run = match session(ctx, slot, &connect, rule, key, script).await {
         Ok(run) => run,
         // A probe that does not finish in its time says the host is not answering.
         Err(outcome) if outcome.observation().reason == reasons::INSTALL_TIMEOUT => {

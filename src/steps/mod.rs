@@ -1,5 +1,6 @@
 //! The machinery every service shares, knowing none of them: the SSH key ([`ssh_key`]), the host
-//! probe and what a host says of itself ([`host`], [`probe`]), the install runner and the
+//! probe and what a host says of itself ([`host`], [`probe`]), what the agent will need of it
+//! ([`preflight`]), the install runner and the
 //! script around every service's installer ([`runner`], [`script`]), the hand-off Secret
 //! ([`handoff`]), EC2 look-ups ([`ec2`]), the tags that say which object made something
 //! ([`OWNER_UID_TAG`]), and what status says of a pass ([`summary`]).
@@ -10,6 +11,7 @@
 pub(crate) mod ec2;
 pub(crate) mod handoff;
 pub(crate) mod host;
+pub(crate) mod preflight;
 pub(crate) mod probe;
 mod runner;
 pub(crate) mod script;

@@ -35,12 +35,14 @@ fi
 echo "addresses=$addresses"
 "#;
 
-/// The probe for a host: [`PROBE_SCRIPT`], then the service's own `question` if it has one.
-pub(crate) fn script(question: Option<&str>) -> String {
+/// The probe for a host: [`PROBE_SCRIPT`], then the service's own `question` if it has one,
+/// then the `preflight` checks (`super::preflight::script`).
+pub(crate) fn script(question: Option<&str>, preflight: &str) -> String {
     let mut script = PROBE_SCRIPT.to_owned();
     if let Some(question) = question {
         script += question;
     }
+    script += preflight;
     script += "exit 0\n";
     script
 }
@@ -149,7 +151,7 @@ mod tests {
     fn the_probe_script_runs_under_sh_and_reads_back() {
         let out = std::process::Command::new("sh")
             .arg("-c")
-            .arg(script(None))
+            .arg(script(None, ""))
             .env("SSH_CONNECTION", "127.0.0.1 50000 127.0.0.77 22")
             .output()
             .unwrap();

@@ -30,6 +30,8 @@
 //! - `ssm-setup.log`, `ssm-agent.log`, `ssm-agent.lock`, `ssm-agent-installed`: the SSM setup
 //!   tool's runs, the SSM agent daemon's output, its lock and PID, its installation (see
 //!   [`opsworks_endpoint::ssm_standin`]);
+//! - `bin/`: commands that come before the system's in the host's sessions (`PATH`), see
+//!   [`SshHost::set_command`] (a clock set off, a route refused);
 //! - `canary`: must never exist; a shell injection that worked would create it.
 //!
 //! The host directory belongs to [`USER`] (mode 0755), so that the user's sessions, and root
@@ -354,6 +356,26 @@ impl SshHost {
         );
     }
 
+    /// Puts a command `name` ahead of the system's in this host's sessions (`bin/` in its host
+    /// directory leads their `PATH`): a `/bin/sh` script with `body`, or (`None`) takes it away.
+    /// sudo's `secure_path` does not include it, so only what the login user runs sees it.
+    pub fn set_command(&self, name: &str, body: Option<&str>) {
+        let bin = self.dir.join("bin");
+        let path = bin.join(name);
+        match body {
+            Some(body) => {
+                std::fs::create_dir_all(&bin).unwrap();
+                std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+            }
+            None => match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => panic!("removing {}: {e}", path.display()),
+            },
+        }
+    }
+
     /// Makes the agent installer on this host fail with `message`, or (`None`) succeed again.
     pub fn set_installer_failure(&self, message: Option<&str>) {
         match message {
@@ -629,7 +651,8 @@ impl SshHost {
              X11Forwarding no\n\
              PermitTunnel no\n\
              GatewayPorts no\n\
-             Subsystem sftp internal-sftp\n",
+             Subsystem sftp internal-sftp\n\
+             SetEnv PATH={HOST_DIR_MOUNT}/bin:/usr/local/bin:/usr/bin:/bin\n",
             name = self.name,
             address = self.address,
             port = self.port,
