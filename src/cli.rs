@@ -86,6 +86,12 @@ struct RunArgs {
     /// goes here.
     #[arg(long, env = "REGISTRAR_SSM_SETUP_URL", default_value = crate::controller::SSM_SETUP_URL)]
     ssm_setup_url: String,
+    /// Whether the host probe checks, before anything is made in AWS, that the host reaches the
+    /// endpoints its agent will call (`EndpointUnreachable` otherwise). `false` for hosts that
+    /// reach AWS only through a proxy their agent is configured with but their login shell is
+    /// not (the clock, disk and init checks stay).
+    #[arg(long, env = "CHECK_HOST_ENDPOINTS", default_value_t = true, action = clap::ArgAction::Set)]
+    check_host_endpoints: bool,
     /// A managed policy ARN set as the permissions boundary of every IAM user the controller
     /// makes for the OpsWorks agent. When the controller's own policy requires one (the
     /// `iam:PermissionsBoundary` condition on `iam:CreateUser`), this must name it.
@@ -196,6 +202,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         resync: Duration::from_secs(args.resync_seconds),
         registration_timeout: Duration::from_secs(args.registration_timeout_seconds),
         ssm_setup_url: args.ssm_setup_url,
+        check_host_endpoints: args.check_host_endpoints,
         iam_permissions_boundary: args.iam_permissions_boundary,
         instance: Some(identity),
         unannotated_namespaces: args.unannotated_namespaces,

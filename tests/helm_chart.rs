@@ -453,6 +453,7 @@ fn the_deployment_runs_restricted_with_probes_and_the_controllers_settings() {
             "aws.endpoints.ssm=http://127.0.0.1:5",
             "aws.ssmSetupUrl=http://127.0.0.1:6/{platform}_{arch}/ssm-setup-cli",
             "aws.iamPermissionsBoundary=arn:aws:iam::123456789012:policy/OpsWorksAgentBoundary",
+            "aws.checkHostEndpoints=false",
             "image.tag=dev",
         ]),
     );
@@ -482,6 +483,7 @@ fn the_deployment_runs_restricted_with_probes_and_the_controllers_settings() {
             "IAM_PERMISSIONS_BOUNDARY",
             "arn:aws:iam::123456789012:policy/OpsWorksAgentBoundary",
         ),
+        ("CHECK_HOST_ENDPOINTS", "false"),
     ] {
         assert_eq!(set.env_value(name).as_deref(), Some(value), "{name}");
     }
@@ -506,6 +508,7 @@ fn every_setting_the_chart_passes_is_an_environment_variable_of_run() {
             "leaderElection.enabled=true",
             "sshNamespaceShare=8",
             "aws.iamPermissionsBoundary=arn:aws:iam::123456789012:policy/OpsWorksAgentBoundary",
+            "aws.checkHostEndpoints=false",
         ]),
     );
     for (name, _) in rendered.env() {

@@ -1090,6 +1090,42 @@ async fn node_tags(aws: &AwsEnv, node: &str) -> Vec<(String, String)> {
     tags
 }
 
+/// Preflight for Systems Manager: a host whose clock is 10 minutes behind gets `ClockSkew` and
+/// no activation; set right, it registers with no change to the object. What was checked names
+/// the setup tool and the `ssm` endpoint.
+#[tokio::test]
+async fn a_host_whose_clock_is_behind_gets_no_activation_until_it_is_set_right() {
+    let w = World::new("ssm-preflight", &[], &[]).await;
+    let host = w.host("late");
+    host.set_command(
+        "date",
+        Some(r#"exec /usr/bin/date -d "@$(( $(/usr/bin/date +%s) - 600 ))" "$@""#),
+    );
+    apply(w.cp, &w.on_premises("late", &host, ""));
+    let obj = w
+        .wait("late", types::HOST_REACHABLE, reasons::CLOCK_SKEW)
+        .await;
+    let said = message(&obj, types::HOST_REACHABLE);
+    assert!(said.contains("behind"), "{said}");
+    assert_eq!(
+        w.activations_created(),
+        0,
+        "no activation for a host that could not use it"
+    );
+    host.set_command("date", None);
+    w.wait("late", types::READY, reasons::SUCCEEDED).await;
+    assert_eq!(w.activations_created(), 1);
+    let events =
+        w.cp.kubectl_ok(&["get", "events", "-n", &w.ns, "-o", "json"])
+            .unwrap();
+    assert!(
+        events.contains(
+            "preflight: clock, the agent setup tool, ssm, free space in /var/lib/amazon/ssm, init ("
+        ),
+        "{events}"
+    );
+}
+
 #[tokio::test]
 async fn changed_tags_are_made_on_the_node_in_place_and_others_are_left() {
     let w = World::new("ssm-tags", &[], &[]).await;

@@ -58,6 +58,9 @@ pub(crate) struct Settings {
     pub registration_timeout: Duration,
     /// Where hosts download the Systems Manager agent setup tool (see [`SSM_SETUP_URL`]).
     pub ssm_setup_url: String,
+    /// Whether the host probe checks that the host reaches its agent's endpoints
+    /// (`steps::preflight`).
+    pub check_host_endpoints: bool,
     /// Name of this replica in Events (`reportingInstance`).
     pub instance: Option<String>,
     /// Which stacks the objects of a namespace without the `registrar.dev/allowed-stacks`
@@ -80,6 +83,7 @@ impl Default for Settings {
             resync: Duration::from_secs(600),
             registration_timeout: Duration::from_secs(900),
             ssm_setup_url: SSM_SETUP_URL.to_owned(),
+            check_host_endpoints: true,
             instance: None,
             unannotated_namespaces: Unannotated::default(),
             aws_timeouts: crate::aws::Timeouts::default(),

@@ -78,7 +78,10 @@ pub(crate) async fn check(
                 Ok(slot) => slot,
                 Err(outcome) => return outcome,
             };
-            let needs = service.needs(obj, ctx, facts).await;
+            let mut needs = service.needs(obj, ctx, facts).await;
+            if !ctx.settings.check_host_endpoints {
+                needs.endpoints.clear();
+            }
             let script = probe::script(question, &preflight::script(&needs));
             let asked = SystemTime::now();
             let (learned, run) = match probe(obj, ctx, slot, &connect, rule, key, &script).await {
