@@ -12,6 +12,9 @@ use aws_config::retry::RetryConfig;
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_sdk_iam::config::http::HttpResponse;
 use aws_sdk_iam::error::{ProvideErrorMetadata, SdkError};
+use aws_smithy_runtime_api::client::endpoint::{
+    EndpointResolverParams, ResolveEndpoint as _, SharedEndpointResolver,
+};
 use aws_smithy_types::timeout::TimeoutConfig;
 
 use crate::conditions::{Observation, Outcome, reasons};
@@ -192,30 +195,38 @@ impl Aws {
     /// AWS's own for the region's partition, by the SDK's endpoint rules.
     pub(crate) async fn ssm_endpoint(&self, region: Option<&str>) -> Option<String> {
         use aws_sdk_ssm::config::endpoint::{DefaultResolver, Params, ResolveEndpoint};
-        if let Some(url) = self.endpoint_override("SSM") {
-            return Some(url);
-        }
-        let region = region.or(self.default_region())?;
-        let params = Params::builder().region(region).build().ok()?;
-        let endpoint = DefaultResolver::new()
-            .resolve_endpoint(&params)
+        let region = region.or(self.default_region());
+        let params = region.and_then(|r| Params::builder().region(r).build().ok());
+        self.endpoint("SSM", DefaultResolver::new().into_shared_resolver(), params)
             .await
-            .ok()?;
-        Some(endpoint.url().to_owned())
     }
 
     /// The OpsWorks endpoint in `region` (or the controller's), as [`Aws::ssm_endpoint`].
     pub(crate) async fn opsworks_endpoint(&self, region: Option<&str>) -> Option<String> {
         use aws_sdk_opsworks::config::endpoint::{DefaultResolver, Params, ResolveEndpoint};
-        if let Some(url) = self.endpoint_override("OpsWorks") {
+        let region = region.or(self.default_region());
+        let params = region.and_then(|r| Params::builder().region(r).build().ok());
+        self.endpoint(
+            "OpsWorks",
+            DefaultResolver::new().into_shared_resolver(),
+            params,
+        )
+        .await
+    }
+
+    /// The endpoint configured for `service_id`, or the one `resolver` (the service's own
+    /// rules) gives for `params`.
+    async fn endpoint<P: std::fmt::Debug + Send + Sync + 'static>(
+        &self,
+        service_id: &str,
+        resolver: SharedEndpointResolver,
+        params: Option<P>,
+    ) -> Option<String> {
+        if let Some(url) = self.endpoint_override(service_id) {
             return Some(url);
         }
-        let region = region.or(self.default_region())?;
-        let params = Params::builder().region(region).build().ok()?;
-        let endpoint = DefaultResolver::new()
-            .resolve_endpoint(&params)
-            .await
-            .ok()?;
+        let params = EndpointResolverParams::new(params?);
+        let endpoint = resolver.resolve_endpoint(&params).await.ok()?;
         Some(endpoint.url().to_owned())
     }
 }
@@ -414,6 +425,43 @@ impl std::fmt::Debug for Sensitive {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What hosts' agents are taken to call: AWS's endpoint for the region's partition, or the
+    /// one configured for the controller.
+    #[tokio::test]
+    async fn endpoints_are_the_regions_own_or_the_configured_ones() {
+        let config = |endpoint: Option<&str>| {
+            let mut b = SdkConfig::builder()
+                .behavior_version(BehaviorVersion::latest())
+                .region(Region::new("us-east-1"));
+            if let Some(url) = endpoint {
+                b = b.endpoint_url(url);
+            }
+            Aws::new(b.build(), None)
+        };
+        let aws = config(None);
+        assert_eq!(
+            aws.ssm_endpoint(None).await.as_deref(),
+            Some("https://ssm.us-east-1.amazonaws.com")
+        );
+        assert_eq!(
+            aws.ssm_endpoint(Some("cn-north-1")).await.as_deref(),
+            Some("https://ssm.cn-north-1.amazonaws.com.cn")
+        );
+        assert_eq!(
+            aws.opsworks_endpoint(Some("eu-west-1")).await.as_deref(),
+            Some("https://opsworks.eu-west-1.amazonaws.com")
+        );
+        let aws = config(Some("http://127.0.0.1:4566"));
+        assert_eq!(
+            aws.ssm_endpoint(None).await.as_deref(),
+            Some("http://127.0.0.1:4566")
+        );
+        assert_eq!(
+            aws.opsworks_endpoint(Some("eu-west-1")).await.as_deref(),
+            Some("http://127.0.0.1:4566")
+        );
+    }
 
     #[test]
     fn sensitive_values_are_redacted_in_debug_output() {

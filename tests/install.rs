@@ -1170,10 +1170,10 @@ async fn a_host_that_does_not_answer_or_is_not_trusted_gets_no_iam_user() {
     );
 }
 
-/// Preflight: a host whose clock is 10 minutes ahead, and one whose connections to the OpsWorks
+/// Preflight: a host whose clock is 10 minutes ahead, one whose connections to the OpsWorks
 /// endpoint are refused (its `curl` is sent to a closed port: a real refusal by the host's TCP
-/// stack), each get their own reason before any IAM user exists; fixed on the host, each goes
-/// Ready with no change to the object.
+/// stack) and one whose `df` says 10 MiB are free each get their own reason before any IAM user
+/// exists; fixed on the host, each goes Ready with no change to the object.
 #[tokio::test]
 async fn a_host_whose_clock_is_off_or_that_cannot_reach_the_endpoint_gets_no_iam_user_until_fixed()
 {
@@ -1188,7 +1188,17 @@ async fn a_host_whose_clock_is_off_or_that_cannot_reach_the_endpoint_gets_no_iam
         "curl",
         Some(r#"exec /usr/bin/curl --connect-to ::127.0.0.1:1 "$@""#),
     );
-    for (name, host) in [("skewed", &skewed), ("walled", &walled)] {
+    // `df` says 10 MiB are free.
+    let full = w.host("full");
+    full.set_command(
+        "df",
+        Some(
+            r#"echo "Filesystem 1024-blocks Used Available Capacity Mounted on"
+echo "/dev/vda 1000000 989760 10240 99% /""#,
+        ),
+    );
+    let hosts = [("skewed", &skewed), ("walled", &walled), ("full", &full)];
+    for (name, host) in hosts {
         w.apply(
             &(on_premises(
                 &w.ns,
@@ -1218,7 +1228,15 @@ async fn a_host_whose_clock_is_off_or_that_cannot_reach_the_endpoint_gets_no_iam
         said.contains(&format!("OpsWorks ({})", w.aws.opsworks.url())),
         "{said}"
     );
-    for name in ["skewed", "walled"] {
+    let obj = w
+        .wait("full", types::HOST_REACHABLE, reasons::DISK_FULL)
+        .await;
+    let said = message(&obj, types::HOST_REACHABLE);
+    assert!(
+        said.contains("10 MiB free on the filesystem of /opt/aws/opsworks"),
+        "{said}"
+    );
+    for (name, _) in hosts {
         assert_eq!(
             condition(&w.get(name).await, types::CREDENTIALS_READY)
                 .unwrap()
@@ -1231,13 +1249,13 @@ async fn a_host_whose_clock_is_off_or_that_cannot_reach_the_endpoint_gets_no_iam
         w.aws.iam_users(&w.ns).await.is_empty(),
         "an IAM user was made for a host the agent could not work on"
     );
-    assert_eq!(
-        skewed.boot_registration_runs() + walled.boot_registration_runs(),
-        0
-    );
+    for (name, host) in hosts {
+        assert_eq!(host.boot_registration_runs(), 0, "{name}");
+    }
     skewed.set_command("date", None);
     walled.set_command("curl", None);
-    for name in ["skewed", "walled"] {
+    full.set_command("df", None);
+    for (name, _) in hosts {
         w.wait(name, types::READY, reasons::SUCCEEDED).await;
     }
     // What was checked is said when the host step passes (its Event; JSON, which does not fold
