@@ -99,29 +99,10 @@ pub(super) async fn check(
             );
         }
     }
-    if status.registered_at.is_none() {
-        // First seen online: the activation has done its work (or was never needed).
-        if let Some(activation) = &status.activation_id
-            && let Err(e) = ctx
-                .aws
-                .ssm(Some(&region))
-                .delete_activation()
-                .activation_id(activation)
-                .send()
-                .await
-        {
-            let failure = aws::classify(&e);
-            if failure.kind != Kind::NotFound {
-                return failure.outcome("ssm:DeleteActivation");
-            }
-        }
-        if let Err(problem) = handoff::forget(ctx, obj, &super::activation_secret_name(obj)).await {
-            return Outcome::Retry(Observation::fails(
-                reasons::KUBERNETES_API_ERROR,
-                format!("node {} is online; {problem}", node.id),
-            ));
-        }
-        status.registered_at = Some(Time(Timestamp::now()));
+    if status.registered_at.is_none()
+        && let Err(outcome) = first_online(ctx, obj, &region, &node.id, status).await
+    {
+        return outcome;
     }
     // Tags the spec changed since the node registered are made on the node in place.
     match super::tags::follow(ctx, &region, ssm, &node.id, status).await {
@@ -135,6 +116,39 @@ pub(super) async fn check(
         reasons::SUCCEEDED,
         format!("node {} is Online in {region}", node.id),
     ))
+}
+
+/// The node is seen online for the first time: the activation has done its work (or was never
+/// needed) and goes, with its Secret; the registration time is recorded.
+async fn first_online(
+    ctx: &Context,
+    obj: &InstanceRegistration,
+    region: &str,
+    node: &str,
+    status: &mut InstanceRegistrationStatus,
+) -> Result<(), Outcome> {
+    if let Some(activation) = &status.activation_id
+        && let Err(e) = ctx
+            .aws
+            .ssm(Some(region))
+            .delete_activation()
+            .activation_id(activation)
+            .send()
+            .await
+    {
+        let failure = aws::classify(&e);
+        if failure.kind != Kind::NotFound {
+            return Err(failure.outcome("ssm:DeleteActivation"));
+        }
+    }
+    if let Err(problem) = handoff::forget(ctx, obj, &super::activation_secret_name(obj)).await {
+        return Err(Outcome::Retry(Observation::fails(
+            reasons::KUBERNETES_API_ERROR,
+            format!("node {node} is online; {problem}"),
+        )));
+    }
+    status.registered_at = Some(Time(Timestamp::now()));
+    Ok(())
 }
 
 /// Systems Manager does not list the host's node: gone after being online (registered again),

@@ -100,19 +100,8 @@ pub(crate) async fn check(
             true
         }
     };
-    if learned_here {
-        // Another object that reached the same host (named otherwise: an address and a DNS name)
-        // must see what it said before either makes credentials: recorded now, not at the end of
-        // the pass.
-        if let Err(problem) =
-            crate::context::checkpoint(ctx, obj, status, &mut facts.resource_version).await
-        {
-            return Outcome::Retry(Observation::fails(
-                reasons::KUBERNETES_API_ERROR,
-                format!("recording what the host said: {problem}"),
-            ));
-        }
-        settle(ctx, obj, facts.resource_version.as_deref()).await;
+    if learned_here && let Err(outcome) = record(ctx, obj, facts, status).await {
+        return outcome;
     }
     if let Some(holder) = crate::conflict::holder_of_the_same_host(
         obj,
@@ -123,16 +112,7 @@ pub(crate) async fn check(
     ) {
         return Outcome::Blocked(holder.observation(&service.place(obj)));
     }
-    let host = status.host.clone().unwrap_or_default();
-    let said = format!(
-        "{via} answered as {} ({})",
-        host.hostname.as_deref().unwrap_or("no hostname"),
-        if host.addresses.is_empty() {
-            "no addresses".to_owned()
-        } else {
-            host.addresses.join(", ")
-        }
-    );
+    let said = said(&via, &status.host.clone().unwrap_or_default());
     let probed = Probed {
         obj,
         target: &target,
@@ -157,6 +137,40 @@ pub(crate) async fn check(
             format!("{said} (learned earlier)")
         },
     ))
+}
+
+/// Records what the host said at once, not at the end of the pass: another object that reached
+/// the same host (named otherwise: an address and a DNS name) must see it before either makes
+/// credentials.
+async fn record(
+    ctx: &Context,
+    obj: &InstanceRegistration,
+    facts: &mut Facts,
+    status: &mut InstanceRegistrationStatus,
+) -> Result<(), Outcome> {
+    if let Err(problem) =
+        crate::context::checkpoint(ctx, obj, status, &mut facts.resource_version).await
+    {
+        return Err(Outcome::Retry(Observation::fails(
+            reasons::KUBERNETES_API_ERROR,
+            format!("recording what the host said: {problem}"),
+        )));
+    }
+    settle(ctx, obj, facts.resource_version.as_deref()).await;
+    Ok(())
+}
+
+/// What the host at `via` said of itself, for messages.
+fn said(via: &str, host: &HostIdentity) -> String {
+    format!(
+        "{via} answered as {} ({})",
+        host.hostname.as_deref().unwrap_or("no hostname"),
+        if host.addresses.is_empty() {
+            "no addresses".to_owned()
+        } else {
+            host.addresses.join(", ")
+        }
+    )
 }
 
 /// Whether the host step's last pass ended on a preflight failure ([`preflight::REASONS`]).
