@@ -24,7 +24,7 @@ LAYERS = [
     ("context", ["context"]),
     ("shared machinery", ["conflict", "steps"]),
     ("services", ["opsworks", "ssm"]),
-    ("top", ["services", "pipeline", "controller", "cli", "main", "third_service"]),
+    ("top", ["services", "pipeline", "audit", "controller", "cli", "main", "third_service"]),
 ]
 SERVICES = ["opsworks", "ssm"]
 

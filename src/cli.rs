@@ -92,6 +92,15 @@ struct RunArgs {
     /// not (the clock, disk and init checks stay).
     #[arg(long, env = "CHECK_HOST_ENDPOINTS", default_value_t = true, action = clap::ArgAction::Set)]
     check_host_endpoints: bool,
+    /// Seconds between audits for orphans (and one at start): what the controller made in AWS
+    /// for objects that no longer exist (a finalizer removed by hand, a namespace force-deleted).
+    /// 0 turns the audit off.
+    #[arg(long, env = "AUDIT_SECONDS", default_value_t = 3600)]
+    audit_seconds: u64,
+    /// Whether the audit removes what was orphaned at two audits in a row (only what carries
+    /// this cluster's tag). Off: orphans are only reported.
+    #[arg(long, env = "DELETE_ORPHANS", default_value_t = false, action = clap::ArgAction::Set)]
+    delete_orphans: bool,
     /// A managed policy ARN set as the permissions boundary of every IAM user the controller
     /// makes for the OpsWorks agent. When the controller's own policy requires one (the
     /// `iam:PermissionsBoundary` condition on `iam:CreateUser`), this must name it.
@@ -203,6 +212,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         registration_timeout: Duration::from_secs(args.registration_timeout_seconds),
         ssm_setup_url: args.ssm_setup_url,
         check_host_endpoints: args.check_host_endpoints,
+        cluster_id: None,
+        audit_every: Duration::from_secs(args.audit_seconds),
+        delete_orphans: args.delete_orphans,
         iam_permissions_boundary: args.iam_permissions_boundary,
         instance: Some(identity),
         unannotated_namespaces: args.unannotated_namespaces,

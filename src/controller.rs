@@ -500,6 +500,8 @@ pub(crate) async fn run(
         watching = %watched.describe(),
         concurrency, "starting controller"
     );
+    let mut settings = settings;
+    settings.cluster_id = crate::audit::cluster_id(&client).await;
     let aws = Aws::from_env(Some(metrics.aws_interceptor()), settings.aws_timeouts).await;
     let services = Box::new(Services::default());
     run_with(client, aws, services, settings, metrics, health, shutdown).await
@@ -552,6 +554,7 @@ pub(crate) async fn run_with(
         crate::context::Detached::new(wake),
         services,
     ));
+    let audit = tokio::spawn(crate::audit::run(ctx.clone()));
     let controller = Controller::for_stream(changes, store.clone());
     // A Secret that appears or changes re-runs the objects that name it, so fixing a missing or
     // wrong key takes effect at once rather than at the next backoff. Metadata only: the
@@ -606,6 +609,7 @@ pub(crate) async fn run_with(
         })
         .await;
     namespace_watch.abort();
+    audit.abort();
     stop(&ctx).await;
     Ok(())
 }

@@ -24,6 +24,7 @@ pub mod cli;
 pub mod conditions;
 pub mod resource;
 
+mod audit;
 mod aws;
 mod backoff;
 mod cache;

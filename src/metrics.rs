@@ -43,6 +43,14 @@ pub(crate) struct StepLabels {
     pub step: String,
 }
 
+/// Labels: an orphan found by the audit.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct OrphanLabels {
+    /// `activation`, `managed node`, `IAM user`, or `unknown cluster` for those without a
+    /// cluster tag.
+    pub kind: String,
+}
+
 /// Labels: one AWS call attempt.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct AwsCallLabels {
@@ -75,6 +83,8 @@ pub(crate) struct Metrics {
     pub ssh_sessions: Family<ReasonLabels, Counter>,
     /// AWS call attempts, by service, operation and outcome.
     pub aws_calls: Family<AwsCallLabels, Counter>,
+    /// Orphans the last audit found, by kind.
+    orphans: Family<OrphanLabels, Gauge>,
     objects: Arc<OnceLock<Store<InstanceRegistration>>>,
 }
 
@@ -134,6 +144,12 @@ impl Metrics {
             "AWS call attempts, by service, operation and outcome (throttled apart)",
             aws_calls.clone(),
         );
+        let orphans = Family::<OrphanLabels, Gauge>::default();
+        registry.register(
+            "orphans",
+            "What the controller made in AWS for objects that no longer exist, at the last audit, by kind (unknown cluster: without a cluster tag, never removed)",
+            orphans.clone(),
+        );
         let objects = Arc::new(OnceLock::new());
         registry.register_collector(Box::new(ObjectsByPhase {
             store: objects.clone(),
@@ -149,6 +165,7 @@ impl Metrics {
             ssh_in_flight,
             ssh_sessions,
             aws_calls,
+            orphans,
         }
     }
 
@@ -324,6 +341,29 @@ impl Collector for ObjectsByPhase {
             family.metric_type(),
         )?;
         family.encode(metric)
+    }
+}
+
+impl Metrics {
+    /// Sets the orphan counts to what an audit found: `kinds`, one per orphan, and `unknown`
+    /// of no known cluster. Kinds not found this time go to 0.
+    pub(crate) fn orphans<'a>(&self, kinds: impl Iterator<Item = &'a str>, unknown: i64) {
+        self.orphans.clear();
+        for kind in ["activation", "managed node", "IAM user"] {
+            self.orphans
+                .get_or_create(&OrphanLabels { kind: kind.into() })
+                .set(0);
+        }
+        for kind in kinds {
+            self.orphans
+                .get_or_create(&OrphanLabels { kind: kind.into() })
+                .inc();
+        }
+        self.orphans
+            .get_or_create(&OrphanLabels {
+                kind: "unknown cluster".into(),
+            })
+            .set(unknown);
     }
 }
 

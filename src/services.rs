@@ -21,6 +21,10 @@ impl Registry for Services {
             resource::Service::SystemsManager(_) => &self.systems_manager,
         }
     }
+
+    fn all(&self) -> Vec<&dyn Service> {
+        vec![&self.opsworks, &self.systems_manager]
+    }
 }
 
 #[cfg(test)]

@@ -53,6 +53,12 @@ impl Registry for WithLedger {
             _ => self.0.of(obj),
         }
     }
+
+    fn all(&self) -> Vec<&dyn Service> {
+        let mut all = self.0.all();
+        all.push(&*LEDGER);
+        all
+    }
 }
 
 /// What the ledger's steps found in a pass: the entry, once registered.

@@ -26,6 +26,11 @@ pub(crate) struct Watched {
 
 impl Watched {
     /// How logs and messages name what is watched.
+    /// Whether objects of `namespace` are watched.
+    pub(crate) fn includes(&self, namespace: &str) -> bool {
+        self.namespaces.is_empty() || self.namespaces.iter().any(|n| n == namespace)
+    }
+
     pub(crate) fn describe(&self) -> String {
         let namespaces = match self.namespaces.as_slice() {
             [] => "all namespaces".to_owned(),

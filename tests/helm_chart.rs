@@ -277,6 +277,11 @@ fn namespaces_rule(names: &[&str]) -> PolicyRule {
     rule(&[""], &["namespaces"], names, &["list", "watch"])
 }
 
+/// The cluster's ID: the kube-system Namespace's UID.
+fn cluster_id_rule() -> PolicyRule {
+    rule(&[""], &["namespaces"], &["kube-system"], &["get"])
+}
+
 #[test]
 fn helm_lint_passes_cluster_wide_and_namespaced_with_leader_election() {
     let chart = chart();
@@ -454,6 +459,8 @@ fn the_deployment_runs_restricted_with_probes_and_the_controllers_settings() {
             "aws.ssmSetupUrl=http://127.0.0.1:6/{platform}_{arch}/ssm-setup-cli",
             "aws.iamPermissionsBoundary=arn:aws:iam::123456789012:policy/OpsWorksAgentBoundary",
             "aws.checkHostEndpoints=false",
+            "audit.seconds=60",
+            "audit.deleteOrphans=true",
             "image.tag=dev",
         ]),
     );
@@ -484,6 +491,8 @@ fn the_deployment_runs_restricted_with_probes_and_the_controllers_settings() {
             "arn:aws:iam::123456789012:policy/OpsWorksAgentBoundary",
         ),
         ("CHECK_HOST_ENDPOINTS", "false"),
+        ("AUDIT_SECONDS", "60"),
+        ("DELETE_ORPHANS", "true"),
     ] {
         assert_eq!(set.env_value(name).as_deref(), Some(value), "{name}");
     }
@@ -509,6 +518,8 @@ fn every_setting_the_chart_passes_is_an_environment_variable_of_run() {
             "sshNamespaceShare=8",
             "aws.iamPermissionsBoundary=arn:aws:iam::123456789012:policy/OpsWorksAgentBoundary",
             "aws.checkHostEndpoints=false",
+            "audit.seconds=0",
+            "audit.deleteOrphans=true",
         ]),
     );
     for (name, _) in rendered.env() {
@@ -528,6 +539,7 @@ fn rbac_is_a_cluster_role_only_without_a_watch_namespace_and_leases_only_with_le
     let wide = render("r", "sys", &[]);
     let mut wide_rules = controller_rules();
     wide_rules.push(namespaces_rule(&[]));
+    wide_rules.push(cluster_id_rule());
     assert_eq!(
         wide.rules("ClusterRole", "r-instance-registrar"),
         wide_rules
@@ -581,7 +593,7 @@ fn rbac_is_a_cluster_role_only_without_a_watch_namespace_and_leases_only_with_le
     );
     assert_eq!(
         scoped.rules("ClusterRole", reads_namespace),
-        vec![namespaces_rule(&["hosts"])]
+        vec![namespaces_rule(&["hosts"]), cluster_id_rule()]
     );
     let binding: serde_yaml::Value = scoped.one("ClusterRoleBinding");
     assert_eq!(binding["roleRef"]["name"], reads_namespace);

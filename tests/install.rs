@@ -1170,6 +1170,92 @@ async fn a_host_that_does_not_answer_or_is_not_trusted_gets_no_iam_user() {
     );
 }
 
+/// The orphan audit for OpsWorks: of two objects on one stack, one is deleted with its finalizer
+/// removed by hand, leaving its IAM user; the audit (every 2 s here) finds it in the stack's
+/// group, reports it and with `--delete-orphans` deletes it at its second sighting. The other
+/// object's user stays, and so does a user made by hand in the group without the owner tag (as
+/// `aws opsworks register` makes one).
+#[tokio::test]
+async fn an_iam_user_left_by_an_object_deleted_without_its_finalizer_is_reported_then_deleted() {
+    let w = World::new(
+        "orphan",
+        &["--audit-seconds", "2", "--delete-orphans", "true"],
+    )
+    .await;
+    let (kept, left) = (w.host("kept"), w.host("left"));
+    for (name, host) in [("kept", &kept), ("left", &left)] {
+        w.apply(
+            &(on_premises(
+                &w.ns,
+                name,
+                &w.stack,
+                &host.address().to_string(),
+                name,
+                "key",
+                "",
+            ) + &ssh_via(host)),
+        );
+    }
+    let mut users = Vec::new();
+    for name in ["kept", "left"] {
+        let obj = w.wait(name, types::READY, reasons::SUCCEEDED).await;
+        users.push(obj.status.unwrap().iam_user_name.unwrap());
+    }
+    let iam = w.aws.iam();
+    let by_hand = format!("OpsWorks-{}-by-hand", &w.ns[..8]);
+    iam.create_user()
+        .user_name(&by_hand)
+        .path("/AWS/OpsWorks/")
+        .send()
+        .await
+        .unwrap();
+    iam.add_user_to_group()
+        .user_name(&by_hand)
+        .group_name(format!("OpsWorks-{}", w.stack))
+        .send()
+        .await
+        .unwrap();
+    w.api
+        .patch(
+            "left",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&serde_json::json!({"metadata": {"finalizers": null}})),
+        )
+        .await
+        .unwrap();
+    w.api
+        .delete("left", &DeleteParams::default())
+        .await
+        .unwrap();
+    let names = || async {
+        w.aws
+            .iam_users(&format!("OpsWorks-{}", &w.ns[..8]))
+            .await
+            .into_iter()
+            .map(|(name, _)| name)
+            .collect::<Vec<_>>()
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while names().await.contains(&users[1]) {
+        assert!(
+            Instant::now() < deadline,
+            "orphaned IAM user {} still there; log:\n{}",
+            users[1],
+            tail(&w.controller.logs(), 40)
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let left_now = names().await;
+    assert!(left_now.contains(&users[0]), "{left_now:?}");
+    assert!(left_now.contains(&by_hand), "{left_now:?}");
+    let log = w.controller.logs();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("orphan: its object no longer exists") && l.contains(&users[1])),
+        "reported before it was deleted"
+    );
+}
+
 /// Preflight: a host whose clock is 10 minutes ahead, one whose connections to the OpsWorks
 /// endpoint are refused (its `curl` is sent to a closed port: a real refusal by the host's TCP
 /// stack) and one whose `df` says 10 MiB are free each get their own reason before any IAM user

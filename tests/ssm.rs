@@ -1090,6 +1090,78 @@ async fn node_tags(aws: &AwsEnv, node: &str) -> Vec<(String, String)> {
     tags
 }
 
+/// The orphan audit: an object deleted with its finalizer removed by hand leaves its node
+/// registered; the audit (every 2 s here) reports it, and with `--delete-orphans` deregisters it
+/// at its second sighting. An activation made by hand (no owner tag, as the CLI makes one) and
+/// another test's nodes are left alone.
+#[tokio::test]
+async fn a_node_left_by_an_object_deleted_without_its_finalizer_is_reported_then_removed() {
+    let w = World::new(
+        "ssm-orphan",
+        &["--audit-seconds", "2", "--delete-orphans", "true"],
+        &[],
+    )
+    .await;
+    let host = w.host("left");
+    apply(w.cp, &w.on_premises("left", &host, ""));
+    let obj = w.wait("left", types::READY, reasons::SUCCEEDED).await;
+    let node = status(&obj).managed_node_id.unwrap();
+    assert!(
+        node_tags(w.aws, &node)
+            .await
+            .iter()
+            .any(|(k, _)| k == "registrar.dev/cluster"),
+        "the node carries the cluster tag"
+    );
+    let by_hand = w
+        .aws
+        .ssm()
+        .create_activation()
+        .iam_role(&w.role)
+        .default_instance_name("left-node")
+        .send()
+        .await
+        .unwrap();
+    let by_hand = by_hand.activation_id().unwrap().to_owned();
+    // The finalizer goes by hand, then the object: nothing is undone.
+    w.api
+        .patch(
+            "left",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&serde_json::json!({"metadata": {"finalizers": null}})),
+        )
+        .await
+        .unwrap();
+    w.api
+        .delete("left", &DeleteParams::default())
+        .await
+        .unwrap();
+    wait_gone(&w.api, "left").await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while w.aws.opsworks.ssm_node(&node).is_some() {
+        assert!(
+            Instant::now() < deadline,
+            "orphaned node {node} still registered; log:\n{}",
+            tail(&w.controller.logs(), 40)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let log = w.controller.logs();
+    let reported = log
+        .lines()
+        .position(|l| l.contains("orphan: its object no longer exists") && l.contains(&node))
+        .expect("the orphan is reported first");
+    let removed = log
+        .lines()
+        .position(|l| l.contains("orphan removed") && l.contains(&node))
+        .expect("then removed");
+    assert!(reported < removed);
+    assert!(
+        w.activations().iter().any(|a| a.activation_id == by_hand),
+        "the activation made by hand is left"
+    );
+}
+
 /// Preflight for Systems Manager: a host whose clock is 10 minutes behind gets `ClockSkew` and
 /// no activation; set right, it registers with no change to the object. What was checked names
 /// the setup tool and the `ssm` endpoint.

@@ -9,7 +9,7 @@ mod facts;
 mod seam;
 
 pub(crate) use facts::{Facts, TargetFacts};
-pub(crate) use seam::{Endpoint, Needs, Probed, Registry, Service, Step};
+pub(crate) use seam::{Endpoint, Made, Needs, Probed, Registry, Service, Step};
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -61,6 +61,14 @@ pub(crate) struct Settings {
     /// Whether the host probe checks that the host reaches its agent's endpoints
     /// (`steps::preflight`).
     pub check_host_endpoints: bool,
+    /// This cluster's ID (the `kube-system` Namespace's UID), tagged on what the controller
+    /// makes (`registrar.dev/cluster`) so that the orphan audit knows its own; `None` when it
+    /// could not be read (the audit then removes nothing).
+    pub cluster_id: Option<String>,
+    /// Seconds between orphan audits (`crate::audit`); 0: none.
+    pub audit_every: Duration,
+    /// Whether the audit removes what was orphaned at two audits in a row.
+    pub delete_orphans: bool,
     /// Name of this replica in Events (`reportingInstance`).
     pub instance: Option<String>,
     /// Which stacks the objects of a namespace without the `registrar.dev/allowed-stacks`
@@ -84,6 +92,9 @@ impl Default for Settings {
             registration_timeout: Duration::from_secs(900),
             ssm_setup_url: SSM_SETUP_URL.to_owned(),
             check_host_endpoints: true,
+            cluster_id: None,
+            audit_every: Duration::ZERO,
+            delete_orphans: false,
             instance: None,
             unannotated_namespaces: Unannotated::default(),
             aws_timeouts: crate::aws::Timeouts::default(),

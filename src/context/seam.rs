@@ -72,6 +72,26 @@ pub(crate) struct Endpoint {
     pub url: String,
 }
 
+/// Something a service made in AWS for an object, found by its owner tags
+/// ([`Service::made`]), for the orphan audit (`crate::audit`).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(crate) struct Made {
+    /// The service that made it (its [`Service::name`]), which removes it.
+    pub service: &'static str,
+    /// What it is, for logs and the metric (`activation`, `managed node`, `IAM user`).
+    pub kind: &'static str,
+    /// Its ID or name.
+    pub id: String,
+    /// Its region, for what is regional.
+    pub region: Option<String>,
+    /// The UID of the object it was made for (its owner UID tag).
+    pub owner_uid: String,
+    /// That object, as `namespace/name`, if the tags say.
+    pub owner: Option<String>,
+    /// The cluster it was made from (its cluster tag), if tagged.
+    pub cluster: Option<String>,
+}
+
 /// What the host step learned, for the service to look at ([`Service::after_probe`]).
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Probed<'a> {
@@ -151,6 +171,25 @@ pub(crate) trait Service: Send + Sync {
         status: &'a mut InstanceRegistrationStatus,
     ) -> BoxFuture<'a, Outcome>;
 
+    /// What this service made in AWS that carries an owner UID tag, in `regions` (and its
+    /// global resources), for the orphan audit. By default, nothing.
+    fn made<'a>(
+        &'a self,
+        _ctx: &'a Context,
+        _regions: &'a [String],
+    ) -> BoxFuture<'a, Result<Vec<Made>, String>> {
+        Box::pin(async { Ok(Vec::new()) })
+    }
+
+    /// Removes `made`, found by [`Service::made`] and orphaned (its object is gone).
+    fn remove<'a>(
+        &'a self,
+        _ctx: &'a Context,
+        made: &'a Made,
+    ) -> BoxFuture<'a, Result<(), String>> {
+        Box::pin(async move { Err(format!("{} {} cannot be removed", made.kind, made.id)) })
+    }
+
     /// Undoes what was done for `obj` (its `deletionPolicy` is `Deregister`); safe to run more
     /// than once, and when nothing was done. Returns what was undone, or what stopped it.
     fn undo<'a>(
@@ -164,6 +203,9 @@ pub(crate) trait Service: Send + Sync {
 pub(crate) trait Registry: Send + Sync {
     /// `obj`'s service.
     fn of(&self, obj: &InstanceRegistration) -> &dyn Service;
+
+    /// Every service (for the orphan audit).
+    fn all(&self) -> Vec<&dyn Service>;
 }
 
 impl dyn Registry {

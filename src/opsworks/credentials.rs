@@ -379,6 +379,21 @@ async fn find_or_create_user(
     }
     let candidates = user_name_candidates(stack_name, name_for_iam(obj));
     let object_tag = format!("{}/{}", obj.namespace().unwrap_or_default(), obj.name_any());
+    let tag = |key: &str, value: &str| {
+        Tag::builder()
+            .key(key)
+            .value(value)
+            .build()
+            .expect("key and value set")
+    };
+    let mut tags = vec![
+        tag(OWNER_TAG, uid),
+        tag("registrar.dev/object", &object_tag),
+    ];
+    // The cluster's tag, for the orphan audit (`crate::audit`).
+    if let Some(cluster) = &ctx.settings.cluster_id {
+        tags.push(tag(crate::steps::CLUSTER_TAG, cluster));
+    }
     for name in &candidates {
         let created = ctx
             .aws
@@ -387,20 +402,7 @@ async fn find_or_create_user(
             .user_name(name)
             .path(IAM_PATH)
             .set_permissions_boundary(ctx.settings.iam_permissions_boundary.clone())
-            .tags(
-                Tag::builder()
-                    .key(OWNER_TAG)
-                    .value(uid)
-                    .build()
-                    .expect("key and value set"),
-            )
-            .tags(
-                Tag::builder()
-                    .key("registrar.dev/object")
-                    .value(&object_tag)
-                    .build()
-                    .expect("key and value set"),
-            )
+            .set_tags(Some(tags.clone()))
             .send()
             .await;
         match created {
@@ -664,7 +666,7 @@ pub(super) async fn cleanup_iam(
 }
 
 /// Deletes IAM user `name` with its access keys and policies, out of its groups first.
-async fn delete_user(iam: &aws_sdk_iam::Client, name: &str) -> Result<(), aws::Failure> {
+pub(super) async fn delete_user(iam: &aws_sdk_iam::Client, name: &str) -> Result<(), aws::Failure> {
     let keys = iam
         .list_access_keys()
         .user_name(name)

@@ -13,6 +13,7 @@
 //! - [`undo`]: what deleting the object undoes.
 
 mod agent;
+mod audit;
 pub(crate) mod credentials;
 mod identity;
 mod registered;
@@ -29,7 +30,7 @@ use futures::future::BoxFuture;
 
 use crate::cache::TtlCache;
 use crate::conditions::{Outcome, Undone};
-use crate::context::{Context, Endpoint, Facts, Needs, Probed, Service, Step};
+use crate::context::{Context, Endpoint, Facts, Made, Needs, Probed, Service, Step};
 use crate::resource::{InstanceRegistration, InstanceRegistrationStatus};
 use crate::tenancy::Scope;
 
@@ -155,6 +156,19 @@ impl Service for OpsWorks {
                 free_mib: INSTALL_FREE_MIB,
             }
         })
+    }
+
+    fn made<'a>(
+        &'a self,
+        ctx: &'a Context,
+        _regions: &'a [String],
+    ) -> BoxFuture<'a, Result<Vec<Made>, String>> {
+        // IAM is global.
+        Box::pin(audit::made(ctx))
+    }
+
+    fn remove<'a>(&'a self, ctx: &'a Context, made: &'a Made) -> BoxFuture<'a, Result<(), String>> {
+        Box::pin(audit::remove(ctx, made))
     }
 
     fn after_probe<'a>(

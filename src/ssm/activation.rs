@@ -256,6 +256,9 @@ async fn make(
         .unwrap_or_else(|| obj.name_any());
     let owner = format!("{}/{}", obj.namespace().unwrap_or_default(), obj.name_any());
     let mut tags = vec![tag(OWNER_UID, uid), tag(super::OWNER_TAG, &owner)];
+    if let Some(cluster) = &ctx.settings.cluster_id {
+        tags.push(tag(crate::steps::CLUSTER_TAG, cluster));
+    }
     tags.extend(ssm.tags.iter().map(|t| tag(&t.key, &t.value)));
     let created = client
         .create_activation()

@@ -19,6 +19,7 @@
 
 mod activation;
 mod agent;
+mod audit;
 mod evidence;
 mod registered;
 mod script;
@@ -34,7 +35,7 @@ use k8s_openapi::jiff::Timestamp;
 
 use crate::aws;
 use crate::conditions::{Outcome, Undone};
-use crate::context::{Context, Endpoint, Facts, Needs, Probed, Service, Step};
+use crate::context::{Context, Endpoint, Facts, Made, Needs, Probed, Service, Step};
 use crate::resource::{
     InfrastructureClass, InstanceRegistration, InstanceRegistrationStatus, SystemsManagerSpec,
 };
@@ -138,6 +139,18 @@ impl Service for SystemsManager {
                 free_mib: INSTALL_FREE_MIB,
             }
         })
+    }
+
+    fn made<'a>(
+        &'a self,
+        ctx: &'a Context,
+        regions: &'a [String],
+    ) -> BoxFuture<'a, Result<Vec<Made>, String>> {
+        Box::pin(audit::made(ctx, regions))
+    }
+
+    fn remove<'a>(&'a self, ctx: &'a Context, made: &'a Made) -> BoxFuture<'a, Result<(), String>> {
+        Box::pin(audit::remove(ctx, made))
     }
 
     fn after_probe<'a>(

@@ -30,3 +30,6 @@ pub(crate) use summary::{
 pub const OWNER_UID_TAG: &str = "registrar.dev/owner-uid";
 /// The tag that names the object as `namespace/name`, for people.
 pub const OWNER_TAG: &str = "registrar.dev/owner";
+/// The tag that names the cluster the object is in (its `kube-system` Namespace's UID), so
+/// that the orphan audit touches only what its own cluster made.
+pub(crate) const CLUSTER_TAG: &str = "registrar.dev/cluster";
