@@ -12,16 +12,19 @@
 //! One with another cluster's tag is not this audit's business.
 //!
 //! Whose a resource is: its owner tag names the object as `namespace/name`. Only resources of a
-//! namespace this controller watches are judged, and the object is read by name (not from the
-//! watch's cache, which a label selector or a shard may narrow): an orphan is a resource whose
-//! object is not there, or is there with another UID (deleted and made again).
+//! namespace this controller watches are judged, and that namespace's objects are listed (not
+//! read from the watch's cache, which a label selector or a shard may narrow): an orphan is a
+//! resource whose object is not there, or is there with another UID (deleted and made again),
+//! and that no object of the namespace holds (a node another object adopted once its own object
+//! was gone is that object's).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Namespace;
+use kube::api::ListParams;
 use kube::{Api, Client};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::context::{Context, Made};
 use crate::resource::InstanceRegistration;
@@ -51,23 +54,53 @@ enum Verdict {
     UnknownCluster,
 }
 
-/// Judges `made`: `watched` says whether a namespace is the controller's, `object_uid` gives the
-/// UID of the object `namespace/name` in this cluster (`None`: there is none).
-fn judge(
-    made: &Made,
-    cluster: Option<&str>,
-    watched: impl Fn(&str) -> bool,
-    object_uid: Option<&str>,
-) -> Verdict {
+/// The objects of one watched namespace, as the audit lists them: each one's UID by name, and
+/// what their status says they hold (a node, an activation, an IAM user), adopted or made.
+#[derive(Debug, Default)]
+struct Owners {
+    uids: BTreeMap<String, String>,
+    held: BTreeSet<String>,
+}
+
+impl Owners {
+    fn of(objects: &[InstanceRegistration]) -> Self {
+        let mut owners = Owners::default();
+        for obj in objects {
+            if let (Some(name), Some(uid)) = (&obj.metadata.name, &obj.metadata.uid) {
+                owners.uids.insert(name.clone(), uid.clone());
+            }
+            let status = obj.status.clone().unwrap_or_default();
+            owners.held.extend(
+                [
+                    status.managed_node_id,
+                    status.activation_id,
+                    status.iam_user_name,
+                ]
+                .into_iter()
+                .flatten(),
+            );
+        }
+        owners
+    }
+}
+
+/// Judges `made`, whose owner namespace's objects are `owners` (`None`: a namespace this
+/// controller does not watch, or no owner named).
+fn judge(made: &Made, cluster: Option<&str>, owners: Option<&Owners>) -> Verdict {
     match (&made.cluster, cluster) {
         (Some(theirs), Some(ours)) if theirs != ours => return Verdict::Fine,
         (Some(_), None) => return Verdict::Fine,
         _ => {}
     }
-    let Some((namespace, _)) = made.owner.as_deref().and_then(|o| o.split_once('/')) else {
+    let (Some(owners), Some((_, name))) = (
+        owners,
+        made.owner.as_deref().and_then(|o| o.split_once('/')),
+    ) else {
         return Verdict::Fine;
     };
-    if !watched(namespace) || object_uid == Some(made.owner_uid.as_str()) {
+    // Its object is there; or another object of the namespace holds it (a node adopted after
+    // its own object went).
+    if owners.uids.get(name) == Some(&made.owner_uid) || owners.held.contains(&made.id) {
         return Verdict::Fine;
     }
     match made.cluster {
@@ -76,7 +109,9 @@ fn judge(
     }
 }
 
-/// Runs the audit at start and every `ctx.settings.audit_every` (never when that is 0).
+/// Runs the audit at start and every `ctx.settings.audit_every` (never when that is 0). The
+/// start's audit may find the watch's cache still empty: OpsWorks users are found through the
+/// stacks objects name, so they wait for the next one.
 pub(crate) async fn run(ctx: Arc<Context>) {
     let every = ctx.settings.audit_every;
     if every.is_zero() {
@@ -84,6 +119,7 @@ pub(crate) async fn run(ctx: Arc<Context>) {
     }
     let mut seen_before = BTreeSet::new();
     let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticks.tick().await;
         seen_before = audit(&ctx, &seen_before).await;
@@ -92,23 +128,22 @@ pub(crate) async fn run(ctx: Arc<Context>) {
 
 /// One audit: the orphans found now, given those found at the last one (`seen_before`).
 async fn audit(ctx: &Context, seen_before: &BTreeSet<Made>) -> BTreeSet<Made> {
+    // Systems Manager's regions: the controller's, and every one a Systems Manager object names.
     let mut regions: BTreeSet<String> = ctx
         .store
         .state()
         .iter()
-        .filter_map(|o| {
-            o.spec
-                .systems_manager
-                .as_ref()
-                .and_then(|s| s.region.clone())
-                .or_else(|| o.spec.region.clone())
-        })
+        .filter_map(|o| o.spec.systems_manager.as_ref()?.region.clone())
         .collect();
     regions.extend(ctx.aws.default_region().map(str::to_owned));
     let regions: Vec<String> = regions.into_iter().collect();
     let cluster = ctx.settings.cluster_id.as_deref();
+    // Each owner namespace is listed once an audit (not read from the watch's cache, which a
+    // label selector or a shard narrows).
+    let mut listed: BTreeMap<String, Owners> = BTreeMap::new();
     let mut orphans = BTreeSet::new();
     let mut unknown = 0;
+    let mut looked_at = 0;
     for service in ctx.services.all() {
         let made = match service.made(ctx, &regions).await {
             Ok(made) => made,
@@ -117,25 +152,28 @@ async fn audit(ctx: &Context, seen_before: &BTreeSet<Made>) -> BTreeSet<Made> {
                 continue;
             }
         };
+        looked_at += made.len();
         for made in made {
-            let uid = match made.owner.as_deref().and_then(|o| o.split_once('/')) {
-                Some((namespace, name)) if ctx.settings.watched.includes(namespace) => {
-                    match object_uid(ctx, namespace, name).await {
-                        Ok(uid) => uid,
-                        Err(problem) => {
-                            warn!(kind = made.kind, id = %made.id, %problem, "orphan audit: cannot read the owner object; not judged");
-                            continue;
-                        }
+            let namespace = made
+                .owner
+                .as_deref()
+                .and_then(|o| o.split_once('/'))
+                .map(|(ns, _)| ns.to_owned())
+                .filter(|ns| ctx.settings.watched.includes(ns));
+            if let Some(ns) = &namespace
+                && !listed.contains_key(ns)
+            {
+                match owners(ctx, ns).await {
+                    Ok(owners) => {
+                        listed.insert(ns.clone(), owners);
+                    }
+                    Err(problem) => {
+                        warn!(kind = made.kind, id = %made.id, %problem, "orphan audit: cannot list the owner's namespace; not judged");
+                        continue;
                     }
                 }
-                _ => None,
-            };
-            match judge(
-                &made,
-                cluster,
-                |ns| ctx.settings.watched.includes(ns),
-                uid.as_deref(),
-            ) {
+            }
+            match judge(&made, cluster, namespace.and_then(|ns| listed.get(&ns))) {
                 Verdict::Fine => {}
                 Verdict::UnknownCluster => {
                     unknown += 1;
@@ -149,6 +187,12 @@ async fn audit(ctx: &Context, seen_before: &BTreeSet<Made>) -> BTreeSet<Made> {
         }
     }
     ctx.metrics.orphans(orphans.iter().map(|m| m.kind), unknown);
+    debug!(
+        looked_at,
+        orphans = orphans.len(),
+        unknown_cluster = unknown,
+        "orphan audit done"
+    );
     if ctx.settings.delete_orphans {
         for made in orphans.intersection(seen_before) {
             remove(ctx, made).await;
@@ -177,11 +221,11 @@ async fn remove(ctx: &Context, made: &Made) {
     }
 }
 
-/// The UID of object `namespace/name`, if it exists.
-async fn object_uid(ctx: &Context, namespace: &str, name: &str) -> Result<Option<String>, String> {
+/// The objects of `namespace`, listed.
+async fn owners(ctx: &Context, namespace: &str) -> Result<Owners, String> {
     let api: Api<InstanceRegistration> = Api::namespaced(ctx.client.clone(), namespace);
-    match api.get_opt(name).await {
-        Ok(obj) => Ok(obj.and_then(|o| o.metadata.uid)),
+    match api.list(&ListParams::default()).await {
+        Ok(list) => Ok(Owners::of(&list.items)),
         Err(e) => Err(crate::kube_error_summary(&e)),
     }
 }
@@ -202,45 +246,55 @@ mod tests {
         }
     }
 
+    fn owners(uid: &str, held: &[&str]) -> Owners {
+        Owners {
+            uids: [("db".to_owned(), uid.to_owned())].into(),
+            held: held.iter().map(|h| (*h).to_owned()).collect(),
+        }
+    }
+
     #[test]
     fn only_this_clusters_resources_of_gone_objects_in_watched_namespaces_are_orphans() {
-        let watched = |ns: &str| ns == "team";
         let ours = Some("c1");
+        let gone = Owners::default();
         // The object is there with the same UID: fine.
         assert_eq!(
-            judge(&made("team/db", ours), ours, watched, Some("uid-1")),
+            judge(&made("team/db", ours), ours, Some(&owners("uid-1", &[]))),
             Verdict::Fine
         );
         // Gone, or made again (another UID): an orphan.
         assert_eq!(
-            judge(&made("team/db", ours), ours, watched, None),
+            judge(&made("team/db", ours), ours, Some(&gone)),
             Verdict::Orphan
         );
         assert_eq!(
-            judge(&made("team/db", ours), ours, watched, Some("uid-2")),
+            judge(&made("team/db", ours), ours, Some(&owners("uid-2", &[]))),
             Verdict::Orphan
+        );
+        // Gone, but another object of the namespace holds it (adopted): fine.
+        let adopted = owners("uid-2", &["mi-0123456789abcdef0"]);
+        assert_eq!(
+            judge(&made("team/db", ours), ours, Some(&adopted)),
+            Verdict::Fine
         );
         // Another cluster's, or this controller's cluster unknown: never.
         assert_eq!(
-            judge(&made("team/db", Some("c2")), ours, watched, None),
+            judge(&made("team/db", Some("c2")), ours, Some(&gone)),
             Verdict::Fine
         );
         assert_eq!(
-            judge(&made("team/db", Some("c1")), None, watched, None),
+            judge(&made("team/db", Some("c1")), None, Some(&gone)),
             Verdict::Fine
         );
         // No cluster tag: reported only.
         assert_eq!(
-            judge(&made("team/db", None), ours, watched, None),
+            judge(&made("team/db", None), ours, Some(&gone)),
             Verdict::UnknownCluster
         );
-        // A namespace not watched, or no owner: not this controller's to judge.
-        assert_eq!(
-            judge(&made("other/db", ours), ours, watched, None),
-            Verdict::Fine
-        );
+        // A namespace not watched (not listed), or no owner: not this controller's to judge.
+        assert_eq!(judge(&made("other/db", ours), ours, None), Verdict::Fine);
         let mut no_owner = made("team/db", ours);
         no_owner.owner = None;
-        assert_eq!(judge(&no_owner, ours, watched, None), Verdict::Fine);
+        assert_eq!(judge(&no_owner, ours, Some(&gone)), Verdict::Fine);
     }
 }

@@ -61,7 +61,7 @@ pub(super) async fn check(
         }
     };
     let plan = SsmPlan {
-        setup_url: ctx.settings.ssm_setup_url.replace("{region}", &region),
+        setup_url: super::setup_url(ctx, &region),
         setup_sha256: ssm.agent_setup_sha256.clone(),
         region: region.clone(),
         mode,

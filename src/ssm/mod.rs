@@ -130,7 +130,7 @@ impl Service for SystemsManager {
             let region = region(ctx, spec_of(obj)).to_owned();
             let mut endpoints = vec![Endpoint {
                 name: "the agent setup tool".into(),
-                url: ctx.settings.ssm_setup_url.replace("{region}", &region),
+                url: setup_url(ctx, &region),
             }];
             endpoints.extend(agent_endpoints(ctx.aws.ssm_endpoint(Some(&region)).await));
             Needs {
@@ -249,6 +249,12 @@ pub(crate) struct Activation {
 /// needs there, checked before anything is made.
 const INSTALL_DIR: &str = "/var/lib/amazon/ssm";
 const INSTALL_FREE_MIB: u64 = 256;
+
+/// Where hosts in `region` download the agent setup tool (`{platform}` and `{arch}` are filled
+/// in on the host).
+fn setup_url(ctx: &Context, region: &str) -> String {
+    ctx.settings.ssm_setup_url.replace("{region}", region)
+}
 
 /// The endpoints the agent calls, from the Systems Manager endpoint `ssm`: `ssm`, `ec2messages`
 /// and `ssmmessages` in the same region and partition; only `ssm` itself when it is a

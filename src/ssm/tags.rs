@@ -17,7 +17,7 @@ use aws_sdk_ssm::types::ResourceTypeForTagging;
 use crate::aws;
 use crate::conditions::Outcome;
 use crate::context::Context;
-use crate::resource::{InstanceRegistrationStatus, NodeTag, SystemsManagerSpec};
+use crate::resource::{InstanceRegistrationStatus, SystemsManagerSpec};
 
 /// Makes node `id`'s tags follow `ssm.tags`, if they changed since they were last set
 /// (`status.nodeTags`, updated once they are); returns what was changed, for the log.
@@ -82,15 +82,7 @@ pub(super) async fn follow(
             keys(remove)
         )
     });
-    status.node_tags = Some(
-        ssm.tags
-            .iter()
-            .map(|t| NodeTag {
-                key: t.key.clone(),
-                value: t.value.clone(),
-            })
-            .collect(),
-    );
+    status.node_tags = Some(ssm.tags.clone());
     Ok(changed)
 }
 
