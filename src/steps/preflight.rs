@@ -220,6 +220,20 @@ pub(crate) fn parse(output: &str) -> Report {
     report
 }
 
+/// `url` as messages show it: without user information or query (a mirror's password, a
+/// presigned URL's signature), which status and Events must not carry.
+fn shown(url: &str) -> String {
+    let url = url.split(['?', '#']).next().unwrap_or_default();
+    match url.split_once("://") {
+        Some((scheme, rest)) => {
+            let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+            let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+            format!("{scheme}://{host}{path}")
+        }
+        None => url.to_owned(),
+    }
+}
+
 /// What a tool's exit status says of a connection that was not made.
 fn why(tool: &str, status: u16) -> &'static str {
     match (tool, status) {
@@ -288,7 +302,7 @@ pub(crate) fn judge(
                          {status}); the agent could not register. Open the host's route to it \
                          (firewall, proxy, VPC endpoint)",
                         endpoint.name,
-                        endpoint.url,
+                        shown(&endpoint.url),
                         why(tool, *status)
                     ),
                 ));
@@ -351,6 +365,32 @@ mod tests {
             install_dir: Some("/opt/aws/none/here"),
             free_mib: 100,
         }
+    }
+
+    #[test]
+    fn messages_show_urls_without_credentials_or_queries() {
+        assert_eq!(
+            shown("https://u:secret@mirror.example:8443/ssm/setup?X-Amz-Signature=abc#x"),
+            "https://mirror.example:8443/ssm/setup"
+        );
+        assert_eq!(
+            shown("https://ssm.us-east-1.amazonaws.com"),
+            "https://ssm.us-east-1.amazonaws.com"
+        );
+        let n = needs(&["https://u:secret@mirror.example/x?token=t0ken"]);
+        let now = SystemTime::now();
+        let failed = judge(
+            &n,
+            &parse("preflight-endpoint=0 unreachable curl 7\n"),
+            now,
+            now,
+        )
+        .unwrap_err();
+        assert!(
+            !failed.message.contains("secret") && !failed.message.contains("t0ken"),
+            "{}",
+            failed.message
+        );
     }
 
     #[test]
