@@ -23,7 +23,7 @@ use crate::aws::Aws;
 use crate::backoff::Schedule;
 use crate::conditions::{self, Undone};
 use crate::context::Facts;
-use crate::context::patch_status;
+use crate::context::patch_status_rebased;
 pub(crate) use crate::context::{Context, SSM_SETUP_URL, Settings};
 use crate::http::Health;
 use crate::metrics::{Metrics, ReasonLabels, ResultLabels};
@@ -128,21 +128,7 @@ async fn pass(
     ctx: &Context,
     detach: tokio::sync::oneshot::Sender<()>,
 ) -> Result<Option<Duration>> {
-    // The watch's copy can lag behind this controller's own last status write (a requeue that
-    // comes before the watch event): then the pass works from the API server's copy, so that it
-    // neither redoes work nor writes an older status back.
-    let fresh;
-    let obj = match ctx.versions.newer_than(obj) {
-        false => obj,
-        true => {
-            fresh = api
-                .get(&obj.name_any())
-                .await
-                .map_err(|e| Error::kube("get object", e))?;
-            ctx.versions.saw(&fresh);
-            &fresh
-        }
-    };
+    let obj = &*newest(obj, api, ctx).await?;
     let generation = obj.metadata.generation.unwrap_or_default();
     let old = obj.status.clone().unwrap_or_default();
     let mut new = old.clone();
@@ -152,7 +138,7 @@ async fn pass(
     let mut version = obj.metadata.resource_version.clone();
     if obj.spec.suspend {
         steps::summarize_suspended(&mut new, generation, &now);
-        write_status(obj, api, ctx, &old, &new, &mut version).await?;
+        write_status(obj, api, ctx, &old, &new, &mut version, None).await?;
         ctx.backoff.reset(&key);
         return Ok(None);
     }
@@ -161,7 +147,7 @@ async fn pass(
     // meanwhile): nothing is done until it has ended for sure.
     if let Some((why, left)) = steps::install_elsewhere(obj, ctx.shard()) {
         steps::summarize_install_elsewhere(&mut new, &why, generation, &now);
-        write_status(obj, api, ctx, &old, &new, &mut version).await?;
+        write_status(obj, api, ctx, &old, &new, &mut version, None).await?;
         return Ok(Some(left));
     }
 
@@ -170,7 +156,16 @@ async fn pass(
     let results = crate::pipeline::run(obj, ctx, &mut facts, &mut new, &now).await;
     let pipeline = ctx.service_of(obj).pipeline();
     let next = steps::summarize(&mut new, pipeline, &results, generation, &now);
-    write_status(obj, api, ctx, &old, &new, &mut facts.resource_version).await?;
+    write_status(
+        obj,
+        api,
+        ctx,
+        &old,
+        &new,
+        &mut facts.resource_version,
+        facts.written.as_ref(),
+    )
+    .await?;
     record_pass(ctx, obj, &old, &new, started.elapsed());
 
     Ok(Some(match next {
@@ -185,6 +180,26 @@ async fn pass(
         Next::BackoffBlocked => ctx.backoff.next(&key, Schedule::BLOCKED),
         Next::BackoffTransient => ctx.backoff.next(&key, Schedule::TRANSIENT),
     }))
+}
+
+/// The newest copy of `obj`. The watch's copy can lag behind this controller's own last status
+/// write (a requeue, or the reconcile a detached pass makes up for, comes before the watch
+/// event): then the API server's copy, so that a pass neither redoes work nor writes an older
+/// status back, and a deletion sees how the install it waited for ended.
+async fn newest<'a>(
+    obj: &'a InstanceRegistration,
+    api: &Api<InstanceRegistration>,
+    ctx: &Context,
+) -> Result<std::borrow::Cow<'a, InstanceRegistration>> {
+    if !ctx.versions.newer_than(obj) {
+        return Ok(std::borrow::Cow::Borrowed(obj));
+    }
+    let fresh = api
+        .get(&obj.name_any())
+        .await
+        .map_err(|e| Error::kube("get object", e))?;
+    ctx.versions.saw(&fresh);
+    Ok(std::borrow::Cow::Owned(fresh))
 }
 
 /// Counts a finished pass: its duration, whether it ended Ready (and if not, why), and the time
@@ -236,6 +251,7 @@ async fn cleanup(
     api: &Api<InstanceRegistration>,
     ctx: &Context,
 ) -> Result<Action> {
+    let obj = &*newest(obj, api, ctx).await?;
     let key = backoff_key(obj);
     if obj.spec.suspend || obj.spec.deletion_policy == DeletionPolicy::Retain {
         let note = if obj.spec.suspend {
@@ -306,7 +322,7 @@ async fn cleanup_incomplete(
     let generation = obj.metadata.generation.unwrap_or_default();
     steps::summarize_deleting(&mut new, &problem, generation, &now);
     let mut version = obj.metadata.resource_version.clone();
-    if let Err(error) = write_status(obj, api, ctx, &old, &new, &mut version).await {
+    if let Err(error) = write_status(obj, api, ctx, &old, &new, &mut version, None).await {
         return error;
     }
     Error::CleanupIncomplete(problem)
@@ -323,7 +339,9 @@ async fn undo(obj: &InstanceRegistration, ctx: &Context) -> std::result::Result<
 ///
 /// The write is conditional on `version`, the resourceVersion the pass started from (then the
 /// one this write made): a pass that ran on a copy older than the API server's is refused with a
-/// conflict and runs again, so a field is never moved back.
+/// conflict and runs again, so a field is never moved back. When only the object's metadata or
+/// spec moved (its status is still `written`, the pass's last checkpoint, or else `old`), the
+/// write is made again against the new version ([`patch_status_rebased`]).
 async fn write_status(
     obj: &InstanceRegistration,
     api: &Api<InstanceRegistration>,
@@ -331,11 +349,13 @@ async fn write_status(
     old: &InstanceRegistrationStatus,
     new: &InstanceRegistrationStatus,
     version: &mut Option<String>,
+    written: Option<&InstanceRegistrationStatus>,
 ) -> Result<()> {
     if old == new {
         return Ok(());
     }
-    patch_status(api, ctx, obj, new, version).await?;
+    let base = written.unwrap_or(old);
+    patch_status_rebased(api, ctx, obj, new, base, version).await?;
     crate::failpoint::after("kube:PatchStatus");
 
     for condition in conditions::changed(&old.conditions, &new.conditions) {

@@ -884,6 +884,48 @@ async fn a_host_behind_nat_is_recognised_under_its_override_and_deregistered_on_
 }
 
 #[tokio::test]
+async fn an_object_deleted_while_its_install_fails_lets_go_when_the_install_ends() {
+    // The deletion changes the object while its (24 s, failing) install runs, so the pass's
+    // status write at the install's end is refused as written against an old version. The
+    // status must still say how the install ended: otherwise the deletion would take the
+    // install for one that may still be running, and hold the finalizer until its time limit
+    // (minutes), though nothing registered.
+    let w = World::with(slow_aws(), "del-fail", &[]).await;
+    let host = w.host("fails");
+    host.set_installer_failure(Some("this test host's installer fails on purpose"));
+    w.apply(&on_premises_at(&w.ns, "db", &w.stack, &host, "db", "key"));
+    eventually(Duration::from_secs(60), "the installer running", || async {
+        (!host.processes(INSTALLER_PROGRAM).is_empty()).then_some(())
+    })
+    .await;
+    w.api.delete("db", &DeleteParams::default()).await.unwrap();
+    let deleted = Instant::now();
+    // Held while the install may still register the host...
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let held = w.get("db").await;
+    assert!(held.metadata.deletion_timestamp.is_some());
+    // ... and let go soon after it ended (it ends within SLOW_INSTALLER_RUN_TIME of starting).
+    eventually(
+        SLOW_INSTALLER_RUN_TIME + Duration::from_secs(30),
+        "db deleted",
+        || async { w.api.get_opt("db").await.ok()?.is_none().then_some(()) },
+    )
+    .await;
+    assert!(
+        deleted.elapsed() < SLOW_INSTALLER_RUN_TIME + Duration::from_secs(30),
+        "{:?}",
+        deleted.elapsed()
+    );
+    assert!(host.processes(INSTALLER_PROGRAM).is_empty());
+    assert!(registrations(w.aws, &w.stack, "db").is_empty());
+    let users = w.aws.iam_users(&format!("OpsWorks-{}", &w.ns[..8])).await;
+    assert!(
+        users.is_empty(),
+        "the IAM user outlived its object: {users:?}"
+    );
+}
+
+#[tokio::test]
 async fn an_object_deleted_after_its_install_but_before_its_registration_was_seen_deregisters_it() {
     let mut w = World::new("id-crash", &[]).await;
     w.controller.kill();

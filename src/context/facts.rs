@@ -15,6 +15,9 @@ pub(crate) struct Facts {
     /// write is refused (409) when the object changed meanwhile, so a pass that ran on an old
     /// copy never moves a field back.
     pub resource_version: Option<String>,
+    /// The status this pass wrote at its last checkpoint ([`crate::context::checkpoint`]): what
+    /// the API server holds at `resource_version`. `None`: the status the pass started from.
+    pub written: Option<crate::resource::InstanceRegistrationStatus>,
     /// The SSH private key, once the SSH key step read it.
     pub ssh_key: Option<Arc<russh::keys::PrivateKey>>,
     /// The private key of each jump host, in order (the host's when one has none of its own).

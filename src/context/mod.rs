@@ -388,13 +388,62 @@ pub(crate) async fn checkpoint(
     ctx: &Context,
     obj: &InstanceRegistration,
     status: &InstanceRegistrationStatus,
-    version: &mut Option<String>,
+    facts: &mut Facts,
 ) -> std::result::Result<(), String> {
     let api: Api<InstanceRegistration> =
         Api::namespaced(ctx.client.clone(), &obj.namespace().unwrap_or_default());
-    patch_status(&api, ctx, obj, status, version)
+    patch_status(&api, ctx, obj, status, &mut facts.resource_version)
         .await
-        .map_err(|e| e.to_string())
+        .map_err(|e| e.to_string())?;
+    facts.written = Some(status.clone());
+    Ok(())
+}
+
+/// The status write at the end of a pass: as [`patch_status`], and when it is refused because
+/// the object changed meanwhile (409) while its status is still `base` (what the pass started
+/// from, or wrote at its last checkpoint), written again against the new version. Only the
+/// object's metadata or spec moved then (a deletion began, a label or the spec changed): the
+/// pass's status moves no field back, and it is the only record of what the pass did on the
+/// host. Without it, an object deleted while its install ran would keep saying the install may
+/// still be running, and hold its finalizer until the install's time limit.
+pub(crate) async fn patch_status_rebased(
+    api: &Api<InstanceRegistration>,
+    ctx: &Context,
+    obj: &InstanceRegistration,
+    status: &InstanceRegistrationStatus,
+    base: &InstanceRegistrationStatus,
+    version: &mut Option<String>,
+) -> Result<()> {
+    const ATTEMPTS: usize = 3;
+    let mut attempt = 1;
+    loop {
+        let refused = match patch_status(api, ctx, obj, status, version).await {
+            Err(Error::Kube { source, .. }) if is_conflict(&source) => source,
+            written => return written,
+        };
+        if attempt == ATTEMPTS {
+            return Err(Error::kube("patch status", refused));
+        }
+        attempt += 1;
+        let fresh = api
+            .get(&obj.name_any())
+            .await
+            .map_err(|e| Error::kube("get object", e))?;
+        let same = |a: Option<&InstanceRegistrationStatus>| {
+            serde_json::to_value(a.cloned().unwrap_or_default()).ok()
+        };
+        if same(fresh.status.as_ref()) != same(Some(base)) {
+            // Someone else wrote status meanwhile: this pass's copy is old.
+            return Err(Error::kube("patch status", refused));
+        }
+        tracing::debug!(name = %obj.name_any(), "the object changed during the pass, its status did not: writing it again");
+        *version = fresh.metadata.resource_version;
+    }
+}
+
+/// Whether the API server refused a write because the object is at another resourceVersion.
+fn is_conflict(error: &kube::Error) -> bool {
+    matches!(error, kube::Error::Api(status) if status.code == 409)
 }
 
 #[cfg(test)]

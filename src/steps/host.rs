@@ -148,9 +148,7 @@ async fn record(
     facts: &mut Facts,
     status: &mut InstanceRegistrationStatus,
 ) -> Result<(), Outcome> {
-    if let Err(problem) =
-        crate::context::checkpoint(ctx, obj, status, &mut facts.resource_version).await
-    {
+    if let Err(problem) = crate::context::checkpoint(ctx, obj, status, facts).await {
         return Err(Outcome::Retry(Observation::fails(
             reasons::KUBERNETES_API_ERROR,
             format!("recording what the host said: {problem}"),
@@ -466,9 +464,7 @@ pub(crate) async fn slot(
     );
     status.message = Some(why);
     // Best effort: if the object changed meanwhile, the pass's end writes what it found.
-    if let Err(problem) =
-        crate::context::checkpoint(ctx, obj, status, &mut facts.resource_version).await
-    {
+    if let Err(problem) = crate::context::checkpoint(ctx, obj, status, facts).await {
         tracing::debug!(name = %obj.name_any(), %problem, "recording that the session is queued");
     }
     Ok(queued.wait().await)

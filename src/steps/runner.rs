@@ -298,9 +298,7 @@ pub(crate) async fn run_install(
     let adopted = std::mem::take(&mut status.adopted);
     // What `kubectl get ir` shows while the install runs (the pass's end writes the rest).
     super::installing(obj, status, agent, &host, &now);
-    if let Err(problem) =
-        crate::context::checkpoint(ctx, obj, status, &mut facts.resource_version).await
-    {
+    if let Err(problem) = crate::context::checkpoint(ctx, obj, status, facts).await {
         status.install_started_at = started_at;
         status.install_shard = shard;
         status.adopted = adopted;
