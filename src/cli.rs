@@ -101,6 +101,11 @@ struct RunArgs {
     /// this cluster's tag). Off: orphans are only reported.
     #[arg(long, env = "DELETE_ORPHANS", default_value_t = false, action = clap::ArgAction::Set)]
     delete_orphans: bool,
+    /// Seconds the service may report a registered host's agent out of touch (ConnectionLost)
+    /// before the controller restarts the agent's service over SSH (one attempt an hour at
+    /// most per object). 0 turns repairs off.
+    #[arg(long, env = "AGENT_REPAIR_AFTER_SECONDS", default_value_t = 600)]
+    agent_repair_after_seconds: u64,
     /// A managed policy ARN set as the permissions boundary of every IAM user the controller
     /// makes for the OpsWorks agent. When the controller's own policy requires one (the
     /// `iam:PermissionsBoundary` condition on `iam:CreateUser`), this must name it.
@@ -215,6 +220,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         cluster_id: None,
         audit_every: Duration::from_secs(args.audit_seconds),
         delete_orphans: args.delete_orphans,
+        agent_repair_after: Duration::from_secs(args.agent_repair_after_seconds),
         iam_permissions_boundary: args.iam_permissions_boundary,
         instance: Some(identity),
         unannotated_namespaces: args.unannotated_namespaces,

@@ -192,6 +192,16 @@ pub mod reasons {
     pub const CONNECTION_LOST: &str = "ConnectionLost";
     /// Systems Manager reports the node as Inactive.
     pub const INACTIVE: &str = "Inactive";
+    /// The agent's service was restarted over SSH after the service reported it out of touch
+    /// for `--agent-repair-after-seconds`, and the registration is healthy again.
+    pub const AGENT_REPAIRED: &str = "AgentRepaired";
+    /// The agent's service was restarted over SSH after the service reported it out of touch;
+    /// waiting for the service to hear from it.
+    pub const AGENT_REPAIRING: &str = "AgentRepairing";
+    /// A repair of an agent out of touch failed: the host did not answer, its init system could
+    /// not restart the agent's service, or the restarted agent stayed out of touch. The next
+    /// attempt comes an hour after this one; nothing is registered again because of silence.
+    pub const AGENT_REPAIR_FAILED: &str = "AgentRepairFailed";
 
     // AWS failures.
     /// AWS throttled a call; retried with backoff.

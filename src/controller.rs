@@ -194,12 +194,14 @@ async fn newest<'a>(
     if !ctx.versions.newer_than(obj) {
         return Ok(std::borrow::Cow::Borrowed(obj));
     }
-    let fresh = api
-        .get(&obj.name_any())
-        .await
-        .map_err(|e| Error::kube("get object", e))?;
-    ctx.versions.saw(&fresh);
-    Ok(std::borrow::Cow::Owned(fresh))
+    match crate::context::read(api, &obj.name_any()).await? {
+        Some(fresh) => {
+            ctx.versions.saw(&fresh);
+            Ok(std::borrow::Cow::Owned(fresh))
+        }
+        // Gone meanwhile: what the watch had is all there is.
+        None => Ok(std::borrow::Cow::Borrowed(obj)),
+    }
 }
 
 /// Counts a finished pass: its duration, whether it ended Ready (and if not, why), and the time

@@ -51,6 +51,17 @@ pub(crate) struct OrphanLabels {
     pub kind: String,
 }
 
+/// Labels: a repair of an agent out of touch.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct RepairLabels {
+    /// The service (`opsworks`, `ssm`).
+    pub service: String,
+    /// `restarted` (the agent's service was restarted), `repaired` (the registration is healthy
+    /// again after a restart), `failed` (the restart failed, or the agent stayed out of touch) or
+    /// `unreachable` (the host did not answer).
+    pub outcome: String,
+}
+
 /// Labels: one AWS call attempt.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct AwsCallLabels {
@@ -85,6 +96,8 @@ pub(crate) struct Metrics {
     pub aws_calls: Family<AwsCallLabels, Counter>,
     /// Orphans the last audit found, by kind.
     orphans: Family<OrphanLabels, Gauge>,
+    /// Repairs of agents out of touch, by service and outcome.
+    pub agent_repairs: Family<RepairLabels, Counter>,
     objects: Arc<OnceLock<Store<InstanceRegistration>>>,
 }
 
@@ -150,6 +163,12 @@ impl Metrics {
             "What the controller made in AWS for objects that no longer exist, at the last audit, by kind (unknown cluster: without a cluster tag, never removed)",
             orphans.clone(),
         );
+        let agent_repairs = Family::<RepairLabels, Counter>::default();
+        registry.register(
+            "agent_repairs",
+            "Repairs of agents the service reported out of touch (ConnectionLost), by service and outcome: restarted, repaired, failed, unreachable",
+            agent_repairs.clone(),
+        );
         let objects = Arc::new(OnceLock::new());
         registry.register_collector(Box::new(ObjectsByPhase {
             store: objects.clone(),
@@ -166,6 +185,7 @@ impl Metrics {
             ssh_sessions,
             aws_calls,
             orphans,
+            agent_repairs,
         }
     }
 

@@ -570,6 +570,10 @@ pub struct InstanceRegistrationStatus {
     /// sure.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub install_shard: Option<String>,
+    /// The agent's repairs: since when the service reports it out of touch, and how the last
+    /// restart of its service went (`--agent-repair-after-seconds`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_repair: Option<AgentRepair>,
     /// When the agent installer last finished successfully on the host (cleared when the instance
     /// has to be registered again).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -606,6 +610,40 @@ pub struct HostIdentity {
     /// (learned again when ssh.address, ssh.port or ssh.jumpHosts change).
     #[schemars(length(max = 1400))]
     pub via: String,
+}
+
+/// The repairs of a registered host's agent that the service reports out of touch.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentRepair {
+    /// When the controller first saw the service report the agent out of touch (ConnectionLost),
+    /// since it was last in touch; unset while it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lost_since: Option<Time>,
+    /// When the agent's service was last restarted, or a restart tried.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempted_at: Option<Time>,
+    /// Restarts tried for this object.
+    #[serde(default)]
+    pub attempts: u32,
+    /// How the last attempt went.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<RepairOutcome>,
+    /// What the last failed attempt found (the host's answer, or why there was none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 2048))]
+    pub message: Option<String>,
+}
+
+/// How a repair of an agent went.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, schemars::JsonSchema)]
+pub enum RepairOutcome {
+    /// The agent's service was restarted; the service has not heard from it yet.
+    Restarted,
+    /// The service heard from the restarted agent: the registration is healthy again.
+    Repaired,
+    /// The restart failed, the host did not answer, or the restarted agent stayed out of touch.
+    Failed,
 }
 
 /// A host key fingerprint recorded on first use.

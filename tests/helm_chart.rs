@@ -461,6 +461,7 @@ fn the_deployment_runs_restricted_with_probes_and_the_controllers_settings() {
             "aws.checkHostEndpoints=false",
             "audit.seconds=60",
             "audit.deleteOrphans=true",
+            "agentRepair.afterSeconds=120",
             "image.tag=dev",
         ]),
     );
@@ -493,6 +494,7 @@ fn the_deployment_runs_restricted_with_probes_and_the_controllers_settings() {
         ("CHECK_HOST_ENDPOINTS", "false"),
         ("AUDIT_SECONDS", "60"),
         ("DELETE_ORPHANS", "true"),
+        ("AGENT_REPAIR_AFTER_SECONDS", "120"),
     ] {
         assert_eq!(set.env_value(name).as_deref(), Some(value), "{name}");
     }
@@ -520,6 +522,7 @@ fn every_setting_the_chart_passes_is_an_environment_variable_of_run() {
             "aws.checkHostEndpoints=false",
             "audit.seconds=0",
             "audit.deleteOrphans=true",
+            "agentRepair.afterSeconds=0",
         ]),
     );
     for (name, _) in rendered.env() {

@@ -2070,3 +2070,50 @@ async fn the_reconcile_workers_stay_free_while_installs_outnumber_them() {
     assert_eq!(users.len(), 3, "h0's IAM user outlived it: {users:?}");
     w.assert_no_secrets(&w.secret_access_keys(), &[&w.private_key]);
 }
+
+#[tokio::test]
+async fn an_agent_opsworks_lost_touch_with_is_restarted_over_ssh_once() {
+    use opsworks_endpoint::standin::host_files::SERVICE_LOG;
+    let w = World::new(
+        "ow-repair",
+        &["--resync-seconds", "5", "--agent-repair-after-seconds", "2"],
+    )
+    .await;
+    let host = w.host("repair");
+    w.apply(&on_premises_at(&w.ns, "db", &w.stack, &host, "db", "key"));
+    let obj = w.wait("db", types::READY, reasons::SUCCEEDED).await;
+    let id = obj.status.unwrap().opsworks_instance_id.unwrap();
+    let sessions = host.sessions();
+
+    // OpsWorks stops hearing from the agent.
+    w.aws
+        .opsworks
+        .set_instance_status(&id, "connection_lost")
+        .unwrap();
+    let lost = w.wait("db", types::READY, reasons::CONNECTION_LOST).await;
+    assert!(message(&lost, types::REGISTERED).contains(&id));
+    // Its service is restarted on the host (the stand-in's init script logs it) ...
+    let repairing = w
+        .wait("db", types::REGISTERED, reasons::AGENT_REPAIRING)
+        .await;
+    assert!(
+        message(&repairing, types::REGISTERED).contains("opsworks-agent"),
+        "{}",
+        message(&repairing, types::REGISTERED)
+    );
+    let runs = host.service_runs(SERVICE_LOG);
+    assert_eq!(runs, vec!["restart uid=0".to_owned()]);
+    // ... and once OpsWorks hears from it again (the endpoint stands in for that), the object
+    // says it was repaired; nothing was installed again.
+    w.aws.opsworks.set_instance_status(&id, "online").unwrap();
+    let repaired = w
+        .wait("db", types::REGISTERED, reasons::AGENT_REPAIRED)
+        .await;
+    assert_eq!(condition(&repaired, types::READY).unwrap().0, "True");
+    let status = repaired.status.unwrap();
+    assert_eq!(status.opsworks_instance_id.as_deref(), Some(id.as_str()));
+    assert_eq!(status.agent_repair.unwrap().attempts, 1);
+    assert_eq!(host.boot_registration_runs(), 1);
+    assert_eq!(host.sessions(), sessions + 1);
+    assert_eq!(registrations(w.aws, &w.stack, "db").len(), 1);
+}

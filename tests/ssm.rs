@@ -1279,3 +1279,134 @@ async fn changed_tags_are_made_on_the_node_in_place_and_others_are_left() {
     assert_eq!(host.sessions(), sessions, "no SSH session for a tag change");
     assert_eq!(w.activations_created(), 1, "no re-registration");
 }
+
+#[tokio::test]
+async fn an_agent_out_of_touch_is_restarted_over_ssh_and_a_host_that_is_gone_is_not_registered_again()
+ {
+    use instance_registrar::resource::RepairOutcome;
+    use opsworks_endpoint::ssm_standin::host_files::SERVICE_LOG;
+    let w = World::new(
+        "ssm-repair",
+        &["--resync-seconds", "5", "--agent-repair-after-seconds", "3"],
+        &[],
+    )
+    .await;
+    let (alive, gone) = (w.host("alive"), w.host("gone"));
+    apply(w.cp, &w.on_premises("alive", &alive, ""));
+    apply(w.cp, &w.on_premises("gone", &gone, ""));
+    let mut nodes = Vec::new();
+    for name in ["alive", "gone"] {
+        let obj = w.wait(name, types::READY, reasons::SUCCEEDED).await;
+        nodes.push(status(&obj).managed_node_id.unwrap());
+    }
+    let (sessions, setups) = (alive.sessions(), alive.ssm_setup_runs().len());
+    let activations = w.activations_created();
+
+    // The agent dies on one host; the other host goes down altogether.
+    assert!(alive.kill_ssm_agent() >= 1);
+    let mut gone = gone;
+    gone.stop();
+    let lost = w
+        .wait_for(
+            "alive",
+            types::READY,
+            reasons::CONNECTION_LOST,
+            Duration::from_secs(60),
+        )
+        .await;
+    assert!(
+        message(&lost, types::REGISTERED).contains("is restarted at"),
+        "{:#?}",
+        lost.status
+    );
+
+    // The agent's service is restarted with the host's init system, once; the node is the same
+    // and Online again, nothing was installed.
+    let repaired = w
+        .wait_for(
+            "alive",
+            types::REGISTERED,
+            reasons::AGENT_REPAIRED,
+            Duration::from_secs(90),
+        )
+        .await;
+    assert_eq!(condition(&repaired, types::READY).unwrap().0, "True");
+    let said = message(&repaired, types::REGISTERED);
+    assert!(
+        said.contains(&nodes[0]) && said.contains("restarted over SSH"),
+        "{said}"
+    );
+    let repair = status(&repaired).agent_repair.unwrap();
+    assert_eq!(repair.attempts, 1);
+    assert_eq!(repair.outcome, Some(RepairOutcome::Repaired));
+    assert!(repair.lost_since.is_none());
+    assert_eq!(
+        status(&repaired).managed_node_id.as_deref(),
+        Some(nodes[0].as_str())
+    );
+    assert_eq!(
+        w.aws.opsworks.ssm_node(&nodes[0]).unwrap().ping_status,
+        "Online"
+    );
+    let runs = alive.service_runs(SERVICE_LOG);
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    assert!(
+        runs[0].starts_with("restart uid=0 result=running"),
+        "{runs:?}"
+    );
+    assert!(!alive.ssm_agent_pids().is_empty());
+    assert_eq!(
+        alive.ssm_setup_runs().len(),
+        setups,
+        "{:?}",
+        alive.ssm_setup_runs()
+    );
+    assert_eq!(alive.sessions(), sessions + 1);
+
+    // The host that is gone: one attempt, which could not reach it; reported, with the node
+    // left as it is and nothing made or registered again.
+    let failed = w
+        .wait_for(
+            "gone",
+            types::READY,
+            reasons::AGENT_REPAIR_FAILED,
+            Duration::from_secs(90),
+        )
+        .await;
+    let said = message(&failed, types::REGISTERED);
+    assert!(
+        said.contains("did not answer") && said.contains("next is"),
+        "{said}"
+    );
+    let repair = status(&failed).agent_repair.unwrap();
+    assert_eq!(
+        (repair.attempts, repair.outcome),
+        (1, Some(RepairOutcome::Failed))
+    );
+    assert_eq!(
+        status(&failed).managed_node_id.as_deref(),
+        Some(nodes[1].as_str())
+    );
+    assert_eq!(w.activations_created(), activations);
+
+    let (code, metrics) = support::http_get(&format!(
+        "http://{}/metrics",
+        w.controller.http_address("/metrics")
+    ));
+    assert_eq!(code, 200);
+    for line in [
+        r#"registrar_agent_repairs_total{service="ssm",outcome="restarted"} 1"#,
+        r#"registrar_agent_repairs_total{service="ssm",outcome="repaired"} 1"#,
+        r#"registrar_agent_repairs_total{service="ssm",outcome="unreachable"} 1"#,
+    ] {
+        assert!(metrics.contains(line), "{line} not in:\n{metrics}");
+    }
+    // Still one attempt each a while later (one an hour).
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    assert_eq!(
+        status(&w.get("gone").await).agent_repair.unwrap().attempts,
+        1
+    );
+    assert_eq!(alive.service_runs(SERVICE_LOG).len(), 1);
+    w.assert_no_codes();
+}

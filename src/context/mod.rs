@@ -69,6 +69,9 @@ pub(crate) struct Settings {
     pub audit_every: Duration,
     /// Whether the audit removes what was orphaned at two audits in a row.
     pub delete_orphans: bool,
+    /// How long the service may report an agent out of touch (ConnectionLost) before its
+    /// service is restarted over SSH (`crate::steps::repair`); zero: never.
+    pub agent_repair_after: Duration,
     /// Name of this replica in Events (`reportingInstance`).
     pub instance: Option<String>,
     /// Which stacks the objects of a namespace without the `registrar.dev/allowed-stacks`
@@ -95,6 +98,7 @@ impl Default for Settings {
             cluster_id: None,
             audit_every: Duration::ZERO,
             delete_orphans: false,
+            agent_repair_after: Duration::ZERO,
             instance: None,
             unannotated_namespaces: Unannotated::default(),
             aws_timeouts: crate::aws::Timeouts::default(),
@@ -425,10 +429,9 @@ pub(crate) async fn patch_status_rebased(
             return Err(Error::kube("patch status", refused));
         }
         attempt += 1;
-        let fresh = api
-            .get(&obj.name_any())
-            .await
-            .map_err(|e| Error::kube("get object", e))?;
+        let Some(fresh) = read(api, &obj.name_any()).await? else {
+            return Err(Error::kube("patch status", refused));
+        };
         let same = |a: Option<&InstanceRegistrationStatus>| {
             serde_json::to_value(a.cloned().unwrap_or_default()).ok()
         };
@@ -439,6 +442,20 @@ pub(crate) async fn patch_status_rebased(
         tracing::debug!(name = %obj.name_any(), "the object changed during the pass, its status did not: writing it again");
         *version = fresh.metadata.resource_version;
     }
+}
+
+/// The API server's copy of object `name`, if it exists. Read with a LIST narrowed to the name,
+/// not a GET: the controller's role lists and watches its objects and never gets them.
+pub(crate) async fn read(
+    api: &Api<InstanceRegistration>,
+    name: &str,
+) -> Result<Option<InstanceRegistration>> {
+    let params = kube::api::ListParams::default().fields(&format!("metadata.name={name}"));
+    let list = api
+        .list(&params)
+        .await
+        .map_err(|e| Error::kube("list object", e))?;
+    Ok(list.items.into_iter().next())
 }
 
 /// Whether the API server refused a write because the object is at another resourceVersion.

@@ -38,6 +38,13 @@ pub use credentials::{inline_policy_expiry, policy_document_json};
 
 /// Where the OpsWorks agent installs, and the free space it needs there (the agent with its
 /// own Ruby, and room for the cookbooks it fetches), checked before anything is made.
+/// The OpsWorks agent's service (the init script its installer sets up).
+const AGENT: crate::steps::repair::Agent = crate::steps::repair::Agent {
+    service: "opsworks",
+    what: "the OpsWorks agent",
+    names: &["opsworks-agent"],
+};
+
 const INSTALL_DIR: &str = "/opt/aws/opsworks";
 const INSTALL_FREE_MIB: u64 = 512;
 

@@ -2,6 +2,8 @@
 //! `InstanceRegistered` waiter judges it: success `registered`; failure `setup_failed`,
 //! `shutting_down`, `stopped`, `stopping`, `terminating`, `terminated`, `stop_failed`. A host that
 //! went on from `registered` (assigned to a layer: `running_setup`, `online`, ...) is healthy too.
+//! `connection_lost` (OpsWorks has not heard from the agent) is reported, and the agent's service
+//! restarted over SSH when it stays so ([`crate::steps::repair`]).
 
 use std::time::Duration;
 
@@ -15,6 +17,7 @@ use crate::conditions::{Observation, reasons};
 use crate::context::Context;
 use crate::context::Facts;
 use crate::resource::{InstanceRegistration, InstanceRegistrationStatus};
+use crate::steps::repair;
 
 /// The waiter's failure states.
 pub(super) const FAILURE_STATES: &[&str] = &[
@@ -38,6 +41,9 @@ const HEALTHY_STATES: &[&str] = &[
     "assigning",
     "unassigning",
 ];
+/// The state of an instance whose agent OpsWorks has not heard from: reported, and repaired
+/// ([`repair`]).
+const CONNECTION_LOST: &str = "connection_lost";
 /// How often a pending registration is looked at.
 const POLL: Duration = Duration::from_secs(5);
 
@@ -64,16 +70,21 @@ pub(super) async fn check(
     ow: &OpsWorks,
     obj: &InstanceRegistration,
     ctx: &Context,
-    facts: &Facts,
+    facts: &mut Facts,
     status: &mut InstanceRegistrationStatus,
 ) -> Outcome {
-    let Some(instance) = facts
-        .own_ref::<Findings>()
-        .and_then(|f| f.existing.as_ref())
-    else {
+    let Some(instance) = facts.own_ref::<Findings>().and_then(|f| f.existing.clone()) else {
         return not_listed(ctx, status);
     };
     let state = instance.status.as_str();
+    if state == CONNECTION_LOST {
+        let lost = format!(
+            "OpsWorks reports instance {} as connection_lost: it has not heard from its agent (the \
+             host is down, the agent stopped, or it cannot reach OpsWorks)",
+            instance.id
+        );
+        return repair::out_of_touch(obj, ctx, facts, status, &super::AGENT, lost).await;
+    }
     if FAILURE_STATES.contains(&state) {
         // The reason is the OpsWorks status itself, so alerts can key on it.
         let reason: &'static str = match state {
@@ -152,10 +163,13 @@ pub(super) async fn check(
             POLL_FAST,
         );
     }
-    Outcome::Done(Observation::holds(
-        reasons::SUCCEEDED,
-        format!("OpsWorks instance {} is {state}", instance.id),
-    ))
+    let healthy = format!("OpsWorks instance {} is {state}", instance.id);
+    Outcome::Done(match repair::in_touch(ctx, status, &super::AGENT) {
+        Some(repaired) => {
+            Observation::holds(reasons::AGENT_REPAIRED, format!("{healthy}; {repaired}"))
+        }
+        None => Observation::holds(reasons::SUCCEEDED, healthy),
+    })
 }
 
 /// The stack does not list the host. Either it was registered and is gone (drift: register it
@@ -167,6 +181,7 @@ fn not_listed(ctx: &Context, status: &mut InstanceRegistrationStatus) -> Outcome
         status.registered_at = None;
         status.agent_installed_at = None;
         status.install_started_at = None;
+        status.agent_repair = None;
         status.install_shard = None;
         status.adopted = false;
         return Outcome::Progressing(

@@ -8,8 +8,8 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::steps::script::{
-    EXIT_UNPACK_FAILED, KILL_AFTER, LOCK_PARENTS, Payload, PlanError, download_url, render_payload,
-    shell_quote,
+    Download, EXIT_UNPACK_FAILED, KILL_AFTER, LOCK_PARENTS, Payload, PlanError, download_url,
+    render_payload, shell_quote,
 };
 
 /// What to run on the host.
@@ -66,10 +66,12 @@ fn render_with(
     };
     let payload = Payload {
         name: "boot-registration",
-        what: "the agent installer",
-        locate: format!("  url={}\n", shell_quote(url)),
-        download_to: "installer.tgz",
-        sha256: plan.installer_sha256.as_deref(),
+        download: Some(Download {
+            what: "the agent installer",
+            locate: format!("  url={}\n", shell_quote(url)),
+            to: "installer.tgz",
+            sha256: plan.installer_sha256.as_deref(),
+        }),
         unpack: format!(
             r#"  tar -x -z -f "$dir/installer.tgz" -C "$dir" && [ -x "$dir/opsworks-agent-installer/boot-registration" ] || {{
     echo "instance-registrar: the installer tarball has no opsworks-agent-installer/boot-registration"

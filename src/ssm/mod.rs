@@ -247,6 +247,14 @@ pub(crate) struct Activation {
 
 /// Where the agent keeps its state (and the setup tool its download), and the free space it
 /// needs there, checked before anything is made.
+/// The SSM agent's service: `amazon-ssm-agent` (the deb and rpm packages' systemd unit, upstart
+/// job or init script), or the snap's systemd unit (Ubuntu's images).
+const AGENT: crate::steps::repair::Agent = crate::steps::repair::Agent {
+    service: "ssm",
+    what: "the SSM agent",
+    names: &["amazon-ssm-agent", "snap.amazon-ssm-agent.amazon-ssm-agent"],
+};
+
 const INSTALL_DIR: &str = "/var/lib/amazon/ssm";
 const INSTALL_FREE_MIB: u64 = 256;
 

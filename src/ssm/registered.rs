@@ -1,9 +1,10 @@
 //! The registration step of a Systems Manager object: Systems Manager reports the node `Online`.
 //! Once it does, the activation (used, or never needed by an adopted node) is deleted with its
 //! Secret: registered nodes keep working without it. A node whose agent stops answering is
-//! `ConnectionLost` (or `Inactive`): reported, with Ready False. A node that was online and is no
-//! longer listed (deregistered behind the controller's back) is registered again, as OpsWorks'
-//! `InstanceGone`.
+//! `ConnectionLost` (or `Inactive`): reported, with Ready False; an agent that stays
+//! `ConnectionLost` has its service restarted over SSH ([`crate::steps::repair`]). A node that
+//! was online and is no longer listed (deregistered behind the controller's back) is registered
+//! again, as OpsWorks' `InstanceGone`.
 
 use std::time::Duration;
 
@@ -19,7 +20,7 @@ use crate::conditions::{Observation, reasons};
 use crate::context::Context;
 use crate::context::Facts;
 use crate::resource::{InstanceRegistration, InstanceRegistrationStatus, SystemsManagerSpec};
-use crate::steps::handoff;
+use crate::steps::{handoff, repair};
 
 /// How often a fresh install is looked at while the node comes online.
 const POLL: Duration = Duration::from_secs(1);
@@ -72,16 +73,14 @@ pub(super) async fn check(
             );
         }
         "ConnectionLost" => {
-            return Outcome::Blocked(Observation::fails(
-                reasons::CONNECTION_LOST,
-                format!(
-                    "Systems Manager has not heard from the agent of node {} since {} \
-                     (PingStatus ConnectionLost): the host is down, the agent stopped, or it \
-                     cannot reach Systems Manager",
-                    node.id,
-                    node.last_ping.as_deref().unwrap_or("its registration")
-                ),
-            ));
+            let lost = format!(
+                "Systems Manager has not heard from the agent of node {} since {} (PingStatus \
+                 ConnectionLost): the host is down, the agent stopped, or it cannot reach Systems \
+                 Manager",
+                node.id,
+                node.last_ping.as_deref().unwrap_or("its registration")
+            );
+            return repair::out_of_touch(obj, ctx, facts, status, &super::AGENT, lost).await;
         }
         "Inactive" => {
             return Outcome::Blocked(Observation::fails(
@@ -112,10 +111,13 @@ pub(super) async fn check(
         Ok(None) => {}
         Err(outcome) => return outcome,
     }
-    Outcome::Done(Observation::holds(
-        reasons::SUCCEEDED,
-        format!("node {} is Online in {region}", node.id),
-    ))
+    let online = format!("node {} is Online in {region}", node.id);
+    Outcome::Done(match repair::in_touch(ctx, status, &super::AGENT) {
+        Some(repaired) => {
+            Observation::holds(reasons::AGENT_REPAIRED, format!("{online}; {repaired}"))
+        }
+        None => Observation::holds(reasons::SUCCEEDED, online),
+    })
 }
 
 /// The node is seen online for the first time: the activation has done its work (or was never
@@ -158,6 +160,7 @@ fn not_listed(ctx: &Context, status: &mut InstanceRegistrationStatus) -> Outcome
         status.registered_at = None;
         status.agent_installed_at = None;
         status.install_started_at = None;
+        status.agent_repair = None;
         status.install_shard = None;
         status.adopted = false;
         // The node ID stays: the host still names it, and may be registered again over it.

@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use crate::steps::script::{
-    EXIT_HOST_UNSUITABLE, KILL_AFTER, LOCK_PARENTS, Payload, PlanError, download_url,
+    Download, EXIT_HOST_UNSUITABLE, KILL_AFTER, LOCK_PARENTS, Payload, PlanError, download_url,
     render_payload, shell_quote,
 };
 
@@ -190,10 +190,12 @@ fn render_ssm_with(
         .replace("@NODE@", SSM_NODE_MARKER);
     let payload = Payload {
         name: "ssm-setup-cli",
-        what: "the SSM agent setup tool",
-        locate,
-        download_to: "ssm-setup-cli",
-        sha256: plan.setup_sha256.as_deref(),
+        download: Some(Download {
+            what: "the SSM agent setup tool",
+            locate,
+            to: "ssm-setup-cli",
+            sha256: plan.setup_sha256.as_deref(),
+        }),
         unpack,
         run: format!(r#"/bin/sh "$dir/entry.sh" "$dir" {args}"#),
         run_args: String::new(),

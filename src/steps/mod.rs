@@ -2,7 +2,7 @@
 //! probe and what a host says of itself ([`host`], [`probe`]), what the agent will need of it
 //! ([`preflight`]), the install runner and the
 //! script around every service's installer ([`runner`], [`script`]), the hand-off Secret
-//! ([`handoff`]), EC2 look-ups ([`ec2`]), the tags that say which object made something
+//! ([`handoff`]), repairs of an agent out of touch ([`repair`]), EC2 look-ups ([`ec2`]), the tags that say which object made something
 //! ([`OWNER_UID_TAG`]), and what status says of a pass ([`summary`]).
 //!
 //! Each service (`crate::opsworks`, `crate::ssm`) builds its own steps from these and plugs in
@@ -13,6 +13,7 @@ pub(crate) mod handoff;
 pub(crate) mod host;
 pub(crate) mod preflight;
 pub(crate) mod probe;
+pub(crate) mod repair;
 mod runner;
 pub(crate) mod script;
 pub(crate) mod ssh_key;

@@ -174,18 +174,13 @@ echo "@MARKER@$status"
 exit @INSTALLER_FAILED@
 "#;
 
-/// What one service's install downloads and runs, for [`render_payload`].
+/// What one service's install downloads and runs, for [`render_payload`]; or what a repair runs
+/// (nothing downloaded).
 pub(crate) struct Payload<'a> {
     /// What runs under the lock, for messages (`boot-registration`).
     pub name: &'a str,
-    /// What is downloaded, for messages.
-    pub what: &'a str,
-    /// Shell lines that set `$url` (or return [`EXIT_HOST_UNSUITABLE`]).
-    pub locate: String,
-    /// The file in the private directory the download goes to.
-    pub download_to: &'a str,
-    /// The SHA-256 the download must have.
-    pub sha256: Option<&'a str>,
+    /// What is downloaded first, if anything.
+    pub download: Option<Download<'a>>,
     /// Shell lines run after the download and its check, before the runner: unpacking, the
     /// files the program reads (written with `printf`, a builtin, so no value is ever on a
     /// command line).
@@ -198,6 +193,18 @@ pub(crate) struct Payload<'a> {
     pub entry: Option<String>,
 }
 
+/// A download of a [`Payload`].
+pub(crate) struct Download<'a> {
+    /// What is downloaded, for messages.
+    pub what: &'a str,
+    /// Shell lines that set `$url` (or return [`EXIT_HOST_UNSUITABLE`]).
+    pub locate: String,
+    /// The file in the private directory the download goes to.
+    pub to: &'a str,
+    /// The SHA-256 the download must have.
+    pub sha256: Option<&'a str>,
+}
+
 /// The script that downloads and runs `payload` within `time_limit`, for `/bin/sh -s`.
 pub(crate) fn render_payload(
     payload: &Payload<'_>,
@@ -205,28 +212,12 @@ pub(crate) fn render_payload(
     lock_parents: &[&str],
     kill_after: Duration,
 ) -> String {
-    let Payload {
-        name,
-        what,
-        locate,
-        download_to,
-        ..
-    } = payload;
-    let checksum = match payload.sha256 {
-        Some(sum) => format!(
-            r#"  expected={sum}
-  actual=$(sha256sum "$dir/{download_to}" | cut -d ' ' -f 1) || {{ echo "instance-registrar: sha256sum failed"; cleanup; return {EXIT_HOST_UNSUITABLE}; }}
-  if [ "$actual" != "$expected" ]; then
-    echo "instance-registrar: the SHA-256 of {what} is $actual, not $expected; nothing was run"
-    cleanup
-    return {EXIT_CHECKSUM_MISMATCH}
-  fi
-  echo "instance-registrar: installer checksum verified"
-"#,
-            sum = shell_quote(sum),
-        ),
-        None => String::new(),
-    };
+    let name = payload.name;
+    let download = payload
+        .download
+        .as_ref()
+        .map(|d| render_download(d))
+        .unwrap_or_default();
     let parents: Vec<String> = lock_parents.iter().map(|p| shell_quote(p)).collect();
     let runner = RUNNER
         .replace("@LOCK_PARENTS@", &parents.join(" "))
@@ -282,30 +273,7 @@ install_agent() {{
   fi
   cat >"$dir/lock.sh" <<'{RUNNER_END}'
 {runner}{RUNNER_END}
-{entry}  # Another install running here is found before anything is downloaded.
-  sudo -n /bin/sh "$dir/lock.sh" probe "$dir"
-  status=$?
-  case $status in
-    0) ;;
-    {EXIT_HOST_UNSUITABLE} | {EXIT_INSTALL_IN_PROGRESS}) cleanup; return $status ;;
-    *) echo "instance-registrar: sudo /bin/sh failed with status $status"; cleanup; return {EXIT_HOST_UNSUITABLE} ;;
-  esac
-{locate}  in_time "the download" || return {EXIT_TIMED_OUT}
-  echo "instance-registrar: downloading {what}"
-  if command -v curl >/dev/null 2>&1; then
-    timeout "$left" curl --fail --silent --show-error --location --proto =http,https --retry 5 --output "$dir/{download_to}" -- "$url"
-  elif command -v wget >/dev/null 2>&1; then
-    timeout "$left" wget --quiet --tries=5 --output-document="$dir/{download_to}" -- "$url"
-  else
-    echo "instance-registrar: neither curl nor wget is installed"
-    false
-  fi || {{
-    in_time "the download finished" || return {EXIT_TIMED_OUT}
-    echo "instance-registrar: downloading {what} failed"
-    cleanup
-    return {EXIT_DOWNLOAD_FAILED}
-  }}
-{checksum}{unpack}  in_time "{name}" || return {EXIT_TIMED_OUT}
+{entry}{download}{unpack}  in_time "{name}" || return {EXIT_TIMED_OUT}
   sudo -n /bin/sh "$dir/lock.sh" run "$dir" "$deadline" {kill_after}{run_args}
   status=$?
   cleanup
@@ -318,6 +286,58 @@ install_agent() {{
 install_agent </dev/null 2>&1
 exit $?
 "#
+    )
+}
+
+/// The part of the script that downloads `download` (after making sure no other install holds
+/// the host's lock: nothing is downloaded then) and checks it.
+fn render_download(download: &Download<'_>) -> String {
+    let Download {
+        what,
+        locate,
+        to,
+        sha256,
+    } = download;
+    let checksum = match sha256 {
+        Some(sum) => format!(
+            r#"  expected={sum}
+  actual=$(sha256sum "$dir/{to}" | cut -d ' ' -f 1) || {{ echo "instance-registrar: sha256sum failed"; cleanup; return {EXIT_HOST_UNSUITABLE}; }}
+  if [ "$actual" != "$expected" ]; then
+    echo "instance-registrar: the SHA-256 of {what} is $actual, not $expected; nothing was run"
+    cleanup
+    return {EXIT_CHECKSUM_MISMATCH}
+  fi
+  echo "instance-registrar: installer checksum verified"
+"#,
+            sum = shell_quote(sum),
+        ),
+        None => String::new(),
+    };
+    format!(
+        r#"  # Another install running here is found before anything is downloaded.
+  sudo -n /bin/sh "$dir/lock.sh" probe "$dir"
+  status=$?
+  case $status in
+    0) ;;
+    {EXIT_HOST_UNSUITABLE} | {EXIT_INSTALL_IN_PROGRESS}) cleanup; return $status ;;
+    *) echo "instance-registrar: sudo /bin/sh failed with status $status"; cleanup; return {EXIT_HOST_UNSUITABLE} ;;
+  esac
+{locate}  in_time "the download" || return {EXIT_TIMED_OUT}
+  echo "instance-registrar: downloading {what}"
+  if command -v curl >/dev/null 2>&1; then
+    timeout "$left" curl --fail --silent --show-error --location --proto =http,https --retry 5 --output "$dir/{to}" -- "$url"
+  elif command -v wget >/dev/null 2>&1; then
+    timeout "$left" wget --quiet --tries=5 --output-document="$dir/{to}" -- "$url"
+  else
+    echo "instance-registrar: neither curl nor wget is installed"
+    false
+  fi || {{
+    in_time "the download finished" || return {EXIT_TIMED_OUT}
+    echo "instance-registrar: downloading {what} failed"
+    cleanup
+    return {EXIT_DOWNLOAD_FAILED}
+  }}
+{checksum}"#
     )
 }
 

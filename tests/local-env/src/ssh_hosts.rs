@@ -10,7 +10,8 @@
 //! that the install lock the controller's script takes there is one host's, as on real hosts;
 //! and another at [`AMAZON_DIR`], where the SSM agent keeps its registration
 //! (`/var/lib/amazon/ssm/registration`), so that each host has its own, where the real agent
-//! keeps it. Its `/etc/hosts` is its own too: the machine's, and a line naming the host's own
+//! keeps it; and another, empty at start, at [`INIT_SCRIPTS`], where an agent's setup puts its
+//! init script (the host's init system is SysV's: no systemd runs there). Its `/etc/hosts` is its own too: the machine's, and a line naming the host's own
 //! hostname at its address, as a Debian host has one. sudo (built `--with-fqdn` on Debian)
 //! looks the hostname up on every run: without that line each sudo of a session asked the
 //! machine's DNS server, off loopback, and a fleet's sudos waited seconds on it.
@@ -69,6 +70,9 @@ pub const HOST_DIR_MOUNT: &str = "/run/registrar-test-host";
 
 /// The system's lock directory; each host has its own (the install lock goes there).
 pub const LOCK_DIR: &str = "/run/lock";
+
+/// Where init scripts are (SysV init); each host has its own, empty at start.
+pub const INIT_SCRIPTS: &str = "/etc/init.d";
 
 /// Where the SSM agent keeps its state; each host has its own.
 pub const AMAZON_DIR: &str = ssm_standin::AMAZON_DIR;
@@ -151,6 +155,11 @@ impl SshHost {
         let amazon = files.path().join("amazon");
         std::fs::create_dir(&amazon).unwrap();
         set_mode(&amazon, 0o755);
+        // The host's /etc/init.d: root's, empty until an agent's setup puts its init script
+        // there (the controller restarts an agent out of touch with it).
+        let init_scripts = files.path().join("init.d");
+        std::fs::create_dir(&init_scripts).unwrap();
+        set_mode(&init_scripts, 0o755);
         let mut host = SshHost {
             name: name.to_owned(),
             address,
@@ -468,6 +477,21 @@ impl SshHost {
             .unwrap_or_default()
     }
 
+    /// The runs of an agent's init script on this host, one line each (`restart uid=0 …`):
+    /// `log` is its log in the host directory
+    /// ([`ssm_standin::host_files::SERVICE_LOG`],
+    /// [`opsworks_endpoint::standin::host_files::SERVICE_LOG`]).
+    pub fn service_runs(&self, log: &str) -> Vec<String> {
+        std::fs::read_to_string(self.dir.join(log))
+            .map(|text| {
+                text.lines()
+                    .filter(|l| !l.trim().is_empty())
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// What the SSM agent daemons of this host printed (for test failure messages).
     pub fn ssm_agent_log(&self) -> String {
         std::fs::read_to_string(self.dir.join(ssm_standin::host_files::AGENT_LOG))
@@ -566,6 +590,7 @@ impl SshHost {
             .arg(format!(
                 "mount --bind \"$1\" {HOST_DIR_MOUNT} && mount --bind \"$3\" {LOCK_DIR} && \
                  mount --bind \"$5\" {AMAZON_DIR} && mount --bind \"$6\" /etc/hosts && \
+                 mount --bind \"$7\" {INIT_SCRIPTS} && \
                  printf '%s' \"$4\" >/proc/sys/kernel/hostname && exec {SSHD} -D -e -f \"$2\""
             ))
             .arg("sh")
@@ -574,7 +599,8 @@ impl SshHost {
             .arg(self.files.path().join("lock"))
             .arg(host_label(&self.name))
             .arg(self.files.path().join("amazon"))
-            .arg(self.files.path().join("etc-hosts"));
+            .arg(self.files.path().join("etc-hosts"))
+            .arg(self.files.path().join("init.d"));
         let mut child = spawn_kept(command, &log)?;
         let listening = format!("Server listening on {} port {}.", self.address, self.port);
         let deadline = Instant::now() + Duration::from_secs(15);
@@ -748,6 +774,9 @@ fn check_prerequisites() {
         }
         std::fs::create_dir_all(HOST_DIR_MOUNT)
             .unwrap_or_else(|e| panic!("creating {HOST_DIR_MOUNT}: {e}"));
+        // The mount point of each host's own /etc/init.d.
+        std::fs::create_dir_all(INIT_SCRIPTS)
+            .unwrap_or_else(|e| panic!("creating {INIT_SCRIPTS}: {e}"));
         // The mount point of each host's own /var/lib/amazon.
         std::fs::create_dir_all(AMAZON_DIR)
             .unwrap_or_else(|e| panic!("creating {AMAZON_DIR}: {e}"));

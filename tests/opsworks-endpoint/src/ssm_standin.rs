@@ -84,6 +84,9 @@ pub const AGENT_ACCESS_KEY_ID: &str = "ASIASTANDINSSMAGENT";
 pub const AGENT_SECRET_ACCESS_KEY: &str = "standin/ssm-agent/made-up-secret-key";
 /// The agent version the stand-in reports.
 pub const AGENT_VERSION: &str = "3.3.0.0";
+/// Where the setup tool the endpoint serves puts the agent's init script
+/// ([`host_files::INIT_SCRIPT`]), as the real package does on a host with SysV init.
+pub const INIT_DIR: &str = "/etc/init.d";
 /// Default heartbeat interval of the agent.
 pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -102,6 +105,12 @@ pub mod host_files {
     pub const AGENT_LOCK: &str = "ssm-agent.lock";
     /// Written by the setup tool: the agent is "installed".
     pub const AGENT_INSTALLED: &str = "ssm-agent-installed";
+    /// Appended: one line per run of the agent's init script, `<action> uid=<uid>
+    /// result=<result>` (`restart uid=0 result=running pid=<PID>`).
+    pub const SERVICE_LOG: &str = "ssm-agent-service.log";
+    /// The agent's init script, in the setup tool's `--init-dir` (not in the host directory):
+    /// `amazon-ssm-agent {start|stop|restart|status}`, run as root.
+    pub const INIT_SCRIPT: &str = "amazon-ssm-agent";
 }
 
 /// The setup tool and agent the endpoint serves: which program, how long a setup run takes
@@ -218,12 +227,14 @@ pub fn setup_script(
          # registers this host with the SSM-compatible endpoint and runs the stand-in agent.\n\
          # Takes the real tool's flags: -register -activation-code C -activation-id I -region R\n\
          # [-override], -install -region R.\n\
-         exec {} setup --endpoint {} --agent {} --run-seconds {} --heartbeat-seconds {} -- \"$@\"\n",
+         exec {} setup --endpoint {} --agent {} --run-seconds {} --heartbeat-seconds {} \
+         --init-dir {} -- \"$@\"\n",
         shell_quote(&setup.to_string_lossy()),
         shell_quote(endpoint_url),
         shell_quote(&binary.to_string_lossy()),
         shell_quote(&seconds(standin.run_time)),
         shell_quote(&seconds(standin.heartbeat_interval)),
+        shell_quote(INIT_DIR),
     )
 }
 
@@ -457,7 +468,7 @@ mod tests {
             script.contains(
                 "exec '/opt/it'\\''s/ssm-setup-cli' setup --endpoint 'http://127.0.0.1:4580' \
                  --agent '/opt/it'\\''s/amazon-ssm-agent' --run-seconds '1.5' \
-                 --heartbeat-seconds '1' -- \"$@\"\n"
+                 --heartbeat-seconds '1' --init-dir '/etc/init.d' -- \"$@\"\n"
             ),
             "{script}"
         );

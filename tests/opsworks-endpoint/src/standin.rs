@@ -112,9 +112,18 @@ pub mod host_files {
     /// Appended: one line per run. The `reason` of a failed run is one of `bad-preconfig`,
     /// `not-root`, `bucket-mismatch`, `no-hostname`, `no-identity-document`,
     /// `bad-identity-document`, `bad-endpoint`, `installer-failure`, `api-error code=<Code>`,
-    /// `request-failed`, `host-dir` (cannot write [`PRECONFIG_RECEIVED`]).
+    /// `request-failed`, `host-dir` (cannot write [`PRECONFIG_RECEIVED`]), `init-script`.
     pub const LOG: &str = "boot-registration.log";
+    /// Appended: one line per run of the agent's init script, `<action> uid=<uid>`.
+    pub const SERVICE_LOG: &str = "opsworks-agent-service.log";
+    /// The agent's init script, written in `--init-dir` (not in the host directory) by a run
+    /// that registered: `opsworks-agent {start|stop|restart|status}`, which only logs
+    /// ([`SERVICE_LOG`]): the stand-in's agent runs no process.
+    pub const INIT_SCRIPT: &str = "opsworks-agent";
 }
+
+/// Where `boot-registration` (as the endpoint serves it) puts the agent's init script.
+pub const INIT_DIR: &str = "/etc/init.d";
 
 /// The stand-in the endpoint serves: which program `boot-registration` runs, and how long a
 /// run takes before it registers.
@@ -384,10 +393,11 @@ pub fn boot_registration_script(standin: &StandIn, endpoint_url: &str) -> String
          # OpsWorks agent installer stand-in (tests only): registers this host with the\n\
          # OpsWorks-compatible endpoint, reading preconfig next to this script.\n\
          case \"$0\" in */*) dir=\"${{0%/*}}\" ;; *) dir=. ;; esac\n\
-         exec {} --endpoint {} --installer-dir \"$dir\" --run-seconds {} \"$@\"\n",
+         exec {} --endpoint {} --installer-dir \"$dir\" --run-seconds {} --init-dir {} \"$@\"\n",
         shell_quote(&binary.to_string_lossy()),
         shell_quote(endpoint_url),
         shell_quote(&seconds(standin.run_time)),
+        shell_quote(INIT_DIR),
     )
 }
 
@@ -704,7 +714,8 @@ mod tests {
         assert!(script.starts_with("#!/bin/sh\n"));
         assert!(script.contains(
             "exec '/opt/it'\\''s here/opsworks-agent-standin' --endpoint \
-             'http://127.0.0.1:4580' --installer-dir \"$dir\" --run-seconds '1.5' \"$@\"\n"
+             'http://127.0.0.1:4580' --installer-dir \"$dir\" --run-seconds '1.5' \
+             --init-dir '/etc/init.d' \"$@\"\n"
         ));
         // The directory of the script, without any program (sudo's PATH may lack them).
         let dir = tempfile::tempdir().unwrap();
@@ -729,7 +740,7 @@ mod tests {
             let stdout = String::from_utf8_lossy(&out.stdout);
             assert!(
                 stdout.contains(&format!(
-                    "--installer-dir {want} --run-seconds 1.5 --extra\n"
+                    "--installer-dir {want} --run-seconds 1.5 --init-dir /etc/init.d --extra\n"
                 )),
                 "{arg0}: {stdout} {out:?}"
             );

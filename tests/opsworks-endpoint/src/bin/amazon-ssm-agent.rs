@@ -8,7 +8,11 @@
 //!     [--heartbeat-seconds 1] [--host-dir DIR] [--amazon-dir /var/lib/amazon] -- <tool flags>
 //! amazon-ssm-agent --endpoint URL [--heartbeat-seconds 1] [--host-dir DIR]
 //!     [--amazon-dir /var/lib/amazon]
+//! amazon-ssm-agent service {start|stop|restart|status} --endpoint URL [...as the agent]
 //! ```
+//!
+//! With `--init-dir DIR`, the setup tool writes the agent's init script there (as the real
+//! package does): it runs this program's `service` mode.
 
 use std::fs::File;
 use std::io::{Read, Seek, Write};
@@ -39,6 +43,7 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let code = match args.split_first() {
         Some((mode, rest)) if mode == "setup" => setup(rest),
+        Some((mode, rest)) if mode == "service" => service(rest),
         _ => agent(&args),
     };
     std::process::exit(code);
@@ -53,6 +58,7 @@ struct Options {
     heartbeat: Duration,
     host_dir: PathBuf,
     amazon_dir: PathBuf,
+    init_dir: Option<PathBuf>,
     expect_uid: u32,
 }
 
@@ -75,6 +81,7 @@ fn options(args: &[String]) -> Result<(Options, Vec<String>), String> {
         heartbeat: ssm_standin::DEFAULT_HEARTBEAT_INTERVAL,
         host_dir: PathBuf::from(standin::HOST_DIR),
         amazon_dir: PathBuf::from(ssm_standin::AMAZON_DIR),
+        init_dir: None,
         expect_uid: 0,
     };
     let mut it = args.iter();
@@ -96,6 +103,7 @@ fn options(args: &[String]) -> Result<(Options, Vec<String>), String> {
             "--heartbeat-seconds" => o.heartbeat = seconds(&value()?)?,
             "--host-dir" => o.host_dir = PathBuf::from(value()?),
             "--amazon-dir" => o.amazon_dir = PathBuf::from(value()?),
+            "--init-dir" => o.init_dir = Some(PathBuf::from(value()?)),
             "--expect-uid" => {
                 o.expect_uid = value()?
                     .parse()
@@ -314,6 +322,11 @@ fn setup_run(o: &Options, rest: &[String]) -> Outcome {
     if let Err(e) = std::fs::write(o.host_dir.join(host_files::AGENT_INSTALLED), "installed\n") {
         return failed("host-dir", format!("cannot record the installation: {e}"));
     }
+    if let Some(dir) = o.init_dir.as_ref().filter(|d| d.is_dir())
+        && let Err(e) = write_init_script(o, dir, agent_binary)
+    {
+        return failed("init-script", e);
+    }
     say("agent installed");
 
     let mut outcome = Outcome::Done {
@@ -358,6 +371,85 @@ fn setup_run(o: &Options, rest: &[String]) -> Outcome {
         Err(e) => return failed("agent-start", format!("failed to start agent: {e}")),
     }
     outcome
+}
+
+/// Writes the agent's init script in `dir`: this program's `service` mode, with the options the
+/// setup tool was given.
+fn write_init_script(o: &Options, dir: &Path, agent_binary: &Path) -> Result<(), String> {
+    let q = |p: &Path| standin::shell_quote(&p.to_string_lossy());
+    let script = format!(
+        "#!/bin/sh\n\
+         # amazon-ssm-agent: the SSM agent stand-in's init script (tests of instance-registrar).\n\
+         exec {} service \"$1\" --endpoint {} --heartbeat-seconds {} --host-dir {} --amazon-dir {}\n",
+        q(agent_binary),
+        standin::shell_quote(&o.endpoint),
+        o.heartbeat.as_secs_f64(),
+        q(&o.host_dir),
+        q(&o.amazon_dir),
+    );
+    let path = dir.join(host_files::INIT_SCRIPT);
+    std::fs::write(&path, script)
+        .and_then(|()| std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)))
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))
+}
+
+/// The agent's init script: `start`, `stop`, `restart` or `status` the agent daemon. Each run
+/// is logged in [`host_files::SERVICE_LOG`].
+fn service(args: &[String]) -> i32 {
+    let Some((action, rest)) = args.split_first() else {
+        eprintln!("usage: amazon-ssm-agent service {{start|stop|restart|status}} --endpoint URL");
+        return 2;
+    };
+    let o = match options(rest) {
+        Ok((o, rest)) if rest.is_empty() => o,
+        Ok(_) => {
+            eprintln!("amazon-ssm-agent (stand-in): unexpected arguments after --");
+            return 2;
+        }
+        Err(e) => {
+            eprintln!("amazon-ssm-agent (stand-in): {e}");
+            return 2;
+        }
+    };
+    let binary = match std::env::current_exe() {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("amazon-ssm-agent (stand-in): cannot find its own program: {e}");
+            return 1;
+        }
+    };
+    let start = |o: &Options| match ensure_agent(o, &binary) {
+        Ok(pid) => (0, format!("running pid={pid}")),
+        Err(e) => {
+            eprintln!("amazon-ssm-agent (stand-in): {e}");
+            (1, "failed".to_owned())
+        }
+    };
+    let (code, result) = match action.as_str() {
+        "start" => start(&o),
+        "stop" => {
+            stop_agent(&o.host_dir);
+            (0, "stopped".to_owned())
+        }
+        "restart" => {
+            stop_agent(&o.host_dir);
+            start(&o)
+        }
+        "status" => match running_agent(&o.host_dir) {
+            Some(pid) => (0, format!("running pid={pid}")),
+            None => (3, "stopped".to_owned()),
+        },
+        other => {
+            eprintln!("amazon-ssm-agent (stand-in): unknown action {other:?}");
+            (2, "usage".to_owned())
+        }
+    };
+    append(
+        &o.host_dir.join(host_files::SERVICE_LOG),
+        &format!("{action} uid={} result={result}\n", uid()),
+    );
+    println!("amazon-ssm-agent: {action}: {result}");
+    code
 }
 
 /// A public key of the size the agent sends (the base64 text of a 2048-bit RSA key's DER): the

@@ -39,6 +39,10 @@ struct Args {
     /// The host directory (the host's identity; where the run is recorded).
     #[arg(long, default_value = standin::HOST_DIR)]
     host_dir: PathBuf,
+    /// Where a run that registered writes the agent's init script (none without it, or when
+    /// the directory does not exist). Given again, the last one counts.
+    #[arg(long, overrides_with = "init_dir")]
+    init_dir: Option<PathBuf>,
     /// The user ID the run must have (sudo gives 0). Only for tests of the stand-in itself
     /// run by other users; boot-registration never passes it.
     #[arg(long, default_value_t = 0, hide = true)]
@@ -75,6 +79,31 @@ fn main() {
     std::process::exit(run(&args));
 }
 
+/// Writes the agent's init script in `dir`: it logs each action in the host directory.
+fn write_init_script(dir: &std::path::Path, host_dir: &std::path::Path) -> Result<(), Failure> {
+    let log = host_dir.join(host_files::SERVICE_LOG);
+    let script = format!(
+        "#!/bin/sh\n\
+         # opsworks-agent: the OpsWorks agent stand-in's init script (tests of instance-registrar).\n\
+         case \"$1\" in\n\
+         start|stop|restart|status) echo \"$1 uid=$(id -u)\" >>{} ;;\n\
+         *) echo \"usage: $0 {{start|stop|restart|status}}\" >&2; exit 2 ;;\n\
+         esac\n",
+        standin::shell_quote(&log.to_string_lossy())
+    );
+    let path = dir.join(host_files::INIT_SCRIPT);
+    std::fs::write(&path, script)
+        .and_then(|()| {
+            std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        })
+        .map_err(|e| {
+            fail(
+                "init-script",
+                format!("cannot write {}: {e}", path.display()),
+            )
+        })
+}
+
 fn run(args: &Args) -> i32 {
     // SAFETY: getuid has no preconditions and cannot fail.
     let uid = unsafe { libc::getuid() };
@@ -85,7 +114,12 @@ fn run(args: &Args) -> i32 {
         );
         return 1;
     }
-    let result = attempt(args, uid);
+    let result = attempt(args, uid).and_then(|id| {
+        if let Some(dir) = args.init_dir.as_ref().filter(|d| d.is_dir()) {
+            write_init_script(dir, &args.host_dir)?;
+        }
+        Ok(id)
+    });
     let line = match &result {
         Ok(id) => format!("run uid={uid} result=registered instance={id}\n"),
         Err(f) => format!("run uid={uid} result=failed reason={}\n", f.reason),

@@ -75,6 +75,9 @@ fn boot_registration(installer: &Path, host: &Path, bucket: &str, extra: &[&str]
         .env(standin::BUCKET_ENV, bucket)
         .arg("--host-dir")
         .arg(host)
+        // Not the machine's /etc/init.d (this runs outside any test host): none.
+        .arg("--init-dir")
+        .arg(host.join("no-init.d"))
         .args(extra);
     // As root (as here) the uid-0 check runs as boot-registration has it; another user runs
     // it against itself.
