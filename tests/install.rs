@@ -2224,8 +2224,21 @@ async fn a_jump_host_with_a_host_certificate_leads_to_a_host_with_a_pinned_key()
     let w = World::new("cert-jump", &[]).await;
     let ca = support::SshCa::new();
     let host = w.host("behind");
+    // The bastion takes only a user certificate from the CA (no authorized_keys entry), which
+    // the jump host's own key Secret carries.
     let mut bastion = SshHost::start_jump_host(&format!("{}-bastion", w.ns));
-    bastion.authorize(&w.public_key);
+    bastion.set_trusted_user_ca_keys(Some(&ca.public_line()));
+    let (jump_private, jump_public) = support::ssh_keypair("ed25519", "");
+    let jump_cert = ca.sign_user(&jump_public, "jump-robot", &["-n", ssh_hosts::USER]);
+    put_secret(
+        &w,
+        "jump-key",
+        &[
+            ("ssh-privatekey", &jump_private),
+            ("ssh-certificate", &jump_cert),
+        ],
+    )
+    .await;
     let cert = ca.sign_host(
         &bastion,
         "bastion-cert",
@@ -2233,7 +2246,7 @@ async fn a_jump_host_with_a_host_certificate_leads_to_a_host_with_a_pinned_key()
     );
     bastion.set_host_certificate(Some(&cert));
     let bastion_lines = format!(
-        "      hostKeyPolicy: CertificateAuthority\n      hostCertificateAuthorities: [{:?}]\n",
+        "      hostKeyPolicy: CertificateAuthority\n      hostCertificateAuthorities: [{:?}]\n      privateKeySecretRef:\n        name: jump-key\n",
         format!("@cert-authority * {}", ca.public_line())
     );
     let manifest = on_premises_at(&w.ns, "behind", &w.stack, &host, "behind", "key")
@@ -2259,6 +2272,14 @@ async fn a_jump_host_with_a_host_certificate_leads_to_a_host_with_a_pinned_key()
         Some(host.host_key_fingerprint().as_str())
     );
     assert_eq!(host.boot_registration_runs(), 1);
+    assert!(
+        bastion
+            .log()
+            .contains("Accepted certificate ID \"jump-robot\""),
+        "{}",
+        bastion.log()
+    );
+    w.assert_no_secrets(&w.secret_access_keys(), &[&w.private_key, &jump_private]);
 }
 
 /// Puts `data` into Secret `name` of type kubernetes.io/ssh-auth (made, or replaced whole).
@@ -2387,5 +2408,46 @@ async fn a_user_certificate_logs_in_where_the_key_alone_is_refused_and_a_renewed
         stale.log()
     );
     assert_eq!(stale.boot_registration_runs(), 1);
+
+    // A certificate that expires within ssh.commandTimeoutSeconds (1800 s by default) is used,
+    // and said to be expiring; a host that does not trust its CA refuses the login.
+    let short = ca.sign_user(
+        &public,
+        "robot-short",
+        &["-n", ssh_hosts::USER, "-V", "-5m:+10m"],
+    );
+    put_secret(
+        &w,
+        "short-robot",
+        &[("ssh-privatekey", &private), ("ssh-certificate", &short)],
+    )
+    .await;
+    let untrusting = SshHost::start(&format!("{}-untrusting", w.ns));
+    w.apply(&on_premises_at(
+        &w.ns,
+        "short",
+        &w.stack,
+        &untrusting,
+        "short",
+        "short-robot",
+    ));
+    let obj = w
+        .wait("short", types::HOST_REACHABLE, reasons::SSH_AUTH_FAILED)
+        .await;
+    let (status, reason, _) = condition(&obj, types::SSH_KEY_READY).unwrap();
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("True", reasons::CERTIFICATE_EXPIRING)
+    );
+    let said = message(&obj, types::SSH_KEY_READY);
+    assert!(
+        said.contains("within ssh.commandTimeoutSeconds (1800 s)"),
+        "{said}"
+    );
+    assert!(
+        untrusting.log().contains("ED25519-CERT"),
+        "{}",
+        untrusting.log()
+    );
     w.assert_no_secrets(&w.secret_access_keys(), &[&w.private_key, &private]);
 }
