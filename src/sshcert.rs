@@ -19,7 +19,7 @@
 use std::time::{Duration, SystemTime};
 
 use russh::keys::ssh_key::certificate::CertType;
-use russh::keys::{Certificate, HashAlg, PrivateKey, PublicKey};
+use russh::keys::{Algorithm, Certificate, HashAlg, PrivateKey, PublicKey};
 
 /// How far the controller's clock may be from the CA's: a certificate is taken as valid from
 /// this long before its `valid after` time until this long after its `valid before` time.
@@ -212,6 +212,13 @@ pub(crate) fn judge_host_certificate(
             "the host's certificate ({what}) claims CA {ca}, but its signature does not verify"
         ));
     }
+    // OpenSSH's default CASignatureAlgorithms leaves out ssh-rsa (RSA with SHA-1).
+    if matches!(cert.signature().algorithm(), Algorithm::Rsa { hash: None }) {
+        return Err(format!(
+            "the host's certificate ({what}) is signed with ssh-rsa (SHA-1), which OpenSSH no \
+             longer accepts from a CA; re-sign it (ssh-keygen -s ... -t rsa-sha2-512)"
+        ));
+    }
     check_validity(cert, now).map_err(|why| format!("the host's certificate ({what}) {why}"))?;
     if let Some(option) = cert.critical_options().keys().next() {
         return Err(format!(
@@ -353,6 +360,21 @@ pub(crate) fn read_user_certificate(
     if cert.public_key() != key.public_key().key_data() {
         return Err(UserCertificateProblem::Invalid(format!(
             "the certificate ({what}) is for another key than the private key beside it"
+        )));
+    }
+    // sshd refuses a certificate with a critical option it does not know, runs a forced command
+    // instead of the controller's script, and wants a security key's touch for verify-required:
+    // only source-address leaves a login the controller can use.
+    if let Some(option) = cert
+        .critical_options()
+        .keys()
+        .find(|o| o.as_str() != "source-address")
+    {
+        return Err(UserCertificateProblem::Invalid(format!(
+            "the certificate ({what}) carries the critical option {:?}; the controller runs its \
+             own commands and uses no security key, so it can log in only with a certificate \
+             whose sole critical option, if any, is source-address",
+            printable(option, 64)
         )));
     }
     // Expired by the controller's clock is expired: the host would refuse it as likely as not,
@@ -537,6 +559,26 @@ mod tests {
         refused(&user, &trust1, "user certificate");
         let nobody = sign(&ca1, &host, &["-h"]);
         refused(&nobody, &trust1, "names no principals");
+        // An RSA CA signing with ssh-rsa (SHA-1), which OpenSSH's ssh refuses by default.
+        let rsa_ca = dir.path().join("rsa-ca");
+        let out = std::process::Command::new("ssh-keygen")
+            .args(["-q", "-t", "rsa", "-b", "2048", "-N", "", "-f"])
+            .arg(&rsa_ca)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        let sha1 = sign(
+            &rsa_ca,
+            &host,
+            &["-h", "-n", "db.example.com", "-t", "ssh-rsa"],
+        );
+        refused(&sha1, &[ca(&rsa_ca, None)], "ssh-rsa (SHA-1)");
+        let sha512 = sign(
+            &rsa_ca,
+            &host,
+            &["-h", "-n", "db.example.com", "-t", "rsa-sha2-512"],
+        );
+        assert!(judge(&sha512, &[ca(&rsa_ca, None)]).is_ok());
         // Within the clock allowance either side, it is valid.
         let just_expired = sign(
             &ca1,
@@ -566,6 +608,21 @@ mod tests {
             read_user_certificate(line(&expired).as_bytes(), &key, now),
             Err(UserCertificateProblem::Expired { .. })
         ));
+        let forced = sign(
+            &ca1,
+            &user,
+            &["-n", "robot", "-O", "force-command=/bin/true"],
+        );
+        assert!(matches!(
+            read_user_certificate(line(&forced).as_bytes(), &key, now),
+            Err(UserCertificateProblem::Invalid(m)) if m.contains("force-command")
+        ));
+        let limited = sign(
+            &ca1,
+            &user,
+            &["-n", "robot", "-O", "source-address=10.0.0.0/8"],
+        );
+        assert!(read_user_certificate(line(&limited).as_bytes(), &key, now).is_ok());
         let host = sign(&ca1, &user, &["-h", "-n", "robot"]);
         assert!(matches!(
             read_user_certificate(line(&host).as_bytes(), &key, now),
