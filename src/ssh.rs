@@ -1,7 +1,9 @@
 //! Running one script on a host over SSH (russh): connect within a timeout, verify the host key
-//! per the object's policy before anything is sent, authenticate with the private key, feed the
-//! script to `/bin/sh -s` on standard input, and collect its exit status and the tail of its
-//! output within a second timeout.
+//! per the object's policy before anything is sent (under CertificateAuthority, the host is asked
+//! for a host certificate, judged by [`crate::sshcert`]), authenticate with the private key (with
+//! its user certificate, when the key's Secret carries one), feed the script to `/bin/sh -s` on
+//! standard input, and collect its exit status and the tail of its output within a second
+//! timeout.
 //!
 //! A host behind jump hosts (OpenSSH's ProxyJump) is reached through them: the controller logs in
 //! to the first, opens a `direct-tcpip` channel through it to the next and runs the SSH protocol
