@@ -19,7 +19,7 @@ from pathlib import Path
 # Bottom first. A module may import its own layer (without cycles) and those below.
 LAYERS = [
     ("base", ["failpoint", "resource", "conditions", "backoff", "cache", "metrics",
-              "telemetry", "http", "aws", "sshkey", "ssh", "slots", "watches", "leader",
+              "telemetry", "http", "aws", "sshkey", "sshcert", "ssh", "slots", "watches", "leader",
               "tenancy"]),
     ("context", ["context"]),
     ("shared machinery", ["conflict", "steps"]),

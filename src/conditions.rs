@@ -74,6 +74,20 @@ pub mod reasons {
     /// Decoding the private key did not finish within its time limit; it goes on in the
     /// background and the next look uses its result.
     pub const PRIVATE_KEY_DECODE_TIMEOUT: &str = "PrivateKeyDecodeTimeout";
+    /// The user certificate beside the private key (the Secret's `ssh-certificate`, or the key
+    /// its privateKeySecretRef.certificateKey names) is not an OpenSSH user certificate for that
+    /// key; the message says why.
+    pub const INVALID_CERTIFICATE: &str = "InvalidCertificate";
+    /// The user certificate beside the private key has expired (the message gives the time);
+    /// nothing was connected to. An updated Secret is used at once.
+    pub const CERTIFICATE_EXPIRED: &str = "CertificateExpired";
+    /// The user certificate beside the private key is not valid yet (the message gives the
+    /// time); retried with backoff.
+    pub const CERTIFICATE_NOT_YET_VALID: &str = "CertificateNotYetValid";
+    /// The user certificate is valid but expires within ssh.commandTimeoutSeconds (the message
+    /// gives the time): the session goes ahead (a session outlives its login certificate), but a
+    /// session started after that time would be refused unless the Secret is renewed.
+    pub const CERTIFICATE_EXPIRING: &str = "CertificateExpiring";
 
     // The stack and the target.
     /// DescribeStacks does not know the stack.
@@ -122,6 +136,11 @@ pub mod reasons {
     pub const HOST_UNREACHABLE: &str = "HostUnreachable";
     /// The host key is not the pinned one or not the one recorded on first use; nothing was run.
     pub const HOST_KEY_MISMATCH: &str = "HostKeyMismatch";
+    /// hostKeyPolicy CertificateAuthority: the host's certificate is not valid for it (signed by
+    /// a CA not listed, expired, not yet valid, not naming the address connected to, a user
+    /// certificate, an unknown critical option); the message says which. Nothing was sent past
+    /// the key exchange; retried with backoff (a certificate is renewed on the host).
+    pub const HOST_CERTIFICATE_INVALID: &str = "HostCertificateInvalid";
     /// The host (or a jump host, which the message names) refused the private key for its user.
     pub const SSH_AUTH_FAILED: &str = "SshAuthFailed";
     /// A jump host (the message names it) refused to forward a connection to the next hop: its

@@ -40,6 +40,7 @@ mod pipeline;
 mod services;
 mod slots;
 mod ssh;
+mod sshcert;
 mod sshkey;
 mod ssm;
 mod steps;

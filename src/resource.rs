@@ -24,6 +24,12 @@ const HOST_ADDRESS_PATTERN: &str = "^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?
 const IPV4_PATTERN: &str = "^((25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])\\.){3}(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])$";
 /// One known_hosts entry: `[host-patterns] key-type base64-key [comment]`.
 const KNOWN_HOST_PATTERN: &str = "^([^\\s]+ )?(ssh-ed25519|ssh-rsa|rsa-sha2-256|rsa-sha2-512|ecdsa-sha2-nistp256|ecdsa-sha2-nistp384|ecdsa-sha2-nistp521) [A-Za-z0-9+/]+=*( [^\\x00-\\x1F\\x7F]*)?$";
+/// One trusted host CA: `@cert-authority <host-patterns> key-type base64-key [comment]` (the
+/// known_hosts form) or `key-type base64-key [comment]`. No other marker (`@revoked`) and no
+/// authorized_keys-style options.
+const CA_LINE_PATTERN: &str = "^(@cert-authority [^\\s]+ )?(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp256|ecdsa-sha2-nistp384|ecdsa-sha2-nistp521) [A-Za-z0-9+/]+=*( [^\\x00-\\x1F\\x7F]*)?$";
+/// The most host CAs one hop trusts.
+pub const MAX_HOST_CAS: usize = 8;
 /// The most jump hosts one connection goes through.
 pub const MAX_JUMP_HOSTS: usize = 4;
 const UUID_PATTERN: &str = "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$";
@@ -340,11 +346,18 @@ pub enum HostKeyPolicy {
     TrustOnFirstUse,
     /// Accept any host key. Only for hosts whose identity is assured some other way.
     AcceptAny,
+    /// Accept only a host certificate signed by one of hostCertificateAuthorities, valid now
+    /// (60 s allowed for clock differences), naming the address the controller connects to
+    /// among its principals, and with no critical options; a plain key is refused. Nothing is
+    /// recorded on first use: the CA vouches for the host.
+    CertificateAuthority,
 }
 
 /// SSH access to the host.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[x_kube(validation = kube::core::Rule::new("self.hostKeyPolicy != 'Pinned' || (has(self.hostKeys) && size(self.hostKeys) > 0)").message("hostKeyPolicy Pinned requires at least one entry in hostKeys").field_path(".hostKeys").reason(kube::core::Reason::FieldValueRequired))]
+#[x_kube(validation = kube::core::Rule::new("self.hostKeyPolicy != 'CertificateAuthority' || (has(self.hostCertificateAuthorities) && size(self.hostCertificateAuthorities) > 0)").message("hostKeyPolicy CertificateAuthority requires at least one entry in hostCertificateAuthorities").field_path(".hostCertificateAuthorities").reason(kube::core::Reason::FieldValueRequired))]
+#[x_kube(validation = kube::core::Rule::new("self.hostKeyPolicy == 'CertificateAuthority' || !has(self.hostCertificateAuthorities) || size(self.hostCertificateAuthorities) == 0").message("hostCertificateAuthorities is used only with hostKeyPolicy CertificateAuthority").field_path(".hostCertificateAuthorities").reason(kube::core::Reason::FieldValueForbidden))]
 #[serde(rename_all = "camelCase")]
 pub struct SshSpec {
     /// User to log in as; it must be able to run sudo without a password.
@@ -383,9 +396,24 @@ pub struct SshSpec {
     )]
     pub host_keys: Vec<String>,
 
-    /// How the host key is verified: Pinned, TrustOnFirstUse (default) or AcceptAny.
+    /// How the host key is verified: Pinned, TrustOnFirstUse (default), AcceptAny, or
+    /// CertificateAuthority (a host certificate signed by one of hostCertificateAuthorities).
     #[serde(default)]
     pub host_key_policy: HostKeyPolicy,
+
+    /// The SSH certificate authorities whose host certificates are trusted
+    /// (hostKeyPolicy CertificateAuthority), one per entry: a known_hosts line
+    /// `@cert-authority <host-patterns> key-type base64-key [comment]` (the CA is trusted only
+    /// for hosts matching the patterns, as `[address]:port` off port 22) or the CA's public key
+    /// `key-type base64-key [comment]` (trusted for any host). The certificate must name the
+    /// address the controller connects to (ssh.address, else the resolved target) among its
+    /// principals.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(
+        length(max = MAX_HOST_CAS),
+        inner(length(max = 8192), regex(pattern = CA_LINE_PATTERN))
+    )]
+    pub host_certificate_authorities: Vec<String>,
 
     /// Jump hosts (bastions) to reach the host through, in order, as OpenSSH's ProxyJump: the
     /// controller logs in to the first, opens a forwarded TCP channel (direct-tcpip) through it to
@@ -412,6 +440,8 @@ pub struct SshSpec {
 /// One SSH jump host on the way to the host.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[x_kube(validation = kube::core::Rule::new("self.hostKeyPolicy != 'Pinned' || (has(self.hostKeys) && size(self.hostKeys) > 0)").message("hostKeyPolicy Pinned requires at least one entry in hostKeys").field_path(".hostKeys").reason(kube::core::Reason::FieldValueRequired))]
+#[x_kube(validation = kube::core::Rule::new("self.hostKeyPolicy != 'CertificateAuthority' || (has(self.hostCertificateAuthorities) && size(self.hostCertificateAuthorities) > 0)").message("hostKeyPolicy CertificateAuthority requires at least one entry in hostCertificateAuthorities").field_path(".hostCertificateAuthorities").reason(kube::core::Reason::FieldValueRequired))]
+#[x_kube(validation = kube::core::Rule::new("self.hostKeyPolicy == 'CertificateAuthority' || !has(self.hostCertificateAuthorities) || size(self.hostCertificateAuthorities) == 0").message("hostCertificateAuthorities is used only with hostKeyPolicy CertificateAuthority").field_path(".hostCertificateAuthorities").reason(kube::core::Reason::FieldValueForbidden))]
 #[serde(rename_all = "camelCase")]
 pub struct JumpHost {
     /// DNS name or IPv4 address of the jump host, as the controller (first jump host) or the
@@ -446,9 +476,21 @@ pub struct JumpHost {
     pub host_keys: Vec<String>,
 
     /// How the jump host's key is verified: Pinned, TrustOnFirstUse (default; the fingerprint is
-    /// recorded in status.jumpHostKeyFingerprints) or AcceptAny.
+    /// recorded in status.jumpHostKeyFingerprints), AcceptAny, or CertificateAuthority (a host
+    /// certificate signed by one of hostCertificateAuthorities, naming this jump host's
+    /// address).
     #[serde(default)]
     pub host_key_policy: HostKeyPolicy,
+
+    /// The SSH certificate authorities whose host certificates are trusted for this jump host
+    /// (hostKeyPolicy CertificateAuthority), in the form of ssh.hostCertificateAuthorities. The
+    /// certificate must name the jump host's address among its principals.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(
+        length(max = MAX_HOST_CAS),
+        inner(length(max = 8192), regex(pattern = CA_LINE_PATTERN))
+    )]
+    pub host_certificate_authorities: Vec<String>,
 }
 
 impl SshSpec {
@@ -480,6 +522,13 @@ pub struct SecretKeyRef {
     #[serde(default = "default_private_key_key")]
     #[schemars(length(min = 1, max = 253), regex(pattern = "^[-._a-zA-Z0-9]+$"))]
     pub key: String,
+    /// Key within the Secret that holds an OpenSSH user certificate for the private key (the
+    /// `<key>-cert.pub` line `ssh-keygen -s` writes). When set, the Secret must have it; when
+    /// not set, `ssh-certificate` is used if the Secret has it. With a certificate, the
+    /// controller logs in with it instead of the bare key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253), regex(pattern = "^[-._a-zA-Z0-9]+$"))]
+    pub certificate_key: Option<String>,
 }
 
 fn default_port() -> u16 {
@@ -538,6 +587,11 @@ pub struct InstanceRegistrationStatus {
     /// is refused with HostKeyMismatch until this is cleared or the key is pinned.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host_key_fingerprint: Option<String>,
+    /// The host certificate the host presented, trusted by its CA (hostKeyPolicy
+    /// CertificateAuthority); hostKeyFingerprint is then the certificate's key. Updated at each
+    /// session.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_certificate: Option<HostCertificate>,
     /// SHA256 fingerprints of the jump hosts' keys accepted on first use (TrustOnFirstUse), by
     /// `address:port`; any other key from that jump host is refused with HostKeyMismatch until
     /// its entry is removed or the key is pinned.
@@ -656,6 +710,26 @@ pub struct RecordedHostKey {
     /// Its key's SHA256 fingerprint (`SHA256:...`).
     #[schemars(length(max = 100))]
     pub fingerprint: String,
+    /// Its host certificate, when trusted by its CA (hostKeyPolicy CertificateAuthority).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate: Option<HostCertificate>,
+}
+
+/// A host certificate the controller trusted by its CA (public information).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HostCertificate {
+    /// The certificate's key ID (`ssh-keygen -s ... -I`), at most 128 characters as shown.
+    #[schemars(length(max = 400))]
+    pub key_id: String,
+    /// The certificate's serial number (`ssh-keygen -s ... -z`).
+    pub serial: u64,
+    /// SHA256 fingerprint of the CA key that signed it.
+    #[schemars(length(max = 100))]
+    pub certificate_authority: String,
+    /// When it expires (absent: valid forever).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub valid_before: Option<Time>,
 }
 
 /// The registration's phase, derived from its conditions.

@@ -1,7 +1,9 @@
 //! Running one script on a host over SSH (russh): connect within a timeout, verify the host key
-//! per the object's policy before anything is sent, authenticate with the private key, feed the
-//! script to `/bin/sh -s` on standard input, and collect its exit status and the tail of its
-//! output within a second timeout.
+//! per the object's policy before anything is sent (under CertificateAuthority, the host is asked
+//! for a host certificate, judged by [`crate::sshcert`]), authenticate with the private key (with
+//! its user certificate, when the key's Secret carries one), feed the script to `/bin/sh -s` on
+//! standard input, and collect its exit status and the tail of its output within a second
+//! timeout.
 //!
 //! A host behind jump hosts (OpenSSH's ProxyJump) is reached through them: the controller logs in
 //! to the first, opens a `direct-tcpip` channel through it to the next and runs the SSH protocol
@@ -33,10 +35,14 @@ use std::time::Duration;
 use futures::task::AtomicWaker;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use russh::keys::{HashAlg, PrivateKey, PrivateKeyWithHashAlg, PublicKey, PublicKeyOrCertificate};
-use russh::{ChannelMsg, ChannelOpenFailure, Pty, client};
+use russh::keys::{
+    Algorithm, Certificate, EcdsaCurve, HashAlg, PrivateKey, PrivateKeyWithHashAlg, PublicKey,
+    PublicKeyOrCertificate,
+};
+use russh::{ChannelMsg, ChannelOpenFailure, Preferred, Pty, client};
 
 use crate::resource::HostKeyPolicy;
+use crate::sshcert::{self, CertificateSummary, HostCa};
 
 /// How much of the script's output is kept (the end of it).
 const OUTPUT_KEEP: usize = 64 * 1024;
@@ -53,6 +59,8 @@ pub(crate) struct Target {
     pub port: u16,
     /// User to log in as.
     pub username: String,
+    /// The user certificate to log in with (beside the private key), if any.
+    pub certificate: Option<Certificate>,
     /// Jump hosts to go through, in order (ProxyJump); empty to connect directly.
     pub jump_hosts: Vec<Hop>,
     /// Time allowed to connect, agree on keys and authenticate, through every jump host.
@@ -74,6 +82,9 @@ pub(crate) struct Hop {
     pub username: String,
     /// The private key to log in with.
     pub key: Arc<PrivateKey>,
+    /// The user certificate for that key, if the key's Secret carries one: the login then
+    /// presents it (publickey with an OpenSSH certificate) instead of the bare key.
+    pub certificate: Option<Certificate>,
     /// Which host keys are trusted.
     pub rule: HostKeyRule,
 }
@@ -85,6 +96,10 @@ impl std::fmt::Debug for Hop {
             .field("host", &self.host)
             .field("port", &self.port)
             .field("username", &self.username)
+            .field(
+                "certificate",
+                &self.certificate.as_ref().map(|c| (c.key_id(), c.serial())),
+            )
             .field("rule", &self.rule)
             .finish_non_exhaustive()
     }
@@ -147,6 +162,8 @@ pub(crate) struct HostKeyRule {
     pub recorded: Option<String>,
     /// Where the record is kept, for the message that refuses another key.
     pub recorded_in: &'static str,
+    /// The CAs whose host certificates are trusted (CertificateAuthority).
+    pub authorities: Vec<HostCa>,
 }
 
 /// What was decided about a presented host key.
@@ -156,6 +173,9 @@ pub(crate) enum Verdict {
     Accept,
     /// Not trusted; the message says why (it holds only public information).
     Refuse(String),
+    /// A host certificate that is not valid for this host under the trusted CAs; the message
+    /// says which check it failed.
+    RefuseCertificate(String),
 }
 
 impl HostKeyRule {
@@ -165,6 +185,13 @@ impl HostKeyRule {
         let pinned = self.pinned.iter().any(|p| p.key_data() == key.key_data());
         match self.policy {
             HostKeyPolicy::AcceptAny => Verdict::Accept,
+            // A plain key proves nothing under a CA: only a certificate names the host.
+            HostKeyPolicy::CertificateAuthority => Verdict::Refuse(format!(
+                "the host presented a plain {} key {fingerprint}, not a host certificate; \
+                 hostKeyPolicy CertificateAuthority accepts only a host certificate signed by one \
+                 of hostCertificateAuthorities",
+                key.algorithm()
+            )),
             HostKeyPolicy::Pinned if pinned => Verdict::Accept,
             HostKeyPolicy::Pinned => Verdict::Refuse(format!(
                 "the host presented {} key {fingerprint}, which is not among its hostKeys",
@@ -186,7 +213,60 @@ impl HostKeyRule {
             },
         }
     }
+
+    /// Decides whether `cert`, presented by `host` on `port` (as the controller named it when
+    /// connecting), is the host's certificate under this rule.
+    pub(crate) fn judge_certificate(
+        &self,
+        cert: &Certificate,
+        host: &str,
+        port: u16,
+    ) -> (Verdict, Option<CertificateSummary>) {
+        if self.policy != HostKeyPolicy::CertificateAuthority {
+            // Certificates are asked for only under CertificateAuthority.
+            return (
+                Verdict::Refuse(
+                    "the host presented a certificate, which only hostKeyPolicy \
+                     CertificateAuthority trusts"
+                        .into(),
+                ),
+                None,
+            );
+        }
+        match sshcert::judge_host_certificate(
+            cert,
+            &self.authorities,
+            host,
+            port,
+            std::time::SystemTime::now(),
+        ) {
+            Ok(summary) => (Verdict::Accept, Some(summary)),
+            Err(why) => (Verdict::RefuseCertificate(why), None),
+        }
+    }
 }
+
+/// The key algorithms whose certificate forms (`*-cert-v01@openssh.com`) the controller asks a
+/// host for under CertificateAuthority: OpenSSH's sshd presents its HostCertificate only to a
+/// client that lists its algorithm.
+const CERTIFICATE_ALGORITHMS: &[Algorithm] = &[
+    Algorithm::Ed25519,
+    Algorithm::Ecdsa {
+        curve: EcdsaCurve::NistP256,
+    },
+    Algorithm::Ecdsa {
+        curve: EcdsaCurve::NistP384,
+    },
+    Algorithm::Ecdsa {
+        curve: EcdsaCurve::NistP521,
+    },
+    Algorithm::Rsa {
+        hash: Some(HashAlg::Sha512),
+    },
+    Algorithm::Rsa {
+        hash: Some(HashAlg::Sha256),
+    },
+];
 
 /// The SHA256 fingerprint of `key`, in OpenSSH form (`SHA256:...`).
 pub(crate) fn fingerprint(key: &PublicKey) -> String {
@@ -217,6 +297,10 @@ pub(crate) enum SshError {
     /// The host key is not trusted; nothing was sent to the host.
     #[error("{0}")]
     HostKeyMismatch(String),
+    /// The host's certificate is not valid for it under the trusted CAs; nothing was sent to
+    /// the host.
+    #[error("{0}")]
+    HostCertificateInvalid(String),
     /// The host refused the private key for the user.
     #[error("the host refused public key authentication for user {0:?}")]
     AuthFailed(String),
@@ -251,18 +335,26 @@ pub(crate) struct Run {
     pub host_key_fingerprint: String,
     /// The jump hosts' key fingerprints (trusted), in order.
     pub jump_host_key_fingerprints: Vec<String>,
+    /// The host's certificate, when it was trusted by its CA.
+    pub host_certificate: Option<CertificateSummary>,
+    /// The jump hosts' certificates, when trusted by their CA, in order.
+    pub jump_host_certificates: Vec<Option<CertificateSummary>>,
     /// Exit status; `None` when the session closed without one (killed by a signal).
     pub exit_status: Option<u32>,
     /// The end of standard output and standard error, in arrival order.
     pub output: Vec<u8>,
 }
 
-/// What one hop's host key check saw: the fingerprint and the verdict.
-type Seen = Arc<Mutex<Option<(String, Verdict)>>>;
+/// What one hop's host key check saw: the fingerprint, the verdict, and the certificate
+/// accepted if any.
+type Seen = Arc<Mutex<Option<(String, Verdict, Option<CertificateSummary>)>>>;
 
 /// Host key check and what was seen, shared with the connection's handler.
 struct Checker {
     rule: HostKeyRule,
+    /// The name and port the controller connected to (a certificate must name the host).
+    host: String,
+    port: u16,
     seen: Seen,
 }
 
@@ -273,24 +365,18 @@ impl client::Handler for Checker {
         &mut self,
         presented: &PublicKeyOrCertificate,
     ) -> Result<bool, Self::Error> {
-        let (fp, verdict) = match presented {
+        let (fp, verdict, summary) = match presented {
             PublicKeyOrCertificate::PublicKey { key, .. } => {
-                (fingerprint(key), self.rule.judge(key))
+                (fingerprint(key), self.rule.judge(key), None)
             }
-            // Host certificates would need a trusted CA, which the resource cannot name.
             PublicKeyOrCertificate::Certificate(cert) => {
                 let key = PublicKey::from(cert.public_key().clone());
-                (
-                    fingerprint(&key),
-                    Verdict::Refuse(
-                        "the host presented a certificate; only plain host keys are supported"
-                            .into(),
-                    ),
-                )
+                let (verdict, summary) = self.rule.judge_certificate(cert, &self.host, self.port);
+                (fingerprint(&key), verdict, summary)
             }
         };
         let accepted = verdict == Verdict::Accept;
-        *self.seen.lock().expect("host key record") = Some((fp, verdict));
+        *self.seen.lock().expect("host key record") = Some((fp, verdict, summary));
         Ok(accepted)
     }
 }
@@ -310,19 +396,35 @@ pub(crate) async fn run_script(
     // Every connection of this run ends with it, whichever way it ends (a future dropped too).
     let cut = Cut::default();
     let _cut_when_done = CutOnDrop(cut.clone());
-    let config = Arc::new(client::Config {
-        inactivity_timeout: Some(target.command_timeout + Duration::from_secs(30)),
-        keepalive_interval: Some(Duration::from_secs(15)),
-        keepalive_max: 4,
-        nodelay: true,
-        ..Default::default()
-    });
+    let config = |certificates: bool| {
+        let mut preferred = Preferred::default();
+        if certificates {
+            preferred.host_key_certificates = std::borrow::Cow::Borrowed(CERTIFICATE_ALGORITHMS);
+        }
+        Arc::new(client::Config {
+            inactivity_timeout: Some(target.command_timeout + Duration::from_secs(30)),
+            keepalive_interval: Some(Duration::from_secs(15)),
+            keepalive_max: 4,
+            nodelay: true,
+            preferred,
+            ..Default::default()
+        })
+    };
+    // A hop trusted by its CA is asked for a host certificate (listed ahead of the plain key
+    // algorithms, as OpenSSH's ssh does for a host with an @cert-authority line); other hops
+    // are not, so they keep presenting the plain key they are pinned or recorded by.
+    let (plain, certificates) = (config(false), config(true));
+    let config_for = |hop: &Hop| match hop.rule.policy {
+        HostKeyPolicy::CertificateAuthority => certificates.clone(),
+        _ => plain.clone(),
+    };
     let mut hops = target.jump_hosts.clone();
     hops.push(Hop {
         host: target.host.clone(),
         port: target.port,
         username: target.username.clone(),
         key,
+        certificate: target.certificate.clone(),
         rule,
     });
     let seen: Vec<Seen> = hops.iter().map(|_| Arc::default()).collect();
@@ -338,8 +440,11 @@ pub(crate) async fn run_script(
             reached.store(index, std::sync::atomic::Ordering::Relaxed);
             let checker = || Checker {
                 rule: hop.rule.clone(),
+                host: hop.host.clone(),
+                port: hop.port,
                 seen: seen[index].clone(),
             };
+            let config = config_for(hop);
             let session = match sessions.last() {
                 None => connect_tcp(&config, hop, checker, &cut)
                     .await
@@ -375,11 +480,20 @@ pub(crate) async fn run_script(
         seen.lock()
             .expect("host key record")
             .as_ref()
-            .map(|(fp, _)| fp.clone())
+            .map(|(fp, _, _)| fp.clone())
             .unwrap_or_default()
+    };
+    let certificate_of = |seen: &Seen| {
+        seen.lock()
+            .expect("host key record")
+            .as_ref()
+            .and_then(|(_, _, summary)| summary.clone())
     };
     let mut fingerprints: Vec<String> = seen.iter().map(fingerprint_of).collect();
     let host_key_fingerprint = fingerprints.pop().unwrap_or_default();
+    let mut certificates: Vec<Option<CertificateSummary>> =
+        seen.iter().map(certificate_of).collect();
+    let host_certificate = certificates.pop().flatten();
     let session = sessions
         .last()
         .expect("one session per hop, at least one hop");
@@ -405,6 +519,8 @@ pub(crate) async fn run_script(
     Ok(Run {
         host_key_fingerprint,
         jump_host_key_fingerprints: fingerprints,
+        host_certificate,
+        jump_host_certificates: certificates,
         exit_status,
         output,
     })
@@ -606,13 +722,19 @@ where
             .flatten(),
         false => None,
     };
-    let auth = session
-        .authenticate_publickey(
-            hop.username.clone(),
-            PrivateKeyWithHashAlg::new(hop.key.clone(), hash),
-        )
-        .await
-        .map_err(|e| session_error(e, &seen))?;
+    let auth = match &hop.certificate {
+        Some(cert) => session
+            .authenticate_openssh_cert(hop.username.clone(), hop.key.clone(), cert.clone())
+            .await
+            .map_err(|e| session_error(e, &seen))?,
+        None => session
+            .authenticate_publickey(
+                hop.username.clone(),
+                PrivateKeyWithHashAlg::new(hop.key.clone(), hash),
+            )
+            .await
+            .map_err(|e| session_error(e, &seen))?,
+    };
     if !auth.success() {
         return Err(SshError::AuthFailed(hop.username.clone()));
     }
@@ -702,9 +824,16 @@ async fn run_channel(
 }
 
 /// Classifies a failure while setting up the session, using what the host key check saw.
-fn session_error(error: russh::Error, seen: &Mutex<Option<(String, Verdict)>>) -> SshError {
-    if let Some((_, Verdict::Refuse(why))) = seen.lock().expect("host key record").as_ref() {
-        return SshError::HostKeyMismatch(why.clone());
+fn session_error(
+    error: russh::Error,
+    seen: &Mutex<Option<(String, Verdict, Option<CertificateSummary>)>>,
+) -> SshError {
+    match seen.lock().expect("host key record").as_ref() {
+        Some((_, Verdict::Refuse(why), _)) => return SshError::HostKeyMismatch(why.clone()),
+        Some((_, Verdict::RefuseCertificate(why), _)) => {
+            return SshError::HostCertificateInvalid(why.clone());
+        }
+        _ => {}
     }
     match error {
         russh::Error::UnknownKey => {
@@ -756,6 +885,7 @@ mod tests {
             pinned: vec![good.clone()],
             recorded: None,
             recorded_in: "status.hostKeyFingerprint",
+            authorities: vec![],
         };
         assert_eq!(rule.judge(&good), Verdict::Accept);
         assert!(matches!(rule.judge(&bad), Verdict::Refuse(m) if m.contains(&fingerprint(&bad))));
@@ -769,6 +899,7 @@ mod tests {
             pinned: vec![],
             recorded: None,
             recorded_in: "status.hostKeyFingerprint",
+            authorities: vec![],
         };
         assert_eq!(rule.judge(&first), Verdict::Accept);
         rule.recorded = Some(fingerprint(&first));
@@ -786,6 +917,7 @@ mod tests {
             pinned: vec![],
             recorded: Some("SHA256:other".into()),
             recorded_in: "status.hostKeyFingerprint",
+            authorities: vec![],
         };
         assert_eq!(rule.judge(&key()), Verdict::Accept);
     }
@@ -796,17 +928,20 @@ mod tests {
             port: 22,
             username: "j".into(),
             key: Arc::new(PrivateKey::random(&mut rand::rng(), Algorithm::Ed25519).unwrap()),
+            certificate: None,
             rule: HostKeyRule {
                 policy: HostKeyPolicy::AcceptAny,
                 pinned: vec![],
                 recorded: None,
                 recorded_in: "status.jumpHostKeyFingerprints",
+                authorities: vec![],
             },
         };
         Target {
             host: "10.0.0.5".into(),
             port: 2222,
             username: "admin".into(),
+            certificate: None,
             jump_hosts: (1..=jumps).map(hop).collect(),
             connect_timeout: Duration::from_secs(1),
             command_timeout: Duration::from_secs(1),

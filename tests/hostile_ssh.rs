@@ -772,3 +772,153 @@ async fn at_trace_level_the_ssh_library_logs_no_trace_lines_nor_the_install_secr
         );
     }
 }
+
+// ------------------------------------------------------------------------------------------
+// Hostile certificates: what a host presents and what a Secret carries are parsed with bounds
+// and reported, never trusted to be small or well formed.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_certificates_are_refused_or_reported_and_the_controller_stays_up() {
+    let cp = ControlPlane::shared();
+    let client = cp.client().await;
+    let t = Tenant::new(&client, "hostile-cert").await;
+    let mut controller = ControllerProcess::start(cp, aws(), &t.ns, &[]);
+    let ca = support::SshCa::new();
+
+    // A host certificate with 256 long principals (the most ssh-keygen writes), none of them
+    // the host.
+    let mut crowded = SshHost::start(&format!("{}-crowded", t.ns));
+    crowded.authorize(&t.public_key);
+    let principals: Vec<String> = (0..256)
+        .map(|i| format!("host-{i}-{}.example.com", "x".repeat(220)))
+        .collect();
+    let cert = ca.sign_host(&crowded, "crowded", &["-n", &principals.join(",")]);
+    assert!(cert.len() > 60_000, "{}", cert.len());
+    crowded.set_host_certificate(Some(&cert));
+    let trust = format!(
+        "    hostKeyPolicy: CertificateAuthority\n    hostCertificateAuthorities: [{:?}]\n",
+        ca.public_line()
+    );
+    apply(
+        cp,
+        &t.object(
+            "crowded",
+            &crowded.address().to_string(),
+            &crowded.address().to_string(),
+            crowded.port(),
+            &trust,
+        ),
+    );
+
+    // User certificates in Secrets: truncated, with a 20 KiB extension, and a public key
+    // instead of a certificate. Each beside a valid private key.
+    let (private, public) = support::ssh_keypair("ed25519", "");
+    let good = ca.sign_user(&public, "robot", &["-n", "opsworks-test"]);
+    let huge_extension = ca.sign_user(
+        &public,
+        "robot-huge",
+        &[
+            "-n",
+            "opsworks-test",
+            "-O",
+            &format!("extension:big@example.com={}", "x".repeat(20 * 1024)),
+        ],
+    );
+    let cases = [
+        ("truncated", good[..good.len() / 2].to_owned()),
+        ("huge-extension", huge_extension),
+        ("not-a-cert", public.clone()),
+    ];
+    let quiet = SshHost::start(&format!("{}-quiet", t.ns));
+    for (name, cert) in &cases {
+        support::secret(
+            &client,
+            &t.ns,
+            name,
+            "kubernetes.io/ssh-auth",
+            &[
+                ("ssh-privatekey", private.as_bytes()),
+                ("ssh-certificate", cert.as_bytes()),
+            ],
+        )
+        .await;
+        let manifest = on_premises(
+            &t.ns,
+            name,
+            &t.stack,
+            &format!("10.74.0.{}", name.len()),
+            name,
+            name,
+            "",
+        ) + &format!(
+            "    address: \"{}\"\n    port: {}\n",
+            quiet.address(),
+            quiet.port()
+        );
+        apply(cp, &manifest);
+    }
+
+    let obj = eventually(
+        Duration::from_secs(60),
+        "the crowded certificate refused",
+        || async {
+            let obj = t.api.get("crowded").await.ok()?;
+            let (_, reason, _) = condition(&obj, types::HOST_REACHABLE)?;
+            (reason == reasons::HOST_CERTIFICATE_INVALID).then_some(obj)
+        },
+    )
+    .await;
+    let said = condition_message(&obj, types::HOST_REACHABLE);
+    assert!(said.contains("and 251 more"), "{said}");
+    assert!(said.len() < 2000, "{} bytes: {said}", said.len());
+    assert_eq!(crowded.sessions(), 0, "{}", crowded.log());
+    for (name, _) in &cases {
+        let obj = eventually(
+            Duration::from_secs(60),
+            "the certificate reported",
+            || async {
+                let obj = t.api.get(name).await.ok()?;
+                let (_, reason, _) = condition(&obj, types::SSH_KEY_READY)?;
+                (reason == reasons::INVALID_CERTIFICATE).then_some(obj)
+            },
+        )
+        .await;
+        let said = condition_message(&obj, types::SSH_KEY_READY);
+        assert!(said.contains("ssh-certificate"), "{name}: {said}");
+        for line in support::key_material_lines(&private) {
+            assert!(
+                !said.contains(&line),
+                "{name}: the message holds the private key"
+            );
+        }
+    }
+    assert_eq!(quiet.sessions(), 0, "{}", quiet.log());
+
+    // A CA line with authorized_keys-style options, or another marker, never reaches the
+    // controller: the API server refuses it.
+    for line in [
+        format!("cert-authority,principals=\"x\" {}", ca.public_line()),
+        format!("@revoked * {}", ca.public_line()),
+        format!("@cert-authority * {}\nssh-ed25519 AAAA", ca.public_line()),
+    ] {
+        let out = cp.kubectl_stdin(
+            &["apply", "-f", "-"],
+            &t.object(
+                "options",
+                "10.74.1.1",
+                "127.0.0.1",
+                22,
+                &format!(
+                    "    hostKeyPolicy: CertificateAuthority\n    hostCertificateAuthorities: [{line:?}]\n"
+                ),
+            ),
+        );
+        assert!(!out.status.success(), "accepted: {line}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("spec.ssh.hostCertificateAuthorities[0]"),
+            "{stderr}"
+        );
+    }
+    assert!(controller.running(), "the controller exited");
+}

@@ -2117,3 +2117,384 @@ async fn an_agent_opsworks_lost_touch_with_is_restarted_over_ssh_once() {
     assert_eq!(host.sessions(), sessions + 1);
     assert_eq!(registrations(w.aws, &w.stack, "db").len(), 1);
 }
+
+// ------------------------------------------------------------------------------------------
+// SSH certificates (issue 25): hosts trusted by the CA that signed their host certificate, and
+// logins with a user certificate. Certificates are made here with `ssh-keygen -s`.
+
+/// `ssh` lines trusting host certificates of `cas` (known_hosts or plain public-key lines).
+fn trusting(cas: &[String]) -> String {
+    let quoted: Vec<String> = cas.iter().map(|c| format!("{c:?}")).collect();
+    format!(
+        "    hostKeyPolicy: CertificateAuthority\n    hostCertificateAuthorities: [{}]\n",
+        quoted.join(", ")
+    )
+}
+
+#[tokio::test]
+async fn a_host_with_a_certificate_from_a_trusted_ca_is_ready_with_the_certificate_on_status() {
+    let w = World::new("cert-ok", &[]).await;
+    let ca = support::SshCa::new();
+    let mut host = w.host("certified");
+    let address = host.address().to_string();
+    let cert = ca.sign_host(&host, "db-host-2026", &["-n", &address, "-z", "4242"]);
+    host.set_host_certificate(Some(&cert));
+    // The known_hosts form, its pattern naming the host as OpenSSH's ssh names it.
+    let line = format!(
+        "@cert-authority [{address}]:{},*.example.com {}",
+        host.port(),
+        ca.public_line()
+    );
+    let manifest = on_premises_at(&w.ns, "db", &w.stack, &host, "db", "key") + &trusting(&[line]);
+    apply_and_wait_ready(&w, &manifest, "db");
+
+    let status = w.get("db").await.status.unwrap();
+    let recorded = status
+        .host_certificate
+        .clone()
+        .expect("status.hostCertificate");
+    assert_eq!(recorded.key_id, "db-host-2026");
+    assert_eq!(recorded.serial, 4242);
+    assert_eq!(recorded.certificate_authority, ca.fingerprint());
+    assert_eq!(recorded.valid_before, None);
+    assert_eq!(
+        status.host_key_fingerprint.as_deref(),
+        Some(host.host_key_fingerprint().as_str())
+    );
+    assert_eq!(host.boot_registration_runs(), 1);
+    w.assert_no_secrets(&w.secret_access_keys(), &[&w.private_key]);
+}
+
+#[tokio::test]
+async fn a_host_certificate_not_valid_for_the_host_is_refused_in_its_own_words_and_nothing_is_sent()
+{
+    let w = World::new("cert-bad", &[]).await;
+    let (ca1, ca2) = (support::SshCa::new(), support::SshCa::new());
+    // (object, how the host's certificate is made, whom the object trusts, reason, words)
+    type Sign = fn(&support::SshCa, &SshHost, &str) -> Option<String>;
+    let cases: Vec<(&str, Sign, bool, &str, &str)> = vec![
+        (
+            "wrong-ca",
+            |ca, host, address| Some(ca.sign_host(host, "wrong-ca", &["-n", address])),
+            false,
+            reasons::HOST_CERTIFICATE_INVALID,
+            "which is not among hostCertificateAuthorities",
+        ),
+        (
+            "principal",
+            |ca, host, _| Some(ca.sign_host(host, "principal", &["-n", "web.example.com"])),
+            true,
+            reasons::HOST_CERTIFICATE_INVALID,
+            "is for principals \"web.example.com\", which does not include",
+        ),
+        (
+            "expired",
+            |ca, host, address| {
+                Some(ca.sign_host(host, "expired", &["-n", address, "-V", "-2d:-1d"]))
+            },
+            true,
+            reasons::HOST_CERTIFICATE_INVALID,
+            "expired at",
+        ),
+        (
+            "not-yet",
+            |ca, host, address| {
+                Some(ca.sign_host(host, "not-yet", &["-n", address, "-V", "+1d:+2d"]))
+            },
+            true,
+            reasons::HOST_CERTIFICATE_INVALID,
+            "is not valid until",
+        ),
+        (
+            "user-cert",
+            // A user certificate of the host key (no -h), installed as its host certificate.
+            |ca, host, address| {
+                Some(ca.sign_file(&host.host_public_key_path(), "user-cert", &["-n", address]))
+            },
+            true,
+            reasons::HOST_CERTIFICATE_INVALID,
+            "presented a user certificate",
+        ),
+        (
+            "plain",
+            |_, _, _| None,
+            true,
+            reasons::HOST_KEY_MISMATCH,
+            "not a host certificate",
+        ),
+    ];
+    let mut hosts = Vec::new();
+    for (name, sign, _, _, _) in &cases {
+        let mut host = w.host(name);
+        if let Some(cert) = sign(&ca1, &host, &host.address().to_string()) {
+            host.set_host_certificate(Some(&cert));
+        }
+        hosts.push(host);
+    }
+    for ((name, _, trusts_ca1, _, _), host) in cases.iter().zip(&hosts) {
+        let ca = if *trusts_ca1 { &ca1 } else { &ca2 };
+        w.apply(
+            &(on_premises_at(&w.ns, name, &w.stack, host, name, "key")
+                + &trusting(&[ca.public_line()])),
+        );
+    }
+    for ((name, _, _, reason, words), host) in cases.iter().zip(&hosts) {
+        let obj = w.wait(name, types::HOST_REACHABLE, reason).await;
+        let said = message(&obj, types::HOST_REACHABLE);
+        assert!(said.contains(words), "{name}: {said}");
+        assert!(said.contains("nothing was sent"), "{name}: {said}");
+        assert_eq!(condition(&obj, types::READY).unwrap().1, *reason, "{name}");
+        let status = obj.status.unwrap();
+        assert!(status.host_certificate.is_none(), "{name}: {status:#?}");
+        // Nothing past the key exchange: no login on the host.
+        assert_eq!(host.sessions(), 0, "{name}: {}", host.log());
+        assert_eq!(host.boot_registration_runs(), 0, "{name}");
+    }
+    assert!(
+        w.aws.iam_users(&w.ns).await.is_empty(),
+        "an IAM user was made for a host whose certificate was refused"
+    );
+    // The expired certificate is renewed on the host: the next retry goes through, with no
+    // change in Kubernetes.
+    let expired = &mut hosts[2];
+    let renewed = ca1.sign_host(expired, "renewed", &["-n", &expired.address().to_string()]);
+    expired.set_host_certificate(Some(&renewed));
+    let obj = w.wait("expired", types::READY, reasons::SUCCEEDED).await;
+    assert_eq!(
+        obj.status.unwrap().host_certificate.unwrap().key_id,
+        "renewed"
+    );
+}
+
+#[tokio::test]
+async fn a_jump_host_with_a_host_certificate_leads_to_a_host_with_a_pinned_key() {
+    let w = World::new("cert-jump", &[]).await;
+    let ca = support::SshCa::new();
+    let host = w.host("behind");
+    // The bastion takes only a user certificate from the CA (no authorized_keys entry), which
+    // the jump host's own key Secret carries.
+    let mut bastion = SshHost::start_jump_host(&format!("{}-bastion", w.ns));
+    bastion.set_trusted_user_ca_keys(Some(&ca.public_line()));
+    let (jump_private, jump_public) = support::ssh_keypair("ed25519", "");
+    let jump_cert = ca.sign_user(&jump_public, "jump-robot", &["-n", ssh_hosts::USER]);
+    put_secret(
+        &w,
+        "jump-key",
+        &[
+            ("ssh-privatekey", &jump_private),
+            ("ssh-certificate", &jump_cert),
+        ],
+    )
+    .await;
+    let cert = ca.sign_host(
+        &bastion,
+        "bastion-cert",
+        &["-n", &bastion.address().to_string(), "-z", "7"],
+    );
+    bastion.set_host_certificate(Some(&cert));
+    let bastion_lines = format!(
+        "      hostKeyPolicy: CertificateAuthority\n      hostCertificateAuthorities: [{:?}]\n      privateKeySecretRef:\n        name: jump-key\n",
+        format!("@cert-authority * {}", ca.public_line())
+    );
+    let manifest = on_premises_at(&w.ns, "behind", &w.stack, &host, "behind", "key")
+        + &format!(
+            "    hostKeyPolicy: Pinned\n    hostKeys: [\"{}\"]\n",
+            host.host_key_line()
+        )
+        + &support::jump_hosts_via(&[(&bastion, &bastion_lines)]);
+    apply_and_wait_ready(&w, &manifest, "behind");
+    let status = w.get("behind").await.status.unwrap();
+    assert_eq!(status.jump_host_key_fingerprints.len(), 1, "{status:#?}");
+    let record = &status.jump_host_key_fingerprints[0];
+    assert_eq!(record.fingerprint, bastion.host_key_fingerprint());
+    let cert = record
+        .certificate
+        .as_ref()
+        .expect("the bastion's certificate");
+    assert_eq!((cert.key_id.as_str(), cert.serial), ("bastion-cert", 7));
+    // The host behind it presented its plain, pinned key, and no certificate is recorded for it.
+    assert!(status.host_certificate.is_none(), "{status:#?}");
+    assert_eq!(
+        status.host_key_fingerprint.as_deref(),
+        Some(host.host_key_fingerprint().as_str())
+    );
+    assert_eq!(host.boot_registration_runs(), 1);
+    assert!(
+        bastion
+            .log()
+            .contains("Accepted certificate ID \"jump-robot\""),
+        "{}",
+        bastion.log()
+    );
+    w.assert_no_secrets(&w.secret_access_keys(), &[&w.private_key, &jump_private]);
+}
+
+/// Puts `data` into Secret `name` of type kubernetes.io/ssh-auth (made, or replaced whole).
+async fn put_secret(w: &World, name: &str, data: &[(&str, &str)]) {
+    use k8s_openapi::ByteString;
+    let api: Api<Secret> = Api::namespaced(w.client.clone(), &w.ns);
+    let mut secret = Secret {
+        metadata: kube::api::ObjectMeta {
+            name: Some(name.to_owned()),
+            ..Default::default()
+        },
+        type_: Some("kubernetes.io/ssh-auth".into()),
+        data: Some(
+            data.iter()
+                .map(|(k, v)| ((*k).to_owned(), ByteString(v.as_bytes().to_vec())))
+                .collect(),
+        ),
+        ..Default::default()
+    };
+    match api.get_opt(name).await.unwrap() {
+        Some(old) => {
+            secret.metadata.resource_version = old.metadata.resource_version;
+            api.replace(name, &Default::default(), &secret)
+                .await
+                .unwrap();
+        }
+        None => {
+            api.create(&Default::default(), &secret).await.unwrap();
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_user_certificate_logs_in_where_the_key_alone_is_refused_and_a_renewed_one_is_used_at_once()
+ {
+    let w = World::new("cert-user", &[]).await;
+    let ca = support::SshCa::new();
+    let (private, public) = support::ssh_keypair("ed25519", "");
+    // Hosts that trust the user CA and have no authorized_keys entry for the key.
+    let mut fresh = SshHost::start(&format!("{}-fresh", w.ns));
+    let mut stale = SshHost::start(&format!("{}-stale", w.ns));
+    for host in [&mut fresh, &mut stale] {
+        host.set_trusted_user_ca_keys(Some(&ca.public_line()));
+    }
+    let valid = ca.sign_user(
+        &public,
+        "robot-1",
+        &["-n", ssh_hosts::USER, "-V", "-5m:+2h"],
+    );
+    put_secret(
+        &w,
+        "robot",
+        &[("ssh-privatekey", &private), ("ssh-certificate", &valid)],
+    )
+    .await;
+    apply_and_wait_ready(
+        &w,
+        &on_premises_at(&w.ns, "fresh", &w.stack, &fresh, "fresh", "robot"),
+        "fresh",
+    );
+    assert!(
+        fresh.log().contains("Accepted certificate ID \"robot-1\""),
+        "{}",
+        fresh.log()
+    );
+    // Every login the host took was with the certificate (it has no authorized_keys entry).
+    assert!(
+        fresh
+            .log()
+            .lines()
+            .filter(|l| l.starts_with("Accepted publickey"))
+            .all(|l| l.contains("ED25519-CERT")),
+        "{}",
+        fresh.log()
+    );
+
+    // An expired certificate is reported before anything connects, with its expiry time.
+    let expired = ca.sign_user(
+        &public,
+        "robot-old",
+        &["-n", ssh_hosts::USER, "-V", "20200101:20200102"],
+    );
+    put_secret(
+        &w,
+        "stale-robot",
+        &[("ssh-privatekey", &private), ("ssh-certificate", &expired)],
+    )
+    .await;
+    w.apply(&on_premises_at(
+        &w.ns,
+        "stale",
+        &w.stack,
+        &stale,
+        "stale",
+        "stale-robot",
+    ));
+    let obj = w
+        .wait("stale", types::SSH_KEY_READY, reasons::CERTIFICATE_EXPIRED)
+        .await;
+    let said = message(&obj, types::SSH_KEY_READY);
+    assert!(said.contains("expired at 2020-01-02"), "{said}");
+    assert!(said.contains("robot-old"), "{said}");
+    assert_eq!(
+        condition(&obj, types::READY).unwrap().1,
+        reasons::CERTIFICATE_EXPIRED
+    );
+    assert_eq!(stale.sessions(), 0, "{}", stale.log());
+    assert!(!stale.log().contains("robot-old"), "{}", stale.log());
+
+    // The Secret is renewed by whatever keeps it fresh; nothing else changes.
+    let renewed = ca.sign_user(
+        &public,
+        "robot-2",
+        &["-n", ssh_hosts::USER, "-V", "-5m:+2h"],
+    );
+    put_secret(
+        &w,
+        "stale-robot",
+        &[("ssh-privatekey", &private), ("ssh-certificate", &renewed)],
+    )
+    .await;
+    w.wait("stale", types::READY, reasons::SUCCEEDED).await;
+    assert!(
+        stale.log().contains("Accepted certificate ID \"robot-2\""),
+        "{}",
+        stale.log()
+    );
+    assert_eq!(stale.boot_registration_runs(), 1);
+
+    // A certificate that expires within ssh.commandTimeoutSeconds (1800 s by default) is used,
+    // and said to be expiring; a host that does not trust its CA refuses the login.
+    let short = ca.sign_user(
+        &public,
+        "robot-short",
+        &["-n", ssh_hosts::USER, "-V", "-5m:+10m"],
+    );
+    put_secret(
+        &w,
+        "short-robot",
+        &[("ssh-privatekey", &private), ("ssh-certificate", &short)],
+    )
+    .await;
+    let untrusting = SshHost::start(&format!("{}-untrusting", w.ns));
+    w.apply(&on_premises_at(
+        &w.ns,
+        "short",
+        &w.stack,
+        &untrusting,
+        "short",
+        "short-robot",
+    ));
+    let obj = w
+        .wait("short", types::HOST_REACHABLE, reasons::SSH_AUTH_FAILED)
+        .await;
+    let (status, reason, _) = condition(&obj, types::SSH_KEY_READY).unwrap();
+    assert_eq!(
+        (status.as_str(), reason.as_str()),
+        ("True", reasons::CERTIFICATE_EXPIRING)
+    );
+    let said = message(&obj, types::SSH_KEY_READY);
+    assert!(
+        said.contains("within ssh.commandTimeoutSeconds (1800 s)"),
+        "{said}"
+    );
+    assert!(
+        untrusting.log().contains("ED25519-CERT"),
+        "{}",
+        untrusting.log()
+    );
+    w.assert_no_secrets(&w.secret_access_keys(), &[&w.private_key, &private]);
+}

@@ -7,6 +7,9 @@ mod support;
 use support::{ControlPlane, manifest};
 
 const STACK: &str = "2f1ad2a4-6e7f-4c1b-9a55-0c7b1d3e4f50";
+/// A CA public key line.
+const CA: &str =
+    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGsQ9qk2FZmZyCXW1vY5pD2r9cQ0FJ2eJfQ8w5q0Kx2Z host-ca";
 
 /// Applies `yaml` (server-side, strict field validation) and returns (accepted, stderr).
 fn apply(cp: &ControlPlane, yaml: &str) -> (bool, String) {
@@ -227,6 +230,67 @@ fn invalid_manifests_are_refused_with_a_message_naming_the_field() {
                 &format!("{ssh_tail}    hostKeys: [\"not a key\"]\n"),
             ),
             "spec.ssh.hostKeys[0]",
+        ),
+        (
+            "CertificateAuthority without hostCertificateAuthorities",
+            edit(
+                &base,
+                ssh_tail,
+                &format!("{ssh_tail}    hostKeyPolicy: CertificateAuthority\n"),
+            ),
+            "spec.ssh.hostCertificateAuthorities",
+        ),
+        (
+            "hostCertificateAuthorities without CertificateAuthority",
+            edit(
+                &base,
+                ssh_tail,
+                &format!("{ssh_tail}    hostCertificateAuthorities: [\"{CA}\"]\n"),
+            ),
+            "spec.ssh.hostCertificateAuthorities",
+        ),
+        (
+            "CA line with authorized_keys options",
+            edit(
+                &base,
+                ssh_tail,
+                &format!(
+                    "{ssh_tail}    hostKeyPolicy: CertificateAuthority\n    hostCertificateAuthorities: [\"cert-authority,principals=\\\"x\\\" {CA}\"]\n"
+                ),
+            ),
+            "spec.ssh.hostCertificateAuthorities[0]",
+        ),
+        (
+            "nine CAs",
+            edit(
+                &base,
+                ssh_tail,
+                &format!(
+                    "{ssh_tail}    hostKeyPolicy: CertificateAuthority\n    hostCertificateAuthorities: [{}]\n",
+                    vec![format!("\"{CA}\""); 9].join(", ")
+                ),
+            ),
+            "spec.ssh.hostCertificateAuthorities",
+        ),
+        (
+            "jump host CertificateAuthority without hostCertificateAuthorities",
+            edit(
+                &base,
+                ssh_tail,
+                &format!(
+                    "{ssh_tail}    jumpHosts:\n    - {{address: bastion, username: jump, hostKeyPolicy: CertificateAuthority}}\n"
+                ),
+            ),
+            "spec.ssh.jumpHosts[0].hostCertificateAuthorities",
+        ),
+        (
+            "certificate key with a slash",
+            edit(
+                &base,
+                "      name: key\n",
+                "      name: key\n      certificateKey: a/b\n",
+            ),
+            "spec.ssh.privateKeySecretRef.certificateKey",
         ),
         (
             "five jump hosts",

@@ -34,17 +34,27 @@ impl Client {
 
     /// An `ssh` command for `remote_command` on `host`, trusting only `host_key_line` for it.
     fn command(&self, host: &SshHost, host_key_line: &str, remote_command: &str) -> Command {
+        let known_hosts = format!("[{}]:{} {host_key_line}\n", host.address(), host.port());
+        self.command_knowing(host, &known_hosts, None, remote_command)
+    }
+
+    /// An `ssh` command for `remote_command` on `host`, with `known_hosts` as its only
+    /// known_hosts file, presenting the user certificate `certificate` (text) if given.
+    fn command_knowing(
+        &self,
+        host: &SshHost,
+        known_hosts: &str,
+        certificate: Option<&str>,
+        remote_command: &str,
+    ) -> Command {
         // A file of its own for each command: commands may run at the same time.
         static N: AtomicU32 = AtomicU32::new(0);
+        let known_hosts_text = known_hosts;
         let known_hosts = self
             .dir
             .path()
             .join(format!("known_hosts-{}", N.fetch_add(1, Ordering::SeqCst)));
-        std::fs::write(
-            &known_hosts,
-            format!("[{}]:{} {host_key_line}\n", host.address(), host.port()),
-        )
-        .unwrap();
+        std::fs::write(&known_hosts, known_hosts_text).unwrap();
         let mut command = Command::new("ssh");
         command
             .args(["-F", "/dev/null", "-p", &host.port().to_string()])
@@ -55,7 +65,15 @@ impl Client {
             .args(["-o", "GlobalKnownHostsFile=/dev/null"])
             .args(["-o", "ConnectTimeout=10", "-o", "LogLevel=ERROR"])
             .arg("-i")
-            .arg(&self.key)
+            .arg(&self.key);
+        if let Some(text) = certificate {
+            let file = known_hosts.with_extension("cert.pub");
+            std::fs::write(&file, text).unwrap();
+            command
+                .arg("-o")
+                .arg(format!("CertificateFile={}", file.display()));
+        }
+        command
             .arg(format!("{USER}@{}", host.address()))
             .arg(remote_command)
             .stdin(Stdio::null());
@@ -322,4 +340,74 @@ fn a_stopped_host_refuses_connections_until_restarted() {
     drop(host);
     let err = TcpStream::connect_timeout(&address.into(), Duration::from_secs(2)).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::ConnectionRefused);
+}
+
+/// The harness's certificates, checked with the OpenSSH client: a host given a host certificate
+/// by a CA is trusted through an `@cert-authority` known_hosts line (and refused when the line
+/// names another CA); a host trusting a user CA (`TrustedUserCAKeys`) takes a login with a user
+/// certificate for a key it has no authorized_keys entry for, and refuses the bare key and an
+/// expired certificate.
+#[test]
+fn a_host_presents_its_host_certificate_and_takes_user_certificates_from_its_trusted_ca() {
+    let mut host = SshHost::start("certified");
+    let (host_ca, user_ca, other_ca) = (
+        support::SshCa::new(),
+        support::SshCa::new(),
+        support::SshCa::new(),
+    );
+    let name = format!("[{}]:{}", host.address(), host.port());
+    let cert = host_ca.sign_host(
+        &host,
+        "certified-host",
+        &["-n", &host.address().to_string()],
+    );
+    host.set_host_certificate(Some(&cert));
+    host.set_trusted_user_ca_keys(Some(&user_ca.public_line()));
+    let client = Client::new();
+    let trusting = |ca: &support::SshCa| format!("@cert-authority {name} {}\n", ca.public_line());
+    let user_cert = user_ca.sign_user(&client.public, "robot", &["-n", USER, "-V", "-5m:+1h"]);
+
+    let out = client
+        .command_knowing(&host, &trusting(&host_ca), Some(&user_cert), "id -un")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}\n{}", stderr(&out), host.log());
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), USER);
+    assert!(
+        host.log().contains("certified-host") || host.log().contains("robot"),
+        "{}",
+        host.log()
+    );
+    assert_eq!(host.sessions(), 1);
+
+    // A known_hosts line for another CA: the host is not trusted.
+    let out = client
+        .command_knowing(&host, &trusting(&other_ca), Some(&user_cert), "true")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(255));
+    assert!(
+        stderr(&out).contains("Host key verification failed"),
+        "{}",
+        stderr(&out)
+    );
+
+    // No certificate, no authorized_keys entry: refused; an expired certificate too.
+    let out = client
+        .command_knowing(&host, &trusting(&host_ca), None, "true")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(255), "{}", stderr(&out));
+    let expired = user_ca.sign_user(&client.public, "robot-old", &["-n", USER, "-V", "-2h:-1h"]);
+    let out = client
+        .command_knowing(&host, &trusting(&host_ca), Some(&expired), "true")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(255), "{}", stderr(&out));
+    assert_eq!(host.sessions(), 1);
+
+    // A new host key takes its certificate with it: the plain key is presented again.
+    host.rotate_host_key();
+    host.authorize(&client.public);
+    assert_eq!(client.ok(&host, "echo plain"), "plain");
 }

@@ -22,6 +22,10 @@ pub(crate) struct Facts {
     pub ssh_key: Option<Arc<russh::keys::PrivateKey>>,
     /// The private key of each jump host, in order (the host's when one has none of its own).
     pub jump_keys: Vec<Arc<russh::keys::PrivateKey>>,
+    /// The user certificate beside the SSH private key, if its Secret carries one.
+    pub ssh_certificate: Option<russh::keys::Certificate>,
+    /// The user certificate beside each jump host's key, in order, if its Secret carries one.
+    pub jump_certificates: Vec<Option<russh::keys::Certificate>>,
     /// Whether an install ran on the host in this pass.
     pub installed_now: bool,
     /// Tells the reconcile that runs this pass to let it go on without it (see [`Facts::detach`]).

@@ -19,16 +19,15 @@ use tracing::info;
 use super::{preflight, probe};
 use crate::conditions::{self, Observation, Outcome, reasons, types};
 use crate::context::{Context, Facts, Probed, Service, TargetFacts};
-use std::sync::Arc;
-
-use russh::keys::PrivateKey;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use crate::resource::{
-    HostIdentity, HostKeyPolicy, InstanceRegistration, InstanceRegistrationStatus, JumpHost,
-    RecordedHostKey,
+    HostCertificate, HostIdentity, HostKeyPolicy, InstanceRegistration, InstanceRegistrationStatus,
+    JumpHost, RecordedHostKey,
 };
 use crate::slots::{Acquired, Slot};
 use crate::ssh::{self, HostKeyRule, SshError};
+use crate::sshcert;
 
 /// Runs the host step for `obj`, whose service is `service`.
 pub(crate) async fn check(
@@ -50,7 +49,7 @@ pub(crate) async fn check(
             "the host or the SSH key is not resolved",
         ));
     };
-    let (connect, rule) = match connection(obj, &target, &facts.jump_keys, status) {
+    let (connect, rule) = match connection(obj, &target, facts, status) {
         Ok(c) => c,
         Err(outcome) => return outcome,
     };
@@ -224,14 +223,15 @@ pub(crate) fn installed(status: &InstanceRegistrationStatus) -> bool {
 }
 
 /// Where and how to connect to the host (through its jump hosts, each logged in to with its key
-/// in `jump_keys`), and which host keys to trust.
+/// and certificate in `keys`), and which host keys to trust.
 pub(crate) fn connection(
     obj: &InstanceRegistration,
     target: &TargetFacts,
-    jump_keys: &[Arc<PrivateKey>],
+    keys: &Facts,
     status: &InstanceRegistrationStatus,
 ) -> Result<(ssh::Target, HostKeyRule), Outcome> {
     let spec = &obj.spec.ssh;
+    let jump_keys = &keys.jump_keys;
     if jump_keys.len() != spec.jump_hosts.len() {
         return Err(Outcome::Blocked(Observation::fails(
             reasons::WAITING,
@@ -244,6 +244,7 @@ pub(crate) fn connection(
         let rule = host_key_rule(
             hop.host_key_policy,
             &hop.host_keys,
+            &hop.host_certificate_authorities,
             status
                 .jump_host_key_fingerprints
                 .iter()
@@ -251,10 +252,10 @@ pub(crate) fn connection(
                 .map(|r| r.fingerprint.clone()),
             "status.jumpHostKeyFingerprints",
         )
-        .map_err(|problem| {
+        .map_err(|(field, problem)| {
             Outcome::Blocked(Observation::fails(
                 reasons::HOST_KEY_MISMATCH,
-                format!("ssh.jumpHosts[{index}].hostKeys: {problem}"),
+                format!("ssh.jumpHosts[{index}].{field}: {problem}"),
             ))
         })?;
         jump_hosts.push(ssh::Hop {
@@ -262,6 +263,7 @@ pub(crate) fn connection(
             port: hop.port,
             username: hop.username.clone(),
             key: key.clone(),
+            certificate: keys.jump_certificates.get(index).cloned().flatten(),
             rule,
         });
     }
@@ -272,6 +274,7 @@ pub(crate) fn connection(
             .unwrap_or_else(|| target.address.clone()),
         port: spec.port,
         username: spec.username.clone(),
+        certificate: keys.ssh_certificate.clone(),
         jump_hosts,
         connect_timeout: Duration::from_secs(spec.timeout_seconds.into()),
         command_timeout: Duration::from_secs(spec.command_timeout_seconds.into()),
@@ -280,37 +283,67 @@ pub(crate) fn connection(
     let rule = host_key_rule(
         spec.host_key_policy,
         &spec.host_keys,
+        &spec.host_certificate_authorities,
         status.host_key_fingerprint.clone(),
         "status.hostKeyFingerprint",
     )
-    .map_err(|problem| {
+    .map_err(|(field, problem)| {
         Outcome::Blocked(Observation::fails(
             reasons::HOST_KEY_MISMATCH,
-            format!("ssh.hostKeys: {problem}"),
+            format!("ssh.{field}: {problem}"),
         ))
     })?;
     Ok((connect, rule))
 }
 
-/// The host key rule of one hop; fails when keys are listed but none can be read.
+/// The host key rule of one hop; fails (naming the field) when keys are listed but none can be
+/// read, or a listed CA cannot be read (a CA left out would narrow the trust the manifest
+/// meant, silently).
 fn host_key_rule(
     policy: HostKeyPolicy,
     host_keys: &[String],
+    authorities: &[String],
     recorded: Option<String>,
     recorded_in: &'static str,
-) -> Result<HostKeyRule, &'static str> {
+) -> Result<HostKeyRule, (&'static str, String)> {
     let pinned: Vec<_> = host_keys
         .iter()
         .filter_map(|line| ssh::parse_known_host(line))
         .collect();
     if !host_keys.is_empty() && pinned.is_empty() {
-        return Err("none of the listed keys is a public key the controller can read");
+        return Err((
+            "hostKeys",
+            "none of the listed keys is a public key the controller can read".into(),
+        ));
+    }
+    let mut cas = Vec::with_capacity(authorities.len());
+    for (index, line) in authorities.iter().enumerate() {
+        match sshcert::parse_ca_line(line) {
+            Some(ca) => cas.push(ca),
+            None => {
+                return Err((
+                    "hostCertificateAuthorities",
+                    format!(
+                        "entry {index} is not a CA public key the controller can read \
+                         (@cert-authority <host-patterns> <key-type> <base64>, or <key-type> \
+                         <base64>)"
+                    ),
+                ));
+            }
+        }
+    }
+    if policy == HostKeyPolicy::CertificateAuthority && cas.is_empty() {
+        return Err((
+            "hostCertificateAuthorities",
+            "hostKeyPolicy CertificateAuthority needs at least one CA".into(),
+        ));
     }
     Ok(HostKeyRule {
         policy,
         pinned,
         recorded,
         recorded_in,
+        authorities: cas,
     })
 }
 
@@ -358,26 +391,64 @@ pub(crate) fn unrecorded_hop(
 }
 
 /// Records on status the host keys a session trusted that have no record yet (trust on first
-/// use); a jump host no longer in the spec loses its record.
+/// use); a jump host no longer in the spec loses its record. A hop trusted by its CA
+/// (CertificateAuthority) has its key and certificate recorded at every session instead: the
+/// record is what the host is now, not what it is trusted by, and a renewed certificate or a
+/// new key the CA vouches for replaces it.
 pub(crate) fn record_host_keys(
     obj: &InstanceRegistration,
     status: &mut InstanceRegistrationStatus,
     run: &ssh::Run,
 ) {
-    if status.host_key_fingerprint.is_none() {
+    let by_ca = obj.spec.ssh.host_key_policy == HostKeyPolicy::CertificateAuthority;
+    if by_ca {
         status.host_key_fingerprint = Some(run.host_key_fingerprint.clone());
+        status.host_certificate = run.host_certificate.as_ref().map(certificate_record);
+    } else {
+        if status.host_key_fingerprint.is_none() {
+            status.host_key_fingerprint = Some(run.host_key_fingerprint.clone());
+        }
+        status.host_certificate = None;
     }
     let hops = &obj.spec.ssh.jump_hosts;
     let records = &mut status.jump_host_key_fingerprints;
     records.retain(|r| hops.iter().any(|hop| hop_via(hop) == r.via));
-    for (hop, fingerprint) in hops.iter().zip(&run.jump_host_key_fingerprints) {
+    let certificates = run
+        .jump_host_certificates
+        .iter()
+        .chain(std::iter::repeat(&None));
+    for ((hop, fingerprint), certificate) in hops
+        .iter()
+        .zip(&run.jump_host_key_fingerprints)
+        .zip(certificates)
+    {
         let via = hop_via(hop);
-        if !records.iter().any(|r| r.via == via) {
-            records.push(RecordedHostKey {
-                via,
-                fingerprint: fingerprint.clone(),
-            });
+        let record = RecordedHostKey {
+            via: via.clone(),
+            fingerprint: fingerprint.clone(),
+            certificate: certificate.as_ref().map(certificate_record),
+        };
+        match records.iter_mut().find(|r| r.via == via) {
+            Some(existing) if hop.host_key_policy == HostKeyPolicy::CertificateAuthority => {
+                *existing = record;
+            }
+            Some(_) => {}
+            None => records.push(record),
         }
+    }
+}
+
+/// Status's record of a host certificate.
+fn certificate_record(summary: &sshcert::CertificateSummary) -> HostCertificate {
+    HostCertificate {
+        key_id: summary.key_id.clone(),
+        serial: summary.serial,
+        certificate_authority: summary.certificate_authority.clone(),
+        valid_before: summary
+            .valid_before
+            .and_then(|s| i64::try_from(s).ok())
+            .and_then(|s| k8s_openapi::jiff::Timestamp::from_second(s).ok())
+            .map(Time),
     }
 }
 
@@ -517,6 +588,12 @@ fn ssh_failure(failure: ssh::Failure) -> Outcome {
             reasons::HOST_KEY_MISMATCH,
             format!("{message}; nothing was sent to it or past it"),
         )),
+        // Retried with backoff, not only on a spec change: a host's certificate is renewed on
+        // the host, and a clock catches up.
+        SshError::HostCertificateInvalid(_) => Outcome::Retry(Observation::fails(
+            reasons::HOST_CERTIFICATE_INVALID,
+            format!("{message}; nothing was sent to it or past it"),
+        )),
         SshError::AuthFailed(_) => {
             Outcome::Blocked(Observation::fails(reasons::SSH_AUTH_FAILED, message))
         }
@@ -535,7 +612,8 @@ fn ssh_failure(failure: ssh::Failure) -> Outcome {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use russh::keys::Algorithm;
+    use russh::keys::{Algorithm, PrivateKey};
+    use std::sync::Arc;
 
     fn obj(ssh: &str) -> InstanceRegistration {
         serde_yaml::from_str(&format!(
@@ -568,10 +646,18 @@ spec:
         Arc::new(PrivateKey::random(&mut rand::rng(), Algorithm::Ed25519).unwrap())
     }
 
+    fn keys(jumps: usize) -> Facts {
+        let mut facts = Facts::default();
+        facts.jump_keys = (0..jumps).map(|_| key()).collect();
+        facts
+    }
+
     fn run(host: &str, jumps: &[&str]) -> ssh::Run {
         ssh::Run {
             host_key_fingerprint: host.into(),
             jump_host_key_fingerprints: jumps.iter().map(|s| s.to_string()).collect(),
+            host_certificate: None,
+            jump_host_certificates: vec![],
             exit_status: Some(0),
             output: Vec::new(),
         }
@@ -581,14 +667,14 @@ spec:
     fn the_way_to_the_host_names_every_hop_and_needs_every_hop_key() {
         let obj = obj(TWO_HOPS);
         let status = InstanceRegistrationStatus::default();
-        let (connect, _) = connection(&obj, &target(), &[key(), key()], &status).unwrap();
+        let (connect, _) = connection(&obj, &target(), &keys(2), &status).unwrap();
         assert_eq!(via(&connect), "10.0.0.5:22 via bastion:22 > gw:2222");
         assert_eq!(connect.hop_name(0), "jump host 1 of 2 (bastion:22)");
         assert_eq!(connect.hop_name(2), "10.0.0.5:22 (through 2 jump hosts)");
         // Without the jump hosts' keys (the SSH key step did not run), nothing connects.
-        assert!(connection(&obj, &target(), &[key()], &status).is_err());
+        assert!(connection(&obj, &target(), &keys(1), &status).is_err());
         let direct = self::obj("");
-        let (connect, _) = connection(&direct, &target(), &[], &status).unwrap();
+        let (connect, _) = connection(&direct, &target(), &keys(0), &status).unwrap();
         assert_eq!(via(&connect), "10.0.0.5:22");
         assert_eq!(connect.hop_name(0), "10.0.0.5:22");
     }
@@ -601,10 +687,11 @@ spec:
             jump_host_key_fingerprints: vec![RecordedHostKey {
                 via: "bastion:22".into(),
                 fingerprint: "SHA256:bastion".into(),
+                certificate: None,
             }],
             ..Default::default()
         };
-        let (connect, rule) = connection(&obj, &target(), &[key(), key()], &status).unwrap();
+        let (connect, rule) = connection(&obj, &target(), &keys(2), &status).unwrap();
         assert_eq!(rule.recorded.as_deref(), Some("SHA256:host"));
         assert_eq!(
             connect.jump_hosts[0].rule.recorded.as_deref(),
@@ -625,7 +712,7 @@ spec:
             "    jumpHosts:\n    - {address: b, username: j, hostKeys: [\"ssh-ed25519 AAAA\"]}",
         );
         let status = InstanceRegistrationStatus::default();
-        let Err(Outcome::Blocked(o)) = connection(&obj, &target(), &[key()], &status) else {
+        let Err(Outcome::Blocked(o)) = connection(&obj, &target(), &keys(1), &status) else {
             panic!("an unreadable pinned key was accepted");
         };
         assert_eq!(o.reason, reasons::HOST_KEY_MISMATCH);

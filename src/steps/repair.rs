@@ -280,7 +280,7 @@ async fn attempt(
     let (Some(target), Some(key)) = (facts.target.clone(), facts.ssh_key.clone()) else {
         return cannot("the host or the SSH key is not resolved".to_owned());
     };
-    let (connect, rule) = match super::host::connection(obj, &target, &facts.jump_keys, status) {
+    let (connect, rule) = match super::host::connection(obj, &target, facts, status) {
         Ok(c) => c,
         Err(outcome) => return cannot(outcome.observation().message.clone()),
     };

@@ -243,7 +243,7 @@ pub(crate) async fn run_install(
         )));
     };
     let spec = &obj.spec.ssh;
-    let (mut connect, rule) = super::host::connection(obj, target, &facts.jump_keys, status)?;
+    let (mut connect, rule) = super::host::connection(obj, target, facts, status)?;
     // sudo's requiretty: the script is run again in a pseudo-terminal.
     connect.tty_retry_status = Some(script::EXIT_SUDO_NEEDS_TTY);
     let host = connect.host.clone();

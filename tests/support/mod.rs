@@ -645,3 +645,85 @@ pub fn on_premises_at(
         "",
     ) + &ssh_via(host)
 }
+
+/// An SSH certificate authority made by `ssh-keygen` for one test: it signs host keys and user
+/// keys with `ssh-keygen -s`, as a fleet's CA does.
+pub struct SshCa {
+    dir: tempfile::TempDir,
+    key: PathBuf,
+}
+
+impl SshCa {
+    /// A new ed25519 CA key.
+    pub fn new() -> SshCa {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("ca");
+        ssh_hosts::generate_key(&key, "ed25519", "", "test-ca").unwrap_or_else(|e| panic!("{e}"));
+        SshCa { dir, key }
+    }
+
+    /// The CA's public key line (`ssh-ed25519 AAAA... test-ca`).
+    pub fn public_line(&self) -> String {
+        std::fs::read_to_string(self.key.with_extension("pub"))
+            .unwrap()
+            .trim()
+            .to_owned()
+    }
+
+    /// The CA's SHA256 fingerprint, as `ssh-keygen -lf` prints it.
+    pub fn fingerprint(&self) -> String {
+        let out = Command::new("ssh-keygen")
+            .arg("-lf")
+            .arg(self.key.with_extension("pub"))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .nth(1)
+            .unwrap()
+            .to_owned()
+    }
+
+    /// `ssh-keygen -s <ca> -I <key_id> <args> <public key file>`: the certificate's text.
+    pub fn sign_file(&self, public: &std::path::Path, key_id: &str, args: &[&str]) -> String {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let copy = self
+            .dir
+            .path()
+            .join(format!("subject-{}.pub", N.fetch_add(1, Ordering::SeqCst)));
+        std::fs::copy(public, &copy).unwrap();
+        let out = Command::new("ssh-keygen")
+            .arg("-q")
+            .arg("-s")
+            .arg(&self.key)
+            .args(["-I", key_id])
+            .args(args)
+            .arg(&copy)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "ssh-keygen -s: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let cert = copy.with_file_name(format!(
+            "{}-cert.pub",
+            copy.file_stem().unwrap().to_string_lossy()
+        ));
+        std::fs::read_to_string(cert).unwrap()
+    }
+
+    /// A host certificate for `host`'s current host key (`-h`), with `args` (`-n`, `-V`, `-z`).
+    pub fn sign_host(&self, host: &ssh_hosts::SshHost, key_id: &str, args: &[&str]) -> String {
+        let mut all = vec!["-h"];
+        all.extend_from_slice(args);
+        self.sign_file(&host.host_public_key_path(), key_id, &all)
+    }
+
+    /// A user certificate for the public key line `public`, with `args` (`-n`, `-V`, `-O`).
+    pub fn sign_user(&self, public: &str, key_id: &str, args: &[&str]) -> String {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), format!("{}\n", public.trim())).unwrap();
+        self.sign_file(file.path(), key_id, args)
+    }
+}

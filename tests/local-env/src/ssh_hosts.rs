@@ -95,6 +95,10 @@ pub struct SshHost {
     permit_tty: bool,
     /// Whether sshd forwards TCP connections for its users (`AllowTcpForwarding`): a jump host.
     tcp_forwarding: bool,
+    /// The host certificate sshd presents (`HostCertificate`), if any.
+    host_certificate: Option<PathBuf>,
+    /// The user CA keys sshd trusts (`TrustedUserCAKeys`), if any.
+    trusted_user_ca_keys: Option<PathBuf>,
     sshd: Option<Running>,
 }
 
@@ -171,6 +175,8 @@ impl SshHost {
             logs: Vec::new(),
             permit_tty: true,
             tcp_forwarding,
+            host_certificate: None,
+            trusted_user_ca_keys: None,
             sshd: None,
         };
         host.new_host_key();
@@ -268,11 +274,48 @@ impl SshHost {
             .to_owned()
     }
 
+    /// The file holding the public host key (what `ssh-keygen -s CA -h` signs).
+    pub fn host_public_key_path(&self) -> PathBuf {
+        self.host_key.with_extension("pub")
+    }
+
+    /// Makes sshd present `certificate` (the text of a `-cert.pub` file, for the current host
+    /// key) as its host certificate (`HostCertificate`), or none; sshd is restarted on the same
+    /// address and port. OpenSSH presents it only to a client that asks for a certificate
+    /// algorithm, and the plain key to others.
+    pub fn set_host_certificate(&mut self, certificate: Option<&str>) {
+        self.host_certificate = certificate.map(|text| {
+            let path = self
+                .files
+                .path()
+                .join(format!("host_key_{}-cert.pub", self.key_generation));
+            std::fs::write(&path, text).unwrap();
+            set_mode(&path, 0o644);
+            path
+        });
+        self.restart();
+    }
+
+    /// Makes sshd trust user certificates signed by the CA keys `ca_lines` (public key lines)
+    /// for logins (`TrustedUserCAKeys`: a certificate naming the login user among its
+    /// principals is accepted with no authorized_keys entry), or none; sshd is restarted.
+    pub fn set_trusted_user_ca_keys(&mut self, ca_lines: Option<&str>) {
+        self.trusted_user_ca_keys = ca_lines.map(|text| {
+            let path = self.files.path().join("trusted_user_ca_keys");
+            std::fs::write(&path, format!("{}\n", text.trim())).unwrap();
+            set_mode(&path, 0o644);
+            path
+        });
+        self.restart();
+    }
+
     /// Gives the host a new host key; sshd is restarted on the same address and port.
     pub fn rotate_host_key(&mut self) {
         self.stop();
         let _ = std::fs::remove_file(&self.host_key);
         let _ = std::fs::remove_file(self.host_key.with_extension("pub"));
+        // A certificate names the old key: it goes with it.
+        self.host_certificate = None;
         self.new_host_key();
         self.restart();
     }
@@ -699,6 +742,12 @@ impl SshHost {
         }
         if !self.permit_tty {
             config.push_str("PermitTTY no\n");
+        }
+        if let Some(path) = &self.host_certificate {
+            config.push_str(&format!("HostCertificate {}\n", path.display()));
+        }
+        if let Some(path) = &self.trusted_user_ca_keys {
+            config.push_str(&format!("TrustedUserCAKeys {}\n", path.display()));
         }
         config
     }
