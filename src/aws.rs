@@ -5,7 +5,7 @@
 //! talks to AWS and to AWS-compatible endpoints, with no test-only paths.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use aws_config::retry::RetryConfig;
@@ -18,6 +18,9 @@ use aws_smithy_runtime_api::client::endpoint::{
 use aws_smithy_types::timeout::TimeoutConfig;
 
 use crate::conditions::{Observation, Outcome, reasons};
+use aws_smithy_types::retry::ErrorKind;
+
+use crate::budget::Budgets;
 use crate::metrics::AwsCallCounter;
 
 /// Attempts per AWS call, including the first, before a failure reaches the step (the step then
@@ -66,6 +69,21 @@ impl Timeouts {
     }
 }
 
+/// A service's client configuration from `builder`, with what every client of the controller
+/// has: the call counter and the service's budget.
+macro_rules! configured {
+    ($aws:expr, $builder:expr, $service:literal) => {{
+        let mut builder = $builder;
+        if let Some(counter) = &$aws.counter {
+            builder = builder.interceptor(counter.clone());
+        }
+        if let Some(client) = $aws.budgeted($service) {
+            builder = builder.http_client(client);
+        }
+        builder.build()
+    }};
+}
+
 /// The AWS clients the controller uses.
 pub(crate) struct Aws {
     config: SdkConfig,
@@ -77,33 +95,61 @@ pub(crate) struct Aws {
     opsworks_by_region: Mutex<HashMap<String, aws_sdk_opsworks::Client>>,
     ssm: Mutex<HashMap<String, aws_sdk_ssm::Client>>,
     counter: Option<AwsCallCounter>,
+    budgets: Option<Arc<Budgets>>,
 }
 
 impl Aws {
     /// Loads the configuration from the environment (region, credentials, endpoint overrides);
     /// every call is bounded by `timeouts` and every attempt counted by `counter`.
-    pub(crate) async fn from_env(counter: Option<AwsCallCounter>, timeouts: Timeouts) -> Self {
+    pub(crate) async fn from_env(
+        counter: Option<AwsCallCounter>,
+        timeouts: Timeouts,
+        budgets: Option<Arc<Budgets>>,
+    ) -> Self {
         let config = load(aws_config::defaults(BehaviorVersion::latest()), timeouts).await;
-        Self::new(config, counter)
+        Self::new(config, counter, budgets)
     }
 
-    /// Clients for `config`, counting their calls with `counter`.
-    pub(crate) fn new(config: SdkConfig, counter: Option<AwsCallCounter>) -> Self {
-        let mut iam = aws_sdk_iam::config::Builder::from(&config);
-        let mut opsworks = aws_sdk_opsworks::config::Builder::from(&config);
-        if let Some(counter) = &counter {
-            iam = iam.interceptor(counter.clone());
-            opsworks = opsworks.interceptor(counter.clone());
-        }
-        Self {
-            opsworks: aws_sdk_opsworks::Client::from_conf(opsworks.build()),
-            iam: aws_sdk_iam::Client::from_conf(iam.build()),
+    /// Clients for `config`, counting their calls with `counter`, each service's calls spaced by
+    /// its budget in `budgets` ([`crate::budget`]).
+    pub(crate) fn new(
+        config: SdkConfig,
+        counter: Option<AwsCallCounter>,
+        budgets: Option<Arc<Budgets>>,
+    ) -> Self {
+        let mut aws = Self {
+            opsworks: aws_sdk_opsworks::Client::from_conf(
+                aws_sdk_opsworks::config::Builder::from(&config).build(),
+            ),
+            iam: aws_sdk_iam::Client::from_conf(
+                aws_sdk_iam::config::Builder::from(&config).build(),
+            ),
             ec2: Mutex::default(),
             opsworks_by_region: Mutex::default(),
             ssm: Mutex::default(),
             counter,
+            budgets,
             config,
-        }
+        };
+        aws.opsworks = aws_sdk_opsworks::Client::from_conf(configured!(
+            aws,
+            aws_sdk_opsworks::config::Builder::from(&aws.config),
+            "opsworks"
+        ));
+        aws.iam = aws_sdk_iam::Client::from_conf(configured!(
+            aws,
+            aws_sdk_iam::config::Builder::from(&aws.config),
+            "iam"
+        ));
+        aws
+    }
+
+    /// The HTTP client of `service`'s clients: the configuration's, spaced by the service's
+    /// budget; `None` when calls are not limited.
+    fn budgeted(&self, service: &str) -> Option<crate::budget::Budgeted> {
+        let budget = self.budgets.as_ref()?.of(service)?;
+        let inner = self.config.http_client()?;
+        Some(crate::budget::Budgeted::new(inner, budget))
     }
 
     /// The region used when an object names none.
@@ -122,12 +168,12 @@ impl Aws {
                 clients
                     .entry(region.to_owned())
                     .or_insert_with(|| {
-                        let mut config = aws_sdk_opsworks::config::Builder::from(&self.config)
-                            .region(Region::new(region.to_owned()));
-                        if let Some(counter) = &self.counter {
-                            config = config.interceptor(counter.clone());
-                        }
-                        aws_sdk_opsworks::Client::from_conf(config.build())
+                        aws_sdk_opsworks::Client::from_conf(configured!(
+                            self,
+                            aws_sdk_opsworks::config::Builder::from(&self.config)
+                                .region(Region::new(region.to_owned())),
+                            "opsworks"
+                        ))
                     })
                     .clone()
             }
@@ -141,12 +187,12 @@ impl Aws {
         clients
             .entry(region.to_owned())
             .or_insert_with(|| {
-                let mut config = aws_sdk_ec2::config::Builder::from(&self.config)
-                    .region(Region::new(region.to_owned()));
-                if let Some(counter) = &self.counter {
-                    config = config.interceptor(counter.clone());
-                }
-                aws_sdk_ec2::Client::from_conf(config.build())
+                aws_sdk_ec2::Client::from_conf(configured!(
+                    self,
+                    aws_sdk_ec2::config::Builder::from(&self.config)
+                        .region(Region::new(region.to_owned())),
+                    "ec2"
+                ))
             })
             .clone()
     }
@@ -164,10 +210,7 @@ impl Aws {
                 if !region.is_empty() {
                     config = config.region(Region::new(region.to_owned()));
                 }
-                if let Some(counter) = &self.counter {
-                    config = config.interceptor(counter.clone());
-                }
-                aws_sdk_ssm::Client::from_conf(config.build())
+                aws_sdk_ssm::Client::from_conf(configured!(self, config, "ssm"))
             })
             .clone()
     }
@@ -347,6 +390,22 @@ where
             code: None,
             message: "timed out: the endpoint did not answer within the call's time limit".into(),
         },
+        // Not sent: the controller's own budget of the service's calls had no turn for it.
+        SdkError::DispatchFailure(failure)
+            if failure
+                .as_connector_error()
+                .is_some_and(|e| e.as_other() == Some(ErrorKind::ThrottlingError)) =>
+        {
+            Failure {
+                kind: Kind::Throttled,
+                code: None,
+                message: format!(
+                    "not sent: the controller's own budget of the service's calls had no turn for \
+                     it within {}s (the service throttled it, or many calls wait)",
+                    crate::budget::MAX_WAIT.as_secs()
+                ),
+            }
+        }
         SdkError::DispatchFailure(failure) => Failure {
             kind: Kind::Unavailable,
             code: None,
@@ -437,7 +496,7 @@ mod tests {
             if let Some(url) = endpoint {
                 b = b.endpoint_url(url);
             }
-            Aws::new(b.build(), None)
+            Aws::new(b.build(), None, None)
         };
         let aws = config(None);
         assert_eq!(
@@ -528,7 +587,7 @@ mod tests {
                 None,
                 "test",
             ));
-        let aws = Aws::new(load(loader, timeouts).await, None);
+        let aws = Aws::new(load(loader, timeouts).await, None, None);
         let started = std::time::Instant::now();
         let call = aws.iam.get_group().group_name("OpsWorks-x").send();
         let result = tokio::time::timeout(Duration::from_secs(10), call)

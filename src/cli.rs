@@ -77,6 +77,12 @@ struct RunArgs {
     /// the call's own time).
     #[arg(long, env = "AWS_ATTEMPT_TIMEOUT_SECONDS", default_value_t = aws::ATTEMPT_TIMEOUT.as_secs(), value_parser = clap::value_parser!(u64).range(1..=3600))]
     aws_attempt_timeout_seconds: u64,
+    /// AWS calls per second the controller makes to each service (IAM, OpsWorks, EC2, Systems
+    /// Manager), all objects together: where its budget starts and the most it grows back to
+    /// after the service throttled it (the budget is cut by 30 % at each throttling). 0: no
+    /// limit (the SDK's retries alone absorb throttling).
+    #[arg(long, env = "AWS_CALLS_PER_SECOND", default_value_t = 20.0, value_parser = calls_per_second)]
+    aws_calls_per_second: f64,
     /// Seconds to connect to an AWS endpoint.
     #[arg(long, env = "AWS_CONNECT_TIMEOUT_SECONDS", default_value_t = aws::CONNECT_TIMEOUT.as_secs(), value_parser = clap::value_parser!(u64).range(1..=600))]
     aws_connect_timeout_seconds: u64,
@@ -224,6 +230,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         iam_permissions_boundary: args.iam_permissions_boundary,
         instance: Some(identity),
         unannotated_namespaces: args.unannotated_namespaces,
+        aws_calls_per_second: (args.aws_calls_per_second > 0.0)
+            .then_some(args.aws_calls_per_second),
         aws_timeouts: aws::Timeouts {
             connect: Duration::from_secs(args.aws_connect_timeout_seconds),
             attempt: Duration::from_secs(args.aws_attempt_timeout_seconds),
@@ -325,6 +333,21 @@ fn policy_arn(value: &str) -> Result<String, String> {
     match ok {
         true => Ok(value.to_owned()),
         false => Err(format!("{value:?} is not an IAM managed policy ARN")),
+    }
+}
+
+/// A rate of calls per second: 0 (no limit), or from 0.5 to 10000.
+fn calls_per_second(value: &str) -> Result<f64, String> {
+    let rate: f64 = value
+        .parse()
+        .map_err(|_| format!("{value:?} is not a number"))?;
+    match rate {
+        0.0 => Ok(0.0),
+        r if (crate::budget::MIN_RATE..=10_000.0).contains(&r) => Ok(r),
+        _ => Err(format!(
+            "{value} is not 0 (no limit) nor from {} to 10000 calls per second",
+            crate::budget::MIN_RATE
+        )),
     }
 }
 

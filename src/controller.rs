@@ -524,7 +524,16 @@ pub(crate) async fn run(
     );
     let mut settings = settings;
     settings.cluster_id = crate::audit::cluster_id(&client).await;
-    let aws = Aws::from_env(Some(metrics.aws_interceptor()), settings.aws_timeouts).await;
+    // One budget of calls per service, cut when the service throttles (the counter sees it).
+    let budgets = Arc::new(crate::budget::Budgets::new(
+        settings.aws_calls_per_second,
+        Some(metrics.clone()),
+    ));
+    let throttled = budgets.clone();
+    let counter = metrics
+        .aws_interceptor()
+        .on_throttled(Arc::new(move |service: &str| throttled.throttled(service)));
+    let aws = Aws::from_env(Some(counter), settings.aws_timeouts, Some(budgets)).await;
     let services = Box::new(Services::default());
     run_with(client, aws, services, settings, metrics, health, shutdown).await
 }

@@ -27,6 +27,7 @@ pub mod resource;
 mod audit;
 mod aws;
 mod backoff;
+mod budget;
 mod cache;
 mod conflict;
 mod context;
@@ -62,6 +63,8 @@ pub mod testing {
     pub use crate::opsworks::credentials::IAM_PATH;
     pub use crate::opsworks::{inline_policy_expiry, policy_document_json};
     pub use crate::steps::{OWNER_TAG, OWNER_UID_TAG};
+    /// The lowest rate a service's budget of AWS calls is cut to.
+    pub const AWS_MIN_RATE: f64 = crate::budget::MIN_RATE;
 }
 
 /// Errors that end a reconcile early; they are retried with per-object backoff. Failures the user

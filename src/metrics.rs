@@ -62,6 +62,13 @@ pub(crate) struct RepairLabels {
     pub outcome: String,
 }
 
+/// Labels: an AWS service.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct ServiceLabels {
+    /// `opsworks`, `iam`, `ec2`, `ssm`.
+    pub service: String,
+}
+
 /// Labels: one AWS call attempt.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct AwsCallLabels {
@@ -69,7 +76,8 @@ pub(crate) struct AwsCallLabels {
     pub service: String,
     /// The API operation, e.g. `DescribeInstances`.
     pub operation: String,
-    /// `success`, `throttled`, `client_error`, `server_error` or `network_error`.
+    /// `success`, `throttled`, `client_error`, `server_error`, `network_error`, or `not_sent`
+    /// (no turn in the controller's own budget, [`crate::budget`]).
     pub outcome: String,
 }
 
@@ -98,6 +106,12 @@ pub(crate) struct Metrics {
     orphans: Family<OrphanLabels, Gauge>,
     /// Repairs of agents out of touch, by service and outcome.
     pub agent_repairs: Family<RepairLabels, Counter>,
+    /// The calls per second each service's budget allows now.
+    aws_budget_rate: Family<ServiceLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    /// AWS call attempts waiting for their turn now, by service.
+    aws_budget_waiting: Family<ServiceLabels, Gauge>,
+    /// AWS call attempts not made for want of a turn, by service.
+    aws_budget_refused: Family<ServiceLabels, Counter>,
     objects: Arc<OnceLock<Store<InstanceRegistration>>>,
 }
 
@@ -169,6 +183,25 @@ impl Metrics {
             "Repairs of agents the service reported out of touch (ConnectionLost), by service and outcome: restarted, repaired, failed, unreachable",
             agent_repairs.clone(),
         );
+        let aws_budget_rate =
+            Family::<ServiceLabels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+        registry.register(
+            "aws_budget_rate",
+            "AWS calls per second the controller allows itself now, by service (--aws-calls-per-second, cut when the service throttles)",
+            aws_budget_rate.clone(),
+        );
+        let aws_budget_waiting = Family::<ServiceLabels, Gauge>::default();
+        registry.register(
+            "aws_budget_waiting",
+            "AWS call attempts waiting for their turn in the service's budget now",
+            aws_budget_waiting.clone(),
+        );
+        let aws_budget_refused = Family::<ServiceLabels, Counter>::default();
+        registry.register(
+            "aws_budget_refused",
+            "AWS call attempts not made because the service's budget had no turn for them soon enough (retried with backoff)",
+            aws_budget_refused.clone(),
+        );
         let objects = Arc::new(OnceLock::new());
         registry.register_collector(Box::new(ObjectsByPhase {
             store: objects.clone(),
@@ -186,6 +219,9 @@ impl Metrics {
             aws_calls,
             orphans,
             agent_repairs,
+            aws_budget_rate,
+            aws_budget_waiting,
+            aws_budget_refused,
         }
     }
 
@@ -215,14 +251,64 @@ impl Metrics {
     pub(crate) fn aws_interceptor(&self) -> AwsCallCounter {
         AwsCallCounter {
             calls: self.aws_calls.clone(),
+            on_throttled: None,
         }
+    }
+
+    /// Records the rate `service`'s budget allows now.
+    pub(crate) fn aws_budget_rate(&self, service: &str, rate: f64) {
+        self.aws_budget_rate
+            .get_or_create(&ServiceLabels {
+                service: service.to_owned(),
+            })
+            .set(rate);
+    }
+
+    /// Counts an attempt to `service` waiting for its turn until the guard is dropped.
+    pub(crate) fn aws_budget_waiting(&self, service: &str) -> InFlight {
+        let gauge = self
+            .aws_budget_waiting
+            .get_or_create(&ServiceLabels {
+                service: service.to_owned(),
+            })
+            .clone();
+        gauge.inc();
+        InFlight(gauge)
+    }
+
+    /// Counts an attempt to `service` not made for want of a turn.
+    pub(crate) fn aws_budget_refused(&self, service: &str) {
+        self.aws_budget_refused
+            .get_or_create(&ServiceLabels {
+                service: service.to_owned(),
+            })
+            .inc();
     }
 }
 
-/// Counts AWS call attempts by service, operation and outcome.
-#[derive(Clone, Debug)]
+/// What to tell when a service throttled an attempt (its service name, lower case).
+pub(crate) type OnThrottled = Arc<dyn Fn(&str) + Send + Sync>;
+
+/// Counts AWS call attempts by service, operation and outcome; tells `on_throttled` of each
+/// throttled one.
+#[derive(Clone)]
 pub(crate) struct AwsCallCounter {
     calls: Family<AwsCallLabels, Counter>,
+    on_throttled: Option<OnThrottled>,
+}
+
+impl std::fmt::Debug for AwsCallCounter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AwsCallCounter").finish_non_exhaustive()
+    }
+}
+
+impl AwsCallCounter {
+    /// This counter, telling `on_throttled` of each throttled attempt.
+    pub(crate) fn on_throttled(mut self, on_throttled: OnThrottled) -> Self {
+        self.on_throttled = Some(on_throttled);
+        self
+    }
 }
 
 impl Intercept for AwsCallCounter {
@@ -240,7 +326,18 @@ impl Intercept for AwsCallCounter {
             Some(m) => (m.service().to_ascii_lowercase(), m.name().to_owned()),
             None => ("unknown".to_owned(), "unknown".to_owned()),
         };
+        let not_sent = || {
+            context
+                .output_or_error()
+                .and_then(Result::err)
+                .and_then(|e| e.as_connector_error())
+                // What a connector that never sent the request says: only the budget's does.
+                .is_some_and(|e| {
+                    e.as_other() == Some(aws_smithy_types::retry::ErrorKind::ThrottlingError)
+                })
+        };
         let outcome = match context.response() {
+            None if not_sent() => "not_sent",
             None => "network_error",
             Some(response) => {
                 let status = response.status().as_u16();
@@ -254,6 +351,11 @@ impl Intercept for AwsCallCounter {
                 classify_attempt(status, code.as_deref())
             }
         };
+        if outcome == "throttled"
+            && let Some(tell) = &self.on_throttled
+        {
+            tell(&service);
+        }
         self.calls
             .get_or_create(&AwsCallLabels {
                 service,

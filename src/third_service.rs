@@ -300,7 +300,7 @@ mod tests {
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let controller = tokio::spawn(crate::controller::run_with(
             client.clone(),
-            crate::aws::Aws::new(config, None),
+            crate::aws::Aws::new(config, None, None),
             Box::new(WithLedger::default()),
             Default::default(),
             std::sync::Arc::new(crate::metrics::Metrics::new()),

@@ -462,6 +462,7 @@ fn the_deployment_runs_restricted_with_probes_and_the_controllers_settings() {
             "audit.seconds=60",
             "audit.deleteOrphans=true",
             "agentRepair.afterSeconds=120",
+            "aws.callsPerSecond=7.5",
             "image.tag=dev",
         ]),
     );
@@ -495,6 +496,7 @@ fn the_deployment_runs_restricted_with_probes_and_the_controllers_settings() {
         ("AUDIT_SECONDS", "60"),
         ("DELETE_ORPHANS", "true"),
         ("AGENT_REPAIR_AFTER_SECONDS", "120"),
+        ("AWS_CALLS_PER_SECOND", "7.5"),
     ] {
         assert_eq!(set.env_value(name).as_deref(), Some(value), "{name}");
     }
@@ -523,6 +525,7 @@ fn every_setting_the_chart_passes_is_an_environment_variable_of_run() {
             "audit.seconds=0",
             "audit.deleteOrphans=true",
             "agentRepair.afterSeconds=0",
+            "aws.callsPerSecond=0",
         ]),
     );
     for (name, _) in rendered.env() {

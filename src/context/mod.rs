@@ -79,6 +79,9 @@ pub(crate) struct Settings {
     pub unannotated_namespaces: Unannotated,
     /// Time limits of every AWS call.
     pub aws_timeouts: crate::aws::Timeouts,
+    /// AWS calls per second each service's budget starts at and grows back to
+    /// ([`crate::budget`]); `None`: no limit.
+    pub aws_calls_per_second: Option<f64>,
     /// The permissions boundary (a managed policy ARN) set on every IAM user the controller
     /// makes, if any; `iam-policy.json` can then require it (`iam:PermissionsBoundary`).
     pub iam_permissions_boundary: Option<String>,
@@ -102,6 +105,7 @@ impl Default for Settings {
             instance: None,
             unannotated_namespaces: Unannotated::default(),
             aws_timeouts: crate::aws::Timeouts::default(),
+            aws_calls_per_second: None,
             iam_permissions_boundary: None,
         }
     }

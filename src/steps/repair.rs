@@ -164,7 +164,9 @@ pub(crate) async fn out_of_touch(
     }
     let due = due(since, attempted, after);
     if now < due {
-        let wait = elapsed(now, due);
+        // Looked at again when the repair is due, or sooner at the resync pace (a node
+        // deregistered meanwhile is noticed as at any other time).
+        let wait = elapsed(now, due).min(ctx.settings.resync);
         return match (repair.outcome, attempted) {
             (Some(RepairOutcome::Failed), Some(at)) if at >= since => {
                 Outcome::Blocked(Observation::fails(

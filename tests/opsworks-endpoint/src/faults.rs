@@ -36,6 +36,11 @@ pub struct Faults {
     pub spike_latency_ms: u64,
     /// Rate of `ThrottlingException` (HTTP 400) answers.
     pub throttle_rate: f64,
+    /// When not zero, each action (of [`Faults::only_actions`], or every one) takes at most this
+    /// many calls per second, as AWS's own rate limits do (a token bucket holding one second's
+    /// worth): the calls beyond it are answered `ThrottlingException` (HTTP 400) and not carried
+    /// out. Draws nothing from the generator.
+    pub calls_per_second: f64,
     /// Rate of `InternalFailure` (HTTP 500) answers.
     pub internal_error_rate: f64,
     /// Rate of `ServiceUnavailable` (HTTP 503) answers.
@@ -64,6 +69,7 @@ impl Default for Faults {
             spike_rate: 0.0,
             spike_latency_ms: 0,
             throttle_rate: 0.0,
+            calls_per_second: 0.0,
             internal_error_rate: 0.0,
             unavailable_rate: 0.0,
             hang_rate: 0.0,
@@ -106,8 +112,24 @@ impl Faults {
         }
     }
 
+    /// Takes at most `rate` calls per second of each of `actions` (all, when empty), throttling
+    /// the rest ([`Faults::calls_per_second`]).
+    pub fn rate_limit(rate: f64, actions: &[&str]) -> Self {
+        Faults {
+            calls_per_second: rate,
+            only_actions: actions.iter().map(|a| (*a).to_owned()).collect(),
+            ..Self::default()
+        }
+    }
+
     /// Checks that the rates are probabilities.
     pub fn validate(&self) -> Result<(), String> {
+        if !self.calls_per_second.is_finite() || self.calls_per_second < 0.0 {
+            return Err(format!(
+                "calls_per_second must be 0 or more, not {}",
+                self.calls_per_second
+            ));
+        }
         for (name, r) in [
             ("spike_rate", self.spike_rate),
             ("throttle_rate", self.throttle_rate),
@@ -120,6 +142,26 @@ impl Faults {
             }
         }
         Ok(())
+    }
+}
+
+impl Injector {
+    /// Takes a token of `action`'s bucket, if it has one.
+    fn take_turn(&mut self, action: &str) -> bool {
+        let rate = self.faults.calls_per_second;
+        let now = std::time::Instant::now();
+        let (tokens, at) = self
+            .buckets
+            .entry(action.to_owned())
+            .or_insert((rate.max(1.0), now));
+        *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * rate).min(rate.max(1.0));
+        *at = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            true
+        } else {
+            false
+        }
     }
 }
 
@@ -172,6 +214,8 @@ pub(crate) struct Injector {
     rng: StdRng,
     /// Hung calls wait until this is dropped, with the injector, when the faults are set again.
     release: watch::Sender<()>,
+    /// Each action's token bucket for [`Faults::calls_per_second`]: tokens, and when counted.
+    buckets: std::collections::HashMap<String, (f64, std::time::Instant)>,
 }
 
 impl Injector {
@@ -181,6 +225,7 @@ impl Injector {
             faults,
             rng,
             release: watch::Sender::new(()),
+            buckets: Default::default(),
         }
     }
 
@@ -199,6 +244,13 @@ impl Injector {
         {
             return Decision::default();
         }
+        if f.calls_per_second > 0.0 && !self.take_turn(names.first().copied().unwrap_or("")) {
+            return Decision {
+                fault: Some(InjectedFault::Throttling),
+                ..Decision::default()
+            };
+        }
+        let f = &self.faults;
         let (spike, throttle, internal, unavailable): (f64, f64, f64, f64) = (
             self.rng.random(),
             self.rng.random(),
@@ -240,6 +292,23 @@ impl Injector {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_rate_limit_takes_a_seconds_worth_then_throttles_each_action_apart() {
+        let mut i = Injector::new(Faults::rate_limit(5.0, &["CreateAccessKey"]));
+        let throttled = |i: &mut Injector, action: &str| {
+            (0..8)
+                .filter(|_| i.decide(action).fault == Some(InjectedFault::Throttling))
+                .count()
+        };
+        assert_eq!(throttled(&mut i, "CreateAccessKey"), 3);
+        assert_eq!(throttled(&mut i, "CreateUser"), 0, "not limited");
+        std::thread::sleep(Duration::from_millis(450));
+        // 2.25 tokens came back (more if the sleep overran): two or three calls go through.
+        let again = throttled(&mut i, "CreateAccessKey");
+        assert!((5..=6).contains(&again), "{again}");
+        assert!(Faults::rate_limit(-1.0, &[]).validate().is_err());
+    }
 
     #[test]
     fn deterministic_and_near_the_rate() {

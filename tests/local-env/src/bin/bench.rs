@@ -312,7 +312,11 @@ impl Env {
             .args(["--metrics-address", &format!("127.0.0.1:{metrics_port}")])
             .args(["--probe-address", &format!("127.0.0.1:{probe_port}")])
             .env("KUBECONFIG", &self.cp.kubeconfig)
-            .env("LOG_LEVEL", "info");
+            .env("LOG_LEVEL", "info")
+            // moto never throttles: the budget the controller keeps for a real account
+            // (--aws-calls-per-second, 20 a second per service) would measure the budget, not
+            // the controller. It stays on, at a rate the runs do not reach.
+            .env("AWS_CALLS_PER_SECOND", "1000");
         for (k, v) in self.aws.controller_env() {
             command.env(k, v);
         }
