@@ -44,8 +44,10 @@ struct RunArgs {
     /// its own leader lease.
     #[arg(long, env = "LABEL_SELECTOR", value_parser = label_selector)]
     label_selector: Option<String>,
-    /// Objects reconciled at once. A pass that opens an SSH session (an install) lets go of its
-    /// worker meanwhile, so this does not bound the installs in flight.
+    /// Objects reconciled at once. A pass that opens an SSH session (an install), or takes longer
+    /// than a quarter of a second (its AWS calls wait), lets go of its worker meanwhile, so this
+    /// bounds neither the installs in flight nor the passes waiting on AWS (the AWS budget,
+    /// --aws-calls-per-second, bounds their calls).
     #[arg(long, env = "RECONCILE_CONCURRENCY", default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..=1024))]
     concurrency: u16,
     /// SSH sessions (agent installs, probes) open at once: the installs in flight.

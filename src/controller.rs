@@ -66,10 +66,13 @@ pub(crate) async fn reconcile(obj: Arc<InstanceRegistration>, ctx: Arc<Context>)
 }
 
 /// Runs a pass of `obj` ([`pass`]) on a task of its own. The reconcile waits for it, unless the
-/// pass lets go of it ([`crate::context::Facts::detach`], before an SSH session): then the reconcile
-/// returns at once, freeing its worker, and the pass goes on by itself; when it ends, the
-/// object is reconciled again after the delay the pass asked for (at once if a reconcile came
-/// meanwhile), and a failure is counted and backed off as [`error_policy`] does.
+/// pass lets go of it ([`crate::context::Facts::detach`], before an SSH session) or takes longer
+/// than [`DETACH_AFTER`] (its AWS calls wait for their turn in the services' budgets, or the
+/// services are slow): then the reconcile returns, freeing its worker, and the pass goes on by
+/// itself; when it ends, the object is reconciled again after the delay the pass asked for (at
+/// once if a reconcile came meanwhile), and a failure is counted and backed off as
+/// [`error_policy`] does. So the reconcile workers are never all held by passes of a wave:
+/// a deletion, and the first look at a new object, start at once whatever the wave waits on.
 async fn apply(
     obj: Arc<InstanceRegistration>,
     api: Api<InstanceRegistration>,
@@ -92,6 +95,7 @@ async fn apply(
             };
         }
         Ok(()) = detached => {}
+        () = tokio::time::sleep(DETACH_AFTER) => {}
     }
     let Some(uid) = obj.uid() else {
         // Not from the API server (no UID): nothing can wake it; wait for the pass here.
@@ -494,6 +498,11 @@ where
 
 /// How long a stopping controller waits for passes in an SSH session to end.
 const DETACHED_GRACE: Duration = Duration::from_secs(10);
+
+/// How long a pass may hold its reconcile worker before it goes on detached ([`apply`]): passes
+/// that find everything done (a resync) end within it, on the worker, as kube-runtime runs them;
+/// those that wait (on AWS, on a host) let the worker go.
+const DETACH_AFTER: Duration = Duration::from_millis(250);
 
 /// Runs the controller until `shutdown` completes; reconciles in flight are allowed to finish.
 pub(crate) async fn run(

@@ -1,8 +1,9 @@
-//! The controller's own budget of AWS calls ([`--aws-calls-per-second`]) against a service that
-//! takes only so many calls a second, as AWS does: IAM (moto behind the fault-injecting proxy)
-//! answers `CreateAccessKey` beyond one call a second with `ThrottlingException`. Every object
-//! must still get its key, the controller must cut its rate when throttled, and say so in its
-//! metrics.
+//! The controller and AWS calls that wait: its own budget of calls (`--aws-calls-per-second`)
+//! against a service that takes only so many calls a second, as AWS does (IAM, moto behind the
+//! fault-injecting proxy, answers `CreateAccessKey` beyond one call a second with
+//! `ThrottlingException`): every object must still get its key, and the controller cut its rate
+//! and say so in its metrics. And passes whose AWS calls get no answer for a long while must not
+//! hold the reconcile workers that deletions and new objects need.
 
 mod support;
 
@@ -13,8 +14,8 @@ use instance_registrar::resource::InstanceRegistration;
 use kube::api::Api;
 use opsworks_endpoint::Faults;
 use support::{
-    AwsEnv, ControlPlane, ControllerProcess, apply, condition, eventually,
-    host_whose_install_fails, http_get, namespace, on_premises_at, ssh_key_secret,
+    AwsEnv, ControlPlane, ControllerProcess, apply, condition, ec2, eventually,
+    host_whose_install_fails, http_get, namespace, on_premises, on_premises_at, ssh_key_secret,
 };
 
 /// The budget's rate for `service`, from the controller's metrics text.
@@ -92,4 +93,129 @@ async fn a_wave_against_a_rate_limited_service_slows_down_and_every_object_gets_
         "{text}"
     );
     aws.set_faults(Faults::none());
+}
+
+#[tokio::test]
+async fn passes_waiting_on_aws_leave_the_reconcile_workers_to_deletions_and_new_objects() {
+    const WAVE: usize = 4;
+    let cp = ControlPlane::shared();
+    // An environment of its own: its EC2 look-ups are held without an answer.
+    let aws = AwsEnv::hanging();
+    let client = cp.client().await;
+    let ns = namespace(&client, "held").await;
+    let api: Api<InstanceRegistration> = Api::namespaced(client.clone(), &ns);
+    let stack = aws.create_stack(&ns, None).await;
+    ssh_key_secret(&client, &ns, "key").await;
+    let mut instances = Vec::new();
+    for n in 0..WAVE {
+        instances.push(aws.run_instance(&format!("{ns}-w{n}"), None).await.0);
+    }
+    // Two reconcile workers; an AWS call may wait two minutes for its answer.
+    let _controller = ControllerProcess::start(
+        cp,
+        aws,
+        &ns,
+        &[
+            "--concurrency",
+            "2",
+            "--aws-attempt-timeout-seconds",
+            "120",
+            "--aws-operation-timeout-seconds",
+            "240",
+        ],
+    );
+    let says = |name: &'static str, type_: &'static str, reason: &'static str| {
+        let api = api.clone();
+        async move {
+            eventually(
+                Duration::from_secs(30),
+                &format!("{name}: {type_} {reason}"),
+                || async {
+                    let obj = api.get_opt(name).await.ok()??;
+                    condition(&obj, type_)
+                        .filter(|(_, r, _)| r == reason)
+                        .map(|_| ())
+                },
+            )
+            .await
+        }
+    };
+    // An object that never gets past its Secret, to delete during the wave.
+    apply(
+        cp,
+        &on_premises(
+            &ns,
+            "idle",
+            &stack,
+            "127.0.9.9",
+            "idle",
+            "no-such-secret",
+            "",
+        ),
+    );
+    says("idle", types::SSH_KEY_READY, reasons::SECRET_NOT_FOUND).await;
+
+    // The wave: EC2 objects whose instance look-up gets no answer.
+    aws.set_faults(Faults::hang(&["ec2:DescribeInstances"]));
+    for (n, id) in instances.iter().enumerate() {
+        apply(cp, &ec2(&ns, &format!("w{n}"), &stack, id, "key", ""));
+    }
+    eventually(
+        Duration::from_secs(30),
+        "the wave's look-ups held",
+        || async {
+            let summary = aws.call_summary();
+            let held = summary
+                .by_operation
+                .get(&("ec2".to_owned(), "DescribeInstances".to_owned()))
+                .map_or(0, |c| c.hung);
+            (held >= 2).then_some(())
+        },
+    )
+    .await;
+
+    // Meanwhile a new object is looked at, and a deletion done: the workers are not held.
+    apply(
+        cp,
+        &on_premises(
+            &ns,
+            "late",
+            &stack,
+            "127.0.9.10",
+            "late",
+            "no-such-secret",
+            "",
+        ),
+    );
+    says("late", types::SSH_KEY_READY, reasons::SECRET_NOT_FOUND).await;
+    api.delete("idle", &Default::default()).await.unwrap();
+    eventually(Duration::from_secs(30), "idle deleted", || async {
+        api.get_opt("idle").await.ok()?.is_none().then_some(())
+    })
+    .await;
+    // ... while the wave still waits on EC2.
+    for n in 0..WAVE {
+        let obj = api.get(&format!("w{n}")).await.unwrap();
+        assert!(
+            condition(&obj, types::TARGET_RESOLVED).is_none_or(|(status, _, _)| status != "True"),
+            "w{n} got past its look-up: {:#?}",
+            obj.status
+        );
+    }
+    // Answered again: the wave goes on.
+    aws.set_faults(Faults::none());
+    for n in 0..WAVE {
+        let name = format!("w{n}");
+        eventually(
+            Duration::from_secs(120),
+            &format!("{name}: TargetResolved"),
+            || async {
+                let obj = api.get_opt(&name).await.ok()??;
+                condition(&obj, types::TARGET_RESOLVED)
+                    .filter(|(status, _, _)| status == "True")
+                    .map(|_| ())
+            },
+        )
+        .await;
+    }
 }

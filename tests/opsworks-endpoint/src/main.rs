@@ -83,6 +83,9 @@ struct Args {
     /// Rate of ThrottlingException answers (0..1).
     #[arg(long, default_value_t = 0.0)]
     throttle_rate: f64,
+    /// Calls per second each action takes before the rest are throttled (0: no limit).
+    #[arg(long, default_value_t = 0.0)]
+    calls_per_second: f64,
     /// Rate of InternalFailure (500) answers (0..1).
     #[arg(long, default_value_t = 0.0)]
     internal_error_rate: f64,
@@ -184,6 +187,7 @@ fn run() -> Result<(), String> {
         spike_rate: args.spike_rate,
         spike_latency_ms: args.spike_latency_ms,
         throttle_rate: args.throttle_rate,
+        calls_per_second: args.calls_per_second,
         internal_error_rate: args.internal_error_rate,
         unavailable_rate: args.unavailable_rate,
         hang_rate: 0.0,
