@@ -6,7 +6,10 @@
 //! measures, each over `--runs` runs and reported as medians:
 //!
 //! 1. throughput: `--hosts` EC2 hosts registered by the controller (default concurrency), from
-//!    `kubectl apply` to all Ready; and by `aws opsworks register` (AWS CLI v1) one host after
+//!    `kubectl apply` to all Ready; the floor, alternating with it: the same hosts registered
+//!    with nothing of the controller's (one plain `ssh` per host, all at once, running the same
+//!    installer against the same endpoint, [`Env::floor_run`]), and the controller's time as a
+//!    ratio to it, run by run; and by `aws opsworks register` (AWS CLI v1) one host after
 //!    another and `--cli-parallel` at a time, until every instance is registered;
 //! 2. AWS calls per fresh registration by operation, controller against the CLI;
 //! 3. steady state: `--steady` objects already registered, the controller restarted: time until
@@ -17,7 +20,7 @@
 //!    253 hosts, sshds share addresses, each on its own port) created at once for a controller
 //!    started with `--ssh-concurrency` `--fleet` (`--concurrency` its default), the installer
 //!    taking `--fleet-run-time` (the other sections keep `--run-time`): time from apply to all
-//!    Ready; the time to delete two unrelated objects of the namespace (blocked on a missing
+//!    Ready, and the floor on the same hosts before and after the wave; the time to delete two unrelated objects of the namespace (blocked on a missing
 //!    Secret, with the finalizer; one `deletionPolicy: Retain`, which makes no AWS call, one
 //!    `Deregister`) once half the fleet has started installing, which the reconcile workers
 //!    serve while the installs outnumber them; status and object writes per registration (from
@@ -157,6 +160,16 @@ fn main() {
         }
     };
     std::process::exit(code)
+}
+
+/// `controller / floor` for each pair of runs, as text.
+fn runs_text(controller: &[f64], floor: &[f64]) -> String {
+    controller
+        .iter()
+        .zip(floor)
+        .map(|(c, f)| format!("{c:.1}/{f:.1} = {:.2}", c / f))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -698,9 +711,137 @@ impl Env {
         Ok(out)
     }
 
-    /// An OpsWorks client signed with the key of an IAM user allowed to register (made once),
-    /// as the agent's registration is.
-    async fn registering_client(&self) -> R<aws_sdk_opsworks::Client> {
+    /// The floor: what `hosts` take to register with nothing of the controller's. Made before
+    /// the clock starts: a fresh stack with one EC2 record per host (as the controller's runs
+    /// have), one IAM user's key allowed to register, the stack's provisioning parameters. Then,
+    /// timed: one plain OpenSSH `ssh` per host, all at once, each running what the agent's
+    /// install is (download the installer from the endpoint, unpack it, write its preconfig,
+    /// `sudo boot-registration`, which takes the stand-in's T and registers), until the endpoint
+    /// lists every host registered. Returns the seconds.
+    async fn floor_run(&self, hosts: &[SshHost]) -> R<f64> {
+        let n = hosts.len();
+        let name = format!("floor{}", self.next());
+        let (stack, _ids) = self.fresh_stack_on(&name, hosts).await;
+        let (key_id, secret) = self.agent_key().await?;
+        let parameters = self
+            .aws
+            .opsworks_client()
+            .describe_stack_provisioning_parameters()
+            .stack_id(&stack)
+            .send()
+            .await
+            .map_err(|e| format!("DescribeStackProvisioningParameters: {e:?}"))?;
+        let url = parameters
+            .agent_installer_url()
+            .ok_or("no AgentInstallerUrl")?
+            .to_owned();
+        let params = parameters.parameters().cloned().unwrap_or_default();
+        let bucket = params
+            .get("assets_download_bucket")
+            .cloned()
+            .unwrap_or_default();
+        let q = opsworks_endpoint::standin::shell_quote;
+        let scripts: Vec<String> = (0..n)
+            .map(|i| {
+                let mut preconfig = opsworks_endpoint::standin::Preconfig::new();
+                for (k, v) in &params {
+                    preconfig.insert(k.clone(), serde_json::json!(v));
+                }
+                preconfig.insert("stack_id".into(), serde_json::json!(stack));
+                preconfig.insert("access_key_id".into(), serde_json::json!(key_id));
+                preconfig.insert("secret_access_key".into(), serde_json::json!(secret));
+                preconfig.insert("hostname".into(), serde_json::json!(format!("{name}-{i}")));
+                preconfig.insert("import".into(), serde_json::json!(true));
+                format!(
+                    "set -e
+d=$(mktemp -d)
+curl -fsS -o \"$d/i.tgz\" {url}
+                     tar -xzf \"$d/i.tgz\" -C \"$d\"
+printf '%s' {preconfig}                      >\"$d/opsworks-agent-installer/preconfig\"
+sudo -n env                      OPSWORKS_ASSETS_DOWNLOAD_BUCKET={bucket}                      \"$d/opsworks-agent-installer/boot-registration\"
+rm -rf \"$d\"
+",
+                    url = q(&url),
+                    preconfig = q(&opsworks_endpoint::standin::render_preconfig(&preconfig)),
+                    bucket = q(&bucket),
+                )
+            })
+            .collect();
+        let log_dir = self.dir.join(&name);
+        std::fs::create_dir_all(&log_dir).map_err(|e| e.to_string())?;
+        let t0 = Instant::now();
+        let mut children = Vec::new();
+        for (i, (host, script)) in hosts.iter().zip(&scripts).enumerate() {
+            check_loopback(host.address())?;
+            let log = std::fs::File::create(log_dir.join(format!("{i}.log")))
+                .map_err(|e| e.to_string())?;
+            let mut child = Command::new("ssh")
+                .args(["-p", &host.port().to_string(), "-i"])
+                .arg(&self.key_path)
+                .args([
+                    "-o",
+                    "StrictHostKeyChecking=no",
+                    "-o",
+                    "UserKnownHostsFile=/dev/null",
+                    "-o",
+                    "BatchMode=yes",
+                    "-o",
+                    "LogLevel=ERROR",
+                ])
+                .arg(format!("{}@{}", ssh_hosts::USER, host.address()))
+                .arg("sh -s")
+                .stdin(Stdio::piped())
+                .stdout(log.try_clone().map_err(|e| e.to_string())?)
+                .stderr(log)
+                .spawn()
+                .map_err(|e| format!("ssh: {e}"))?;
+            let mut stdin = child.stdin.take().ok_or("no stdin")?;
+            stdin
+                .write_all(script.as_bytes())
+                .map_err(|e| format!("writing the script: {e}"))?;
+            drop(stdin);
+            children.push(child);
+        }
+        let waited = tokio::task::spawn_blocking(move || {
+            children
+                .into_iter()
+                .map(|mut c| c.wait().map(|s| s.success()).unwrap_or(false))
+                .filter(|ok| !ok)
+                .count()
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+        if waited > 0 {
+            return Err(format!(
+                "{name}: {waited} of {n} installs over ssh failed; see {}",
+                log_dir.display()
+            ));
+        }
+        // Done when OpsWorks lists every instance as registered, as the controller's Ready is.
+        loop {
+            let registered = self
+                .aws
+                .opsworks
+                .instances()
+                .into_iter()
+                .filter(|i| {
+                    i.stack_id == stack && (i.status == "registered" || i.status == "online")
+                })
+                .count();
+            if registered >= n {
+                break;
+            }
+            if t0.elapsed() > Duration::from_secs(1800) {
+                return Err(format!("{name}: {registered} of {n} registered"));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(t0.elapsed().as_secs_f64())
+    }
+
+    /// The access key ID and secret of a fresh IAM user allowed to register (as the agent's
+    /// registration is signed).
+    async fn agent_key(&self) -> R<(String, String)> {
         let iam = self.aws.iam();
         let user = format!("bench-registrar-{}", self.next());
         iam.create_user()
@@ -724,18 +865,22 @@ impl Env {
             .await
             .map_err(|e| format!("CreateAccessKey: {e:?}"))?;
         let key = key.access_key().ok_or("CreateAccessKey returned no key")?;
+        Ok((
+            key.access_key_id().to_owned(),
+            key.secret_access_key().to_owned(),
+        ))
+    }
+
+    /// An OpsWorks client signed with the key of an IAM user allowed to register (made once),
+    /// as the agent's registration is.
+    async fn registering_client(&self) -> R<aws_sdk_opsworks::Client> {
+        let (key_id, secret) = self.agent_key().await?;
         let config = aws_config::SdkConfig::builder()
             .behavior_version(aws_config::BehaviorVersion::latest())
             .region(aws_config::Region::new(REGION))
             .endpoint_url(self.aws.opsworks.url())
             .credentials_provider(aws_sdk_opsworks::config::SharedCredentialsProvider::new(
-                aws_sdk_opsworks::config::Credentials::new(
-                    key.access_key_id(),
-                    key.secret_access_key(),
-                    None,
-                    None,
-                    "bench",
-                ),
+                aws_sdk_opsworks::config::Credentials::new(key_id, secret, None, None, "bench"),
             ))
             .build();
         Ok(aws_sdk_opsworks::Client::new(&config))
@@ -774,6 +919,8 @@ struct Fleet {
     run_time: f64,
     /// Seconds to start the fleet's sshds.
     hosts_secs: f64,
+    /// The floor's runs on the same hosts ([`Env::floor_run`]): before the wave and after it.
+    floors: Vec<f64>,
     /// Seconds creating the fleet's objects took (inside `ready_secs`).
     apply_secs: f64,
     /// Seconds from apply to all Ready; `None` when not all were Ready by the time limit.
@@ -1085,7 +1232,27 @@ impl Env {
         self.aws
             .opsworks
             .set_agent_installer(AgentInstaller::StandIn(StandIn::built().run_time(run_time)));
+        // The floor, the controller's wave, the floor again: both see the machine alike.
+        let mut floors = Vec::new();
+        let floor = self.floor_run(&hosts).await;
+        if let Ok(f) = &floor {
+            say(
+                self.start,
+                &format!("fleet floor: {n} hosts over plain ssh in {f:.1}s"),
+            );
+        }
+        floors.push(floor);
         let result = self.fleet_wave(&hosts, run_time).await;
+        if result.is_ok() {
+            let floor = self.floor_run(&hosts).await;
+            if let Ok(f) = &floor {
+                say(
+                    self.start,
+                    &format!("fleet floor: {n} hosts over plain ssh in {f:.1}s"),
+                );
+            }
+            floors.push(floor);
+        }
         // The other sections' installer again.
         self.aws
             .opsworks
@@ -1096,6 +1263,7 @@ impl Env {
         drop(hosts);
         let mut fleet = result?;
         fleet.hosts_secs = hosts_secs;
+        fleet.floors = floors.into_iter().collect::<R<Vec<f64>>>()?;
         Ok(fleet)
     }
 
@@ -1388,6 +1556,7 @@ impl Env {
             n,
             run_time: run_time.as_secs_f64(),
             hosts_secs: 0.0,
+            floors: Vec::new(),
             apply_secs,
             ready_secs,
             first_ready_secs,
@@ -1432,11 +1601,25 @@ fn fleet_table(f: &Fleet) -> String {
         secs(f.half_ready_secs)
     ));
     match f.ready_secs {
-        Some(s) => out.push_str(&format!(
-            "   apply to all {} Ready: {s:.1}s; minus T: {:.1}s\n",
-            f.n,
-            s - f.run_time
-        )),
+        Some(s) => {
+            out.push_str(&format!(
+                "   apply to all {} Ready: {s:.1}s; minus T: {:.1}s\n",
+                f.n,
+                s - f.run_time
+            ));
+            if !f.floors.is_empty() {
+                let floors: Vec<String> = f.floors.iter().map(|x| format!("{x:.1}s")).collect();
+                out.push_str(&format!(
+                    "   floor (plain ssh, same installer, same hosts; before and after the wave):                      {}; controller / floor {}\n",
+                    floors.join(", "),
+                    f.floors
+                        .iter()
+                        .map(|x| format!("{:.2}", s / x))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ));
+            }
+        }
         None => out.push_str(&format!(
             "   NOT all Ready: {} of {} after {:.0}s\n",
             f.ready, f.n, f.waited_secs
@@ -1662,8 +1845,16 @@ async fn run(args: Args) -> R {
     // 1 and 2: throughput and calls.
     let mut ctl_secs = Vec::new();
     let mut ctl_calls = Vec::new();
+    let mut floor_secs = Vec::new();
     if !skip("throughput") {
         for r in 0..args.runs {
+            // The floor and the controller alternate, so that both see the machine alike.
+            let f = env.floor_run(&env.hosts[..n]).await?;
+            say(
+                start,
+                &format!("floor run {r}: {n} hosts registered over plain ssh in {f:.1}s"),
+            );
+            floor_secs.push(f);
             let (s, c) = env.controller_run(n, false).await?;
             say(
                 start,
@@ -1716,6 +1907,25 @@ async fn run(args: Args) -> R {
         table.push_str(&format!(
             "   {:<34} {:>9.1} {:>10.1} {:>12}\n",
             "controller (default concurrency)", ctl, ctl_rate, "1.0"
+        ));
+        let floor = median(floor_secs.clone());
+        table.push_str(&format!(
+            "   {:<34} {:>9.1} {:>10.1} {:>12.2}\n",
+            "floor: plain ssh, same installer",
+            floor,
+            rate(n, floor),
+            rate(n, floor) / ctl_rate
+        ));
+        table.push_str(&format!(
+            "   controller / floor, run by run: {} (median {:.2})\n",
+            runs_text(&ctl_secs, &floor_secs),
+            median(
+                ctl_secs
+                    .iter()
+                    .zip(&floor_secs)
+                    .map(|(c, f)| c / f)
+                    .collect()
+            )
         ));
     }
     if !seq.0.is_empty() {
