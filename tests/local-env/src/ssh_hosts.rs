@@ -510,20 +510,13 @@ impl SshHost {
     /// The SSM setup tool's runs on this host, one line each (`setup uid=0 result=registered
     /// node=mi-…`, see [`ssm_standin::host_files::SETUP_LOG`]).
     pub fn ssm_setup_runs(&self) -> Vec<String> {
-        std::fs::read_to_string(self.dir.join(ssm_standin::host_files::SETUP_LOG))
-            .map(|text| {
-                text.lines()
-                    .filter(|l| !l.trim().is_empty())
-                    .map(str::to_owned)
-                    .collect()
-            })
-            .unwrap_or_default()
+        self.service_runs(ssm_standin::host_files::SETUP_LOG)
     }
 
-    /// The runs of an agent's init script on this host, one line each (`restart uid=0 …`):
-    /// `log` is its log in the host directory
-    /// ([`ssm_standin::host_files::SERVICE_LOG`],
-    /// [`opsworks_endpoint::standin::host_files::SERVICE_LOG`]).
+    /// The lines of `log`, a log of a stand-in's runs in the host directory, one line a run: the
+    /// runs of an agent's init script (`restart uid=0 …`,
+    /// [`ssm_standin::host_files::SERVICE_LOG`],
+    /// [`opsworks_endpoint::standin::host_files::SERVICE_LOG`]), of the SSM setup tool.
     pub fn service_runs(&self, log: &str) -> Vec<String> {
         std::fs::read_to_string(self.dir.join(log))
             .map(|text| {

@@ -559,25 +559,7 @@ impl Env {
         for t in threads {
             t.join().map_err(|_| "a CLI thread panicked")??;
         }
-        // Done when OpsWorks lists every instance as registered, as the controller's Ready is.
-        loop {
-            let registered = self
-                .aws
-                .opsworks
-                .instances()
-                .into_iter()
-                .filter(|i| {
-                    i.stack_id == stack && (i.status == "registered" || i.status == "online")
-                })
-                .count();
-            if registered >= n {
-                break;
-            }
-            if t0.elapsed() > Duration::from_secs(1800) {
-                return Err(format!("{name}: {registered} of {n} registered"));
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        self.wait_registered(&name, &stack, n, t0).await?;
         let secs = t0.elapsed().as_secs_f64();
         Ok((secs, self.aws.call_summary()))
     }
@@ -817,7 +799,13 @@ rm -rf \"$d\"
                 log_dir.display()
             ));
         }
-        // Done when OpsWorks lists every instance as registered, as the controller's Ready is.
+        self.wait_registered(&name, &stack, n, t0).await?;
+        Ok(t0.elapsed().as_secs_f64())
+    }
+
+    /// Waits until OpsWorks lists `n` instances of `stack` registered, as the controller's Ready
+    /// is (at most 30 minutes after `t0`).
+    async fn wait_registered(&self, name: &str, stack: &str, n: usize, t0: Instant) -> R {
         loop {
             let registered = self
                 .aws
@@ -829,14 +817,13 @@ rm -rf \"$d\"
                 })
                 .count();
             if registered >= n {
-                break;
+                return Ok(());
             }
             if t0.elapsed() > Duration::from_secs(1800) {
                 return Err(format!("{name}: {registered} of {n} registered"));
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        Ok(t0.elapsed().as_secs_f64())
     }
 
     /// The access key ID and secret of a fresh IAM user allowed to register (as the agent's
