@@ -253,7 +253,7 @@ fn controller_rules() -> Vec<PolicyRule> {
             &["registrar.dev"],
             &["instanceregistrations"],
             &[],
-            &["list", "watch", "patch"],
+            &["get", "list", "watch", "patch"],
         ),
         rule(
             &["registrar.dev"],
@@ -1790,7 +1790,7 @@ async fn the_controller_as_the_cluster_wide_service_account_does_its_work_and_no
         (true, format!("patch {ir}/web-1 -n {hosts}")),
         (true, "watch secrets -A".to_owned()),
         (true, format!("create events.events.k8s.io -n {hosts}")),
-        (false, format!("get {ir} -n {hosts}")),
+        (true, format!("get {ir} -n {hosts}")),
         (false, format!("update {ir} -n {hosts}")),
         (false, format!("delete {ir} -n {hosts}")),
         (false, format!("create {ir} -n {hosts}")),

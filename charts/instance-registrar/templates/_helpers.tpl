@@ -75,7 +75,7 @@ once (empty: every namespace). */}}
 {{- define "instance-registrar.namespacedRules" -}}
 - apiGroups: ["registrar.dev"]
   resources: ["instanceregistrations"]
-  verbs: ["list", "watch", "patch"]
+  verbs: ["get", "list", "watch", "patch"]
 - apiGroups: ["registrar.dev"]
   resources: ["instanceregistrations/status"]
   verbs: ["patch"]
