@@ -387,9 +387,29 @@ pub(crate) fn changed<'a>(old: &[Condition], new: &'a [Condition]) -> Vec<&'a Co
         .collect()
 }
 
+/// `text` cut to at most `max` bytes (on a character boundary), with `…` when cut: for a message
+/// or a status field with a length limit.
+pub(crate) fn truncate(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_owned();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn truncate_keeps_short_text_and_cuts_long_text_on_a_char_boundary() {
+        assert_eq!(truncate("short", 10), "short");
+        let cut = truncate("ééééé", 3);
+        assert_eq!(cut, "é…");
+    }
     use k8s_openapi::jiff::Timestamp;
 
     fn at(seconds: i64) -> Time {

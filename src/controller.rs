@@ -425,24 +425,13 @@ async fn publish(
     let event = Event {
         type_,
         reason: reason.to_owned(),
-        note: Some(truncate(note, 1000)),
+        note: Some(conditions::truncate(note, 1000)),
         action: action.to_owned(),
         secondary: None,
     };
     if let Err(error) = ctx.recorder.publish(&event, &obj.object_ref(&())).await {
         warn!(error = %crate::kube_error_summary(&error), "could not publish event");
     }
-}
-
-fn truncate(text: &str, max: usize) -> String {
-    if text.len() <= max {
-        return text.to_owned();
-    }
-    let mut end = max;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &text[..end])
 }
 
 /// What to do after a reconcile failed: retry with this object's exponential backoff.
@@ -722,16 +711,4 @@ async fn stop(ctx: &Context) {
         );
     }
     info!("controller stopped");
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn truncate_keeps_short_text_and_cuts_long_text_on_a_char_boundary() {
-        assert_eq!(truncate("short", 10), "short");
-        let cut = truncate("ééééé", 3);
-        assert_eq!(cut, "é…");
-    }
 }

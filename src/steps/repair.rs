@@ -305,7 +305,8 @@ async fn attempt(
         warn!(name = %obj.name_any(), %message, "repairing {} failed", agent.what);
         count(ctx, agent, outcome);
         repair.outcome = Some(RepairOutcome::Failed);
-        repair.message = Some(truncated(&message));
+        // What `status.agentRepair.message` holds (2048 characters at most).
+        repair.message = Some(crate::conditions::truncate(&message, 2000));
         Outcome::Blocked(Observation::fails(
             reasons::AGENT_REPAIR_FAILED,
             format!(
@@ -376,19 +377,6 @@ async fn attempt(
             )
         }
     }
-}
-
-/// `message` cut to what `status.agentRepair.message` holds.
-fn truncated(message: &str) -> String {
-    const MAX: usize = 2000;
-    if message.len() <= MAX {
-        return message.to_owned();
-    }
-    let mut end = MAX;
-    while !message.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &message[..end])
 }
 
 #[cfg(test)]

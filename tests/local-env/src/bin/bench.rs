@@ -1223,17 +1223,7 @@ impl Env {
             .opsworks
             .set_agent_installer(AgentInstaller::StandIn(StandIn::built().run_time(run_time)));
         // The floor, the controller's wave, the floor again: both see the machine alike.
-        let mut floors = Vec::new();
-        let floor = self.floor_run(&hosts).await;
-        if let Ok(f) = &floor {
-            say(
-                self.start,
-                &format!("fleet floor: {n} hosts over plain ssh in {f:.1}s"),
-            );
-        }
-        floors.push(floor);
-        let result = self.fleet_wave(&hosts, run_time).await;
-        if result.is_ok() {
+        let floor = || async {
             let floor = self.floor_run(&hosts).await;
             if let Ok(f) = &floor {
                 say(
@@ -1241,7 +1231,12 @@ impl Env {
                     &format!("fleet floor: {n} hosts over plain ssh in {f:.1}s"),
                 );
             }
-            floors.push(floor);
+            floor
+        };
+        let mut floors = vec![floor().await];
+        let result = self.fleet_wave(&hosts, run_time).await;
+        if result.is_ok() {
+            floors.push(floor().await);
         }
         // The other sections' installer again.
         self.aws
