@@ -15,6 +15,7 @@ use aws_sdk_iam::error::{ProvideErrorMetadata, SdkError};
 use aws_smithy_runtime_api::client::endpoint::{
     EndpointResolverParams, ResolveEndpoint as _, SharedEndpointResolver,
 };
+use aws_smithy_runtime_api::client::http::SharedHttpClient;
 use aws_smithy_types::timeout::TimeoutConfig;
 
 use crate::conditions::{Observation, Outcome, reasons};
@@ -96,6 +97,8 @@ pub(crate) struct Aws {
     ssm: Mutex<HashMap<String, aws_sdk_ssm::Client>>,
     counter: Option<AwsCallCounter>,
     budgets: Option<Arc<Budgets>>,
+    /// The HTTP client the budgets wrap: the configuration's, else the SDK's default.
+    http: SharedHttpClient,
 }
 
 impl Aws {
@@ -129,6 +132,7 @@ impl Aws {
             ssm: Mutex::default(),
             counter,
             budgets,
+            http: config.http_client().unwrap_or_else(default_http_client),
             config,
         };
         aws.opsworks = aws_sdk_opsworks::Client::from_conf(configured!(
@@ -148,8 +152,7 @@ impl Aws {
     /// budget; `None` when calls are not limited.
     fn budgeted(&self, service: &str) -> Option<crate::budget::Budgeted> {
         let budget = self.budgets.as_ref()?.of(service)?;
-        let inner = self.config.http_client()?;
-        Some(crate::budget::Budgeted::new(inner, budget))
+        Some(crate::budget::Budgeted::new(self.http.clone(), budget))
     }
 
     /// The region used when an object names none.
@@ -275,6 +278,25 @@ impl Aws {
 }
 
 /// The configuration `loader` gives, with the controller's retry policy and `timeouts`.
+/// The HTTP client the SDK gives a client built without one (hyper 1, rustls with aws-lc,
+/// proxies from `HTTPS_PROXY`/`NO_PROXY` as for `BehaviorVersion::latest()`), made here so that
+/// the budgets can wrap it: a configuration loaded from the environment carries no HTTP client
+/// (the SDK adds its default to each client as it is built, past any wrapper).
+fn default_http_client() -> SharedHttpClient {
+    use aws_smithy_http_client::tls::{Provider, rustls_provider::CryptoMode};
+    use aws_smithy_http_client::{Builder, ConnectorBuilder, proxy::ProxyConfig};
+    Builder::new().build_with_connector_fn(|settings, components| {
+        let mut connector =
+            ConnectorBuilder::default().tls_provider(Provider::Rustls(CryptoMode::AwsLc));
+        connector.set_connector_settings(settings.cloned());
+        if let Some(components) = components {
+            connector.set_sleep_impl(components.sleep_impl());
+        }
+        connector.set_proxy_config(Some(ProxyConfig::from_env()));
+        connector.build()
+    })
+}
+
 async fn load(loader: aws_config::ConfigLoader, timeouts: Timeouts) -> SdkConfig {
     loader
         .retry_config(RetryConfig::standard().with_max_attempts(MAX_ATTEMPTS))

@@ -8,12 +8,17 @@
 //! [`DECREASE`] (at most once per [`COOL_DOWN`]), and each second without one lets it grow back
 //! by [`INCREASE`] of the configured rate, never above it.
 //!
+//! No more than [`MAX_IN_FLIGHT`] calls to a service are unanswered at once, so when the service
+//! is slow a wave's calls queue here rather than at the service. Calls take their turns in the
+//! order they came, except that a deletion's ([`urgent`]) go before every other waiting call.
+//!
 //! An attempt waits for its turn inside the SDK's attempt time limit, so a turn further away than
-//! [`MAX_WAIT`] is not waited for: the attempt fails at once as throttled by the controller's own
-//! budget (retried by the SDK with backoff, then by the step with the object's backoff, reason
+//! [`MAX_WAIT`] is not waited for: the attempt fails at once (or when [`MAX_WAIT`] is up, if the
+//! service is slow to answer the calls ahead) as throttled by the controller's own budget
+//! (retried by the SDK with backoff, then by the step with the object's backoff, reason
 //! `Throttled`), and the calls that do wait are not held past their time limits.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -25,6 +30,7 @@ use aws_smithy_runtime_api::client::orchestrator::HttpRequest;
 use aws_smithy_runtime_api::client::result::ConnectorError;
 use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
 use aws_smithy_types::retry::ErrorKind;
+use tokio::sync::Notify;
 
 use crate::metrics::Metrics;
 
@@ -39,6 +45,11 @@ pub(crate) const COOL_DOWN: Duration = Duration::from_secs(1);
 pub(crate) const MIN_RATE: f64 = 0.5;
 /// The longest an attempt waits for its turn.
 pub(crate) const MAX_WAIT: Duration = Duration::from_secs(10);
+/// Calls to one service sent and not answered yet, at most. At AWS's usual 50–300 ms a call, 16
+/// at once carry 50–300 calls a second, above any rate the budget allows; it binds when the
+/// service is slow to answer, and then a wave's calls wait here, where a deletion's go first
+/// ([`urgent`]), rather than in the service's own queue, where they would not.
+pub(crate) const MAX_IN_FLIGHT: usize = 16;
 /// Calls a service may make at once after a quiet while (one second's worth at the rate, at
 /// least one).
 const BURST: Duration = Duration::from_secs(1);
@@ -88,6 +99,33 @@ impl Budgets {
     }
 }
 
+/// Whose calls go first when a service's calls wait: a deletion's ([`urgent`]) before every
+/// pass's and audit's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Priority {
+    /// Ahead of every [`Priority::Normal`] call waiting for the same service.
+    Urgent,
+    /// First come, first served.
+    Normal,
+}
+
+tokio::task_local! {
+    static PRIORITY: Priority;
+}
+
+/// Runs `work` with its AWS calls ahead of every other call waiting for a turn in the same
+/// service's budget ([`Priority::Urgent`]): a deletion's few calls are not queued behind a
+/// wave's hundreds, whether they wait for the rate or for one of the [`MAX_IN_FLIGHT`] calls at
+/// the service to end.
+pub(crate) async fn urgent<F: std::future::Future>(work: F) -> F::Output {
+    PRIORITY.scope(Priority::Urgent, work).await
+}
+
+/// The priority of the calls made from the current task.
+fn priority() -> Priority {
+    PRIORITY.try_with(|p| *p).unwrap_or(Priority::Normal)
+}
+
 /// One service's budget.
 #[derive(Debug)]
 pub(crate) struct Budget {
@@ -108,6 +146,45 @@ struct State {
     cut_at: Option<Instant>,
     /// When the rate last grew (or was cut).
     grown_at: Instant,
+    /// Calls sent and not answered yet.
+    in_flight: usize,
+    /// The calls waiting for a turn, urgent first, each in the order they came.
+    urgent: VecDeque<Waiter>,
+    normal: VecDeque<Waiter>,
+    /// The last ticket given.
+    tickets: u64,
+}
+
+/// A call waiting for its turn: its ticket, and how to wake it when it may be its turn.
+#[derive(Debug)]
+struct Waiter {
+    ticket: u64,
+    wake: Arc<Notify>,
+}
+
+impl State {
+    /// The call whose turn is next.
+    fn head(&self) -> Option<&Waiter> {
+        self.urgent.front().or_else(|| self.normal.front())
+    }
+
+    /// Wakes the call whose turn is next, to look again.
+    fn wake_head(&self) {
+        if let Some(head) = self.head() {
+            head.wake.notify_one();
+        }
+    }
+}
+
+/// What a waiting call is to do.
+#[derive(Debug, PartialEq, Eq)]
+enum Step {
+    /// Go: its turn is taken, and it counts as in flight.
+    Go,
+    /// Its turn comes at this time, unless woken before.
+    WaitUntil(Instant),
+    /// Another call goes first, or [`MAX_IN_FLIGHT`] are at the service: wait to be woken.
+    Wait,
 }
 
 impl Budget {
@@ -120,6 +197,10 @@ impl Budget {
                 next: now,
                 cut_at: None,
                 grown_at: now,
+                in_flight: 0,
+                urgent: VecDeque::new(),
+                normal: VecDeque::new(),
+                tickets: 0,
             }),
             metrics,
         };
@@ -131,21 +212,78 @@ impl Budget {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Takes the next turn: how long to wait for it, or `None` when it is further away than
-    /// [`MAX_WAIT`] (no turn is taken then).
-    pub(crate) fn reserve(&self, now: Instant) -> Option<Duration> {
+    /// Queues a call of `priority`: its ticket and waker, or `None` when its turn would be
+    /// further away than [`MAX_WAIT`] at the rate now (nothing is queued then).
+    fn enter(&self, priority: Priority, now: Instant) -> Option<Waiter> {
         let mut state = self.lock();
         self.grow(&mut state, now);
+        let ahead = match priority {
+            Priority::Urgent => state.urgent.len(),
+            Priority::Normal => state.urgent.len() + state.normal.len(),
+        };
         let spacing = Duration::from_secs_f64(1.0 / state.rate);
-        // After a quiet while, a burst of up to BURST's worth goes at once.
-        let earliest = now.checked_sub(BURST).unwrap_or(now);
-        let turn = state.next.max(earliest);
-        let wait = turn.saturating_duration_since(now);
+        let turn = state.next.max(now.checked_sub(BURST).unwrap_or(now));
+        let wait = turn.saturating_duration_since(now) + spacing.mul_f64(ahead as f64);
         if wait > MAX_WAIT {
             return None;
         }
-        state.next = turn + spacing;
-        Some(wait)
+        state.tickets += 1;
+        let waiter = Waiter {
+            ticket: state.tickets,
+            wake: Arc::new(Notify::new()),
+        };
+        let queue = match priority {
+            Priority::Urgent => &mut state.urgent,
+            Priority::Normal => &mut state.normal,
+        };
+        queue.push_back(Waiter {
+            ticket: waiter.ticket,
+            wake: waiter.wake.clone(),
+        });
+        Some(waiter)
+    }
+
+    /// Whether the call of `ticket` may go now; when it does, its turn is taken and the next
+    /// call is woken.
+    fn step(&self, ticket: u64, now: Instant) -> Step {
+        let mut state = self.lock();
+        if state.head().is_none_or(|head| head.ticket != ticket) || state.in_flight >= MAX_IN_FLIGHT
+        {
+            return Step::Wait;
+        }
+        self.grow(&mut state, now);
+        // After a quiet while, a burst of up to BURST's worth goes at once.
+        let turn = state.next.max(now.checked_sub(BURST).unwrap_or(now));
+        if turn > now {
+            return Step::WaitUntil(turn);
+        }
+        state.next = turn + Duration::from_secs_f64(1.0 / state.rate);
+        state.in_flight += 1;
+        if state.urgent.front().is_some_and(|w| w.ticket == ticket) {
+            state.urgent.pop_front();
+        } else {
+            state.normal.pop_front();
+        }
+        state.wake_head();
+        Step::Go
+    }
+
+    /// The call of `ticket` stops waiting (its time is up, or it was dropped).
+    fn leave(&self, ticket: u64) {
+        let mut state = self.lock();
+        let was_head = state.head().is_some_and(|head| head.ticket == ticket);
+        state.urgent.retain(|w| w.ticket != ticket);
+        state.normal.retain(|w| w.ticket != ticket);
+        if was_head {
+            state.wake_head();
+        }
+    }
+
+    /// A call that went is answered (or dropped): the next may go.
+    fn answered(&self) {
+        let mut state = self.lock();
+        state.in_flight = state.in_flight.saturating_sub(1);
+        state.wake_head();
     }
 
     /// A throttled answer came: the rate is cut, unless it was cut within [`COOL_DOWN`].
@@ -191,27 +329,84 @@ impl Budget {
         }
     }
 
-    /// Waits for a turn; an error to fail the attempt with when none comes within [`MAX_WAIT`].
-    async fn turn(&self) -> Result<(), ConnectorError> {
-        let Some(wait) = self.reserve(Instant::now()) else {
-            if let Some(metrics) = &self.metrics {
-                metrics.aws_budget_refused(&self.service);
-            }
-            return Err(ConnectorError::other(
-                Box::new(OverBudget {
-                    service: self.service.clone(),
-                }),
-                Some(ErrorKind::ThrottlingError),
-            ));
-        };
-        if !wait.is_zero() {
-            let _waiting = self
-                .metrics
-                .as_ref()
-                .map(|m| m.aws_budget_waiting(&self.service));
-            tokio::time::sleep(wait).await;
+    fn refused(&self) -> ConnectorError {
+        if let Some(metrics) = &self.metrics {
+            metrics.aws_budget_refused(&self.service);
         }
-        Ok(())
+        ConnectorError::other(
+            Box::new(OverBudget {
+                service: self.service.clone(),
+            }),
+            Some(ErrorKind::ThrottlingError),
+        )
+    }
+
+    /// Waits for a turn of a call of the current task's [`Priority`]: the call is in flight
+    /// until the returned guard is dropped. An error to fail the attempt with when no turn comes
+    /// within [`MAX_WAIT`].
+    async fn turn(self: &Arc<Self>) -> Result<Sent, ConnectorError> {
+        self.turn_within(MAX_WAIT).await
+    }
+
+    /// [`Budget::turn`], waiting `max_wait` at most.
+    async fn turn_within(self: &Arc<Self>, max_wait: Duration) -> Result<Sent, ConnectorError> {
+        let deadline = Instant::now() + max_wait;
+        let Some(waiter) = self.enter(priority(), Instant::now()) else {
+            return Err(self.refused());
+        };
+        // Leaves the queue however this ends (dropped with its attempt included).
+        let mut queued = Queued {
+            budget: self,
+            ticket: waiter.ticket,
+            went: false,
+        };
+        let mut waiting = None;
+        loop {
+            let now = Instant::now();
+            let until = match self.step(waiter.ticket, now) {
+                Step::Go => {
+                    queued.went = true;
+                    return Ok(Sent(self.clone()));
+                }
+                _ if now >= deadline => return Err(self.refused()),
+                Step::WaitUntil(turn) => turn.min(deadline),
+                Step::Wait => deadline,
+            };
+            if waiting.is_none() {
+                waiting = self
+                    .metrics
+                    .as_ref()
+                    .map(|m| m.aws_budget_waiting(&self.service));
+            }
+            tokio::select! {
+                () = waiter.wake.notified() => {}
+                () = tokio::time::sleep_until(until.into()) => {}
+            }
+        }
+    }
+}
+
+/// A call in its service's queue; leaves it when dropped before it went.
+struct Queued<'a> {
+    budget: &'a Budget,
+    ticket: u64,
+    went: bool,
+}
+
+impl Drop for Queued<'_> {
+    fn drop(&mut self) {
+        if !self.went {
+            self.budget.leave(self.ticket);
+        }
+    }
+}
+
+/// A call sent to its service and not answered yet (one of [`MAX_IN_FLIGHT`]).
+struct Sent(Arc<Budget>);
+
+impl Drop for Sent {
+    fn drop(&mut self) {
+        self.0.answered();
     }
 }
 
@@ -263,7 +458,7 @@ impl HttpConnector for BudgetedConnector {
     fn call(&self, request: HttpRequest) -> HttpConnectorFuture {
         let (inner, budget) = (self.inner.clone(), self.budget.clone());
         HttpConnectorFuture::new(async move {
-            budget.turn().await?;
+            let _sent = budget.turn().await?;
             inner.call(request).await
         })
     }
@@ -273,25 +468,138 @@ impl HttpConnector for BudgetedConnector {
 mod tests {
     use super::*;
 
+    /// Queues `n` calls of `priority` at `now`; their tickets.
+    fn queue(budget: &Budget, priority: Priority, n: usize, now: Instant) -> Vec<u64> {
+        (0..n)
+            .map(|_| budget.enter(priority, now).expect("queued").ticket)
+            .collect()
+    }
+
     #[test]
     fn calls_are_spaced_at_the_rate_after_a_burst_and_refused_beyond_the_longest_wait() {
         let start = Instant::now();
         let budget = Budget::new("iam", 10.0, None, start);
         let later = start + Duration::from_secs(5);
-        // A second's worth at once after a quiet while, then 100 ms apart.
-        let waits: Vec<Duration> = (0..14).map(|_| budget.reserve(later).unwrap()).collect();
-        assert!(waits[..10].iter().all(|w| w.is_zero()), "{waits:?}");
-        assert_eq!(waits[10], Duration::ZERO);
-        assert_eq!(waits[11], Duration::from_millis(100));
-        assert_eq!(waits[13], Duration::from_millis(300));
-        // Turns further away than MAX_WAIT are not taken.
-        let mut taken = 0;
-        while budget.reserve(later).is_some() {
-            taken += 1;
+        let tickets = queue(&budget, Priority::Normal, 14, later);
+        // A second's worth at once after a quiet while (and the one due now), then 100 ms apart.
+        for (i, &ticket) in tickets[..11].iter().enumerate() {
+            assert_eq!(budget.step(ticket, later), Step::Go, "call {i}");
+            budget.answered();
         }
-        assert_eq!(taken, 100 - 3, "10 s at 10/s, less the three past now");
-        assert!(budget.reserve(later).is_none());
-        assert!(budget.reserve(later + Duration::from_secs(1)).is_some());
+        assert_eq!(budget.step(tickets[12], later), Step::Wait, "not its turn");
+        assert_eq!(
+            budget.step(tickets[11], later),
+            Step::WaitUntil(later + Duration::from_millis(100))
+        );
+        let at = later + Duration::from_millis(100);
+        assert_eq!(budget.step(tickets[11], at), Step::Go);
+        assert_eq!(
+            budget.step(tickets[12], at),
+            Step::WaitUntil(at + Duration::from_millis(100))
+        );
+        // 10 s at 10/s: the calls whose turn is further away than MAX_WAIT are not queued.
+        let mut queued = 2;
+        while budget.enter(Priority::Normal, at).is_some() {
+            queued += 1;
+        }
+        assert_eq!(queued, 100, "turns 100 ms apart, the last 10 s away");
+        assert!(budget.enter(Priority::Normal, at).is_none());
+    }
+
+    #[test]
+    fn no_more_than_the_most_in_flight_go_and_an_urgent_call_goes_before_waiting_ones() {
+        let start = Instant::now();
+        let budget = Budget::new("iam", 10_000.0, None, start);
+        let now = start + Duration::from_secs(5);
+        let first = queue(&budget, Priority::Normal, MAX_IN_FLIGHT + 3, now);
+        for &ticket in &first[..MAX_IN_FLIGHT] {
+            assert_eq!(budget.step(ticket, now), Step::Go);
+        }
+        assert_eq!(
+            budget.step(first[MAX_IN_FLIGHT], now),
+            Step::Wait,
+            "all in flight"
+        );
+        let urgent = queue(&budget, Priority::Urgent, 2, now);
+        assert_eq!(budget.step(urgent[0], now), Step::Wait, "all in flight");
+        budget.answered();
+        assert_eq!(
+            budget.step(first[MAX_IN_FLIGHT], now),
+            Step::Wait,
+            "urgent first"
+        );
+        assert_eq!(budget.step(urgent[0], now), Step::Go);
+        budget.answered();
+        assert_eq!(budget.step(urgent[1], now), Step::Go);
+        budget.answered();
+        assert_eq!(budget.step(first[MAX_IN_FLIGHT], now), Step::Go);
+        // A call that stops waiting leaves its turn to the next.
+        budget.answered();
+        budget.leave(first[MAX_IN_FLIGHT + 1]);
+        assert_eq!(budget.step(first[MAX_IN_FLIGHT + 2], now), Step::Go);
+    }
+
+    #[test]
+    fn urgent_calls_are_refused_only_for_the_urgent_calls_ahead() {
+        let now = Instant::now();
+        let budget = Budget::new("ssm", 1.0, None, now);
+        let normal = queue(&budget, Priority::Normal, 11, now);
+        assert!(budget.enter(Priority::Normal, now).is_none(), "11 s away");
+        assert!(budget.enter(Priority::Urgent, now).is_some());
+        assert_eq!(
+            budget.step(normal[0], now),
+            Step::Wait,
+            "the urgent call first"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_call_dropped_while_it_waits_leaves_its_turn_and_a_sent_one_its_place() {
+        let budget = Arc::new(Budget::new("ec2", 10_000.0, None, Instant::now()));
+        let mut sent = Vec::new();
+        for _ in 0..MAX_IN_FLIGHT {
+            sent.push(budget.turn().await.expect("a turn"));
+        }
+        // The next waits for one of them to be answered; dropped, it leaves the queue.
+        let waiting = tokio::spawn({
+            let budget = budget.clone();
+            async move { budget.turn().await.map(|_| ()) }
+        });
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert!(!waiting.is_finished());
+        waiting.abort();
+        let _ = waiting.await;
+        let next = tokio::spawn({
+            let budget = budget.clone();
+            async move { budget.turn().await.ok() }
+        });
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert!(!next.is_finished(), "all in flight");
+        drop(sent.pop());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert!(next.is_finished(), "woken when one was answered");
+        sent.push(next.await.unwrap().expect("a turn"));
+        // Urgent calls made within `urgent` go first.
+        let normal = tokio::spawn({
+            let budget = budget.clone();
+            async move { budget.turn_within(Duration::from_millis(300)).await.ok() }
+        });
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let urgent = tokio::spawn({
+            let budget = budget.clone();
+            urgent(async move { budget.turn().await.ok() })
+        });
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert!(
+            !urgent.is_finished() && !normal.is_finished(),
+            "all in flight"
+        );
+        drop(sent.pop());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert!(urgent.is_finished() && !normal.is_finished());
+        // Nothing else answered: the normal call is refused when its wait is up.
+        assert!(normal.await.unwrap().is_none());
+        assert!(urgent.await.unwrap().is_some());
     }
 
     #[test]

@@ -335,8 +335,10 @@ async fn cleanup_incomplete(
 }
 
 /// The undo of a registration, by the object's service; returns a summary, or what stopped it.
+/// Its AWS calls go before those of every pass waiting for a turn ([`crate::budget::urgent`]): a
+/// deletion in a wave makes a few calls, and should not wait behind the wave's hundreds.
 async fn undo(obj: &InstanceRegistration, ctx: &Context) -> std::result::Result<Undone, String> {
-    ctx.service_of(obj).undo(obj, ctx).await
+    crate::budget::urgent(ctx.service_of(obj).undo(obj, ctx)).await
 }
 
 /// Writes `new` to the status subresource with server-side apply, unless it means the same as

@@ -219,3 +219,109 @@ async fn passes_waiting_on_aws_leave_the_reconcile_workers_to_deletions_and_new_
         .await;
     }
 }
+
+/// A gauge or counter of the controller's metrics text, by its full name and labels.
+fn metric(metrics: &str, series: &str) -> f64 {
+    let prefix = format!("{series} ");
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn a_deletion_s_aws_calls_go_before_those_a_wave_has_waiting() {
+    const WAVE: usize = 12;
+    let cp = ControlPlane::shared();
+    let aws = AwsEnv::isolated();
+    let client = cp.client().await;
+    let ns = namespace(&client, "urgent").await;
+    let api: Api<InstanceRegistration> = Api::namespaced(client.clone(), &ns);
+    let stack = aws.create_stack(&ns, None).await;
+    let (_, public) = ssh_key_secret(&client, &ns, "key").await;
+    // Hosts whose installer fails: each object makes its IAM user and key, then stops.
+    let hosts: Vec<_> = (0..=WAVE)
+        .map(|n| host_whose_install_fails(&format!("{ns}-u{n}"), &public))
+        .collect();
+    // Three IAM calls a second: the wave's ~60 queue for their turns far longer than the
+    // deletion's dozen take.
+    let controller = ControllerProcess::start(cp, aws, &ns, &["--aws-calls-per-second", "3"]);
+    let metrics = format!("http://{}/metrics", controller.http_address("/metrics"));
+    let credentials_ready = |name: String| {
+        let api = api.clone();
+        async move {
+            eventually(
+                Duration::from_secs(120),
+                &format!("{name}: CredentialsReady"),
+                || async {
+                    let obj = api.get_opt(&name).await.ok()??;
+                    condition(&obj, types::CREDENTIALS_READY)
+                        .filter(|(status, _, _)| status == "True")
+                        .map(|_| ())
+                },
+            )
+            .await
+        }
+    };
+    // The object to delete has its IAM user and key (deletionPolicy Deregister, the default).
+    apply(
+        cp,
+        &on_premises_at(&ns, "old", &stack, &hosts[WAVE], "old", "key"),
+    );
+    credentials_ready("old".into()).await;
+
+    for (n, host) in hosts[..WAVE].iter().enumerate() {
+        let name = format!("w{n}");
+        apply(cp, &on_premises_at(&ns, &name, &stack, host, &name, "key"));
+    }
+    let waiting = "registrar_aws_budget_waiting{service=\"iam\"}";
+    eventually(
+        Duration::from_secs(60),
+        "the wave's IAM calls waiting",
+        || async {
+            let text = http_get(&metrics).1;
+            eprintln!(
+                "DEBUG {} {:?}",
+                metric(&text, waiting),
+                text.lines()
+                    .filter(|l| l.contains("iam"))
+                    .collect::<Vec<_>>()
+            );
+            (metric(&text, waiting) >= 8.0).then_some(())
+        },
+    )
+    .await;
+
+    let user = api
+        .get("old")
+        .await
+        .unwrap()
+        .status
+        .and_then(|s| s.iam_user_name)
+        .expect("old's IAM user on status");
+    let deleting = std::time::Instant::now();
+    api.delete("old", &Default::default()).await.unwrap();
+    eventually(Duration::from_secs(60), "old deleted", || async {
+        api.get_opt("old").await.ok()?.is_none().then_some(())
+    })
+    .await;
+    let took = deleting.elapsed();
+    let still_waiting = metric(&http_get(&metrics).1, waiting);
+    println!("deletion took {took:?}; IAM calls still waiting then: {still_waiting}");
+    assert!(
+        aws.iam_users(&user).await.is_empty(),
+        "the deleted object's IAM user {user} is gone"
+    );
+    // Its calls went before the wave's: the wave still had calls waiting when it was done.
+    assert!(
+        still_waiting >= 1.0,
+        "the wave's IAM calls were all made before the deletion's ({took:?})"
+    );
+    // About a dozen calls at three a second; behind the wave's, over 40 s.
+    assert!(took < Duration::from_secs(15), "{took:?}");
+    // And the wave goes on to get its keys.
+    for n in 0..WAVE {
+        credentials_ready(format!("w{n}")).await;
+    }
+}
