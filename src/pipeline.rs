@@ -4,6 +4,8 @@
 //! needed for a host registered already) are applied here; every other step is the service's
 //! own ([`crate::context::Service::run`]).
 
+use std::time::{Duration, Instant};
+
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use crate::conditions::{self, Observation, Outcome, reasons};
@@ -11,10 +13,73 @@ use crate::context::{Context, Facts, Service, Step};
 use crate::resource::{InstanceRegistration, InstanceRegistrationStatus};
 use crate::steps::{host, ssh_key};
 
+/// How long a pass that installed the agent goes on looking for the agent's registration before
+/// it ends. An agent registers within a second or two of its install (the service may then hold
+/// it in a state such as `registering` for longer): looked for here, the registration is
+/// usually on the status the pass writes at its end, instead of a status saying "installed,
+/// waiting" written first and the registration one poll later.
+pub(crate) const LOOK_AFTER_INSTALL: Duration = Duration::from_secs(3);
+/// How often the pass looks meanwhile (a stack's instance list is shared for a second).
+const LOOK_EVERY: Duration = Duration::from_millis(500);
+
 /// Runs `obj`'s pipeline until a step is not done; returns each step's outcome, in order. Each
 /// outcome is recorded on `status` at once, so that a status written before the pass ends (the
 /// install's start) shows what the steps before found.
+///
+/// A pass that installed the agent and finds the service waiting for its registration runs the
+/// pipeline again every [`LOOK_EVERY`], for [`LOOK_AFTER_INSTALL`] at most, as the next pass
+/// would, but without writing status and being requeued in between. The pass runs detached
+/// then (it let go of its reconcile worker before the install); a deletion of the object waits
+/// for it, those few seconds at most.
 pub(crate) async fn run(
+    obj: &InstanceRegistration,
+    ctx: &Context,
+    facts: &mut Facts,
+    status: &mut InstanceRegistrationStatus,
+    now: &Time,
+) -> Vec<(Step, Outcome)> {
+    let installed_before = status.agent_installed_at.is_some();
+    let mut results = run_once(obj, ctx, facts, status, now).await;
+    if installed_before {
+        return results;
+    }
+    let installed = results.clone();
+    let until = Instant::now() + LOOK_AFTER_INSTALL;
+    while status.agent_installed_at.is_some()
+        && matches!(
+            results.last(),
+            Some((Step::Registered, Outcome::Progressing(..)))
+        )
+        && Instant::now() + LOOK_EVERY <= until
+    {
+        tokio::time::sleep(LOOK_EVERY).await;
+        results = run_once(obj, ctx, facts, status, now).await;
+    }
+    // The host's own words stay: what it answered, and how its install went (a look again only
+    // says the install is done, or the host no longer needs asking).
+    let generation = obj.metadata.generation.unwrap_or_default();
+    for (step, outcome) in installed {
+        if !matches!(step, Step::Host | Step::Agent) || !matches!(outcome, Outcome::Done(_)) {
+            continue;
+        }
+        if let Some(again) = results.iter_mut().find(|(s, _)| *s == step)
+            && matches!(again.1, Outcome::Done(_))
+        {
+            conditions::set(
+                &mut status.conditions,
+                step.condition(),
+                outcome.observation().clone(),
+                generation,
+                now,
+            );
+            again.1 = outcome;
+        }
+    }
+    results
+}
+
+/// Runs `obj`'s pipeline once, until a step is not done.
+async fn run_once(
     obj: &InstanceRegistration,
     ctx: &Context,
     facts: &mut Facts,

@@ -41,7 +41,13 @@ pub(super) async fn check(
     let spec = &obj.spec;
     let resolved = match spec.infrastructure_class {
         InfrastructureClass::OnPremises => TargetFacts::on_premises(&spec.target),
-        InfrastructureClass::Ec2 => match resolved_before(obj, status) {
+        // Resolved earlier in this pass (it looks again after an install), or by the pass that
+        // installed the agent: not looked up again.
+        InfrastructureClass::Ec2 => match facts
+            .target
+            .clone()
+            .or_else(|| resolved_before(obj, status))
+        {
             Some(t) => t,
             None => match resolve_ec2(ctx, &stack, &spec.target).await {
                 Ok(t) => t,

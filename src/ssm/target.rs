@@ -28,12 +28,14 @@ pub(super) async fn check(
     let spec = &obj.spec;
     let resolved = match spec.infrastructure_class {
         InfrastructureClass::OnPremises => TargetFacts::on_premises(&spec.target),
-        InfrastructureClass::Ec2 => {
-            match crate::steps::ec2::find_ec2(ctx, &region, None, &spec.target).await {
+        // Resolved earlier in this pass (it looks again after an install): not looked up again.
+        InfrastructureClass::Ec2 => match facts.target.clone() {
+            Some(t) => t,
+            None => match crate::steps::ec2::find_ec2(ctx, &region, None, &spec.target).await {
                 Ok(t) => t,
                 Err(outcome) => return outcome,
-            }
-        }
+            },
+        },
     };
     if let Some(holder) = crate::conflict::holder_of_the_same_host(
         obj,
