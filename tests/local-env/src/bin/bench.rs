@@ -17,6 +17,7 @@
 //! 4. latency: one object, apply to Ready, minus the installer's run time; directly and through
 //!    one jump host (`ssh.jumpHosts`), with the endpoint's `registering` delay as it is (0.5 s),
 //!    and directly with that delay at 0 (set at run time, put back after), runs alternating;
+//!    and the floor on one host at delay 0 (what the install itself takes over T);
 //! 5. fleet (one run, last): `--fleet` EC2 hosts (their own sshd each; beyond the process's first
 //!    253 hosts, sshds share addresses, each on its own port) created at once for a controller
 //!    started with `--ssh-concurrency` `--fleet` (`--concurrency` its default), the installer
@@ -926,12 +927,16 @@ rm -rf \"$d\"
         Ok(secs - self.run_time.as_secs_f64())
     }
 
-    /// A direct latency run with the endpoint keeping a registered instance `registering` for
-    /// `delay` (put back as it was after the run).
-    async fn latency_run_at_delay(&self, delay: Duration) -> R<f64> {
+    /// `run` with the endpoint keeping a registered instance `registering` for `delay` (put
+    /// back as it was after the run).
+    async fn at_registration_delay<T>(
+        &self,
+        delay: Duration,
+        run: impl std::future::Future<Output = R<T>>,
+    ) -> R<T> {
         let before = self.registration_delay()?;
         self.aws.opsworks.set_registration_delay(delay);
-        let result = self.latency_run(false).await;
+        let result = run.await;
         self.aws.opsworks.set_registration_delay(before);
         result
     }
@@ -2178,6 +2183,18 @@ fn throttled_table(t: &ThrottledWave) -> String {
             t.last_key_secs.unwrap_or(f64::NAN)
         ));
     }
+    // The controller makes its first key only after its other steps (the host, the stack, the
+    // user): the same SETTLE_SECS counted from the second of its first key attempt.
+    if let Some(first) = t.seconds.iter().position(|s| s.keys > 0)
+        && end > first + SETTLE_SECS
+    {
+        out.push_str(&format!(
+            "   {SETTLE_SECS}s after the first key attempt (second {first}; seconds {} to \
+             {end}): {}\n",
+            first + SETTLE_SECS,
+            summary(first + SETTLE_SECS, end)
+        ));
+    }
     if end > 0 {
         out.push_str(&format!("   seconds 0 to {end}: {}\n", summary(0, end)));
     }
@@ -2340,7 +2357,8 @@ async fn run(args: Args) -> R {
         // at 0 (what is left is the controller's own, and the install's), alternating, so that
         // all three see the environment grow alike.
         let delay = env.registration_delay()?.as_secs_f64();
-        let (mut direct, mut jump, mut no_delay) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut direct, mut jump, mut no_delay, mut floor) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for r in 0..args.runs {
             let l = env.latency_run(false).await?;
             say(
@@ -2354,12 +2372,25 @@ async fn run(args: Args) -> R {
                 &format!("latency run {r} through a jump host: {l:.2}s over T"),
             );
             jump.push(l);
-            let l = env.latency_run_at_delay(Duration::ZERO).await?;
+            let l = env
+                .at_registration_delay(Duration::ZERO, env.latency_run(false))
+                .await?;
             say(
                 start,
                 &format!("latency run {r}: {l:.2}s over T (registering delay 0)"),
             );
             no_delay.push(l);
+            // What the install itself takes over T on one host, with nothing of the
+            // controller's (the floor: one plain ssh, the same installer), at delay 0.
+            let l = env
+                .at_registration_delay(Duration::ZERO, env.floor_run(&env.hosts[..1]))
+                .await?
+                - t;
+            say(
+                start,
+                &format!("latency run {r}: floor {l:.2}s over T (registering delay 0)"),
+            );
+            floor.push(l);
         }
         let runs = |v: &[f64]| {
             v.iter()
@@ -2370,13 +2401,17 @@ async fn run(args: Args) -> R {
         latency = format!(
             "\n4. Latency, one object: apply to Ready minus T = {:.2}s with the endpoint's \
              registering delay {delay}s (runs: {}); {:.2}s with delay 0 (runs: {}); through one \
-             jump host {:.2}s, delay {delay}s (runs: {})\n",
+             jump host {:.2}s, delay {delay}s (runs: {})\n   the floor on one host (plain ssh, \
+             same installer, to the endpoint listing it registered), delay 0: {:.2}s over T \
+             (runs: {})\n",
             median(direct.clone()),
             runs(&direct),
             median(no_delay.clone()),
             runs(&no_delay),
             median(jump.clone()),
-            runs(&jump)
+            runs(&jump),
+            median(floor.clone()),
+            runs(&floor)
         );
     }
 
