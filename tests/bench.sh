@@ -17,7 +17,11 @@
 #                             at once, the controller's --ssh-concurrency N)
 #   --fleet-run-time SECONDS  the installer stand-in's run time in the fleet run (default 30;
 #                             the other runs keep --run-time)
-#   --skip LIST               any of throughput,cli,steady,latency,fleet
+#   --throttled-hosts N       hosts in the throttled wave (default 200, 0: none; one sshd each, all
+#                             applied at once, the controller's default --aws-calls-per-second
+#                             and --ssh-concurrency N, the proxy taking 5 iam:CreateAccessKey a
+#                             second)
+#   --skip LIST               any of throughput,cli,steady,latency,throttled,fleet
 #
 # As root on a fresh Debian machine with Rust, Go and Python, as for the tests. The AWS CLI
 # (PyPI awscli==1.32.0, the last series with `opsworks register`) goes into a venv under

@@ -15,7 +15,9 @@
 //! 3. steady state: `--steady` objects already registered, the controller restarted: time until
 //!    every object is re-verified, AWS calls, SSH sessions, peak RSS and CPU seconds;
 //! 4. latency: one object, apply to Ready, minus the installer's run time; directly and through
-//!    one jump host (`ssh.jumpHosts`), runs alternating;
+//!    one jump host (`ssh.jumpHosts`), with the endpoint's `registering` delay as it is (0.5 s),
+//!    and directly with that delay at 0 (set at run time, put back after), runs alternating;
+//!    and the floor on one host at delay 0 (what the install itself takes over T);
 //! 5. fleet (one run, last): `--fleet` EC2 hosts (their own sshd each; beyond the process's first
 //!    253 hosts, sshds share addresses, each on its own port) created at once for a controller
 //!    started with `--ssh-concurrency` `--fleet` (`--concurrency` its default), the installer
@@ -26,7 +28,16 @@
 //!    serve while the installs outnumber them; status and object writes per registration (from
 //!    the API server's audit log); SSH sessions and AWS calls per registration; the controller's
 //!    peak RSS and CPU seconds. The namespace's Events and objects are saved next to the
-//!    controller's log, and the Events summed up on standard error.
+//!    controller's log, and the Events summed up on standard error;
+//! 6. throttled wave (one run, before the fleet, printed after it): `--throttled-hosts` EC2
+//!    hosts (an sshd each), installer `--run-time`, created at once for a controller with its
+//!    default `--aws-calls-per-second` (20 a second per service, not the other sections' 1000)
+//!    and `--ssh-concurrency` N, while the recording proxy in front of moto takes 5
+//!    `iam:CreateAccessKey` calls a second and throttles the rest (cleared afterwards): time from
+//!    apply to all Ready; objects failed, and seen with a `Throttled` condition; from the proxy's
+//!    records, per second from apply, `CreateAccessKey` attempts and accepted calls and all IAM
+//!    calls, and their means after the first 10 s; the controller's
+//!    `registrar_aws_budget_rate{service="iam"}` sampled each second.
 //!
 //! Only loopback addresses are used: every endpoint is on 127.0.0.1, every `ssh.address` and
 //! every `--override-ssh` target is a 127.x address (checked before anything runs).
@@ -46,7 +57,7 @@ use kube::api::{
 };
 use kube::core::{ApiResource, GroupVersionKind};
 use opsworks_endpoint::standin::StandIn;
-use opsworks_endpoint::{AgentInstaller, CallSummary};
+use opsworks_endpoint::{AgentInstaller, CallSummary, Faults, ProxyHandle};
 use registrar_local_env::aws::{self, ACCESS_KEY_ID, AwsEnv, REGION};
 use registrar_local_env::control_plane::{ControlPlane, free_port, spawn_logged};
 use registrar_local_env::ssh_hosts::{self, SshHost};
@@ -71,12 +82,15 @@ struct Args {
     fleet: usize,
     /// The installer stand-in's run time in the fleet run.
     fleet_run_time: Duration,
+    /// Hosts in the throttled wave (0: none).
+    throttled_hosts: usize,
 }
 
 fn usage() -> &'static str {
     "usage: bench [--hosts N] [--run-time SECONDS] [--runs R] [--steady N[,N...]] \
      [--cli-parallel P] [--cli-sequential-hosts N] [--aws-cli PATH] \
-     [--fleet N] [--fleet-run-time SECONDS] [--skip throughput,cli,steady,latency,fleet]"
+     [--fleet N] [--fleet-run-time SECONDS] [--throttled-hosts N] \
+     [--skip throughput,cli,steady,latency,throttled,fleet]"
 }
 
 fn parse_args() -> R<Args> {
@@ -91,6 +105,7 @@ fn parse_args() -> R<Args> {
         skip: Vec::new(),
         fleet: 500,
         fleet_run_time: Duration::from_secs(30),
+        throttled_hosts: 200,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -114,6 +129,7 @@ fn parse_args() -> R<Args> {
             "--run-time" => a.run_time = secs(&value)?,
             "--fleet" => a.fleet = num(&value)?,
             "--fleet-run-time" => a.fleet_run_time = secs(&value)?,
+            "--throttled-hosts" => a.throttled_hosts = num(&value)?,
             "--runs" => a.runs = num(&value)?.max(1),
             "--steady" => {
                 a.steady = value
@@ -135,6 +151,10 @@ fn parse_args() -> R<Args> {
     // The controller's --ssh-concurrency, which the fleet run sets to it, goes up to 1024.
     if a.fleet == 0 || a.fleet > 1024 {
         return Err("--fleet must be 1..=1024".into());
+    }
+    // The throttled wave's controller takes --ssh-concurrency N too.
+    if a.throttled_hosts > 1024 {
+        return Err("--throttled-hosts must be 0..=1024".into());
     }
     Ok(a)
 }
@@ -316,6 +336,22 @@ impl Env {
     /// A controller watching `ns`, with `flags` added to its command line; logs to
     /// `controller-<tag>.log`.
     fn start_controller_with(&self, ns: &str, tag: &str, flags: &[&str]) -> R<Controller> {
+        // moto never throttles: the budget the controller keeps for a real account
+        // (--aws-calls-per-second, 20 a second per service) would measure the budget, not
+        // the controller. It stays on, at a rate the runs do not reach.
+        self.spawn_controller(ns, tag, flags, Some("1000"))
+    }
+
+    /// [`Env::start_controller_with`] with the AWS call budget at `aws_calls_per_second`, or at
+    /// the controller's default with `None` (the variable is then removed from the
+    /// environment the controller inherits).
+    fn spawn_controller(
+        &self,
+        ns: &str,
+        tag: &str,
+        flags: &[&str],
+        aws_calls_per_second: Option<&str>,
+    ) -> R<Controller> {
         let metrics_port = free_port()?;
         let probe_port = free_port()?;
         let mut command = Command::new(&self.controller_bin);
@@ -325,11 +361,11 @@ impl Env {
             .args(["--metrics-address", &format!("127.0.0.1:{metrics_port}")])
             .args(["--probe-address", &format!("127.0.0.1:{probe_port}")])
             .env("KUBECONFIG", &self.cp.kubeconfig)
-            .env("LOG_LEVEL", "info")
-            // moto never throttles: the budget the controller keeps for a real account
-            // (--aws-calls-per-second, 20 a second per service) would measure the budget, not
-            // the controller. It stays on, at a rate the runs do not reach.
-            .env("AWS_CALLS_PER_SECOND", "1000");
+            .env("LOG_LEVEL", "info");
+        match aws_calls_per_second {
+            Some(rate) => command.env("AWS_CALLS_PER_SECOND", rate),
+            None => command.env_remove("AWS_CALLS_PER_SECOND"),
+        };
         for (k, v) in self.aws.controller_env() {
             command.env(k, v);
         }
@@ -890,6 +926,39 @@ rm -rf \"$d\"
         let (secs, _) = self.controller_run(1, jump).await?;
         Ok(secs - self.run_time.as_secs_f64())
     }
+
+    /// `run` with the endpoint keeping a registered instance `registering` for `delay` (put
+    /// back as it was after the run).
+    async fn at_registration_delay<T>(
+        &self,
+        delay: Duration,
+        run: impl std::future::Future<Output = R<T>>,
+    ) -> R<T> {
+        let before = self.registration_delay()?;
+        self.aws.opsworks.set_registration_delay(delay);
+        let result = run.await;
+        self.aws.opsworks.set_registration_delay(before);
+        result
+    }
+
+    /// How long the endpoint keeps a registered instance `registering` now (its
+    /// `GET /_endpoint/state`, which names it).
+    fn registration_delay(&self) -> R<Duration> {
+        let url = self.aws.opsworks.url();
+        let port = url
+            .trim_end_matches('/')
+            .rsplit_once(':')
+            .and_then(|(_, p)| p.parse::<u16>().ok())
+            .ok_or_else(|| format!("no port in the endpoint's URL {url}"))?;
+        let body = http_get(port, "/_endpoint/state")
+            .ok_or("GET /_endpoint/state of the endpoint failed")?;
+        let state: serde_json::Value =
+            serde_json::from_str(&body).map_err(|e| format!("/_endpoint/state: {e}"))?;
+        state["RegistrationDelayMs"]
+            .as_u64()
+            .map(Duration::from_millis)
+            .ok_or_else(|| "/_endpoint/state names no RegistrationDelayMs".to_owned())
+    }
 }
 
 /// The fleet run's unrelated objects, by name, and their deletion policies: they stay blocked
@@ -968,6 +1037,12 @@ struct Wave {
     /// When half the fleet had started installing, and when all of it was Ready.
     half_installing: Option<Instant>,
     all_ready: Option<Instant>,
+    /// Objects seen with a condition of reason `Throttled`, at any time.
+    throttled: std::collections::HashSet<String>,
+    /// Objects seen failed (phase `Failed`, or `Stalled` true), at any time.
+    ever_failed: std::collections::HashSet<String>,
+    /// Objects in phase `Failed` now.
+    failed: std::collections::HashSet<String>,
 }
 
 impl Wave {
@@ -986,6 +1061,22 @@ impl Wave {
             self.first_ready.entry(name.to_owned()).or_insert(now);
         } else {
             self.ready.remove(name);
+        }
+        let conditions = status["conditions"].as_array();
+        if conditions.is_some_and(|cs| cs.iter().any(|c| c["reason"] == "Throttled")) {
+            self.throttled.insert(name.to_owned());
+        }
+        let stalled = conditions.is_some_and(|cs| {
+            cs.iter()
+                .any(|c| c["type"] == "Stalled" && c["status"] == "True")
+        });
+        if status["phase"] == "Failed" {
+            self.failed.insert(name.to_owned());
+        } else {
+            self.failed.remove(name);
+        }
+        if stalled || status["phase"] == "Failed" {
+            self.ever_failed.insert(name.to_owned());
         }
         if self.half_installing.is_none() && self.installing.len() >= n.div_ceil(2) {
             self.half_installing = Some(now);
@@ -1101,8 +1192,27 @@ fn fleet_objects(
         .collect()
 }
 
-/// Starts `n` SSH hosts that accept `public_key`, four at a time, saying how far it got.
-fn start_fleet_hosts(n: usize, public_key: &str, start: Instant) -> R<Vec<SshHost>> {
+/// Creates `objects` with `api`, 32 creates in flight (`kubectl apply`, one object after
+/// another, took 20 s for 500 on two busy cores: that would be measured, not the controller).
+async fn create_at_once(api: &Api<DynamicObject>, objects: Vec<serde_json::Value>) -> R {
+    let created: Vec<R> = futures::stream::iter(objects)
+        .map(|o| async move {
+            let o: DynamicObject = serde_json::from_value(o).map_err(|e| e.to_string())?;
+            api.create(&PostParams::default(), &o)
+                .await
+                .map(|_| ())
+                .map_err(|e| format!("creating {}: {e}", o.metadata.name.unwrap_or_default()))
+        })
+        .buffer_unordered(32)
+        .collect()
+        .await;
+    created.into_iter().collect::<R<Vec<()>>>()?;
+    Ok(())
+}
+
+/// Starts `n` SSH hosts named `<label>-<i>` that accept `public_key`, four at a time, saying
+/// how far it got.
+fn start_fleet_hosts(label: &str, n: usize, public_key: &str, start: Instant) -> R<Vec<SshHost>> {
     let next = AtomicUsize::new(0);
     let done = AtomicUsize::new(0);
     let slots: Vec<std::sync::Mutex<Option<SshHost>>> =
@@ -1115,12 +1225,12 @@ fn start_fleet_hosts(n: usize, public_key: &str, start: Instant) -> R<Vec<SshHos
                     if i >= n {
                         return;
                     }
-                    let host = SshHost::start(&format!("fleet-{i}"));
+                    let host = SshHost::start(&format!("{label}-{i}"));
                     host.authorize(public_key);
                     *lock(&slots[i]) = Some(host);
                     let d = done.fetch_add(1, Ordering::SeqCst) + 1;
                     if d.is_multiple_of(50) || d == n {
-                        say(start, &format!("fleet: {d} of {n} SSH hosts up"));
+                        say(start, &format!("{label}: {d} of {n} SSH hosts up"));
                     }
                 }
             });
@@ -1217,7 +1327,7 @@ impl Env {
             &format!("fleet: starting {n} SSH hosts (sshd each)"),
         );
         let t = Instant::now();
-        let hosts = start_fleet_hosts(n, public_key.trim(), self.start)?;
+        let hosts = start_fleet_hosts("fleet", n, public_key.trim(), self.start)?;
         let hosts_secs = t.elapsed().as_secs_f64();
         self.aws
             .opsworks
@@ -1286,14 +1396,15 @@ impl Env {
         let result = self
             .fleet_measure(&name, &stack, objects, &api, &controller, run_time)
             .await;
-        self.fleet_record(&name);
+        self.fleet_record(&name, "fleet");
         controller.stop();
         result
     }
 
     /// Writes the Events and objects of `ns` next to the controller's log, and says which
-    /// Events (reason, count, one message) the controller published for the fleet.
-    fn fleet_record(&self, ns: &str) {
+    /// Events (reason, count, one message) the controller published there (each line starting
+    /// with `label`).
+    fn fleet_record(&self, ns: &str, label: &str) {
         for (what, file) in [("events", "events"), ("instanceregistrations", "objects")] {
             if let Ok(json) = self.kubectl(&["-n", ns, "get", what, "-o", "json"]) {
                 let _ = std::fs::write(self.dir.join(format!("{ns}-{file}.json")), &json);
@@ -1333,7 +1444,7 @@ impl Env {
             say(
                 self.start,
                 &format!(
-                    "fleet: Events {kind} {reason} x{count}, e.g.: {cut}{}",
+                    "{label}: Events {kind} {reason} x{count}, e.g.: {cut}{}",
                     &line[start..]
                 ),
             );
@@ -1407,20 +1518,7 @@ impl Env {
         };
         self.aws.clear_calls();
         let t0 = Instant::now();
-        // At once: 32 creates in flight (kubectl apply, one object after another, took 20 s
-        // for 500 on two busy cores: that would be measured, not the controller).
-        let created: Vec<R> = futures::stream::iter(objects)
-            .map(|o| async move {
-                let o: DynamicObject = serde_json::from_value(o).map_err(|e| e.to_string())?;
-                api.create(&PostParams::default(), &o)
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| format!("creating {}: {e}", o.metadata.name.unwrap_or_default()))
-            })
-            .buffer_unordered(32)
-            .collect()
-            .await;
-        created.into_iter().collect::<R<Vec<()>>>()?;
+        create_at_once(api, objects).await?;
         let apply_secs = t0.elapsed().as_secs_f64();
         say(
             self.start,
@@ -1662,6 +1760,464 @@ fn fleet_table(f: &Fleet) -> String {
     out
 }
 
+/// What the proxy in front of moto limits in the throttled wave, and to how many calls a second
+/// (a token bucket of one second's worth, as AWS's own limits are; [`Faults::calls_per_second`]).
+const THROTTLED_ACTION: &str = "iam:CreateAccessKey";
+const THROTTLED_LIMIT: f64 = 5.0;
+/// Seconds from apply the throttled wave's averages leave out: the controller's budget finding
+/// the limit.
+const SETTLE_SECS: usize = 10;
+
+/// One second of the throttled wave, counted from apply.
+#[derive(Default, Clone)]
+struct Second {
+    /// [`THROTTLED_ACTION`] attempts that reached the proxy, and those it did not throttle.
+    keys: usize,
+    keys_accepted: usize,
+    /// Every IAM call that reached the proxy, and those it did not throttle.
+    iam: usize,
+    iam_accepted: usize,
+    /// The controller's `registrar_aws_budget_rate{service="iam"}` and
+    /// `registrar_aws_budget_waiting{service="iam"}`, sampled half-way through the second.
+    budget_rate: Option<f64>,
+    waiting: Option<f64>,
+}
+
+/// What the throttled wave measured (section 6).
+struct ThrottledWave {
+    n: usize,
+    run_time: f64,
+    hosts_secs: f64,
+    apply_secs: f64,
+    /// Seconds from apply to all Ready; `None` when not all were Ready by the time limit.
+    ready_secs: Option<f64>,
+    ready: usize,
+    waited_secs: f64,
+    /// Objects in phase `Failed` when the wave ended; ever `Failed` or `Stalled`; ever with a
+    /// condition of reason `Throttled`.
+    failed_at_end: usize,
+    ever_failed: usize,
+    ever_throttled: usize,
+    /// Reconciles that did not end Ready, by reason (the controller's metric).
+    failures: BTreeMap<String, f64>,
+    /// IAM attempts the controller's budget did not make (no turn within its wait limit).
+    budget_refused: f64,
+    /// Whether the controller ever reported an IAM attempt waiting for its turn (the gauge
+    /// appears with the first).
+    waiting_seen: bool,
+    seconds: Vec<Second>,
+    /// Seconds from apply to the last [`THROTTLED_ACTION`] the proxy accepted.
+    last_key_secs: Option<f64>,
+    /// IAM calls by action: (attempts, throttled by the proxy).
+    iam_calls: BTreeMap<String, (usize, usize)>,
+}
+
+/// Samples the controller's IAM budget (rate, attempts waiting) half-way through each second
+/// from `t0` until told to stop: (second, rate, waiting).
+fn sample_budget(
+    metrics_port: u16,
+    t0: Instant,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> Vec<(usize, Option<f64>, Option<f64>)> {
+    let mut out = Vec::new();
+    for k in 0.. {
+        let at = t0 + Duration::from_millis(500 + 1000 * k as u64);
+        while Instant::now() < at {
+            if stop.load(Ordering::SeqCst) {
+                return out;
+            }
+            std::thread::sleep(
+                at.saturating_duration_since(Instant::now())
+                    .min(Duration::from_millis(50)),
+            );
+        }
+        if let Some(text) = http_get(metrics_port, "/metrics") {
+            let iam = |name: &str| metric_by_label(&text, name, "service").get("iam").copied();
+            out.push((
+                k,
+                iam("registrar_aws_budget_rate"),
+                iam("registrar_aws_budget_waiting"),
+            ));
+        }
+    }
+    out
+}
+
+impl Env {
+    /// The throttled wave: `n` hosts started for it (an sshd each), a fresh stack with one EC2
+    /// record per host, their objects created at once for a controller with its default AWS
+    /// call budget and `--ssh-concurrency` (and `--ssh-namespace-share`) `n`, while the proxy in
+    /// front of moto takes [`THROTTLED_LIMIT`] [`THROTTLED_ACTION`] calls a second and throttles
+    /// the rest. The proxy's faults are cleared afterwards, whatever happened.
+    async fn throttled_wave(&self, n: usize) -> R<ThrottledWave> {
+        let proxy = self
+            .aws
+            .proxy
+            .as_ref()
+            .ok_or("no recording proxy in front of moto")?;
+        let public_key = std::fs::read_to_string(self.key_path.with_extension("pub"))
+            .map_err(|e| format!("reading the public key: {e}"))?;
+        say(
+            self.start,
+            &format!("throttled: starting {n} SSH hosts (sshd each)"),
+        );
+        let t = Instant::now();
+        let hosts = start_fleet_hosts("throttled", n, public_key.trim(), self.start)?;
+        let hosts_secs = t.elapsed().as_secs_f64();
+        let name = format!("throttled{}", self.next());
+        let (stack, ids) = self.fresh_stack_on(&name, &hosts).await;
+        self.namespace(&name)?;
+        let objects = fleet_objects(&stack, &ids, &name, &hosts)?;
+        let n_text = n.to_string();
+        // The controller's default --aws-calls-per-second: its budget is what is measured.
+        let controller = self.spawn_controller(
+            &name,
+            &name,
+            &[
+                "--ssh-concurrency",
+                &n_text,
+                "--ssh-namespace-share",
+                &n_text,
+            ],
+            None,
+        )?;
+        let result = self
+            .throttled_measure(&name, objects, &controller, proxy)
+            .await;
+        // Later sections are not throttled.
+        let cleared = proxy.set_faults(Faults::none());
+        self.fleet_record(&name, "throttled");
+        controller.stop();
+        say(self.start, "throttled: stopping the SSH hosts");
+        drop(hosts);
+        cleared.map_err(|e| format!("clearing the proxy's faults: {e}"))?;
+        let mut wave = result?;
+        wave.hosts_secs = hosts_secs;
+        Ok(wave)
+    }
+
+    /// The measurements of [`Env::throttled_wave`], `objects` those of `ns`.
+    async fn throttled_measure(
+        &self,
+        ns: &str,
+        objects: Vec<serde_json::Value>,
+        controller: &Controller,
+        proxy: &ProxyHandle,
+    ) -> R<ThrottledWave> {
+        let n = objects.len();
+        let api = self.registrations(ns);
+        let wave = Arc::new(std::sync::Mutex::new(Wave::default()));
+        let follower = tokio::spawn(follow_wave(api.clone(), format!("{ns}-"), n, wave.clone()));
+        proxy.set_faults(Faults {
+            calls_per_second: THROTTLED_LIMIT,
+            only_actions: vec![THROTTLED_ACTION.into()],
+            ..Faults::default()
+        })?;
+        self.aws.clear_calls();
+        say(
+            self.start,
+            &format!(
+                "throttled: applying {n} objects; the proxy takes {THROTTLED_LIMIT} {THROTTLED_ACTION} a second"
+            ),
+        );
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let t0 = Instant::now();
+        let t0_wall = std::time::SystemTime::now();
+        let sampler = {
+            let (port, stop) = (controller.metrics_port, stop.clone());
+            std::thread::spawn(move || sample_budget(port, t0, stop))
+        };
+        let created = create_at_once(&api, objects).await;
+        let apply_secs = t0.elapsed().as_secs_f64();
+        let limit = self.run_time + Duration::from_secs(600);
+        if created.is_ok() {
+            say(
+                self.start,
+                &format!("throttled: created {n} objects in {apply_secs:.1}s"),
+            );
+            let mut said = Instant::now();
+            while lock(&wave).all_ready.is_none() && t0.elapsed() < limit {
+                if said.elapsed() > Duration::from_secs(10) {
+                    said = Instant::now();
+                    let w = lock(&wave);
+                    say(
+                        self.start,
+                        &format!(
+                            "throttled: {:.0}s: {} of {n} Ready, {} seen Throttled",
+                            t0.elapsed().as_secs_f64(),
+                            w.ready.len(),
+                            w.throttled.len()
+                        ),
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        let waited_secs = t0.elapsed().as_secs_f64();
+        follower.abort();
+        stop.store(true, Ordering::SeqCst);
+        let samples = sampler.join().unwrap_or_default();
+        created?;
+        let metrics = controller.metrics();
+        let calls: Vec<_> = proxy
+            .calls()
+            .into_iter()
+            .filter(|c| c.service == "iam")
+            .collect();
+        let from_apply = |c: &opsworks_endpoint::ProxyCall| {
+            c.at.duration_since(t0_wall)
+                .map(|d| d.as_secs_f64())
+                .unwrap_or(0.0)
+        };
+        let throttled = |c: &opsworks_endpoint::ProxyCall| {
+            c.injected == Some(opsworks_endpoint::InjectedFault::Throttling)
+        };
+        let is_key = |c: &opsworks_endpoint::ProxyCall| c.operation() == THROTTLED_ACTION;
+        let len = calls
+            .iter()
+            .map(|c| from_apply(c) as usize + 1)
+            .chain(samples.iter().map(|s| s.0 + 1))
+            .max()
+            .unwrap_or(0);
+        // Every IAM call, for a closer look: when it reached the proxy and how long its answer
+        // took (ms from apply), the action, the status, whether it was throttled.
+        let mut csv = String::from("at_ms,duration_ms,action,status,throttled\n");
+        for c in &calls {
+            csv.push_str(&format!(
+                "{:.0},{},{},{},{}\n",
+                from_apply(c) * 1000.0,
+                c.duration.as_millis(),
+                c.action,
+                c.status,
+                throttled(c)
+            ));
+        }
+        let _ = std::fs::write(self.dir.join(format!("{ns}-iam-calls.csv")), csv);
+        let mut seconds = vec![Second::default(); len];
+        let mut iam_calls = BTreeMap::<String, (usize, usize)>::new();
+        let mut last_key_secs: Option<f64> = None;
+        for c in &calls {
+            let s = &mut seconds[from_apply(c) as usize];
+            let accepted = !throttled(c);
+            s.iam += 1;
+            s.iam_accepted += accepted as usize;
+            if is_key(c) {
+                s.keys += 1;
+                s.keys_accepted += accepted as usize;
+                if accepted {
+                    last_key_secs = Some(last_key_secs.unwrap_or(0.0).max(from_apply(c)));
+                }
+            }
+            let e = iam_calls.entry(c.action.clone()).or_default();
+            e.0 += 1;
+            e.1 += throttled(c) as usize;
+        }
+        let waiting_seen = samples.iter().any(|s| s.2.is_some());
+        for (k, rate, waiting) in samples {
+            seconds[k].budget_rate = rate;
+            // The gauge appears with the first attempt that waited.
+            seconds[k].waiting = waiting.or(rate.map(|_| 0.0));
+        }
+        let w = lock(&wave);
+        Ok(ThrottledWave {
+            n,
+            run_time: self.run_time.as_secs_f64(),
+            hosts_secs: 0.0,
+            apply_secs,
+            ready_secs: w.all_ready.map(|at| at.duration_since(t0).as_secs_f64()),
+            ready: w.ready.len(),
+            waited_secs,
+            failed_at_end: w.failed.len(),
+            ever_failed: w.ever_failed.len(),
+            ever_throttled: w.throttled.len(),
+            failures: metric_by_label(&metrics, "registrar_reconcile_failures_total", "reason"),
+            budget_refused: metric_by_label(
+                &metrics,
+                "registrar_aws_budget_refused_total",
+                "service",
+            )
+            .get("iam")
+            .copied()
+            .unwrap_or(0.0),
+            waiting_seen,
+            seconds,
+            last_key_secs,
+            iam_calls,
+        })
+    }
+}
+
+/// Section 6 of the table.
+fn throttled_table(t: &ThrottledWave) -> String {
+    let mut out = format!(
+        "\n6. Throttled wave: N = {} hosts (an sshd each) applied at once, installer stand-in T = \
+         {}s; the proxy in front of moto takes {THROTTLED_LIMIT} {THROTTLED_ACTION} a second \
+         (a token bucket of one second's worth) and throttles the rest; controller \
+         --ssh-concurrency {} --ssh-namespace-share {}, its default --aws-calls-per-second \
+         (20 a second per service: every IAM action shares one budget)\n",
+        t.n, t.run_time, t.n, t.n
+    );
+    out.push_str(&format!(
+        "   {} SSH hosts started in {:.1}s; creating the objects (32 at a time) took {:.1}s \
+         (inside the time to Ready)\n",
+        t.n, t.hosts_secs, t.apply_secs
+    ));
+    match t.ready_secs {
+        Some(s) => out.push_str(&format!(
+            "   apply to all {} Ready: {s:.1}s; minus T: {:.1}s ({} keys at {THROTTLED_LIMIT} a \
+             second take {:.1}s at least)\n",
+            t.n,
+            s - t.run_time,
+            t.n,
+            t.n as f64 / THROTTLED_LIMIT
+        )),
+        None => out.push_str(&format!(
+            "   NOT all Ready: {} of {} after {:.0}s\n",
+            t.ready, t.n, t.waited_secs
+        )),
+    }
+    let failures: Vec<String> = t
+        .failures
+        .iter()
+        .map(|(reason, v)| format!("{reason} {v}"))
+        .collect();
+    out.push_str(&format!(
+        "   objects failed at the end (phase Failed): {}; ever Failed or Stalled: {}; with a \
+         Throttled condition at some time: {}; reconciles not ending Ready: {}; IAM attempts the \
+         controller's budget refused (no turn soon enough): {}\n",
+        t.failed_at_end,
+        t.ever_failed,
+        t.ever_throttled,
+        if failures.is_empty() {
+            "none".to_owned()
+        } else {
+            failures.join(", ")
+        },
+        t.budget_refused
+    ));
+    // Whether the budget bounded the calls: a second's IAM attempts beyond its rate plus the
+    // one-second burst it allows after a quiet while (so twice the rate, and one).
+    let over: Vec<(usize, &Second)> = t
+        .seconds
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| s.budget_rate.is_some_and(|r| s.iam as f64 > 2.0 * r + 1.0))
+        .collect();
+    let worst = over.iter().max_by(|a, b| {
+        let ratio = |s: &Second| s.iam as f64 / s.budget_rate.unwrap_or(1.0);
+        ratio(a.1).total_cmp(&ratio(b.1))
+    });
+    out.push_str(&format!(
+        "   the IAM budget at work: attempts waiting for a turn {}; seconds with more IAM calls \
+         reaching the proxy than twice the budget's rate, plus one (its rate and a \
+         one-second burst): {} of {}{}\n",
+        if t.waiting_seen {
+            "seen"
+        } else {
+            "never seen (registrar_aws_budget_waiting never appeared)"
+        },
+        over.len(),
+        t.seconds.iter().filter(|s| s.iam > 0).count(),
+        worst.map_or(String::new(), |(k, s)| format!(
+            "; the most: second {k}, {} calls at a rate of {:.1}/s",
+            s.iam,
+            s.budget_rate.unwrap_or(f64::NAN)
+        ))
+    ));
+    let calls: Vec<String> = t
+        .iam_calls
+        .iter()
+        .map(|(action, (calls, throttled))| format!("{action} {calls} ({throttled} throttled)"))
+        .collect();
+    out.push_str(&format!(
+        "   IAM calls that reached the proxy, by action: {}\n",
+        calls.join(", ")
+    ));
+    // The averages: from SETTLE_SECS to the last whole second before the last key was made
+    // (after it, nothing is left to ask for).
+    let end = t.last_key_secs.map_or(0, |s| s as usize);
+    let mean = |from: usize, to: usize, f: &dyn Fn(&Second) -> f64| {
+        let v: Vec<f64> = t.seconds[from..to].iter().map(f).collect();
+        v.iter().sum::<f64>() / v.len().max(1) as f64
+    };
+    let summary = |from: usize, to: usize| {
+        let budget: Vec<f64> = t.seconds[from..to]
+            .iter()
+            .filter_map(|s| s.budget_rate)
+            .collect();
+        let (lo, hi) = budget
+            .iter()
+            .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| {
+                (lo.min(*v), hi.max(*v))
+            });
+        let attempts = mean(from, to, &|s| s.keys as f64);
+        format!(
+            "{THROTTLED_ACTION} attempted {attempts:.2}/s, accepted {:.2}/s \
+             (attempts / limit {:.2}: {} 20% of the limit); all IAM calls attempted {:.2}/s, \
+             accepted {:.2}/s; the IAM budget's rate {:.2}/s on average (from {lo:.1} to \
+             {hi:.1})",
+            mean(from, to, &|s| s.keys_accepted as f64),
+            attempts / THROTTLED_LIMIT,
+            if (attempts / THROTTLED_LIMIT - 1.0).abs() <= 0.2 {
+                "within"
+            } else {
+                "NOT within"
+            },
+            mean(from, to, &|s| s.iam as f64),
+            mean(from, to, &|s| s.iam_accepted as f64),
+            budget.iter().sum::<f64>() / budget.len().max(1) as f64,
+        )
+    };
+    if end > SETTLE_SECS {
+        out.push_str(&format!(
+            "   after the first {SETTLE_SECS}s (seconds {SETTLE_SECS} to {end}, the last key at \
+             {:.1}s): {}\n",
+            t.last_key_secs.unwrap_or(f64::NAN),
+            summary(SETTLE_SECS, end)
+        ));
+    } else {
+        out.push_str(&format!(
+            "   the last key was made within the first {}s (at {:.1}s): no average after \
+             {SETTLE_SECS}s\n",
+            SETTLE_SECS + 1,
+            t.last_key_secs.unwrap_or(f64::NAN)
+        ));
+    }
+    // The controller makes its first key only after its other steps (the host, the stack, the
+    // user): the same SETTLE_SECS counted from the second of its first key attempt.
+    if let Some(first) = t.seconds.iter().position(|s| s.keys > 0)
+        && end > first + SETTLE_SECS
+    {
+        out.push_str(&format!(
+            "   {SETTLE_SECS}s after the first key attempt (second {first}; seconds {} to \
+             {end}): {}\n",
+            first + SETTLE_SECS,
+            summary(first + SETTLE_SECS, end)
+        ));
+    }
+    if end > 0 {
+        out.push_str(&format!("   seconds 0 to {end}: {}\n", summary(0, end)));
+    }
+    out.push_str(&format!(
+        "   per second from apply: {THROTTLED_ACTION} attempted/accepted, all IAM calls \
+         attempted/accepted, the controller's IAM budget rate (calls/s, as last reported: the \
+         gauge moves when an attempt takes a turn or a throttle cuts it) and attempts waiting \
+         for a turn\n   {:>5} {:>9} {:>9} {:>7} {:>5}\n",
+        "s", "keys", "iam", "budget", "wait"
+    ));
+    let opt = |v: Option<f64>, p: usize| v.map_or("-".to_owned(), |v| format!("{v:.p$}"));
+    for (k, s) in t.seconds.iter().enumerate() {
+        out.push_str(&format!(
+            "   {k:>5} {:>9} {:>9} {:>7} {:>5}\n",
+            format!("{}/{}", s.keys, s.keys_accepted),
+            format!("{}/{}", s.iam, s.iam_accepted),
+            opt(s.budget_rate, 1),
+            opt(s.waiting, 0)
+        ));
+    }
+    out
+}
+
 /// Whether `o` is Ready, with observedGeneration current.
 fn is_ready(o: &DynamicObject) -> bool {
     let status = &o.data["status"];
@@ -1797,12 +2353,18 @@ async fn run(args: Args) -> R {
     // says how many such reads are left.
     let mut latency = String::new();
     if !skip("latency") {
-        // Directly and through the jump host, alternating, so that both see the environment
-        // grow alike.
-        let (mut direct, mut jump) = (Vec::new(), Vec::new());
+        // Directly, through the jump host, and directly with the endpoint's `registering` delay
+        // at 0 (what is left is the controller's own, and the install's), alternating, so that
+        // all three see the environment grow alike.
+        let delay = env.registration_delay()?.as_secs_f64();
+        let (mut direct, mut jump, mut no_delay, mut floor) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for r in 0..args.runs {
             let l = env.latency_run(false).await?;
-            say(start, &format!("latency run {r}: {l:.2}s over T"));
+            say(
+                start,
+                &format!("latency run {r}: {l:.2}s over T (registering delay {delay}s)"),
+            );
             direct.push(l);
             let l = env.latency_run(true).await?;
             say(
@@ -1810,6 +2372,25 @@ async fn run(args: Args) -> R {
                 &format!("latency run {r} through a jump host: {l:.2}s over T"),
             );
             jump.push(l);
+            let l = env
+                .at_registration_delay(Duration::ZERO, env.latency_run(false))
+                .await?;
+            say(
+                start,
+                &format!("latency run {r}: {l:.2}s over T (registering delay 0)"),
+            );
+            no_delay.push(l);
+            // What the install itself takes over T on one host, with nothing of the
+            // controller's (the floor: one plain ssh, the same installer), at delay 0.
+            let l = env
+                .at_registration_delay(Duration::ZERO, env.floor_run(&env.hosts[..1]))
+                .await?
+                - t;
+            say(
+                start,
+                &format!("latency run {r}: floor {l:.2}s over T (registering delay 0)"),
+            );
+            floor.push(l);
         }
         let runs = |v: &[f64]| {
             v.iter()
@@ -1818,12 +2399,19 @@ async fn run(args: Args) -> R {
                 .join(", ")
         };
         latency = format!(
-            "\n4. Latency, one object: apply to Ready minus T = {:.2}s (runs: {}); through one \
-             jump host {:.2}s (runs: {})\n",
+            "\n4. Latency, one object: apply to Ready minus T = {:.2}s with the endpoint's \
+             registering delay {delay}s (runs: {}); {:.2}s with delay 0 (runs: {}); through one \
+             jump host {:.2}s, delay {delay}s (runs: {})\n   the floor on one host (plain ssh, \
+             same installer, to the endpoint listing it registered), delay 0: {:.2}s over T \
+             (runs: {})\n",
             median(direct.clone()),
             runs(&direct),
+            median(no_delay.clone()),
+            runs(&no_delay),
             median(jump.clone()),
-            runs(&jump)
+            runs(&jump),
+            median(floor.clone()),
+            runs(&floor)
         );
     }
 
@@ -2036,11 +2624,20 @@ async fn run(args: Args) -> R {
 
     table.push_str(&latency);
 
+    // 6. The throttled wave, run before the fleet (whose 500 sshds and installs weigh on the
+    // machine), printed after it.
+    let mut throttled = String::new();
+    if !skip("throttled") && args.throttled_hosts > 0 {
+        let wave = env.throttled_wave(args.throttled_hosts).await?;
+        throttled = throttled_table(&wave);
+    }
+
     // 5. Fleet, last: its 500 sshds and installs weigh on the machine.
     if !skip("fleet") {
         let fleet = env.fleet(args.fleet, args.fleet_run_time).await?;
         table.push_str(&fleet_table(&fleet));
     }
+    table.push_str(&throttled);
     // Keys made through the proxy need none; a read here is inside some registration's time.
     table.push_str(&format!(
         "\nThe endpoint read moto's whole state (/moto-api/data.json) {} times for keys' secrets\n",
