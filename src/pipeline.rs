@@ -27,7 +27,7 @@ const LOOK_EVERY: Duration = Duration::from_millis(500);
 /// install's start) shows what the steps before found.
 ///
 /// A pass that installed the agent and finds the service waiting for its registration runs the
-/// pipeline again every [`LOOK_EVERY`], for [`LOOK_AFTER_INSTALL`] at most, as the next pass
+/// pipeline again at once, then every [`LOOK_EVERY`], for [`LOOK_AFTER_INSTALL`] at most, as the next pass
 /// would, but without writing status and being requeued in between. The pass runs detached
 /// then (it let go of its reconcile worker before the install); a deletion of the object waits
 /// for it, those few seconds at most.
@@ -45,15 +45,19 @@ pub(crate) async fn run(
     }
     let installed = results.clone();
     let until = Instant::now() + LOOK_AFTER_INSTALL;
+    // The first look is at once: the run that installed looked up the registration before the
+    // install.
+    let mut wait = Duration::ZERO;
     while status.agent_installed_at.is_some()
         && matches!(
             results.last(),
             Some((Step::Registered, Outcome::Progressing(..)))
         )
-        && Instant::now() + LOOK_EVERY <= until
+        && Instant::now() + wait <= until
     {
-        tokio::time::sleep(LOOK_EVERY).await;
+        tokio::time::sleep(wait).await;
         results = run_once(obj, ctx, facts, status, now).await;
+        wait = LOOK_EVERY;
     }
     // The host's own words stay: what it answered, and how its install went (a look again only
     // says the install is done, or the host no longer needs asking).
