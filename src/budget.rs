@@ -2,11 +2,13 @@
 //! pass, deletion and audit of the controller: a client-side rate limit that every attempt of
 //! every call goes through (the SDK clients' HTTP connector waits its turn, [`Budgeted`]), and
 //! that adapts to the service's throttling. AWS publishes no call rate for most of the calls the
-//! controller makes (`ssm:CreateActivation`, `iam:CreateAccessKey`, ...) and throttles with
-//! `ThrottlingException: Rate exceeded`, expecting clients to slow down: a throttled attempt
-//! (any of the codes [`crate::metrics`] counts as `throttled`) cuts the service's rate by
-//! [`DECREASE`] (at most once per [`COOL_DOWN`]), and each second without one lets it grow back
-//! by [`INCREASE`] of the configured rate, never above it.
+//! controller makes (`ssm:CreateActivation`, `iam:CreateAccessKey`, ...), limits them per
+//! operation, and throttles with `ThrottlingException: Rate exceeded`, expecting clients to slow
+//! down: a throttled attempt (any of the codes [`crate::metrics`] counts as `throttled`) gives
+//! its operation a rate of its own, [`DECREASE`] of what the operation sent in the last second
+//! (or of its rate, if lower; at most one cut per [`COOL_DOWN`]), and each second without a cut
+//! adds back [`INCREASE`] of the service's rate, until the operation is limited by the service's
+//! rate alone again. The other operations of the service are not slowed by it.
 //!
 //! No more than [`MAX_IN_FLIGHT`] calls to a service are unanswered at once, so when the service
 //! is slow a wave's calls queue here rather than at the service. Calls take their turns in the
@@ -34,14 +36,14 @@ use tokio::sync::Notify;
 
 use crate::metrics::Metrics;
 
-/// The factor a throttled attempt cuts the rate by.
+/// The factor a throttled attempt cuts its operation's rate by.
 pub(crate) const DECREASE: f64 = 0.7;
-/// How much of the configured rate each second without throttling adds back.
+/// How much of the service's rate each second without a cut adds back to an operation's.
 pub(crate) const INCREASE: f64 = 0.05;
 /// Least time between two cuts: the throttled answers of calls sent at the old rate come back
 /// together, and count as one.
 pub(crate) const COOL_DOWN: Duration = Duration::from_secs(1);
-/// The lowest rate a service is cut to, calls per second.
+/// The lowest rate an operation is cut to, calls per second.
 pub(crate) const MIN_RATE: f64 = 0.5;
 /// The longest an attempt waits for its turn.
 pub(crate) const MAX_WAIT: Duration = Duration::from_secs(10);
@@ -91,10 +93,10 @@ impl Budgets {
         )
     }
 
-    /// Says that an attempt to `service` was throttled.
-    pub(crate) fn throttled(&self, service: &str) {
+    /// Says that an attempt of `operation` to `service` was throttled.
+    pub(crate) fn throttled(&self, service: &str, operation: &str) {
         if let Some(budget) = self.of(service) {
-            budget.throttled(Instant::now());
+            budget.throttled(operation, Instant::now());
         }
     }
 }
@@ -130,7 +132,8 @@ fn priority() -> Priority {
 #[derive(Debug)]
 pub(crate) struct Budget {
     service: String,
-    /// The configured rate, calls per second: where the rate starts and the most it grows to.
+    /// The configured rate, calls per second: the service's, and the most an operation's grows
+    /// back to.
     max: f64,
     state: Mutex<State>,
     metrics: Option<Arc<Metrics>>,
@@ -138,14 +141,10 @@ pub(crate) struct Budget {
 
 #[derive(Debug)]
 struct State {
-    /// The rate now, calls per second.
-    rate: f64,
-    /// When the next call may go (calls are spaced `1 / rate` apart).
+    /// When the next call may go (calls are spaced `1 / max` apart).
     next: Instant,
-    /// When the rate was last cut.
-    cut_at: Option<Instant>,
-    /// When the rate last grew (or was cut).
-    grown_at: Instant,
+    /// The operations called, by name.
+    operations: HashMap<String, Operation>,
     /// Calls sent and not answered yet.
     in_flight: usize,
     /// The calls waiting for a turn, urgent first, each in the order they came.
@@ -153,6 +152,41 @@ struct State {
     normal: VecDeque<Waiter>,
     /// The last ticket given.
     tickets: u64,
+}
+
+/// One operation's calls.
+#[derive(Debug, Default)]
+struct Operation {
+    /// When its calls of the last second went.
+    sent: VecDeque<Instant>,
+    /// Its own rate, since the service throttled it.
+    limit: Option<Limit>,
+}
+
+impl Operation {
+    /// Forgets the calls sent more than a second before `now`.
+    fn trim(&mut self, now: Instant) {
+        while self
+            .sent
+            .front()
+            .is_some_and(|at| now.saturating_duration_since(*at) >= Duration::from_secs(1))
+        {
+            self.sent.pop_front();
+        }
+    }
+}
+
+/// An operation's own rate, since the service throttled it.
+#[derive(Debug)]
+struct Limit {
+    /// Calls per second.
+    rate: f64,
+    /// When its next call may go.
+    next: Instant,
+    /// When it was last cut.
+    cut_at: Instant,
+    /// When it last grew (or was cut).
+    grown_at: Instant,
 }
 
 /// A call waiting for its turn: its ticket, and how to wake it when it may be its turn.
@@ -193,10 +227,8 @@ impl Budget {
             service: service.to_owned(),
             max,
             state: Mutex::new(State {
-                rate: max,
                 next: now,
-                cut_at: None,
-                grown_at: now,
+                operations: HashMap::new(),
                 in_flight: 0,
                 urgent: VecDeque::new(),
                 normal: VecDeque::new(),
@@ -204,7 +236,9 @@ impl Budget {
             }),
             metrics,
         };
-        budget.report(max);
+        if let Some(metrics) = &budget.metrics {
+            metrics.aws_budget_rate(service, max);
+        }
         budget
     }
 
@@ -216,12 +250,11 @@ impl Budget {
     /// further away than [`MAX_WAIT`] at the rate now (nothing is queued then).
     fn enter(&self, priority: Priority, now: Instant) -> Option<Waiter> {
         let mut state = self.lock();
-        self.grow(&mut state, now);
         let ahead = match priority {
             Priority::Urgent => state.urgent.len(),
             Priority::Normal => state.urgent.len() + state.normal.len(),
         };
-        let spacing = Duration::from_secs_f64(1.0 / state.rate);
+        let spacing = Duration::from_secs_f64(1.0 / self.max);
         let turn = state.next.max(now.checked_sub(BURST).unwrap_or(now));
         let wait = turn.saturating_duration_since(now) + spacing.mul_f64(ahead as f64);
         if wait > MAX_WAIT {
@@ -251,13 +284,12 @@ impl Budget {
         {
             return Step::Wait;
         }
-        self.grow(&mut state, now);
         // After a quiet while, a burst of up to BURST's worth goes at once.
         let turn = state.next.max(now.checked_sub(BURST).unwrap_or(now));
         if turn > now {
             return Step::WaitUntil(turn);
         }
-        state.next = turn + Duration::from_secs_f64(1.0 / state.rate);
+        state.next = turn + Duration::from_secs_f64(1.0 / self.max);
         state.in_flight += 1;
         if state.urgent.front().is_some_and(|w| w.ticket == ticket) {
             state.urgent.pop_front();
@@ -286,46 +318,100 @@ impl Budget {
         state.wake_head();
     }
 
-    /// A throttled answer came: the rate is cut, unless it was cut within [`COOL_DOWN`].
-    pub(crate) fn throttled(&self, now: Instant) {
+    /// The wait for `operation`'s own turn, when the service throttled it; `None` when that
+    /// turn is further away than `max_wait` (no turn is taken then).
+    fn operation_turn(
+        &self,
+        operation: &str,
+        now: Instant,
+        max_wait: Duration,
+    ) -> Option<Duration> {
         let mut state = self.lock();
-        if state
-            .cut_at
-            .is_some_and(|at| now.saturating_duration_since(at) < COOL_DOWN)
-        {
-            return;
+        let op = state.operations.entry(operation.to_owned()).or_default();
+        self.grow(operation, op, now);
+        let Some(limit) = &mut op.limit else {
+            return Some(Duration::ZERO);
+        };
+        let turn = limit.next.max(now.checked_sub(BURST).unwrap_or(now));
+        let wait = turn.saturating_duration_since(now);
+        if wait > max_wait {
+            return None;
         }
-        state.rate = (state.rate * DECREASE).max(MIN_RATE);
-        state.cut_at = Some(now);
-        state.grown_at = now;
-        let rate = state.rate;
+        limit.next = turn + Duration::from_secs_f64(1.0 / limit.rate);
+        Some(wait)
+    }
+
+    /// A call of `operation` went at `now`.
+    fn sent(&self, operation: &str, now: Instant) {
+        let mut state = self.lock();
+        let op = state.operations.entry(operation.to_owned()).or_default();
+        op.trim(now);
+        op.sent.push_back(now);
+    }
+
+    /// A throttled answer to `operation` came: its rate is cut to [`DECREASE`] of what it sent
+    /// in the last second (or of its rate, if lower), unless it was cut within [`COOL_DOWN`].
+    pub(crate) fn throttled(&self, operation: &str, now: Instant) {
+        let mut state = self.lock();
+        let op = state.operations.entry(operation.to_owned()).or_default();
+        self.grow(operation, op, now);
+        op.trim(now);
+        let sent = (op.sent.len() as f64).max(1.0);
+        let rate = match &mut op.limit {
+            Some(limit) if now.saturating_duration_since(limit.cut_at) < COOL_DOWN => return,
+            Some(limit) => {
+                limit.rate = (limit.rate.min(sent) * DECREASE).max(MIN_RATE);
+                limit.cut_at = now;
+                limit.grown_at = now;
+                limit.rate
+            }
+            None => {
+                let rate = (self.max.min(sent) * DECREASE).max(MIN_RATE);
+                op.limit = Some(Limit {
+                    rate,
+                    next: now,
+                    cut_at: now,
+                    grown_at: now,
+                });
+                rate
+            }
+        };
         drop(state);
-        tracing::info!(service = %self.service, rate, "AWS throttled a call: the controller slows its calls to the service");
-        self.report(rate);
+        tracing::info!(service = %self.service, operation, rate, "AWS throttled a call: the controller slows its calls of the operation");
+        self.report(operation, rate);
     }
 
-    /// The rate now, calls per second.
+    /// `operation`'s own rate now, calls per second (`None`: the service's rate alone).
     #[cfg(test)]
-    fn rate(&self, now: Instant) -> f64 {
+    fn rate(&self, operation: &str, now: Instant) -> Option<f64> {
         let mut state = self.lock();
-        self.grow(&mut state, now);
-        state.rate
+        let op = state.operations.entry(operation.to_owned()).or_default();
+        self.grow(operation, op, now);
+        op.limit.as_ref().map(|l| l.rate)
     }
 
-    /// Grows the rate back for the whole seconds since it last grew.
-    fn grow(&self, state: &mut State, now: Instant) {
-        let seconds = now.saturating_duration_since(state.grown_at).as_secs();
-        if seconds == 0 || state.rate >= self.max {
+    /// Grows `operation`'s rate back for the whole seconds since it last grew; once it reaches
+    /// the service's rate, the operation has none of its own.
+    fn grow(&self, operation: &str, op: &mut Operation, now: Instant) {
+        let Some(limit) = &mut op.limit else {
+            return;
+        };
+        let seconds = now.saturating_duration_since(limit.grown_at).as_secs();
+        if seconds == 0 {
             return;
         }
-        state.rate = (state.rate + self.max * INCREASE * seconds as f64).min(self.max);
-        state.grown_at += Duration::from_secs(seconds);
-        self.report(state.rate);
+        limit.rate += self.max * INCREASE * seconds as f64;
+        limit.grown_at += Duration::from_secs(seconds);
+        let rate = limit.rate.min(self.max);
+        if rate >= self.max {
+            op.limit = None;
+        }
+        self.report(operation, rate);
     }
 
-    fn report(&self, rate: f64) {
+    fn report(&self, operation: &str, rate: f64) {
         if let Some(metrics) = &self.metrics {
-            metrics.aws_budget_rate(&self.service, rate);
+            metrics.aws_budget_operation_rate(&self.service, operation, rate);
         }
     }
 
@@ -341,16 +427,31 @@ impl Budget {
         )
     }
 
-    /// Waits for a turn of a call of the current task's [`Priority`]: the call is in flight
-    /// until the returned guard is dropped. An error to fail the attempt with when no turn comes
-    /// within [`MAX_WAIT`].
-    async fn turn(self: &Arc<Self>) -> Result<Sent, ConnectorError> {
-        self.turn_within(MAX_WAIT).await
+    /// Waits for a turn of a call of `operation` (its own turn first, if the service throttled
+    /// it, then the service's, in the order of the current task's [`Priority`]): the call is in
+    /// flight until the returned guard is dropped. An error to fail the attempt with when no
+    /// turn comes within [`MAX_WAIT`].
+    async fn turn(self: &Arc<Self>, operation: &str) -> Result<Sent, ConnectorError> {
+        self.turn_within(operation, MAX_WAIT).await
     }
 
     /// [`Budget::turn`], waiting `max_wait` at most.
-    async fn turn_within(self: &Arc<Self>, max_wait: Duration) -> Result<Sent, ConnectorError> {
+    async fn turn_within(
+        self: &Arc<Self>,
+        operation: &str,
+        max_wait: Duration,
+    ) -> Result<Sent, ConnectorError> {
         let deadline = Instant::now() + max_wait;
+        let Some(wait) = self.operation_turn(operation, Instant::now(), max_wait) else {
+            return Err(self.refused());
+        };
+        if !wait.is_zero() {
+            let _waiting = self
+                .metrics
+                .as_ref()
+                .map(|m| m.aws_budget_waiting(&self.service));
+            tokio::time::sleep(wait).await;
+        }
         let Some(waiter) = self.enter(priority(), Instant::now()) else {
             return Err(self.refused());
         };
@@ -366,6 +467,7 @@ impl Budget {
             let until = match self.step(waiter.ticket, now) {
                 Step::Go => {
                     queued.went = true;
+                    self.sent(operation, now);
                     return Ok(Sent(self.clone()));
                 }
                 _ if now >= deadline => return Err(self.refused()),
@@ -457,11 +559,25 @@ struct BudgetedConnector {
 impl HttpConnector for BudgetedConnector {
     fn call(&self, request: HttpRequest) -> HttpConnectorFuture {
         let (inner, budget) = (self.inner.clone(), self.budget.clone());
+        let operation = operation(&request).unwrap_or_default();
         HttpConnectorFuture::new(async move {
-            let _sent = budget.turn().await?;
+            let _sent = budget.turn(&operation).await?;
             inner.call(request).await
         })
     }
+}
+
+/// The API operation `request` calls: the target of the JSON protocols (`X-Amz-Target:
+/// AmazonSSM.CreateActivation`, OpsWorks), else the `Action` of the query protocols' form body
+/// (IAM, EC2).
+fn operation(request: &HttpRequest) -> Option<String> {
+    if let Some(target) = request.headers().get("x-amz-target") {
+        return target.rsplit('.').next().map(str::to_owned);
+    }
+    let body = std::str::from_utf8(request.body().bytes()?).ok()?;
+    body.split('&')
+        .find_map(|pair| pair.strip_prefix("Action="))
+        .map(str::to_owned)
 }
 
 #[cfg(test)]
@@ -558,12 +674,12 @@ mod tests {
         let budget = Arc::new(Budget::new("ec2", 10_000.0, None, Instant::now()));
         let mut sent = Vec::new();
         for _ in 0..MAX_IN_FLIGHT {
-            sent.push(budget.turn().await.expect("a turn"));
+            sent.push(budget.turn("DescribeInstances").await.expect("a turn"));
         }
         // The next waits for one of them to be answered; dropped, it leaves the queue.
         let waiting = tokio::spawn({
             let budget = budget.clone();
-            async move { budget.turn().await.map(|_| ()) }
+            async move { budget.turn("DescribeInstances").await.map(|_| ()) }
         });
         tokio::time::sleep(Duration::from_millis(10)).await;
         assert!(!waiting.is_finished());
@@ -571,7 +687,7 @@ mod tests {
         let _ = waiting.await;
         let next = tokio::spawn({
             let budget = budget.clone();
-            async move { budget.turn().await.ok() }
+            async move { budget.turn("DescribeInstances").await.ok() }
         });
         tokio::time::sleep(Duration::from_millis(10)).await;
         assert!(!next.is_finished(), "all in flight");
@@ -582,12 +698,17 @@ mod tests {
         // Urgent calls made within `urgent` go first.
         let normal = tokio::spawn({
             let budget = budget.clone();
-            async move { budget.turn_within(Duration::from_millis(300)).await.ok() }
+            async move {
+                budget
+                    .turn_within("DescribeInstances", Duration::from_millis(300))
+                    .await
+                    .ok()
+            }
         });
         tokio::time::sleep(Duration::from_millis(10)).await;
         let urgent = tokio::spawn({
             let budget = budget.clone();
-            urgent(async move { budget.turn().await.ok() })
+            urgent(async move { budget.turn("DescribeInstances").await.ok() })
         });
         tokio::time::sleep(Duration::from_millis(10)).await;
         assert!(
@@ -603,26 +724,62 @@ mod tests {
     }
 
     #[test]
-    fn throttling_cuts_the_rate_once_per_cool_down_and_quiet_seconds_grow_it_back() {
+    fn a_throttled_operation_is_cut_below_what_it_sent_and_grows_back_and_no_other_is_slowed() {
         let start = Instant::now();
         let budget = Budget::new("ssm", 20.0, None, start);
-        budget.throttled(start);
-        budget.throttled(start + Duration::from_millis(500));
-        assert_eq!(budget.rate(start + Duration::from_millis(900)), 14.0);
-        let t = start + Duration::from_millis(1200);
-        budget.throttled(t);
-        assert!((budget.rate(t) - 9.8).abs() < 1e-9);
-        // One call per second of quiet adds 5 % of 20.
-        assert!((budget.rate(t + Duration::from_millis(2500)) - 11.8).abs() < 1e-9);
-        assert_eq!(
-            budget.rate(t + Duration::from_secs(60)),
-            20.0,
-            "never above the set rate"
-        );
-        for i in 0..50 {
-            budget.throttled(t + Duration::from_secs(100 + 2 * i));
+        for i in 0..10 {
+            budget.sent("CreateActivation", start + Duration::from_millis(50 * i));
         }
-        assert_eq!(budget.rate(t + Duration::from_millis(198_500)), MIN_RATE);
+        let t = start + Duration::from_millis(600);
+        assert_eq!(
+            budget.rate("CreateActivation", t),
+            None,
+            "not throttled yet"
+        );
+        // 10 sent in the last second: cut to 7, once per cool-down.
+        budget.throttled("CreateActivation", t);
+        budget.throttled("CreateActivation", t + Duration::from_millis(500));
+        assert_eq!(budget.rate("CreateActivation", t), Some(7.0));
+        let later = t + Duration::from_millis(1200);
+        budget.throttled("CreateActivation", later);
+        assert!(
+            (budget.rate("CreateActivation", later).unwrap() - 0.7).abs() < 1e-9,
+            "nothing sent in the last second: 70 % of one call"
+        );
+        // Spaced at its own rate; the service's other operations are not.
+        let waits: Vec<_> = (0..3)
+            .map(|_| {
+                budget
+                    .operation_turn("CreateActivation", later, MAX_WAIT)
+                    .unwrap()
+            })
+            .collect();
+        assert_eq!(waits[0], Duration::ZERO);
+        assert!(waits[2] > Duration::from_secs(1), "{waits:?}");
+        assert_eq!(
+            budget.operation_turn("DescribeInstanceInformation", later, MAX_WAIT),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(
+            budget.operation_turn("CreateActivation", later, Duration::from_millis(100)),
+            None
+        );
+        // Each quiet second adds 5 % of 20; at 20 it has no rate of its own again.
+        let grown = later + Duration::from_millis(2500);
+        assert!((budget.rate("CreateActivation", grown).unwrap() - 2.7).abs() < 1e-9);
+        assert_eq!(
+            budget.rate("CreateActivation", later + Duration::from_secs(60)),
+            None
+        );
+        // Never below the least rate.
+        let slow = Budget::new("iam", 1.0, None, start);
+        for i in 0..5 {
+            slow.throttled("CreateUser", start + Duration::from_secs(i));
+        }
+        assert_eq!(
+            slow.rate("CreateUser", start + Duration::from_secs(4)),
+            Some(MIN_RATE)
+        );
     }
 
     #[test]

@@ -80,9 +80,9 @@ struct RunArgs {
     #[arg(long, env = "AWS_ATTEMPT_TIMEOUT_SECONDS", default_value_t = aws::ATTEMPT_TIMEOUT.as_secs(), value_parser = clap::value_parser!(u64).range(1..=3600))]
     aws_attempt_timeout_seconds: u64,
     /// AWS calls per second the controller makes to each service (IAM, OpsWorks, EC2, Systems
-    /// Manager), all objects together: where its budget starts and the most it grows back to
-    /// after the service throttled it (the budget is cut by 30 % at each throttling). 0: no
-    /// limit (the SDK's retries alone absorb throttling).
+    /// Manager), all objects together, at most 16 unanswered at once; an operation the service
+    /// throttles gets a rate of its own (70 % of what it sent in the last second), grown back to
+    /// this. 0: no limit (the SDK's retries alone absorb throttling).
     #[arg(long, env = "AWS_CALLS_PER_SECOND", default_value_t = 20.0, value_parser = calls_per_second)]
     aws_calls_per_second: f64,
     /// Seconds to connect to an AWS endpoint.

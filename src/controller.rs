@@ -530,9 +530,12 @@ pub(crate) async fn run(
         Some(metrics.clone()),
     ));
     let throttled = budgets.clone();
-    let counter = metrics
-        .aws_interceptor()
-        .on_throttled(Arc::new(move |service: &str| throttled.throttled(service)));
+    let counter =
+        metrics
+            .aws_interceptor()
+            .on_throttled(Arc::new(move |service: &str, operation: &str| {
+                throttled.throttled(service, operation)
+            }));
     let aws = Aws::from_env(Some(counter), settings.aws_timeouts, Some(budgets)).await;
     let services = Box::new(Services::default());
     run_with(client, aws, services, settings, metrics, health, shutdown).await

@@ -69,6 +69,15 @@ pub(crate) struct ServiceLabels {
     pub service: String,
 }
 
+/// Labels: one AWS operation of a service.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct OperationLabels {
+    /// `opsworks`, `iam`, `ec2`, `ssm`.
+    pub service: String,
+    /// The API operation, e.g. `CreateAccessKey`.
+    pub operation: String,
+}
+
 /// Labels: one AWS call attempt.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct AwsCallLabels {
@@ -108,6 +117,7 @@ pub(crate) struct Metrics {
     pub agent_repairs: Family<RepairLabels, Counter>,
     /// The calls per second each service's budget allows now.
     aws_budget_rate: Family<ServiceLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    aws_budget_operation_rate: Family<OperationLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     /// AWS call attempts waiting for their turn now, by service.
     aws_budget_waiting: Family<ServiceLabels, Gauge>,
     /// AWS call attempts not made for want of a turn, by service.
@@ -187,8 +197,15 @@ impl Metrics {
             Family::<ServiceLabels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
         registry.register(
             "aws_budget_rate",
-            "AWS calls per second the controller allows itself now, by service (--aws-calls-per-second, cut when the service throttles)",
+            "AWS calls per second the controller allows itself, by service (--aws-calls-per-second)",
             aws_budget_rate.clone(),
+        );
+        let aws_budget_operation_rate =
+            Family::<OperationLabels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+        registry.register(
+            "aws_budget_operation_rate",
+            "AWS calls per second the controller allows itself now for an operation the service throttled, by service and operation (cut at each throttling, grown back to the service's rate)",
+            aws_budget_operation_rate.clone(),
         );
         let aws_budget_waiting = Family::<ServiceLabels, Gauge>::default();
         registry.register(
@@ -222,6 +239,7 @@ impl Metrics {
             aws_budget_rate,
             aws_budget_waiting,
             aws_budget_refused,
+            aws_budget_operation_rate,
         }
     }
 
@@ -264,6 +282,16 @@ impl Metrics {
             .set(rate);
     }
 
+    /// Records the rate `service`'s budget allows `operation` now (it was throttled).
+    pub(crate) fn aws_budget_operation_rate(&self, service: &str, operation: &str, rate: f64) {
+        self.aws_budget_operation_rate
+            .get_or_create(&OperationLabels {
+                service: service.to_owned(),
+                operation: operation.to_owned(),
+            })
+            .set(rate);
+    }
+
     /// Counts an attempt to `service` waiting for its turn until the guard is dropped.
     pub(crate) fn aws_budget_waiting(&self, service: &str) -> InFlight {
         let gauge = self
@@ -286,8 +314,9 @@ impl Metrics {
     }
 }
 
-/// What to tell when a service throttled an attempt (its service name, lower case).
-pub(crate) type OnThrottled = Arc<dyn Fn(&str) + Send + Sync>;
+/// What to tell when a service throttled an attempt (its service name, lower case, and the
+/// operation).
+pub(crate) type OnThrottled = Arc<dyn Fn(&str, &str) + Send + Sync>;
 
 /// Counts AWS call attempts by service, operation and outcome; tells `on_throttled` of each
 /// throttled one.
@@ -354,7 +383,7 @@ impl Intercept for AwsCallCounter {
         if outcome == "throttled"
             && let Some(tell) = &self.on_throttled
         {
-            tell(&service);
+            tell(&service, &operation);
         }
         self.calls
             .get_or_create(&AwsCallLabels {

@@ -27,6 +27,17 @@ fn budget_rate(metrics: &str, service: &str) -> Option<f64> {
         .and_then(|v| v.trim().parse().ok())
 }
 
+/// The budget's own rate for `operation` of `service` (one the service throttled).
+fn operation_rate(metrics: &str, service: &str, operation: &str) -> Option<f64> {
+    let prefix = format!(
+        "registrar_aws_budget_operation_rate{{service=\"{service}\",operation=\"{operation}\"}} "
+    );
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|v| v.trim().parse().ok())
+}
+
 #[tokio::test]
 async fn a_wave_against_a_rate_limited_service_slows_down_and_every_object_gets_its_key() {
     const OBJECTS: usize = 10;
@@ -55,13 +66,21 @@ async fn a_wave_against_a_rate_limited_service_slows_down_and_every_object_gets_
         let name = format!("h{n}");
         apply(cp, &on_premises_at(&ns, &name, &stack, host, &name, "key"));
     }
-    // IAM throttles; the controller cuts its IAM budget below the rate it was given.
-    let cut = eventually(Duration::from_secs(120), "the IAM budget cut", || async {
-        let (_, text) = http_get(&metrics);
-        budget_rate(&text, "iam").filter(|r| *r < 20.0)
-    })
+    // IAM throttles CreateAccessKey; the controller gives it a rate of its own, below the rate
+    // it was given for IAM, which the other IAM calls keep.
+    let cut = eventually(
+        Duration::from_secs(120),
+        "CreateAccessKey's own rate",
+        || async {
+            let (_, text) = http_get(&metrics);
+            operation_rate(&text, "iam", "CreateAccessKey").filter(|r| *r < 20.0)
+        },
+    )
     .await;
     assert!(cut >= instance_registrar::testing::AWS_MIN_RATE, "{cut}");
+    let (_, text) = http_get(&metrics);
+    assert_eq!(budget_rate(&text, "iam"), Some(20.0), "{text}");
+    assert_eq!(operation_rate(&text, "iam", "CreateUser"), None, "{text}");
     // Every object gets its key all the same, and none is left failed.
     for n in 0..OBJECTS {
         let name = format!("h{n}");

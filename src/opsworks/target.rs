@@ -24,6 +24,9 @@ use crate::steps::ec2::find_ec2;
 
 /// How old a stack's instance list may be when it verifies a registration that is done.
 const SETTLED_INSTANCES_MAX_AGE: Duration = Duration::from_secs(30);
+/// How old a list the registration of an install that has ended may be looked for in: below the
+/// 0.5 s between the looks of the pass that installed.
+const AFTER_INSTALL_INSTANCES_MAX_AGE: Duration = Duration::from_millis(400);
 
 pub(super) async fn check(
     ow: &OpsWorks,
@@ -73,8 +76,12 @@ pub(super) async fn check(
     // Is the host registered already? Look for it in the stack.
     // A registration that is done is verified against a list that may be a little older, so
     // that a restart's pass over thousands of objects shares one look-up per stack.
+    // A registration an install just made is looked for in a list made since the last look
+    // (the pass looks every 0.5 s after its install).
     let max_age = if status.phase == Some(Phase::Registered) {
         SETTLED_INSTANCES_MAX_AGE
+    } else if status.agent_installed_at.is_some() {
+        AFTER_INSTALL_INSTANCES_MAX_AGE.min(ow.instances.ttl())
     } else {
         ow.instances.ttl()
     };
