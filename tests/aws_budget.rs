@@ -298,17 +298,7 @@ async fn a_deletion_s_aws_calls_go_before_those_a_wave_has_waiting() {
     eventually(
         Duration::from_secs(60),
         "the wave's IAM calls waiting",
-        || async {
-            let text = http_get(&metrics).1;
-            eprintln!(
-                "DEBUG {} {:?}",
-                metric(&text, waiting),
-                text.lines()
-                    .filter(|l| l.contains("iam"))
-                    .collect::<Vec<_>>()
-            );
-            (metric(&text, waiting) >= 8.0).then_some(())
-        },
+        || async { (metric(&http_get(&metrics).1, waiting) >= 8.0).then_some(()) },
     )
     .await;
 
