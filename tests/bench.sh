@@ -21,6 +21,8 @@
 #                             applied at once, the controller's default --aws-calls-per-second
 #                             and --ssh-concurrency N, the proxy taking 5 iam:CreateAccessKey a
 #                             second)
+#   --throttled-calls-per-second RATE  the throttled wave's controller's --aws-calls-per-second
+#                             (default: the controller's default)
 #   --skip LIST               any of throughput,cli,steady,latency,throttled,fleet
 #
 # As root on a fresh Debian machine with Rust, Go and Python, as for the tests. The AWS CLI

@@ -29,9 +29,10 @@
 //!    the API server's audit log); SSH sessions and AWS calls per registration; the controller's
 //!    peak RSS and CPU seconds. The namespace's Events and objects are saved next to the
 //!    controller's log, and the Events summed up on standard error;
-//! 6. throttled wave (one run, before the fleet, printed after it): `--throttled-hosts` EC2
+//! 6. throttled wave (one run, after the fleet): `--throttled-hosts` EC2
 //!    hosts (an sshd each), installer `--run-time`, created at once for a controller with its
-//!    default `--aws-calls-per-second` (20 a second per service, not the other sections' 1000)
+//!    default `--aws-calls-per-second` (20 a second per service, not the other sections' 1000;
+//!    `--throttled-calls-per-second` sets another)
 //!    and `--ssh-concurrency` N, while the recording proxy in front of moto takes 5
 //!    `iam:CreateAccessKey` calls a second and throttles the rest (cleared afterwards): time from
 //!    apply to all Ready; objects failed, and seen with a `Throttled` condition; from the proxy's
@@ -84,12 +85,15 @@ struct Args {
     fleet_run_time: Duration,
     /// Hosts in the throttled wave (0: none).
     throttled_hosts: usize,
+    /// The throttled wave's controller's `--aws-calls-per-second` (`None`: its default).
+    throttled_calls_per_second: Option<String>,
 }
 
 fn usage() -> &'static str {
     "usage: bench [--hosts N] [--run-time SECONDS] [--runs R] [--steady N[,N...]] \
      [--cli-parallel P] [--cli-sequential-hosts N] [--aws-cli PATH] \
      [--fleet N] [--fleet-run-time SECONDS] [--throttled-hosts N] \
+     [--throttled-calls-per-second RATE] \
      [--skip throughput,cli,steady,latency,throttled,fleet]"
 }
 
@@ -106,6 +110,7 @@ fn parse_args() -> R<Args> {
         fleet: 500,
         fleet_run_time: Duration::from_secs(30),
         throttled_hosts: 200,
+        throttled_calls_per_second: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -130,6 +135,12 @@ fn parse_args() -> R<Args> {
             "--fleet" => a.fleet = num(&value)?,
             "--fleet-run-time" => a.fleet_run_time = secs(&value)?,
             "--throttled-hosts" => a.throttled_hosts = num(&value)?,
+            "--throttled-calls-per-second" => {
+                value
+                    .parse::<f64>()
+                    .map_err(|e| format!("--throttled-calls-per-second {value}: {e}"))?;
+                a.throttled_calls_per_second = Some(value);
+            }
             "--runs" => a.runs = num(&value)?.max(1),
             "--steady" => {
                 a.steady = value
@@ -1789,6 +1800,8 @@ struct Second {
 /// What the throttled wave measured (section 6).
 struct ThrottledWave {
     n: usize,
+    /// The controller's `--aws-calls-per-second` (`None`: its default).
+    calls_per_second: Option<String>,
     run_time: f64,
     hosts_secs: f64,
     apply_secs: f64,
@@ -1861,7 +1874,7 @@ impl Env {
     /// call budget and `--ssh-concurrency` (and `--ssh-namespace-share`) `n`, while the proxy in
     /// front of moto takes [`THROTTLED_LIMIT`] [`THROTTLED_ACTION`] calls a second and throttles
     /// the rest. The proxy's faults are cleared afterwards, whatever happened.
-    async fn throttled_wave(&self, n: usize) -> R<ThrottledWave> {
+    async fn throttled_wave(&self, n: usize, calls_per_second: Option<&str>) -> R<ThrottledWave> {
         let proxy = self
             .aws
             .proxy
@@ -1891,7 +1904,7 @@ impl Env {
                 "--ssh-namespace-share",
                 &n_text,
             ],
-            None,
+            calls_per_second,
         )?;
         let result = self
             .throttled_measure(&name, objects, &controller, proxy)
@@ -2033,6 +2046,7 @@ impl Env {
         }
         let w = lock(&wave);
         Ok(ThrottledWave {
+            calls_per_second: None,
             n,
             run_time: self.run_time.as_secs_f64(),
             hosts_secs: 0.0,
@@ -2066,9 +2080,13 @@ fn throttled_table(t: &ThrottledWave) -> String {
         "\n6. Throttled wave: N = {} hosts (an sshd each) applied at once, installer stand-in T = \
          {}s; the proxy in front of moto takes {THROTTLED_LIMIT} {THROTTLED_ACTION} a second \
          (a token bucket of one second's worth) and throttles the rest; controller \
-         --ssh-concurrency {} --ssh-namespace-share {}, its default --aws-calls-per-second \
-         (20 a second per service: an operation the service throttles gets a rate of its own)\n",
-        t.n, t.run_time, t.n, t.n
+         --ssh-concurrency {} --ssh-namespace-share {}, --aws-calls-per-second {} (a second \
+         per service: an operation the service throttles gets a rate of its own)\n",
+        t.n,
+        t.run_time,
+        t.n,
+        t.n,
+        t.calls_per_second.as_deref().unwrap_or("20, its default")
     );
     out.push_str(&format!(
         "   {} SSH hosts started in {:.1}s; creating the objects (32 at a time) took {:.1}s \
@@ -2655,7 +2673,13 @@ async fn run(args: Args) -> R {
 
     // 6. The throttled wave, last: it measures rates, which the fleet's leftovers do not move.
     if !skip("throttled") && args.throttled_hosts > 0 {
-        let wave = env.throttled_wave(args.throttled_hosts).await?;
+        let mut wave = env
+            .throttled_wave(
+                args.throttled_hosts,
+                args.throttled_calls_per_second.as_deref(),
+            )
+            .await?;
+        wave.calls_per_second = args.throttled_calls_per_second.clone();
         table.push_str(&throttled_table(&wave));
     }
     // Keys made through the proxy need none; a read here is inside some registration's time.
