@@ -176,6 +176,18 @@ impl Operation {
     }
 }
 
+/// `operation`'s entry in `operations`, made on first use (its name copied only then: this is
+/// on every call's way).
+fn operation_mut<'a>(
+    operations: &'a mut HashMap<String, Operation>,
+    operation: &str,
+) -> &'a mut Operation {
+    if !operations.contains_key(operation) {
+        operations.insert(operation.to_owned(), Operation::default());
+    }
+    operations.get_mut(operation).expect("just inserted")
+}
+
 /// An operation's own rate, since the service throttled it.
 #[derive(Debug)]
 struct Limit {
@@ -327,7 +339,7 @@ impl Budget {
         max_wait: Duration,
     ) -> Option<Duration> {
         let mut state = self.lock();
-        let op = state.operations.entry(operation.to_owned()).or_default();
+        let op = operation_mut(&mut state.operations, operation);
         self.grow(operation, op, now);
         let Some(limit) = &mut op.limit else {
             return Some(Duration::ZERO);
@@ -344,7 +356,7 @@ impl Budget {
     /// A call of `operation` went at `now`.
     fn sent(&self, operation: &str, now: Instant) {
         let mut state = self.lock();
-        let op = state.operations.entry(operation.to_owned()).or_default();
+        let op = operation_mut(&mut state.operations, operation);
         op.trim(now);
         op.sent.push_back(now);
     }
@@ -353,7 +365,7 @@ impl Budget {
     /// in the last second (or of its rate, if lower), unless it was cut within [`COOL_DOWN`].
     pub(crate) fn throttled(&self, operation: &str, now: Instant) {
         let mut state = self.lock();
-        let op = state.operations.entry(operation.to_owned()).or_default();
+        let op = operation_mut(&mut state.operations, operation);
         self.grow(operation, op, now);
         op.trim(now);
         let sent = (op.sent.len() as f64).max(1.0);
@@ -385,7 +397,7 @@ impl Budget {
     #[cfg(test)]
     fn rate(&self, operation: &str, now: Instant) -> Option<f64> {
         let mut state = self.lock();
-        let op = state.operations.entry(operation.to_owned()).or_default();
+        let op = operation_mut(&mut state.operations, operation);
         self.grow(operation, op, now);
         op.limit.as_ref().map(|l| l.rate)
     }

@@ -69,17 +69,28 @@ pub(crate) async fn run(
         if let Some(again) = results.iter_mut().find(|(s, _)| *s == step)
             && matches!(again.1, Outcome::Done(_))
         {
-            conditions::set(
-                &mut status.conditions,
-                step.condition(),
-                outcome.observation().clone(),
-                generation,
-                now,
-            );
+            record(status, step, &outcome, generation, now);
             again.1 = outcome;
         }
     }
     results
+}
+
+/// Sets `step`'s condition on `status` to what `outcome` observed.
+fn record(
+    status: &mut InstanceRegistrationStatus,
+    step: Step,
+    outcome: &Outcome,
+    generation: i64,
+    now: &Time,
+) {
+    conditions::set(
+        &mut status.conditions,
+        step.condition(),
+        outcome.observation().clone(),
+        generation,
+        now,
+    );
 }
 
 /// Runs `obj`'s pipeline once, until a step is not done.
@@ -98,13 +109,7 @@ async fn run_once(
         let started = std::time::Instant::now();
         let outcome = run_step(service, step, obj, ctx, facts, status).await;
         ctx.metrics.step(step.condition(), started.elapsed());
-        conditions::set(
-            &mut status.conditions,
-            step.condition(),
-            outcome.observation().clone(),
-            generation,
-            now,
-        );
+        record(status, step, &outcome, generation, now);
         let done = matches!(outcome, Outcome::Done(_));
         results.push((step, outcome));
         if !done {

@@ -24,9 +24,12 @@ use crate::steps::ec2::find_ec2;
 
 /// How old a stack's instance list may be when it verifies a registration that is done.
 const SETTLED_INSTANCES_MAX_AGE: Duration = Duration::from_secs(30);
-/// How old a list the registration of an install that has ended may be looked for in: below the
-/// 0.5 s between the looks of the pass that installed.
+/// How old a list the registration of an install that ended within [`JUST_INSTALLED`] may be
+/// looked for in: below the 0.5 s between the looks of the pass that installed.
 const AFTER_INSTALL_INSTANCES_MAX_AGE: Duration = Duration::from_millis(400);
+/// How long after an install its registration is looked for in the fresher list: the pass that
+/// installed looks for 3 s; later polls (OpsWorks may take minutes) share the usual one.
+const JUST_INSTALLED: Duration = Duration::from_secs(5);
 
 pub(super) async fn check(
     ow: &OpsWorks,
@@ -80,7 +83,12 @@ pub(super) async fn check(
     // (the pass looks every 0.5 s after its install).
     let max_age = if status.phase == Some(Phase::Registered) {
         SETTLED_INSTANCES_MAX_AGE
-    } else if status.agent_installed_at.is_some() {
+    } else if status.agent_installed_at.as_ref().is_some_and(|at| {
+        k8s_openapi::jiff::Timestamp::now()
+            .duration_since(at.0)
+            .unsigned_abs()
+            < JUST_INSTALLED
+    }) {
         AFTER_INSTALL_INSTANCES_MAX_AGE.min(ow.instances.ttl())
     } else {
         ow.instances.ttl()

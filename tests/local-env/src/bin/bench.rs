@@ -1118,6 +1118,25 @@ fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// when the watch fails) until all `n` of the fleet are Ready. Exact times, at the cost of one
 /// event per write, where listing 500 objects every 50 ms would cost the API server (on the
 /// controller's cores) far more.
+/// Waits until every object of `wave` is Ready, or `limit` after `t0`, saying `progress` every
+/// 10 s.
+async fn wait_all_ready(
+    start: Instant,
+    t0: Instant,
+    limit: Duration,
+    wave: &std::sync::Mutex<Wave>,
+    progress: impl Fn(&Wave) -> String,
+) {
+    let mut said = Instant::now();
+    while lock(wave).all_ready.is_none() && t0.elapsed() < limit {
+        if said.elapsed() > Duration::from_secs(10) {
+            said = Instant::now();
+            say(start, &progress(&lock(wave)));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 async fn follow_wave(
     api: Api<DynamicObject>,
     prefix: String,
@@ -1598,23 +1617,15 @@ impl Env {
                 ),
             );
             // All Ready, or the limit.
-            let mut said = Instant::now();
-            while lock(&wave).all_ready.is_none() && t0.elapsed() < limit {
-                if said.elapsed() > Duration::from_secs(10) {
-                    said = Instant::now();
-                    let w = lock(&wave);
-                    say(
-                        self.start,
-                        &format!(
-                            "fleet: {:.0}s: {} of {n} started installing, {} Ready",
-                            t0.elapsed().as_secs_f64(),
-                            w.installing.len(),
-                            w.ready.len()
-                        ),
-                    );
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
+            wait_all_ready(self.start, t0, limit, &wave, |w| {
+                format!(
+                    "fleet: {:.0}s: {} of {n} started installing, {} Ready",
+                    t0.elapsed().as_secs_f64(),
+                    w.installing.len(),
+                    w.ready.len()
+                )
+            })
+            .await;
             Ok(deletion)
         }
         .await;
@@ -1960,23 +1971,15 @@ impl Env {
                 self.start,
                 &format!("throttled: created {n} objects in {apply_secs:.1}s"),
             );
-            let mut said = Instant::now();
-            while lock(&wave).all_ready.is_none() && t0.elapsed() < limit {
-                if said.elapsed() > Duration::from_secs(10) {
-                    said = Instant::now();
-                    let w = lock(&wave);
-                    say(
-                        self.start,
-                        &format!(
-                            "throttled: {:.0}s: {} of {n} Ready, {} seen Throttled",
-                            t0.elapsed().as_secs_f64(),
-                            w.ready.len(),
-                            w.throttled.len()
-                        ),
-                    );
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
+            wait_all_ready(self.start, t0, limit, &wave, |w| {
+                format!(
+                    "throttled: {:.0}s: {} of {n} Ready, {} seen Throttled",
+                    t0.elapsed().as_secs_f64(),
+                    w.ready.len(),
+                    w.throttled.len()
+                )
+            })
+            .await;
         }
         let waited_secs = t0.elapsed().as_secs_f64();
         follower.abort();
