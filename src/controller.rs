@@ -257,6 +257,7 @@ async fn cleanup(
     api: &Api<InstanceRegistration>,
     ctx: &Context,
 ) -> Result<Action> {
+    info!(policy = ?obj.spec.deletion_policy, "the object is being deleted: cleaning up");
     let obj = &*newest(obj, api, ctx).await?;
     let key = backoff_key(obj);
     if obj.spec.suspend || obj.spec.deletion_policy == DeletionPolicy::Retain {
@@ -265,7 +266,7 @@ async fn cleanup(
         } else {
             "deletionPolicy Retain: the registration and IAM entities are left as they are"
         };
-        publish(ctx, obj, EventType::Normal, "Retained", "Cleanup", note).await;
+        publish_after(ctx, obj, EventType::Normal, "Retained", "Cleanup", note);
         ctx.backoff.reset(&key);
         ctx.versions.forget(obj);
         return Ok(Action::await_change());
@@ -304,7 +305,7 @@ async fn cleanup(
             } else {
                 (EventType::Normal, "Deregistered")
             };
-            publish(ctx, obj, kind, reason, "Cleanup", &summary).await;
+            publish_after(ctx, obj, kind, reason, "Cleanup", &summary);
             ctx.backoff.reset(&key);
             ctx.versions.forget(obj);
             Ok(Action::await_change())
@@ -424,14 +425,44 @@ async fn publish(
     action: &str,
     note: &str,
 ) {
-    let event = Event {
+    let event = event(type_, reason, action, note);
+    send(&ctx.recorder, &event, &obj.object_ref(&())).await;
+}
+
+/// [`publish`] on a task of its own, for a deletion that is done: the finalizer goes without
+/// waiting for the Event (an API server slow to answer made a `Retain` deletion wait seconds on
+/// its Event alone), which is published after, on the object's last name and UID.
+fn publish_after(
+    ctx: &Context,
+    obj: &InstanceRegistration,
+    type_: EventType,
+    reason: &str,
+    action: &str,
+    note: &str,
+) {
+    let event = event(type_, reason, action, note);
+    let (recorder, reference) = (ctx.recorder.clone(), obj.object_ref(&()));
+    tokio::spawn(async move { send(&recorder, &event, &reference).await }.in_current_span());
+}
+
+/// An Event of the controller's: its note truncated to what the API server takes.
+fn event(type_: EventType, reason: &str, action: &str, note: &str) -> Event {
+    Event {
         type_,
         reason: reason.to_owned(),
         note: Some(conditions::truncate(note, 1000)),
         action: action.to_owned(),
         secondary: None,
-    };
-    if let Err(error) = ctx.recorder.publish(&event, &obj.object_ref(&())).await {
+    }
+}
+
+/// Sends `event` about `reference`; a failure is logged.
+async fn send(
+    recorder: &kube::runtime::events::Recorder,
+    event: &Event,
+    reference: &k8s_openapi::api::core::v1::ObjectReference,
+) {
+    if let Err(error) = recorder.publish(event, reference).await {
         warn!(error = %crate::kube_error_summary(&error), "could not publish event");
     }
 }

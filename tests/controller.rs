@@ -157,6 +157,19 @@ async fn deletion_removes_the_finalizer_and_waits_for_a_controller_that_is_down(
     .await;
     api.delete("gone", &DeleteParams::default()).await.unwrap();
     wait_gone(&api, "gone").await;
+    // The deletion's Event is published once the finalizer has gone, not before: it still comes.
+    eventually(Duration::from_secs(15), "the deletion's Event", || async {
+        let events = cp
+            .kubectl_ok(&["get", "events", "-n", &ns, "-o", "json"])
+            .ok()?;
+        let events: serde_json::Value = serde_json::from_str(&events).ok()?;
+        events["items"]
+            .as_array()?
+            .iter()
+            .any(|e| e["involvedObject"]["name"] == "gone" && e["reason"] == "Deregistered")
+            .then_some(())
+    })
+    .await;
 
     // With the controller down: the object waits, terminating, until the controller is back.
     cp.kubectl_stdin(

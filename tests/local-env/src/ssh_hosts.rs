@@ -259,6 +259,11 @@ impl SshHost {
             .join(" ")
     }
 
+    /// The process ID of the host's sshd, while it runs: its sessions are its descendants.
+    pub fn sshd_pid(&self) -> Option<u32> {
+        self.sshd.as_ref().map(|running| running.child.id())
+    }
+
     /// The host key's fingerprint as `ssh-keygen -lf` prints it: "SHA256:...".
     pub fn host_key_fingerprint(&self) -> String {
         let out = Command::new("ssh-keygen")

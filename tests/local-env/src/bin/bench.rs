@@ -22,10 +22,13 @@
 //!    253 hosts, sshds share addresses, each on its own port) created at once for a controller
 //!    started with `--ssh-concurrency` `--fleet` (`--concurrency` its default), the installer
 //!    taking `--fleet-run-time` (the other sections keep `--run-time`): time from apply to all
-//!    Ready, and the floor on the same hosts before and after the wave; the time to delete two unrelated objects of the namespace (blocked on a missing
-//!    Secret, with the finalizer; one `deletionPolicy: Retain`, which makes no AWS call, one
-//!    `Deregister`) once half the fleet has started installing, which the reconcile workers
-//!    serve while the installs outnumber them; status and object writes per registration (from
+//!    Ready, and the floor on the same hosts before and after the wave; three times, once a
+//!    quarter, half and three quarters of the fleet have started installing, the time to delete
+//!    two unrelated objects of the namespace (blocked on a missing Secret, with the finalizer;
+//!    one `deletionPolicy: Retain`, which makes no AWS call, one `Deregister`), with where it
+//!    went (from the API server's audit log and the controller's log) and the CPU the
+//!    controller, kube-apiserver and etcd got and waited for meanwhile (`/proc/*/schedstat`);
+//!    status and object writes per registration (from
 //!    the API server's audit log); SSH sessions and AWS calls per registration; the controller's
 //!    peak RSS and CPU seconds. The namespace's Events and objects are saved next to the
 //!    controller's log, and the Events summed up on standard error;
@@ -83,6 +86,10 @@ struct Args {
     fleet: usize,
     /// The installer stand-in's run time in the fleet run.
     fleet_run_time: Duration,
+    /// The fleet's hosts (their sshds, and so every session's process) run with the scheduling
+    /// policy `SCHED_IDLE`: they get only the CPU the controller, the control plane, moto and
+    /// the endpoint leave, as hosts that are other machines would take none of theirs.
+    fleet_hosts_idle: bool,
     /// Hosts in the throttled wave (0: none).
     throttled_hosts: usize,
     /// The throttled wave's controller's `--aws-calls-per-second` (`None`: its default).
@@ -92,7 +99,8 @@ struct Args {
 fn usage() -> &'static str {
     "usage: bench [--hosts N] [--run-time SECONDS] [--runs R] [--steady N[,N...]] \
      [--cli-parallel P] [--cli-sequential-hosts N] [--aws-cli PATH] \
-     [--fleet N] [--fleet-run-time SECONDS] [--throttled-hosts N] \
+     [--fleet N] [--fleet-run-time SECONDS] [--fleet-hosts-priority normal|idle] \
+     [--throttled-hosts N] \
      [--throttled-calls-per-second RATE] \
      [--skip throughput,cli,steady,latency,throttled,fleet]"
 }
@@ -109,6 +117,7 @@ fn parse_args() -> R<Args> {
         skip: Vec::new(),
         fleet: 500,
         fleet_run_time: Duration::from_secs(30),
+        fleet_hosts_idle: false,
         throttled_hosts: 200,
         throttled_calls_per_second: None,
     };
@@ -134,6 +143,13 @@ fn parse_args() -> R<Args> {
             "--run-time" => a.run_time = secs(&value)?,
             "--fleet" => a.fleet = num(&value)?,
             "--fleet-run-time" => a.fleet_run_time = secs(&value)?,
+            "--fleet-hosts-priority" => {
+                a.fleet_hosts_idle = match value.as_str() {
+                    "normal" => false,
+                    "idle" => true,
+                    _ => return Err(format!("--fleet-hosts-priority {value}: normal or idle")),
+                }
+            }
             "--throttled-hosts" => a.throttled_hosts = num(&value)?,
             "--throttled-calls-per-second" => {
                 value
@@ -240,6 +256,8 @@ struct Env {
 struct Controller {
     child: Child,
     metrics_port: u16,
+    /// Its standard output and error.
+    log: PathBuf,
 }
 
 impl Controller {
@@ -299,6 +317,153 @@ fn proc_usage(pid: u32) -> (f64, f64) {
     // SAFETY: sysconf(3) has no memory effects.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
     (hwm_kib / 1024.0, (ticks(11) + ticks(12)) / hz)
+}
+
+/// Gives process `pid` the scheduling policy `SCHED_IDLE` (its children forked later inherit it).
+fn set_idle(pid: u32) -> R {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: sched_setscheduler(2) on a process of ours, with a valid parameter.
+    if unsafe { libc::sched_setscheduler(pid as i32, libc::SCHED_IDLE, &param) } != 0 {
+        return Err(format!(
+            "SCHED_IDLE for process {pid}: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    Ok(())
+}
+
+/// Seconds process `pid` has run on a CPU (`/proc/<pid>/stat`, its ended threads' included), and
+/// its live threads have waited in a run queue for one (`/proc/<pid>/task/*/schedstat`: a
+/// thread that ended took its wait along, so for moto, whose server ends a thread per
+/// connection, this is a lower bound).
+fn sched_times(pid: u32) -> (f64, f64) {
+    let (_, ran) = proc_usage(pid);
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return (ran, 0.0);
+    };
+    let waited = tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|line| line.split_whitespace().nth(1)?.parse::<f64>().ok())
+        .map(|ns| ns / 1e9)
+        .sum();
+    (ran, waited)
+}
+
+/// Seconds during which at least one task waited for a CPU (`/proc/pressure/cpu`, `some`).
+fn cpu_pressure_secs() -> f64 {
+    std::fs::read_to_string("/proc/pressure/cpu")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("some "))
+        .and_then(|l| l.split_whitespace().find_map(|f| f.strip_prefix("total=")))
+        .and_then(|v| v.parse::<f64>().ok())
+        .map_or(0.0, |us| us / 1e6)
+}
+
+/// Tasks running or ready to run on the machine now (`/proc/stat`, `procs_running`).
+fn procs_running() -> usize {
+    std::fs::read_to_string("/proc/stat")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("procs_running "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// The processes whose command name is `comm` and whose command line holds `needle`.
+fn pids_named(comm: &str, needle: &str) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim_end() == comm)
+                && std::fs::read(format!("/proc/{pid}/cmdline"))
+                    .is_ok_and(|c| String::from_utf8_lossy(&c).contains(needle))
+        })
+        .collect()
+}
+
+/// CPU seconds the whole machine has used (`/proc/stat`'s `cpu` line, all but idle and iowait),
+/// exited processes' included.
+fn machine_cpu_secs() -> f64 {
+    let text = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let Some(line) = text.lines().find(|l| l.starts_with("cpu ")) else {
+        return 0.0;
+    };
+    let f: Vec<f64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal (guest time is inside user).
+    let busy: f64 = [0, 1, 2, 5, 6, 7].iter().filter_map(|i| f.get(*i)).sum();
+    // SAFETY: sysconf(3) has no memory effects.
+    busy / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+}
+
+/// A snapshot of [`sched_times`] for the processes that serve a deletion (the controller, the
+/// API server, etcd, this benchmark), and of [`machine_sched_times`].
+struct CpuSnapshot {
+    at: Instant,
+    by_process: Vec<(String, (f64, f64))>,
+    pressure: f64,
+    machine: f64,
+}
+
+impl CpuSnapshot {
+    /// Of the controller (if one runs), kube-apiserver, etcd, moto, and this process (the
+    /// benchmark, the OpsWorks endpoint and the recording proxy).
+    fn take(controller: Option<u32>) -> Self {
+        let mut named = Vec::new();
+        if let Some(pid) = controller {
+            named.push(("controller".to_owned(), vec![pid]));
+        }
+        for comm in ["kube-apiserver", "etcd"] {
+            named.push((comm.to_owned(), pids_named(comm, "")));
+        }
+        named.push(("moto".to_owned(), pids_named("python", "moto")));
+        named.push((
+            "bench, endpoint, proxy".to_owned(),
+            vec![std::process::id()],
+        ));
+        let by_process = named
+            .into_iter()
+            .map(|(name, pids)| {
+                let times = pids
+                    .iter()
+                    .map(|pid| sched_times(*pid))
+                    .fold((0.0, 0.0), |(r, w), (a, b)| (r + a, w + b));
+                (name, times)
+            })
+            .collect();
+        Self {
+            at: Instant::now(),
+            by_process,
+            pressure: cpu_pressure_secs(),
+            machine: machine_cpu_secs(),
+        }
+    }
+
+    /// What was used from `self` to `later`; `running`: [`procs_running`] sampled meanwhile.
+    fn until(&self, later: &CpuSnapshot, running: &[usize]) -> CpuUse {
+        CpuUse {
+            wall: later.at.duration_since(self.at).as_secs_f64(),
+            by_process: self
+                .by_process
+                .iter()
+                .zip(&later.by_process)
+                .map(|((name, (r0, w0)), (_, (r1, w1)))| (name.clone(), r1 - r0, w1 - w0))
+                .collect(),
+            pressure: later.pressure - self.pressure,
+            machine: later.machine - self.machine,
+            running_mean: running.iter().sum::<usize>() as f64 / running.len().max(1) as f64,
+            running_max: running.iter().copied().max().unwrap_or(0),
+        }
+    }
 }
 
 fn calls_table(s: &CallSummary) -> BTreeMap<String, u64> {
@@ -385,6 +550,7 @@ impl Env {
         let c = Controller {
             child,
             metrics_port,
+            log: log.clone(),
         };
         let deadline = Instant::now() + Duration::from_secs(60);
         while http_get(metrics_port, "/metrics").is_none() {
@@ -748,6 +914,11 @@ impl Env {
     /// `sudo boot-registration`, which takes the stand-in's T and registers), until the endpoint
     /// lists every host registered. Returns the seconds.
     async fn floor_run(&self, hosts: &[SshHost]) -> R<f64> {
+        self.floor_run_with_cpu(hosts).await.map(|(secs, _)| secs)
+    }
+
+    /// [`Env::floor_run`], and the CPU used while it was timed.
+    async fn floor_run_with_cpu(&self, hosts: &[SshHost]) -> R<(f64, CpuUse)> {
         let n = hosts.len();
         let name = format!("floor{}", self.next());
         let (stack, _ids) = self.fresh_stack_on(&name, hosts).await;
@@ -798,6 +969,7 @@ rm -rf \"$d\"
             .collect();
         let log_dir = self.dir.join(&name);
         std::fs::create_dir_all(&log_dir).map_err(|e| e.to_string())?;
+        let cpu = CpuSnapshot::take(None);
         let t0 = Instant::now();
         let mut children = Vec::new();
         for (i, (host, script)) in hosts.iter().zip(&scripts).enumerate() {
@@ -847,7 +1019,8 @@ rm -rf \"$d\"
             ));
         }
         self.wait_registered(&name, &stack, n, t0).await?;
-        Ok(t0.elapsed().as_secs_f64())
+        let secs = t0.elapsed().as_secs_f64();
+        Ok((secs, cpu.until(&CpuSnapshot::take(None), &[])))
     }
 
     /// Waits until OpsWorks lists `n` instances of `stack` registered, as the controller's Ready
@@ -972,16 +1145,21 @@ rm -rf \"$d\"
     }
 }
 
-/// The fleet run's unrelated objects, by name, and their deletion policies: they stay blocked
-/// (their Secret does not exist). Deleting the Deregister one makes IAM calls (the 20 names its
-/// IAM user could have, looked up: it never recorded one); the Retain one makes none, so its
-/// time is the reconcile workers' alone.
-const UNRELATED: [(&str, &str); 2] = [
-    ("unrelated-retain", "Retain"),
-    ("unrelated-deregister", "Deregister"),
-];
+/// The deletion policies of the fleet run's unrelated objects, which stay blocked (their Secret
+/// does not exist). Deleting a `Deregister` one makes AWS calls (IAM: the 20 names its IAM user
+/// could have, looked up, since it never recorded one; OpsWorks: its stack and instances); a
+/// `Retain` one makes none, so its time is the controller's and the API server's alone.
+const UNRELATED_POLICIES: [&str; 2] = ["Retain", "Deregister"];
+/// When the fleet run deletes one unrelated object of each policy: once this share of the fleet
+/// has started installing (three deletions spread over the wave).
+const DELETE_AT: [f64; 3] = [0.25, 0.5, 0.75];
 /// What the unrelated objects' names start with.
 const UNRELATED_PREFIX: &str = "unrelated-";
+
+/// The unrelated object of `policy` deleted in round `round` (from 0).
+fn unrelated(policy: &str, round: usize) -> String {
+    format!("{UNRELATED_PREFIX}{}-{}", policy.to_lowercase(), round + 1)
+}
 
 /// What the fleet run measured (section 5).
 struct Fleet {
@@ -989,8 +1167,14 @@ struct Fleet {
     run_time: f64,
     /// Seconds to start the fleet's sshds.
     hosts_secs: f64,
-    /// The floor's runs on the same hosts ([`Env::floor_run`]): before the wave and after it.
+    /// Whether the hosts ran with `SCHED_IDLE` (`--fleet-hosts-priority idle`).
+    hosts_idle: bool,
+    /// The floor's runs on the same hosts ([`Env::floor_run`]): before the wave and after it;
+    /// and the CPU each used.
     floors: Vec<f64>,
+    floor_cpu: Vec<CpuUse>,
+    /// The CPU the wave used, from apply to all Ready.
+    wave_cpu: CpuUse,
     /// Seconds creating the fleet's objects took (inside `ready_secs`).
     apply_secs: f64,
     /// Seconds from apply to all Ready; `None` when not all were Ready by the time limit.
@@ -1004,7 +1188,8 @@ struct Fleet {
     ready: usize,
     /// Seconds the wave ran until the run ended (all Ready or the limit).
     waited_secs: f64,
-    deletion: Deletion,
+    /// The unrelated objects' deletions, one round per [`DELETE_AT`].
+    deletions: Vec<Deletion>,
     /// Status subresource writes (patch, update) of the fleet's objects, object writes, and
     /// writes of either kind refused with 409 Conflict, from the audit log.
     status_writes: usize,
@@ -1017,22 +1202,89 @@ struct Fleet {
     peak_in_flight: f64,
     /// Reconciles that did not end Ready, by reason (the controller's metric).
     failures: BTreeMap<String, f64>,
+    /// Seconds each step took, summed over every pass (the controller's
+    /// `registrar_step_duration_seconds`), by step.
+    step_secs: BTreeMap<String, f64>,
     rss_mib: f64,
     cpu_secs: f64,
     calls: CallSummary,
 }
 
-/// The unrelated objects' deletion during the wave.
+/// One round of the unrelated objects' deletion during the wave ([`DELETE_AT`]).
 struct Deletion {
-    /// Seconds from the delete to each object gone (GET 404), in [`UNRELATED`]'s order.
-    secs: Vec<f64>,
+    /// The share of the fleet installing that started the round.
+    at: f64,
+    /// Per object deleted, in [`UNRELATED_POLICIES`]'s order.
+    gone: Vec<Gone>,
     /// Fleet objects that had started installing, and were Ready, when they were deleted.
     installing: usize,
     ready: usize,
-    /// Fleet objects Ready when both were gone.
-    ready_after: usize,
     /// SSH sessions open when they were deleted.
     in_flight: f64,
+    /// CPU use while the round's objects were being deleted ([`cpu_use`]).
+    cpu: CpuUse,
+}
+
+/// One unrelated object deleted: its name, its policy, the seconds from the delete to the
+/// benchmark's GET answered 404, and where those seconds went.
+struct Gone {
+    name: String,
+    policy: &'static str,
+    secs: f64,
+    timeline: Timeline,
+}
+
+/// Where an unrelated object's deletion spent its time: seconds from the API server receiving
+/// the DELETE (its audit log) to its answer, to another watch of the namespace (the
+/// benchmark's) seeing the deletion, to the controller starting its cleanup (its log), to the
+/// API server receiving the controller's request that removed the finalizer, and to that
+/// request's response; and the status writes in between (a cleanup that could not finish says
+/// why there).
+#[derive(Default)]
+struct Timeline {
+    /// The DELETE answered; the benchmark's own watch of the namespace saw the deletion.
+    delete_done: Option<f64>,
+    watch_seen: Option<f64>,
+    cleanup_started: Option<f64>,
+    finalizer_sent: Option<f64>,
+    finalizer_done: Option<f64>,
+    status_writes: usize,
+}
+
+/// Over `wall` seconds: seconds a process ran on a CPU and waited in a run queue for one (its
+/// threads', `/proc/<pid>/task/*/schedstat`), by process; seconds during which some task waited
+/// for a CPU ([`cpu_pressure_secs`]); tasks running or ready to run, sampled ([`procs_running`]).
+#[derive(Default)]
+struct CpuUse {
+    wall: f64,
+    by_process: Vec<(String, f64, f64)>,
+    pressure: f64,
+    /// CPU seconds the whole machine used ([`machine_cpu_secs`]).
+    machine: f64,
+    running_mean: f64,
+    running_max: usize,
+}
+
+impl CpuUse {
+    /// One line: the machine's CPU seconds, each process's (ran / waited), and the rest's.
+    fn text(&self) -> String {
+        let mut rest = self.machine;
+        let processes: Vec<String> = self
+            .by_process
+            .iter()
+            .map(|(name, ran, waited)| {
+                rest -= ran;
+                format!("{name} {ran:.1}/{waited:.1}")
+            })
+            .collect();
+        format!(
+            "{:.1} CPU-s in {:.1}s: {}; the rest (the hosts' sshd and sessions, ssh, kubectl) \
+             {rest:.1}",
+            self.machine,
+            self.wall,
+            processes.join(", ")
+        )
+    }
 }
 
 /// The fleet's objects as a watch sees them.
@@ -1045,8 +1297,7 @@ struct Wave {
     ready: std::collections::HashSet<String>,
     /// When each object was first seen Ready.
     first_ready: std::collections::HashMap<String, Instant>,
-    /// When half the fleet had started installing, and when all of it was Ready.
-    half_installing: Option<Instant>,
+    /// When all of the fleet was Ready.
     all_ready: Option<Instant>,
     /// Objects seen with a condition of reason `Throttled`, at any time.
     throttled: std::collections::HashSet<String>,
@@ -1054,11 +1305,21 @@ struct Wave {
     ever_failed: std::collections::HashSet<String>,
     /// Objects in phase `Failed` now.
     failed: std::collections::HashSet<String>,
+    /// When this watch first saw each object with a deletion timestamp (any object: the
+    /// unrelated ones are deleted during the wave).
+    deleting: std::collections::HashMap<String, std::time::SystemTime>,
 }
 
 impl Wave {
     /// Takes in a copy of an object: the fleet's are named `<prefix><i>`.
     fn observe(&mut self, o: &DynamicObject, prefix: &str, n: usize) {
+        if let Some(name) = &o.metadata.name
+            && o.metadata.deletion_timestamp.is_some()
+        {
+            self.deleting
+                .entry(name.clone())
+                .or_insert_with(std::time::SystemTime::now);
+        }
         let Some(name) = o.metadata.name.as_deref().filter(|n| n.starts_with(prefix)) else {
             return;
         };
@@ -1088,9 +1349,6 @@ impl Wave {
         }
         if stalled || status["phase"] == "Failed" {
             self.ever_failed.insert(name.to_owned());
-        }
-        if self.half_installing.is_none() && self.installing.len() >= n.div_ceil(2) {
-            self.half_installing = Some(now);
         }
         if self.all_ready.is_none() && self.ready.len() >= n {
             self.all_ready = Some(now);
@@ -1349,7 +1607,7 @@ impl Env {
 
     /// The fleet run: `n` hosts started for it, the installer taking `run_time`; see
     /// [`Env::fleet_wave`].
-    async fn fleet(&self, n: usize, run_time: Duration) -> R<Fleet> {
+    async fn fleet(&self, n: usize, run_time: Duration, hosts_idle: bool) -> R<Fleet> {
         let public_key = std::fs::read_to_string(self.key_path.with_extension("pub"))
             .map_err(|e| format!("reading the public key: {e}"))?;
         say(
@@ -1359,13 +1617,21 @@ impl Env {
         let t = Instant::now();
         let hosts = start_fleet_hosts("fleet", n, public_key.trim(), self.start)?;
         let hosts_secs = t.elapsed().as_secs_f64();
+        if hosts_idle {
+            for host in &hosts {
+                let pid = host
+                    .sshd_pid()
+                    .ok_or("a fleet host's sshd is not running")?;
+                set_idle(pid)?;
+            }
+        }
         self.aws
             .opsworks
             .set_agent_installer(AgentInstaller::StandIn(StandIn::built().run_time(run_time)));
         // The floor, the controller's wave, the floor again: both see the machine alike.
         let floor = || async {
-            let floor = self.floor_run(&hosts).await;
-            if let Ok(f) = &floor {
+            let floor = self.floor_run_with_cpu(&hosts).await;
+            if let Ok((f, _)) = &floor {
                 say(
                     self.start,
                     &format!("fleet floor: {n} hosts over plain ssh in {f:.1}s"),
@@ -1388,7 +1654,9 @@ impl Env {
         drop(hosts);
         let mut fleet = result?;
         fleet.hosts_secs = hosts_secs;
-        fleet.floors = floors.into_iter().collect::<R<Vec<f64>>>()?;
+        fleet.hosts_idle = hosts_idle;
+        let floors = floors.into_iter().collect::<R<Vec<(f64, CpuUse)>>>()?;
+        (fleet.floors, fleet.floor_cpu) = floors.into_iter().unzip();
         Ok(fleet)
     }
 
@@ -1494,8 +1762,11 @@ impl Env {
     ) -> R<Fleet> {
         let n = objects.len();
         // The unrelated objects: blocked (their Secret does not exist), with the finalizer.
+        let unrelated_objects: Vec<(String, &str)> = (0..DELETE_AT.len())
+            .flat_map(|round| UNRELATED_POLICIES.map(|policy| (unrelated(policy, round), policy)))
+            .collect();
         let mut text = String::new();
-        for (i, (name, policy)) in UNRELATED.iter().enumerate() {
+        for (i, (name, policy)) in unrelated_objects.iter().enumerate() {
             // A host of its own each (two objects on one host: the second is a Conflict).
             let a = Ipv4Addr::new(127, 1, 0, 1 + i as u8);
             check_loopback(a)?;
@@ -1513,7 +1784,7 @@ impl Env {
         std::fs::write(&path, text).map_err(|e| e.to_string())?;
         self.kubectl(&["-n", ns, "apply", "-f", &path.to_string_lossy()])?;
         let deadline = Instant::now() + Duration::from_secs(60);
-        for (name, _) in UNRELATED {
+        for (name, _) in &unrelated_objects {
             loop {
                 let o = api.get(name).await.map_err(|e| e.to_string())?;
                 let blocked = o.data["status"]["conditions"].as_array().is_some_and(|cs| {
@@ -1547,6 +1818,7 @@ impl Env {
             std::thread::spawn(move || sample_in_flight(port, stop))
         };
         self.aws.clear_calls();
+        let cpu_before = CpuSnapshot::take(Some(controller.pid()));
         let t0 = Instant::now();
         create_at_once(api, objects).await?;
         let apply_secs = t0.elapsed().as_secs_f64();
@@ -1556,66 +1828,14 @@ impl Env {
         );
         let limit = run_time + Duration::from_secs(600);
         let measured = async {
-            // Half the fleet installing: the unrelated objects go.
-            while lock(&wave).half_installing.is_none() {
-                if t0.elapsed() > limit {
-                    let w = lock(&wave);
-                    return Err(format!(
-                        "{ns}: {} of {n} started installing after {}s",
-                        w.installing.len(),
-                        limit.as_secs()
-                    ));
-                }
-                tokio::time::sleep(Duration::from_millis(10)).await;
+            let mut deletions = Vec::new();
+            for (round, at) in DELETE_AT.into_iter().enumerate() {
+                let due = ((n as f64 * at).ceil() as usize).max(1);
+                deletions.push(
+                    self.delete_unrelated(ns, api, controller, &wave, round, at, due, (t0, limit))
+                        .await?,
+                );
             }
-            let in_flight = metric_sum(&controller.metrics(), "registrar_ssh_sessions_in_flight");
-            let (installing, ready) = {
-                let w = lock(&wave);
-                (w.installing.len(), w.ready.len())
-            };
-            let td = Instant::now();
-            for (name, _) in UNRELATED {
-                api.delete(name, &DeleteParams::default())
-                    .await
-                    .map_err(|e| format!("deleting {name}: {e}"))?;
-            }
-            let mut gone: Vec<Option<f64>> = vec![None; UNRELATED.len()];
-            while gone.iter().any(Option::is_none) {
-                for (i, (name, _)) in UNRELATED.iter().enumerate() {
-                    // 404: gone. A failed GET is looked at again.
-                    if gone[i].is_none()
-                        && let Ok(None) = api.get_opt(name).await
-                    {
-                        gone[i] = Some(td.elapsed().as_secs_f64());
-                    }
-                }
-                if td.elapsed() > Duration::from_secs(300) {
-                    return Err(format!(
-                        "{ns}: the unrelated objects were not gone after 300s"
-                    ));
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            let deletion = Deletion {
-                secs: gone.into_iter().flatten().collect(),
-                installing,
-                ready,
-                ready_after: lock(&wave).ready.len(),
-                in_flight,
-            };
-            say(
-                self.start,
-                &format!(
-                    "fleet: the unrelated objects deleted in {}s ({installing} of {n} had \
-                     started installing, {in_flight} SSH sessions open)",
-                    deletion
-                        .secs
-                        .iter()
-                        .map(|s| format!("{s:.2}"))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-            );
             // All Ready, or the limit.
             wait_all_ready(self.start, t0, limit, &wave, |w| {
                 format!(
@@ -1626,14 +1846,28 @@ impl Env {
                 )
             })
             .await;
-            Ok(deletion)
+            Ok::<_, String>((deletions, CpuSnapshot::take(Some(controller.pid()))))
         }
         .await;
         let waited_secs = t0.elapsed().as_secs_f64();
         follower.abort();
         stop.store(true, Ordering::SeqCst);
         let peak_in_flight = sampler.join().unwrap_or(f64::NAN);
-        let deletion = measured?;
+        let (mut deletions, cpu_after) = measured?;
+        let wave_cpu = cpu_before.until(&cpu_after, &[]);
+        // A moment for the last writes to reach the audit log.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let seen = lock(&wave).deleting.clone();
+        for d in &mut deletions {
+            for g in &mut d.gone {
+                g.timeline = self.deletion_timeline(
+                    ns,
+                    &g.name,
+                    &controller.log,
+                    seen.get(&g.name).copied(),
+                );
+            }
+        }
         let (ready_secs, ready, first_ready_secs, half_ready_secs, all_installing_secs) = {
             let w = lock(&wave);
             (
@@ -1654,14 +1888,16 @@ impl Env {
             .filter(|(reason, _)| *reason != "succeeded")
             .fold(0.0, |a, (_, v)| a + v);
         let failures = metric_by_label(&metrics, "registrar_reconcile_failures_total", "reason");
-        // A moment for writes in flight to reach the audit log.
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        let step_secs = metric_by_label(&metrics, "registrar_step_duration_seconds_sum", "step");
         let (status_writes, object_writes, conflicts) = self.writes_except(ns, UNRELATED_PREFIX);
         Ok(Fleet {
             n,
             run_time: run_time.as_secs_f64(),
             hosts_secs: 0.0,
+            hosts_idle: false,
             floors: Vec::new(),
+            floor_cpu: Vec::new(),
+            wave_cpu,
             apply_secs,
             ready_secs,
             first_ready_secs,
@@ -1669,7 +1905,7 @@ impl Env {
             all_installing_secs,
             ready,
             waited_secs,
-            deletion,
+            deletions,
             status_writes,
             object_writes,
             conflicts,
@@ -1677,11 +1913,258 @@ impl Env {
             ssh_unsucceeded,
             peak_in_flight,
             failures,
+            step_secs,
             rss_mib,
             cpu_secs,
             calls,
         })
     }
+}
+
+impl Env {
+    /// Round `round` of the unrelated objects' deletion: once `due` of the fleet have started
+    /// installing (before `t0 + limit`, the wave's own), one of each policy deleted at once, and
+    /// the time to each gone.
+    #[allow(clippy::too_many_arguments)]
+    async fn delete_unrelated(
+        &self,
+        ns: &str,
+        api: &Api<DynamicObject>,
+        controller: &Controller,
+        wave: &std::sync::Mutex<Wave>,
+        round: usize,
+        at: f64,
+        due: usize,
+        (t0, limit): (Instant, Duration),
+    ) -> R<Deletion> {
+        while lock(wave).installing.len() < due {
+            if t0.elapsed() > limit {
+                return Err(format!(
+                    "{ns}: {} started installing after {}s, {due} awaited",
+                    lock(wave).installing.len(),
+                    limit.as_secs()
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let in_flight = metric_sum(&controller.metrics(), "registrar_ssh_sessions_in_flight");
+        let (installing, ready) = {
+            let w = lock(wave);
+            (w.installing.len(), w.ready.len())
+        };
+        let names: Vec<(String, &'static str)> = UNRELATED_POLICIES
+            .iter()
+            .map(|policy| (unrelated(policy, round), *policy))
+            .collect();
+        let before = CpuSnapshot::take(Some(controller.pid()));
+        let td = Instant::now();
+        for (name, _) in &names {
+            api.delete(name, &DeleteParams::default())
+                .await
+                .map_err(|e| format!("deleting {name}: {e}"))?;
+        }
+        let mut gone: Vec<Option<f64>> = vec![None; names.len()];
+        let mut running = Vec::new();
+        while gone.iter().any(Option::is_none) {
+            running.push(procs_running());
+            for (i, (name, _)) in names.iter().enumerate() {
+                // 404: gone. A failed GET is looked at again.
+                if gone[i].is_none()
+                    && let Ok(None) = api.get_opt(name).await
+                {
+                    gone[i] = Some(td.elapsed().as_secs_f64());
+                }
+            }
+            if td.elapsed() > Duration::from_secs(300) {
+                return Err(format!(
+                    "{ns}: the unrelated objects of round {} were not gone after 300s",
+                    round + 1
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let cpu = before.until(&CpuSnapshot::take(Some(controller.pid())), &running);
+        let gone: Vec<Gone> = names
+            .into_iter()
+            .zip(gone.into_iter().flatten())
+            .map(|((name, policy), secs)| Gone {
+                name,
+                policy,
+                secs,
+                timeline: Timeline::default(),
+            })
+            .collect();
+        say(
+            self.start,
+            &format!(
+                "fleet: at {:.0}% installing ({installing} of the fleet, {ready} Ready, \
+                 {in_flight} SSH sessions open), the unrelated objects deleted in {}",
+                at * 100.0,
+                gone.iter()
+                    .map(|g| format!("{:.2}s ({})", g.secs, g.policy))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        );
+        Ok(Deletion {
+            at,
+            gone,
+            installing,
+            ready,
+            in_flight,
+            cpu,
+        })
+    }
+
+    /// Where the deletion of `ns/name` spent its time ([`Timeline`]), from the API server's
+    /// audit log and the controller's log `log`.
+    fn deletion_timeline(
+        &self,
+        ns: &str,
+        name: &str,
+        log: &Path,
+        watch_seen: Option<std::time::SystemTime>,
+    ) -> Timeline {
+        let at = |v: &serde_json::Value| v.as_str()?.parse::<k8s_openapi::jiff::Timestamp>().ok();
+        let text = std::fs::read_to_string(&self.cp.audit_log).unwrap_or_default();
+        let entries: Vec<serde_json::Value> = text
+            .lines()
+            .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+            .filter(|e| {
+                let r = &e["objectRef"];
+                e["stage"] == "ResponseComplete"
+                    && r["namespace"] == ns
+                    && r["resource"] == "instanceregistrations"
+                    && r["name"] == name
+            })
+            .collect();
+        let delete = entries.iter().find(|e| e["verb"] == "delete");
+        let Some(deleted) = delete.and_then(|e| at(&e["requestReceivedTimestamp"])) else {
+            return Timeline::default();
+        };
+        let since = |t: k8s_openapi::jiff::Timestamp| t.duration_since(deleted).as_secs_f64();
+        let after: Vec<&serde_json::Value> = entries
+            .iter()
+            .filter(|e| at(&e["requestReceivedTimestamp"]).is_some_and(|t| t > deleted))
+            .collect();
+        // The write to the object itself (not its status) after the delete: the finalizer's
+        // removal, the controller's only one.
+        let finalizer = after.iter().find(|e| {
+            (e["verb"] == "patch" || e["verb"] == "update")
+                && e["objectRef"]["subresource"].is_null()
+                && e["responseStatus"]["code"] == 200
+        });
+        let status_writes = after
+            .iter()
+            .filter(|e| {
+                (e["verb"] == "patch" || e["verb"] == "update")
+                    && e["objectRef"]["subresource"] == "status"
+            })
+            .count();
+        // The controller's line starting the cleanup (see `controller::cleanup`), in the
+        // reconcile span naming the object.
+        let marker = format!("name={name}}}");
+        let log = std::fs::read_to_string(log).unwrap_or_default();
+        let cleanup_started = log
+            .lines()
+            .filter(|l| l.contains(&marker) && l.contains("the object is being deleted"))
+            .filter_map(|l| l.split_whitespace().next()?.parse().ok())
+            .find(|t| *t > deleted)
+            .map(since);
+        Timeline {
+            delete_done: delete.and_then(|e| at(&e["stageTimestamp"])).map(since),
+            watch_seen: watch_seen
+                .and_then(|t| k8s_openapi::jiff::Timestamp::try_from(t).ok())
+                .map(since),
+            cleanup_started,
+            finalizer_sent: finalizer
+                .and_then(|e| at(&e["requestReceivedTimestamp"]))
+                .map(since),
+            finalizer_done: finalizer.and_then(|e| at(&e["stageTimestamp"])).map(since),
+            status_writes,
+        }
+    }
+}
+
+/// The unrelated objects' deletions of section 5: each round's times and where they went, the
+/// CPU the processes serving them got, and the medians and maxima by policy.
+fn deletions_table(deletions: &[Deletion]) -> String {
+    let mut out = String::from(
+        "   unrelated objects (blocked, finalizer) deleted during the wave; seconds from the API \
+         server receiving the DELETE: its answer, the benchmark's watch seeing it, the \
+         controller starting its cleanup, the finalizer's removal sent and answered; status \
+         writes between; run-queue wait is time spent ready to run but waiting for a CPU\n",
+    );
+    let opt = |v: Option<f64>| v.map_or("-".to_owned(), |s| format!("{s:.2}"));
+    for d in deletions {
+        out.push_str(&format!(
+            "   at {:.0}% installing ({} started, {} Ready, {} SSH sessions open):\n",
+            d.at * 100.0,
+            d.installing,
+            d.ready,
+            d.in_flight
+        ));
+        for Gone {
+            name,
+            policy,
+            secs,
+            timeline: t,
+        } in &d.gone
+        {
+            out.push_str(&format!(
+                "     {name} ({policy}) gone in {secs:.2}s: DELETE answered {}, seen {}, cleanup \
+                 started {}, finalizer removal sent {}, answered {}; {} status writes\n",
+                opt(t.delete_done),
+                opt(t.watch_seen),
+                opt(t.cleanup_started),
+                opt(t.finalizer_sent),
+                opt(t.finalizer_done),
+                t.status_writes
+            ));
+        }
+        let c = &d.cpu;
+        let processes: Vec<String> = c
+            .by_process
+            .iter()
+            .map(|(name, ran, waited)| format!("{name} ran {ran:.2}s, waited {waited:.2}s"))
+            .collect();
+        out.push_str(&format!(
+            "     in those {:.2}s: {}; some task waited for a CPU {:.2}s of them; tasks running \
+             or ready to run: {:.0} on average, {} at most\n",
+            c.wall,
+            processes.join("; "),
+            c.pressure,
+            c.running_mean,
+            c.running_max
+        ));
+    }
+    // Gone when the API server removed it (the finalizer's removal answered), and when the
+    // benchmark's GET saw it gone (its GETs wait on the same busy API server).
+    let summary = |policy: &str, secs: &dyn Fn(&Gone) -> Option<f64>| {
+        let mut v: Vec<f64> = deletions
+            .iter()
+            .flat_map(|d| d.gone.iter())
+            .filter(|g| g.policy == policy)
+            .filter_map(secs)
+            .collect();
+        v.sort_by(f64::total_cmp);
+        match v.last() {
+            Some(max) => format!(
+                "median {:.2}s, max {max:.2}s of {}",
+                v[v.len() / 2],
+                v.len()
+            ),
+            None => "-".to_owned(),
+        }
+    };
+    for policy in UNRELATED_POLICIES {
+        out.push_str(&format!(
+            "   {policy} deletions: removed by the API server {}; seen gone by GET {}\n",
+            summary(policy, &|g| g.timeline.finalizer_done),
+            summary(policy, &|g| Some(g.secs)),
+        ));
+    }
+    out
 }
 
 /// Section 5 of the table.
@@ -1693,6 +2176,13 @@ fn fleet_table(f: &Fleet) -> String {
          --ssh-concurrency {} --ssh-namespace-share {} (--concurrency default)\n",
         f.n, f.run_time, f.n, f.n
     );
+    out.push_str(if f.hosts_idle {
+        "   the hosts' processes ran with SCHED_IDLE (the CPU the rest left; \
+         --fleet-hosts-priority idle)\n"
+    } else {
+        "   the hosts' processes ran at normal priority, sharing the CPUs with the controller, \
+         the control plane, moto and the endpoint\n"
+    });
     out.push_str(&format!(
         "   {} SSH hosts started in {:.1}s; creating the objects (32 at a time) took {:.1}s (inside \
          the time to Ready)\n",
@@ -1730,22 +2220,14 @@ fn fleet_table(f: &Fleet) -> String {
             f.ready, f.n, f.waited_secs
         )),
     }
-    let d = &f.deletion;
-    let gone: Vec<String> = UNRELATED
-        .iter()
-        .zip(&d.secs)
-        .map(|((_, policy), secs)| format!("{secs:.2}s ({policy})"))
-        .collect();
     out.push_str(&format!(
-        "   unrelated objects (blocked, finalizer) deleted in {}; then {} of {} had started \
-         installing, {} Ready, {} SSH sessions open; {} Ready when both were gone\n",
-        gone.join(", "),
-        d.installing,
-        f.n,
-        d.ready,
-        d.in_flight,
-        d.ready_after
+        "   CPU, ran/waited for a CPU (s): wave {}\n",
+        f.wave_cpu.text()
     ));
+    for (i, cpu) in f.floor_cpu.iter().enumerate() {
+        out.push_str(&format!("     floor {}: {}\n", i + 1, cpu.text()));
+    }
+    out.push_str(&deletions_table(&f.deletions));
     out.push_str(&format!(
         "   per registration: status writes {:.2}, object writes {:.2} ({} of them refused \
          409 Conflict); SSH sessions {:.2} ({} not succeeded); peak SSH sessions open {}\n",
@@ -1770,6 +2252,15 @@ fn fleet_table(f: &Fleet) -> String {
         } else {
             failures.join(", ")
         }
+    ));
+    let steps: Vec<String> = f
+        .step_secs
+        .iter()
+        .map(|(step, secs)| format!("{step} {:.2}", per(*secs)))
+        .collect();
+    out.push_str(&format!(
+        "   seconds per registration in each step, all passes: {}\n",
+        steps.join(", ")
     ));
     let calls = per_registration(std::slice::from_ref(&f.calls), f.n);
     let total: f64 = calls.values().fold(0.0, |a, v| a + v);
@@ -2670,7 +3161,9 @@ async fn run(args: Args) -> R {
     // moto slow every later look-up the controller makes there (and not the floor's), which
     // took the fleet's controller / floor from 1.45 to 2.3-2.7 in one run.
     if !skip("fleet") {
-        let fleet = env.fleet(args.fleet, args.fleet_run_time).await?;
+        let fleet = env
+            .fleet(args.fleet, args.fleet_run_time, args.fleet_hosts_idle)
+            .await?;
         table.push_str(&fleet_table(&fleet));
     }
 
