@@ -412,6 +412,7 @@ struct CpuSnapshot {
     by_process: Vec<(String, (f64, f64))>,
     pressure: f64,
     machine: f64,
+    overflows: f64,
 }
 
 impl CpuSnapshot {
@@ -445,6 +446,7 @@ impl CpuSnapshot {
             by_process,
             pressure: cpu_pressure_secs(),
             machine: machine_cpu_secs(),
+            overflows: listen_overflows(),
         }
     }
 
@@ -460,6 +462,7 @@ impl CpuSnapshot {
                 .collect(),
             pressure: later.pressure - self.pressure,
             machine: later.machine - self.machine,
+            listen_overflows: later.overflows - self.overflows,
             running_mean: running.iter().sum::<usize>() as f64 / running.len().max(1) as f64,
             running_max: running.iter().copied().max().unwrap_or(0),
         }
@@ -1175,6 +1178,8 @@ struct Fleet {
     floor_cpu: Vec<CpuUse>,
     /// The CPU the wave used, from apply to all Ready.
     wave_cpu: CpuUse,
+    /// The longest accept queues of listening ports during the wave, longest first.
+    accept_queues: Vec<String>,
     /// Seconds creating the fleet's objects took (inside `ready_secs`).
     apply_secs: f64,
     /// Seconds from apply to all Ready; `None` when not all were Ready by the time limit.
@@ -1261,6 +1266,8 @@ struct CpuUse {
     pressure: f64,
     /// CPU seconds the whole machine used ([`machine_cpu_secs`]).
     machine: f64,
+    /// Connections refused by a full accept queue ([`listen_overflows`]).
+    listen_overflows: f64,
     running_mean: f64,
     running_max: usize,
 }
@@ -1279,10 +1286,11 @@ impl CpuUse {
             .collect();
         format!(
             "{:.1} CPU-s in {:.1}s: {}; the rest (the hosts' sshd and sessions, ssh, kubectl) \
-             {rest:.1}",
+             {rest:.1}; connections dropped by a full accept queue {}",
             self.machine,
             self.wall,
-            processes.join(", ")
+            processes.join(", "),
+            self.listen_overflows
         )
     }
 }
@@ -1548,6 +1556,57 @@ fn sample_in_flight(metrics_port: u16, stop: Arc<std::sync::atomic::AtomicBool>)
         std::thread::sleep(Duration::from_millis(500));
     }
     peak
+}
+
+/// SYNs dropped on this machine because a listening socket's accept queue was full
+/// (`/proc/net/netstat`, `TcpExt: ListenOverflows`), since boot.
+fn listen_overflows() -> f64 {
+    let text = std::fs::read_to_string("/proc/net/netstat").unwrap_or_default();
+    let mut lines = text.lines().filter(|l| l.starts_with("TcpExt:"));
+    let (Some(names), Some(values)) = (lines.next(), lines.next()) else {
+        return 0.0;
+    };
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(name, _)| *name == "ListenOverflows")
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// The longest accept queue each listening TCP port had (`/proc/net/tcp`: a listening socket's
+/// `rx_queue` is its connections not accepted yet), sampled every 100 ms until `stop`.
+fn sample_listen_queues(stop: Arc<std::sync::atomic::AtomicBool>) -> BTreeMap<u16, usize> {
+    let mut peaks: BTreeMap<u16, usize> = BTreeMap::new();
+    while !stop.load(Ordering::SeqCst) {
+        let text = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            // local_address rem_address st tx_queue:rx_queue; state 0A is LISTEN.
+            if f.get(3) != Some(&"0A") {
+                continue;
+            }
+            let port = f
+                .get(1)
+                .and_then(|a| a.rsplit(':').next())
+                .and_then(|p| u16::from_str_radix(p, 16).ok());
+            let queue = f
+                .get(4)
+                .and_then(|q| q.rsplit(':').next())
+                .and_then(|q| usize::from_str_radix(q, 16).ok());
+            if let (Some(port), Some(queue)) = (port, queue) {
+                let peak = peaks.entry(port).or_default();
+                *peak = (*peak).max(queue);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    peaks
+}
+
+/// The port of an `http://host:port` URL.
+fn url_port(url: &str) -> Option<u16> {
+    url.rsplit(':').next()?.trim_end_matches('/').parse().ok()
 }
 
 /// The samples of metric `name` by the value of `label`.
@@ -1817,6 +1876,10 @@ impl Env {
             let (port, stop) = (controller.metrics_port, stop.clone());
             std::thread::spawn(move || sample_in_flight(port, stop))
         };
+        let queues = {
+            let stop = stop.clone();
+            std::thread::spawn(move || sample_listen_queues(stop))
+        };
         self.aws.clear_calls();
         let cpu_before = CpuSnapshot::take(Some(controller.pid()));
         let t0 = Instant::now();
@@ -1853,6 +1916,28 @@ impl Env {
         follower.abort();
         stop.store(true, Ordering::SeqCst);
         let peak_in_flight = sampler.join().unwrap_or(f64::NAN);
+        let queues = queues.join().unwrap_or_default();
+        let known = [
+            (
+                url_port(self.aws.controller_aws_url()),
+                "the proxy in front of moto",
+            ),
+            (url_port(self.aws.opsworks.url()), "the OpsWorks endpoint"),
+            (url_port(&self.cp.server), "kube-apiserver"),
+        ];
+        let mut longest: Vec<(u16, usize)> = queues.into_iter().filter(|(_, q)| *q > 0).collect();
+        longest.sort_by_key(|(port, q)| (std::cmp::Reverse(*q), *port));
+        let accept_queues: Vec<String> = longest
+            .iter()
+            .take(4)
+            .map(|(port, q)| {
+                let who = known
+                    .iter()
+                    .find(|(p, _)| *p == Some(*port))
+                    .map_or("an SSH host, or another", |(_, who)| who);
+                format!("{q} at port {port} ({who})")
+            })
+            .collect();
         let (mut deletions, cpu_after) = measured?;
         let wave_cpu = cpu_before.until(&cpu_after, &[]);
         // A moment for the last writes to reach the audit log.
@@ -1898,6 +1983,7 @@ impl Env {
             floors: Vec::new(),
             floor_cpu: Vec::new(),
             wave_cpu,
+            accept_queues,
             apply_secs,
             ready_secs,
             first_ready_secs,
@@ -2227,6 +2313,14 @@ fn fleet_table(f: &Fleet) -> String {
     for (i, cpu) in f.floor_cpu.iter().enumerate() {
         out.push_str(&format!("     floor {}: {}\n", i + 1, cpu.text()));
     }
+    out.push_str(&format!(
+        "   longest accept queues (connections not yet accepted) during the wave: {}\n",
+        if f.accept_queues.is_empty() {
+            "none".to_owned()
+        } else {
+            f.accept_queues.join(", ")
+        }
+    ));
     out.push_str(&deletions_table(&f.deletions));
     out.push_str(&format!(
         "   per registration: status writes {:.2}, object writes {:.2} ({} of them refused \
