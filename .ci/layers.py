@@ -18,7 +18,7 @@ from pathlib import Path
 
 # Bottom first. A module may import its own layer (without cycles) and those below.
 LAYERS = [
-    ("base", ["failpoint", "resource", "conditions", "backoff", "cache", "metrics", "budget",
+    ("base", ["failpoint", "resource", "conditions", "backoff", "cache", "batch", "metrics", "budget",
               "telemetry", "http", "aws", "sshkey", "sshcert", "ssh", "slots", "watches", "leader",
               "tenancy"]),
     ("context", ["context"]),

@@ -99,6 +99,8 @@ pub(crate) struct Aws {
     budgets: Option<Arc<Budgets>>,
     /// The HTTP client the budgets wrap: the configuration's, else the SDK's default.
     http: SharedHttpClient,
+    /// EC2 instance look-ups by ID, made together ([`Aws::ec2_instance`]).
+    instances: Arc<crate::batch::Batches<aws_sdk_ec2::types::Instance, Failure>>,
 }
 
 impl Aws {
@@ -133,6 +135,7 @@ impl Aws {
             counter,
             budgets,
             http: config.http_client().unwrap_or_else(default_http_client),
+            instances: Arc::default(),
             config,
         };
         aws.opsworks = aws_sdk_opsworks::Client::from_conf(configured!(
@@ -202,6 +205,60 @@ impl Aws {
 }
 
 impl Aws {
+    /// The EC2 instance `id` in `region` (and `vpc`, when given), `None` when there is none;
+    /// looked up in one `ec2:DescribeInstances` with the other IDs wanted in the same region and
+    /// VPC at the same moment ([`crate::batch`]): a wave of objects makes a few calls, not one
+    /// each. The IDs go in the `instance-id` filter, so one that names no instance is not an
+    /// error for the call (as the `InstanceIds` parameter would make it) but `None` for its own
+    /// callers.
+    pub(crate) async fn ec2_instance(
+        &self,
+        region: &str,
+        vpc: Option<&str>,
+        id: &str,
+    ) -> Result<Option<aws_sdk_ec2::types::Instance>, Failure> {
+        use aws_sdk_ec2::types::Filter;
+        let ec2 = self.ec2(region);
+        let group = format!("{region} {}", vpc.unwrap_or_default());
+        let vpc = vpc.map(str::to_owned);
+        let fetch = move |ids: Vec<String>| {
+            let (ec2, vpc) = (ec2.clone(), vpc.clone());
+            async move {
+                let mut request = ec2.describe_instances().filters(
+                    Filter::builder()
+                        .name("instance-id")
+                        .set_values(Some(ids))
+                        .build(),
+                );
+                if let Some(vpc) = vpc {
+                    request = request.filters(Filter::builder().name("vpc-id").values(vpc).build());
+                }
+                let reservations = request
+                    .into_paginator()
+                    .items()
+                    .send()
+                    .collect::<Result<Vec<_>, _>>()
+                    .await
+                    .map_err(|e| classify(&e))?;
+                Ok(reservations
+                    .iter()
+                    .flat_map(|r| r.instances())
+                    .filter_map(|i| Some((i.instance_id()?.to_owned(), i.clone())))
+                    .collect())
+            }
+        };
+        self.instances
+            .get(&group, id, fetch)
+            .await
+            .unwrap_or_else(|| {
+                Err(Failure {
+                    kind: Kind::Unavailable,
+                    code: None,
+                    message: "the look-up ended without an answer".into(),
+                })
+            })
+    }
+
     /// Systems Manager in `region`, or in the controller's region when `None`.
     pub(crate) fn ssm(&self, region: Option<&str>) -> aws_sdk_ssm::Client {
         let region = region.or(self.default_region()).unwrap_or_default();

@@ -120,11 +120,20 @@ tokio::task_local! {
 /// wave's hundreds, whether they wait for the rate or for one of the [`MAX_IN_FLIGHT`] calls at
 /// the service to end.
 pub(crate) async fn urgent<F: std::future::Future>(work: F) -> F::Output {
-    PRIORITY.scope(Priority::Urgent, work).await
+    with_priority(Priority::Urgent, work).await
+}
+
+/// Runs `work` with its AWS calls at `priority`: a task made for a caller's work (a batch of
+/// look-ups, [`crate::batch`]) keeps the caller's.
+pub(crate) async fn with_priority<F: std::future::Future>(
+    priority: Priority,
+    work: F,
+) -> F::Output {
+    PRIORITY.scope(priority, work).await
 }
 
 /// The priority of the calls made from the current task.
-fn priority() -> Priority {
+pub(crate) fn priority() -> Priority {
     PRIORITY.try_with(|p| *p).unwrap_or(Priority::Normal)
 }
 

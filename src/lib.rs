@@ -27,6 +27,7 @@ pub mod resource;
 mod audit;
 mod aws;
 mod backoff;
+mod batch;
 mod budget;
 mod cache;
 mod conflict;

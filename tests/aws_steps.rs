@@ -11,6 +11,7 @@ use instance_registrar::conditions::{reasons, types};
 use instance_registrar::resource::InstanceRegistration;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, DeleteParams};
+use opsworks_endpoint::Faults;
 use support::{
     AwsEnv, ControlPlane, ControllerProcess, apply, condition, ec2, eventually,
     host_whose_install_fails, namespace, on_premises, on_premises_at, register_directly,
@@ -153,6 +154,83 @@ async fn ec2_targets_resolve_by_id_address_and_name_tag_within_the_stack_vpc() {
     assert!(
         aws.iam_users(&ns).await.is_empty(),
         "no IAM user may be made while the target is unresolved or the key is missing"
+    );
+}
+
+#[tokio::test]
+async fn a_wave_of_instance_ids_is_looked_up_in_fewer_calls_than_objects_each_getting_its_own() {
+    const WAVE: usize = 16;
+    let cp = ControlPlane::shared();
+    // Its own moto, behind the recording proxy (no other test of this binary uses it): the
+    // calls counted are this test's.
+    let aws = AwsEnv::faulty();
+    let client = cp.client().await;
+    let ns = namespace(&client, "lookups").await;
+    let api: Api<InstanceRegistration> = Api::namespaced(client.clone(), &ns);
+    let stack = aws.create_stack(&ns, None).await;
+    let mut ids = Vec::new();
+    for n in 0..WAVE {
+        ids.push(aws.run_instance(&format!("{ns}-w{n}"), None).await.0);
+    }
+    // All at once, and one ID that names no instance: only its own object is not found.
+    let mut manifest = String::new();
+    for (n, id) in ids.iter().enumerate() {
+        manifest += "---\n";
+        manifest += &ec2(
+            &ns,
+            &format!("w{n}"),
+            &stack,
+            id,
+            "no-secret-needed-here",
+            "",
+        );
+    }
+    manifest += "---\n";
+    manifest += &ec2(
+        &ns,
+        "nowhere",
+        &stack,
+        "i-0000000000000beef",
+        "no-secret-needed-here",
+        "",
+    );
+    // EC2 takes half a second a call, as a busy API may: look-ups that come meanwhile wait for
+    // a call to end, and share the next.
+    aws.set_faults(Faults {
+        latency_ms: 500,
+        only_actions: vec!["ec2:DescribeInstances".into()],
+        ..Faults::none()
+    });
+    aws.clear_calls();
+    let _controller = ControllerProcess::start(cp, aws, &ns, &[]);
+    apply(cp, &manifest);
+    for (n, id) in ids.iter().enumerate() {
+        let name = format!("w{n}");
+        let obj = wait_reason(&api, &name, types::TARGET_RESOLVED, reasons::SUCCEEDED).await;
+        assert_eq!(
+            obj.status.unwrap().ec2_instance_id.as_deref(),
+            Some(id.as_str()),
+            "{name} got another object's instance"
+        );
+    }
+    wait_reason(
+        &api,
+        "nowhere",
+        types::TARGET_RESOLVED,
+        reasons::TARGET_NOT_FOUND,
+    )
+    .await;
+    let summary = aws.call_summary();
+    let calls = summary
+        .by_operation
+        .get(&("ec2".to_owned(), "DescribeInstances".to_owned()))
+        .map_or(0, |c| c.calls);
+    aws.set_faults(Faults::none());
+    println!("{} objects, {calls} ec2:DescribeInstances", WAVE + 1);
+    assert!(
+        (1..=WAVE / 2).contains(&(calls as usize)),
+        "{calls} ec2:DescribeInstances for {} objects applied at once",
+        WAVE + 1
     );
 }
 

@@ -2,7 +2,7 @@
 //! AWS CLI's `aws opsworks register` finds it (instance ID, an IPv4 address matched against the
 //! private and public address, or the Name tag).
 
-use aws_sdk_ec2::types::{Filter, InstanceStateName};
+use aws_sdk_ec2::types::{Filter, Instance, InstanceStateName};
 
 use crate::aws;
 use crate::conditions::{Observation, Outcome, reasons};
@@ -48,40 +48,37 @@ pub(crate) async fn find_ec2(
     vpc: Option<&str>,
     target: &str,
 ) -> Result<TargetFacts, Outcome> {
-    let ec2 = ctx.aws.ec2(region);
     let kind = target_kind(target);
-    let mut request = ec2.describe_instances();
-    if let Some(vpc) = vpc {
-        request = request.filters(Filter::builder().name("vpc-id").values(vpc).build());
-    }
-    request = match kind {
-        TargetKind::InstanceId => request.instance_ids(target),
-        TargetKind::NameTag => {
-            request.filters(Filter::builder().name("tag:Name").values(target).build())
+    let instances: Vec<Instance> = if kind == TargetKind::InstanceId {
+        // Looked up together with the other objects' at the same moment.
+        match ctx.aws.ec2_instance(region, vpc, target).await {
+            Ok(found) => found.into_iter().collect(),
+            Err(failure) => return Err(failure.outcome("ec2:DescribeInstances")),
         }
-        TargetKind::IpAddress => request,
-    };
-    let reservations: Vec<_> = match request
-        .into_paginator()
-        .items()
-        .send()
-        .collect::<Result<Vec<_>, _>>()
-        .await
-    {
-        Ok(r) => r,
-        Err(e) => {
-            let failure = aws::classify(&e);
-            return Err(match failure.code.as_deref() {
-                Some("InvalidInstanceID.NotFound") | Some("InvalidInstanceID.Malformed") => {
-                    not_found(region, vpc, target)
-                }
-                _ => failure.outcome("ec2:DescribeInstances"),
-            });
+    } else {
+        let mut request = ctx.aws.ec2(region).describe_instances();
+        if let Some(vpc) = vpc {
+            request = request.filters(Filter::builder().name("vpc-id").values(vpc).build());
+        }
+        if kind == TargetKind::NameTag {
+            request = request.filters(Filter::builder().name("tag:Name").values(target).build());
+        }
+        match request
+            .into_paginator()
+            .items()
+            .send()
+            .collect::<Result<Vec<_>, _>>()
+            .await
+        {
+            Ok(reservations) => reservations
+                .into_iter()
+                .flat_map(|r| r.instances.unwrap_or_default())
+                .collect(),
+            Err(e) => return Err(aws::classify(&e).outcome("ec2:DescribeInstances")),
         }
     };
-    let matches: Vec<_> = reservations
+    let matches: Vec<_> = instances
         .iter()
-        .flat_map(|r| r.instances())
         .filter(|i| {
             // A terminated instance keeps its tags for a while; it is not a host to register.
             !matches!(
