@@ -6,7 +6,9 @@
 //!
 //! Sharing a call must not mean sharing its fate more than needed: each call runs on a task of
 //! its own (a caller that stops waiting, its pass cut, cuts nobody else's call), and a call that
-//! hangs holds only the keys in it, while the group's other calls go on. A call's failure is
+//! hangs holds only the keys in it, while the group's other calls go on (should all of them
+//! hang, the look-ups that come wait for the first to end, which the AWS call's own time limit
+//! bounds). A call's failure is
 //! each of its callers' failure; a key it did not find is `None` for that key's callers.
 //!
 //! The calls run with the priority of the caller that started them ([`crate::budget`]); an
@@ -47,6 +49,12 @@ impl<V, E> Default for Batches<V, E> {
         Self {
             groups: Mutex::default(),
         }
+    }
+}
+
+impl<V, E> Batches<V, E> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Group<V, E>>> {
+        self.groups.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -96,10 +104,6 @@ where
         answered.await.ok()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Group<V, E>>> {
-        self.groups.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     /// Calls `fetch` for the waiting keys of `group`, [`MAX_KEYS`] at a time, until none wait.
     async fn serve<F, Fut>(&self, group: &str, fetch: F)
     where
@@ -131,11 +135,7 @@ where
     /// The next call's distinct keys (at most [`MAX_KEYS`]) and every waiting caller of those
     /// keys; `None` when nobody waits (this call's task then ends). Callers that stopped waiting
     /// are dropped.
-    #[allow(clippy::type_complexity)]
-    fn take(
-        &self,
-        group: &str,
-    ) -> Option<(Vec<String>, Vec<(String, oneshot::Sender<Answer<V, E>>)>)> {
+    fn take(&self, group: &str) -> Option<(Vec<String>, Callers<V, E>)> {
         let mut groups = self.lock();
         let g = groups.get_mut(group)?;
         g.waiting.retain(|(_, answer)| !answer.is_closed());
@@ -146,22 +146,12 @@ where
             }
             return None;
         }
-        let mut keys = Vec::new();
         let mut chosen = HashSet::new();
-        let mut callers = Vec::new();
-        let mut left = Vec::new();
-        for (key, answer) in g.waiting.drain(..) {
-            if chosen.contains(&key) || chosen.len() < MAX_KEYS {
-                if chosen.insert(key.clone()) {
-                    keys.push(key.clone());
-                }
-                callers.push((key, answer));
-            } else {
-                left.push((key, answer));
-            }
-        }
+        let (callers, left) = g.waiting.drain(..).partition(|(key, _)| {
+            chosen.contains(key) || (chosen.len() < MAX_KEYS && chosen.insert(key.clone()))
+        });
         g.waiting = left;
-        Some((keys, callers))
+        Some((chosen.into_iter().collect(), callers))
     }
 }
 
@@ -177,11 +167,7 @@ impl<V, E> Drop for Serving<'_, V, E> {
         if self.ended {
             return;
         }
-        let mut groups = self
-            .batches
-            .groups
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let mut groups = self.batches.lock();
         if let Some(g) = groups.get_mut(self.group) {
             g.in_flight = g.in_flight.saturating_sub(1);
             if g.in_flight == 0 {
@@ -222,6 +208,23 @@ mod tests {
         }
     }
 
+    /// Fetches that find every key, fail, hang, and panic.
+    async fn found(keys: Vec<String>) -> Result<HashMap<String, String>, String> {
+        Ok(keys
+            .into_iter()
+            .map(|k| (k.clone(), format!("value of {k}")))
+            .collect())
+    }
+    async fn failing(_keys: Vec<String>) -> Result<HashMap<String, String>, String> {
+        Err("no".into())
+    }
+    async fn hung(_keys: Vec<String>) -> Result<HashMap<String, String>, String> {
+        std::future::pending().await
+    }
+    async fn panics(_keys: Vec<String>) -> Result<HashMap<String, String>, String> {
+        panic!("a fetch that panics")
+    }
+
     #[tokio::test]
     async fn a_wave_of_look_ups_makes_few_calls_and_each_gets_its_own_answer() {
         let batches: Arc<Batches<String, String>> = Arc::default();
@@ -260,7 +263,6 @@ mod tests {
     #[tokio::test]
     async fn a_lone_look_up_goes_at_once_and_a_failure_reaches_every_caller_of_the_call() {
         let batches: Arc<Batches<String, String>> = Arc::default();
-        let failing = |_keys: Vec<String>| async { Err::<HashMap<String, String>, _>("no".into()) };
         assert_eq!(batches.get("g", "a", failing).await, Some(Err("no".into())));
         let mut looks = Vec::new();
         for key in ["a", "b", "c", "d", "e", "f"] {
@@ -275,21 +277,13 @@ mod tests {
     #[tokio::test]
     async fn a_hung_call_holds_only_its_own_keys() {
         let batches: Arc<Batches<String, String>> = Arc::default();
-        let hung = |_keys: Vec<String>| async {
-            std::future::pending::<()>().await;
-            Ok::<HashMap<String, String>, String>(HashMap::new())
-        };
         // One call hangs; a caller that gives up on it leaves nothing waiting behind.
         let b = batches.clone();
         let stuck = tokio::spawn(async move { b.get("g", "h", hung).await });
         tokio::time::sleep(Duration::from_millis(20)).await;
-        let (calls, widest) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-        let answer = tokio::time::timeout(
-            Duration::from_secs(5),
-            batches.get("g", "x", counting(calls, widest, Duration::ZERO)),
-        )
-        .await
-        .expect("not held by the hung call");
+        let answer = tokio::time::timeout(Duration::from_secs(5), batches.get("g", "x", found))
+            .await
+            .expect("not held by the hung call");
         assert_eq!(answer, Some(Ok(Some("value of x".to_owned()))));
         stuck.abort();
     }
@@ -297,21 +291,12 @@ mod tests {
     #[tokio::test]
     async fn a_call_that_panics_lets_its_callers_go_and_the_group_serves_on() {
         let batches: Arc<Batches<String, String>> = Arc::default();
-        let panics = |_keys: Vec<String>| async {
-            panic!("a fetch that panics");
-            #[allow(unreachable_code)]
-            Ok::<HashMap<String, String>, String>(HashMap::new())
-        };
         for _ in 0..=MAX_IN_FLIGHT {
             assert_eq!(batches.get("g", "p", panics).await, None);
         }
-        let (calls, widest) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-        let answer = tokio::time::timeout(
-            Duration::from_secs(5),
-            batches.get("g", "x", counting(calls, widest, Duration::ZERO)),
-        )
-        .await
-        .expect("the group still serves");
+        let answer = tokio::time::timeout(Duration::from_secs(5), batches.get("g", "x", found))
+            .await
+            .expect("the group still serves");
         assert_eq!(answer, Some(Ok(Some("value of x".to_owned()))));
         assert!(batches.lock().is_empty(), "a group was left behind");
     }
@@ -319,10 +304,6 @@ mod tests {
     #[tokio::test]
     async fn an_urgent_look_up_makes_its_own_call() {
         let batches: Arc<Batches<String, String>> = Arc::default();
-        let hung = |_keys: Vec<String>| async {
-            std::future::pending::<()>().await;
-            Ok::<HashMap<String, String>, String>(HashMap::new())
-        };
         // Every call of the group in flight and hung (one after another: each takes the keys
         // waiting when it starts): a normal look-up waits...
         for i in 0..MAX_IN_FLIGHT {
@@ -330,22 +311,21 @@ mod tests {
             tokio::spawn(async move { b.get("g", &format!("h{i}"), hung).await });
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        let (calls, widest) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-        let fetch = counting(calls.clone(), widest, Duration::ZERO);
         let waits =
-            tokio::time::timeout(Duration::from_millis(200), batches.get("g", "n", fetch)).await;
+            tokio::time::timeout(Duration::from_millis(200), batches.get("g", "n", found)).await;
         assert!(
             waits.is_err(),
             "a normal look-up went past the calls in flight"
         );
         // ... an urgent one does not.
         let (calls, widest) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-        let answer = crate::budget::urgent(batches.get(
-            "g",
-            "u",
-            counting(calls.clone(), widest, Duration::ZERO),
-        ))
-        .await;
+        let fetch = counting(calls.clone(), widest, Duration::ZERO);
+        let answer = tokio::time::timeout(
+            Duration::from_secs(5),
+            crate::budget::urgent(batches.get("g", "u", fetch)),
+        )
+        .await
+        .expect("an urgent look-up waited for the calls in flight");
         assert_eq!(answer, Some(Ok(Some("value of u".to_owned()))));
         assert_eq!(calls.load(Ordering::SeqCst), 1);
     }

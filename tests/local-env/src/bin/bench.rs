@@ -1942,15 +1942,26 @@ impl Env {
         let wave_cpu = cpu_before.until(&cpu_after, &[]);
         // A moment for the last writes to reach the audit log.
         tokio::time::sleep(Duration::from_secs(1)).await;
+        // The unrelated objects' requests in the audit log, and the controller's log, read once.
+        let audit: Vec<serde_json::Value> = std::fs::read_to_string(&self.cp.audit_log)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+            .filter(|e| {
+                let r = &e["objectRef"];
+                e["stage"] == "ResponseComplete"
+                    && r["namespace"] == ns
+                    && r["resource"] == "instanceregistrations"
+                    && r["name"]
+                        .as_str()
+                        .is_some_and(|n| n.starts_with(UNRELATED_PREFIX))
+            })
+            .collect();
+        let log = std::fs::read_to_string(&controller.log).unwrap_or_default();
         let seen = lock(&wave).deleting.clone();
         for d in &mut deletions {
             for g in &mut d.gone {
-                g.timeline = self.deletion_timeline(
-                    ns,
-                    &g.name,
-                    &controller.log,
-                    seen.get(&g.name).copied(),
-                );
+                g.timeline = deletion_timeline(&audit, &log, &g.name, seen.get(&g.name).copied());
             }
         }
         let (ready_secs, ready, first_ready_secs, half_ready_secs, all_installing_secs) = {
@@ -2101,74 +2112,65 @@ impl Env {
             cpu,
         })
     }
+}
 
-    /// Where the deletion of `ns/name` spent its time ([`Timeline`]), from the API server's
-    /// audit log and the controller's log `log`.
-    fn deletion_timeline(
-        &self,
-        ns: &str,
-        name: &str,
-        log: &Path,
-        watch_seen: Option<std::time::SystemTime>,
-    ) -> Timeline {
-        let at = |v: &serde_json::Value| v.as_str()?.parse::<k8s_openapi::jiff::Timestamp>().ok();
-        let text = std::fs::read_to_string(&self.cp.audit_log).unwrap_or_default();
-        let entries: Vec<serde_json::Value> = text
-            .lines()
-            .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
-            .filter(|e| {
-                let r = &e["objectRef"];
-                e["stage"] == "ResponseComplete"
-                    && r["namespace"] == ns
-                    && r["resource"] == "instanceregistrations"
-                    && r["name"] == name
-            })
-            .collect();
-        let delete = entries.iter().find(|e| e["verb"] == "delete");
-        let Some(deleted) = delete.and_then(|e| at(&e["requestReceivedTimestamp"])) else {
-            return Timeline::default();
-        };
-        let since = |t: k8s_openapi::jiff::Timestamp| t.duration_since(deleted).as_secs_f64();
-        let after: Vec<&serde_json::Value> = entries
-            .iter()
-            .filter(|e| at(&e["requestReceivedTimestamp"]).is_some_and(|t| t > deleted))
-            .collect();
-        // The write to the object itself (not its status) after the delete: the finalizer's
-        // removal, the controller's only one.
-        let finalizer = after.iter().find(|e| {
+/// Where the deletion of `name` spent its time ([`Timeline`]), from the API server's audit
+/// log entries of the object (`audit`, complete requests) and the controller's log `log`.
+fn deletion_timeline(
+    audit: &[serde_json::Value],
+    log: &str,
+    name: &str,
+    watch_seen: Option<std::time::SystemTime>,
+) -> Timeline {
+    let at = |v: &serde_json::Value| v.as_str()?.parse::<k8s_openapi::jiff::Timestamp>().ok();
+    let entries: Vec<&serde_json::Value> = audit
+        .iter()
+        .filter(|e| e["objectRef"]["name"] == name)
+        .collect();
+    let delete = entries.iter().find(|e| e["verb"] == "delete");
+    let Some(deleted) = delete.and_then(|e| at(&e["requestReceivedTimestamp"])) else {
+        return Timeline::default();
+    };
+    let since = |t: k8s_openapi::jiff::Timestamp| t.duration_since(deleted).as_secs_f64();
+    let after: Vec<&serde_json::Value> = entries
+        .iter()
+        .copied()
+        .filter(|e| at(&e["requestReceivedTimestamp"]).is_some_and(|t| t > deleted))
+        .collect();
+    // The write to the object itself (not its status) after the delete: the finalizer's
+    // removal, the controller's only one.
+    let finalizer = after.iter().find(|e| {
+        (e["verb"] == "patch" || e["verb"] == "update")
+            && e["objectRef"]["subresource"].is_null()
+            && e["responseStatus"]["code"] == 200
+    });
+    let status_writes = after
+        .iter()
+        .filter(|e| {
             (e["verb"] == "patch" || e["verb"] == "update")
-                && e["objectRef"]["subresource"].is_null()
-                && e["responseStatus"]["code"] == 200
-        });
-        let status_writes = after
-            .iter()
-            .filter(|e| {
-                (e["verb"] == "patch" || e["verb"] == "update")
-                    && e["objectRef"]["subresource"] == "status"
-            })
-            .count();
-        // The controller's line starting the cleanup (see `controller::cleanup`), in the
-        // reconcile span naming the object.
-        let marker = format!("name={name}}}");
-        let log = std::fs::read_to_string(log).unwrap_or_default();
-        let cleanup_started = log
-            .lines()
-            .filter(|l| l.contains(&marker) && l.contains("the object is being deleted"))
-            .filter_map(|l| l.split_whitespace().next()?.parse().ok())
-            .find(|t| *t > deleted)
-            .map(since);
-        Timeline {
-            delete_done: delete.and_then(|e| at(&e["stageTimestamp"])).map(since),
-            watch_seen: watch_seen
-                .and_then(|t| k8s_openapi::jiff::Timestamp::try_from(t).ok())
-                .map(since),
-            cleanup_started,
-            finalizer_sent: finalizer
-                .and_then(|e| at(&e["requestReceivedTimestamp"]))
-                .map(since),
-            finalizer_done: finalizer.and_then(|e| at(&e["stageTimestamp"])).map(since),
-            status_writes,
-        }
+                && e["objectRef"]["subresource"] == "status"
+        })
+        .count();
+    // The controller's line starting the cleanup (see `controller::cleanup`), in the reconcile
+    // span naming the object.
+    let marker = format!("name={name}}}");
+    let cleanup_started = log
+        .lines()
+        .filter(|l| l.contains(&marker) && l.contains("the object is being deleted"))
+        .filter_map(|l| l.split_whitespace().next()?.parse().ok())
+        .find(|t| *t > deleted)
+        .map(since);
+    Timeline {
+        delete_done: delete.and_then(|e| at(&e["stageTimestamp"])).map(since),
+        watch_seen: watch_seen
+            .and_then(|t| k8s_openapi::jiff::Timestamp::try_from(t).ok())
+            .map(since),
+        cleanup_started,
+        finalizer_sent: finalizer
+            .and_then(|e| at(&e["requestReceivedTimestamp"]))
+            .map(since),
+        finalizer_done: finalizer.and_then(|e| at(&e["stageTimestamp"])).map(since),
+        status_writes,
     }
 }
 
@@ -3280,4 +3282,77 @@ async fn run(args: Args) -> R {
     println!("{table}");
     let _ = std::fs::write(env.dir.join("table.txt"), &table);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An audit entry of a complete request to `name` (`subresource` if any).
+    fn entry(verb: &str, name: &str, sub: Option<&str>, at: &str, done: &str) -> serde_json::Value {
+        serde_json::json!({
+            "stage": "ResponseComplete",
+            "verb": verb,
+            "objectRef": {"name": name, "subresource": sub},
+            "requestReceivedTimestamp": at,
+            "stageTimestamp": done,
+            "responseStatus": {"code": 200},
+        })
+    }
+
+    #[test]
+    fn a_deletion_s_timeline_is_read_from_the_audit_log_and_the_controller_s_log() {
+        let audit = [
+            // Before the delete: not part of its timeline.
+            entry(
+                "patch",
+                "a",
+                Some("status"),
+                "2026-12-07T10:00:00Z",
+                "2026-12-07T10:00:00.1Z",
+            ),
+            entry(
+                "delete",
+                "a",
+                None,
+                "2026-12-07T10:00:01Z",
+                "2026-12-07T10:00:02Z",
+            ),
+            // Another object's removal.
+            entry(
+                "patch",
+                "b",
+                None,
+                "2026-12-07T10:00:02Z",
+                "2026-12-07T10:00:02Z",
+            ),
+            entry(
+                "patch",
+                "a",
+                Some("status"),
+                "2026-12-07T10:00:03Z",
+                "2026-12-07T10:00:03Z",
+            ),
+            entry(
+                "patch",
+                "a",
+                None,
+                "2026-12-07T10:00:04Z",
+                "2026-12-07T10:00:04.5Z",
+            ),
+        ];
+        let log = "2026-12-07T10:00:00.5Z  INFO reconciling object{}:reconcile{namespace=n name=a}: \
+                   instance_registrar::controller: the object is being deleted: cleaning up\n\
+                   2026-12-07T10:00:02.5Z  INFO reconciling object{}:reconcile{namespace=n name=a}: \
+                   instance_registrar::controller: the object is being deleted: cleaning up\n";
+        let t = deletion_timeline(&audit, log, "a", None);
+        assert_eq!(t.delete_done, Some(1.0));
+        assert_eq!(t.cleanup_started, Some(1.5));
+        assert_eq!(t.finalizer_sent, Some(3.0));
+        assert_eq!(t.finalizer_done, Some(3.5));
+        assert_eq!(t.status_writes, 1);
+        assert_eq!(t.watch_seen, None);
+        let none = deletion_timeline(&audit, log, "c", None);
+        assert_eq!(none.finalizer_done, None);
+    }
 }
