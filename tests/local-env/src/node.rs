@@ -15,7 +15,9 @@
 //!   namespace of their own, whose first process (`run.sh`) is killed with the test process
 //!   (`setpriv --pdeathsig`, `unshare --kill-child`): the kernel then kills every process in the
 //!   namespace, and their mounts (container root file systems, volumes) go with it, even when the
-//!   test panics or is killed;
+//!   test panics or is killed; the paths kubelet uses whatever its `--root-dir`
+//!   (`/var/log/containers`, `/var/lib/kubelet/device-plugins`) are a tmpfs of each node's own,
+//!   mounted there, so two nodes never share them (their empty mount points stay);
 //! - each node has an address of its own on `lo` (198.18.0.0/15, the benchmarking range; the
 //!   kubelet refuses a loopback node address), labelled with the test's PID, and a cgroup root of
 //!   its own (`/instance-registrar-test-<pid>-<node>` in each cgroup v1 hierarchy): both removed
@@ -469,6 +471,11 @@ now() {{ date +%s.%N; }}
 echo "$(now) starting containerd"
 # kubelet links each container's log here: in this namespace only.
 mkdir -p /var/log/containers && mount -t tmpfs -o mode=0755,size=4m none /var/log/containers
+# kubelet's device-plugin socket and checkpoint have a fixed path, not under --root-dir: without a
+# directory of its own per node, two kubelets starting together remove each other's socket and
+# one fails with "bind: address already in use".
+mkdir -p /var/lib/kubelet/device-plugins &&
+  mount -t tmpfs -o mode=0750,size=1m none /var/lib/kubelet/device-plugins
 containerd --config "$dir/containerd.toml" >"$dir/containerd.log" 2>&1 &
 i=0
 until ctr --address "$sock" version >/dev/null 2>&1; do
