@@ -11,8 +11,12 @@
 //! rate alone again. The other operations of the service are not slowed by it.
 //!
 //! No more than [`MAX_IN_FLIGHT`] calls to a service are unanswered at once, so when the service
-//! is slow a wave's calls queue here rather than at the service. Calls take their turns in the
-//! order they came, except that a deletion's ([`urgent`]) go before every other waiting call.
+//! is slow a wave's calls queue here rather than at the service. A deletion's calls ([`urgent`])
+//! go before every other waiting call; the others take their turns oldest pass first
+//! ([`Priority::Pass`]): a pass's next call goes before the calls of passes that started after
+//! it, so the passes that have begun their calls end them (and their objects go on to install)
+//! rather than every pass of a wave making its first call, then every pass its second, and none
+//! reaching its install until the whole wave's calls are made.
 //!
 //! An attempt waits for its turn inside the SDK's attempt time limit, so a turn further away than
 //! [`MAX_WAIT`] is not waited for: the attempt fails at once (or when [`MAX_WAIT`] is up, if the
@@ -102,12 +106,15 @@ impl Budgets {
 }
 
 /// Whose calls go first when a service's calls wait: a deletion's ([`urgent`]) before every
-/// pass's and audit's.
+/// pass's and audit's, and a pass's before those of the passes started after it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Priority {
-    /// Ahead of every [`Priority::Normal`] call waiting for the same service.
+    /// Ahead of every other call waiting for the same service.
     Urgent,
-    /// First come, first served.
+    /// A call of a pass that started at this time: ahead of the calls of every pass started
+    /// later (and of the [`Priority::Normal`] calls that came later).
+    Pass(Instant),
+    /// Outside a pass (an audit): as a pass starting when the call comes.
     Normal,
 }
 
@@ -156,7 +163,8 @@ struct State {
     operations: HashMap<String, Operation>,
     /// Calls sent and not answered yet.
     in_flight: usize,
-    /// The calls waiting for a turn, urgent first, each in the order they came.
+    /// The calls waiting for a turn: the urgent ones in the order they came, then the others
+    /// oldest pass first ([`Waiter::since`], then the order they came).
     urgent: VecDeque<Waiter>,
     normal: VecDeque<Waiter>,
     /// The last ticket given.
@@ -210,10 +218,12 @@ struct Limit {
     grown_at: Instant,
 }
 
-/// A call waiting for its turn: its ticket, and how to wake it when it may be its turn.
+/// A call waiting for its turn: its ticket, when its pass started, and how to wake it when it
+/// may be its turn.
 #[derive(Debug)]
 struct Waiter {
     ticket: u64,
+    since: Instant,
     wake: Arc<Notify>,
 }
 
@@ -271,9 +281,15 @@ impl Budget {
     /// further away than [`MAX_WAIT`] at the rate now (nothing is queued then).
     fn enter(&self, priority: Priority, now: Instant) -> Option<Waiter> {
         let mut state = self.lock();
+        let since = match priority {
+            Priority::Pass(since) => since,
+            Priority::Urgent | Priority::Normal => now,
+        };
+        // Among the others, after those of passes that started before it or at the same time.
+        let place = state.normal.partition_point(|w| w.since <= since);
         let ahead = match priority {
             Priority::Urgent => state.urgent.len(),
-            Priority::Normal => state.urgent.len() + state.normal.len(),
+            Priority::Pass(_) | Priority::Normal => state.urgent.len() + place,
         };
         let spacing = Duration::from_secs_f64(1.0 / self.max);
         let turn = state.next.max(now.checked_sub(BURST).unwrap_or(now));
@@ -284,16 +300,18 @@ impl Budget {
         state.tickets += 1;
         let waiter = Waiter {
             ticket: state.tickets,
+            since,
             wake: Arc::new(Notify::new()),
         };
-        let queue = match priority {
-            Priority::Urgent => &mut state.urgent,
-            Priority::Normal => &mut state.normal,
-        };
-        queue.push_back(Waiter {
+        let queued = Waiter {
             ticket: waiter.ticket,
+            since,
             wake: waiter.wake.clone(),
-        });
+        };
+        match priority {
+            Priority::Urgent => state.urgent.push_back(queued),
+            Priority::Pass(_) | Priority::Normal => state.normal.insert(place, queued),
+        }
         Some(waiter)
     }
 
@@ -688,6 +706,45 @@ mod tests {
             Step::Wait,
             "the urgent call first"
         );
+    }
+
+    #[test]
+    fn a_pass_that_started_earlier_goes_before_those_that_started_later() {
+        let start = Instant::now();
+        let budget = Budget::new("iam", 10.0, None, start);
+        let now = start + Duration::from_secs(5);
+        // A wave: passes 1 to 3 each queue their first call (an audit's comes between).
+        let pass = |i: u64| Priority::Pass(start + Duration::from_millis(i));
+        let first: Vec<u64> = (1..=3)
+            .map(|i| budget.enter(pass(i), now).expect("queued").ticket)
+            .collect();
+        let audit = queue(&budget, Priority::Normal, 1, now)[0];
+        assert_eq!(budget.step(first[0], now), Step::Go);
+        budget.answered();
+        // Pass 1's next call comes after the others' first: it goes before them, and the call
+        // that was next waits its turn again.
+        let next = budget.enter(pass(1), now).expect("queued").ticket;
+        assert_eq!(budget.step(first[1], now), Step::Wait, "pass 1 first");
+        assert_eq!(budget.step(next, now), Step::Go);
+        budget.answered();
+        // Then the passes in the order they started, and the audit's call, which came after
+        // they started, last; a pass starting later than the audit's call goes after it.
+        let late = budget
+            .enter(Priority::Pass(now + Duration::from_secs(1)), now)
+            .expect("queued")
+            .ticket;
+        for (what, ticket) in [("pass 2", first[1]), ("pass 3", first[2]), ("the audit", audit)] {
+            assert_eq!(budget.step(late, now), Step::Wait, "{what} first");
+            assert_eq!(budget.step(ticket, now), Step::Go, "{what}");
+            budget.answered();
+        }
+        assert_eq!(budget.step(late, now), Step::Go);
+        // A pass's call is refused only for the calls ahead of it: at 10 a second, 100 calls of
+        // later passes queued leave room for an earlier pass's.
+        let later = Priority::Pass(now + Duration::from_secs(2));
+        while budget.enter(later, now).is_some() {}
+        assert!(budget.enter(later, now).is_none(), "10 s away");
+        assert!(budget.enter(pass(4), now).is_some());
     }
 
     #[tokio::test]
