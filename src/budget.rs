@@ -733,7 +733,11 @@ mod tests {
             .enter(Priority::Pass(now + Duration::from_secs(1)), now)
             .expect("queued")
             .ticket;
-        for (what, ticket) in [("pass 2", first[1]), ("pass 3", first[2]), ("the audit", audit)] {
+        for (what, ticket) in [
+            ("pass 2", first[1]),
+            ("pass 3", first[2]),
+            ("the audit", audit),
+        ] {
             assert_eq!(budget.step(late, now), Step::Wait, "{what} first");
             assert_eq!(budget.step(ticket, now), Step::Go, "{what}");
             budget.answered();

@@ -84,9 +84,10 @@ async fn apply(
             let (obj, ctx) = (obj.clone(), ctx.clone());
             // Its AWS calls wait behind those of the passes that started before it.
             let started = crate::budget::Priority::Pass(std::time::Instant::now());
-            crate::budget::with_priority(started, async move {
-                pass(&obj, &api, &ctx, detach).await
-            })
+            crate::budget::with_priority(
+                started,
+                async move { pass(&obj, &api, &ctx, detach).await },
+            )
         }
         .in_current_span(),
     );

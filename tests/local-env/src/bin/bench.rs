@@ -5,8 +5,10 @@
 //! OpsWorks-compatible endpoint serving the agent installer stand-in, SSH hosts on 127.0.0.x) it
 //! measures, each over `--runs` runs and reported as medians:
 //!
-//! 1. throughput: `--hosts` EC2 hosts registered by the controller (default concurrency), from
-//!    `kubectl apply` to all Ready; the floor, alternating with it: the same hosts registered
+//! 1. throughput: `--hosts` EC2 hosts registered by the controller (`--ssh-concurrency` and
+//!    `--ssh-namespace-share` the larger of 64 and `--hosts`: one tenant, all its sessions at
+//!    once, as the floor's), from `kubectl apply` to all Ready, with the seconds each step took
+//!    per registration; the floor, alternating with it: the same hosts registered
 //!    with nothing of the controller's (one plain `ssh` per host, all at once, running the same
 //!    installer against the same endpoint, [`Env::floor_run`]), and the controller's time as a
 //!    ratio to it, run by run; and by `aws opsworks register` (AWS CLI v1) one host after
@@ -568,18 +570,6 @@ impl Env {
         Ok(c)
     }
 
-    /// (objects, Ready with observedGeneration current) in `ns`.
-    async fn ready_count(&self, ns: &str) -> R<(usize, usize)> {
-        let list = self
-            .registrations(ns)
-            .list(&ListParams::default())
-            .await
-            .map_err(|e| format!("listing: {e}"))?;
-        let total = list.items.len();
-        let ready = list.items.iter().filter(|o| is_ready(o)).count();
-        Ok((total, ready))
-    }
-
     /// The InstanceRegistrations of `ns`.
     fn registrations(&self, ns: &str) -> Api<DynamicObject> {
         let gvk = GroupVersionKind::gvk("registrar.dev", "v1alpha1", "InstanceRegistration");
@@ -588,6 +578,10 @@ impl Env {
     }
 
     /// Waits until all `n` objects of `ns` are Ready (and `extra` holds); the time it took.
+    /// The objects are followed by a watch ([`follow_wave`]), not listed every few milliseconds:
+    /// the instrument must not load the API server the controller shares the cores with (a list
+    /// of 50 objects every 50 ms cost it more than the controller's own writes), and the time is
+    /// when the last object was seen Ready, not the next poll after it.
     async fn wait_ready(
         &self,
         ns: &str,
@@ -596,30 +590,34 @@ impl Env {
         limit: Duration,
         mut extra: impl FnMut() -> bool,
     ) -> R<f64> {
-        // Listing thousands of objects costs the API server (and so the controller, on the
-        // same cores) CPU: large sets are looked at less often, and only once `extra` holds.
-        let poll = if n > 500 {
-            Duration::from_millis(500)
-        } else {
-            Duration::from_millis(50)
-        };
-        let mut ready = 0;
-        loop {
-            if extra() {
-                let (total, r) = self.ready_count(ns).await?;
-                ready = r;
-                if total == n && ready == n {
-                    return Ok(from.elapsed().as_secs_f64());
-                }
+        let wave = Arc::new(std::sync::Mutex::new(Wave::default()));
+        let follower = tokio::spawn(follow_wave(
+            self.registrations(ns),
+            String::new(),
+            n,
+            wave.clone(),
+        ));
+        let mut extra_at = None;
+        let result = loop {
+            if extra_at.is_none() && extra() {
+                extra_at = Some(Instant::now());
+            }
+            let w = lock(&wave);
+            if let (Some(all), Some(extra)) = (w.all_ready, extra_at) {
+                break Ok(all.max(extra).duration_since(from).as_secs_f64());
             }
             if from.elapsed() > limit {
-                return Err(format!(
-                    "{ns}: {ready} of {n} Ready after {}s",
+                break Err(format!(
+                    "{ns}: {} of {n} Ready after {}s",
+                    w.ready.len(),
                     limit.as_secs()
                 ));
             }
-            tokio::time::sleep(poll).await;
-        }
+            drop(w);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        follower.abort();
+        result
     }
 
     /// A fresh stack and one fresh EC2 record for each of the first `hosts` hosts (their
@@ -688,13 +686,27 @@ impl Env {
 
     /// One controller throughput run over `n` hosts (through the bastion when `jump`): (seconds,
     /// calls).
-    async fn controller_run(&self, n: usize, jump: bool) -> R<(f64, CallSummary)> {
+    /// One controller run over `n` hosts: (seconds, calls, the seconds the controller spent in
+    /// each step per registration, all passes summed).
+    async fn controller_run(
+        &self,
+        n: usize,
+        jump: bool,
+    ) -> R<(f64, CallSummary, BTreeMap<String, f64>)> {
         let k = self.next();
         let name = format!("ctl{k}");
         let (stack, ids) = self.fresh_stack(&name, n).await;
         self.namespace(&name)?;
         let manifest = self.ec2_manifest(&stack, &ids, &name, jump)?;
-        let controller = self.start_controller(&name, &name)?;
+        // The floor opens all `n` sessions at once; so may the controller. By default one
+        // namespace holds half the SSH slots (the rest kept for other tenants), which would run a
+        // 50-host wave's installs in two rounds: a cluster with one tenant gives it all of them.
+        let slots = n.max(64).to_string();
+        let controller = self.start_controller_with(
+            &name,
+            &name,
+            &["--ssh-concurrency", &slots, "--ssh-namespace-share", &slots],
+        )?;
         self.aws.clear_calls();
         let t0 = Instant::now();
         self.kubectl(&["-n", &name, "apply", "-f", &manifest.to_string_lossy()])?;
@@ -702,9 +714,17 @@ impl Env {
             .wait_ready(&name, n, t0, Duration::from_secs(600), || true)
             .await;
         let calls = self.aws.call_summary();
+        let steps = metric_by_label(
+            &controller.metrics(),
+            "registrar_step_duration_seconds_sum",
+            "step",
+        )
+        .into_iter()
+        .map(|(step, secs)| (step, secs / n as f64))
+        .collect();
         controller.stop();
         let secs = result?;
-        Ok((secs, calls))
+        Ok((secs, calls, steps))
     }
 
     /// One CLI run over `n` hosts, `parallel` at a time: (seconds, calls).
@@ -1110,7 +1130,7 @@ rm -rf \"$d\"
     /// One latency run: one object (through the bastion when `jump`); apply to Ready minus the
     /// installer's run time.
     async fn latency_run(&self, jump: bool) -> R<f64> {
-        let (secs, _) = self.controller_run(1, jump).await?;
+        let (secs, _, _) = self.controller_run(1, jump).await?;
         Ok(secs - self.run_time.as_secs_f64())
     }
 
@@ -1380,10 +1400,6 @@ fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Follows the objects of `api` into `wave` (a list, then a watch from its version; listed again
-/// when the watch fails) until all `n` of the fleet are Ready. Exact times, at the cost of one
-/// event per write, where listing 500 objects every 50 ms would cost the API server (on the
-/// controller's cores) far more.
 /// Waits until every object of `wave` is Ready, or `limit` after `t0`, saying `progress` every
 /// 10 s.
 async fn wait_all_ready(
@@ -1403,6 +1419,10 @@ async fn wait_all_ready(
     }
 }
 
+/// Follows the objects of `api` into `wave` (a list, then a watch from its version; listed again
+/// when the watch fails) until all `n` of the fleet are Ready. Exact times, at the cost of one
+/// event per write, where listing 500 objects every 50 ms would cost the API server (on the
+/// controller's cores) far more.
 async fn follow_wave(
     api: Api<DynamicObject>,
     prefix: String,
@@ -3057,10 +3077,18 @@ async fn run(args: Args) -> R {
                 &format!("floor run {r}: {n} hosts registered over plain ssh in {f:.1}s"),
             );
             floor_secs.push(f);
-            let (s, c) = env.controller_run(n, false).await?;
+            let (s, c, steps) = env.controller_run(n, false).await?;
+            let steps: Vec<String> = steps
+                .iter()
+                .map(|(step, secs)| format!("{step} {secs:.2}"))
+                .collect();
             say(
                 start,
-                &format!("controller run {r}: {n} hosts Ready in {s:.1}s"),
+                &format!(
+                    "controller run {r}: {n} hosts Ready in {s:.1}s; seconds per registration in \
+                     each step: {}",
+                    steps.join(", ")
+                ),
             );
             ctl_secs.push(s);
             ctl_calls.push(c);
@@ -3108,7 +3136,7 @@ async fn run(args: Args) -> R {
     if !ctl_secs.is_empty() {
         table.push_str(&format!(
             "   {:<34} {:>9.1} {:>10.1} {:>12}\n",
-            "controller (default concurrency)", ctl, ctl_rate, "1.0"
+            "controller (one tenant: all slots)", ctl, ctl_rate, "1.0"
         ));
         let floor = median(floor_secs.clone());
         table.push_str(&format!(
