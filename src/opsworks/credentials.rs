@@ -211,16 +211,18 @@ pub(super) async fn check(
     };
     status.iam_user_name = Some(user.clone());
 
-    if let Err(outcome) = ensure_member(ow, ctx, &group, &user, made_now).await {
-        return outcome;
-    }
-    let policy = match ensure_policy(ctx, &user, &stack.arn, made_now).await {
-        Ok(policy) => policy,
-        Err(outcome) => return outcome,
-    };
-    let key = match ensure_access_key(ctx, obj, &user, made_now).await {
-        Ok(key) => key,
-        Err(outcome) => return outcome,
+    // The membership, the policy and the key each need only the user: made at once, a fresh
+    // registration waits for two round trips to IAM, not four. Each is looked at before it is
+    // made, so one that failed (or a controller stopped among them) is made by the next pass
+    // and the others are found.
+    let (member, policy, key) = tokio::join!(
+        ensure_member(ow, ctx, &group, &user, made_now),
+        ensure_policy(ctx, &user, &stack.arn, made_now),
+        ensure_access_key(ctx, obj, &user, made_now),
+    );
+    let (policy, key) = match (member, policy, key) {
+        (Ok(()), Ok(policy), Ok(key)) => (policy, key),
+        (Err(outcome), _, _) | (_, Err(outcome), _) | (_, _, Err(outcome)) => return outcome,
     };
     status.access_key_id = Some(key.id.clone());
     let message = format!(
