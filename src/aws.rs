@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use aws_config::retry::RetryConfig;
+use aws_config::stalled_stream_protection::StalledStreamProtectionConfig;
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_sdk_iam::config::http::HttpResponse;
 use aws_sdk_iam::error::{ProvideErrorMetadata, SdkError};
@@ -354,10 +355,24 @@ fn default_http_client() -> SharedHttpClient {
     })
 }
 
+/// The SDK's configuration from `loader`, with the controller's retries and time limits.
+///
+/// The SDK's stalled-stream protection is kept for answers and turned off for requests: it
+/// takes a request body not read for its grace period (5 s) as a stalled upload and fails the
+/// attempt as timed out, and a body is not read while its call waits for its turn in the
+/// [budget](crate::budget). A wave's calls wait longer than that whenever the budget binds, and
+/// every one of them failed ("could not reach the endpoint (timed out)") without being sent, and
+/// used up the SDK's retry quota. The controller's request bodies are a few hundred bytes; an
+/// upload that does stall is still bounded by the attempt's time limit.
 async fn load(loader: aws_config::ConfigLoader, timeouts: Timeouts) -> SdkConfig {
     loader
         .retry_config(RetryConfig::standard().with_max_attempts(MAX_ATTEMPTS))
         .timeout_config(timeouts.config())
+        .stalled_stream_protection(
+            StalledStreamProtectionConfig::enabled()
+                .upload_enabled(false)
+                .build(),
+        )
         .load()
         .await
 }
@@ -631,6 +646,111 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    /// Calls that wait for their turn in the budget longer than the SDK's stalled-stream grace
+    /// period (5 s, counted from the SDK's first look at the upload, a second in) are sent when
+    /// their turn comes, not failed as timed-out uploads: at one call a second, the last of ten
+    /// calls made at once waits about 8 s, and all ten reach the endpoint and get its answer.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn calls_that_wait_for_their_turn_longer_than_the_stall_grace_period_are_sent() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let answered = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+        // Answers every request on a connection with IAM's NoSuchEntity.
+        let server = {
+            let answered = answered.clone();
+            tokio::spawn(async move {
+                while let Ok((mut stream, _)) = listener.accept().await {
+                    let answered = answered.clone();
+                    tokio::spawn(async move {
+                        let mut seen = Vec::new();
+                        let mut buf = [0u8; 4096];
+                        loop {
+                            let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") else {
+                                match stream.read(&mut buf).await {
+                                    Ok(0) | Err(_) => return,
+                                    Ok(n) => seen.extend_from_slice(&buf[..n]),
+                                }
+                                continue;
+                            };
+                            let head = String::from_utf8_lossy(&seen[..end]).to_lowercase();
+                            let length: usize = head
+                                .lines()
+                                .find_map(|l| l.strip_prefix("content-length:"))
+                                .and_then(|v| v.trim().parse().ok())
+                                .unwrap_or(0);
+                            while seen.len() < end + 4 + length {
+                                match stream.read(&mut buf).await {
+                                    Ok(0) | Err(_) => return,
+                                    Ok(n) => seen.extend_from_slice(&buf[..n]),
+                                }
+                            }
+                            seen.drain(..end + 4 + length);
+                            let body = "<ErrorResponse><Error><Type>Sender</Type><Code>NoSuchEntity</Code>\
+                                        <Message>no such group</Message></Error><RequestId>1</RequestId>\
+                                        </ErrorResponse>";
+                            let answer = format!(
+                                "HTTP/1.1 404 Not Found\r\ncontent-type: text/xml\r\n\
+                                 content-length: {}\r\n\r\n{body}",
+                                body.len()
+                            );
+                            if stream.write_all(answer.as_bytes()).await.is_err() {
+                                return;
+                            }
+                            answered.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        }
+                    });
+                }
+            })
+        };
+        let loader = aws_config::defaults(BehaviorVersion::latest())
+            .region(Region::new("us-east-1"))
+            .endpoint_url(&url)
+            .credentials_provider(aws_sdk_iam::config::Credentials::new(
+                "AKIAIOSFODNN7EXAMPLE",
+                "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+                None,
+                None,
+                "test",
+            ));
+        let budgets = Arc::new(Budgets::new(Some(1.0), None));
+        let metrics = crate::metrics::Metrics::new();
+        let aws = Aws::new(
+            load(loader, Timeouts::default()).await,
+            Some(metrics.aws_interceptor()),
+            Some(budgets),
+        );
+        let started = std::time::Instant::now();
+        let calls = (0..10).map(|_| async {
+            let result = aws.iam.get_group().group_name("OpsWorks-x").send().await;
+            (result, started.elapsed())
+        });
+        let ended = futures::future::join_all(calls).await;
+        let last = ended.iter().map(|(_, took)| *took).max().unwrap();
+        assert!(
+            last > Duration::from_secs(7),
+            "the last call waited {last:?}"
+        );
+        for (result, took) in &ended {
+            let failure = classify(result.as_ref().expect_err("NoSuchEntity"));
+            assert_eq!(failure.kind, Kind::NotFound, "after {took:?}: {failure}");
+        }
+        assert_eq!(answered.load(std::sync::atomic::Ordering::SeqCst), 10);
+        // Each was sent once: no attempt failed on the way (a stalled upload, retried by the SDK).
+        let attempts: Vec<String> = metrics
+            .encode()
+            .lines()
+            .filter(|l| l.starts_with("registrar_aws_calls_total{"))
+            .map(str::to_owned)
+            .collect();
+        assert_eq!(attempts.len(), 1, "{attempts:?}");
+        assert!(
+            attempts[0].contains("outcome=\"client_error\"") && attempts[0].ends_with(" 10"),
+            "{attempts:?}"
+        );
+        server.abort();
     }
 
     /// An endpoint that accepts connections and never answers: every call there ends within its

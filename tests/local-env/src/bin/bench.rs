@@ -7,8 +7,10 @@
 //!
 //! 1. throughput: `--hosts` EC2 hosts registered by the controller (`--ssh-concurrency` and
 //!    `--ssh-namespace-share` the larger of 64 and `--hosts`: one tenant, all its sessions at
-//!    once, as the floor's), from `kubectl apply` to all Ready, with the seconds each step took
-//!    per registration; the floor, alternating with it: the same hosts registered
+//!    once, as the floor's), from creating the objects (32 creates in flight, as the fleet's:
+//!    `kubectl apply` makes one after another, over up to 1.7 s for 50 here) to all Ready, with
+//!    the seconds each step took per registration; the floor, alternating with it: the same
+//!    hosts registered
 //!    with nothing of the controller's (one plain `ssh` per host, all at once, running the same
 //!    installer against the same endpoint, [`Env::floor_run`]), and the controller's time as a
 //!    ratio to it, run by run; and by `aws opsworks register` (AWS CLI v1) one host after
@@ -542,7 +544,12 @@ impl Env {
             .args(["--metrics-address", &format!("127.0.0.1:{metrics_port}")])
             .args(["--probe-address", &format!("127.0.0.1:{probe_port}")])
             .env("KUBECONFIG", &self.cp.kubeconfig)
-            .env("LOG_LEVEL", "info");
+            // `BENCH_CONTROLLER_LOG` (a tracing filter, e.g. `info,aws_smithy_runtime=debug`)
+            // to see inside the controller's calls; its log is `controller-<tag>.log`.
+            .env(
+                "LOG_LEVEL",
+                std::env::var("BENCH_CONTROLLER_LOG").unwrap_or("info".into()),
+            );
         match aws_calls_per_second {
             Some(rate) => command.env("AWS_CALLS_PER_SECOND", rate),
             None => command.env_remove("AWS_CALLS_PER_SECOND"),
@@ -653,40 +660,8 @@ impl Env {
         (stack, ids)
     }
 
-    /// The manifests of `ids` on the hosts, reached through the bastion when `jump`.
-    fn ec2_manifest(&self, stack: &str, ids: &[String], prefix: &str, jump: bool) -> R<PathBuf> {
-        check_loopback(self.bastion.address())?;
-        let jump_host = match jump {
-            true => format!(
-                "    jumpHosts:\n    - address: \"{}\"\n      port: {}\n      username: {}\n",
-                self.bastion.address(),
-                self.bastion.port(),
-                ssh_hosts::USER
-            ),
-            false => String::new(),
-        };
-        let mut text = String::new();
-        for (i, (id, host)) in ids.iter().zip(&self.hosts).enumerate() {
-            check_loopback(host.address())?;
-            text.push_str(&format!(
-                "---\napiVersion: registrar.dev/v1alpha1\nkind: InstanceRegistration\n\
-                 metadata:\n  name: {prefix}-{i}\nspec:\n  stackId: {stack}\n  \
-                 infrastructureClass: ec2\n  target: {id}\n  hostname: {prefix}-{i}\n  ssh:\n    \
-                 username: {}\n    privateKeySecretRef:\n      name: {SECRET}\n    \
-                 address: \"{}\"\n    port: {}\n{jump_host}",
-                ssh_hosts::USER,
-                host.address(),
-                host.port()
-            ));
-        }
-        let path = self.dir.join(format!("{prefix}.yaml"));
-        std::fs::write(&path, text).map_err(|e| e.to_string())?;
-        Ok(path)
-    }
-
-    /// One controller throughput run over `n` hosts (through the bastion when `jump`): (seconds,
-    /// calls).
-    /// One controller run over `n` hosts: (seconds, calls, the seconds the controller spent in
+    /// One controller run over `n` hosts (through the bastion when `jump`), their objects
+    /// created at once ([`create_at_once`]): (seconds, calls, the seconds the controller spent in
     /// each step per registration, all passes summed).
     async fn controller_run(
         &self,
@@ -697,7 +672,8 @@ impl Env {
         let name = format!("ctl{k}");
         let (stack, ids) = self.fresh_stack(&name, n).await;
         self.namespace(&name)?;
-        let manifest = self.ec2_manifest(&stack, &ids, &name, jump)?;
+        let jump = jump.then_some(&self.bastion);
+        let objects = ec2_objects(&stack, &ids, &name, &self.hosts, jump)?;
         // The floor opens all `n` sessions at once; so may the controller. By default one
         // namespace holds half the SSH slots (the rest kept for other tenants), which would run a
         // 50-host wave's installs in two rounds: a cluster with one tenant gives it all of them.
@@ -709,7 +685,7 @@ impl Env {
         )?;
         self.aws.clear_calls();
         let t0 = Instant::now();
-        self.kubectl(&["-n", &name, "apply", "-f", &manifest.to_string_lossy()])?;
+        create_at_once(&self.registrations(&name), objects).await?;
         let result = self
             .wait_ready(&name, n, t0, Duration::from_secs(600), || true)
             .await;
@@ -1475,19 +1451,24 @@ async fn follow_wave(
     }
 }
 
-/// The fleet's objects: EC2 instance `ids[i]` on `hosts[i]`, named `<prefix>-<i>`.
-fn fleet_objects(
+/// The objects of a run: EC2 instance `ids[i]` on `hosts[i]` (through `jump` if given), named
+/// `<prefix>-<i>`.
+fn ec2_objects(
     stack: &str,
     ids: &[String],
     prefix: &str,
     hosts: &[SshHost],
+    jump: Option<&SshHost>,
 ) -> R<Vec<serde_json::Value>> {
+    if let Some(jump) = jump {
+        check_loopback(jump.address())?;
+    }
     ids.iter()
         .zip(hosts)
         .enumerate()
         .map(|(i, (id, host))| {
             check_loopback(host.address())?;
-            Ok(serde_json::json!({
+            let mut object = serde_json::json!({
                 "apiVersion": "registrar.dev/v1alpha1",
                 "kind": "InstanceRegistration",
                 "metadata": {"name": format!("{prefix}-{i}")},
@@ -1503,7 +1484,15 @@ fn fleet_objects(
                         "port": host.port(),
                     },
                 },
-            }))
+            });
+            if let Some(jump) = jump {
+                object["spec"]["ssh"]["jumpHosts"] = serde_json::json!([{
+                    "address": jump.address().to_string(),
+                    "port": jump.port(),
+                    "username": ssh_hosts::USER,
+                }]);
+            }
+            Ok(object)
         })
         .collect()
 }
@@ -1750,7 +1739,7 @@ impl Env {
         let name = format!("fleet{}", self.next());
         let (stack, ids) = self.fresh_stack_on(&name, hosts).await;
         self.namespace(&name)?;
-        let objects = fleet_objects(&stack, &ids, &name, hosts)?;
+        let objects = ec2_objects(&stack, &ids, &name, hosts, None)?;
         // For the record (`kubectl apply -f` takes it too).
         let list = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": objects});
         std::fs::write(
@@ -2510,7 +2499,7 @@ impl Env {
         let name = format!("throttled{}", self.next());
         let (stack, ids) = self.fresh_stack_on(&name, &hosts).await;
         self.namespace(&name)?;
-        let objects = fleet_objects(&stack, &ids, &name, &hosts)?;
+        let objects = ec2_objects(&stack, &ids, &name, &hosts, None)?;
         let n_text = n.to_string();
         // The controller's default --aws-calls-per-second: its budget is what is measured.
         let controller = self.spawn_controller(
