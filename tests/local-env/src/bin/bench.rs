@@ -609,18 +609,19 @@ impl Env {
             if extra_at.is_none() && extra() {
                 extra_at = Some(Instant::now());
             }
-            let w = lock(&wave);
-            if let (Some(all), Some(extra)) = (w.all_ready, extra_at) {
+            let (all_ready, ready) = {
+                let w = lock(&wave);
+                (w.all_ready, w.ready.len())
+            };
+            if let (Some(all), Some(extra)) = (all_ready, extra_at) {
                 break Ok(all.max(extra).duration_since(from).as_secs_f64());
             }
             if from.elapsed() > limit {
                 break Err(format!(
-                    "{ns}: {} of {n} Ready after {}s",
-                    w.ready.len(),
+                    "{ns}: {ready} of {n} Ready after {}s",
                     limit.as_secs()
                 ));
             }
-            drop(w);
             tokio::time::sleep(Duration::from_millis(50)).await;
         };
         follower.abort();
