@@ -12,11 +12,13 @@
 //!
 //! No more than [`MAX_IN_FLIGHT`] calls to a service are unanswered at once, so when the service
 //! is slow a wave's calls queue here rather than at the service. A deletion's calls ([`urgent`])
-//! go before every other waiting call; the others take their turns oldest pass first
-//! ([`Priority::Pass`]): a pass's next call goes before the calls of passes that started after
-//! it, so the passes that have begun their calls end them (and their objects go on to install)
-//! rather than every pass of a wave making its first call, then every pass its second, and none
-//! reaching its install until the whole wave's calls are made.
+//! go before every other waiting call; the others take their turns oldest object first
+//! ([`Seniority`]: the object made first, then the pass that started first): a pass's next call
+//! goes before the calls of newer objects' passes, so the passes that have begun their calls end
+//! them (and their objects go on to install) rather than every pass of a wave making its first
+//! call, then every pass its second, and none reaching its install until the whole wave's calls
+//! are made; and an object's later pass (a retry, a look after a refused call) keeps its place
+//! instead of going behind a wave of newer objects.
 //!
 //! An attempt waits for its turn inside the SDK's attempt time limit, so a turn further away than
 //! [`MAX_WAIT`] is not waited for: the attempt fails at once (or when [`MAX_WAIT`] is up, if the
@@ -106,16 +108,44 @@ impl Budgets {
 }
 
 /// Whose calls go first when a service's calls wait: a deletion's ([`urgent`]) before every
-/// pass's and audit's, and a pass's before those of the passes started after it.
+/// pass's and audit's, and an older object's pass's before a newer one's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Priority {
     /// Ahead of every other call waiting for the same service.
     Urgent,
-    /// A call of a pass that started at this time: ahead of the calls of every pass started
-    /// later (and of the [`Priority::Normal`] calls that came later).
-    Pass(Instant),
-    /// Outside a pass (an audit): as a pass starting when the call comes.
+    /// A call of a pass of this seniority: ahead of the calls of every junior pass.
+    Pass(Seniority),
+    /// Outside a pass (an audit): as a pass of an object made when the call comes.
     Normal,
+}
+
+/// Where a pass's calls stand among the others waiting: the object made first (its
+/// `creationTimestamp`, in whole seconds), then, among objects made in the same second, the pass
+/// that started first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct Seniority {
+    /// The object's creation, seconds since the Unix epoch.
+    created: i64,
+    /// When the pass started.
+    started: Instant,
+}
+
+impl Seniority {
+    /// A pass of an object made at `created` (seconds since the Unix epoch; `None`, an object
+    /// not from the API server: now), started at `started`.
+    pub(crate) fn new(created: Option<i64>, started: Instant) -> Self {
+        Self {
+            created: created.unwrap_or_else(unix_now),
+            started,
+        }
+    }
+}
+
+/// Seconds since the Unix epoch now.
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
 tokio::task_local! {
@@ -164,7 +194,7 @@ struct State {
     /// Calls sent and not answered yet.
     in_flight: usize,
     /// The calls waiting for a turn: the urgent ones in the order they came, then the others
-    /// oldest pass first ([`Waiter::since`], then the order they came).
+    /// senior first ([`Waiter::since`], then the order they came).
     urgent: VecDeque<Waiter>,
     normal: VecDeque<Waiter>,
     /// The last ticket given.
@@ -218,12 +248,12 @@ struct Limit {
     grown_at: Instant,
 }
 
-/// A call waiting for its turn: its ticket, when its pass started, and how to wake it when it
-/// may be its turn.
+/// A call waiting for its turn: its ticket, its pass's seniority, and how to wake it when it may
+/// be its turn.
 #[derive(Debug)]
 struct Waiter {
     ticket: u64,
-    since: Instant,
+    since: Seniority,
     wake: Arc<Notify>,
 }
 
@@ -283,9 +313,9 @@ impl Budget {
         let mut state = self.lock();
         let since = match priority {
             Priority::Pass(since) => since,
-            Priority::Urgent | Priority::Normal => now,
+            Priority::Urgent | Priority::Normal => Seniority::new(None, now),
         };
-        // Among the others, after those of passes that started before it or at the same time.
+        // Among the others, after those senior to it or as senior.
         let place = state.normal.partition_point(|w| w.since <= since);
         let ahead = match priority {
             Priority::Urgent => state.urgent.len(),
@@ -709,33 +739,39 @@ mod tests {
     }
 
     #[test]
-    fn a_pass_that_started_earlier_goes_before_those_that_started_later() {
+    fn an_older_object_s_pass_goes_before_newer_objects_passes() {
         let start = Instant::now();
         let budget = Budget::new("iam", 10.0, None, start);
         let now = start + Duration::from_secs(5);
-        // A wave: passes 1 to 3 each queue their first call (an audit's comes between).
-        let pass = |i: u64| Priority::Pass(start + Duration::from_millis(i));
+        // A wave: passes of objects 1 to 3, made a second apart, each queue their first call (an
+        // audit's comes between: as an object made now).
+        let pass = |i: i64| Priority::Pass(Seniority::new(Some(1_000 + i), start));
         let first: Vec<u64> = (1..=3)
             .map(|i| budget.enter(pass(i), now).expect("queued").ticket)
             .collect();
         let audit = queue(&budget, Priority::Normal, 1, now)[0];
         assert_eq!(budget.step(first[0], now), Step::Go);
         budget.answered();
-        // Pass 1's next call comes after the others' first: it goes before them, and the call
+        // Object 1's next call comes after the others' first: it goes before them, and the call
         // that was next waits its turn again.
         let next = budget.enter(pass(1), now).expect("queued").ticket;
-        assert_eq!(budget.step(first[1], now), Step::Wait, "pass 1 first");
+        assert_eq!(budget.step(first[1], now), Step::Wait, "object 1 first");
         assert_eq!(budget.step(next, now), Step::Go);
         budget.answered();
-        // Then the passes in the order they started, and the audit's call, which came after
-        // they started, last; a pass starting later than the audit's call goes after it.
-        let late = budget
-            .enter(Priority::Pass(now + Duration::from_secs(1)), now)
+        // Then the older objects' passes, and the audit's call, which came after they were made;
+        // among objects made in the same second, the pass that started first; an object made
+        // after the audit's call goes after it.
+        let twin = Seniority::new(Some(1_002), start + Duration::from_secs(1));
+        let twin = budget
+            .enter(Priority::Pass(twin), now)
             .expect("queued")
             .ticket;
+        let newest = Priority::Pass(Seniority::new(Some(i64::MAX), now));
+        let late = budget.enter(newest, now).expect("queued").ticket;
         for (what, ticket) in [
-            ("pass 2", first[1]),
-            ("pass 3", first[2]),
+            ("object 2", first[1]),
+            ("object 2's twin, whose pass started later", twin),
+            ("object 3", first[2]),
             ("the audit", audit),
         ] {
             assert_eq!(budget.step(late, now), Step::Wait, "{what} first");
@@ -744,10 +780,9 @@ mod tests {
         }
         assert_eq!(budget.step(late, now), Step::Go);
         // A pass's call is refused only for the calls ahead of it: at 10 a second, 100 calls of
-        // later passes queued leave room for an earlier pass's.
-        let later = Priority::Pass(now + Duration::from_secs(2));
-        while budget.enter(later, now).is_some() {}
-        assert!(budget.enter(later, now).is_none(), "10 s away");
+        // newer objects' passes queued leave room for an older object's.
+        while budget.enter(newest, now).is_some() {}
+        assert!(budget.enter(newest, now).is_none(), "10 s away");
         assert!(budget.enter(pass(4), now).is_some());
     }
 

@@ -82,12 +82,16 @@ async fn apply(
     let mut task = tokio::spawn(
         {
             let (obj, ctx) = (obj.clone(), ctx.clone());
-            // Its AWS calls wait behind those of the passes that started before it.
-            let started = crate::budget::Priority::Pass(std::time::Instant::now());
-            crate::budget::with_priority(
-                started,
-                async move { pass(&obj, &api, &ctx, detach).await },
-            )
+            // Its AWS calls wait behind those of older objects' passes, and go before newer ones'.
+            let created = obj
+                .metadata
+                .creation_timestamp
+                .as_ref()
+                .map(|t| t.0.as_second());
+            let seniority = crate::budget::Seniority::new(created, std::time::Instant::now());
+            crate::budget::with_priority(crate::budget::Priority::Pass(seniority), async move {
+                pass(&obj, &api, &ctx, detach).await
+            })
         }
         .in_current_span(),
     );
