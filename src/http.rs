@@ -181,7 +181,8 @@ fn not_found() -> (StatusCode, &'static str, String) {
     )
 }
 
-async fn accept<F>(listener: TcpListener, route: F)
+/// Serves HTTP/1 on `listener`, answering each request with what `route` gives for its path.
+pub(crate) async fn accept<F>(listener: TcpListener, route: F)
 where
     F: Fn(&str) -> (StatusCode, &'static str, String) + Send + Sync + 'static,
 {
